@@ -1,0 +1,118 @@
+// Element-wise and broadcast ops: forward and backward side by side. Kernels: engine/cpu/elementwise.cpp.
+#include "engine/autograd.h"
+#include "engine/kernels.h"
+#include "engine/ops.h"
+
+namespace engine {
+
+void Tensor::fill_(float value) { DISPATCH(device(), fill, f32(), numel(), value); }
+
+// --- unary ---------------------------------------------------------------------------------------------
+
+static Tensor unary(UnaryOp op, const char* name, const Tensor& x, float p0 = 0.f, float p1 = 0.f) {
+  Tensor y = Tensor::empty(x.shape(), DType::f32, x.device());
+  DISPATCH(x.device(), unary_forward, op, x.f32(), y.f32(), x.numel(), p0, p1);
+  record(y, name, {x}, [op, p0, p1](const Tensor& out, const Tensor& gout) {
+    const Tensor& x = out.grad_fn()->inputs[0];
+    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
+    DISPATCH(x.device(), unary_backward, op, x.f32(), out.f32(), gout.f32(), gx.f32(), x.numel(), p0, p1);
+    accumulate_grad(x, gx);
+  });
+  return y;
+}
+
+Tensor relu(const Tensor& x) { return unary(UnaryOp::relu, "relu", x); }
+Tensor square(const Tensor& x) { return unary(UnaryOp::square, "square", x); }
+Tensor sqrt(const Tensor& x) { return unary(UnaryOp::sqrt, "sqrt", x); }
+Tensor rsqrt(const Tensor& x) { return unary(UnaryOp::rsqrt, "rsqrt", x); }
+Tensor clamp(const Tensor& x, float lo, float hi) { return unary(UnaryOp::clamp, "clamp", x, lo, hi); }
+Tensor round_ste(const Tensor& x) { return unary(UnaryOp::round, "round_ste", x); }
+Tensor add_scalar(const Tensor& x, float s) { return unary(UnaryOp::add_scalar, "add_scalar", x, s); }
+Tensor mul_scalar(const Tensor& x, float s) { return unary(UnaryOp::mul_scalar, "mul_scalar", x, s); }
+
+// --- binary, broadcasting --------------------------------------------------------------------------------
+
+// NumPy broadcasting of a and b: the output dims and each input's strides over them.
+static Broadcast broadcast(const Shape& a, const Shape& b) {
+  Broadcast r;
+  r.n = std::max(a.n, b.n);
+  int64_t stride_a = 1, stride_b = 1;
+  for (int i = r.n - 1; i >= 0; i--) {
+    int ia = i - (r.n - a.n), ib = i - (r.n - b.n);
+    int64_t da = ia >= 0 ? a.d[ia] : 1, db = ib >= 0 ? b.d[ib] : 1;
+    ENGINE_CHECK(da == db || da == 1 || db == 1, "shapes " + a.str() + " and " + b.str() + " do not broadcast");
+    r.out[i] = std::max(da, db);
+    r.sa[i] = da == 1 ? 0 : stride_a;
+    r.sb[i] = db == 1 ? 0 : stride_b;
+    stride_a *= da;
+    stride_b *= db;
+  }
+  return r;
+}
+
+static Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b) {
+  ENGINE_CHECK(a.device() == b.device(), "operands on " + a.str() + " and " + b.str());
+  Broadcast bc = broadcast(a.shape(), b.shape());
+  Shape out;
+  out.n = bc.n;
+  for (int i = 0; i < bc.n; i++) out.d[i] = bc.out[i];
+  Tensor y = Tensor::empty(out, DType::f32, a.device());
+  DISPATCH(a.device(), binary_forward, op, bc, a.f32(), b.f32(), y.f32());
+  return y;
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_raw(BinaryOp::add, a, b);
+  record(y, "add", {a, b}, [](const Tensor& out, const Tensor& g) {
+    const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
+    if (a.requires_grad()) accumulate_grad(a, sum_to(g, a.shape()));
+    if (b.requires_grad()) accumulate_grad(b, sum_to(g, b.shape()));
+  });
+  return y;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_raw(BinaryOp::sub, a, b);
+  record(y, "sub", {a, b}, [](const Tensor& out, const Tensor& g) {
+    const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
+    if (a.requires_grad()) accumulate_grad(a, sum_to(g, a.shape()));
+    if (b.requires_grad()) accumulate_grad(b, sum_to(mul_scalar(g, -1.f), b.shape()));
+  });
+  return y;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_raw(BinaryOp::mul, a, b);
+  record(y, "mul", {a, b}, [](const Tensor& out, const Tensor& g) {
+    const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
+    if (a.requires_grad()) accumulate_grad(a, sum_to(binary_raw(BinaryOp::mul, g, b), a.shape()));
+    if (b.requires_grad()) accumulate_grad(b, sum_to(binary_raw(BinaryOp::mul, g, a), b.shape()));
+  });
+  return y;
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_raw(BinaryOp::div, a, b);
+  record(y, "div", {a, b}, [](const Tensor& out, const Tensor& g) {
+    const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
+    Tensor g_over_b = binary_raw(BinaryOp::div, g, b);
+    if (a.requires_grad()) accumulate_grad(a, sum_to(g_over_b, a.shape()));
+    // d(a/b)/db = -a/b² = -(a/b)/b = -out/b
+    if (b.requires_grad())
+      accumulate_grad(b, sum_to(mul_scalar(binary_raw(BinaryOp::mul, g_over_b, out), -1.f), b.shape()));
+  });
+  return y;
+}
+
+// --- in place, not recorded ----------------------------------------------------------------------------
+
+void add_(const Tensor& a, const Tensor& b) { axpy_(a, 1.f, b); }
+
+void axpy_(const Tensor& y, float alpha, const Tensor& x) {
+  ENGINE_CHECK(y.shape() == x.shape(), x.shape().str() + " into " + y.shape().str());
+  DISPATCH(y.device(), axpy, y.f32(), alpha, x.f32(), y.numel());
+}
+
+void scale_(const Tensor& x, float s) { DISPATCH(x.device(), scale, x.f32(), s, x.numel()); }
+
+}  // namespace engine

@@ -1,0 +1,100 @@
+// Device kernels: the same declarations in engine::cpu (engine/cpu/*.cpp) and engine::cuda
+// (engine/cuda/*.cu). They take raw pointers of their device and plain shape structs; the ops in
+// engine/*.cpp check shapes, allocate outputs, record autograd nodes and call them through DISPATCH.
+#pragma once
+#include <cstdint>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/tensor.h"
+
+namespace engine {
+
+enum class UnaryOp : uint8_t { relu, square, sqrt, rsqrt, clamp, round, add_scalar, mul_scalar };
+enum class BinaryOp : uint8_t { add, sub, mul, div };
+
+// Output dims and the inputs' element strides for it (0 along a broadcast dim).
+struct Broadcast {
+  int n = 0;
+  int64_t out[Shape::max_dims] = {};
+  int64_t sa[Shape::max_dims] = {};
+  int64_t sb[Shape::max_dims] = {};
+};
+
+// Reduction of x viewed as [outer, mid, inner] over mid (a run of contiguous dims of the tensor).
+struct Reduce3 {
+  int64_t outer = 1, mid = 1, inner = 1;
+};
+
+struct ConvShape {
+  int64_t n, c, h, w;   // input
+  int64_t o, kh, kw;    // weight [o, c / groups, kh, kw]
+  int64_t oh, ow;       // output
+  int stride, padding, groups;
+  bool bias;
+};
+
+struct LinearShape {
+  int64_t n, i, o;
+  bool bias;
+};
+
+struct BnShape {
+  int64_t n, c, hw;
+};
+
+}  // namespace engine
+
+#define ENGINE_KERNEL_DECLS                                                                          \
+  void fill(float* y, int64_t n, float value);                                                      \
+  void unary_forward(UnaryOp op, const float* x, float* y, int64_t n, float p0, float p1);           \
+  /* gx = d op(x) / dx * gy  (y = op(x) is given for ops whose derivative is cheaper from it) */    \
+  void unary_backward(UnaryOp op, const float* x, const float* y, const float* gy, float* gx,        \
+                      int64_t n, float p0, float p1);                                               \
+  void binary_forward(BinaryOp op, const Broadcast& b, const float* x, const float* z, float* y);    \
+  void axpy(float* y, float alpha, const float* x, int64_t n); /* y += alpha x */                   \
+  void scale(float* x, float s, int64_t n);                                                         \
+  void reduce_sum(const Reduce3& r, const float* x, float* y); /* y[outer, inner] */                \
+  /* gx[outer, mid, inner] = gy[outer, inner] * s, the gradient of a sum (s = 1) or mean */          \
+  void reduce_sum_backward(const Reduce3& r, const float* gy, float* gx, float s);                  \
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y);  \
+  void conv2d_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx);        \
+  /* gw (and gb when s.bias) are overwritten, not accumulated */                                    \
+  void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw,       \
+                              float* gb);                                                           \
+  void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y); \
+  void linear_backward(const LinearShape& s, const float* x, const float* w, const float* gy,        \
+                       float* gx, float* gw, float* gb); /* null pointers for unneeded grads */     \
+  /* training: batch mean and biased var into mean/var, running stats updated in place */           \
+  void bn_train_forward(const BnShape& s, const float* x, const float* gamma, const float* beta,     \
+                        float* running_mean, float* running_var, float momentum, float eps,          \
+                        float* mean, float* var, float* y);                                         \
+  void bn_eval_forward(const BnShape& s, const float* x, const float* gamma, const float* beta,      \
+                       const float* running_mean, const float* running_var, float eps, float* y);    \
+  /* gradients of the training-mode forward; gx, ggamma, gbeta may be null */                       \
+  void bn_train_backward(const BnShape& s, const float* x, const float* gamma, const float* mean,    \
+                         const float* var, float eps, const float* gy, float* gx, float* ggamma,     \
+                         float* gbeta);                                                             \
+  void bn_eval_backward(const BnShape& s, const float* x, const float* gamma,                        \
+                        const float* running_mean, const float* running_var, float eps,              \
+                        const float* gy, float* gx, float* ggamma, float* gbeta);                    \
+  /* loss[n] per row, and probs (softmax) for the backward; labels i32 */                          \
+  void cross_entropy_forward(int64_t n, int64_t k, const float* logits, const int32_t* labels,       \
+                             float smoothing, float* loss_rows, float* probs);                      \
+  void cross_entropy_backward(int64_t n, int64_t k, const float* probs, const int32_t* labels,       \
+                              float smoothing, float gscale, float* glogits);
+
+namespace engine::cpu {
+ENGINE_KERNEL_DECLS
+}
+namespace engine::cuda {
+ENGINE_KERNEL_DECLS
+}
+
+// Calls cpu::fn or cuda::fn by device. Without the CUDA backend a cuda tensor fails with a clear message.
+#ifdef ENGINE_CUDA
+#define DISPATCH(device, fn, ...) \
+  ((device) == ::engine::Device::cpu ? ::engine::cpu::fn(__VA_ARGS__) : ::engine::cuda::fn(__VA_ARGS__))
+#else
+#define DISPATCH(device, fn, ...) \
+  ((device) == ::engine::Device::cpu ? ::engine::cpu::fn(__VA_ARGS__) : ::engine::cuda::require())
+#endif

@@ -1,0 +1,81 @@
+// The engine's ops. Each is differentiable unless said otherwise: it records a node when an input
+// requires grad (see autograd.h). Forward and backward of a family live side by side in
+// engine/<family>.cpp; the device kernels they call are in engine/cpu/ and engine/cuda/ (kernels.h).
+// Shapes: N batch, C channels, H, W spatial, O output channels, I input features, K classes.
+#pragma once
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace engine {
+
+// --- elementwise.cpp: element-wise and broadcast ops -------------------------------------------------
+// Binary ops broadcast as NumPy does (dims aligned from the right; size-1 dims stretch), e.g.
+// w [O, I, 3, 3] * s [O, 1, 1, 1] (a per-output-channel scale) or x [N, C, H, W] + b [1, C, 1, 1].
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor add_scalar(const Tensor& x, float s);       // x + s
+Tensor mul_scalar(const Tensor& x, float s);       // x * s
+Tensor relu(const Tensor& x);
+Tensor square(const Tensor& x);                    // x * x
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);                     // 1 / sqrt(x)
+Tensor clamp(const Tensor& x, float lo, float hi); // gradient 1 inside [lo, hi], 0 outside
+Tensor round_ste(const Tensor& x);                 // round half to even; backward passes the gradient (STE)
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+
+// In place, never recorded (optimizers, running statistics, gradient accumulation).
+void add_(const Tensor& a, const Tensor& b);             // a += b, same shape
+void axpy_(const Tensor& y, float alpha, const Tensor& x);  // y += alpha * x, same shape
+void scale_(const Tensor& x, float s);                   // x *= s
+
+// --- shape.cpp ---------------------------------------------------------------------------------------
+Tensor reshape(const Tensor& x, const Shape& shape);     // same storage; -1 is not supported
+Tensor flatten(const Tensor& x);                         // [N, ...] -> [N, rest]
+Tensor pad2d(const Tensor& x, int pad);                  // zero-pad the last two dims by `pad` on each side
+Tensor detach(const Tensor& x);                          // x.detach()
+
+// --- reduce.cpp --------------------------------------------------------------------------------------
+Tensor sum(const Tensor& x, const std::vector<int>& dims, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<int>& dims, bool keepdim = false);
+Tensor sum_all(const Tensor& x);                         // -> []
+Tensor mean_all(const Tensor& x);                        // -> []
+Tensor global_avg_pool(const Tensor& x);                 // [N, C, H, W] -> [N, C]
+Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast result back to `shape`
+
+// --- conv.cpp (oneDNN on the CPU, cuDNN on CUDA) ------------------------------------------------------
+// x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'].
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
+              int groups = 1);
+
+// --- linear.cpp --------------------------------------------------------------------------------------
+// x [N, I], w [O, I], bias [O] or undefined -> [N, O]  (y = x wᵀ + b, as torch.nn.functional.linear)
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
+
+// --- batchnorm.cpp -----------------------------------------------------------------------------------
+// The batch statistics of a training-mode forward, for callers that fold BN (OABN, RepQ).
+struct BatchStats {
+  Tensor mean;  // [C], batch mean
+  Tensor var;   // [C], biased batch variance (the one used for normalizing)
+};
+// x [N, C, H, W]; gamma, beta, running_mean, running_var [C].
+// training: normalize with the batch mean and biased variance, then update the running statistics
+// in place with momentum (running = (1 - m) running + m batch, the running variance unbiased: n/(n-1)).
+// eval: normalize with the running statistics. PyTorch's conventions (momentum 0.1, eps 1e-5).
+Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                    const Tensor& running_var, bool training, float momentum = 0.1f, float eps = 1e-5f,
+                    BatchStats* stats = nullptr);
+
+// --- loss.cpp ----------------------------------------------------------------------------------------
+// logits [N, K], labels i32 [N] -> [] mean softmax cross-entropy, with optional label smoothing ε:
+// target = (1 - ε) onehot + ε / K (as torch.nn.functional.cross_entropy(label_smoothing=ε)).
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+// Number of rows whose label is among the k largest logits (not differentiable).
+int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k);
+
+}  // namespace engine

@@ -1,0 +1,124 @@
+// Tensor: a shape (up to 5 dims), contiguous row-major (NCHW) storage, a dtype and a device, plus the
+// autograd fields (requires_grad, grad, grad_fn). Copies between devices are explicit: `to(device)`.
+// Tensors are handles: copying a Tensor shares its storage and autograd state (like torch.Tensor).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace engine {
+
+enum class DType : uint8_t { f32, u8, i8, i32 };
+enum class Device : uint8_t { cpu, cuda };
+size_t dtype_size(DType);
+const char* dtype_name(DType);
+const char* device_name(Device);
+
+// A shape of at most 5 dims, held inline so that shapes never allocate.
+struct Shape {
+  static constexpr int max_dims = 5;
+  int64_t d[max_dims] = {};
+  int n = 0;
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims);
+  explicit Shape(const std::vector<int64_t>& dims);
+  int64_t operator[](int i) const { return d[i < 0 ? i + n : i]; }
+  int64_t& operator[](int i) { return d[i < 0 ? i + n : i]; }
+  int size() const { return n; }
+  int64_t numel() const;
+  bool operator==(const Shape& o) const;
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+  std::vector<int64_t> vec() const { return std::vector<int64_t>(d, d + n); }
+  std::string str() const;  // "[2, 3, 4]"
+};
+
+// Bytes of one device, from the caching allocator; freed back to it when the last tensor lets go.
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device = Device::cpu;
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+class Tensor;
+struct Node;
+
+struct TensorImpl {
+  Shape shape;
+  DType dtype = DType::f32;
+  std::shared_ptr<Storage> storage;
+  bool requires_grad = false;
+  std::shared_ptr<TensorImpl> grad;  // same shape as this tensor, f32
+  std::shared_ptr<Node> grad_fn;     // the op that produced this tensor (null for leaves)
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  // --- factories -----------------------------------------------------------------------------------
+  static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
+  static Tensor full(const Shape& shape, float value, Device device = Device::cpu);
+  static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
+  static Tensor scalar(float value) { return full(Shape{}, value); }
+
+  // --- metadata ------------------------------------------------------------------------------------
+  bool defined() const { return impl_ != nullptr; }
+  const Shape& shape() const { return impl_->shape; }
+  int dim() const { return impl_->shape.n; }
+  int64_t size(int d) const { return impl_->shape[d]; }
+  int64_t numel() const { return impl_->shape.numel(); }
+  DType dtype() const { return impl_->dtype; }
+  Device device() const { return impl_->storage->device; }
+  size_t nbytes() const { return numel() * dtype_size(dtype()); }
+  std::string str() const;  // "f32[2, 3] cpu"
+
+  // --- data (host pointers only for cpu tensors; checks the dtype) ----------------------------------
+  template <class T> T* data() const;
+  float* f32() const { return data<float>(); }
+  void* raw() const { return impl_->storage->data; }
+  float item() const;                     // a one-element f32 tensor's value
+  std::vector<float> to_vector() const;   // f32 values, copied to the host
+
+  // --- autograd --------------------------------------------------------------------------------------
+  bool requires_grad() const { return impl_->requires_grad; }
+  Tensor& requires_grad_(bool on = true);
+  Tensor grad() const { return Tensor(impl_->grad); }
+  void set_grad(const Tensor& g) { impl_->grad = g.impl_; }
+  const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
+  bool is_leaf() const { return impl_->grad_fn == nullptr; }
+  void backward() const;                  // this is a one-element loss: d(this)/d(leaves) into .grad
+  Tensor detach() const;                  // same storage, no autograd history
+
+  // --- copies ----------------------------------------------------------------------------------------
+  Tensor clone() const;                   // a new storage with the same values (no autograd history)
+  Tensor to(Device device) const;         // an explicit copy to another device (itself if already there)
+  void copy_(const Tensor& src);          // values of src (same numel and dtype) into this storage
+  void fill_(float value);                // f32 only
+
+  TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+  bool same(const Tensor& o) const { return impl_ == o.impl_; }
+
+ private:
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+// A tensor that shares `t`'s storage with another shape of the same numel (no autograd; see ops.h reshape).
+Tensor view_as_shape(const Tensor& t, const Shape& shape);
+
+[[noreturn]] void fail(const std::string& message);  // throws std::runtime_error
+#define ENGINE_CHECK(cond, msg)                                         \
+  do {                                                                  \
+    if (!(cond)) ::engine::fail(std::string(__func__) + ": " + (msg));  \
+  } while (0)
+
+}  // namespace engine

@@ -1,0 +1,197 @@
+// Element-wise, broadcast, shape and reduction ops against plain double loops, and their gradients.
+#include <cmath>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "tests/gradcheck.h"
+
+using namespace engine;
+using testing_util::check_close;
+using testing_util::check_gradients;
+
+// Reference broadcasting: the flat index into an input of shape `in` for output index `o` of shape `out`.
+static int64_t ref_broadcast_index(const Shape& out, const Shape& in, int64_t o) {
+  int64_t idx = 0, stride = 1;
+  for (int i = out.n - 1, j = in.n - 1; i >= 0; i--, j--) {
+    int64_t coord = o % out.d[i];
+    o /= out.d[i];
+    if (j >= 0) {
+      if (in.d[j] != 1) idx += coord * stride;
+      stride *= in.d[j];
+    }
+  }
+  return idx;
+}
+
+static std::vector<double> ref_binary(char op, const Tensor& a, const Tensor& b, const Shape& out) {
+  std::vector<double> r(out.numel());
+  for (int64_t o = 0; o < out.numel(); o++) {
+    double x = a.f32()[ref_broadcast_index(out, a.shape(), o)], z = b.f32()[ref_broadcast_index(out, b.shape(), o)];
+    r[o] = op == '+' ? x + z : op == '-' ? x - z : op == '*' ? x * z : x / z;
+  }
+  return r;
+}
+
+TEST_CASE("binary ops broadcast as NumPy does") {
+  Rng rng(1);
+  struct Case { Shape a, b, out; };
+  std::vector<Case> cases = {
+      {{3, 5}, {3, 5}, {3, 5}},
+      {{2, 3, 4, 5}, {1, 3, 1, 1}, {2, 3, 4, 5}},  // per-channel shift
+      {{6, 4, 3, 3}, {6, 1, 1, 1}, {6, 4, 3, 3}},  // per-output-channel weight scale
+      {{7}, {2, 3, 7}, {2, 3, 7}},
+      {{1, 5}, {4, 1}, {4, 5}},
+      {{2, 1, 3, 1, 5}, {4, 1}, {2, 1, 3, 4, 5}},
+      {{}, {3, 2}, {3, 2}},
+  };
+  for (auto& c : cases) {
+    Tensor a = rand_uniform(c.a, -2, 2, rng), b = rand_uniform(c.b, 0.5f, 2, rng);
+    check_close(add(a, b).to_vector(), ref_binary('+', a, b, c.out), 1e-6, 1e-6, "add " + c.a.str());
+    check_close(sub(a, b).to_vector(), ref_binary('-', a, b, c.out), 1e-6, 1e-6, "sub " + c.a.str());
+    check_close(mul(a, b).to_vector(), ref_binary('*', a, b, c.out), 1e-6, 1e-6, "mul " + c.a.str());
+    check_close(div(a, b).to_vector(), ref_binary('/', a, b, c.out), 1e-6, 1e-6, "div " + c.a.str());
+    CHECK(mul(a, b).shape() == c.out);
+  }
+  CHECK_THROWS_WITH_AS(add(Tensor::zeros({2, 3}), Tensor::zeros({4, 3})), doctest::Contains("do not broadcast"),
+                       std::runtime_error);
+}
+
+TEST_CASE("binary op gradients, with broadcasting") {
+  Rng rng(2);
+  for (auto [sa, sb] : std::vector<std::pair<Shape, Shape>>{{{3, 4}, {3, 4}}, {{2, 3, 2, 2}, {1, 3, 1, 1}}, {{4, 1}, {1, 5}}}) {
+    auto a = rand_uniform(sa, -1, 1, rng), b = rand_uniform(sb, 0.5f, 1.5f, rng);
+    check_gradients([](auto& in) { return add(in[0], in[1]); }, {a, b});
+    check_gradients([](auto& in) { return sub(in[0], in[1]); }, {a, b});
+    check_gradients([](auto& in) { return mul(in[0], in[1]); }, {a, b});
+    check_gradients([](auto& in) { return div(in[0], in[1]); }, {a, b});
+  }
+}
+
+TEST_CASE("unary ops against plain loops, and their gradients") {
+  Rng rng(3);
+  Tensor x = rand_uniform({3, 4, 5}, -2, 2, rng);
+  Tensor pos = rand_uniform({3, 4, 5}, 0.5f, 3, rng);
+  auto ref = [](const Tensor& t, auto f) {
+    std::vector<double> r;
+    for (float v : t.to_vector()) r.push_back(f((double)v));
+    return r;
+  };
+  check_close(relu(x).to_vector(), ref(x, [](double v) { return v > 0 ? v : 0; }), 0, 0, "relu");
+  check_close(square(x).to_vector(), ref(x, [](double v) { return v * v; }), 1e-6, 0, "square");
+  check_close(sqrt(pos).to_vector(), ref(pos, [](double v) { return std::sqrt(v); }), 1e-6, 0, "sqrt");
+  check_close(rsqrt(pos).to_vector(), ref(pos, [](double v) { return 1 / std::sqrt(v); }), 1e-6, 0, "rsqrt");
+  check_close(clamp(x, -0.5f, 1.f).to_vector(), ref(x, [](double v) { return std::min(std::max(v, -0.5), 1.0); }), 0, 0, "clamp");
+  check_close(add_scalar(x, 1.5f).to_vector(), ref(x, [](double v) { return v + 1.5; }), 1e-6, 1e-7, "add_scalar");
+  check_close(mul_scalar(x, -3.f).to_vector(), ref(x, [](double v) { return v * -3; }), 1e-6, 0, "mul_scalar");
+
+  auto away_from = [&](const Tensor& t, std::vector<float> kinks) {
+    return [t, kinks](size_t, int64_t i) {
+      for (float k : kinks)
+        if (std::fabs(t.f32()[i] - k) < 0.05f) return true;
+      return false;
+    };
+  };
+  check_gradients([](auto& in) { return relu(in[0]); }, {x}, {.skip = away_from(x, {0})});
+  check_gradients([](auto& in) { return square(in[0]); }, {x});
+  check_gradients([](auto& in) { return sqrt(in[0]); }, {pos});
+  check_gradients([](auto& in) { return rsqrt(in[0]); }, {pos});
+  check_gradients([](auto& in) { return clamp(in[0], -0.5f, 1.f); }, {x}, {.skip = away_from(x, {-0.5f, 1.f})});
+  check_gradients([](auto& in) { return add_scalar(in[0], 2.f); }, {x});
+  check_gradients([](auto& in) { return mul_scalar(in[0], -3.f); }, {x});
+}
+
+TEST_CASE("round_ste rounds half to even and passes the gradient straight through") {
+  Tensor x = Tensor::from_vector({0.5f, 1.5f, 2.5f, -0.5f, -1.5f, 0.49f, 2.51f}, {7});
+  CHECK(round_ste(x).to_vector() == std::vector<float>{0, 2, 2, -0, -2, 0, 3});
+  x.requires_grad_();
+  sum_all(mul_scalar(round_ste(x), 3.f)).backward();
+  CHECK(x.grad().to_vector() == std::vector<float>(7, 3.f));
+}
+
+static std::vector<double> ref_sum(const Tensor& x, const std::vector<int>& dims, Shape& out) {
+  const Shape& s = x.shape();
+  out = s;
+  for (int d : dims) out.d[d] = 1;
+  std::vector<double> r(out.numel(), 0.0);
+  for (int64_t i = 0; i < x.numel(); i++) {
+    int64_t rem = i, o = 0, stride = 1;
+    for (int d = s.n - 1; d >= 0; d--) {
+      int64_t c = rem % s.d[d];
+      rem /= s.d[d];
+      if (out.d[d] != 1) o += c * stride;
+      stride *= out.d[d];
+    }
+    r[o] += x.f32()[i];
+  }
+  return r;
+}
+
+TEST_CASE("sum and mean over chosen dims, and global average pooling") {
+  Rng rng(4);
+  Tensor x = rand_uniform({3, 4, 5, 6}, -1, 1, rng);
+  for (auto dims : std::vector<std::vector<int>>{{0}, {1}, {3}, {2, 3}, {0, 2, 3}, {0, 1, 2, 3}, {0, 3}}) {
+    Shape out;
+    auto r = ref_sum(x, dims, out);
+    Tensor s = sum(x, dims, true);
+    CHECK(s.shape() == out);
+    check_close(s.to_vector(), r, 1e-5, 1e-6, "sum");
+    double count = (double)x.numel() / out.numel();
+    for (auto& v : r) v /= count;
+    check_close(mean(x, dims, false).to_vector(), r, 1e-5, 1e-6, "mean");
+    check_gradients([dims](auto& in) { return sum(in[0], dims, false); }, {x});
+    check_gradients([dims](auto& in) { return mean(in[0], dims, true); }, {x});
+  }
+  CHECK(mean(x, {1, 3}, false).shape() == Shape{3, 5});
+  CHECK(sum_all(x).shape() == Shape{});
+  Shape out;
+  auto r = ref_sum(x, {2, 3}, out);
+  for (auto& v : r) v /= 30;
+  check_close(global_avg_pool(x).to_vector(), r, 1e-5, 1e-6, "gap");
+  CHECK(global_avg_pool(x).shape() == Shape{3, 4});
+  check_gradients([](auto& in) { return global_avg_pool(in[0]); }, {x});
+  check_gradients([](auto& in) { return mean_all(in[0]); }, {x});
+}
+
+TEST_CASE("reshape, flatten and pad2d") {
+  Rng rng(5);
+  Tensor k = rand_uniform({4, 2, 1, 1}, -1, 1, rng);
+  Tensor p = pad2d(k, 1);
+  REQUIRE(p.shape() == Shape{4, 2, 3, 3});
+  auto v = p.to_vector(), kv = k.to_vector();
+  for (int i = 0; i < 8; i++)
+    for (int t = 0; t < 9; t++) CHECK(v[i * 9 + t] == (t == 4 ? kv[i] : 0.f));
+  check_gradients([](auto& in) { return pad2d(in[0], 1); }, {k});
+  check_gradients([](auto& in) { return pad2d(in[0], 2); }, {rand_uniform({2, 3, 4}, -1, 1, rng)});
+  Tensor x = rand_uniform({2, 3, 4, 5}, -1, 1, rng);
+  CHECK(flatten(x).shape() == Shape{2, 60});
+  CHECK(flatten(x).to_vector() == x.to_vector());
+  check_gradients([](auto& in) { return reshape(in[0], {6, 20}); }, {x});
+}
+
+TEST_CASE("autograd: shared inputs accumulate, no-grad records nothing, detach cuts the graph") {
+  Tensor x = Tensor::from_vector({1, 2, 3}, {3}).requires_grad_();
+  Tensor y = mul(x, x);  // dy/dx = 2x, reached through both operands
+  Tensor z = add(y, x);  // + 1
+  sum_all(z).backward();
+  CHECK(x.grad().to_vector() == std::vector<float>{3, 5, 7});
+  sum_all(x).backward();  // leaves accumulate across backward calls
+  CHECK(x.grad().to_vector() == std::vector<float>{4, 6, 8});
+  {
+    NoGradGuard g;
+    CHECK_FALSE(mul(x, x).requires_grad());
+  }
+  Tensor w = Tensor::from_vector({2, 2, 2}, {3}).requires_grad_();
+  Tensor d = mul(x.detach(), w);
+  CHECK_FALSE(d.grad_fn() == nullptr);
+  sum_all(d).backward();
+  CHECK(w.grad().to_vector() == std::vector<float>{1, 2, 3});
+  CHECK(x.grad().to_vector() == std::vector<float>{4, 6, 8});
+}
+
+TEST_CASE("gradients reach a weight computed from other parameters") {
+  // The merged RepVGG kernel is such a weight: W = pad(K1) * s1 + K3 * s3.
+  Rng rng(6);
+  Tensor k3 = rand_uniform({2, 2, 3, 3}, -1, 1, rng), k1 = rand_uniform({2, 2, 1, 1}, -1, 1, rng);
+  Tensor s3 = rand_uniform({2, 1, 1, 1}, 0.5f, 1.5f, rng), s1 = rand_uniform({2, 1, 1, 1}, 0.5f, 1.5f, rng);
+  check_gradients([](auto& in) { return add(mul(in[0], in[1]), mul(pad2d(in[2], 1), in[3])); }, {k3, s3, k1, s1});
+}
