@@ -20,14 +20,14 @@ else
 endif
 CUDA ?= $(CUDA_FOUND)
 
-LIB_DIRS := engine engine/cpu layers quant models datasets train
+LIB_DIRS := engine engine/cpu layers quant models datasets trainer
 LIB_SRC  := $(filter-out %_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 CU_SRC   :=
 ifeq ($(CUDA),1)
   CU_SRC   := $(wildcard engine/cuda/*.cu)
   CXXFLAGS += -DENGINE_CUDA -I$(CUDA_HOME)/include
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart
-  NVFLAGS  := -O3 -std=c++20 -I. -DENGINE_CUDA -Xcompiler -fopenmp \
+  NVFLAGS  := -O3 -std=c++20 -MMD -MP -I. -DENGINE_CUDA -Xcompiler -fopenmp \
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 

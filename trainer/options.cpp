@@ -1,0 +1,155 @@
+#include "trainer/options.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <functional>
+#include <map>
+#include <stdexcept>
+
+namespace train {
+
+namespace {
+
+template <class T>
+T number(const std::string& name, const std::string& value) {
+  T v{};
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || end != value.data() + value.size())
+    throw std::runtime_error(fmt::format("option {}: '{}' is not a valid number", name, value));
+  return v;
+}
+
+template <class T>
+T positive(const std::string& name, const std::string& value) {
+  T v = number<T>(name, value);
+  if (!(v > 0)) throw std::runtime_error(fmt::format("option {}: must be positive, got {}", name, value));
+  return v;
+}
+
+std::string one_of(const std::string& name, const std::string& value, std::initializer_list<const char*> allowed) {
+  std::string list;
+  for (const char* a : allowed) {
+    if (value == a) return value;
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  throw std::runtime_error(fmt::format("option {}: '{}' is not one of {}", name, value, list));
+}
+
+struct Spec {
+  const char* name;
+  const char* arg;  // nullptr: a flag
+  const char* help;
+  std::function<void(Options&, const std::string&)> set;
+};
+
+const std::vector<Spec>& specs() {
+  static const std::vector<Spec> s = {
+      {"--arch", "NAME", "model: repvgg-cifar (cifar10 default), repvgg-a0 (imagenet default), repvgg-a1 … repvgg-b3g4, qarepvgg-*",
+       [](Options& o, const std::string& v) { o.arch = v; }},
+      {"--data", "DIR", "dataset folder (default: data/ or ../shared/data; CIFAR-10 is downloaded when missing)",
+       [](Options& o, const std::string& v) { o.data = v; }},
+      {"--epochs", "N", "epochs (default 450 cifar10; imagenet 120, or 160 when --oabn-k < 5)",
+       [](Options& o, const std::string& v) { o.epochs = positive<int>("--epochs", v); }},
+      {"--batch-size", "N", "batch size (default 128 cifar10, 256 imagenet)",
+       [](Options& o, const std::string& v) { o.batch_size = positive<int>("--batch-size", v); }},
+      {"--lr", "X", "base learning rate (default 0.1)", [](Options& o, const std::string& v) { o.lr = positive<float>("--lr", v); }},
+      {"--momentum", "X", "SGD momentum (default 0.9)", [](Options& o, const std::string& v) { o.momentum = number<float>("--momentum", v); }},
+      {"--nesterov", nullptr, "Nesterov momentum", [](Options& o, const std::string&) { o.nesterov = true; }},
+      {"--wd", "X", "weight decay (default 1e-4)", [](Options& o, const std::string& v) { o.wd = number<float>("--wd", v); }},
+      {"--sched", "cosine|step", "learning-rate schedule, stepped per epoch (default cosine cifar10, step imagenet)",
+       [](Options& o, const std::string& v) { o.sched = one_of("--sched", v, {"cosine", "step"}); }},
+      {"--tmax", "N", "cosine period T_max in epochs (default 50 cifar10, else --epochs)",
+       [](Options& o, const std::string& v) { o.tmax = positive<int>("--tmax", v); }},
+      {"--step-size", "N", "step decay every N epochs (default 30; 40 when --oabn-k < 5)",
+       [](Options& o, const std::string& v) { o.step_size = positive<int>("--step-size", v); }},
+      {"--gamma", "X", "step decay factor (default 0.1)", [](Options& o, const std::string& v) { o.gamma = positive<float>("--gamma", v); }},
+      {"--warmup", "N", "linear warm-up epochs (default 0)", [](Options& o, const std::string& v) { o.warmup = number<int>("--warmup", v); }},
+      {"--label-smoothing", "X", "label smoothing (default 0)",
+       [](Options& o, const std::string& v) { o.label_smoothing = number<float>("--label-smoothing", v); }},
+      {"--oabn-k", "K", "outlier-aware BN: clip identity-branch gamma to [-K var, K var] (default off)",
+       [](Options& o, const std::string& v) { o.oabn_k = positive<float>("--oabn-k", v); }},
+      {"--custom-l2", nullptr, "RepVGG's custom L2 on the merged kernel instead of plain decay on the branches",
+       [](Options& o, const std::string&) { o.custom_l2 = true; }},
+      {"--seed", "N", "random seed (default 0)", [](Options& o, const std::string& v) { o.seed = number<uint64_t>("--seed", v); }},
+      {"--threads", "N", "threads (default: all cores)", [](Options& o, const std::string& v) { o.threads = positive<int>("--threads", v); }},
+      {"--device", "cpu|cuda", "device (default cpu)", [](Options& o, const std::string& v) { o.device = one_of("--device", v, {"cpu", "cuda"}); }},
+      {"--out", "DIR", "run folder (default runs/<dataset>-<arch>-<date-time>)", [](Options& o, const std::string& v) { o.out = v; }},
+      {"--resume", "PATH", "continue a run: its folder or a checkpoint file", [](Options& o, const std::string& v) { o.resume = v; }},
+      {"--limit-train", "N", "use the first N training images (default all)",
+       [](Options& o, const std::string& v) { o.limit_train = positive<size_t>("--limit-train", v); }},
+      {"--limit-val", "N", "use the first N validation images (default all)",
+       [](Options& o, const std::string& v) { o.limit_val = positive<size_t>("--limit-val", v); }},
+      {"--eval-every", "N", "evaluate every N epochs and at the last (default 1)",
+       [](Options& o, const std::string& v) { o.eval_every = positive<int>("--eval-every", v); }},
+      {"--synsets", "FILE", "imagenet: number classes by this synset list (LOC_synset_mapping.txt)",
+       [](Options& o, const std::string& v) { o.synsets = v; }},
+      {"--image-size", "N", "imagenet: crop size (default 224)", [](Options& o, const std::string& v) { o.image_size = positive<int>("--image-size", v); }},
+      {"--resize-size", "N", "imagenet: eval resize of the shorter side (default 256)",
+       [](Options& o, const std::string& v) { o.resize_size = positive<int>("--resize-size", v); }},
+      {"--bad-images", "fail|skip", "imagenet: on an undecodable image, fail (default) or skip and count it",
+       [](Options& o, const std::string& v) { o.bad_images = one_of("--bad-images", v, {"fail", "skip"}); }},
+      {"--summary", nullptr, "print the model's parameter and MAC counts and exit", [](Options& o, const std::string&) { o.summary = true; }},
+      {"--help", nullptr, "this text", [](Options& o, const std::string&) { o.help = true; }},
+  };
+  return s;
+}
+
+// Fills what the user left unset from the dataset's defaults (OABN paper, Table 2).
+void apply_defaults(Options& o) {
+  bool cifar = o.dataset == "cifar10";
+  bool long_schedule = o.oabn_k > 0 && o.oabn_k < 5;  // imagenet: k < 5 trains 160 epochs, steps every 40
+  if (o.arch.empty()) o.arch = cifar ? "repvgg-cifar" : "repvgg-a0";
+  if (o.batch_size == 0) o.batch_size = cifar ? 128 : 256;
+  if (o.sched.empty()) o.sched = cifar ? "cosine" : "step";
+  if (o.epochs == 0) o.epochs = cifar ? 450 : (long_schedule ? 160 : 120);
+  if (o.step_size == 0) o.step_size = long_schedule ? 40 : 30;
+  if (o.tmax == 0) o.tmax = cifar ? 50 : o.epochs;
+  if (o.image_size == 0) o.image_size = cifar ? 32 : 224;
+}
+
+}  // namespace
+
+Options parse_options(const std::vector<std::string>& args) {
+  Options o;
+  for (size_t i = 0; i < args.size(); i++) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) != 0) {
+      if (!o.dataset.empty()) throw std::runtime_error(fmt::format("unexpected argument '{}' (the dataset is '{}')", a, o.dataset));
+      o.dataset = one_of("DATASET", a, {"cifar10", "imagenet"});
+      continue;
+    }
+    std::string name = a, value;
+    if (auto eq = a.find('='); eq != std::string::npos) {
+      name = a.substr(0, eq);
+      value = a.substr(eq + 1);
+    }
+    const Spec* spec = nullptr;
+    for (const Spec& s : specs())
+      if (name == s.name) spec = &s;
+    if (!spec) throw std::runtime_error(fmt::format("unknown option '{}' (see ./train --help)", name));
+    if (spec->arg && value.empty()) {
+      if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value {}", name, spec->arg));
+      value = args[++i];
+    }
+    spec->set(o, value);
+  }
+  if (o.help) return o;
+  if (o.dataset.empty()) o.dataset = o.summary ? "imagenet" : "";
+  if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
+  apply_defaults(o);
+  return o;
+}
+
+std::string help_text() {
+  std::string s =
+      "usage: ./train DATASET [options]   DATASET: cifar10 | imagenet\n"
+      "Trains a RepVGG-family model and writes a run folder (config.json, log.csv, last/best.safetensors).\n\n";
+  for (const Spec& sp : specs()) {
+    std::string left = std::string(sp.name) + (sp.arg ? std::string(" ") + sp.arg : "");
+    s += fmt::format("  {:<26} {}\n", left, sp.help);
+  }
+  return s;
+}
+
+}  // namespace train

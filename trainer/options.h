@@ -1,0 +1,45 @@
+// ./train's options: defaults per dataset (the OABN paper's Table 2), parsing with clear errors, --help.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace train {
+
+struct Options {
+  std::string dataset;  // cifar10 | imagenet
+  std::string arch;     // default: repvgg-cifar (cifar10), repvgg-a0 (imagenet)
+  std::string data;     // dataset folder; default: found (and for CIFAR-10 fetched) automatically
+  int epochs = 0;       // default: 450 (cifar10); 120 or 160 (imagenet, by --oabn-k)
+  int batch_size = 0;   // default: 128 (cifar10), 256 (imagenet)
+  float lr = 0.1f;
+  float momentum = 0.9f;
+  bool nesterov = false;
+  float wd = 1e-4f;
+  std::string sched;    // cosine | step; default: cosine (cifar10), step (imagenet)
+  int tmax = 0;         // cosine period in epochs; default 50 (cifar10), else epochs
+  int step_size = 0;    // step decay period; default 30 or 40 (imagenet, by --oabn-k)
+  float gamma = 0.1f;   // step decay factor
+  int warmup = 0;       // linear warm-up epochs
+  float label_smoothing = 0.f;
+  float oabn_k = 0.f;   // 0: OABN off
+  bool custom_l2 = false;
+  uint64_t seed = 0;
+  int threads = 0;      // 0: all cores
+  std::string device = "cpu";
+  std::string out;      // default: runs/<dataset>-<arch>-<date-time>
+  std::string resume;   // a run folder or a checkpoint file
+  size_t limit_train = 0, limit_val = 0;  // 0: all
+  int eval_every = 1;
+  std::string synsets;
+  int image_size = 0;   // default: 32 (cifar10), 224 (imagenet)
+  int resize_size = 256;
+  std::string bad_images = "fail";
+  bool summary = false; // print the model's size and exit
+  bool help = false;
+};
+
+// Parses argv (without the program name). Throws std::runtime_error naming the bad option and value.
+Options parse_options(const std::vector<std::string>& args);
+std::string help_text();
+
+}  // namespace train
