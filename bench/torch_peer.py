@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""PyTorch side of `make bench`: times one case and prints one line.
+
+    /usr/bin/python3 bench/torch_peer.py --case train-cifar [--threads 2 --warmup 2 --reps 5]
+    -> torch train-cifar img_per_s=X median_s=Y
+    /usr/bin/python3 bench/torch_peer.py --case ceiling
+    -> torch ceiling gflops=X median_s=Y
+
+Cases (models from tests/reference/repvgg_torch.py, PyTorch default init under torch.manual_seed(0);
+synthetic data: randn inputs, random labels; the timed unit is one call, the median over --reps
+after --warmup untimed calls):
+  train-cifar         one SGD step (zero_grad, forward, cross-entropy, backward, step; lr 0.1,
+                      momentum 0.9, wd 1e-4) of repvgg-cifar in training form, batch 128, 32x32
+  train-cifar-oabn    the same with OABN k = 3 on the identity BNs (bench/train_twin.py)
+  infer-cifar-deploy  forward of the deployed repvgg-cifar (switch_to_deploy), eval, no_grad, batch 128
+  train-a0            one SGD step of repvgg-a0 in training form, batch 32, 224x224
+  infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
+  ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
+                      no_grad: the float32 conv throughput PyTorch reaches on this machine
+
+Exits 2 with a message on stderr when PyTorch cannot be imported (the C++ side prints torch=absent).
+PyTorch is a peer here, never a dependency of the engine.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+CASES = {
+    # name: (arch, batch, resolution, mode, oabn_k)
+    'train-cifar': ('repvgg-cifar', 128, 32, 'train', 0.0),
+    'train-cifar-oabn': ('repvgg-cifar', 128, 32, 'train', 3.0),
+    'infer-cifar-deploy': ('repvgg-cifar', 128, 32, 'infer-deploy', 0.0),
+    'train-a0': ('repvgg-a0', 32, 224, 'train', 0.0),
+    'infer-a0-deploy': ('repvgg-a0', 32, 224, 'infer-deploy', 0.0),
+}
+CEILING = dict(n=32, c=256, hw=56, k=256)   # 2 * 32*56*56 * 256 * 256*9 = 118.4 GFLOP per forward
+
+
+def time_reps(fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build_case(torch, name):
+    import torch.nn.functional as F
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, '..', 'tests', 'reference'))
+    sys.path.insert(0, here)
+    import repvgg_torch
+    from train_twin import apply_oabn
+
+    arch, batch, res, mode, oabn_k = CASES[name]
+    torch.manual_seed(0)
+    model = repvgg_torch.create_model(arch)
+    num_classes = model.linear.out_features
+    x = torch.randn(batch, 3, res, res)
+    y = torch.randint(0, num_classes, (batch,))
+
+    if mode == 'train':
+        if oabn_k > 0:
+            apply_oabn(model, oabn_k)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        return step, batch
+
+    # infer-deploy: converted from the freshly initialised BN state (speed does not depend on it)
+    deployed = repvgg_torch.repvgg_model_convert(model)
+    deployed.eval()
+
+    def forward():
+        with torch.no_grad():
+            deployed(x)
+    return forward, batch
+
+
+def main():
+    ap = argparse.ArgumentParser(description='PyTorch peer timings for make bench.')
+    ap.add_argument('--case', required=True, choices=sorted(CASES) + ['ceiling'])
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--reps', type=int, default=5)
+    args = ap.parse_args()
+    if args.reps < 1 or args.warmup < 0:
+        ap.error('--reps must be >= 1 and --warmup >= 0')
+
+    try:
+        import torch
+    except Exception as e:   # ImportError, or a broken install raising something else
+        print(f'torch_peer: PyTorch is not importable ({type(e).__name__}: {e})', file=sys.stderr)
+        sys.exit(2)
+    torch.set_num_threads(args.threads)
+
+    if args.case == 'ceiling':
+        import torch.nn.functional as F
+        c = CEILING
+        torch.manual_seed(0)
+        x = torch.randn(c['n'], c['c'], c['hw'], c['hw'])
+        w = torch.randn(c['k'], c['c'], 3, 3) * 0.02
+
+        def conv():
+            with torch.no_grad():
+                F.conv2d(x, w, padding=1)
+        med = time_reps(conv, args.warmup, args.reps)
+        flops = 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9
+        print(f'torch ceiling gflops={flops / med / 1e9:.2f} median_s={med:.6f}')
+        return
+
+    fn, batch = build_case(torch, args.case)
+    med = time_reps(fn, args.warmup, args.reps)
+    print(f'torch {args.case} img_per_s={batch / med:.2f} median_s={med:.6f}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,154 @@
+// CPU kernels for batch norm. x [N, C, HW]: channel c's M = N * HW values are the N planes x[n, c, :], each
+// HW contiguous floats. Work is split over the N * C planes; each plane's sums are kept (in double) and
+// added up per channel in plane order, so results do not depend on the thread count. The per-channel and
+// per-element math is in engine/scalar_math.h, shared with engine/cuda/batchnorm.cu.
+#include <vector>
+
+#include "engine/kernels.h"
+#include "engine/scalar_math.h"
+
+namespace engine::cpu {
+
+static bool parallel(const BnShape& s) { return s.n * s.c * s.hw > 32768; }
+
+// Per-channel sums a[c], b[c] of the pair that plane_sums(plane p = n * C + c, a, b) computes for each plane.
+template <class F>
+static void channel_sums(const BnShape& s, std::vector<double>& a, std::vector<double>& b, F plane_sums) {
+  const int64_t planes = s.n * s.c;
+  std::vector<double> pa(planes), pb(planes);
+#pragma omp parallel for schedule(static) if (parallel(s))
+  for (int64_t p = 0; p < planes; p++) plane_sums(p, pa[p], pb[p]);
+  a.assign(s.c, 0.0);
+  b.assign(s.c, 0.0);
+  for (int64_t n = 0; n < s.n; n++)
+    for (int64_t c = 0; c < s.c; c++) {
+      a[c] += pa[n * s.c + c];
+      b[c] += pb[n * s.c + c];
+    }
+}
+
+// y[n, c, i] = (x[n, c, i] - mean[c]) * scale[c] + beta[c]
+static void normalize(const BnShape& s, const float* x, const float* mean, const float* scale, const float* beta,
+                      float* y) {
+#pragma omp parallel for schedule(static) if (parallel(s))
+  for (int64_t p = 0; p < s.n * s.c; p++) {
+    const int64_t c = p % s.c;
+    const float mu = mean[c], k = scale[c], b = beta[c];
+    const float* xp = x + p * s.hw;
+    float* yp = y + p * s.hw;
+#pragma omp simd
+    for (int64_t i = 0; i < s.hw; i++) yp[i] = bn_normalize(xp[i], mu, k, b);
+  }
+}
+
+void bn_train_forward(const BnShape& s, const float* x, const float* gamma, const float* beta,
+                      float* running_mean, float* running_var, float momentum, float eps, float* mean, float* var,
+                      float* y) {
+  const double m = (double)(s.n * s.hw);
+  // One pass: sums of d and d² with d = x - x[0, c, 0] (see bn_batch_stats).
+  std::vector<double> sum_d, sum_d2;
+  channel_sums(s, sum_d, sum_d2, [&](int64_t p, double& a, double& b) {
+    const float* xp = x + p * s.hw;
+    const double shift = x[p % s.c * s.hw];
+    double sa = 0, sb = 0;
+#pragma omp simd reduction(+ : sa, sb)
+    for (int64_t i = 0; i < s.hw; i++) {
+      double d = xp[i] - shift;
+      sa += d;
+      sb += d * d;
+    }
+    a = sa;
+    b = sb;
+  });
+  std::vector<float> scale(s.c);
+  for (int64_t c = 0; c < s.c; c++) {
+    bn_batch_stats(sum_d[c], sum_d2[c], m, x[c * s.hw], mean[c], var[c]);
+    running_mean[c] = bn_running_update(running_mean[c], mean[c], momentum);
+    running_var[c] = bn_running_var_update(running_var[c], var[c], m, momentum);
+    scale[c] = gamma[c] * bn_invstd(var[c], eps);
+  }
+  normalize(s, x, mean, scale.data(), beta, y);
+}
+
+void bn_eval_forward(const BnShape& s, const float* x, const float* gamma, const float* beta,
+                     const float* running_mean, const float* running_var, float eps, float* y) {
+  std::vector<float> scale(s.c);
+  for (int64_t c = 0; c < s.c; c++) scale[c] = gamma[c] * bn_invstd(running_var[c], eps);
+  normalize(s, x, running_mean, scale.data(), beta, y);
+}
+
+// Per channel: sum_gy[c] = Σ gy and sum_gy_xhat[c] = Σ gy xhat with xhat = (x - mean[c]) invstd[c].
+static void grad_sums(const BnShape& s, const float* x, const float* mean, const float* istd, const float* gy,
+                      std::vector<double>& sum_gy, std::vector<double>& sum_gy_xhat) {
+  channel_sums(s, sum_gy, sum_gy_xhat, [&](int64_t p, double& a, double& b) {
+    const float* xp = x + p * s.hw;
+    const float* gp = gy + p * s.hw;
+    const double mu = mean[p % s.c];
+    double sa = 0, sb = 0;
+#pragma omp simd reduction(+ : sa, sb)
+    for (int64_t i = 0; i < s.hw; i++) {
+      sa += gp[i];
+      sb += gp[i] * (xp[i] - mu);
+    }
+    a = sa;
+    b = sb * istd[p % s.c];
+  });
+}
+
+void bn_train_backward(const BnShape& s, const float* x, const float* gamma, const float* mean, const float* var,
+                       float eps, const float* gy, float* gx, float* ggamma, float* gbeta) {
+  std::vector<float> istd(s.c);
+  for (int64_t c = 0; c < s.c; c++) istd[c] = bn_invstd(var[c], eps);
+  std::vector<double> sum_gy, sum_gy_xhat;
+  grad_sums(s, x, mean, istd.data(), gy, sum_gy, sum_gy_xhat);
+  for (int64_t c = 0; c < s.c; c++) {
+    if (ggamma) ggamma[c] = (float)sum_gy_xhat[c];
+    if (gbeta) gbeta[c] = (float)sum_gy[c];
+  }
+  if (!gx) return;
+  // gx = gamma invstd / M (M gy - Σ gy - xhat Σ gy xhat) = k (gy - a - (x - mean) b), see bn_train_grad_x
+  const double m = (double)(s.n * s.hw);
+  std::vector<float> k(s.c), a(s.c), b(s.c);
+  for (int64_t c = 0; c < s.c; c++) {
+    k[c] = gamma[c] * istd[c];
+    a[c] = (float)(sum_gy[c] / m);
+    b[c] = (float)(sum_gy_xhat[c] * istd[c] / m);
+  }
+#pragma omp parallel for schedule(static) if (parallel(s))
+  for (int64_t p = 0; p < s.n * s.c; p++) {
+    const int64_t c = p % s.c;
+    const float mu = mean[c], kc = k[c], ac = a[c], bc = b[c];
+    const float* xp = x + p * s.hw;
+    const float* gp = gy + p * s.hw;
+    float* out = gx + p * s.hw;
+#pragma omp simd
+    for (int64_t i = 0; i < s.hw; i++) out[i] = bn_train_grad_x(gp[i], xp[i], mu, kc, ac, bc);
+  }
+}
+
+void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, const float* running_mean,
+                      const float* running_var, float eps, const float* gy, float* gx, float* ggamma,
+                      float* gbeta) {
+  std::vector<float> istd(s.c);
+  for (int64_t c = 0; c < s.c; c++) istd[c] = bn_invstd(running_var[c], eps);
+  if (ggamma || gbeta) {
+    std::vector<double> sum_gy, sum_gy_xhat;
+    grad_sums(s, x, running_mean, istd.data(), gy, sum_gy, sum_gy_xhat);
+    for (int64_t c = 0; c < s.c; c++) {
+      if (ggamma) ggamma[c] = (float)sum_gy_xhat[c];
+      if (gbeta) gbeta[c] = (float)sum_gy[c];
+    }
+  }
+  if (!gx) return;
+  // gx = gy gamma invstd (the statistics are constants)
+#pragma omp parallel for schedule(static) if (parallel(s))
+  for (int64_t p = 0; p < s.n * s.c; p++) {
+    const float k = gamma[p % s.c] * istd[p % s.c];
+    const float* gp = gy + p * s.hw;
+    float* out = gx + p * s.hw;
+#pragma omp simd
+    for (int64_t i = 0; i < s.hw; i++) out[i] = gp[i] * k;
+  }
+}
+
+}  // namespace engine::cpu

@@ -1,0 +1,151 @@
+// cross_entropy (with label smoothing) against a double-precision log-softmax, its gradient, label checks,
+// PyTorch's numbers from tests/reference/ops_bn_ce.safetensors, and topk_correct on hand-made logits.
+#include <cmath>
+#include <limits>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "engine/safetensors.h"
+#include "tests/gradcheck.h"
+
+using namespace engine;
+using testing_util::check_close;
+using testing_util::check_gradients;
+
+namespace {
+
+Tensor labels_of(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::empty({(int64_t)v.size()}, DType::i32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
+Tensor random_labels(int64_t n, int64_t k, Rng& rng) {
+  std::vector<int32_t> v(n);
+  for (auto& y : v) y = (int32_t)rng.below(k);
+  return labels_of(v);
+}
+
+struct RefCe {
+  double loss;
+  std::vector<double> glogits;  // d loss / d logits
+};
+
+// loss = mean_i -Σ_k target[i, k] log p[i, k] with target = (1 - ε) onehot + ε / K; glogits = (p - target) / N.
+RefCe ref_cross_entropy(const Tensor& logits, const Tensor& labels, double eps) {
+  const int64_t n = logits.size(0), k = logits.size(1);
+  const float* l = logits.f32();
+  RefCe r{0, std::vector<double>(n * k)};
+  for (int64_t i = 0; i < n; i++) {
+    double top = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < k; j++) top = std::max(top, (double)l[i * k + j]);
+    for (int64_t j = 0; j < k; j++) sum += std::exp(l[i * k + j] - top);
+    const double lse = top + std::log(sum);
+    for (int64_t j = 0; j < k; j++) {
+      double target = (j == labels.data<int32_t>()[i] ? 1 - eps : 0) + eps / k;
+      double logp = l[i * k + j] - lse;
+      r.loss -= target * logp / n;
+      r.glogits[i * k + j] = (std::exp(logp) - target) / n;
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cross_entropy with label smoothing against a double log-softmax, forward and backward") {
+  Rng rng(21);
+  struct Case {
+    int64_t n, k;
+    float offset, spread;  // logits uniform in offset ± spread
+    float eps;
+  };
+  for (Case c : std::vector<Case>{{4, 10, 0, 3, 0},
+                                  {7, 3, 1, 2, 0.1f},
+                                  {1, 1, 0, 1, 0.1f},         // K = 1: zero loss and gradient
+                                  {3, 1000, 500, 60, 0.2f},   // exp(logit) would overflow without the shift
+                                  {2, 5, 0, 1, 1.f},          // uniform target
+                                  {33, 1100, 0, 5, 0.1f}}) {  // large enough to run threaded
+    Tensor logits = rand_uniform({c.n, c.k}, c.offset - c.spread, c.offset + c.spread, rng).requires_grad_();
+    Tensor labels = random_labels(c.n, c.k, rng);
+    RefCe r = ref_cross_entropy(logits, labels, c.eps);
+    Tensor loss = cross_entropy(logits, labels, c.eps);
+    INFO("N " << c.n << " K " << c.k << " eps " << c.eps);
+    CHECK(loss.shape() == Shape{});
+    check_close(loss.to_vector(), std::vector<double>{r.loss}, 1e-6, 1e-6, "loss");
+    mul_scalar(loss, 2.5f).backward();
+    for (double& g : r.glogits) g *= 2.5;
+    check_close(logits.grad().to_vector(), r.glogits, 1e-5, 1e-7, "glogits");
+  }
+}
+
+TEST_CASE("cross_entropy gradient check") {
+  Rng rng(22);
+  testing_util::GradCheck opt;  // gradients are ~1/N: check them to 1e-4, far below the smoothing's ε/(N K)
+  opt.tolerance = 1e-4;
+  for (float eps : {0.f, 0.3f}) {
+    for (auto [n, k] : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {2, 2}, {5, 4}}) {
+      Tensor labels = random_labels(n, k, rng);
+      INFO("N " << n << " K " << k << " eps " << eps);
+      check_gradients([&](auto& in) { return cross_entropy(in[0], labels, eps); },
+                      {rand_uniform({n, k}, -2, 2, rng)}, opt);
+    }
+  }
+}
+
+TEST_CASE("cross_entropy and topk_correct reject bad labels with the row and value") {
+  Tensor logits = Tensor::zeros({3, 5});
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, labels_of({0, 4, 5})),
+                       doctest::Contains("label 5 of row 2 is outside [0, 5)"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, labels_of({0, -1, 2})),
+                       doctest::Contains("label -1 of row 1 is outside [0, 5)"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(topk_correct(logits, labels_of({7, 0, 0}), 1),
+                       doctest::Contains("label 7 of row 0 is outside [0, 5)"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, Tensor::zeros({3})), doctest::Contains("expects labels i32 [3]"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, labels_of({0, 1})), doctest::Contains("expects labels i32 [3]"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(cross_entropy(Tensor::zeros({3, 5, 1}), labels_of({0, 1, 2})),
+                       doctest::Contains("expects logits f32 [N, K]"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, labels_of({0, 1, 2}), 1.5f), doctest::Contains("label_smoothing"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(topk_correct(logits, labels_of({0, 1, 2}), 6), doctest::Contains("k = 6 for 5 classes"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(topk_correct(logits, labels_of({0, 1, 2}), 0), doctest::Contains("k = 0"),
+                       std::runtime_error);
+}
+
+// tests/reference/ops_bn_ce.safetensors is written by `/usr/bin/python3 tests/reference/make_op_refs.py`.
+TEST_CASE("cross_entropy matches PyTorch, with and without label smoothing") {
+  const std::string path = "tests/reference/ops_bn_ce.safetensors";
+  const st::File f = st::load(path);
+  auto get = [&](const std::string& name, Shape shape) {
+    return Tensor::from_vector(st::require(f, "ce." + name, st::DType::F32, shape.vec(), path).to_vector<float>(),
+                               shape);
+  };
+  Tensor logits = get("logits", {6, 5}).requires_grad_();
+  Tensor labels = labels_of(st::require(f, "ce.labels", st::DType::I32, {6}, path).to_vector<int32_t>());
+  Tensor loss = cross_entropy(logits, labels, 0.1f);
+  mul_scalar(loss, 2.5f).backward();
+  check_close(loss.to_vector(), get("loss", {}).to_vector(), 1e-6, 1e-7, "loss");
+  check_close(logits.grad().to_vector(), get("glogits", {6, 5}).to_vector(), 1e-5, 1e-7, "glogits");
+  check_close(cross_entropy(logits, labels).to_vector(), get("loss_plain", {}).to_vector(), 1e-6, 1e-7, "loss_plain");
+}
+
+TEST_CASE("topk_correct counts a label among the k largest logits, ties in the label's favour") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Tensor logits = Tensor::from_vector({0.1f, 0.9f, 0.3f, 0.2f, 0.0f, -1.f,  // label 1: the largest
+                                       0.1f, 0.9f, 0.3f, 0.2f, 0.0f, -1.f,  // label 2: second
+                                       1.f,  1.f,  1.f,  1.f,  1.f,  1.f,   // label 4: all tied
+                                       5.f,  4.f,  3.f,  2.f,  1.f,  0.f,   // label 5: sixth
+                                       5.f,  4.f,  3.f,  2.f,  1.f,  0.f,   // label 4: fifth
+                                       0.f,  2.f,  2.f,  1.f,  0.f,  0.f,   // label 2: tied first
+                                       0.f,  1.f,  nan,  1.f,  0.f,  0.f},  // label 2: NaN never counts
+                                      {7, 6});
+  Tensor labels = labels_of({1, 2, 4, 5, 4, 2, 2});
+  CHECK(topk_correct(logits, labels, 1) == 3);  // rows 0, 2, 5
+  CHECK(topk_correct(logits, labels, 2) == 4);  // and row 1
+  CHECK(topk_correct(logits, labels, 5) == 5);  // and row 4
+  CHECK(topk_correct(logits, labels, 6) == 6);  // every row but the NaN one
+  CHECK(topk_correct(Tensor::from_vector({2.f, 1.f, 1.f, 2.f}, {2, 2}), labels_of({0, 0}), 1) == 1);
+}
