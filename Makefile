@@ -47,6 +47,7 @@ build/.found:
 
 build/libengine.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
+	rm -f $@
 	ar rcs $@ $^
 
 build/%.o: %.cpp
@@ -58,7 +59,7 @@ build/%.cu.o: %.cu
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 define program_rule
-$(1): $(filter %/$(1)_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp))) build/libengine.a
+$(1): $(patsubst %.cpp,build/%.o,$(filter %/$(1)_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp)))) build/libengine.a
 	$$(CXX) $$(CXXFLAGS) $$< build/libengine.a -o $$@ $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))

@@ -21,8 +21,9 @@ Recipe (the same as ./train cifar10):
     to the unclipped gamma; the same clip in eval. See OABatchNorm2d.
 
 Data: CIFAR-10 binary layout (data_batch_1..5.bin, test_batch.bin; records of 1 label byte and
-3072 bytes of R, G, B planes, 32 x 32). --limit-train N takes the first N records of
-data_batch_1..5 read in that order; --limit-val N the first N records of test_batch.bin.
+3072 bytes of R, G, B planes, 32 x 32). --limit-train N keeps N evenly spread records of
+data_batch_1..5 read in that order (record floor(i * 50000 / N)), as ./train does; --limit-val N the same
+of test_batch.bin, which is sorted by class in the shared copy.
 """
 import argparse
 import json
@@ -99,20 +100,17 @@ def apply_oabn(model, k):
 # Data
 
 def read_cifar(paths, limit=0):
-    """Records of the files in order, the first `limit` (0: all). -> (uint8 [N,3,32,32], int64 [N])."""
-    chunks, have = [], 0
+    """Records of the files in order; with `limit`, the evenly spread subset floor(i * size / limit) that
+    ./train keeps (datasets/dataset.h spread_subset). -> (uint8 [N,3,32,32], int64 [N])."""
+    chunks = []
     for p in paths:
-        if limit and have >= limit:
-            break
         raw = np.fromfile(p, dtype=np.uint8)
         if raw.size % RECORD:
             raise SystemExit(f'{p}: size {raw.size} is not a multiple of {RECORD}')
-        raw = raw.reshape(-1, RECORD)
-        if limit:
-            raw = raw[:limit - have]
-        chunks.append(raw)
-        have += raw.shape[0]
+        chunks.append(raw.reshape(-1, RECORD))
     raw = np.concatenate(chunks)
+    if limit and limit < raw.shape[0]:
+        raw = raw[(np.arange(limit, dtype=np.int64) * raw.shape[0]) // limit]
     labels = raw[:, 0].astype(np.int64)
     if labels.max() > 9:
         raise SystemExit(f'label {labels.max()} out of range 0-9 in {paths}')
@@ -189,8 +187,8 @@ def evaluate(model, images, labels, batch_size, norm):
 def main():
     ap = argparse.ArgumentParser(description='PyTorch twin of ./train cifar10 (accuracy comparison).')
     ap.add_argument('--data', required=True, help='CIFAR-10 binary folder (data_batch_1..5.bin, test_batch.bin)')
-    ap.add_argument('--limit-train', type=int, default=0, help='first N training images (0: all)')
-    ap.add_argument('--limit-val', type=int, default=0, help='first N test images (0: all)')
+    ap.add_argument('--limit-train', type=int, default=0, help='N evenly spread training images (0: all)')
+    ap.add_argument('--limit-val', type=int, default=0, help='N evenly spread test images (0: all)')
     ap.add_argument('--epochs', type=int, default=450)
     ap.add_argument('--tmax', type=int, default=0, help='cosine T_max in epochs (default: --epochs)')
     ap.add_argument('--batch-size', type=int, default=128)

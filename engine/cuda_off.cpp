@@ -17,6 +17,7 @@ void release_cached_memory() {}
 void copy_to_device(void*, const void*, size_t) { require(); }
 void copy_to_host(void*, const void*, size_t) { require(); }
 void copy_on_device(void*, const void*, size_t) { require(); }
+void synchronize() {}
 
 }  // namespace engine::cuda
 #endif

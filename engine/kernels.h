@@ -81,7 +81,11 @@ struct BnShape {
   void cross_entropy_forward(int64_t n, int64_t k, const float* logits, const int32_t* labels,       \
                              float smoothing, float* loss_rows, float* probs);                      \
   void cross_entropy_backward(int64_t n, int64_t k, const float* probs, const int32_t* labels,       \
-                              float smoothing, float gscale, float* glogits);
+                              float smoothing, float gscale, float* glogits);                       \
+  /* one SGD step of n parameters (optim.h): d = g + wd p; with momentum (buf not null)              \
+     buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d */    \
+  void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float wd,  \
+                  bool nesterov, bool first);
 
 namespace engine::cpu {
 ENGINE_KERNEL_DECLS

@@ -134,7 +134,7 @@ Options parse_options(const std::vector<std::string>& args) {
     }
     spec->set(o, value);
   }
-  if (o.help) return o;
+  if (o.help || (!o.resume.empty() && o.dataset.empty())) return o;  // a resumed run re-reads its options
   if (o.dataset.empty()) o.dataset = o.summary ? "imagenet" : "";
   if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
   apply_defaults(o);

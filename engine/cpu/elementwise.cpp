@@ -1,8 +1,7 @@
 // CPU kernels for element-wise and broadcast ops, threaded with OpenMP (static schedules, so results
-// do not depend on timing).
-#include <cmath>
-
+// do not depend on timing). The per-element math is in engine/scalar_math.h, shared with engine/cuda/.
 #include "engine/kernels.h"
+#include "engine/scalar_math.h"
 
 namespace engine::cpu {
 
@@ -18,16 +17,10 @@ static void map1(const float* x, float* y, int64_t n, F f) {
 }
 
 void unary_forward(UnaryOp op, const float* x, float* y, int64_t n, float p0, float p1) {
-  switch (op) {
-    case UnaryOp::relu: return map1(x, y, n, [](float v) { return v > 0.f ? v : 0.f; });
-    case UnaryOp::square: return map1(x, y, n, [](float v) { return v * v; });
-    case UnaryOp::sqrt: return map1(x, y, n, [](float v) { return std::sqrt(v); });
-    case UnaryOp::rsqrt: return map1(x, y, n, [](float v) { return 1.f / std::sqrt(v); });
-    case UnaryOp::clamp: return map1(x, y, n, [=](float v) { return std::fmin(std::fmax(v, p0), p1); });
-    case UnaryOp::round: return map1(x, y, n, [](float v) { return std::nearbyint(v); });  // half to even
-    case UnaryOp::add_scalar: return map1(x, y, n, [=](float v) { return v + p0; });
-    case UnaryOp::mul_scalar: return map1(x, y, n, [=](float v) { return v * p0; });
-  }
+  with_unary_op(op, [&](auto tag) {
+    constexpr UnaryOp o = decltype(tag)::value;
+    map1(x, y, n, [=](float v) { return unary_value<o>(v, p0, p1); });
+  });
 }
 
 template <class F>
@@ -38,18 +31,10 @@ static void map3(const float* x, const float* y, const float* gy, float* gx, int
 
 void unary_backward(UnaryOp op, const float* x, const float* y, const float* gy, float* gx, int64_t n,
                     float p0, float p1) {
-  switch (op) {
-    case UnaryOp::relu: return map3(x, y, gy, gx, n, [](float a, float, float g) { return a > 0.f ? g : 0.f; });
-    case UnaryOp::square: return map3(x, y, gy, gx, n, [](float a, float, float g) { return 2.f * a * g; });
-    case UnaryOp::sqrt: return map3(x, y, gy, gx, n, [](float, float b, float g) { return g * 0.5f / b; });
-    case UnaryOp::rsqrt:  // d x^-1/2 = -1/2 x^-3/2 = -1/2 y^3
-      return map3(x, y, gy, gx, n, [](float, float b, float g) { return -0.5f * b * b * b * g; });
-    case UnaryOp::clamp:
-      return map3(x, y, gy, gx, n, [=](float a, float, float g) { return a >= p0 && a <= p1 ? g : 0.f; });
-    case UnaryOp::round:
-    case UnaryOp::add_scalar: return map3(x, y, gy, gx, n, [](float, float, float g) { return g; });
-    case UnaryOp::mul_scalar: return map3(x, y, gy, gx, n, [=](float, float, float g) { return g * p0; });
-  }
+  with_unary_op(op, [&](auto tag) {
+    constexpr UnaryOp o = decltype(tag)::value;
+    map3(x, y, gy, gx, n, [=](float a, float b, float g) { return unary_grad<o>(a, b, g, p0, p1); });
+  });
 }
 
 template <class F>
@@ -83,12 +68,17 @@ static void broadcast_loop(const Broadcast& b, const float* x, const float* z, f
   }
 }
 
+template <BinaryOp op>
+static void binary_loop(const Broadcast& b, const float* x, const float* z, float* y) {
+  broadcast_loop(b, x, z, y, [](float p, float q) { return binary_value<op>(p, q); });
+}
+
 void binary_forward(BinaryOp op, const Broadcast& b, const float* x, const float* z, float* y) {
   switch (op) {
-    case BinaryOp::add: return broadcast_loop(b, x, z, y, [](float p, float q) { return p + q; });
-    case BinaryOp::sub: return broadcast_loop(b, x, z, y, [](float p, float q) { return p - q; });
-    case BinaryOp::mul: return broadcast_loop(b, x, z, y, [](float p, float q) { return p * q; });
-    case BinaryOp::div: return broadcast_loop(b, x, z, y, [](float p, float q) { return p / q; });
+    case BinaryOp::add: return binary_loop<BinaryOp::add>(b, x, z, y);
+    case BinaryOp::sub: return binary_loop<BinaryOp::sub>(b, x, z, y);
+    case BinaryOp::mul: return binary_loop<BinaryOp::mul>(b, x, z, y);
+    case BinaryOp::div: return binary_loop<BinaryOp::div>(b, x, z, y);
   }
 }
 

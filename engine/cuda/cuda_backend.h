@@ -22,5 +22,6 @@ void release_cached_memory();
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
+void synchronize();           // waits for the queued GPU work (for timing); a no-op without a GPU
 
 }  // namespace engine::cuda

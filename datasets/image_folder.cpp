@@ -1,0 +1,135 @@
+#include "datasets/image_folder.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+
+#include "datasets/decode.h"
+#include "datasets/transforms.h"
+
+namespace fs = std::filesystem;
+
+namespace data {
+
+BadImages parse_bad_images(const std::string& s) {
+  if (s == "fail") return BadImages::fail;
+  if (s == "skip") return BadImages::skip;
+  throw std::invalid_argument("bad_images must be fail or skip, not '" + s + "'");
+}
+
+static bool is_image_name(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
+// synset -> line number of a LOC_synset_mapping.txt style file; *lines is the number of lines.
+static std::map<std::string, int> read_synsets(const std::string& path, int* lines) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("synsets file " + path + ": cannot open");
+  std::map<std::string, int> index;
+  std::string line;
+  int n = 0;
+  for (; std::getline(in, line); n++) {
+    std::string synset = line.substr(0, line.find_first_of(" \t\r"));
+    if (synset.empty())
+      throw std::runtime_error("synsets file " + path + ": line " + std::to_string(n + 1) + " is empty");
+    index.emplace(synset, n);
+  }
+  if (n == 0) throw std::runtime_error("synsets file " + path + ": empty");
+  *lines = n;
+  return index;
+}
+
+ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit) : opt_(opt) {
+  if (opt.image_size <= 0 || opt.resize_size < opt.image_size)
+    throw std::runtime_error("ImageFolder: need 0 < image_size <= resize_size, got image_size " +
+                             std::to_string(opt.image_size) + ", resize_size " +
+                             std::to_string(opt.resize_size));
+  if (!fs::is_directory(dir))
+    throw std::runtime_error("ImageFolder " + dir + ": not a folder (expected " + dir + "/<class>/<image>)");
+  std::vector<std::string> classes;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory()) classes.push_back(e.path().filename().string());
+  std::sort(classes.begin(), classes.end());
+  if (classes.empty())
+    throw std::runtime_error("ImageFolder " + dir + ": no class folders (expected " + dir +
+                             "/<class>/<image>)");
+
+  std::map<std::string, int> synset_index;
+  num_classes_ = int(classes.size());
+  if (!opt.synsets.empty()) synset_index = read_synsets(opt.synsets, &num_classes_);
+
+  for (size_t c = 0; c < classes.size(); c++) {
+    int label = int(c);
+    if (!opt.synsets.empty()) {
+      auto it = synset_index.find(classes[c]);
+      if (it == synset_index.end())
+        throw std::runtime_error("ImageFolder " + dir + ": folder " + classes[c] + " is not a synset of " +
+                                 opt.synsets);
+      label = it->second;
+    }
+    fs::path folder = fs::path(dir) / classes[c];
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(folder))
+      if (e.is_regular_file() && is_image_name(e.path())) names.push_back(e.path().filename().string());
+    if (names.empty())
+      throw std::runtime_error("ImageFolder " + dir + ": class folder " + folder.string() +
+                               " has no images (.jpg, .jpeg, .png)");
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) {
+      files_.push_back((folder / n).string());
+      labels_.push_back(label);
+    }
+  }
+  if (limit > 0 && limit < files_.size()) {
+    std::vector<size_t> keep = spread_subset(files_.size(), limit);
+    for (size_t i = 0; i < keep.size(); i++) {  // keep[i] >= i: compact in place, front to back
+      files_[i] = files_[keep[i]];
+      labels_[i] = labels_[keep[i]];
+    }
+    files_.resize(limit);
+    labels_.resize(limit);
+  }
+}
+
+bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) const {
+  thread_local Image img;
+  try {
+    decode_image(files_[i], img);
+  } catch (const std::runtime_error& e) {
+    if (opt_.bad_images == BadImages::fail) throw;
+    std::lock_guard<std::mutex> lock(bad_mutex_);
+    if (bad_.insert(i).second) std::fprintf(stderr, "warning: skipping bad image %s\n", e.what());
+    return false;
+  }
+  const int s = opt_.image_size;
+  if (train) {
+    Rng rng(rng_seed);
+    Box box = random_resized_crop_box(img.h, img.w, rng);
+    bool flip = rng.uniform() < 0.5;
+    resize_crop(img.pixels.get(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
+  } else {
+    int rh, rw;
+    resize_shorter_dims(img.h, img.w, opt_.resize_size, rh, rw);
+    resize_crop(img.pixels.get(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, s),
+                false, kImageNetNorm, chw);
+  }
+  return true;
+}
+
+size_t ImageFolder::bad_count() const {
+  std::lock_guard<std::mutex> lock(bad_mutex_);
+  return bad_.size();
+}
+
+std::unique_ptr<ImageFolder> open_image_folder(const std::string& dir, const ImageOptions& opt,
+                                               size_t limit) {
+  return std::make_unique<ImageFolder>(dir, opt, limit);
+}
+
+}  // namespace data

@@ -1,0 +1,138 @@
+#include "datasets/loader.h"
+
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+
+#include "datasets/rng.h"
+
+namespace data {
+
+Loader::Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth)
+    : ds_(ds), batch_size_(batch_size), train_(train), seed_(seed), threads_(std::max(threads, 1)) {
+  if (batch_size <= 0) throw std::invalid_argument("Loader: batch_size must be positive");
+  if (ds.size() > UINT32_MAX) throw std::invalid_argument("Loader: more than 2^32 images");
+  slots_.resize(size_t(std::max(queue_depth, threads_)) + 1);
+  for (auto& s : slots_) {
+    Batch& b = s.batch;
+    b.c = 3;
+    b.h = ds.height();
+    b.w = ds.width();
+    b.images.resize(size_t(batch_size) * b.c * b.h * b.w);
+    b.labels.resize(size_t(batch_size));
+  }
+  order_.resize(ds.size());
+  size_t n = ds.size();
+  batches_ = train ? n / batch_size : (n + batch_size - 1) / batch_size;
+}
+
+Loader::~Loader() { stop_workers(); }
+
+void Loader::stop_workers() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  free_cv_.notify_all();
+  ready_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  stop_ = false;
+}
+
+void Loader::start_epoch(int epoch) {
+  stop_workers();
+  epoch_ = epoch;
+  size_t n = ds_.size();
+  std::iota(order_.begin(), order_.end(), 0u);
+  if (train_) {  // Fisher-Yates
+    Rng rng(mix_seed(seed_, uint64_t(epoch)));
+    for (size_t i = n; i > 1; i--) std::swap(order_[i - 1], order_[rng.below(i)]);
+  }
+  for (auto& s : slots_) s.state = State::free;
+  next_fill_ = next_take_ = 0;
+  held_ = -1;
+  error_ = nullptr;
+  skipped_ = 0;
+  started_ = true;
+  for (int t = 0; t < threads_; t++) workers_.emplace_back(&Loader::work, this);
+}
+
+const Batch* Loader::next() {
+  if (!started_) throw std::logic_error("Loader::next called before start_epoch");
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (held_ >= 0) {
+    slots_[held_].state = State::free;
+    held_ = -1;
+    free_cv_.notify_one();
+  }
+  if (error_) std::rethrow_exception(error_);
+  if (next_take_ >= batches_) return nullptr;
+  auto ready = [&] {
+    for (size_t s = 0; s < slots_.size(); s++)
+      if (slots_[s].state == State::ready && slots_[s].index == next_take_) return int(s);
+    return -1;
+  };
+  ready_cv_.wait(lock, [&] { return error_ || ready() >= 0; });
+  if (error_) std::rethrow_exception(error_);
+  held_ = ready();
+  next_take_++;
+  return &slots_[held_].batch;
+}
+
+// Takes the next batch number and a free slot, fills it, repeats; exits at the end of the epoch, on stop,
+// or after an error (kept for next() to rethrow).
+void Loader::work() {
+  for (;;) {
+    Slot* slot = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      auto free_slot = [&]() -> Slot* {
+        for (auto& s : slots_)
+          if (s.state == State::free) return &s;
+        return nullptr;
+      };
+      free_cv_.wait(lock, [&] { return stop_ || next_fill_ >= batches_ || free_slot(); });
+      if (stop_ || next_fill_ >= batches_) return;
+      slot = free_slot();
+      slot->state = State::filling;
+      slot->index = next_fill_++;
+    }
+    try {
+      fill(slot->batch, slot->index);
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+        stop_ = true;
+      }
+      free_cv_.notify_all();
+      ready_cv_.notify_all();
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      slot->state = State::ready;
+    }
+    ready_cv_.notify_all();
+  }
+}
+
+// Batch k: positions k * batch_size .. of the epoch order; bad images skipped leave b.n smaller.
+void Loader::fill(Batch& b, size_t k) {
+  const size_t image = size_t(b.c) * b.h * b.w;
+  const size_t begin = k * batch_size_, end = std::min(begin + batch_size_, order_.size());
+  int n = 0;
+  for (size_t p = begin; p < end && !stop_; p++) {
+    uint32_t i = order_[p];
+    if (ds_.load(i, train_, image_seed(seed_, epoch_, i), &b.images[n * image])) {
+      b.labels[n] = ds_.label(i);
+      n++;
+    } else {
+      skipped_++;
+    }
+  }
+  b.n = n;
+}
+
+}  // namespace data

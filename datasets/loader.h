@@ -1,0 +1,76 @@
+// Loader: worker threads decode and augment batches of a Dataset into a fixed pool of batch buffers, at
+// most queue_depth batches ahead of the consumer, while the model trains on the previous ones.
+//
+//   data::Loader loader(*ds, 128, /*train=*/true, seed, threads);
+//   for (int epoch = 0; epoch < epochs; epoch++) {
+//     loader.start_epoch(epoch);
+//     while (const data::Batch* b = loader.next()) train_step(b->images, b->labels, b->n);
+//   }
+//
+// Train: the order is a shuffle drawn from (seed, epoch) and the last partial batch is dropped. Eval: the
+// dataset order, the last partial batch kept. Each image's augmentation is drawn from image_seed(seed,
+// epoch, index), so the batches are the same for any number of threads.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "datasets/dataset.h"
+
+namespace data {
+
+class Loader {
+ public:
+  // ds must outlive the loader. The pool holds max(queue_depth, threads) + 1 batch buffers.
+  Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth = 4);
+  ~Loader();  // stops and joins the workers, also mid-epoch
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  // Starts (or restarts) an epoch; a batch returned before is no longer valid.
+  void start_epoch(int epoch);
+  // The next batch of the epoch, valid until the next call; nullptr at the end of the epoch. Rethrows on
+  // this thread the error of a worker (a bad image in fail mode, naming the file), then at every call
+  // until the next start_epoch.
+  const Batch* next();
+  size_t batches_per_epoch() const { return batches_; }
+  size_t skipped() const { return skipped_; }  // bad images skipped so far this epoch
+
+ private:
+  enum class State { free, filling, ready };
+  struct Slot {
+    Batch batch;
+    State state = State::free;
+    size_t index = 0;  // batch number in the epoch
+  };
+
+  void stop_workers();
+  void work();
+  void fill(Batch& b, size_t k);
+
+  const Dataset& ds_;
+  const int batch_size_;
+  const bool train_;
+  const uint64_t seed_;
+  const int threads_;
+  size_t batches_;
+  int epoch_ = 0;
+  bool started_ = false;
+  std::vector<uint32_t> order_;  // dataset index of each position in the epoch
+  std::vector<Slot> slots_;
+
+  std::mutex mutex_;
+  std::condition_variable free_cv_, ready_cv_;
+  size_t next_fill_ = 0, next_take_ = 0;
+  int held_ = -1;  // slot the consumer holds
+  std::exception_ptr error_;
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> skipped_{0};
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace data

@@ -1,0 +1,120 @@
+// oneDNN context: engine, per-thread stream, primitive cache and shared scratch buffers (see dnnl.h).
+#include "engine/cpu/dnnl.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <memory>
+
+#include "engine/tensor.h"
+
+namespace engine::cpu {
+
+static std::atomic<uint64_t> g_primitives_created{0};
+
+uint64_t dnnl_primitives_created() { return g_primitives_created.load(); }
+
+dnnl::engine& dnnl_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::primitive_attr dnnl_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+namespace {
+
+// A 64-byte aligned buffer that only grows.
+struct Buffer {
+  std::unique_ptr<void, decltype(&std::free)> data{nullptr, &std::free};
+  size_t bytes = 0;
+};
+
+struct Context {
+  dnnl::stream stream{dnnl_engine()};
+  std::map<DnnlKey, DnnlCall> calls;
+  // Slot 0 holds the scratchpads, slots 1.. the blocked copies of a call's arguments. Calls run one at a
+  // time on this thread, so all of them share these.
+  std::vector<Buffer> scratch;
+};
+
+Context& context() {
+  thread_local Context c;
+  return c;
+}
+
+void* scratch_buffer(int slot, size_t bytes) {
+  auto& scratch = context().scratch;
+  if ((int)scratch.size() <= slot) scratch.resize(slot + 1);
+  Buffer& b = scratch[slot];
+  if (b.bytes < bytes) {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    b.data.reset(std::aligned_alloc(64, rounded));
+    ENGINE_CHECK(b.data, "out of memory for " + std::to_string(rounded) + " bytes of oneDNN scratch");
+    b.bytes = rounded;
+  }
+  return b.data.get();
+}
+
+}  // namespace
+
+DnnlCall::DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& args) {
+  const dnnl::engine& engine = dnnl_engine();
+  Step main{dnnl::primitive(pd), {}};
+  std::vector<Step> after;
+  int blocked_slot = 1;
+  for (const DnnlArg& a : args) {
+    dnnl::memory user(a.plain, engine, nullptr);
+    user_.push_back(user);
+    dnnl::memory::desc want = pd.query_md(dnnl::query::exec_arg_md, a.arg);
+    if (want == a.plain) {
+      main.args[a.arg] = user;
+      continue;
+    }
+    dnnl::memory blocked(want, engine, nullptr);
+    scratch_.push_back({blocked, blocked_slot++});
+    main.args[a.arg] = blocked;
+    dnnl::memory from = a.output ? blocked : user, to = a.output ? user : blocked;
+    dnnl::reorder::primitive_desc reorder_pd(from, to, dnnl_attr());
+    Step reorder{dnnl::reorder(reorder_pd), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}};
+    add_scratchpad(reorder, reorder_pd.scratchpad_desc());
+    (a.output ? after : steps_).push_back(std::move(reorder));
+  }
+  add_scratchpad(main, pd.scratchpad_desc());
+  steps_.push_back(std::move(main));
+  steps_.insert(steps_.end(), after.begin(), after.end());
+  g_primitives_created += steps_.size();
+}
+
+void DnnlCall::add_scratchpad(Step& step, const dnnl::memory::desc& md) {
+  if (md.get_size() == 0) return;
+  dnnl::memory mem(md, dnnl_engine(), nullptr);
+  step.args[DNNL_ARG_SCRATCHPAD] = mem;
+  scratch_.push_back({mem, 0});
+}
+
+void DnnlCall::run(std::initializer_list<const void*> buffers) {
+  ENGINE_CHECK(buffers.size() == user_.size(),
+               std::to_string(buffers.size()) + " buffers for a call of " + std::to_string(user_.size()));
+  const void* const* p = buffers.begin();
+  for (dnnl::memory& m : user_) m.set_data_handle(const_cast<void*>(*p++));  // inputs are only read
+  for (Scratch& s : scratch_) s.mem.set_data_handle(scratch_buffer(s.slot, s.mem.get_desc().get_size()));
+  dnnl::stream& stream = context().stream;
+  for (Step& s : steps_) s.prim.execute(stream, s.args);
+  stream.wait();
+}
+
+DnnlCall* dnnl_find(const DnnlKey& key) {
+  auto& calls = context().calls;
+  auto it = calls.find(key);
+  return it == calls.end() ? nullptr : &it->second;
+}
+
+DnnlCall& dnnl_insert(const DnnlKey& key, DnnlCall call) {
+  return context().calls.insert_or_assign(key, std::move(call)).first->second;
+}
+
+}  // namespace engine::cpu

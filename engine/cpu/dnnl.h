@@ -1,0 +1,66 @@
+// oneDNN on the CPU: the engine and stream, a cache of primitives keyed by shape, and scratch buffers
+// reused across calls. Our tensors keep their plain layouts (NCHW, OIHW, row-major) at the API boundary;
+// where a primitive runs faster in one of oneDNN's blocked layouts, its cached call reorders the inputs
+// into scratch buffers before it and the outputs back after it.
+// The cache and the scratch buffers belong to the calling thread (thread_local).
+#pragma once
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <unordered_map>
+#include <vector>
+
+namespace engine::cpu {
+
+// oneDNN primitives (convolutions, inner products, reorders) created so far, on all threads. A training
+// step that repeats the shapes of an earlier one creates none: tests and benchmarks check this.
+uint64_t dnnl_primitives_created();
+
+dnnl::engine& dnnl_engine();
+
+// Primitive attributes for cached calls: the scratchpad is ours (shared and reused), not per call.
+dnnl::primitive_attr dnnl_attr();
+
+// One argument of a call, as our buffer holds it.
+struct DnnlArg {
+  int arg;                    // DNNL_ARG_SRC, DNNL_ARG_DIFF_WEIGHTS, ...
+  dnnl::memory::desc plain;   // our layout
+  bool output;
+};
+
+// A primitive bound to buffers in our layouts, with the reorders around it that its layouts need.
+// Built once per shape; running it creates nothing, and allocates only to grow a shared scratch buffer.
+class DnnlCall {
+ public:
+  DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& args);
+  // Runs on the buffers given in the order of `args` at construction, and waits for the result.
+  void run(std::initializer_list<const void*> buffers);
+
+ private:
+  struct Step {
+    dnnl::primitive prim;
+    std::unordered_map<int, dnnl::memory> args;
+  };
+  struct Scratch {
+    dnnl::memory mem;
+    int slot;  // which shared scratch buffer holds it
+  };
+  void add_scratchpad(Step& step, const dnnl::memory::desc& md);
+  std::vector<Step> steps_;          // reorders into the primitive's layouts, the primitive, reorders back
+  std::vector<dnnl::memory> user_;   // our buffers (handles set on each run)
+  std::vector<Scratch> scratch_;     // blocked copies and scratchpads (handles set on each run)
+};
+
+// The call cached under `key` (an op tag and its shape, zero-filled), made by make() on first use.
+using DnnlKey = std::array<int64_t, 16>;
+DnnlCall* dnnl_find(const DnnlKey& key);
+DnnlCall& dnnl_insert(const DnnlKey& key, DnnlCall call);
+template <class Make>
+DnnlCall& dnnl_call(const DnnlKey& key, Make make) {
+  if (DnnlCall* call = dnnl_find(key)) return *call;
+  return dnnl_insert(key, make());
+}
+
+}  // namespace engine::cpu

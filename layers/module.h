@@ -1,0 +1,83 @@
+// A small module system in the manner of torch.nn.Module: a module owns named parameters (leaf tensors
+// with requires_grad), named buffers (running statistics) and named child modules, has a train/eval
+// mode, and lists them recursively with PyTorch's dotted names ("stage1.0.rbr_dense.conv.weight").
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace layers {
+
+using engine::Tensor;
+
+// What a parameter is, for the trainer's weight decay: the RepVGG recipe (official train.py) decays
+// conv and linear weights only, not biases nor BN's gamma and beta.
+enum class ParamKind { weight, bias, bn };
+
+struct Param {
+  std::string name;
+  Tensor tensor;
+  ParamKind kind;
+};
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual Tensor forward(const Tensor& x) = 0;
+  Tensor operator()(const Tensor& x) { return forward(x); }
+
+  void train(bool on = true);  // this module and every one below it
+  void eval() { train(false); }
+  bool training() const { return training_; }
+
+  // Replaces training-time branches by their inference-time equivalent (RepVGG blocks override it);
+  // by default it asks the children.
+  virtual void switch_to_deploy();
+
+  // Recursive, in PyTorch's state-dict order: a module's own entries, then each child's.
+  std::vector<Param> parameters() const;
+  std::vector<NamedTensor> buffers() const;
+  std::vector<NamedTensor> state_dict() const;  // parameters and buffers, interleaved per module
+  // Every module below and including this one, with its dotted path ("" for this one).
+  std::vector<std::pair<std::string, Module*>> modules();
+  void zero_grad();  // drops every parameter's gradient
+
+ protected:
+  Tensor register_parameter(const std::string& name, Tensor t, ParamKind kind);  // sets requires_grad
+  Tensor register_buffer(const std::string& name, Tensor t);
+  template <class M> std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    add_child(name, m);
+    return m;
+  }
+  void remove_module(const std::string& name);
+
+ private:
+  void add_child(const std::string& name, std::shared_ptr<Module> m);
+  template <class F> void visit(const std::string& prefix, F&& f) const;
+
+  bool training_ = true;
+  std::vector<Param> params_;          // own, short names
+  std::vector<NamedTensor> buffers_;   // own, short names
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+};
+
+// Children named "0", "1", ... applied in order (torch.nn.Sequential).
+class Sequential : public Module {
+ public:
+  void push_back(std::shared_ptr<Module> m);
+  Tensor forward(const Tensor& x) override;
+  size_t size() const { return items_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<Module>> items_;
+};
+
+}  // namespace layers

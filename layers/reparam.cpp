@@ -1,0 +1,60 @@
+#include "layers/reparam.h"
+
+#include "engine/ops.h"
+
+namespace layers {
+
+using namespace engine;
+
+// t = γ / sqrt(σ² + ε) [C]
+static Tensor bn_scale(const BnTensors& bn) { return mul(bn.gamma, rsqrt(add_scalar(bn.var, bn.eps))); }
+
+static Tensor per_output_channel(const Tensor& t) { return reshape(t, Shape{t.size(0), 1, 1, 1}); }
+
+KernelBias fold_bn(const Tensor& kernel, const BnTensors& bn) {
+  ENGINE_CHECK(kernel.dim() == 4 && bn.gamma.shape() == Shape{kernel.size(0)},
+               "kernel " + kernel.str() + ", BN gamma " + bn.gamma.str());
+  Tensor t = bn_scale(bn);
+  return {mul(kernel, per_output_channel(t)), sub(bn.beta, mul(bn.mean, t))};
+}
+
+Tensor identity_kernel(int64_t channels, int groups) {
+  ENGINE_CHECK(groups >= 1 && channels % groups == 0,
+               std::to_string(channels) + " channels in " + std::to_string(groups) + " groups");
+  const int64_t per_group = channels / groups;
+  Tensor k = Tensor::zeros(Shape{channels, per_group, 3, 3});
+  float* p = k.f32();
+  for (int64_t i = 0; i < channels; i++) p[(i * per_group + i % per_group) * 9 + 4] = 1.0f;
+  return k;
+}
+
+KernelBias merge_repvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, const BnTensors& bn1,
+                        const BnTensors* identity, int groups) {
+  ENGINE_CHECK(k3.dim() == 4 && k3.size(2) == 3 && k3.size(3) == 3, "3x3 kernel " + k3.str());
+  ENGINE_CHECK(k1.shape() == (Shape{k3.size(0), k3.size(1), 1, 1}), "1x1 kernel " + k1.str() + " beside " + k3.str());
+  KernelBias dense = fold_bn(k3, bn3), one = fold_bn(k1, bn1);
+  Tensor kernel = add(dense.kernel, pad2d(one.kernel, 1)), bias = add(dense.bias, one.bias);
+  if (identity) {
+    ENGINE_CHECK(k3.size(0) == k3.size(1) * groups, "an identity branch needs in == out channels");
+    KernelBias id = fold_bn(identity_kernel(k3.size(0), groups).to(k3.device()), *identity);
+    kernel = add(kernel, id.kernel);
+    bias = add(bias, id.bias);
+  }
+  return {kernel, bias};
+}
+
+KernelBias merge_qarepvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups,
+                          const BnTensors& bn) {
+  ENGINE_CHECK(k3.dim() == 4 && k3.size(2) == 3 && k3.size(3) == 3, "3x3 kernel " + k3.str());
+  ENGINE_CHECK(k1.shape() == (Shape{k3.size(0), k3.size(1), 1, 1}), "1x1 kernel " + k1.str() + " beside " + k3.str());
+  KernelBias dense = fold_bn(k3, bn3);
+  Tensor kernel = add(dense.kernel, pad2d(k1, 1));
+  if (identity) {
+    ENGINE_CHECK(k3.size(0) == k3.size(1) * groups, "an identity branch needs in == out channels");
+    kernel = add(kernel, identity_kernel(k3.size(0), groups).to(k3.device()));
+  }
+  Tensor t = bn_scale(bn);
+  return {mul(kernel, per_output_channel(t)), add(bn.beta, mul(sub(dense.bias, bn.mean), t))};
+}
+
+}  // namespace layers

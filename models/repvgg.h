@@ -1,0 +1,78 @@
+// RepVGG and QARepVGG models (official DingXiaoH/RepVGG RepVGG class and model list), the OABN
+// paper's CIFAR-10 model, their sizes computed from the structure, and RepVGG's custom L2.
+//
+//   stage0: one block 3 -> min(64, int(64 a)), stride 2 (1 for cifar)
+//   stage1..4: int(64 a), int(128 a), int(256 a), int(512 b) wide, num_blocks[i] blocks each, the first
+//     of each stride 2; blocks numbered from 1 (stage0 is layer 0), groups on the layers 2, 4, ..., 26
+//   global average pooling, linear(int(512 b) -> num_classes)
+#pragma once
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/random.h"
+#include "layers/repvgg_block.h"
+
+namespace models {
+
+using engine::Tensor;
+
+enum class BlockType { repvgg, qarepvgg };
+
+struct ArchConfig {
+  std::string name;  // "repvgg-a0", ..., "qarepvgg-cifar"
+  BlockType block = BlockType::repvgg;
+  std::array<int, 4> num_blocks{};
+  std::array<double, 4> width_multiplier{};  // a, a, a, b (the CIFAR model: width / 64, / 128, / 256, / 512)
+  int groups = 1;                            // on the layers 2, 4, ..., 26 (the g2 and g4 models)
+  int stage0_stride = 2;
+  int num_classes = 1000;
+  int resolution = 224;                      // the input size its MACs are quoted at
+};
+
+// The names of all archs, in the official list's order: repvgg-a0 ... repvgg-b3g4, repvgg-cifar, then
+// the same with qarepvgg-.
+const std::vector<std::string>& arch_names();
+ArchConfig arch_config(const std::string& name);  // throws for an unknown name, listing the known ones
+// The CIFAR model at another width (every stage `width` channels), e.g. for small reference tests.
+ArchConfig cifar_config(BlockType block, int width);
+
+struct BlockSpec {
+  int in, out, stride, groups;
+};
+// [stage][block]; stage 0 has one block.
+std::vector<std::vector<BlockSpec>> block_specs(const ArchConfig& arch);
+
+struct ModelSize {
+  int64_t params = 0;  // learnable parameters (BN running statistics are buffers, not counted)
+  int64_t macs = 0;    // conv and linear multiply-accumulates for one image
+};
+// From the block specs alone, without building the model.
+ModelSize model_size(const ArchConfig& arch, bool deploy, int resolution);
+
+class RepVGG : public layers::Module {
+ public:
+  // oabn_k > 0 turns on OABN (layers/oabn.h) on every identity-branch BN (RepVGG blocks only).
+  RepVGG(const ArchConfig& arch, engine::Rng& rng, float oabn_k = 0);
+  Tensor forward(const Tensor& x) override;  // [N, 3, H, W] -> [N, num_classes]
+  const std::vector<std::shared_ptr<layers::RepBlock>>& blocks() const { return blocks_; }
+
+  const ArchConfig arch;
+  const float oabn_k;
+
+ private:
+  std::vector<std::shared_ptr<layers::RepBlock>> blocks_;  // stage0, stage1.0, ..., in order
+  std::shared_ptr<layers::Linear> linear_;
+};
+
+// RepVGG's custom L2 (official get_custom_L2), for one training-form RepVGG block:
+//     l2 = Σ K₃² − Σ K₃[:, :, 1, 1]² + Σ eq² / (t₃² + t₁²),   eq = K₃[:, :, 1, 1]·t₃ + K₁·t₁
+// with t₃, t₁ = γ/sqrt(σ² + ε) of the 3x3 and 1x1 BNs (running σ², detached). The trainer adds
+// wd/2 · Σ_blocks l2 to the loss and turns plain decay off for the parameters it covers.
+Tensor custom_l2(const layers::RepVGGBlock& block);
+Tensor custom_l2(const RepVGG& model);  // the sum over the blocks; RepVGG blocks only
+// Whether a parameter's plain weight decay is replaced by the custom L2 (the branch convs and BNs).
+bool covered_by_custom_l2(const std::string& param_name);
+
+}  // namespace models

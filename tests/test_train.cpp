@@ -1,0 +1,159 @@
+// ./train: option defaults and errors, the run folder, resume equality, the non-finite-loss stop.
+// Runs on a small made-up CIFAR-10 folder (random pixels) so that it is quick and needs no data set.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/random.h"
+#include "engine/safetensors.h"
+#include "tests/testing.h"
+#include "trainer/options.h"
+#include "trainer/trainer.h"
+
+namespace fs = std::filesystem;
+using train::Options;
+using train::parse_options;
+
+TEST_CASE("train options: the OABN paper's defaults per dataset") {
+  Options c = parse_options({"cifar10"});
+  CHECK(c.arch == "repvgg-cifar");
+  CHECK(c.batch_size == 128);
+  CHECK(c.epochs == 450);
+  CHECK(c.sched == "cosine");
+  CHECK(c.tmax == 50);
+  CHECK(c.lr == doctest::Approx(0.1));
+  CHECK(c.momentum == doctest::Approx(0.9));
+  CHECK(c.wd == doctest::Approx(1e-4));
+  CHECK(c.label_smoothing == 0);
+  CHECK(c.oabn_k == 0);
+
+  Options i = parse_options({"imagenet"});
+  CHECK(i.arch == "repvgg-a0");
+  CHECK(i.batch_size == 256);
+  CHECK(i.sched == "step");
+  CHECK(i.epochs == 120);
+  CHECK(i.step_size == 30);
+  CHECK(i.gamma == doctest::Approx(0.1));
+  Options k3 = parse_options({"imagenet", "--oabn-k", "3"});  // k < 5: 160 epochs, decay every 40
+  CHECK(k3.epochs == 160);
+  CHECK(k3.step_size == 40);
+  Options k5 = parse_options({"imagenet", "--oabn-k=5"});
+  CHECK(k5.epochs == 120);
+  CHECK(k5.step_size == 30);
+  Options set = parse_options({"cifar10", "--epochs", "4", "--tmax", "4", "--batch-size", "64", "--nesterov"});
+  CHECK(set.epochs == 4);
+  CHECK(set.tmax == 4);
+  CHECK(set.batch_size == 64);
+  CHECK(set.nesterov);
+}
+
+TEST_CASE("train options: bad input gets a clear error") {
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--lr", "fast"}), "option --lr: 'fast' is not a valid number", std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--epochs", "-3"}), "option --epochs: must be positive, got -3", std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--sched", "linear"}), doctest::Contains("not one of cosine, step"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--frobnicate"}), doctest::Contains("unknown option '--frobnicate'"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--epochs"}), doctest::Contains("needs a value"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"mnist"}), doctest::Contains("'mnist' is not one of cifar10, imagenet"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({}), doctest::Contains("no dataset given"), std::runtime_error);
+}
+
+// A CIFAR-10 folder in the official layout with `per_batch` random records per training file.
+static fs::path make_cifar(const fs::path& dir, int per_batch, int test_records) {
+  fs::create_directories(dir);
+  engine::Rng rng(42);
+  auto write = [&](const std::string& name, int records) {
+    std::ofstream f(dir / name, std::ios::binary);
+    for (int r = 0; r < records; r++) {
+      f.put((char)(r % 10));
+      for (int i = 0; i < 3072; i++) f.put((char)rng.below(256));
+    }
+  };
+  for (int b = 1; b <= 5; b++) write("data_batch_" + std::to_string(b) + ".bin", per_batch);
+  write("test_batch.bin", test_records);
+  return dir;
+}
+
+static std::vector<std::string> args_for(const fs::path& data, const fs::path& out, std::vector<std::string> more) {
+  std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--batch-size", "32",
+                                "--threads", "2", "--tmax", "2", "--seed", "5"};
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+static int run(const std::vector<std::string>& args) { return train::run_training(parse_options(args), args); }
+
+// log.csv without the timing columns (seconds, images_per_s).
+static std::vector<std::string> log_values(const fs::path& run) {
+  std::ifstream in(run / "log.csv");
+  std::vector<std::string> rows;
+  std::string line;
+  while (std::getline(in, line)) rows.push_back(line.substr(0, line.rfind(',', line.rfind(',') - 1)));
+  return rows;
+}
+
+static fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("repq_test_train_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+TEST_CASE("train: a run folder, and a resumed run equals an uninterrupted one") {
+  fs::path root = temp_dir("resume");
+  fs::path data = make_cifar(root / "cifar", 16, 40);  // 80 training images: 2 batches of 32 a epoch
+  fs::path whole = root / "runs" / "whole", split = root / "runs" / "split";
+
+  REQUIRE(run(args_for(data, whole, {"--epochs", "2", "--oabn-k", "3"})) == 0);
+  for (auto f : {"config.json", "log.csv", "last.safetensors", "best.safetensors"}) CHECK(fs::exists(whole / f));
+  CHECK(fs::is_symlink(root / "runs" / "latest"));
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(whole / "config.json"));
+  CHECK(cfg["options"]["oabn_k"] == 3.0);
+  CHECK(cfg["threads"] == 2);
+  CHECK(cfg.contains("git_commit"));
+  CHECK(log_values(whole).size() == 3);  // header and two epochs
+  CHECK(log_values(whole)[0] == "epoch,lr,train_loss,train_top1,val_loss,val_top1");
+
+  // Interrupted after its first step (as Ctrl-C does), then resumed twice: mid-epoch, then for epoch 2.
+  train::request_interrupt();
+  CHECK(run(args_for(data, split, {"--epochs", "1", "--oabn-k", "3"})) == 130);
+  CHECK(fs::exists(split / "last.safetensors"));
+  std::vector<std::string> resume1 = {"--resume", split.string()};
+  REQUIRE(train::run_training(parse_options(resume1), resume1) == 0);
+  std::vector<std::string> resume2 = {"--resume", (split / "last.safetensors").string(), "--epochs", "2"};
+  REQUIRE(train::run_training(parse_options(resume2), resume2) == 0);
+
+  CHECK(log_values(split) == log_values(whole));
+  st::File a = st::load((whole / "last.safetensors").string()), b = st::load((split / "last.safetensors").string());
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  size_t differing = 0;
+  for (auto& [name, e] : a.tensors) differing += b.tensors.at(name).bytes != e.bytes;
+  CHECK(differing == 0);
+  fs::remove_all(root);
+}
+
+TEST_CASE("train: a non-finite loss stops the run and keeps the last good checkpoint") {
+  fs::path root = temp_dir("nan");
+  fs::path data = make_cifar(root / "cifar", 16, 20);
+  fs::path out = root / "run";
+  REQUIRE(run(args_for(data, out, {"--epochs", "1"})) == 0);
+  auto before = st::load((out / "last.safetensors").string()).tensors;
+  // An infinite learning rate makes the weights non-finite after the first step of epoch 2.
+  std::vector<std::string> more = {"--resume", out.string(), "--epochs", "3", "--lr", "inf"};
+  CHECK(train::run_training(parse_options(more), more) == 3);
+  CHECK(st::load((out / "last.safetensors").string()).tensors.at("linear.weight").bytes == before.at("linear.weight").bytes);
+  fs::remove_all(root);
+}
+
+TEST_CASE("train: clear errors for a missing data folder, an unknown arch, an arch without OABN") {
+  fs::path root = temp_dir("errors");
+  fs::path data = make_cifar(root / "cifar", 4, 4);
+  auto missing = args_for(root / "nowhere", root / "r1", {"--epochs", "1"});
+  CHECK_THROWS_WITH_AS(run(missing), doctest::Contains("nowhere"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(run(args_for(data, root / "r2", {"--arch", "resnet50"})), doctest::Contains("unknown arch 'resnet50'"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(run(args_for(data, root / "r3", {"--arch", "qarepvgg-cifar", "--oabn-k", "3"})),
+                       doctest::Contains("no identity-branch BN"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(run({"imagenet", "--epochs", "1"}), doctest::Contains("imagenet needs --data"), std::runtime_error);
+  fs::remove_all(root);
+}

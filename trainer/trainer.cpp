@@ -1,0 +1,402 @@
+#include "trainer/trainer.h"
+
+#include <fmt/format.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "datasets/cifar10.h"
+#include "datasets/image_folder.h"
+#include "datasets/loader.h"
+#include "engine/autograd.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/schedule.h"
+#include "layers/checkpoint.h"
+#include "models/repvgg.h"
+
+namespace train {
+
+namespace fs = std::filesystem;
+using engine::Device;
+using engine::Shape;
+using engine::Tensor;
+
+static std::atomic<bool> g_interrupted{false};
+void request_interrupt() { g_interrupted = true; }
+void install_interrupt_handler() {
+  std::signal(SIGINT, [](int) { g_interrupted = true; });
+}
+
+// --- data ----------------------------------------------------------------------------------------------
+
+struct Data {
+  std::unique_ptr<data::Dataset> train, val;
+  std::string dir;
+};
+
+static Data open_data(const Options& o) {
+  Data d;
+  if (o.dataset == "cifar10") {
+    d.dir = data::find_or_fetch_cifar10(o.data);
+    d.train = data::open_cifar10(d.dir, true, o.limit_train);
+    d.val = data::open_cifar10(d.dir, false, o.limit_val);
+    return d;
+  }
+  if (o.data.empty())
+    throw std::runtime_error("imagenet needs --data DIR, a folder with train/ and val/ ImageFolder trees "
+                             "(e.g. --data ../shared/data/imagenette)");
+  d.dir = o.data;
+  data::ImageOptions io;
+  io.image_size = o.image_size;
+  io.resize_size = o.resize_size;
+  io.synsets = o.synsets;
+  io.bad_images = o.bad_images == "skip" ? data::BadImages::skip : data::BadImages::fail;
+  d.train = data::open_image_folder((fs::path(o.data) / "train").string(), io, o.limit_train);
+  d.val = data::open_image_folder((fs::path(o.data) / "val").string(), io, o.limit_val);
+  if (d.train->num_classes() != d.val->num_classes())
+    throw std::runtime_error(fmt::format("{}: train has {} classes but val has {}", o.data, d.train->num_classes(),
+                                         d.val->num_classes()));
+  return d;
+}
+
+// Copies a batch into x [n, c, h, w] and labels i32 [n] on `device` (an explicit host-to-device copy).
+static void to_tensors(const data::Batch& b, Device device, Tensor& x, Tensor& y) {
+  Tensor hx = Tensor::empty({b.n, b.c, b.h, b.w});
+  Tensor hy = Tensor::empty({b.n}, engine::DType::i32);
+  std::memcpy(hx.raw(), b.images.data(), hx.nbytes());
+  std::memcpy(hy.raw(), b.labels.data(), hy.nbytes());
+  x = hx.to(device);
+  y = hy.to(device);
+}
+
+// Moves every parameter and buffer of `m` to `device` in place (their handles stay valid).
+static void move_to(layers::Module& m, Device device) {
+  for (auto& [name, t] : m.state_dict())
+    if (t.device() != device) t.impl()->storage = t.to(device).impl()->storage;
+}
+
+// --- the run folder --------------------------------------------------------------------------------------
+
+static std::string now_string(const char* format) {
+  std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, format, std::localtime(&t));
+  return buf;
+}
+
+static std::string git_commit() {
+  FILE* p = popen("git rev-parse HEAD 2>/dev/null", "r");
+  if (!p) return "unknown";
+  char buf[64] = {};
+  bool ok = std::fgets(buf, sizeof buf, p) != nullptr;
+  pclose(p);
+  std::string s = ok ? std::string(buf) : "unknown";
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "unknown" : s;
+}
+
+static nlohmann::json options_json(const Options& o) {
+  return {{"dataset", o.dataset}, {"arch", o.arch}, {"data", o.data}, {"epochs", o.epochs},
+          {"batch_size", o.batch_size}, {"lr", o.lr}, {"momentum", o.momentum}, {"nesterov", o.nesterov},
+          {"wd", o.wd}, {"sched", o.sched}, {"tmax", o.tmax}, {"step_size", o.step_size}, {"gamma", o.gamma},
+          {"warmup", o.warmup}, {"label_smoothing", o.label_smoothing}, {"oabn_k", o.oabn_k},
+          {"custom_l2", o.custom_l2}, {"seed", o.seed}, {"threads", o.threads}, {"device", o.device},
+          {"out", o.out}, {"limit_train", o.limit_train}, {"limit_val", o.limit_val}, {"eval_every", o.eval_every},
+          {"synsets", o.synsets}, {"image_size", o.image_size}, {"resize_size", o.resize_size},
+          {"bad_images", o.bad_images}};
+}
+
+// Points runs/latest at the run folder (a relative link, replaced atomically).
+static void link_latest(const fs::path& run) {
+  fs::path parent = run.parent_path().empty() ? fs::path(".") : run.parent_path();
+  fs::path tmp = parent / ".latest.tmp", link = parent / "latest";
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  fs::create_directory_symlink(run.filename(), tmp, ec);
+  if (!ec) fs::rename(tmp, link, ec);
+}
+
+// Resolves --resume: the run folder and the checkpoint file, and the options of the original command
+// line with this one's added after them (so e.g. a larger --epochs extends the run).
+static Options resume_options(const Options& given, const std::vector<std::string>& argv, fs::path& ckpt) {
+  fs::path p = given.resume, dir;
+  if (fs::is_directory(p)) {
+    dir = p;
+    ckpt = p / "last.safetensors";
+  } else {
+    ckpt = p;
+    dir = p.parent_path();
+  }
+  if (!fs::exists(ckpt)) throw std::runtime_error(fmt::format("--resume {}: no checkpoint {}", given.resume, ckpt.string()));
+  fs::path cfg = dir / "config.json";
+  std::ifstream in(cfg);
+  if (!in) throw std::runtime_error(fmt::format("--resume {}: cannot read {}", given.resume, cfg.string()));
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", cfg.string(), e.what()));
+  }
+  std::vector<std::string> args = j.at("argv").get<std::vector<std::string>>();
+  for (size_t i = 0; i < argv.size(); i++) {
+    if (argv[i] == "--resume") i++;
+    else if (argv[i].rfind("--resume=", 0) != 0 && argv[i] != given.dataset) args.push_back(argv[i]);
+  }
+  Options o = parse_options(args);
+  o.out = dir.string();
+  o.resume = given.resume;
+  return o;
+}
+
+// log.csv, kept whole in memory and rewritten atomically after every epoch.
+struct Log {
+  fs::path path;
+  bool top5;
+  std::vector<std::string> rows;
+
+  std::string header() const {
+    return std::string("epoch,lr,train_loss,train_top1,val_loss,val_top1") + (top5 ? ",val_top5" : "") +
+           ",seconds,images_per_s";
+  }
+  // Keeps the rows of the first `completed` epochs of an earlier (interrupted) run.
+  void load_completed(int completed) {
+    std::ifstream in(path);
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line))
+      if (!line.empty() && std::stoi(line) <= completed) rows.push_back(line);
+  }
+  void write() const {
+    std::string s = header() + "\n";
+    for (auto& r : rows) s += r + "\n";
+    st::write_file_atomic(path.string(), s);
+  }
+};
+
+// --- evaluation ------------------------------------------------------------------------------------------
+
+struct EvalResult {
+  double loss = 0, top1 = 0, top5 = 0;
+};
+
+static EvalResult evaluate(models::RepVGG& model, data::Loader& loader, Device device) {
+  engine::NoGradGuard no_grad;
+  model.eval();
+  loader.start_epoch(0);
+  double loss = 0, top1 = 0, top5 = 0, n = 0;
+  Tensor x, y;
+  while (const data::Batch* b = loader.next()) {
+    to_tensors(*b, device, x, y);
+    Tensor logits = model(x);
+    loss += engine::cross_entropy(logits, y).item() * b->n;
+    top1 += engine::topk_correct(logits, y, 1);
+    if (logits.size(1) >= 5) top5 += engine::topk_correct(logits, y, 5);
+    n += b->n;
+  }
+  model.train();
+  if (n == 0) return {};
+  return {loss / n, 100 * top1 / n, 100 * top5 / n};
+}
+
+// --- training --------------------------------------------------------------------------------------------
+
+struct Progress {
+  bool tty = isatty(fileno(stdout));
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  void update(int epoch, int epochs, size_t done, size_t total, double loss, double acc, double images) {
+    double s = seconds(), rate = images / std::max(s, 1e-9);
+    double eta = total > done && done > 0 ? s / done * (total - done) : 0;
+    std::string line = fmt::format("epoch {}/{}  batch {}/{}  loss {:.4f}  acc {:.2f}%  {:.1f} img/s  ETA {}:{:02d}",
+                                   epoch + 1, epochs, done, total, loss, acc, rate, (int)eta / 60, (int)eta % 60);
+    if (tty) {
+      std::printf("\r%s\033[K", line.c_str());
+      std::fflush(stdout);
+    } else if (done == total || done % std::max<size_t>(total / 10, 1) == 0) {
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+  }
+  void end_line() {
+    if (tty) std::printf("\n");
+  }
+};
+
+int run_training(Options opt, const std::vector<std::string>& argv) {
+  fs::path resume_ckpt;
+  if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
+  const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
+  if (device == Device::cuda) engine::cuda::require();
+  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  const int threads = omp_get_max_threads();
+
+  models::ArchConfig arch = models::arch_config(opt.arch);  // checks the name before any work
+  if (opt.oabn_k > 0 && arch.block != models::BlockType::repvgg)
+    throw std::runtime_error(fmt::format("--oabn-k: {} has no identity-branch BN to clip (OABN is for RepVGG blocks)", opt.arch));
+  if (opt.custom_l2 && arch.block != models::BlockType::repvgg)
+    throw std::runtime_error(fmt::format("--custom-l2 is RepVGG's; {} uses plain L2", opt.arch));
+
+  Data d = open_data(opt);
+  arch.num_classes = d.train->num_classes();
+  engine::Rng init_rng(opt.seed);
+  models::RepVGG model(arch, init_rng, opt.oabn_k);
+  move_to(model, device);
+
+  // Optimizer: plain L2 on every parameter, except those RepVGG's custom L2 covers when it is on.
+  std::vector<engine::ParamGroup> groups(2);
+  std::vector<std::string> names[2];
+  groups[0].weight_decay = opt.wd;
+  for (const layers::Param& p : model.parameters()) {
+    int g = opt.custom_l2 && models::covered_by_custom_l2(p.name) ? 1 : 0;
+    groups[g].params.push_back(p.tensor);
+    names[g].push_back(p.name);
+  }
+  std::vector<std::string> buffer_names = names[0];
+  buffer_names.insert(buffer_names.end(), names[1].begin(), names[1].end());
+  engine::SGD sgd(groups, opt.lr, opt.momentum, opt.nesterov);
+  engine::Schedule sched;
+  sched.kind = opt.sched == "cosine" ? engine::ScheduleKind::cosine : engine::ScheduleKind::step;
+  sched.base_lr = opt.lr;
+  sched.t_max = opt.tmax;
+  sched.step_size = opt.step_size;
+  sched.gamma = opt.gamma;
+  sched.warmup_epochs = opt.warmup;
+
+  data::Loader train_loader(*d.train, opt.batch_size, true, opt.seed, threads);
+  data::Loader val_loader(*d.val, opt.batch_size, false, opt.seed, threads);
+  if (train_loader.batches_per_epoch() == 0)
+    throw std::runtime_error(fmt::format("{} training images make no batch of {}", d.train->size(), opt.batch_size));
+
+  // The run folder and the state to resume.
+  fs::path run = opt.out.empty() ? fs::path("runs") / fmt::format("{}-{}-{}", opt.dataset, opt.arch, now_string("%Y%m%d-%H%M%S"))
+                                 : fs::path(opt.out);
+  fs::create_directories(run);
+  int start_epoch = 0;
+  size_t start_batch = 0;
+  double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;
+  Log log{run / "log.csv", opt.dataset == "imagenet", {}};
+  if (!resume_ckpt.empty()) {
+    layers::Checkpoint c = layers::load_checkpoint(resume_ckpt.string(), model);
+    start_epoch = std::stoi(c.metadata.at("epoch"));
+    start_batch = std::stoul(c.metadata.at("batch"));
+    best_top1 = std::stod(c.metadata.at("best_top1"));
+    part_loss = std::stod(c.metadata.at("partial_loss"));
+    part_correct = std::stod(c.metadata.at("partial_correct"));
+    part_seen = std::stod(c.metadata.at("partial_seen"));
+    auto& bufs = sgd.momentum_buffers();
+    for (size_t i = 0; i < bufs.size(); i++)
+      if (auto it = c.extra.find("optim." + buffer_names[i]); it != c.extra.end()) bufs[i] = layers::from_entry(it->second).to(device);
+    log.load_completed(start_epoch);
+    std::printf("resuming %s at epoch %d, batch %zu\n", resume_ckpt.c_str(), start_epoch + 1, start_batch);
+  } else {
+    nlohmann::json cfg = {{"argv", argv}, {"options", options_json(opt)}, {"git_commit", git_commit()},
+                          {"threads", threads}, {"data_dir", d.dir}, {"num_classes", arch.num_classes},
+                          {"train_images", d.train->size()}, {"val_images", d.val->size()},
+                          {"created", now_string("%Y-%m-%dT%H:%M:%S")}};
+    st::write_file_atomic((run / "config.json").string(), cfg.dump(2) + "\n");
+  }
+  link_latest(run);
+  std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", run.c_str(), opt.arch.c_str(),
+              opt.dataset.c_str(), d.train->size(), d.val->size(), threads, engine::device_name(device));
+
+  auto save = [&](const fs::path& path, int epoch, size_t batch) {
+    layers::Metadata md = {{"arch", opt.arch}, {"dataset", opt.dataset}, {"epoch", std::to_string(epoch)},
+                           {"batch", std::to_string(batch)}, {"best_top1", fmt::format("{}", best_top1)},
+                           {"partial_loss", fmt::format("{}", part_loss)}, {"partial_correct", fmt::format("{}", part_correct)},
+                           {"partial_seen", fmt::format("{}", part_seen)}, {"seed", std::to_string(opt.seed)},
+                           {"oabn_k", fmt::format("{}", opt.oabn_k)}, {"num_classes", std::to_string(arch.num_classes)}};
+    std::map<std::string, st::Entry> extra;
+    auto& bufs = sgd.momentum_buffers();
+    for (size_t i = 0; i < bufs.size(); i++)
+      if (bufs[i].defined()) extra["optim." + buffer_names[i]] = layers::to_entry(bufs[i]);
+    layers::save_checkpoint(path.string(), model, md, extra);
+  };
+
+  model.train();
+  Tensor x, y;
+  for (int epoch = start_epoch; epoch < opt.epochs; epoch++) {
+    const float lr = sched.lr_at(epoch);
+    sgd.set_lr(lr);
+    train_loader.start_epoch(epoch);
+    const size_t total = train_loader.batches_per_epoch();
+    size_t done = 0;
+    if (epoch != start_epoch || start_batch == 0) part_loss = part_correct = part_seen = 0;
+    for (; done < (epoch == start_epoch ? start_batch : 0); done++) train_loader.next();  // resume mid-epoch
+    Progress progress;
+    double images = 0;
+    while (const data::Batch* b = train_loader.next()) {
+      to_tensors(*b, device, x, y);
+      Tensor logits = model(x);
+      Tensor ce = engine::cross_entropy(logits, y, opt.label_smoothing);
+      Tensor loss = opt.custom_l2 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), opt.wd / 2)) : ce;
+      const float value = ce.item();
+      if (!std::isfinite(value)) {
+        progress.end_line();
+        std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu; stopping. The last good checkpoint is %s\n",
+                     value, epoch + 1, done + 1, (run / "last.safetensors").c_str());
+        return 3;
+      }
+      sgd.zero_grad();
+      loss.backward();
+      sgd.step();
+      done++;
+      images += b->n;
+      part_loss += value * b->n;
+      part_correct += engine::topk_correct(logits, y, 1);
+      part_seen += b->n;
+      progress.update(epoch, opt.epochs, done, total, part_loss / part_seen, 100 * part_correct / part_seen, images);
+      if (g_interrupted) {
+        progress.end_line();
+        save(run / "last.safetensors", epoch, done);
+        std::printf("interrupted: state saved in %s; resume with ./train --resume %s\n", (run / "last.safetensors").c_str(),
+                    run.c_str());
+        g_interrupted = false;
+        return 130;
+      }
+    }
+    progress.end_line();
+    const double train_seconds = progress.seconds();
+    const bool eval_now = (epoch + 1) % opt.eval_every == 0 || epoch + 1 == opt.epochs;
+    EvalResult ev;
+    if (eval_now) ev = evaluate(model, val_loader, device);
+    const double seconds = progress.seconds();
+    std::string row = fmt::format("{},{:.6g},{:.6f},{:.4f}", epoch + 1, lr, part_loss / part_seen, 100 * part_correct / part_seen);
+    row += eval_now ? fmt::format(",{:.6f},{:.4f}", ev.loss, ev.top1) : ",,";
+    if (log.top5) row += eval_now ? fmt::format(",{:.4f}", ev.top5) : ",";
+    row += fmt::format(",{:.2f},{:.2f}", seconds, images / std::max(train_seconds, 1e-9));
+    log.rows.push_back(row);
+    log.write();
+    std::printf("epoch %d/%d  lr %.5g  train loss %.4f  top-1 %.2f%%", epoch + 1, opt.epochs, lr, part_loss / part_seen,
+                100 * part_correct / part_seen);
+    if (eval_now) {
+      std::printf("  |  val loss %.4f  top-1 %.2f%%", ev.loss, ev.top1);
+      if (log.top5) std::printf("  top-5 %.2f%%", ev.top5);
+    }
+    std::printf("  (%.1f s)\n", seconds);
+    std::fflush(stdout);
+    part_loss = part_correct = part_seen = 0;
+    if (eval_now && ev.top1 > best_top1) {
+      best_top1 = ev.top1;
+      save(run / "best.safetensors", epoch + 1, 0);
+    }
+    save(run / "last.safetensors", epoch + 1, 0);
+  }
+  std::printf("done: best val top-1 %.2f%%; checkpoints in %s\n", best_top1, run.c_str());
+  return 0;
+}
+
+}  // namespace train
