@@ -1,21 +1,21 @@
 #!/usr/bin/env python3
 """Writes tests/reference/resize_aa.bin, the reference of the antialiased bilinear resize (run by hand).
 
-  python3 tests/reference/make_resize_reference.py [DATA]    (DATA: the shared data folder, ../shared/data)
+  /usr/bin/python3 tests/reference/make_resize_reference.py
 
 Part 1, torch: a synthetic 61 x 83 RGB pattern, cropped and resized by
 torch.nn.functional.interpolate(mode="bilinear", antialias=True, align_corners=False) in float32, the
 tensor path of torchvision's resize. Part 2, PIL: the torchvision ImageNet eval transform on PIL images,
-Resize(64) (PIL BILINEAR, antialiased) then CenterCrop(56), of one real image, as uint8 (before ToTensor).
+Resize(64) (PIL BILINEAR, antialiased) then CenterCrop(56), of a larger synthetic image of the same
+pattern (no data set image is copied into the repository), as uint8 (before ToTensor).
 
 Format, little-endian:
-  int32 magic 0x31415352 ("RSA1"), version 1
+  int32 magic 0x31415352 ("RSA1"), version 2
   int32 H, W, ncases; per case: int32 top, left, height, width, out_h, out_w; float32 [3][out_h][out_w]
-  int32 path length, path bytes (relative to DATA); int32 resize, crop; uint8 [3][crop][crop]
+  int32 H2, W2 (the PIL input's size); int32 resize, crop; uint8 [3][crop][crop]
 """
 import os
 import struct
-import sys
 
 import numpy as np
 import torch
@@ -29,13 +29,13 @@ CASES = [  # top, left, height, width of the crop, out_h, out_w
     (5, 7, 40, 50, 24, 24),  # crop, then downscale (RandomResizedCrop)
     (3, 2, 20, 30, 27, 41),  # crop, then upscale
 ]
-IMAGE = "imagenet-sample/val/n03843555/n03843555_oil_filter.JPEG"
+H2, W2 = 150, 211
 RESIZE, CROP = 64, 56
 
 
-def pattern():
+def pattern(h=H, w=W):
     # The same formula is in tests/test_data.cpp: value (x*x*7 + y*13 + c*85 + x*y*3) % 256 at row y, column x.
-    y, x, c = np.meshgrid(np.arange(H), np.arange(W), np.arange(3), indexing="ij")
+    y, x, c = np.meshgrid(np.arange(h), np.arange(w), np.arange(3), indexing="ij")
     return ((x * x * 7 + y * 13 + c * 85 + x * y * 3) % 256).astype(np.uint8)  # H x W x 3
 
 
@@ -44,8 +44,8 @@ def torch_resize(img, top, left, h, w, oh, ow):
     return F.interpolate(t, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)[0].numpy()
 
 
-def pil_eval(path):
-    im = Image.open(path).convert("RGB")
+def pil_eval(img):
+    im = Image.fromarray(img, "RGB")
     w, h = im.size  # torchvision Resize(int): shorter side to RESIZE, longer int(RESIZE * long / short)
     nw, nh = (RESIZE, int(RESIZE * h / w)) if w <= h else (int(RESIZE * w / h), RESIZE)
     im = im.resize((nw, nh), Image.BILINEAR)
@@ -55,17 +55,15 @@ def pil_eval(path):
 
 
 def main():
-    data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resize_aa.bin")
     img = pattern()
     with open(out, "wb") as f:
-        f.write(struct.pack("<5i", 0x31415352, 1, H, W, len(CASES)))
+        f.write(struct.pack("<5i", 0x31415352, 2, H, W, len(CASES)))
         for case in CASES:
             f.write(struct.pack("<6i", *case))
             f.write(torch_resize(img, *case).astype("<f4").tobytes())
-        path = IMAGE.encode()
-        f.write(struct.pack("<i", len(path)) + path + struct.pack("<2i", RESIZE, CROP))
-        f.write(pil_eval(os.path.join(data, IMAGE)).astype(np.uint8).tobytes())
+        f.write(struct.pack("<4i", H2, W2, RESIZE, CROP))
+        f.write(pil_eval(pattern(H2, W2)).astype(np.uint8).tobytes())
     print("wrote", out, os.path.getsize(out), "bytes")
 
 
