@@ -50,11 +50,16 @@ build/libengine.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-build/%.o: %.cpp
+# Every object depends on the CUDA setting, so switching CUDA=0/1 rebuilds instead of mixing objects.
+build/cuda.setting: FORCE
+	@mkdir -p build
+	@echo "$(CUDA)" | cmp -s - $@ || echo "$(CUDA)" > $@
+
+build/%.o: %.cpp build/cuda.setting
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-build/%.cu.o: %.cu
+build/%.cu.o: %.cu build/cuda.setting
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -85,5 +90,6 @@ bench: deps
 clean:
 	rm -rf build $(PROGRAMS)
 
-.PHONY: all deps test bench clean
+.PHONY: all deps test bench clean FORCE
+FORCE:
 -include $(shell find build -name '*.d' 2>/dev/null)

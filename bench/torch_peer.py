@@ -18,6 +18,9 @@ after --warmup untimed calls):
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
 
+--serve (used by `make bench`, which alternates ours and torch one call at a time): after the warm-up,
+print "ready", then for every line read from stdin time one call and print its seconds.
+
 Exits 2 with a message on stderr when PyTorch cannot be imported (the C++ side prints torch=absent).
 PyTorch is a peer here, never a dependency of the engine.
 """
@@ -47,6 +50,16 @@ def time_reps(fn, warmup, reps):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def serve(fn, warmup):
+    for _ in range(warmup):
+        fn()
+    print('ready', flush=True)
+    for _ in sys.stdin:
+        t0 = time.perf_counter()
+        fn()
+        print(f'{time.perf_counter() - t0:.6f}', flush=True)
 
 
 def build_case(torch, name):
@@ -93,6 +106,7 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--serve', action='store_true', help='time one call per stdin line (see above)')
     args = ap.parse_args()
     if args.reps < 1 or args.warmup < 0:
         ap.error('--reps must be >= 1 and --warmup >= 0')
@@ -114,12 +128,16 @@ def main():
         def conv():
             with torch.no_grad():
                 F.conv2d(x, w, padding=1)
+        if args.serve:
+            return serve(conv, args.warmup)
         med = time_reps(conv, args.warmup, args.reps)
         flops = 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9
         print(f'torch ceiling gflops={flops / med / 1e9:.2f} median_s={med:.6f}')
         return
 
     fn, batch = build_case(torch, args.case)
+    if args.serve:
+        return serve(fn, args.warmup)
     med = time_reps(fn, args.warmup, args.reps)
     print(f'torch {args.case} img_per_s={batch / med:.2f} median_s={med:.6f}')
 

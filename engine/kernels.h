@@ -31,6 +31,7 @@ struct ConvShape {
   int64_t oh, ow;       // output
   int stride, padding, groups;
   bool bias;
+  bool blocked = false;  // x, y in the blocked layout [N, C/16, H, W, 16] (ops.h, to_blocked; CPU only)
 };
 
 struct LinearShape {
@@ -40,6 +41,29 @@ struct LinearShape {
 
 struct BnShape {
   int64_t n, c, hw;
+};
+
+// One batch norm of a fused sum (bn_add_relu in ops.h): x [N, C, HW] (or blocked), the rest [C].
+struct BnBranch {
+  const float* x = nullptr;
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  float* running_mean = nullptr;  // training: updated in place by the forward
+  float* running_var = nullptr;
+  float* mean = nullptr;          // the statistics that normalize: training, the batch mean and biased
+  float* var = nullptr;           //   variance (written by the forward); eval, the running ones
+  float* gx = nullptr;            // backward outputs, each null when not needed
+  float* ggamma = nullptr;
+  float* gbeta = nullptr;
+};
+
+// y = relu(Σ_b BN_b(x_b)) over `count` branches, all x_b and y [N, C, HW], or [N, C/16, HW, 16] when
+// blocked (channel c at [., c / 16, ., c % 16]).
+struct BnSum {
+  int64_t n = 0, c = 0, hw = 0;
+  bool blocked = false;
+  int count = 0;  // 1 to 3
+  BnBranch b[3];
 };
 
 }  // namespace engine
@@ -57,6 +81,8 @@ struct BnShape {
   /* gx[outer, mid, inner] = gy[outer, inner] * s, the gradient of a sum (s = 1) or mean */          \
   void reduce_sum_backward(const Reduce3& r, const float* gy, float* gx, float s);                  \
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y);  \
+  /* y = relu(conv2d(x, w) + b), for inference (b may be null) */                                   \
+  void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y); \
   void conv2d_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx);        \
   /* gw (and gb when s.bias) are overwritten, not accumulated */                                    \
   void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw,       \
@@ -77,6 +103,14 @@ struct BnShape {
   void bn_eval_backward(const BnShape& s, const float* x, const float* gamma,                        \
                         const float* running_mean, const float* running_var, float eps,              \
                         const float* gy, float* gx, float* ggamma, float* gbeta);                    \
+  /* training: the batch statistics into each branch's mean, var and its running ones updated in place; \
+     eval: normalizes with each branch's mean, var as given */                                     \
+  void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \
+  /* the gradients of bn_sum_relu_forward (from its y and gy) into each branch's gx, ggamma, gbeta */   \
+  void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy); \
+  /* x [N, C, HW] -> y [N, C/16, HW, 16] (C % 16 == 0), and back */                                  \
+  void channels_to_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);              \
+  void channels_from_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);            \
   /* loss[n] per row, and probs (softmax) for the backward; labels i32 */                          \
   void cross_entropy_forward(int64_t n, int64_t k, const float* logits, const int32_t* labels,       \
                              float smoothing, float* loss_rows, float* probs);                      \

@@ -50,8 +50,32 @@ Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast res
 
 // --- conv.cpp (oneDNN on the CPU, cuDNN on CUDA) ------------------------------------------------------
 // x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'].
+// Blocked too (CPU): x [N, C/16, H, W, 16] -> [N, O/16, H', W', 16] (see to_blocked).
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
               int groups = 1);
+// relu(conv2d(x, w, bias, ...)), on the CPU in one oneDNN call (the ReLU a post-op): the deployed RepVGG
+// block. Blocked too.
+Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
+                   int groups = 1);
+
+// --- fused.cpp: fused ops of the RepVGG block, and the blocked activation layout ----------------------
+// One BN's tensors, [C] each, for bn_add_relu.
+struct BnParams {
+  Tensor gamma, beta, running_mean, running_var;
+};
+// relu(Σ_b batch_norm2d(x_b, bn_b...)) for 1 to 3 branches x_b of one shape [N, C, H, W] (or all blocked):
+// a RepVGG block's BNs, branch sum and ReLU in two passes over memory each way, with the same values,
+// running-statistics updates and gradients as the composed ops (training and eval as batch_norm2d).
+Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training,
+                   float momentum = 0.1f, float eps = 1e-5f);
+
+// oneDNN's blocked activation layout nChw16c as an explicit 5-D shape: x [N, C, H, W] (C % 16 == 0) ->
+// [N, C/16, H, W, 16], channel c at [n, c / 16, h, w, c % 16]. Convolutions run in it without reordering;
+// ops marked "blocked too" accept and return it; element-wise ops are layout-blind. to_plain inverts it.
+constexpr int64_t kChannelBlock = 16;
+Tensor to_blocked(const Tensor& x);
+Tensor to_plain(const Tensor& x);
+inline bool is_blocked(const Tensor& x) { return x.dim() == 5; }
 
 // --- linear.cpp --------------------------------------------------------------------------------------
 // x [N, I], w [O, I], bias [O] or undefined -> [N, O]  (y = x wᵀ + b, as torch.nn.functional.linear)

@@ -38,11 +38,33 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
+// The deployed block: the merged conv with its ReLU, in one call when no gradient is recorded.
+static Tensor deployed_forward(const Conv2d& c, const Tensor& x) {
+  return engine::conv2d_relu(x, c.weight, c.bias, c.stride, c.padding, c.groups);
+}
+
 Tensor RepVGGBlock::forward(const Tensor& x) {
-  if (deployed()) return engine::relu(rbr_reparam->forward(x));
-  Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
-  if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(x));
-  return engine::relu(sum);
+  if (deployed()) return deployed_forward(*rbr_reparam, x);
+  std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
+  if (rbr_identity) bns.push_back(rbr_identity.get());
+  bool fusable = true;  // one mode, momentum and eps for the three BNs (as always, unless set otherwise)
+  for (BatchNorm2d* bn : bns)
+    fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
+  if (!fusable) {
+    Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
+    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(x));
+    return engine::relu(sum);
+  }
+  // relu(bn(dense(x)) + bn(1x1(x)) + bn(x)) with the BNs, the sum and the ReLU in one op (ops.h bn_add_relu)
+  std::vector<Tensor> xs = {rbr_dense->conv->forward(x), rbr_1x1->conv->forward(x)};
+  if (rbr_identity) xs.push_back(x);
+  std::vector<engine::BnParams> params;
+  for (BatchNorm2d* bn : bns) {
+    // gamma_used reads running_var before the op updates it (OABN: the bound of this step)
+    params.push_back({bn->gamma_used(), bn->bias, bn->running_mean, bn->running_var});
+    if (bn->training()) bn->num_batches_tracked++;
+  }
+  return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps);
 }
 
 KernelBias RepVGGBlock::equivalent_kernel_bias() const {
@@ -68,7 +90,7 @@ QARepVGGBlock::QARepVGGBlock(int in, int out, int stride, int groups, engine::Rn
 }
 
 Tensor QARepVGGBlock::forward(const Tensor& x) {
-  if (deployed()) return engine::relu(rbr_reparam->forward(x));
+  if (deployed()) return deployed_forward(*rbr_reparam, x);
   Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
   if (has_identity()) sum = engine::add(sum, x);
   return engine::relu(bn->forward(sum));

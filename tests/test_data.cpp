@@ -565,7 +565,7 @@ TEST_CASE("image folder: file names with spaces and quotes, any case of extensio
         std::vector<int>{0, 0, 1, 1});
   CHECK(open_image_folder(tmp / "d", {}, 3)->size() == 3);
   auto two = open_image_folder(tmp / "d", {}, 2);  // limit: spread over the set, so both classes stay
-  CHECK(two->path(1) == tmp / "d/b cls/x y.jpeg");
+  CHECK(two->path(1) == ds->path(2));
   CHECK(std::vector<int>{two->label(0), two->label(1)} == std::vector<int>{0, 1});
   std::vector<float> out(3 * 224 * 224);
   for (size_t i = 0; i < ds->size(); i++) {

@@ -312,6 +312,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   link_latest(run);
   std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", run.c_str(), opt.arch.c_str(),
               opt.dataset.c_str(), d.train->size(), d.val->size(), threads, engine::device_name(device));
+  std::fflush(stdout);
 
   auto save = [&](const fs::path& path, int epoch, size_t batch) {
     layers::Metadata md = {{"arch", opt.arch}, {"dataset", opt.dataset}, {"epoch", std::to_string(epoch)},

@@ -1,5 +1,8 @@
 // CPU kernels for element-wise and broadcast ops, threaded with OpenMP (static schedules, so results
 // do not depend on timing). The per-element math is in engine/scalar_math.h, shared with engine/cuda/.
+#include <algorithm>
+#include <type_traits>
+
 #include "engine/kernels.h"
 #include "engine/scalar_math.h"
 
@@ -37,18 +40,44 @@ void unary_backward(UnaryOp op, const float* x, const float* y, const float* gy,
   });
 }
 
+// b with its size-1 dims dropped and each run of adjacent dims that both inputs step through alike (both
+// contiguous across them, or both broadcast along them) merged into one: a same-shape op becomes one row,
+// x [N, C, H, W] + b [1, C, 1, 1] rows of H * W with a constant b per row.
+static Broadcast merge_dims(const Broadcast& b) {
+  Broadcast m;
+  for (int i = 0; i < b.n; i++) {
+    if (b.out[i] == 1) continue;
+    int k = m.n - 1;
+    if (k >= 0 && b.sa[i] * b.out[i] == m.sa[k] && b.sb[i] * b.out[i] == m.sb[k]) {
+      m.out[k] *= b.out[i];  // dim i is contiguous with (or broadcast like) the one before: merge
+      m.sa[k] = b.sa[i];
+      m.sb[k] = b.sb[i];
+    } else {
+      m.out[m.n] = b.out[i];
+      m.sa[m.n] = b.sa[i];
+      m.sb[m.n] = b.sb[i];
+      m.n++;
+    }
+  }
+  return m;
+}
+
+// y = f(x, z) over the merged broadcast, in pieces of at most ~16k elements of a row (so that one long row
+// is threaded too). The innermost dim has stride 1 or 0 in each input: four vectorizable loops.
 template <class F>
-static void broadcast_loop(const Broadcast& b, const float* x, const float* z, float* y, F f) {
+static void broadcast_loop(const Broadcast& full, const float* x, const float* z, float* y, F f) {
+  const Broadcast b = merge_dims(full);
   int64_t total = 1;
-  for (int i = 0; i < b.n; i++) total *= b.out[i];
+  for (int i = 0; i < full.n; i++) total *= full.out[i];
   if (total == 0) return;
-  int last = b.n - 1;
-  int64_t inner = b.n ? b.out[last] : 1;
-  int64_t sxi = b.n ? b.sa[last] : 0, szi = b.n ? b.sb[last] : 0;
-  int64_t rows = total / inner;
+  const int last = b.n - 1;
+  const int64_t inner = b.n ? b.out[last] : 1;
+  const int64_t sxi = b.n ? b.sa[last] : 0, szi = b.n ? b.sb[last] : 0;
+  const int64_t rows = total / inner, pieces = (inner + 16383) / 16384, piece = (inner + pieces - 1) / pieces;
 #pragma omp parallel for schedule(static) if (total > 32768)
-  for (int64_t r = 0; r < rows; r++) {
-    // r indexes the outer dims [0, last); find the inputs' offsets for that row.
+  for (int64_t w = 0; w < rows * pieces; w++) {
+    // w is piece w % pieces of row r; r indexes the outer dims [0, last): the inputs' offsets for that row.
+    const int64_t r = w / pieces, i0 = w % pieces * piece, len = std::min(piece, inner - i0);
     int64_t rem = r, ox = 0, oz = 0;
     for (int d = last - 1; d >= 0; d--) {
       int64_t i = rem % b.out[d];
@@ -56,15 +85,20 @@ static void broadcast_loop(const Broadcast& b, const float* x, const float* z, f
       ox += i * b.sa[d];
       oz += i * b.sb[d];
     }
-    const float* xr = x + ox;
-    const float* zr = z + oz;
-    float* yr = y + r * inner;
-    if (sxi == 1 && szi == 1) {
+    const float* xr = x + ox + i0 * sxi;
+    const float* zr = z + oz + i0 * szi;
+    float* yr = y + r * inner + i0;
+    auto run = [&](auto sx, auto sz) {
 #pragma omp simd
-      for (int64_t i = 0; i < inner; i++) yr[i] = f(xr[i], zr[i]);
-    } else {
-      for (int64_t i = 0; i < inner; i++) yr[i] = f(xr[i * sxi], zr[i * szi]);
-    }
+      for (int64_t i = 0; i < len; i++) yr[i] = f(xr[i * sx], zr[i * sz]);
+    };
+    using one = std::integral_constant<int64_t, 1>;
+    using zero = std::integral_constant<int64_t, 0>;
+    if (sxi == 1 && szi == 1) run(one{}, one{});
+    else if (sxi == 1 && szi == 0) run(one{}, zero{});
+    else if (sxi == 0 && szi == 1) run(zero{}, one{});
+    else if (sxi == 0 && szi == 0) run(zero{}, zero{});
+    else run(sxi, szi);
   }
 }
 

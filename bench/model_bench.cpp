@@ -1,0 +1,279 @@
+// Model speed against the PyTorch peer (bench/torch_peer.py), one case per run, ours and torch timed
+// alternately one call at a time in the same run (ours, torch, ours, torch, ...), so that the ratio holds
+// on a machine whose load changes. Prints one line:
+//   bench CASE ours=X torch=Y ratio=X/Y unit=img/s gflops=G allocs=A primitives=P
+// ours and torch are medians over --reps calls, after --warmup untimed calls each. gflops is ours' achieved
+// rate by the convention 2 x MACs per image (models::model_size, the form that runs: training form for the
+// train cases, deploy form for the infer cases) x 3 for a training step (forward, backward-data,
+// backward-weights), times img/s. allocs and primitives are the system allocations (alloc_stats) and
+// oneDNN primitives created during the timed calls: 0 in a steady state.
+//
+// Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
+// and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
+// primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
+// gives; unit GFLOP/s.
+//
+// Usage: model_bench --case NAME [--warmup W] [--reps R] [--threads T] [--python PY | --no-torch | --vs BIN]
+//   --vs BIN: the peer is another build of this program (e.g. of an older commit) instead of PyTorch, for
+//   before/after ratios on a busy machine ("torch=" then reports BIN's rate).
+//   --serve: be such a peer (as torch_peer.py --serve: "ready" after the warm-up, then one timed call per
+//   line of stdin, its seconds printed).
+#include <fcntl.h>
+#include <omp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/allocator.h"
+#include "engine/autograd.h"
+#include "engine/cpu/dnnl.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/random.h"
+#include "models/repvgg.h"
+
+using namespace engine;
+
+struct Case {
+  std::string arch;
+  int batch, resolution;
+  bool train;
+  float oabn_k;
+};
+
+static const std::map<std::string, Case> kCases = {
+    {"train-cifar", {"repvgg-cifar", 128, 32, true, 0.f}},
+    {"train-cifar-oabn", {"repvgg-cifar", 128, 32, true, 3.f}},
+    {"infer-cifar-deploy", {"repvgg-cifar", 128, 32, false, 0.f}},
+    {"train-a0", {"repvgg-a0", 32, 224, true, 0.f}},
+    {"infer-a0-deploy", {"repvgg-a0", 32, 224, false, 0.f}},
+};
+
+static double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The PyTorch peer in --serve mode: a child process that times one call per line we send it.
+class Peer {
+ public:
+  // argv0 "PY" runs PY bench/torch_peer.py; a path ending in model_bench runs that program.
+  Peer(const std::string& program, const std::string& name, int threads, int warmup) {
+    int to_child[2], from_child[2];
+    if (pipe(to_child) || pipe(from_child)) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(to_child[0], 0);
+      dup2(from_child[1], 1);
+      close(to_child[1]);
+      close(from_child[0]);
+      std::string t = std::to_string(threads), w = std::to_string(warmup);
+      if (program.size() >= 11 && program.compare(program.size() - 11, 11, "model_bench") == 0)
+        execl(program.c_str(), program.c_str(), "--case", name.c_str(), "--threads", t.c_str(), "--warmup", w.c_str(),
+              "--serve", (char*)nullptr);
+      else
+        execlp(program.c_str(), program.c_str(), "bench/torch_peer.py", "--case", name.c_str(), "--threads",
+               t.c_str(), "--warmup", w.c_str(), "--serve", (char*)nullptr);
+      _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    in_ = fdopen(to_child[1], "w");
+    out_ = fdopen(from_child[0], "r");
+    char line[256];
+    ready_ = pid_ > 0 && std::fgets(line, sizeof line, out_) && std::strncmp(line, "ready", 5) == 0;
+  }
+  ~Peer() {
+    if (in_) std::fclose(in_);  // the peer exits at the end of its input
+    if (out_) std::fclose(out_);
+    if (pid_ > 0) waitpid(pid_, nullptr, 0);
+  }
+  bool ready() const { return ready_; }
+  // Seconds of one call, or a negative number when the peer is gone.
+  double time_one() {
+    char line[256];
+    if (!ready_ || std::fputs("rep\n", in_) < 0 || std::fflush(in_) || !std::fgets(line, sizeof line, out_)) {
+      ready_ = false;
+      return -1;
+    }
+    return std::atof(line);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE *in_ = nullptr, *out_ = nullptr;
+  bool ready_ = false;
+};
+
+// Our side of a case: the call to time and the work units (images, or FLOP for the ceiling) per call.
+struct Ours {
+  std::function<void()> call;
+  double units_per_call;
+  double flop_per_unit;
+};
+
+static Ours model_case(const Case& c) {
+  models::ArchConfig arch = models::arch_config(c.arch);
+  Rng rng(0);
+  auto model = std::make_shared<models::RepVGG>(arch, rng, c.oabn_k);
+  Tensor x = rand_normal({c.batch, 3, c.resolution, c.resolution}, 0.f, 1.f, rng);
+  Tensor labels = Tensor::empty({c.batch}, DType::i32);
+  for (int i = 0; i < c.batch; i++) labels.data<int32_t>()[i] = (int32_t)rng.below(arch.num_classes);
+  double macs = (double)models::model_size(arch, !c.train, c.resolution).macs;
+  if (!c.train) {
+    model->switch_to_deploy();
+    model->eval();
+    return {[model, x] {
+              NoGradGuard no_grad;
+              model->forward(x);
+            },
+            (double)c.batch, 2 * macs};
+  }
+  model->train();
+  // torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4), as the peer
+  ParamGroup all;
+  for (const layers::Param& p : model->parameters()) all.params.push_back(p.tensor);
+  auto sgd = std::make_shared<SGD>(std::vector<ParamGroup>{all}, 0.1f, 0.9f);
+  return {[model, sgd, x, labels] {
+            model->zero_grad();  // set_to_none, as the peer
+            cross_entropy(model->forward(x), labels).backward();
+            sgd->step();
+          },
+          (double)c.batch, 3 * 2 * macs};
+}
+
+// The ceiling: a oneDNN 3x3 convolution in the layouts it picks (blocked), primitive only.
+static Ours ceiling_case() {
+  using dnnl::memory;
+  const int64_t n = 32, c = 256, hw = 56, k = 256;
+  auto md = [](memory::dims d) { return memory::desc(d, memory::data_type::f32, memory::format_tag::any); };
+  dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                       md({n, c, hw, hw}), md({k, c, 3, 3}), md({n, k, hw, hw}), {1, 1}, {1, 1},
+                                       {1, 1});
+  dnnl::convolution_forward::primitive_desc pd(desc, cpu::dnnl_engine());
+  auto prim = std::make_shared<dnnl::convolution_forward>(pd);
+  auto src = std::make_shared<memory>(pd.src_desc(), cpu::dnnl_engine());
+  auto wei = std::make_shared<memory>(pd.weights_desc(), cpu::dnnl_engine());
+  auto dst = std::make_shared<memory>(pd.dst_desc(), cpu::dnnl_engine());
+  auto scratch = std::make_shared<memory>(pd.scratchpad_desc(), cpu::dnnl_engine());
+  for (auto* m : {src.get(), wei.get()}) {
+    float* p = (float*)m->get_data_handle();
+    for (size_t i = 0; i < m->get_desc().get_size() / 4; i++) p[i] = 0.01f * (float)(i % 97) - 0.4f;
+  }
+  auto stream = std::make_shared<dnnl::stream>(cpu::dnnl_engine());
+  double flop = 2.0 * n * hw * hw * k * c * 9;
+  return {[=] {
+            prim->execute(*stream, {{DNNL_ARG_SRC, *src}, {DNNL_ARG_WEIGHTS, *wei}, {DNNL_ARG_DST, *dst},
+                                    {DNNL_ARG_SCRATCHPAD, *scratch}});
+            stream->wait();
+          },
+          flop / 1e9, 1e9};
+}
+
+int main(int argc, char** argv) {
+  std::string name, peer_program = "/usr/bin/python3";
+  int warmup = 2, reps = 5, threads = 2;
+  bool torch = true, serve = false;
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    auto value = [&] {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return std::string(argv[++i]);
+    };
+    if (a == "--case") name = value();
+    else if (a == "--warmup") warmup = std::stoi(value());
+    else if (a == "--reps") reps = std::stoi(value());
+    else if (a == "--threads") threads = std::stoi(value());
+    else if (a == "--python") peer_program = value();
+    else if (a == "--vs") peer_program = value();
+    else if (a == "--no-torch") torch = false;
+    else if (a == "--serve") serve = true;
+    else {
+      std::fprintf(stderr, "usage: model_bench --case NAME [--warmup W] [--reps R] [--threads T] [--python PY | --no-torch | --vs BIN] [--serve]\n");
+      return 2;
+    }
+  }
+  const bool ceiling = name == "ceiling";
+  if (!ceiling && !kCases.count(name)) {
+    std::fprintf(stderr, "model_bench: unknown case '%s' (ceiling", name.c_str());
+    for (auto& [k, v] : kCases) std::fprintf(stderr, ", %s", k.c_str());
+    std::fprintf(stderr, ")\n");
+    return 2;
+  }
+  if (reps < 1 || warmup < 0) {
+    std::fprintf(stderr, "model_bench: --reps must be >= 1 and --warmup >= 0\n");
+    return 2;
+  }
+  omp_set_num_threads(threads);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (serve) {
+    Ours ours = ceiling ? ceiling_case() : model_case(kCases.at(name));
+    for (int i = 0; i < warmup; i++) ours.call();
+    std::printf("ready\n");
+    std::fflush(stdout);
+    char line[64];
+    while (std::fgets(line, sizeof line, stdin)) {
+      double t0 = now();
+      ours.call();
+      std::printf("%.6f\n", now() - t0);
+      std::fflush(stdout);
+    }
+    return 0;
+  }
+
+  // The peer warms up first and alone, then ours.
+  std::unique_ptr<Peer> peer;
+  if (torch) peer = std::make_unique<Peer>(peer_program, name, threads, warmup);
+  bool have_torch = peer && peer->ready();
+  Ours ours = ceiling ? ceiling_case() : model_case(kCases.at(name));
+  for (int i = 0; i < warmup; i++) ours.call();
+
+  const uint64_t allocs0 = alloc_stats().system_allocs, prims0 = cpu::dnnl_primitives_created();
+  std::vector<double> t_ours, t_torch;
+  for (int i = 0; i < reps; i++) {
+    double t0 = now();
+    ours.call();
+    t_ours.push_back(now() - t0);
+    if (have_torch) {
+      double t = peer->time_one();
+      if (t < 0) have_torch = false;
+      else t_torch.push_back(t);
+    }
+  }
+  const uint64_t allocs = alloc_stats().system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
+
+  double ours_rate = ours.units_per_call / median(t_ours);
+  std::string torch_part = "torch=absent";
+  if (have_torch && (int)t_torch.size() == reps) {
+    double torch_rate = ours.units_per_call / median(t_torch);
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "torch=%.2f ratio=%.2f", torch_rate, ours_rate / torch_rate);
+    torch_part = buf;
+  }
+  if (ceiling)
+    std::printf("bench ceiling ours=%.2f %s unit=GFLOP/s\n", ours_rate, torch_part.c_str());
+  else
+    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%llu\n", name.c_str(), ours_rate,
+                torch_part.c_str(), ours_rate * ours.flop_per_unit / 1e9, (unsigned long long)allocs,
+                (unsigned long long)prims);
+  std::fflush(stdout);
+}

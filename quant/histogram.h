@@ -1,0 +1,13 @@
+// Weight histograms as PNG images (stb_image_write), for ./inspect --hist.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace quant {
+
+// bins over [-max|v|, max|v|], bar heights log(1 + count) so that rare outliers show, the 0 line grey.
+// Throws naming the file when it cannot be written.
+void write_histogram_png(const std::string& path, const std::vector<float>& values, int bins = 201, int width = 603,
+                         int height = 240);
+
+}  // namespace quant

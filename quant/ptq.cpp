@@ -1,0 +1,270 @@
+#include "quant/ptq.h"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "datasets/loader.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace quant {
+
+using engine::Tensor;
+
+std::string ptq_help() {
+  return std::string(
+             "usage: ./ptq [--ckpt FILE] --bits B[,B...] [options]\n"
+             "Post-training quantization of the merged (deploy-form) model, simulated in float32 (fake quantization):\n"
+             "weights symmetric uniform, activations (each quantized conv's input) asymmetric uniform per layer,\n"
+             "calibrated on training batches without augmentation; stage0 and the FC stay FP32. Prints top-1\n"
+             "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n\n"
+             "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (required)\n"
+             "  --act-bits B[,B...]    activation bit widths: one for all, or one per --bits (default: as --bits)\n"
+             "  --granularity layer|channel   weight scales per layer (default) or per output channel\n"
+             "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
+             "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
+             "  --calib-batches N      calibration batches (default 16)\n"
+             "  --quantize-first-last  also quantize stage0 and the FC\n") +
+         kSourceHelp + "  --help                 this text\n";
+}
+
+PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
+  PtqOptions o;
+  for (size_t i = 0; i < args.size();) {
+    if (parse_source_option(args, i, o.source)) continue;
+    const std::string& a = args[i];
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", a));
+      return args[i + 1];
+    };
+    if (a == "--help") o.help = true;
+    else if (a == "--quantize-first-last") o.quantize_first_last = true;
+    else if (a == "--bits") o.bits = parse_int_list(a, value(), 2);
+    else if (a == "--act-bits") o.act_bits = parse_int_list(a, value(), 2);
+    else if (a == "--granularity") o.granularity = parse_granularity(value());
+    else if (a == "--calib") o.calib = parse_calib(value());
+    else if (a == "--calib-batches") o.calib_batches = parse_int(a, value(), 1);
+    else throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", a));
+    i += (a == "--help" || a == "--quantize-first-last") ? 1 : 2;
+  }
+  if (o.help) return o;
+  if (o.bits.empty()) throw std::runtime_error("--bits B[,B...] is required (e.g. --bits 8,6,4)");
+  for (int b : o.bits)
+    if (b > 16) throw std::runtime_error(fmt::format("option --bits: {} is more than 16", b));
+  for (int b : o.act_bits)
+    if (b > 16) throw std::runtime_error(fmt::format("option --act-bits: {} is more than 16", b));
+  if (o.act_bits.size() > 1 && o.act_bits.size() != o.bits.size())
+    throw std::runtime_error(fmt::format("--act-bits has {} values for {} --bits: give one, or one per bit width",
+                                         o.act_bits.size(), o.bits.size()));
+  return o;
+}
+
+namespace {
+
+struct Accuracy {
+  double top1 = 0, top5 = 0;
+  size_t images = 0;
+};
+
+Accuracy evaluate(const std::function<Tensor(const Tensor&)>& forward, data::Loader& loader, engine::Device device) {
+  engine::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Accuracy a;
+  double top1 = 0, top5 = 0;
+  Tensor x, y;
+  while (const data::Batch* b = loader.next()) {
+    batch_tensors(*b, device, x, y);
+    Tensor logits = forward(x);
+    top1 += (double)engine::topk_correct(logits, y, 1);
+    if (logits.size(1) >= 5) top5 += (double)engine::topk_correct(logits, y, 5);
+    a.images += b->n;
+  }
+  if (a.images) {
+    a.top1 = 100 * top1 / (double)a.images;
+    a.top5 = 100 * top5 / (double)a.images;
+  }
+  return a;
+}
+
+// QuantNet re-runs RepVGG::forward layer by layer: its FP32 logits must be the model's (up to the
+// summation order of other conv kernels or layouts).
+void check_same_as_model(const Tensor& net_logits, const Tensor& model_logits) {
+  const std::vector<float> a = net_logits.to_vector(), b = model_logits.to_vector();
+  double diff = 0, peak = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    diff = std::max(diff, (double)std::fabs(a[i] - b[i]));
+    peak = std::max(peak, (double)std::fabs(b[i]));
+  }
+  if (a.size() != b.size() || diff > 1e-3 * std::max(peak, 1.0))
+    throw std::runtime_error(fmt::format("the quantization wrapper's FP32 logits differ from the model's by {} (of {}): "
+                                         "quant/quant_model.cpp no longer mirrors RepVGG::forward",
+                                         diff, peak));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Calibration: the FP32 deploy model's activations at each layer's input, on up to `batches` batches.
+struct Calibration {
+  std::vector<ActObserver> observers;  // one per layer of the net
+  int batches = 0;
+  size_t images = 0;
+};
+
+Calibration calibrate(QuantNet& net, models::RepVGG& model, data::Loader& loader, int batches, CalibMethod method,
+                      engine::Device device) {
+  Calibration c;
+  const size_t draws = method == CalibMethod::minmax ? 0 : 16384;  // min-max needs no sample
+  for (size_t i = 0; i < net.layers().size(); i++) c.observers.emplace_back(draws, i);
+  net.set_fp32();
+  net.attach_observers(&c.observers);
+  engine::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Tensor x, y;
+  while (c.batches < batches) {
+    const data::Batch* b = loader.next();
+    if (!b) break;
+    batch_tensors(*b, device, x, y);
+    const Tensor logits = net.forward(x);
+    if (c.batches == 0) check_same_as_model(logits, model.forward(x));
+    c.batches++;
+    c.images += b->n;
+  }
+  net.attach_observers(nullptr);
+  return c;
+}
+
+struct Row {
+  int bits, act_bits;
+  Accuracy acc;
+  nlohmann::json layers;  // each quantized layer's activation range and quantizer
+};
+
+nlohmann::json layers_json(const QuantNet& net, const std::vector<Range>& ranges) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t i = 0; i < ranges.size(); i++) {
+    const QuantLayer& l = *net.layers()[i];
+    if (l.act)
+      layers.push_back({{"name", l.name}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", l.act->scale},
+                        {"act_zero_point", l.act->zero_point}});
+  }
+  return layers;
+}
+
+void print_table(const PtqOptions& o, const Accuracy& fp32, const std::vector<Row>& rows, bool top5) {
+  std::printf("\nSimulated quantization (fake quantization in float32; no integer kernels run):\n");
+  std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
+  std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
+              calib_name(o.calib));
+  std::printf("  rounding half to even; stage0 and the FC: %s; biases FP32; %zu validation images\n\n",
+              o.quantize_first_last ? "quantized" : "FP32", fp32.images);
+  std::printf("%-10s %8s %8s", "bits (W/A)", "top-1", "drop");
+  if (top5) std::printf(" %8s %8s", "top-5", "drop");
+  std::printf("\n%-10s %7.2f%% %8s", "fp32", fp32.top1, "-");
+  if (top5) std::printf(" %7.2f%% %8s", fp32.top5, "-");
+  std::printf("\n");
+  for (const Row& r : rows) {
+    std::printf("%-10s %7.2f%% %8.2f", fmt::format("{}/{}", r.bits, r.act_bits).c_str(), r.acc.top1, fp32.top1 - r.acc.top1);
+    if (top5) std::printf(" %7.2f%% %8.2f", r.acc.top5, fp32.top5 - r.acc.top5);
+    std::printf("\n");
+  }
+  std::printf("(drop: FP32 minus quantized, in percentage points)\n");
+}
+
+nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibration& cal, const Accuracy& fp32,
+                            const std::vector<Row>& rows, bool top5) {
+  nlohmann::json j;
+  j["checkpoint"] = s.ckpt;
+  j["config"] = s.config;
+  j["arch"] = s.arch;
+  j["dataset"] = s.dataset;
+  j["simulated"] = true;
+  j["note"] = "fake quantization: quantize-dequantize in float32, no integer kernels";
+  j["weights"] = {{"scheme", "symmetric uniform"}, {"granularity", granularity_name(o.granularity)},
+                  {"codes", "[-(2^(B-1)-1), 2^(B-1)-1]"}};
+  j["activations"] = {{"scheme", "asymmetric uniform"}, {"granularity", "layer"}, {"codes", "[0, 2^B-1]"},
+                      {"calibration", calib_name(o.calib)}, {"calib_batches", cal.batches}, {"calib_images", cal.images}};
+  j["rounding"] = "half to even";
+  j["first_last"] = o.quantize_first_last ? "quantized" : "fp32";
+  j["val_images"] = fp32.images;
+  j["fp32"] = {{"top1", fp32.top1}};
+  if (top5) j["fp32"]["top5"] = fp32.top5;
+  j["results"] = nlohmann::json::array();
+  for (const Row& r : rows) {
+    nlohmann::json e = {{"bits", r.bits}, {"act_bits", r.act_bits}, {"top1", r.acc.top1}, {"drop_top1", fp32.top1 - r.acc.top1}};
+    if (top5) {
+      e["top5"] = r.acc.top5;
+      e["drop_top5"] = fp32.top5 - r.acc.top5;
+    }
+    e["layers"] = r.layers;
+    j["results"].push_back(e);
+  }
+  return j;
+}
+
+}  // namespace
+
+int run_ptq(const std::vector<std::string>& args) {
+  const PtqOptions o = parse_ptq_options(args);
+  if (o.help) {
+    std::fputs(ptq_help().c_str(), stdout);
+    return 0;
+  }
+  Source s = resolve_source(o.source);
+  std::printf("ptq: %s\n", describe(s).c_str());
+  const int batch = o.source.batch_size > 0 ? o.source.batch_size : 128;
+  const int threads = omp_get_max_threads();
+  const bool top5 = s.dataset == "imagenet";
+
+  auto model = load_model(s);
+  if (!s.deploy_form()) model->switch_to_deploy();  // one 3x3 conv with bias per block
+  s.file = {};                                      // the model holds the weights now
+  QuantNet net(*model);
+
+  auto val = open_split(s, false, o.source.limit_val);
+  auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
+  data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
+  data::Loader calib_loader(*train, batch, /*train=*/false, 0, threads);  // training images, eval transform
+
+  auto t0 = std::chrono::steady_clock::now();
+  const Calibration cal = calibrate(net, *model, calib_loader, o.calib_batches, o.calib, s.device);
+  if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
+  std::printf("calibrated %s on %d batches (%zu training images spread over the set, without augmentation) in %.1f s\n",
+              calib_name(o.calib), cal.batches, cal.images, seconds_since(t0));
+
+  // FP32 through the same network as the quantized models, so that the drop is the quantization's alone.
+  t0 = std::chrono::steady_clock::now();
+  net.set_fp32();
+  const Accuracy fp32 = evaluate([&](const Tensor& x) { return net.forward(x); }, val_loader, s.device);
+  std::printf("FP32 deploy model: top-1 %.2f%% on %zu validation images (%.1f s)\n", fp32.top1, fp32.images, seconds_since(t0));
+
+  std::vector<Row> rows;
+  for (size_t k = 0; k < o.bits.size(); k++) {
+    QuantConfig c;
+    c.weight_bits = o.bits[k];
+    c.act_bits = o.act_bits.empty() ? o.bits[k] : o.act_bits.size() == 1 ? o.act_bits[0] : o.act_bits[k];
+    c.granularity = o.granularity;
+    c.calib = o.calib;
+    c.quantize_first_last = o.quantize_first_last;
+    t0 = std::chrono::steady_clock::now();
+    const std::vector<Range> ranges = net.quantize(c, cal.observers);
+    const Accuracy acc = evaluate([&](const Tensor& x) { return net.forward(x); }, val_loader, s.device);
+    rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(net, ranges)});
+    std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
+  }
+
+  print_table(o, fp32, rows, top5);
+  if (!o.source.json.empty()) {
+    write_json(o.source.json, results_json(o, s, cal, fp32, rows, top5).dump(2) + "\n");
+    std::printf("wrote %s\n", o.source.json.c_str());
+  }
+  return 0;
+}
+
+}  // namespace quant

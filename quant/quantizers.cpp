@@ -1,0 +1,102 @@
+#include "quant/quantizers.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/ops.h"
+
+namespace quant {
+
+using engine::Shape;
+
+static void check_bits(int bits) {
+  ENGINE_CHECK(bits >= 2 && bits <= 16, "bit width " + std::to_string(bits) + " is outside 2..16");
+}
+
+float round_half_even(float x) { return std::nearbyint(x); }
+
+int symmetric_qmax(int bits) {
+  check_bits(bits);
+  return (1 << (bits - 1)) - 1;
+}
+
+float symmetric_scale(float max_abs, int bits) {
+  const int qmax = symmetric_qmax(bits);
+  return max_abs > 0 ? max_abs / (float)qmax : 1.0f;
+}
+
+int quantize_symmetric(float w, float s, int bits) {
+  const int qmax = symmetric_qmax(bits);
+  const float q = round_half_even(w / s);
+  return (int)std::clamp(q, (float)-qmax, (float)qmax);
+}
+
+float fake_quant_symmetric(float w, float s, int bits) { return (float)quantize_symmetric(w, s, bits) * s; }
+
+int asymmetric_qmax(int bits) {
+  check_bits(bits);
+  return (1 << bits) - 1;
+}
+
+AffineQuant asymmetric_params(float lo, float hi, int bits) {
+  ENGINE_CHECK(lo <= hi && std::isfinite(lo) && std::isfinite(hi),
+               "bad activation range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  const int qmax = asymmetric_qmax(bits);
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  AffineQuant p;
+  p.bits = bits;
+  if (hi == lo) return p;  // both 0: s = 1, z = 0
+  p.scale = (hi - lo) / (float)qmax;
+  p.zero_point = (int)std::clamp(round_half_even(-lo / p.scale), 0.0f, (float)qmax);
+  return p;
+}
+
+int quantize_asymmetric(float x, const AffineQuant& p) {
+  const int qmax = asymmetric_qmax(p.bits);
+  const float q = round_half_even(x / p.scale) + (float)p.zero_point;
+  return (int)std::clamp(q, 0.0f, (float)qmax);
+}
+
+float fake_quant_asymmetric(float x, const AffineQuant& p) {
+  return (float)(quantize_asymmetric(x, p) - p.zero_point) * p.scale;
+}
+
+Granularity parse_granularity(const std::string& s) {
+  if (s == "layer") return Granularity::layer;
+  if (s == "channel") return Granularity::channel;
+  engine::fail("granularity '" + s + "' is not one of layer, channel");
+}
+
+const char* granularity_name(Granularity g) { return g == Granularity::layer ? "layer" : "channel"; }
+
+std::vector<float> weight_scales(const Tensor& w, int bits, Granularity g) {
+  ENGINE_CHECK(w.dtype() == engine::DType::f32 && w.dim() >= 1, "weight " + w.str());
+  const std::vector<float> v = w.to_vector();
+  const int64_t rows = g == Granularity::channel ? w.size(0) : 1, per_row = (int64_t)v.size() / std::max<int64_t>(rows, 1);
+  std::vector<float> scales(rows);
+  for (int64_t r = 0; r < rows; r++) {
+    float max_abs = 0;
+    for (int64_t i = r * per_row; i < (r + 1) * per_row; i++) max_abs = std::max(max_abs, std::fabs(v[i]));
+    scales[r] = symmetric_scale(max_abs, bits);
+  }
+  return scales;
+}
+
+Tensor fake_quant_weight(const Tensor& w, int bits, Granularity g) {
+  const std::vector<float> scales = weight_scales(w, bits, g);
+  std::vector<float> v = w.to_vector();
+  const int64_t per_row = (int64_t)v.size() / (int64_t)scales.size();
+  for (size_t i = 0; i < v.size(); i++) v[i] = fake_quant_symmetric(v[i], scales[i / per_row], bits);
+  return Tensor::from_vector(v, w.shape()).to(w.device());
+}
+
+Tensor fake_quant_activation(const Tensor& x, const AffineQuant& p) {
+  const float z = (float)p.zero_point, qmax = (float)asymmetric_qmax(p.bits);
+  const Tensor s = Tensor::full(Shape{1}, p.scale, x.device());
+  // q = clamp(round(x / s) + z, 0, 2^B - 1);  x̂ = (q - z) · s
+  Tensor q = engine::clamp(engine::add_scalar(engine::round_ste(engine::div(x, s)), z), 0.0f, qmax);
+  return engine::mul_scalar(engine::add_scalar(q, -z), p.scale);
+}
+
+}  // namespace quant

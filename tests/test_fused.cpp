@@ -1,0 +1,392 @@
+// The fused ops of the RepVGG block (bn_add_relu, conv2d_relu), the blocked layout (to_blocked, to_plain,
+// conv2d on blocked tensors) and the broadcast fast paths: against plain double loops and against the
+// composed ops they replace, finite-difference gradient checks, and a model-level check that the blocked
+// RepVGG forward and backward equal the plain one.
+#include <cmath>
+
+#include "engine/allocator.h"
+#include "engine/cpu/dnnl.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/random.h"
+#include "models/repvgg.h"
+#include "tests/gradcheck.h"
+
+using namespace engine;
+using testing_util::check_close;
+using testing_util::check_gradients;
+
+namespace {
+
+std::vector<double> as_double(const Tensor& t) {
+  std::vector<float> v = t.to_vector();
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// Reference blocked layout: flat index in [N, C/16, H, W, 16] of element (n, c, i) of [N, C, HW].
+int64_t blocked_index(int64_t n, int64_t c, int64_t i, int64_t channels, int64_t hw) {
+  return ((n * (channels / 16) + c / 16) * hw + i) * 16 + c % 16;
+}
+
+struct Branch {
+  Tensor x;
+  BnParams bn;
+};
+
+std::vector<Branch> random_branches(const Shape& shape, int count, Rng& rng) {
+  const int64_t c = shape[1];
+  std::vector<Branch> b;
+  for (int k = 0; k < count; k++) {
+    const float mean = 0.5f * (float)k - 0.5f, sd = 1.f + (float)k;  // branches of different statistics
+    b.push_back({rand_normal(shape, mean, sd, rng),
+                 {rand_uniform({c}, 0.5f, 1.5f, rng), rand_uniform({c}, -0.5f, 0.5f, rng),
+                  rand_uniform({c}, mean - 0.3f, mean + 0.3f, rng), rand_uniform({c}, 0.5f * sd * sd, 2.f * sd * sd, rng)}});
+  }
+  return b;
+}
+
+// relu(Σ_b BN_b(x_b)) in double; training: the batch statistics (two-pass), and the running statistics
+// updated as batch_norm2d's into rm, rv.
+std::vector<double> ref_bn_add_relu(const std::vector<Branch>& bs, bool training, double momentum, double eps,
+                                    std::vector<std::vector<double>>& rm, std::vector<std::vector<double>>& rv) {
+  const Shape& s = bs[0].x.shape();
+  const int64_t n = s[0], c = s[1], hw = s[2] * s[3];
+  const double m = (double)(n * hw);
+  std::vector<double> y(bs[0].x.numel(), 0.0);
+  rm.clear();
+  rv.clear();
+  for (const Branch& b : bs) {
+    const float* x = b.x.f32();
+    std::vector<double> mean = as_double(b.bn.running_mean), var = as_double(b.bn.running_var);
+    rm.push_back(mean);
+    rv.push_back(var);
+    for (int64_t ch = 0; ch < c; ch++) {
+      if (training) {
+        double sum = 0, sq = 0;
+        for (int64_t i = 0; i < n; i++)
+          for (int64_t j = 0; j < hw; j++) sum += x[(i * c + ch) * hw + j];
+        mean[ch] = sum / m;
+        for (int64_t i = 0; i < n; i++)
+          for (int64_t j = 0; j < hw; j++) sq += std::pow(x[(i * c + ch) * hw + j] - mean[ch], 2);
+        var[ch] = sq / m;
+        rm.back()[ch] = (1 - momentum) * rm.back()[ch] + momentum * mean[ch];
+        rv.back()[ch] = (1 - momentum) * rv.back()[ch] + momentum * var[ch] * m / (m - 1);
+      }
+      const double k = b.bn.gamma.f32()[ch] / std::sqrt(var[ch] + eps), beta = b.bn.beta.f32()[ch];
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < hw; j++) {
+          const int64_t e = (i * c + ch) * hw + j;
+          y[e] += (x[e] - mean[ch]) * k + beta;
+        }
+    }
+  }
+  for (double& v : y) v = std::max(v, 0.0);
+  return y;
+}
+
+// The same with the engine's composed ops (batch_norm2d, add, relu): the reference for the gradients.
+Tensor composed(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training) {
+  Tensor sum;
+  for (size_t k = 0; k < xs.size(); k++) {
+    Tensor y = batch_norm2d(xs[k], bns[k].gamma, bns[k].beta, bns[k].running_mean, bns[k].running_var, training);
+    sum = sum.defined() ? add(sum, y) : y;
+  }
+  return relu(sum);
+}
+
+BnParams copy(const BnParams& p) {
+  return {p.gamma.clone(), p.beta.clone(), p.running_mean.clone(), p.running_var.clone()};
+}
+
+struct Case {
+  Shape shape;
+  const char* what;
+};
+
+// Blocked cases need C % 16 == 0; the others are run plain only.
+const std::vector<Case> cases = {
+    {{2, 3, 4, 5}, "small"},
+    {{3, 5, 7, 3}, "odd sizes"},
+    {{5, 4, 1, 1}, "H = W = 1"},
+    {{2, 16, 3, 5}, "one block of 16 channels"},
+    {{4, 32, 17, 18}, "two blocks, threaded, a plane of more than one tile (HW > 256)"},
+};
+
+}  // namespace
+
+TEST_CASE("bn_add_relu: output and running statistics against double loops, plain and blocked, 1-3 branches") {
+  Rng rng(21);
+  for (const Case& k : cases)
+    for (int count = 1; count <= 3; count++)
+      for (bool training : {true, false})
+        for (bool blocked : {false, true}) {
+          if (blocked && k.shape[1] % 16 != 0) continue;
+          std::vector<Branch> bs = random_branches(k.shape, count, rng);
+          std::vector<std::vector<double>> want_rm, want_rv;
+          std::vector<double> want = ref_bn_add_relu(bs, training, 0.1, 1e-5, want_rm, want_rv);
+          std::vector<Tensor> xs;
+          std::vector<BnParams> bns;
+          for (const Branch& b : bs) {
+            xs.push_back(blocked ? to_blocked(b.x) : b.x);
+            bns.push_back(copy(b.bn));
+          }
+          Tensor y = bn_add_relu(xs, bns, training);
+          CHECK(y.shape() == xs[0].shape());
+          if (blocked) y = to_plain(y);
+          const std::string what = std::string(k.what) + " " + k.shape.str() + ", " + std::to_string(count) +
+                                   " branches, " + (training ? "training" : "eval") + (blocked ? ", blocked" : "");
+          check_close(y.to_vector(), want, 1e-5, 1e-5, "y " + what);
+          for (int b = 0; b < count; b++) {
+            check_close(bns[b].running_mean.to_vector(), want_rm[b], 1e-6, 1e-6, "running mean " + what);
+            check_close(bns[b].running_var.to_vector(), want_rv[b], 1e-5, 1e-6, "running var " + what);
+          }
+        }
+}
+
+TEST_CASE("bn_add_relu: gradients equal the composed ops' (batch_norm2d, add, relu), plain and blocked") {
+  Rng rng(22);
+  for (const Case& k : cases)
+    for (int count = 1; count <= 3; count++)
+      for (bool training : {true, false})
+        for (bool blocked : {false, true}) {
+          if (blocked && k.shape[1] % 16 != 0) continue;
+          std::vector<Branch> bs = random_branches(k.shape, count, rng);
+          Tensor gy = rand_uniform(k.shape, -1, 1, rng);
+          // the composed reference, plain
+          std::vector<Tensor> rx;
+          std::vector<BnParams> rb;
+          for (const Branch& b : bs) {
+            rx.push_back(b.x.clone().requires_grad_());
+            rb.push_back(copy(b.bn));
+            rb.back().gamma.requires_grad_();
+            rb.back().beta.requires_grad_();
+          }
+          Tensor ry = composed(rx, rb, training);
+          sum_all(mul(ry, gy)).backward();
+          // the fused op, its inputs leaves of the layout tested
+          std::vector<Tensor> leaves, xs;
+          std::vector<BnParams> fb;
+          for (const Branch& b : bs) {
+            leaves.push_back(b.x.clone().requires_grad_());
+            xs.push_back(blocked ? to_blocked(leaves.back()) : leaves.back());
+            fb.push_back(copy(b.bn));
+            fb.back().gamma.requires_grad_();
+            fb.back().beta.requires_grad_();
+          }
+          Tensor y = bn_add_relu(xs, fb, training);
+          sum_all(mul(blocked ? to_plain(y) : y, gy)).backward();
+          const std::string what = std::string(k.what) + " " + k.shape.str() + ", " + std::to_string(count) +
+                                   " branches, " + (training ? "training" : "eval") + (blocked ? ", blocked" : "");
+          for (int b = 0; b < count; b++) {
+            check_close(leaves[b].grad().to_vector(), as_double(rx[b].grad()), 1e-4, 1e-5, "gx " + what);
+            check_close(fb[b].gamma.grad().to_vector(), as_double(rb[b].gamma.grad()), 1e-4, 1e-4, "ggamma " + what);
+            check_close(fb[b].beta.grad().to_vector(), as_double(rb[b].beta.grad()), 1e-4, 1e-4, "gbeta " + what);
+          }
+        }
+}
+
+TEST_CASE("bn_add_relu: finite-difference gradient check, training and eval, plain and blocked") {
+  Rng rng(23);
+  for (bool training : {true, false})
+    for (bool blocked : {false, true}) {
+      const Shape shape = blocked ? Shape{2, 16, 2, 3} : Shape{2, 3, 3, 2};
+      std::vector<Branch> bs = random_branches(shape, 3, rng);
+      // inputs: x_0..2, gamma_0..2, beta_0..2; the running statistics are copied per call (training updates them)
+      std::vector<Tensor> inputs;
+      for (auto& b : bs) inputs.push_back(b.x);
+      for (auto& b : bs) inputs.push_back(b.bn.gamma);
+      for (auto& b : bs) inputs.push_back(b.bn.beta);
+      auto f = [&](const std::vector<Tensor>& in) {
+        std::vector<Tensor> xs;
+        std::vector<BnParams> bns;
+        for (int b = 0; b < 3; b++) {
+          xs.push_back(blocked ? to_blocked(in[b]) : in[b]);
+          bns.push_back({in[3 + b], in[6 + b], bs[b].bn.running_mean.clone(), bs[b].bn.running_var.clone()});
+        }
+        Tensor y = bn_add_relu(xs, bns, training);
+        return blocked ? to_plain(y) : y;
+      };
+      testing_util::GradCheck opt;
+      opt.step = 1e-3;
+      opt.tolerance = 3e-2;
+      INFO((training ? "training" : "eval") << (blocked ? ", blocked" : ""));
+      check_gradients(f, inputs, opt);
+    }
+}
+
+TEST_CASE("bn_add_relu: refuses mismatched branches and parameters") {
+  Rng rng(24);
+  std::vector<Branch> bs = random_branches({2, 4, 3, 3}, 2, rng);
+  CHECK_THROWS_WITH_AS(bn_add_relu({bs[0].x, rand_normal({2, 4, 3, 2}, 0, 1, rng)}, {bs[0].bn, bs[1].bn}, true),
+                       doctest::Contains("branch 1"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(bn_add_relu({bs[0].x}, {bs[0].bn, bs[1].bn}, true), doctest::Contains("1 to 3 branches"),
+                       std::runtime_error);
+  BnParams bad = bs[1].bn;
+  bad.gamma = Tensor::zeros({5});
+  CHECK_THROWS_WITH_AS(bn_add_relu({bs[0].x, bs[1].x}, {bs[0].bn, bad}, true), doctest::Contains("gamma"),
+                       std::runtime_error);
+}
+
+TEST_CASE("to_blocked and to_plain: the nChw16c index map, round trip, gradients") {
+  Rng rng(25);
+  for (Shape s : {Shape{2, 16, 3, 5}, Shape{3, 48, 7, 7}, Shape{1, 32, 1, 1}}) {
+    Tensor x = rand_normal(s, 0, 1, rng);
+    Tensor b = to_blocked(x);
+    REQUIRE(b.shape() == Shape{s[0], s[1] / 16, s[2], s[3], 16});
+    const int64_t hw = s[2] * s[3];
+    std::vector<float> xv = x.to_vector(), bv = b.to_vector();
+    bool same = true;
+    for (int64_t n = 0; n < s[0]; n++)
+      for (int64_t c = 0; c < s[1]; c++)
+        for (int64_t i = 0; i < hw; i++) same &= bv[blocked_index(n, c, i, s[1], hw)] == xv[(n * s[1] + c) * hw + i];
+    CHECK_MESSAGE(same, "layout of " << s.str());
+    CHECK(to_plain(b).to_vector() == xv);
+  }
+  check_gradients([](const std::vector<Tensor>& in) { return mul(to_blocked(in[0]), in[1]); },
+                  {rand_normal({2, 16, 2, 3}, 0, 1, rng), rand_normal({2, 1, 2, 3, 16}, 0, 1, rng)});
+  check_gradients([](const std::vector<Tensor>& in) { return mul(to_plain(in[0]), in[1]); },
+                  {rand_normal({1, 2, 2, 2, 16}, 0, 1, rng), rand_normal({1, 32, 2, 2}, 0, 1, rng)});
+  CHECK_THROWS_WITH_AS(to_blocked(Tensor::zeros({2, 12, 3, 3})), doctest::Contains("C % 16"), std::runtime_error);
+}
+
+TEST_CASE("conv2d on blocked tensors equals the plain conv2d, forward and gradients") {
+  Rng rng(26);
+  struct C { Shape x; int64_t o, k; int stride, pad, groups; bool bias; };
+  for (C c : {C{{2, 16, 9, 7}, 32, 3, 1, 1, 1, false}, C{{2, 32, 8, 8}, 16, 1, 2, 0, 1, true},
+              C{{3, 32, 6, 5}, 32, 3, 2, 1, 2, true}, C{{2, 64, 5, 5}, 64, 3, 1, 1, 4, false}}) {
+    const std::string what = "x " + c.x.str() + " o " + std::to_string(c.o) + " k " + std::to_string(c.k) +
+                             " groups " + std::to_string(c.groups);
+    Tensor x = rand_normal(c.x, 0, 1, rng), w = rand_normal({c.o, c.x[1] / c.groups, c.k, c.k}, 0, 0.2f, rng);
+    Tensor b = c.bias ? rand_normal({c.o}, 0, 1, rng) : Tensor();
+    Tensor xp = x.clone().requires_grad_(), wp = w.clone().requires_grad_(), bp = c.bias ? b.clone().requires_grad_() : b;
+    Tensor xb = x.clone().requires_grad_(), wb = w.clone().requires_grad_(), bb = c.bias ? b.clone().requires_grad_() : b;
+    Tensor yp = conv2d(xp, wp, bp, c.stride, c.pad, c.groups);
+    Tensor yb = conv2d(to_blocked(xb), wb, bb, c.stride, c.pad, c.groups);
+    REQUIRE(yb.dim() == 5);
+    Tensor gy = rand_uniform(yp.shape(), -1, 1, rng);
+    check_close(to_plain(yb).to_vector(), as_double(yp), 1e-5, 1e-5, "y " + what);
+    sum_all(mul(yp, gy)).backward();
+    sum_all(mul(to_plain(yb), gy)).backward();
+    check_close(xb.grad().to_vector(), as_double(xp.grad()), 1e-5, 1e-5, "gx " + what);
+    check_close(wb.grad().to_vector(), as_double(wp.grad()), 1e-5, 1e-5, "gw " + what);
+    if (c.bias) check_close(bb.grad().to_vector(), as_double(bp.grad()), 1e-5, 1e-5, "gb " + what);
+    // conv2d_relu: one call without autograd, the same values
+    NoGradGuard g;
+    check_close(to_plain(conv2d_relu(to_blocked(x), w, b, c.stride, c.pad, c.groups)).to_vector(),
+                as_double(relu(conv2d(x, w, b, c.stride, c.pad, c.groups))), 1e-5, 1e-5, "conv2d_relu blocked " + what);
+  }
+}
+
+TEST_CASE("conv2d_relu equals relu(conv2d) (plain loops through conv2d's tests), and its gradient check") {
+  Rng rng(27);
+  Tensor x = rand_normal({2, 5, 6, 7}, 0, 1, rng), w = rand_normal({4, 5, 3, 3}, 0, 0.3f, rng), b = rand_normal({4}, 0, 1, rng);
+  {
+    NoGradGuard g;
+    Tensor y = conv2d_relu(x, w, b, 2, 1, 1);
+    std::vector<float> want = conv2d(x, w, b, 2, 1, 1).to_vector();
+    for (float& v : want) v = std::max(v, 0.f);
+    check_close(y.to_vector(), std::vector<double>(want.begin(), want.end()), 1e-6, 1e-6, "conv2d_relu");
+  }
+  testing_util::GradCheck opt;
+  opt.step = 1e-3;
+  check_gradients([](const std::vector<Tensor>& in) { return conv2d_relu(in[0], in[1], in[2], 1, 1, 1); },
+                  {rand_normal({1, 2, 4, 4}, 0, 1, rng), rand_normal({3, 2, 3, 3}, 0, 0.5f, rng),
+                   rand_normal({3}, 1.f, 0.5f, rng)},
+                  opt);
+}
+
+TEST_CASE("binary ops: same-shape, per-channel and scalar broadcasts at sizes that split rows and thread") {
+  Rng rng(28);
+  struct C { Shape a, b; };
+  for (C c : {C{{3, 70000}, {3, 70000}}, C{{2, 8, 64, 65}, {1, 8, 1, 1}}, C{{2, 8, 64, 65}, {}},
+              C{{1, 40000}, {2, 1}}, C{{5, 1, 9000}, {5, 7, 1}}, C{{2, 3, 4, 5, 16}, {1, 3, 1, 1, 16}}}) {
+    Tensor a = rand_uniform(c.a, -2, 2, rng), b = rand_uniform(c.b, 0.5f, 2, rng);
+    Tensor y = mul(a, b);
+    const Shape& s = y.shape();
+    // reference: NumPy broadcasting by coordinates
+    std::vector<double> want(s.numel());
+    auto index = [&](const Shape& in, int64_t o) {
+      int64_t idx = 0, stride = 1;
+      for (int i = s.n - 1, j = in.n - 1; i >= 0; i--, j--) {
+        const int64_t coord = o % s.d[i];
+        o /= s.d[i];
+        if (j >= 0) {
+          if (in.d[j] != 1) idx += coord * stride;
+          stride *= in.d[j];
+        }
+      }
+      return idx;
+    };
+    for (int64_t o = 0; o < s.numel(); o++) want[o] = (double)a.f32()[index(a.shape(), o)] * b.f32()[index(b.shape(), o)];
+    check_close(y.to_vector(), want, 1e-6, 1e-6, "mul " + c.a.str() + " " + c.b.str());
+  }
+}
+
+TEST_CASE("repvgg model: the blocked forward and backward equal the plain ones; a warm step allocates nothing") {
+  // Width 16: every block after stage0 runs blocked in RepVGG::forward; running the blocks one by one on
+  // plain tensors (as QuantNet and inspect do) is the plain reference.
+  for (float oabn_k : {0.f, 3.f}) {
+    Rng rng(29);
+    models::RepVGG model(models::cifar_config(models::BlockType::repvgg, 16), rng, oabn_k);
+    Tensor x = rand_normal({4, 3, 16, 16}, 0, 1, rng);
+    Tensor labels_i32 = Tensor::empty({4}, DType::i32);
+    for (int i = 0; i < 4; i++) labels_i32.data<int32_t>()[i] = (int32_t)(i * 3 % 10);
+    auto params = model.parameters();
+    auto state = [&] {
+      std::vector<float> v;
+      for (auto& b : model.buffers()) {
+        auto t = b.tensor.to_vector();
+        v.insert(v.end(), t.begin(), t.end());
+      }
+      return v;
+    };
+    const std::vector<float> state0 = state();
+    std::vector<Tensor> saved;  // the buffers (running statistics) before the first forward, restored for the second
+    for (auto& b : model.buffers()) saved.push_back(b.tensor.clone());
+
+    model.zero_grad();
+    Tensor loss_blocked = cross_entropy(model.forward(x), labels_i32);
+    loss_blocked.backward();
+    std::vector<std::vector<float>> g_blocked;
+    for (auto& p : params) g_blocked.push_back(p.tensor.grad().to_vector());
+    const std::vector<float> state_blocked = state();
+
+    size_t i = 0;
+    for (auto& b : model.buffers()) b.tensor.copy_(saved[i++]);
+    CHECK(state() == state0);
+    model.zero_grad();
+    Tensor y = x;
+    for (auto& b : model.blocks()) y = b->forward(y);
+    REQUIRE(y.dim() == 4);
+    const auto& lp = params[params.size() - 2].tensor;  // linear.weight, linear.bias: the last two
+    Tensor logits = engine::linear(global_avg_pool(y), lp, params.back().tensor);
+    Tensor loss_plain = cross_entropy(logits, labels_i32);
+    loss_plain.backward();
+    INFO("oabn_k " << oabn_k);
+    CHECK(std::fabs(loss_plain.item() - loss_blocked.item()) < 1e-5);
+    for (size_t k = 0; k < params.size(); k++)
+      check_close(g_blocked[k], as_double(params[k].tensor.grad()), 1e-4, 1e-5, "grad of " + params[k].name);
+    std::vector<float> sp = state();
+    check_close(state_blocked, std::vector<double>(sp.begin(), sp.end()), 1e-5, 1e-6, "running statistics");
+  }
+
+  Rng rng(30);
+  models::RepVGG model(models::cifar_config(models::BlockType::repvgg, 16), rng, 3.f);
+  ParamGroup all;
+  for (auto& p : model.parameters()) all.params.push_back(p.tensor);
+  SGD sgd({all}, 0.1f, 0.9f);
+  Tensor x = rand_normal({4, 3, 16, 16}, 0, 1, rng);
+  Tensor labels = Tensor::empty({4}, DType::i32);
+  for (int i = 0; i < 4; i++) labels.data<int32_t>()[i] = i;
+  auto step = [&] {
+    model.zero_grad();
+    cross_entropy(model.forward(x), labels).backward();
+    sgd.step();
+  };
+  step();
+  step();
+  const uint64_t allocs = alloc_stats().system_allocs, prims = cpu::dnnl_primitives_created();
+  step();
+  CHECK(alloc_stats().system_allocs == allocs);
+  CHECK(cpu::dnnl_primitives_created() == prims);
+}

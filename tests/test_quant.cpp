@@ -1,0 +1,330 @@
+// Quantizers against their scalar definitions (round trip bounds, symmetric codes, exact zero point, only
+// B-bit codes, ties to even), the tensor versions against the scalar ones, calibration ranges, the
+// quantized network wrapper, and ./inspect's Class A/B/C positions on hand-built blocks.
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "layers/reparam.h"
+#include "layers/repvgg_block.h"
+#include "models/repvgg.h"
+#include "quant/calibration.h"
+#include "quant/inspect.h"
+#include "quant/quant_model.h"
+#include "quant/quantizers.h"
+#include "tests/testing.h"
+
+using namespace quant;
+using engine::Rng;
+using engine::Shape;
+using engine::Tensor;
+
+TEST_CASE("rounding: half to even, as torch.round") {
+  CHECK(round_half_even(0.5f) == 0.0f);
+  CHECK(round_half_even(1.5f) == 2.0f);
+  CHECK(round_half_even(2.5f) == 2.0f);
+  CHECK(round_half_even(-2.5f) == -2.0f);
+  CHECK(round_half_even(-3.5f) == -4.0f);
+  CHECK(round_half_even(2.4999f) == 2.0f);
+  CHECK(round_half_even(2.5001f) == 3.0f);
+}
+
+TEST_CASE("symmetric quantizer: restricted codes, round trip within s/2, odd symmetry") {
+  Rng rng(1);
+  for (int bits : {2, 3, 4, 6, 8}) {
+    CAPTURE(bits);
+    const int qmax = (1 << (bits - 1)) - 1;
+    CHECK(symmetric_qmax(bits) == qmax);
+    const float m = 0.37f;
+    const float s = symmetric_scale(m, bits);
+    CHECK(s == m / (float)qmax);  // s = max|w| / (2^(B-1) - 1)
+    CHECK(fake_quant_symmetric(m, s, bits) == doctest::Approx(m).epsilon(1e-6));
+    CHECK(fake_quant_symmetric(-m, s, bits) == doctest::Approx(-m).epsilon(1e-6));
+    CHECK(quantize_symmetric(10 * m, s, bits) == qmax);    // clamped
+    CHECK(quantize_symmetric(-10 * m, s, bits) == -qmax);  // never -2^(B-1)
+    for (int k = 0; k < 2000; k++) {
+      const float w = rng.uniform(-m, m);
+      const int q = quantize_symmetric(w, s, bits);
+      CHECK(q >= -qmax);
+      CHECK(q <= qmax);
+      CHECK(q == (int)std::nearbyint(w / s));  // inside the range no clamp applies
+      CHECK(std::fabs((double)w - fake_quant_symmetric(w, s, bits)) <= s / 2 * (1 + 1e-5));
+      CHECK(fake_quant_symmetric(-w, s, bits) == -fake_quant_symmetric(w, s, bits));
+    }
+  }
+  CHECK(symmetric_scale(0.0f, 8) == 1.0f);  // an all-zero tensor: every code 0
+  CHECK(fake_quant_symmetric(0.0f, 1.0f, 8) == 0.0f);
+  CHECK(quantize_symmetric(2.5f, 1.0f, 8) == 2);  // ties to even
+  CHECK(quantize_symmetric(-1.5f, 1.0f, 8) == -2);
+  CHECK_THROWS_WITH_AS(symmetric_qmax(1), doctest::Contains("bit width 1 is outside 2..16"), std::runtime_error);
+}
+
+TEST_CASE("asymmetric quantizer: s and z as defined, 0.0 exact, B-bit codes only, round trip within s/2") {
+  Rng rng(2);
+  struct R { float lo, hi; };
+  for (R r : {R{-0.8f, 2.3f}, R{0.0f, 5.0f}, R{-3.0f, -1.0f}, R{0.5f, 4.0f}, R{-1e-3f, 7.0f}})
+    for (int bits : {2, 4, 6, 8}) {
+      CAPTURE(bits);
+      CAPTURE(r.lo);
+      CAPTURE(r.hi);
+      const int qmax = (1 << bits) - 1;
+      const AffineQuant p = asymmetric_params(r.lo, r.hi, bits);
+      const float lo = std::min(r.lo, 0.0f), hi = std::max(r.hi, 0.0f);  // widened to contain 0
+      CHECK(p.scale == (hi - lo) / (float)qmax);
+      CHECK(p.zero_point == std::clamp((int)std::nearbyint(-lo / p.scale), 0, qmax));
+      CHECK(fake_quant_asymmetric(0.0f, p) == 0.0f);  // exactly
+      CHECK(quantize_asymmetric(0.0f, p) == p.zero_point);
+      CHECK(quantize_asymmetric(hi + 100, p) == qmax);
+      CHECK(quantize_asymmetric(lo - 100, p) == 0);
+      std::set<int> codes;
+      for (int k = 0; k < 3000; k++) {
+        const float x = rng.uniform(lo, hi);
+        const int q = quantize_asymmetric(x, p);
+        CHECK(q >= 0);
+        CHECK(q <= qmax);
+        codes.insert(q);
+        CHECK(std::fabs((double)x - fake_quant_asymmetric(x, p)) <= p.scale / 2 * (1 + 1e-4));
+      }
+      CHECK((int)codes.size() <= qmax + 1);
+    }
+  const AffineQuant zero = asymmetric_params(0, 0, 8);  // a layer whose input is always 0
+  CHECK(zero.scale == 1.0f);
+  CHECK(zero.zero_point == 0);
+  CHECK(fake_quant_asymmetric(0.0f, zero) == 0.0f);
+  CHECK_THROWS_WITH_AS(asymmetric_params(1, -1, 8), doctest::Contains("bad activation range"), std::runtime_error);
+}
+
+TEST_CASE("fake_quant_weight: per layer and per output channel, against the scalar quantizer") {
+  Rng rng(3);
+  Tensor w = engine::rand_normal({6, 4, 3, 3}, 0.0f, 0.2f, rng);
+  float* pw = w.f32();
+  for (int i = 0; i < 36; i++) pw[2 * 36 + i] *= 10;  // channel 2 holds the outlier
+  for (int i = 0; i < 36; i++) pw[4 * 36 + i] = 0;    // channel 4 is all zero
+  const std::vector<float> v = w.to_vector();
+  for (int bits : {4, 8}) {
+    CAPTURE(bits);
+    float max_all = 0;
+    for (float x : v) max_all = std::max(max_all, std::fabs(x));
+    const std::vector<float> layer = fake_quant_weight(w, bits, Granularity::layer).to_vector();
+    const std::vector<float> channel = fake_quant_weight(w, bits, Granularity::channel).to_vector();
+    CHECK(weight_scales(w, bits, Granularity::layer) == std::vector<float>{symmetric_scale(max_all, bits)});
+    const std::vector<float> scales = weight_scales(w, bits, Granularity::channel);
+    REQUIRE(scales.size() == 6);
+    for (int o = 0; o < 6; o++) {
+      float m = 0;
+      for (int i = 0; i < 36; i++) m = std::max(m, std::fabs(v[o * 36 + i]));
+      CHECK(scales[o] == symmetric_scale(m, bits));
+      std::set<float> distinct;
+      for (int i = 0; i < 36; i++) {
+        const int k = o * 36 + i;
+        CHECK(layer[k] == fake_quant_symmetric(v[k], symmetric_scale(max_all, bits), bits));
+        CHECK(channel[k] == fake_quant_symmetric(v[k], scales[o], bits));
+        distinct.insert(channel[k]);
+      }
+      CHECK((int)distinct.size() <= 2 * symmetric_qmax(bits) + 1);
+    }
+    for (int i = 0; i < 36; i++) CHECK(channel[4 * 36 + i] == 0.0f);
+    // per channel, the small channels keep more of their values than with the outlier's layer scale
+    double err_layer = 0, err_channel = 0;
+    for (size_t k = 0; k < v.size(); k++) {
+      err_layer += std::fabs(v[k] - layer[k]);
+      err_channel += std::fabs(v[k] - channel[k]);
+    }
+    CHECK(err_channel < err_layer);
+  }
+  CHECK(parse_granularity("channel") == Granularity::channel);
+  CHECK_THROWS_WITH_AS(parse_granularity("tensor"), doctest::Contains("'tensor' is not one of layer, channel"), std::runtime_error);
+}
+
+TEST_CASE("fake_quant_activation (engine ops) equals the scalar quantizer element for element") {
+  Rng rng(4);
+  Tensor x = engine::rand_normal({3, 5, 7, 7}, 0.5f, 2.0f, rng);
+  float* px = x.f32();
+  for (int i = 0; i < x.numel(); i += 11) px[i] = 0.0f;  // ReLU zeros
+  for (int bits : {2, 4, 8}) {
+    const AffineQuant p = asymmetric_params(-1.0f, 3.0f, bits);  // values beyond both ends clamp
+    const std::vector<float> got = fake_quant_activation(x, p).to_vector(), v = x.to_vector();
+    size_t mismatches = 0;
+    for (size_t i = 0; i < v.size(); i++) mismatches += got[i] != fake_quant_asymmetric(v[i], p);
+    CHECK(mismatches == 0);
+  }
+}
+
+TEST_CASE("calibration: min-max, percentiles, and the MSE range search") {
+  std::vector<float> v;
+  for (int i = 0; i <= 100; i++) v.push_back((float)i);
+  CHECK(percentile(v, 50) == doctest::Approx(50));
+  CHECK(percentile(v, 0) == doctest::Approx(0));
+  CHECK(percentile(v, 100) == doctest::Approx(100));
+  CHECK(percentile(v, 99.99) == doctest::Approx(99.99));  // linear interpolation, as numpy
+  CHECK(percentile({3.0f}, 99.99) == doctest::Approx(3));
+
+  // A heavy tail: N(0, 1) values and a few large outliers.
+  Rng rng(5);
+  std::vector<float> values;
+  for (int i = 0; i < 40000; i++) values.push_back((float)rng.normal());
+  values[7] = 60.0f;
+  values[9] = -25.0f;
+  ActObserver obs(5000, 1);
+  Tensor t = Tensor::from_vector(values, Shape{(int64_t)values.size()});
+  obs.observe(t);
+  obs.observe(engine::mul_scalar(t, 0.5f));
+  CHECK(obs.count == 80000);
+  CHECK(obs.sample.size() == 10000);
+  CHECK(obs.min == -25.0f);
+  CHECK(obs.max == 60.0f);
+  const Range mm = range_minmax(obs);
+  CHECK(mm.lo == -25.0f);
+  CHECK(mm.hi == 60.0f);
+  const Range pc = range_percentile(obs);
+  CHECK(pc.hi < 6.0f);  // the outliers are beyond the 99.99th percentile
+  CHECK(pc.lo > -6.0f);
+  const Range ms = range_mse(obs, 4);
+  CHECK(ms.hi < mm.hi);
+  CHECK(ms.hi == doctest::Approx(ms.lo / mm.lo * mm.hi));  // α [min, max]
+  CHECK(quant_mse(obs.sample, ms, 4) <= quant_mse(obs.sample, mm, 4));
+  CHECK(quant_mse(obs.sample, ms, 4) <= quant_mse(obs.sample, {0.5f * mm.lo, 0.5f * mm.hi}, 4));
+  CHECK(calibrate(obs, CalibMethod::minmax, 4).hi == 60.0f);
+  CHECK_THROWS_WITH_AS(range_minmax(ActObserver()), doctest::Contains("no activations were observed"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_calib("entropy"), doctest::Contains("not one of minmax, percentile, mse"), std::runtime_error);
+}
+
+TEST_CASE("Class A/B/C positions of a merged kernel on hand-built 4->4 blocks, groups 1 and 2") {
+  for (int groups : {1, 2}) {
+    CAPTURE(groups);
+    const int per_group = 4 / groups;
+    const std::vector<TapClass> c = tap_classes(4, per_group, true);
+    REQUIRE(c.size() == (size_t)(4 * per_group * 9));
+    int count[3] = {0, 0, 0};
+    for (TapClass t : c) count[(int)t]++;
+    CHECK(count[0] == 4);                  // A: one identity tap per output channel
+    CHECK(count[1] == 4 * per_group - 4);  // B: the other centre taps
+    CHECK(count[2] == 4 * per_group * 8);  // C: the non-centre taps
+    // A is exactly where the identity kernel is 1
+    const std::vector<float> id = layers::identity_kernel(4, groups).to_vector();
+    for (size_t k = 0; k < c.size(); k++) {
+      CHECK((c[k] == TapClass::A) == (id[k] == 1.0f));
+      CHECK((c[k] == TapClass::C) == (k % 9 != 4));
+    }
+    // [i, i % (in/groups), 1, 1]
+    for (int o = 0; o < 4; o++) CHECK(c[(o * per_group + o % per_group) * 9 + 4] == TapClass::A);
+    // without an identity branch every centre tap is B
+    const std::vector<TapClass> n = tap_classes(4, per_group, false);
+    CHECK(std::count(n.begin(), n.end(), TapClass::A) == 0);
+    CHECK(std::count(n.begin(), n.end(), TapClass::B) == 4 * per_group);
+  }
+}
+
+TEST_CASE("kernel_stats and the identity-BN scale on a hand-built block with a large identity gamma") {
+  for (int groups : {1, 2}) {
+    Rng rng(6);
+    layers::RepVGGBlock block(4, 4, 1, groups, rng);
+    block.eval();
+    block.rbr_identity->weight.fill_(8.0f);  // the outlier source: the identity BN's gamma
+    CHECK(*identity_bn_max_scale(block) == doctest::Approx(8.0f / std::sqrt(1.0f + 1e-5f)));
+    block.switch_to_deploy();
+    CHECK(!identity_bn_max_scale(block));  // deploy form: no BN left
+    const Tensor k = block.rbr_reparam->weight;
+    const KernelStats s = kernel_stats(k, true);
+    const std::vector<float> w = k.to_vector();
+    const std::vector<TapClass> c = tap_classes(4, 4 / groups, true);
+    double sum[3] = {0, 0, 0}, mean = 0, max_abs = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+      sum[(int)c[i]] += std::fabs(w[i]);
+      mean += w[i] / (double)w.size();
+      max_abs = std::max(max_abs, (double)std::fabs(w[i]));
+    }
+    double ss = 0;
+    for (float v : w) ss += (v - mean) * (v - mean);
+    CHECK(s.count[0] == 4);
+    for (int j = 0; j < 3; j++) CHECK(s.mean_abs[j] == doctest::Approx(sum[j] / (double)s.count[j]));
+    CHECK(s.max_abs == doctest::Approx(max_abs));
+    CHECK(s.std == doctest::Approx(std::sqrt(ss / (double)(w.size() - 1))));
+    CHECK(s.max_over_std == doctest::Approx(max_abs / std::sqrt(ss / (double)(w.size() - 1))));
+    CHECK(s.mean_abs[0] > 5 * s.mean_abs[1]);  // Class A carries the identity's 8
+    CHECK(s.mean_abs[1] > s.mean_abs[2]);      // B has two branches, C one
+  }
+  // OABN: the clipped gamma, min(γ, k σ²) with σ² = 1 here
+  Rng rng(7);
+  layers::RepVGGBlock oabn(4, 4, 1, 1, rng);
+  oabn.rbr_identity->weight.fill_(8.0f);
+  oabn.rbr_identity->oabn_k = 3;
+  CHECK(*identity_bn_max_scale(oabn) == doctest::Approx(3.0f / std::sqrt(1.0f + 1e-5f)));
+  layers::RepVGGBlock down(4, 8, 2, 1, rng);
+  CHECK(!identity_bn_max_scale(down));
+}
+
+TEST_CASE("QuantNet: FP32 is the model; quantized weights on the B-bit grid; first and last FP32 by default") {
+  Rng rng(8);
+  models::RepVGG model(models::cifar_config(models::BlockType::repvgg, 8), rng);
+  model.forward(engine::rand_normal({4, 3, 16, 16}, 0.0f, 1.0f, rng));  // training-mode statistics
+  model.eval();
+  model.switch_to_deploy();
+  engine::NoGradGuard no_grad;
+  const Tensor x = engine::rand_normal({4, 3, 16, 16}, 0.0f, 1.0f, rng);
+  QuantNet net(model);
+  const size_t n = net.layers().size();
+  CHECK(n == model.blocks().size() + 1);
+  CHECK(net.layers().front()->name == "stage0");
+  CHECK(net.layers()[1]->name == "stage1.0");
+  CHECK(net.layers().back()->name == "linear");
+  const std::vector<float> ref = net.forward(x).to_vector();
+  const std::vector<float> model_ref = model.forward(x).to_vector();  // other kernels may sum in another order
+  REQUIRE(model_ref.size() == ref.size());
+  for (size_t i = 0; i < ref.size(); i++) CHECK(ref[i] == doctest::Approx(model_ref[i]).epsilon(1e-4).scale(1));
+
+  std::vector<ActObserver> obs;
+  for (size_t i = 0; i < n; i++) obs.emplace_back(1000, i);
+  net.attach_observers(&obs);
+  net.forward(x);
+  net.attach_observers(nullptr);
+  for (auto& o : obs) CHECK(!o.empty());
+  CHECK(obs.back().min >= 0.0f);  // the FC's input is pooled ReLU output
+
+  auto rel_error = [&](const std::vector<float>& got) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+      num += (got[i] - ref[i]) * (got[i] - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    return std::sqrt(num / den);
+  };
+  QuantConfig c;
+  double err8 = 0, err4 = 0;
+  for (int bits : {8, 4}) {
+    c.weight_bits = c.act_bits = bits;
+    const std::vector<Range> ranges = net.quantize(c, obs);
+    CHECK(ranges.front().hi == 0.0f);  // stage0 FP32
+    CHECK(ranges[1].hi == obs[1].max);
+    CHECK(net.layers().front()->weight.to_vector() == net.layers().front()->fp32_weight.to_vector());
+    CHECK(net.layers().back()->weight.to_vector() == net.layers().back()->fp32_weight.to_vector());
+    CHECK(!net.layers().front()->act);
+    for (size_t i = 1; i + 1 < n; i++) {
+      std::set<float> distinct;
+      for (float v : net.layers()[i]->weight.to_vector()) distinct.insert(v);
+      CHECK((int)distinct.size() <= 2 * symmetric_qmax(bits) + 1);
+      CHECK(net.layers()[i]->act);
+    }
+    (bits == 8 ? err8 : err4) = rel_error(net.forward(x).to_vector());
+  }
+  CHECK(err8 < 0.1);
+  CHECK(err8 < err4);
+  // The merged kernels' identity taps are outliers (./inspect's Class A): per-channel scales lose less.
+  c.weight_bits = c.act_bits = 8;
+  c.granularity = Granularity::channel;
+  net.quantize(c, obs);
+  CHECK(rel_error(net.forward(x).to_vector()) < err8);
+  c.granularity = Granularity::layer;
+  c.quantize_first_last = true;
+  net.quantize(c, obs);
+  CHECK(net.layers().front()->weight.to_vector() != net.layers().front()->fp32_weight.to_vector());
+  CHECK(net.layers().back()->act);
+  net.set_fp32();
+  CHECK(net.forward(x).to_vector() == ref);
+
+  models::RepVGG train_form(models::cifar_config(models::BlockType::repvgg, 8), rng);
+  CHECK_THROWS_WITH_AS(QuantNet{train_form}, doctest::Contains("not in deploy form"), std::runtime_error);
+}
