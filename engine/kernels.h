@@ -31,7 +31,8 @@ struct ConvShape {
   int64_t oh, ow;       // output
   int stride, padding, groups;
   bool bias;
-  bool blocked = false;  // x, y in the blocked layout [N, C/16, H, W, 16] (ops.h, to_blocked; CPU only)
+  bool blocked = false;     // x, y in the blocked layout [N, C/16, H, W, 16] (ops.h, to_blocked; CPU only)
+  bool blocked_y = false;   // y alone blocked, x plain (ops.h conv2d's blocked_out; CPU only)
 };
 
 struct LinearShape {

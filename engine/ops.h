@@ -50,13 +50,14 @@ Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast res
 
 // --- conv.cpp (oneDNN on the CPU, cuDNN on CUDA) ------------------------------------------------------
 // x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'].
-// Blocked too (CPU): x [N, C/16, H, W, 16] -> [N, O/16, H', W', 16] (see to_blocked).
+// Blocked too (CPU): x [N, C/16, H, W, 16] -> [N, O/16, H', W', 16] (see to_blocked). blocked_out: y
+// blocked from a plain x as well (a network's first conv, whose 3 input channels do not block).
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
-              int groups = 1);
+              int groups = 1, bool blocked_out = false);
 // relu(conv2d(x, w, bias, ...)), on the CPU in one oneDNN call (the ReLU a post-op): the deployed RepVGG
-// block. Blocked too.
+// block. Blocked too, as conv2d.
 Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
-                   int groups = 1);
+                   int groups = 1, bool blocked_out = false);
 
 // --- fused.cpp: fused ops of the RepVGG block, and the blocked activation layout ----------------------
 // One BN's tensors, [C] each, for bn_add_relu.

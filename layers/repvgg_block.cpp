@@ -38,26 +38,41 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
-// The deployed block: the merged conv with its ReLU, in one call when no gradient is recorded.
-static Tensor deployed_forward(const Conv2d& c, const Tensor& x) {
-  return engine::conv2d_relu(x, c.weight, c.bias, c.stride, c.padding, c.groups);
+Tensor RepBlock::forward_blocked(const Tensor& x) {
+  Tensor y = forward(x);
+  return engine::is_blocked(y) ? y : engine::to_blocked(y);
 }
 
-Tensor RepVGGBlock::forward(const Tensor& x) {
-  if (deployed()) return deployed_forward(*rbr_reparam, x);
+// The deployed block: the merged conv with its ReLU, in one call when no gradient is recorded.
+static Tensor deployed_forward(const Conv2d& c, const Tensor& x, bool blocked_out = false) {
+  return engine::conv2d_relu(x, c.weight, c.bias, c.stride, c.padding, c.groups, blocked_out);
+}
+
+Tensor RepVGGBlock::forward(const Tensor& x) { return run(x, false); }
+Tensor RepVGGBlock::forward_blocked(const Tensor& x) { return run(x, true); }
+
+// blocked_out: y in the blocked layout whatever x's (a blocked x gives a blocked y in any case).
+Tensor RepVGGBlock::run(const Tensor& x, bool blocked_out) {
+  using engine::is_blocked;
+  if (deployed()) return deployed_forward(*rbr_reparam, x, blocked_out);
   std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
   if (rbr_identity) bns.push_back(rbr_identity.get());
   bool fusable = true;  // one mode, momentum and eps for the three BNs (as always, unless set otherwise)
   for (BatchNorm2d* bn : bns)
     fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
-  if (!fusable) {
-    Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
-    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(x));
-    return engine::relu(sum);
+  if (!fusable) {  // the composed ops, in the plain layout
+    const Tensor xp = is_blocked(x) ? engine::to_plain(x) : x;
+    Tensor sum = engine::add(rbr_dense->forward(xp), rbr_1x1->forward(xp));
+    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(xp));
+    Tensor y = engine::relu(sum);
+    return is_blocked(x) || blocked_out ? engine::to_blocked(y) : y;
   }
   // relu(bn(dense(x)) + bn(1x1(x)) + bn(x)) with the BNs, the sum and the ReLU in one op (ops.h bn_add_relu)
-  std::vector<Tensor> xs = {rbr_dense->conv->forward(x), rbr_1x1->conv->forward(x)};
-  if (rbr_identity) xs.push_back(x);
+  auto conv = [&](const Conv2d& c) {
+    return engine::conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups, blocked_out);
+  };
+  std::vector<Tensor> xs = {conv(*rbr_dense->conv), conv(*rbr_1x1->conv)};
+  if (rbr_identity) xs.push_back(blocked_out && !is_blocked(x) ? engine::to_blocked(x) : x);
   std::vector<engine::BnParams> params;
   for (BatchNorm2d* bn : bns) {
     // gamma_used reads running_var before the op updates it (OABN: the bound of this step)

@@ -31,6 +31,10 @@ class RepBlock : public Module {
   virtual KernelBias equivalent_kernel_bias() const = 0;
   // Sets rbr_reparam to the merged conv (detached, a new leaf) and drops the branches. Idempotent.
   void switch_to_deploy() override;
+  // forward with y in the blocked layout (engine/ops.h to_blocked) whatever x's: the model's first block,
+  // whose 3-channel input does not block, hands the later blocks their layout without a reorder. This
+  // default converts forward's y.
+  virtual Tensor forward_blocked(const Tensor& x);
   bool deployed() const { return rbr_reparam != nullptr; }
   bool has_identity() const { return in_channels == out_channels && stride == 1; }
 
@@ -48,6 +52,7 @@ class RepVGGBlock : public RepBlock {
  public:
   RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng);
   Tensor forward(const Tensor& x) override;
+  Tensor forward_blocked(const Tensor& x) override;
   KernelBias equivalent_kernel_bias() const override;
 
   std::shared_ptr<ConvBN> rbr_dense, rbr_1x1;
@@ -55,6 +60,7 @@ class RepVGGBlock : public RepBlock {
 
  private:
   void drop_branches() override;
+  Tensor run(const Tensor& x, bool blocked_out);
 };
 
 // Training form: ReLU(bn(rbr_dense(x) + rbr_1x1(x) + x)),

@@ -136,24 +136,24 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
   linear_ = register_module("linear", std::make_shared<layers::Linear>(stages[4].back().out, a.num_classes, rng));
 }
 
-// Whether the blocks after stage0 can run in the blocked layout (ops.h to_blocked): RepVGG blocks (their
-// tail is the fused bn_add_relu) with channel counts, per group too, that are multiples of 16.
+// Whether the blocks can run in the blocked layout (ops.h to_blocked): channel counts, per group too, that
+// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain), and no QARepVGG block in
+// training form (its BN of a sum is batch_norm2d's, plain only).
 static bool blocked_layout_fits(const std::vector<std::shared_ptr<layers::RepBlock>>& blocks) {
-  for (size_t i = 1; i < blocks.size(); i++) {
+  for (size_t i = 0; i < blocks.size(); i++) {
     const layers::RepBlock& b = *blocks[i];
-    const bool training_form = !b.deployed() && dynamic_cast<const layers::RepVGGBlock*>(&b);
-    if ((!training_form && !b.deployed()) || b.in_channels % (kChannelBlock * b.groups) != 0 ||
-        b.out_channels % (kChannelBlock * b.groups) != 0)
-      return false;
+    if (!b.deployed() && !dynamic_cast<const layers::RepVGGBlock*>(&b)) return false;
+    if (b.out_channels % (kChannelBlock * b.groups) != 0) return false;
+    if (i > 0 && b.in_channels % (kChannelBlock * b.groups) != 0) return false;
   }
   return true;
 }
 
 Tensor RepVGG::forward(const Tensor& x) {
-  Tensor y = blocks_[0]->forward(x);
-  // On the CPU the later blocks run in oneDNN's blocked layout: no reorders around their convolutions.
-  const bool blocked = y.device() == Device::cpu && blocked_layout_fits(blocks_);
-  if (blocked) y = to_blocked(y);
+  // On the CPU the blocks run in oneDNN's blocked layout, from stage0's output on: no reorders around
+  // their convolutions.
+  const bool blocked = x.device() == Device::cpu && blocked_layout_fits(blocks_);
+  Tensor y = blocked ? blocks_[0]->forward_blocked(x) : blocks_[0]->forward(x);
   for (size_t i = 1; i < blocks_.size(); i++) y = blocks_[i]->forward(y);
   if (blocked) y = to_plain(y);
   return linear_->forward(global_avg_pool(y));

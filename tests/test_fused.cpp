@@ -277,6 +277,59 @@ TEST_CASE("conv2d on blocked tensors equals the plain conv2d, forward and gradie
   }
 }
 
+namespace {
+
+// y[n, o, i, j] = Σ_c,u,v x[n, c, i + u - 1, j + v - 1] w[o, c, u, v] (3x3, stride 1, zero padding 1), and its
+// gradients for gy, in double.
+struct Conv3x3Ref {
+  std::vector<double> y, gx, gw;
+};
+Conv3x3Ref ref_conv3x3(const Tensor& x, const Tensor& w, const Tensor& gy) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), o = w.size(0);
+  const float *px = x.f32(), *pw = w.f32(), *pg = gy.f32();
+  Conv3x3Ref r{std::vector<double>(n * o * h * wd), std::vector<double>(x.numel()), std::vector<double>(w.numel())};
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t oc = 0; oc < o; oc++)
+      for (int64_t i = 0; i < h; i++)
+        for (int64_t j = 0; j < wd; j++) {
+          const int64_t yi = ((b * o + oc) * h + i) * wd + j;
+          for (int64_t ic = 0; ic < c; ic++)
+            for (int64_t u = 0; u < 3; u++)
+              for (int64_t v = 0; v < 3; v++) {
+                const int64_t ii = i + u - 1, jj = j + v - 1;
+                if (ii < 0 || ii >= h || jj < 0 || jj >= wd) continue;
+                const int64_t xi = ((b * c + ic) * h + ii) * wd + jj, wi = ((oc * c + ic) * 3 + u) * 3 + v;
+                r.y[yi] += (double)px[xi] * pw[wi];
+                r.gx[xi] += (double)pg[yi] * pw[wi];
+                r.gw[wi] += (double)pg[yi] * px[xi];
+              }
+        }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d on the shapes that run Winograd on the CPU (3x3, stride 1, C and O multiples of 16)") {
+  // engine/cpu/conv.cpp: Winograd F(4x4, 3x3) forward and backward-data; backward-weights too from 8x8 planes
+  Rng rng(31);
+  for (Shape xs : {Shape{2, 16, 9, 11}, Shape{3, 32, 8, 8}, Shape{2, 16, 4, 5}, Shape{1, 48, 13, 6}}) {
+    for (bool blocked : {false, true}) {
+      const int64_t o = xs[1] == 48 ? 32 : 16;
+      Tensor x = rand_normal(xs, 0, 1, rng), w = rand_normal({o, xs[1], 3, 3}, 0, 0.1f, rng);
+      Tensor gy = rand_uniform({xs[0], o, xs[2], xs[3]}, -1, 1, rng);
+      Conv3x3Ref ref = ref_conv3x3(x, w, gy);
+      Tensor xl = x.clone().requires_grad_(), wl = w.clone().requires_grad_();
+      Tensor y = conv2d(blocked ? to_blocked(xl) : xl, wl, Tensor(), 1, 1, 1);
+      if (blocked) y = to_plain(y);
+      sum_all(mul(y, gy)).backward();
+      const std::string what = "x " + xs.str() + " o " + std::to_string(o) + (blocked ? " blocked" : "");
+      check_close(y.to_vector(), ref.y, 1e-4, 1e-4, "y " + what);
+      check_close(xl.grad().to_vector(), ref.gx, 1e-4, 1e-4, "gx " + what);
+      check_close(wl.grad().to_vector(), ref.gw, 1e-4, 1e-4, "gw " + what);
+    }
+  }
+}
+
 TEST_CASE("conv2d_relu equals relu(conv2d) (plain loops through conv2d's tests), and its gradient check") {
   Rng rng(27);
   Tensor x = rand_normal({2, 5, 6, 7}, 0, 1, rng), w = rand_normal({4, 5, 3, 3}, 0, 0.3f, rng), b = rand_normal({4}, 0, 1, rng);

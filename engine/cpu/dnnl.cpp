@@ -1,6 +1,8 @@
 // oneDNN context: engine, per-thread stream, primitive cache and shared scratch buffers (see dnnl.h).
 #include "engine/cpu/dnnl.h"
 
+#include <omp.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -11,6 +13,9 @@
 namespace engine::cpu {
 
 static std::atomic<uint64_t> g_primitives_created{0};
+
+// Reorders of fewer bytes than this run on one thread (see DnnlCall::run).
+constexpr size_t kSerialReorderBytes = 1 << 20;
 
 uint64_t dnnl_primitives_created() { return g_primitives_created.load(); }
 
@@ -79,7 +84,8 @@ DnnlCall::DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& a
     main.args[a.arg] = blocked;
     dnnl::memory from = a.output ? blocked : user, to = a.output ? user : blocked;
     dnnl::reorder::primitive_desc reorder_pd(from, to, dnnl_attr());
-    Step reorder{dnnl::reorder(reorder_pd), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}}};
+    Step reorder{dnnl::reorder(reorder_pd), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}},
+                 want.get_size() < kSerialReorderBytes};
     add_scratchpad(reorder, reorder_pd.scratchpad_desc());
     (a.output ? after : steps_).push_back(std::move(reorder));
   }
@@ -103,7 +109,20 @@ void DnnlCall::run(std::initializer_list<const void*> buffers) {
   for (dnnl::memory& m : user_) m.set_data_handle(const_cast<void*>(*p++));  // inputs are only read
   for (Scratch& s : scratch_) s.mem.set_data_handle(scratch_buffer(s.slot, s.mem.get_desc().get_size()));
   dnnl::stream& stream = context().stream;
-  for (Step& s : steps_) s.prim.execute(stream, s.args);
+  for (Step& s : steps_) {
+    if (s.serial) {
+      // A small reorder (weights): one thread. On a busy machine with libgomp's default spin-waiting, a
+      // parallel region waits for whichever thread was preempted: the ~150 weight reorders of a CIFAR
+      // training step took 590 ms of its 2.9 s there, 19 ms on one thread. On a quiet machine both ways
+      // measure the same (docs/performance.md).
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(1);
+      s.prim.execute(stream, s.args);
+      omp_set_num_threads(threads);
+    } else {
+      s.prim.execute(stream, s.args);
+    }
+  }
   stream.wait();
 }
 

@@ -42,6 +42,7 @@ class DnnlCall {
   struct Step {
     dnnl::primitive prim;
     std::unordered_map<int, dnnl::memory> args;
+    bool serial = false;  // run on one thread (small reorders)
   };
   struct Scratch {
     dnnl::memory mem;
