@@ -12,6 +12,10 @@
 // and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
 // primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
 // gives; unit GFLOP/s.
+// The same cases on the GPU, named gpu-<case> (the peer runs torch_peer.py --case gpu-<case> on CUDA): the
+// model, its inputs and the optimizer live on the GPU and each call ends with a synchronize; gpu-ceiling is
+// our conv2d (cuDNN) on that convolution. allocs counts cudaMalloc calls; primitives is n/a. Without a usable
+// GPU a gpu-* case prints "bench gpu-CASE skipped: REASON" and exits 0.
 //
 // Usage: model_bench --case NAME [--warmup W] [--reps R] [--threads T] [--python PY | --no-torch | --vs BIN]
 //   --vs BIN: the peer is another build of this program (e.g. of an older commit) instead of PyTorch, for
@@ -36,6 +40,7 @@
 
 #include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/cpu/dnnl.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -127,7 +132,12 @@ struct Ours {
   double flop_per_unit;
 };
 
-static Ours model_case(const Case& c) {
+// Ends a timed call: the GPU's queued work is part of it.
+static void finish(Device device) {
+  if (device == Device::cuda) cuda::synchronize();
+}
+
+static Ours model_case(const Case& c, Device device) {
   models::ArchConfig arch = models::arch_config(c.arch);
   Rng rng(0);
   auto model = std::make_shared<models::RepVGG>(arch, rng, c.oabn_k);
@@ -135,24 +145,30 @@ static Ours model_case(const Case& c) {
   Tensor labels = Tensor::empty({c.batch}, DType::i32);
   for (int i = 0; i < c.batch; i++) labels.data<int32_t>()[i] = (int32_t)rng.below(arch.num_classes);
   double macs = (double)models::model_size(arch, !c.train, c.resolution).macs;
+  x = x.to(device);
+  labels = labels.to(device);
   if (!c.train) {
     model->switch_to_deploy();
     model->eval();
-    return {[model, x] {
+    model->to(device);
+    return {[model, x, device] {
               NoGradGuard no_grad;
               model->forward(x);
+              finish(device);
             },
             (double)c.batch, 2 * macs};
   }
   model->train();
+  model->to(device);
   // torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4), as the peer
   ParamGroup all;
   for (const layers::Param& p : model->parameters()) all.params.push_back(p.tensor);
   auto sgd = std::make_shared<SGD>(std::vector<ParamGroup>{all}, 0.1f, 0.9f);
-  return {[model, sgd, x, labels] {
+  return {[model, sgd, x, labels, device] {
             model->zero_grad();  // set_to_none, as the peer
             cross_entropy(model->forward(x), labels).backward();
             sgd->step();
+            finish(device);
           },
           (double)c.batch, 3 * 2 * macs};
 }
@@ -185,6 +201,28 @@ static Ours ceiling_case() {
           flop / 1e9, 1e9};
 }
 
+// The ceiling's convolution on the GPU: our conv2d op (cuDNN, its algorithm cached after the first call).
+static Ours gpu_ceiling_case() {
+  const int64_t n = 32, c = 256, hw = 56, k = 256;
+  Rng rng(0);
+  Tensor x = rand_normal({n, c, hw, hw}, 0.f, 1.f, rng).to(Device::cuda);
+  Tensor w = rand_normal({k, c, 3, 3}, 0.f, 0.02f, rng).to(Device::cuda);
+  double flop = 2.0 * n * hw * hw * k * c * 9;
+  return {[x, w] {
+            NoGradGuard no_grad;
+            conv2d(x, w, Tensor(), 1, 1);
+            cuda::synchronize();
+          },
+          flop / 1e9, 1e9};
+}
+
+static Ours make_case(const std::string& name) {
+  const bool gpu = name.rfind("gpu-", 0) == 0;
+  const std::string base = gpu ? name.substr(4) : name;
+  if (base == "ceiling") return gpu ? gpu_ceiling_case() : ceiling_case();
+  return model_case(kCases.at(base), gpu ? Device::cuda : Device::cpu);
+}
+
 int main(int argc, char** argv) {
   std::string name, peer_program = "/usr/bin/python3";
   int warmup = 2, reps = 5, threads = 2;
@@ -211,12 +249,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const bool ceiling = name == "ceiling";
-  if (!ceiling && !kCases.count(name)) {
+  const bool gpu = name.rfind("gpu-", 0) == 0;
+  const std::string base = gpu ? name.substr(4) : name;
+  const bool ceiling = base == "ceiling";
+  if (!ceiling && !kCases.count(base)) {
     std::fprintf(stderr, "model_bench: unknown case '%s' (ceiling", name.c_str());
     for (auto& [k, v] : kCases) std::fprintf(stderr, ", %s", k.c_str());
-    std::fprintf(stderr, ")\n");
+    std::fprintf(stderr, ", and each as gpu-NAME)\n");
     return 2;
+  }
+  if (gpu && !cuda::available()) {
+    std::printf("bench %s skipped: %s\n", name.c_str(), cuda::unavailable_reason().c_str());
+    return 0;
   }
   if (reps < 1 || warmup < 0) {
     std::fprintf(stderr, "model_bench: --reps must be >= 1 and --warmup >= 0\n");
@@ -226,7 +270,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   if (serve) {
-    Ours ours = ceiling ? ceiling_case() : model_case(kCases.at(name));
+    Ours ours = make_case(name);
     for (int i = 0; i < warmup; i++) ours.call();
     std::printf("ready\n");
     std::fflush(stdout);
@@ -244,10 +288,11 @@ int main(int argc, char** argv) {
   std::unique_ptr<Peer> peer;
   if (torch) peer = std::make_unique<Peer>(peer_program, name, threads, warmup);
   bool have_torch = peer && peer->ready();
-  Ours ours = ceiling ? ceiling_case() : model_case(kCases.at(name));
+  Ours ours = make_case(name);
   for (int i = 0; i < warmup; i++) ours.call();
 
-  const uint64_t allocs0 = alloc_stats().system_allocs, prims0 = cpu::dnnl_primitives_created();
+  const Device device = gpu ? Device::cuda : Device::cpu;
+  const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
   std::vector<double> t_ours, t_torch;
   for (int i = 0; i < reps; i++) {
     double t0 = now();
@@ -259,7 +304,7 @@ int main(int argc, char** argv) {
       else t_torch.push_back(t);
     }
   }
-  const uint64_t allocs = alloc_stats().system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
+  const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
 
   double ours_rate = ours.units_per_call / median(t_ours);
   std::string torch_part = "torch=absent";
@@ -269,11 +314,12 @@ int main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, "torch=%.2f ratio=%.2f", torch_rate, ours_rate / torch_rate);
     torch_part = buf;
   }
+  const std::string prim_part = gpu ? "n/a" : std::to_string(prims);
   if (ceiling)
-    std::printf("bench ceiling ours=%.2f %s unit=GFLOP/s\n", ours_rate, torch_part.c_str());
+    std::printf("bench %s ours=%.2f %s unit=GFLOP/s\n", name.c_str(), ours_rate, torch_part.c_str());
   else
-    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%llu\n", name.c_str(), ours_rate,
+    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%s\n", name.c_str(), ours_rate,
                 torch_part.c_str(), ours_rate * ours.flop_per_unit / 1e9, (unsigned long long)allocs,
-                (unsigned long long)prims);
+                prim_part.c_str());
   std::fflush(stdout);
 }

@@ -5,7 +5,8 @@
 # each is the median of the timed calls: the ratio holds on a shared machine whose load changes; the bare
 # rates do not. Without PyTorch the line says torch=absent.
 #
-#   BENCH_CASES="train-cifar infer-cifar-deploy" make bench   a subset (default: all, in the order below)
+#   BENCH_CASES="train-cifar infer-cifar-deploy" make bench   a subset (default: all, in the order below;
+#                                                               gpu-CASE: the case on the GPU, torch on CUDA)
 #   BENCH_REPS=3 BENCH_WARMUP=2 make bench                     timed and untimed calls per case (default:
 #                                                               per case, below; BENCH_QUICK=1: 3 and 2)
 #   BENCH_THREADS=2 (default 2), BENCH_PYTHON=/usr/bin/python3, BENCH_DATA=../shared/data
@@ -24,7 +25,9 @@
 set -u
 cd "$(dirname "$0")/.."
 
-ALL="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy data-cifar data-imagenet"
+MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy"
+# the GPU lines: the same cases with model and data on the GPU; "skipped: REASON" without one
+ALL="$MODELS data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
 CASES=${BENCH_CASES:-$ALL}
 THREADS=${BENCH_THREADS:-2}
 PYTHON=${BENCH_PYTHON:-/usr/bin/python3}
@@ -35,6 +38,7 @@ if [ -z "${OMP_WAIT_POLICY:-}" ] && [ -z "${GOMP_SPINCOUNT:-}" ]; then export OM
 # default timed calls per case (A0 training is some seconds a step: few reps)
 reps_for() {
   case $1 in
+    gpu-*) echo 20 ;;
     train-a0) echo 3 ;;
     infer-a0-deploy) echo 5 ;;
     *) echo 7 ;;

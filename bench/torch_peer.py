@@ -17,6 +17,8 @@ after --warmup untimed calls):
   infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
+  gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
+                      with torch.cuda.synchronize()); exits 2 when PyTorch has no usable CUDA
 
 --serve (used by `make bench`, which alternates ours and torch one call at a time): after the warm-up,
 print "ready", then for every line read from stdin time one call and print its seconds.
@@ -62,7 +64,7 @@ def serve(fn, warmup):
         print(f'{time.perf_counter() - t0:.6f}', flush=True)
 
 
-def build_case(torch, name):
+def build_case(torch, name, device):
     import torch.nn.functional as F
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, os.path.join(here, '..', 'tests', 'reference'))
@@ -74,13 +76,15 @@ def build_case(torch, name):
     torch.manual_seed(0)
     model = repvgg_torch.create_model(arch)
     num_classes = model.linear.out_features
-    x = torch.randn(batch, 3, res, res)
-    y = torch.randint(0, num_classes, (batch,))
+    x = torch.randn(batch, 3, res, res).to(device)
+    y = torch.randint(0, num_classes, (batch,)).to(device)
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
     if mode == 'train':
         if oabn_k > 0:
             apply_oabn(model, oabn_k)
         model.train()
+        model.to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
         def step():
@@ -88,21 +92,25 @@ def build_case(torch, name):
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+            sync()
         return step, batch
 
     # infer-deploy: converted from the freshly initialised BN state (speed does not depend on it)
     deployed = repvgg_torch.repvgg_model_convert(model)
     deployed.eval()
+    deployed.to(device)
 
     def forward():
         with torch.no_grad():
             deployed(x)
+        sync()
     return forward, batch
 
 
 def main():
     ap = argparse.ArgumentParser(description='PyTorch peer timings for make bench.')
-    ap.add_argument('--case', required=True, choices=sorted(CASES) + ['ceiling'])
+    names = sorted(CASES) + ['ceiling']
+    ap.add_argument('--case', required=True, choices=names + ['gpu-' + n for n in names])
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--reps', type=int, default=5)
@@ -117,25 +125,33 @@ def main():
         print(f'torch_peer: PyTorch is not importable ({type(e).__name__}: {e})', file=sys.stderr)
         sys.exit(2)
     torch.set_num_threads(args.threads)
+    case, device = args.case, 'cpu'
+    if case.startswith('gpu-'):
+        case, device = case[4:], 'cuda'
+        if not torch.cuda.is_available():
+            print(f'torch_peer: this PyTorch ({torch.__version__}) has no usable CUDA', file=sys.stderr)
+            sys.exit(2)
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
-    if args.case == 'ceiling':
+    if case == 'ceiling':
         import torch.nn.functional as F
         c = CEILING
         torch.manual_seed(0)
-        x = torch.randn(c['n'], c['c'], c['hw'], c['hw'])
-        w = torch.randn(c['k'], c['c'], 3, 3) * 0.02
+        x = torch.randn(c['n'], c['c'], c['hw'], c['hw']).to(device)
+        w = (torch.randn(c['k'], c['c'], 3, 3) * 0.02).to(device)
 
         def conv():
             with torch.no_grad():
                 F.conv2d(x, w, padding=1)
+            sync()
         if args.serve:
             return serve(conv, args.warmup)
         med = time_reps(conv, args.warmup, args.reps)
         flops = 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9
-        print(f'torch ceiling gflops={flops / med / 1e9:.2f} median_s={med:.6f}')
+        print(f'torch {args.case} gflops={flops / med / 1e9:.2f} median_s={med:.6f}')
         return
 
-    fn, batch = build_case(torch, args.case)
+    fn, batch = build_case(torch, case, device)
     if args.serve:
         return serve(fn, args.warmup)
     med = time_reps(fn, args.warmup, args.reps)

@@ -1,6 +1,7 @@
 #include "datasets/loader.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 
@@ -133,6 +134,15 @@ void Loader::fill(Batch& b, size_t k) {
     }
   }
   b.n = n;
+}
+
+void to_tensors(const Batch& b, engine::Device device, engine::Tensor& x, engine::Tensor& y) {
+  engine::Tensor hx = engine::Tensor::empty({b.n, b.c, b.h, b.w});
+  engine::Tensor hy = engine::Tensor::empty({b.n}, engine::DType::i32);
+  std::memcpy(hx.raw(), b.images.data(), hx.nbytes());
+  std::memcpy(hy.raw(), b.labels.data(), hy.nbytes());
+  x = hx.to(device);
+  y = hy.to(device);
 }
 
 }  // namespace data

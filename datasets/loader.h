@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "datasets/dataset.h"
+#include "engine/tensor.h"
 
 namespace data {
 
@@ -72,5 +73,8 @@ class Loader {
   std::atomic<size_t> skipped_{0};
   std::vector<std::thread> workers_;
 };
+
+// A batch as x [n, c, h, w] f32 and labels [n] i32 on `device` (an explicit host-to-device copy).
+void to_tensors(const Batch& b, engine::Device device, engine::Tensor& x, engine::Tensor& y);
 
 }  // namespace data

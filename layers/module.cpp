@@ -35,6 +35,11 @@ std::vector<NamedTensor> Module::buffers() const {
   return out;
 }
 
+void Module::to(engine::Device device) {
+  for (auto& [name, t] : state_dict())
+    if (t.device() != device) t.impl()->storage = t.to(device).impl()->storage;
+}
+
 std::vector<NamedTensor> Module::state_dict() const {
   std::vector<NamedTensor> out;
   visit("", [&](const std::string& prefix, const Module& m) {

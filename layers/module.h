@@ -49,6 +49,9 @@ class Module {
   // Every module below and including this one, with its dotted path ("" for this one).
   std::vector<std::pair<std::string, Module*>> modules();
   void zero_grad();  // drops every parameter's gradient
+  // Moves every parameter and buffer to `device` in place: the tensors' handles (held by optimizers and
+  // by the blocks' fields) stay valid and see the new storage.
+  void to(engine::Device device);
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor t, ParamKind kind);  // sets requires_grad

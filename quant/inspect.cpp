@@ -114,7 +114,7 @@ Tensor inspection_batch(const Source& s, int batch, std::string& kind) {
     const data::Batch* b = loader.next();
     if (!b) throw std::runtime_error("no validation images");
     Tensor x, labels;
-    batch_tensors(*b, s.device, x, labels);
+    data::to_tensors(*b, s.device, x, labels);
     kind = fmt::format("a batch of {} validation images", b->n);
     return x;
   } catch (const std::exception& e) {

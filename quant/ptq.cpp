@@ -78,7 +78,7 @@ Accuracy evaluate(const std::function<Tensor(const Tensor&)>& forward, data::Loa
   double top1 = 0, top5 = 0;
   Tensor x, y;
   while (const data::Batch* b = loader.next()) {
-    batch_tensors(*b, device, x, y);
+    data::to_tensors(*b, device, x, y);
     Tensor logits = forward(x);
     top1 += (double)engine::topk_correct(logits, y, 1);
     if (logits.size(1) >= 5) top5 += (double)engine::topk_correct(logits, y, 5);
@@ -130,7 +130,7 @@ Calibration calibrate(QuantNet& net, models::RepVGG& model, data::Loader& loader
   while (c.batches < batches) {
     const data::Batch* b = loader.next();
     if (!b) break;
-    batch_tensors(*b, device, x, y);
+    data::to_tensors(*b, device, x, y);
     const Tensor logits = net.forward(x);
     if (c.batches == 0) check_same_as_model(logits, model.forward(x));
     c.batches++;

@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include <charconv>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -181,11 +180,6 @@ std::string describe(const Source& s) {
                      s.config.empty() ? "the command line and the checkpoint's metadata" : s.config);
 }
 
-void move_to(layers::Module& m, Device device) {
-  for (auto& [name, t] : m.state_dict())
-    if (t.device() != device) t.impl()->storage = t.to(device).impl()->storage;
-}
-
 std::unique_ptr<models::RepVGG> load_model(const Source& s) {
   models::ArchConfig arch = models::arch_config(s.arch);
   arch.num_classes = s.num_classes;
@@ -194,7 +188,7 @@ std::unique_ptr<models::RepVGG> load_model(const Source& s) {
   auto model = std::make_unique<models::RepVGG>(arch, rng, k);
   if (s.deploy_form()) model->switch_to_deploy();
   layers::load_state_dict(*model, s.file, "", s.ckpt);  // throws "file <ckpt>: tensor ..." on a mismatch
-  move_to(*model, s.device);
+  model->to(s.device);
   model->eval();
   return model;
 }
@@ -208,15 +202,6 @@ std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t li
   io.resize_size = s.resize_size;
   io.synsets = s.synsets;
   return data::open_image_folder((fs::path(s.data) / (train ? "train" : "val")).string(), io, limit);
-}
-
-void batch_tensors(const data::Batch& b, Device device, Tensor& x, Tensor& y) {
-  Tensor hx = Tensor::empty({b.n, b.c, b.h, b.w});
-  Tensor hy = Tensor::empty({b.n}, engine::DType::i32);
-  std::memcpy(hx.raw(), b.images.data(), hx.nbytes());
-  std::memcpy(hy.raw(), b.labels.data(), hy.nbytes());
-  x = hx.to(device);
-  y = hy.to(device);
 }
 
 void write_json(const std::string& path, const std::string& text) { st::write_file_atomic(path, text); }

@@ -57,14 +57,10 @@ std::string describe(const Source& s);  // "checkpoint X (arch, dataset; setting
 // The model of the checkpoint, loaded (and in deploy form if the file is), on s.device, in eval mode.
 // Throws naming the file when a tensor is missing, extra or of another shape (e.g. another arch's file).
 std::unique_ptr<models::RepVGG> load_model(const Source& s);
-// Every parameter and buffer of m moved to `device` in place.
-void move_to(layers::Module& m, engine::Device device);
 
 // The evaluation (train = false) or training split; limit > 0 keeps that many images, spread evenly.
 std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t limit);
 
-// A loader batch as x [n, c, h, w] and labels i32 [n] on `device` (an explicit host-to-device copy).
-void batch_tensors(const data::Batch& b, engine::Device device, engine::Tensor& x, engine::Tensor& y);
 
 // JSON text written atomically, the error naming the file.
 void write_json(const std::string& path, const std::string& text);

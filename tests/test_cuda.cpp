@@ -293,8 +293,19 @@ TEST_CASE("cuda: sums, means, pooling and sum_to match the CPU" * gpu_or_skip("r
   run_cases(cases);
 }
 
-// Not supported on CUDA, so reported as such (ggml's "not supported"), never passed.
-TEST_CASE("cuda: pad2d" * skip_unless(false, "pad2d on CUDA: not supported (engine/shape.cpp is CPU only)")) {}
+TEST_CASE("cuda: pad2d and the RepVGG merge it serves match the CPU" * gpu_or_skip("pad2d")) {
+  run_cases({
+      {"pad2d 1", [](Rng& r) { return Inputs{rand_grad({6, 4, 1, 1}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 1); }},
+      {"pad2d 2", [](Rng& r) { return Inputs{rand_grad({2, 3, 5, 4}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 2); }},
+      {"3x3 + pad(1x1) * scale", [](Rng& r) {
+         return Inputs{rand_grad({8, 4, 3, 3}, -1, 1, r), rand_grad({8, 4, 1, 1}, -1, 1, r),
+                       rand_grad({8, 1, 1, 1}, -1, 1, r)};
+       },
+       [](const Inputs& in) { return add(in[0], mul(pad2d(in[1], 1), in[2])); }},
+  });
+}
 
 TEST_CASE("cuda: conv2d through cuDNN matches the CPU (oneDNN), with its gradients" * gpu_or_skip("conv2d")) {
   run_cases({

@@ -38,13 +38,6 @@ struct Small {
   }
 };
 
-static void batch_tensors(const data::Batch& b, Tensor& x, Tensor& y) {
-  x = Tensor::empty({b.n, b.c, b.h, b.w});
-  y = Tensor::empty({b.n}, DType::i32);
-  std::memcpy(x.raw(), b.images.data(), x.nbytes());
-  std::memcpy(y.raw(), b.labels.data(), y.nbytes());
-}
-
 static std::string cifar_dir() { return shared_data_dir().empty() ? "" : shared_data_dir() + "/cifar-10-batches-bin"; }
 
 TEST_CASE("learning: a small RepVGG fits 512 real CIFAR-10 training images to over 95% training accuracy" *
@@ -60,7 +53,7 @@ TEST_CASE("learning: a small RepVGG fits 512 real CIFAR-10 training images to ov
     loader.start_epoch(epoch);
     int64_t correct = 0, seen = 0;
     while (const data::Batch* b = loader.next()) {
-      batch_tensors(*b, x, y);
+      data::to_tensors(*b, Device::cpu, x, y);
       correct += net.step(x, y);
       seen += b->n;
     }

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -68,22 +67,6 @@ static Data open_data(const Options& o) {
     throw std::runtime_error(fmt::format("{}: train has {} classes but val has {}", o.data, d.train->num_classes(),
                                          d.val->num_classes()));
   return d;
-}
-
-// Copies a batch into x [n, c, h, w] and labels i32 [n] on `device` (an explicit host-to-device copy).
-static void to_tensors(const data::Batch& b, Device device, Tensor& x, Tensor& y) {
-  Tensor hx = Tensor::empty({b.n, b.c, b.h, b.w});
-  Tensor hy = Tensor::empty({b.n}, engine::DType::i32);
-  std::memcpy(hx.raw(), b.images.data(), hx.nbytes());
-  std::memcpy(hy.raw(), b.labels.data(), hy.nbytes());
-  x = hx.to(device);
-  y = hy.to(device);
-}
-
-// Moves every parameter and buffer of `m` to `device` in place (their handles stay valid).
-static void move_to(layers::Module& m, Device device) {
-  for (auto& [name, t] : m.state_dict())
-    if (t.device() != device) t.impl()->storage = t.to(device).impl()->storage;
 }
 
 // --- the run folder --------------------------------------------------------------------------------------
@@ -197,7 +180,7 @@ static EvalResult evaluate(models::RepVGG& model, data::Loader& loader, Device d
   double loss = 0, top1 = 0, top5 = 0, n = 0;
   Tensor x, y;
   while (const data::Batch* b = loader.next()) {
-    to_tensors(*b, device, x, y);
+    data::to_tensors(*b, device, x, y);
     Tensor logits = model(x);
     loss += engine::cross_entropy(logits, y).item() * b->n;
     top1 += engine::topk_correct(logits, y, 1);
@@ -254,7 +237,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   arch.num_classes = d.train->num_classes();
   engine::Rng init_rng(opt.seed);
   models::RepVGG model(arch, init_rng, opt.oabn_k);
-  move_to(model, device);
+  model.to(device);
 
   // Optimizer: plain L2 on every parameter, except those RepVGG's custom L2 covers when it is on.
   std::vector<engine::ParamGroup> groups(2);
@@ -340,7 +323,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     Progress progress;
     double images = 0;
     while (const data::Batch* b = train_loader.next()) {
-      to_tensors(*b, device, x, y);
+      data::to_tensors(*b, device, x, y);
       Tensor logits = model(x);
       Tensor ce = engine::cross_entropy(logits, y, opt.label_smoothing);
       Tensor loss = opt.custom_l2 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), opt.wd / 2)) : ce;
