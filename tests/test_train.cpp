@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/cuda/cuda_backend.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
 #include "tests/testing.h"
@@ -155,5 +156,10 @@ TEST_CASE("train: clear errors for a missing data folder, an unknown arch, an ar
   CHECK_THROWS_WITH_AS(run(args_for(data, root / "r3", {"--arch", "qarepvgg-cifar", "--oabn-k", "3"})),
                        doctest::Contains("no identity-branch BN"), std::runtime_error);
   CHECK_THROWS_WITH_AS(run({"imagenet", "--epochs", "1"}), doctest::Contains("imagenet needs --data"), std::runtime_error);
+  if (!engine::cuda::available()) {  // fails at once: before reading data or writing a run folder
+    CHECK_THROWS_WITH_AS(run(args_for(root / "nowhere", root / "r4", {"--device", "cuda"})),
+                         doctest::Contains(engine::cuda::unavailable_reason().c_str()), std::runtime_error);
+    CHECK(!fs::exists(root / "r4"));
+  }
   fs::remove_all(root);
 }
