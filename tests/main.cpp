@@ -1,11 +1,15 @@
-// Test runner: doctest's main, plus a SKIPPED line for each test skipped for a missing resource.
+// Test runner: doctest's main and a SKIPPED line for each test skipped for a missing resource;
+// the helpers declared in tests/testing.h.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "tests/testing.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <vector>
+
+#include "engine/random.h"
 
 static std::vector<std::string>& skipped() {
   static std::vector<std::string> s;
@@ -32,4 +36,19 @@ int main(int argc, char** argv) {
   int rc = ctx.run();
   for (auto& s : skipped()) std::printf("SKIPPED: %s\n", s.c_str());
   return rc;
+}
+
+std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch, int test_records) {
+  std::filesystem::create_directories(dir);
+  engine::Rng rng(42);
+  auto write = [&](const std::string& name, int records) {
+    std::ofstream f(dir / name, std::ios::binary);
+    for (int r = 0; r < records; r++) {
+      f.put((char)(r % 10));
+      for (int i = 0; i < 3072; i++) f.put((char)rng.below(256));
+    }
+  };
+  for (int b = 1; b <= 5; b++) write("data_batch_" + std::to_string(b) + ".bin", per_batch);
+  write("test_batch.bin", test_records);
+  return dir;
 }

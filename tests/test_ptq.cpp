@@ -29,22 +29,6 @@ fs::path temp_dir(const std::string& name) {
   return p;
 }
 
-// A CIFAR-10 folder in the official layout with random records (as tests/test_train.cpp's make_cifar).
-fs::path make_cifar(const fs::path& dir, int per_batch, int test_records) {
-  fs::create_directories(dir);
-  engine::Rng rng(42);
-  auto write = [&](const std::string& name, int records) {
-    std::ofstream f(dir / name, std::ios::binary);
-    for (int r = 0; r < records; r++) {
-      f.put((char)(r % 10));
-      for (int i = 0; i < 3072; i++) f.put((char)rng.below(256));
-    }
-  };
-  for (int b = 1; b <= 5; b++) write("data_batch_" + std::to_string(b) + ".bin", per_batch);
-  write("test_batch.bin", test_records);
-  return dir;
-}
-
 // A run folder as ./train writes it: best.safetensors (a model of `arch`, random weights, BN statistics of
 // one training-mode forward) and config.json naming `config_arch`.
 fs::path make_run(const fs::path& dir, const fs::path& data, const models::ArchConfig& arch, const std::string& config_arch,

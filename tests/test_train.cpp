@@ -60,22 +60,6 @@ TEST_CASE("train options: bad input gets a clear error") {
   CHECK_THROWS_WITH_AS(parse_options({}), doctest::Contains("no dataset given"), std::runtime_error);
 }
 
-// A CIFAR-10 folder in the official layout with `per_batch` random records per training file.
-static fs::path make_cifar(const fs::path& dir, int per_batch, int test_records) {
-  fs::create_directories(dir);
-  engine::Rng rng(42);
-  auto write = [&](const std::string& name, int records) {
-    std::ofstream f(dir / name, std::ios::binary);
-    for (int r = 0; r < records; r++) {
-      f.put((char)(r % 10));
-      for (int i = 0; i < 3072; i++) f.put((char)rng.below(256));
-    }
-  };
-  for (int b = 1; b <= 5; b++) write("data_batch_" + std::to_string(b) + ".bin", per_batch);
-  write("test_batch.bin", test_records);
-  return dir;
-}
-
 static std::vector<std::string> args_for(const fs::path& data, const fs::path& out, std::vector<std::string> more) {
   std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--batch-size", "32",
                                 "--threads", "2", "--tmax", "2", "--seed", "5"};

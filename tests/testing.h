@@ -1,6 +1,8 @@
-// Shared test helpers: skip decorators that say why, paths to the real data, tolerances.
+// Shared test helpers: skip decorators that say why, paths to the real data, a made-up CIFAR-10 folder.
 #pragma once
 #include <doctest/doctest.h>
+
+#include <filesystem>
 #include <string>
 
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
@@ -11,3 +13,7 @@ doctest::skip skip_unless(bool condition, const std::string& what);
 // ../shared/data (as in CI, the checkout's sibling) or $REPQ_DATA. Empty when absent.
 std::string shared_data_dir();
 bool have_path(const std::string& path);
+
+// A CIFAR-10 folder in the official binary layout: `per_batch` random records in each of data_batch_1..5.bin
+// and `test_records` in test_batch.bin, labels r % 10, pixels from a fixed seed.
+std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch, int test_records);
