@@ -216,9 +216,8 @@ static Ours gpu_ceiling_case() {
           flop / 1e9, 1e9};
 }
 
-static Ours make_case(const std::string& name) {
-  const bool gpu = name.rfind("gpu-", 0) == 0;
-  const std::string base = gpu ? name.substr(4) : name;
+// base: the case's name without its "gpu-" prefix.
+static Ours make_case(const std::string& base, bool gpu) {
   if (base == "ceiling") return gpu ? gpu_ceiling_case() : ceiling_case();
   return model_case(kCases.at(base), gpu ? Device::cuda : Device::cpu);
 }
@@ -270,7 +269,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   if (serve) {
-    Ours ours = make_case(name);
+    Ours ours = make_case(base, gpu);
     for (int i = 0; i < warmup; i++) ours.call();
     std::printf("ready\n");
     std::fflush(stdout);
@@ -288,7 +287,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Peer> peer;
   if (torch) peer = std::make_unique<Peer>(peer_program, name, threads, warmup);
   bool have_torch = peer && peer->ready();
-  Ours ours = make_case(name);
+  Ours ours = make_case(base, gpu);
   for (int i = 0; i < warmup; i++) ours.call();
 
   const Device device = gpu ? Device::cuda : Device::cpu;
