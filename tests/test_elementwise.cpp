@@ -195,3 +195,30 @@ TEST_CASE("gradients reach a weight computed from other parameters") {
   Tensor s3 = rand_uniform({2, 1, 1, 1}, 0.5f, 1.5f, rng), s1 = rand_uniform({2, 1, 1, 1}, 0.5f, 1.5f, rng);
   check_gradients([](auto& in) { return add(mul(in[0], in[1]), mul(pad2d(in[2], 1), in[3])); }, {k3, s3, k1, s1});
 }
+
+// The checker itself must be able to fail: an op whose backward is off by a factor, for gradients far
+// below 1 (a mean over 120 elements has gradients 1/120), or that drops one input's gradient.
+static Tensor mean_with_wrong_backward(const Tensor& x, float factor) {
+  Tensor y = mean_all(x.detach());
+  engine::record(y, "wrong_mean", {x}, [factor](const Tensor& out, const Tensor& g) {
+    const Tensor& in = out.grad_fn()->inputs[0];
+    const float value = g.item() * factor / (float)in.numel();
+    engine::accumulate_grad(in, Tensor::full(in.shape(), value));
+  });
+  return y;
+}
+
+TEST_CASE("gradient check: a backward at half or twice its value, or a missing gradient, fails the checker") {
+  Rng rng(9);
+  Tensor x = rand_uniform({3, 4, 10}, -1, 1, rng);
+  using testing_util::gradient_errors;
+  const double tol = testing_util::GradCheck{}.tolerance;
+  CHECK(gradient_errors([](auto& in) { return mean_with_wrong_backward(in[0], 1.0f); }, {x})[0] <= tol);
+  CHECK(gradient_errors([](auto& in) { return mean_with_wrong_backward(in[0], 0.5f); }, {x})[0] > 0.4);
+  CHECK(gradient_errors([](auto& in) { return mean_with_wrong_backward(in[0], 2.0f); }, {x})[0] > 0.9);
+  CHECK(gradient_errors([](auto& in) { return mean_with_wrong_backward(in[0], 0.0f); }, {x})[0] >= 1.0);
+  Tensor z = rand_uniform({3, 4, 10}, -1, 1, rng);  // the output depends on z, but no gradient reaches it
+  const auto e = gradient_errors([](auto& in) { return add(mean_all(in[0]), mean_all(in[1].detach())); }, {x, z});
+  CHECK(e[0] <= tol);
+  CHECK(e[1] == INFINITY);
+}
