@@ -13,9 +13,9 @@ namespace layers {
 
 using engine::Tensor;
 
-// What a parameter is, for the trainer's weight decay: the RepVGG recipe (official train.py) decays
-// conv and linear weights only, not biases nor BN's gamma and beta.
-enum class ParamKind { weight, bias, bn };
+// What a parameter is: a conv or linear weight, a bias, a BN's gamma or beta, or a quantizer's step
+// (layers/quantizer.h; the trainer never decays steps).
+enum class ParamKind { weight, bias, bn, step };
 
 struct Param {
   std::string name;

@@ -1,5 +1,9 @@
 #include "layers/reparam.h"
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "engine/ops.h"
 
 namespace layers {
@@ -18,13 +22,28 @@ KernelBias fold_bn(const Tensor& kernel, const BnTensors& bn) {
   return {mul(kernel, per_output_channel(t)), sub(bn.beta, mul(bn.mean, t))};
 }
 
-Tensor identity_kernel(int64_t channels, int groups) {
+KernelBias fold_bn(const KernelBias& kb, const BnTensors& bn) {
+  ENGINE_CHECK(kb.kernel.dim() == 4 && kb.bias.shape() == Shape{kb.kernel.size(0)} &&
+                   bn.gamma.shape() == Shape{kb.kernel.size(0)},
+               "kernel " + kb.kernel.str() + ", bias " + kb.bias.str() + ", BN gamma " + bn.gamma.str());
+  Tensor t = bn_scale(bn);
+  return {mul(kb.kernel, per_output_channel(t)), add(bn.beta, mul(sub(kb.bias, bn.mean), t))};
+}
+
+Tensor identity_kernel(int64_t channels, int groups, Device device) {
   ENGINE_CHECK(groups >= 1 && channels % groups == 0,
                std::to_string(channels) + " channels in " + std::to_string(groups) + " groups");
-  const int64_t per_group = channels / groups;
-  Tensor k = Tensor::zeros(Shape{channels, per_group, 3, 3});
-  float* p = k.f32();
-  for (int64_t i = 0; i < channels; i++) p[(i * per_group + i % per_group) * 9 + 4] = 1.0f;
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int, Device>, Tensor> made;
+  std::lock_guard<std::mutex> lock(mutex);
+  Tensor& k = made[{channels, groups, device}];
+  if (!k.defined()) {
+    const int64_t per_group = channels / groups;
+    Tensor host = Tensor::zeros(Shape{channels, per_group, 3, 3});
+    float* p = host.f32();
+    for (int64_t i = 0; i < channels; i++) p[(i * per_group + i % per_group) * 9 + 4] = 1.0f;
+    k = host.to(device);
+  }
   return k;
 }
 
@@ -36,25 +55,28 @@ KernelBias merge_repvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1
   Tensor kernel = add(dense.kernel, pad2d(one.kernel, 1)), bias = add(dense.bias, one.bias);
   if (identity) {
     ENGINE_CHECK(k3.size(0) == k3.size(1) * groups, "an identity branch needs in == out channels");
-    KernelBias id = fold_bn(identity_kernel(k3.size(0), groups).to(k3.device()), *identity);
+    KernelBias id = fold_bn(identity_kernel(k3.size(0), groups, k3.device()), *identity);
     kernel = add(kernel, id.kernel);
     bias = add(bias, id.bias);
   }
   return {kernel, bias};
 }
 
-KernelBias merge_qarepvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups,
-                          const BnTensors& bn) {
+KernelBias qarepvgg_sum(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups) {
   ENGINE_CHECK(k3.dim() == 4 && k3.size(2) == 3 && k3.size(3) == 3, "3x3 kernel " + k3.str());
   ENGINE_CHECK(k1.shape() == (Shape{k3.size(0), k3.size(1), 1, 1}), "1x1 kernel " + k1.str() + " beside " + k3.str());
   KernelBias dense = fold_bn(k3, bn3);
   Tensor kernel = add(dense.kernel, pad2d(k1, 1));
   if (identity) {
     ENGINE_CHECK(k3.size(0) == k3.size(1) * groups, "an identity branch needs in == out channels");
-    kernel = add(kernel, identity_kernel(k3.size(0), groups).to(k3.device()));
+    kernel = add(kernel, identity_kernel(k3.size(0), groups, k3.device()));
   }
-  Tensor t = bn_scale(bn);
-  return {mul(kernel, per_output_channel(t)), add(bn.beta, mul(sub(dense.bias, bn.mean), t))};
+  return {kernel, dense.bias};
+}
+
+KernelBias merge_qarepvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups,
+                          const BnTensors& bn) {
+  return fold_bn(qarepvgg_sum(k3, bn3, k1, identity, groups), bn);
 }
 
 }  // namespace layers

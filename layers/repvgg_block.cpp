@@ -5,6 +5,8 @@
 
 namespace layers {
 
+using engine::is_blocked;
+
 ConvBN::ConvBN(int in, int out, int kernel, int stride, int padding, int groups, engine::Rng& rng) {
   conv = register_module("conv", std::make_shared<Conv2d>(in, out, kernel, stride, padding, groups, false, rng));
   bn = register_module("bn", std::make_shared<BatchNorm2d>(out));
@@ -12,12 +14,25 @@ ConvBN::ConvBN(int in, int out, int kernel, int stride, int padding, int groups,
 
 Tensor ConvBN::forward(const Tensor& x) { return bn->forward(conv->forward(x)); }
 
-BnTensors bn_tensors(const BatchNorm2d& bn) {
-  return {bn.gamma_used(), bn.bias, bn.running_mean, bn.running_var, bn.eps};
-}
-
 RepBlock::RepBlock(int in, int out, int stride, int groups)
     : in_channels(in), out_channels(out), stride(stride), groups(groups) {}
+
+BlockMode RepBlock::mode() const {
+  return rbr_reparam ? BlockMode::deploy : merged_ ? BlockMode::merged : BlockMode::branches;
+}
+
+// Only reads the running statistics, which kernel_bias does not change when they are its source.
+KernelBias RepBlock::equivalent_kernel_bias() {
+  ENGINE_CHECK(!deployed(), "the block is in deploy form already");
+  BnStatistics running(BnFold::running, Tensor(), stride, groups);
+  return kernel_bias(running);
+}
+
+void RepBlock::switch_to_merged(BnFold f) {
+  ENGINE_CHECK(!deployed(), "a block in deploy form has no branches to merge");
+  merged_ = true;
+  fold = f;
+}
 
 void RepBlock::switch_to_deploy() {
   if (deployed()) return;
@@ -27,8 +42,37 @@ void RepBlock::switch_to_deploy() {
     kb = equivalent_kernel_bias();
   }
   drop_branches();
+  merged_ = false;
   rbr_reparam = register_module("rbr_reparam",
                                 std::make_shared<Conv2d>(kb.kernel.detach(), kb.bias.detach(), stride, 1, groups));
+}
+
+void RepBlock::set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight) {
+  if (act_quant) remove_module("act_quant");
+  if (weight_quant) remove_module("weight_quant");
+  act_quant = act ? register_module("act_quant", act) : nullptr;
+  weight_quant = weight ? register_module("weight_quant", weight) : nullptr;
+}
+
+Tensor RepBlock::forward(const Tensor& x) { return run(x, false); }
+Tensor RepBlock::forward_blocked(const Tensor& x) { return run(x, true); }
+
+Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out) {
+  const Tensor xq = act_quant ? act_quant->forward(x) : x;
+  const Tensor wq = weight_quant ? weight_quant->forward(w) : w;
+  return engine::conv2d_relu(xq, wq, b, stride, 1, groups, blocked_out);
+}
+
+Tensor RepBlock::run(const Tensor& x, bool blocked_out) {
+  switch (mode()) {
+    case BlockMode::deploy: return quantized_conv_relu(x, rbr_reparam->weight, rbr_reparam->bias, blocked_out);
+    case BlockMode::branches: return forward_branches(x, blocked_out);
+    case BlockMode::merged: break;
+  }
+  ENGINE_CHECK(!is_blocked(x), "a block in merged mode takes the plain layout");
+  BnStatistics stats(training() ? fold : BnFold::running, x, stride, groups);
+  const KernelBias kb = kernel_bias(stats);
+  return quantized_conv_relu(x, kb.kernel, kb.bias, blocked_out);
 }
 
 RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng)
@@ -38,23 +82,8 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
-Tensor RepBlock::forward_blocked(const Tensor& x) {
-  Tensor y = forward(x);
-  return engine::is_blocked(y) ? y : engine::to_blocked(y);
-}
-
-// The deployed block: the merged conv with its ReLU, in one call when no gradient is recorded.
-static Tensor deployed_forward(const Conv2d& c, const Tensor& x, bool blocked_out = false) {
-  return engine::conv2d_relu(x, c.weight, c.bias, c.stride, c.padding, c.groups, blocked_out);
-}
-
-Tensor RepVGGBlock::forward(const Tensor& x) { return run(x, false); }
-Tensor RepVGGBlock::forward_blocked(const Tensor& x) { return run(x, true); }
-
 // blocked_out: y in the blocked layout whatever x's (a blocked x gives a blocked y in any case).
-Tensor RepVGGBlock::run(const Tensor& x, bool blocked_out) {
-  using engine::is_blocked;
-  if (deployed()) return deployed_forward(*rbr_reparam, x, blocked_out);
+Tensor RepVGGBlock::forward_branches(const Tensor& x, bool blocked_out) {
   std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
   if (rbr_identity) bns.push_back(rbr_identity.get());
   bool fusable = true;  // one mode, momentum and eps for the three BNs (as always, unless set otherwise)
@@ -82,11 +111,13 @@ Tensor RepVGGBlock::run(const Tensor& x, bool blocked_out) {
   return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps);
 }
 
-KernelBias RepVGGBlock::equivalent_kernel_bias() const {
+KernelBias RepVGGBlock::kernel_bias(BnStatistics& stats) {
   ENGINE_CHECK(!deployed(), "the block is in deploy form already");
-  BnTensors id = rbr_identity ? bn_tensors(*rbr_identity) : BnTensors{};
-  return merge_repvgg(rbr_dense->conv->weight, bn_tensors(*rbr_dense->bn), rbr_1x1->conv->weight,
-                      bn_tensors(*rbr_1x1->bn), rbr_identity ? &id : nullptr, groups);
+  const Tensor& k3 = rbr_dense->conv->weight;
+  const Tensor& k1 = rbr_1x1->conv->weight;
+  BnTensors id = rbr_identity ? stats.of_input(*rbr_identity) : BnTensors{};
+  return merge_repvgg(k3, stats.of(*rbr_dense->bn, k3), k1, stats.of(*rbr_1x1->bn, k1), rbr_identity ? &id : nullptr,
+                      groups);
 }
 
 void RepVGGBlock::drop_branches() {
@@ -104,17 +135,19 @@ QARepVGGBlock::QARepVGGBlock(int in, int out, int stride, int groups, engine::Rn
   bn = register_module("bn", std::make_shared<BatchNorm2d>(out));
 }
 
-Tensor QARepVGGBlock::forward(const Tensor& x) {
-  if (deployed()) return deployed_forward(*rbr_reparam, x);
+Tensor QARepVGGBlock::forward_branches(const Tensor& x, bool blocked_out) {
   Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
   if (has_identity()) sum = engine::add(sum, x);
-  return engine::relu(bn->forward(sum));
+  Tensor y = engine::relu(bn->forward(sum));
+  return blocked_out ? engine::to_blocked(y) : y;
 }
 
-KernelBias QARepVGGBlock::equivalent_kernel_bias() const {
+// The dense BN folds first; the post-sum BN's input is then conv(x, W) + b of the branch sum.
+KernelBias QARepVGGBlock::kernel_bias(BnStatistics& stats) {
   ENGINE_CHECK(!deployed(), "the block is in deploy form already");
-  return merge_qarepvgg(rbr_dense->conv->weight, bn_tensors(*rbr_dense->bn), rbr_1x1->weight, has_identity(), groups,
-                        bn_tensors(*bn));
+  const Tensor& k3 = rbr_dense->conv->weight;
+  const KernelBias sum = qarepvgg_sum(k3, stats.of(*rbr_dense->bn, k3), rbr_1x1->weight, has_identity(), groups);
+  return fold_bn(sum, stats.of(*bn, sum.kernel, sum.bias));
 }
 
 void QARepVGGBlock::drop_branches() {

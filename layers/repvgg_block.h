@@ -1,11 +1,21 @@
 // The RepVGG block (official DingXiaoH/RepVGG repvgg.py) and the QARepVGG S4 block (Chu et al. 2023,
 // as the official QARepVGGBlockV2 without DropPath and its avg-pool branch), with the official
-// state-dict names. Both switch to a deploy form: ReLU(rbr_reparam(x)), one 3x3 conv with bias.
+// state-dict names. A block is in one of three modes:
+//   branches  the training form: each branch convolved and batch-normalized, summed, ReLU
+//   merged    RepQ (Prutianova et al. 2023, Sec. 4.1, Eq. 1): y = ReLU(conv(Q_a(x), Q_w(M), b)), with M, b the
+//             merge of the branches (layers/reparam.h) computed each forward as a differentiable function of
+//             the branch parameters, each BN folded with the statistics of layers/bn_fold.h
+//   deploy    one 3x3 conv with bias, rbr_reparam: y = ReLU(conv(Q_a(x), Q_w(W), b))
+// Q_a and Q_w are the quantizer modules the block owns (`act_quant`, `weight_quant`; layers/quantizer.h),
+// null where the block stays FP32. Without quantizers, merged mode with batch folding is the branches'
+// function in training, and with running statistics the deploy conv's in eval.
 #pragma once
 #include <memory>
 
 #include "engine/random.h"
+#include "layers/bn_fold.h"
 #include "layers/layers.h"
+#include "layers/quantizer.h"
 #include "layers/reparam.h"
 
 namespace layers {
@@ -20,29 +30,49 @@ class ConvBN : public Module {
   std::shared_ptr<BatchNorm2d> bn;
 };
 
-// A BN's tensors for folding it: gamma as its forward uses it (OABN-clipped where on).
-BnTensors bn_tensors(const BatchNorm2d& bn);
+enum class BlockMode { branches, merged, deploy };
 
-// What the two blocks share: shape, and the deploy form.
+// What the two blocks share: shape, the modes, the quantizers.
 class RepBlock : public Module {
  public:
   RepBlock(int in, int out, int stride, int groups);
-  // The equivalent 3x3 kernel and bias of the training-form branches (eval-mode), differentiable.
-  virtual KernelBias equivalent_kernel_bias() const = 0;
-  // Sets rbr_reparam to the merged conv (detached, a new leaf) and drops the branches. Idempotent.
-  void switch_to_deploy() override;
+  Tensor forward(const Tensor& x) override;
   // forward with y in the blocked layout (engine/ops.h to_blocked) whatever x's: the model's first block,
-  // whose 3-channel input does not block, hands the later blocks their layout without a reorder. This
-  // default converts forward's y.
-  virtual Tensor forward_blocked(const Tensor& x);
-  bool deployed() const { return rbr_reparam != nullptr; }
+  // whose 3-channel input does not block, hands the later blocks their layout without a reorder.
+  Tensor forward_blocked(const Tensor& x);
+
+  BlockMode mode() const;
+  bool deployed() const { return mode() == BlockMode::deploy; }
   bool has_identity() const { return in_channels == out_channels && stride == 1; }
+
+  // The equivalent 3x3 kernel [O, I/g, 3, 3] and bias [O] of the branches, differentiable in the branch
+  // parameters, each BN folded with what `stats` gives (which may update running statistics).
+  virtual KernelBias kernel_bias(BnStatistics& stats) = 0;
+  KernelBias equivalent_kernel_bias();  // with the running statistics, as eval mode
+
+  // Merged mode (from branches): the forward merges the branches each step, BNs folded by `fold` in
+  // training (running statistics in eval).
+  void switch_to_merged(BnFold fold);
+  // Deploy mode: rbr_reparam set to the merged conv (detached, a new leaf) and the branches dropped;
+  // the quantizers stay. Idempotent.
+  void switch_to_deploy() override;
+  // The quantizers of the conv's input and weight (either may be null: FP32); replaces earlier ones.
+  void set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight);
 
   const int in_channels, out_channels, stride, groups;
   std::shared_ptr<Conv2d> rbr_reparam;
+  std::shared_ptr<Quantizer> act_quant, weight_quant;
+  BnFold fold = BnFold::batch;  // merged mode, in training
 
  protected:
+  virtual Tensor forward_branches(const Tensor& x, bool blocked_out) = 0;
   virtual void drop_branches() = 0;
+
+ private:
+  Tensor run(const Tensor& x, bool blocked_out);
+  // RepQ Eq. 1: ReLU(conv(Q_a(x), Q_w(w), b)), 3x3 with padding 1
+  Tensor quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out);
+  bool merged_ = false;
 };
 
 // Training form: ReLU(rbr_dense(x) + rbr_1x1(x) + rbr_identity(x)),
@@ -51,16 +81,14 @@ class RepBlock : public Module {
 class RepVGGBlock : public RepBlock {
  public:
   RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng);
-  Tensor forward(const Tensor& x) override;
-  Tensor forward_blocked(const Tensor& x) override;
-  KernelBias equivalent_kernel_bias() const override;
+  KernelBias kernel_bias(BnStatistics& stats) override;
 
   std::shared_ptr<ConvBN> rbr_dense, rbr_1x1;
   std::shared_ptr<BatchNorm2d> rbr_identity;  // null without an identity branch
 
  private:
+  Tensor forward_branches(const Tensor& x, bool blocked_out) override;
   void drop_branches() override;
-  Tensor run(const Tensor& x, bool blocked_out);
 };
 
 // Training form: ReLU(bn(rbr_dense(x) + rbr_1x1(x) + x)),
@@ -69,14 +97,14 @@ class RepVGGBlock : public RepBlock {
 class QARepVGGBlock : public RepBlock {
  public:
   QARepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng);
-  Tensor forward(const Tensor& x) override;
-  KernelBias equivalent_kernel_bias() const override;
+  KernelBias kernel_bias(BnStatistics& stats) override;
 
   std::shared_ptr<ConvBN> rbr_dense;
   std::shared_ptr<Conv2d> rbr_1x1;
   std::shared_ptr<BatchNorm2d> bn;
 
  private:
+  Tensor forward_branches(const Tensor& x, bool blocked_out) override;
   void drop_branches() override;
 };
 
