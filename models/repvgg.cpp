@@ -137,11 +137,13 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
 }
 
 // Whether the blocks can run in the blocked layout (ops.h to_blocked): channel counts, per group too, that
-// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain), and no QARepVGG block in
-// training form (its BN of a sum is batch_norm2d's, plain only).
+// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain), no QARepVGG block in
+// training form (its BN of a sum is batch_norm2d's, plain only) and no block in merged mode (its BN
+// statistics are computed in the plain layout).
 static bool blocked_layout_fits(const std::vector<std::shared_ptr<layers::RepBlock>>& blocks) {
   for (size_t i = 0; i < blocks.size(); i++) {
     const layers::RepBlock& b = *blocks[i];
+    if (b.mode() == layers::BlockMode::merged) return false;
     if (!b.deployed() && !dynamic_cast<const layers::RepVGGBlock*>(&b)) return false;
     if (b.out_channels % (kChannelBlock * b.groups) != 0) return false;
     if (i > 0 && b.in_channels % (kChannelBlock * b.groups) != 0) return false;
@@ -156,7 +158,82 @@ Tensor RepVGG::forward(const Tensor& x) {
   Tensor y = blocked ? blocks_[0]->forward_blocked(x) : blocks_[0]->forward(x);
   for (size_t i = 1; i < blocks_.size(); i++) y = blocks_[i]->forward(y);
   if (blocked) y = to_plain(y);
-  return linear_->forward(global_avg_pool(y));
+  Tensor features = global_avg_pool(y);
+  if (fc_act_quant_) features = fc_act_quant_->forward(features);
+  const Tensor w = fc_weight_quant_ ? fc_weight_quant_->forward(linear_->weight) : linear_->weight;
+  return linear(features, w, linear_->bias);
+}
+
+void RepVGG::set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight) {
+  if (fc_act_quant_) remove_module("linear_act_quant");
+  if (fc_weight_quant_) remove_module("linear_weight_quant");
+  fc_act_quant_ = act ? register_module("linear_act_quant", act) : nullptr;
+  fc_weight_quant_ = weight ? register_module("linear_weight_quant", weight) : nullptr;
+}
+
+bool is_qat_method(const std::string& m) {
+  return m == "repq-bn" || m == "repq-bnest" || m == "merged" || m == "bnest";
+}
+
+void RepVGG::set_qat(const QatConfig& c) {
+  ENGINE_CHECK(is_qat_method(c.method), "QAT method '" + c.method + "' is not one of repq-bn, repq-bnest, merged, bnest");
+  ENGINE_CHECK(!qat_, "the model is set up for QAT already");
+  for (auto& b : blocks_)
+    ENGINE_CHECK(b->mode() == layers::BlockMode::branches, "QAT starts from a model in training form");
+  using layers::Codes;
+  using layers::Quantizer;
+  for (size_t i = 0; i < blocks_.size(); i++) {
+    layers::RepBlock& b = *blocks_[i];
+    if (c.method == "merged") b.switch_to_deploy();
+    else b.switch_to_merged(c.method == "repq-bn" ? layers::BnFold::batch : layers::BnFold::estimated);
+    if (c.method == "bnest" || (i == 0 && !c.quantize_first_last)) continue;
+    b.set_quantizers(std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init),
+                     std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
+  }
+  if (c.method != "bnest" && c.quantize_first_last)
+    set_fc_quantizers(std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init),
+                      std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
+  qat_ = c;
+}
+
+std::map<std::string, std::string> qat_metadata(const QatConfig& c) {
+  return {{"qat", c.method}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
+          {"granularity", c.per_channel ? "channel" : "layer"}, {"step_init", layers::step_init_name(c.init)},
+          {"quantize_first_last", c.quantize_first_last ? "1" : "0"}};
+}
+
+std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::string>& md, const std::string& file) {
+  auto it = md.find("qat");
+  if (it == md.end()) return std::nullopt;
+  auto get = [&](const std::string& key) -> const std::string& {
+    auto f = md.find(key);
+    if (f == md.end()) fail(file + ": QAT checkpoint without metadata '" + key + "'");
+    return f->second;
+  };
+  auto bits = [&](const std::string& key) {
+    const std::string& v = get(key);
+    if (v.empty() || v.size() > 2 || v.find_first_not_of("0123456789") != std::string::npos || std::stoi(v) < 2 ||
+        std::stoi(v) > 16)
+      fail(file + ": metadata '" + key + "' is '" + v + "', expected a bit width 2..16");
+    return std::stoi(v);
+  };
+  QatConfig c;
+  c.method = it->second;
+  if (!is_qat_method(c.method)) fail(file + ": metadata 'qat' is '" + c.method + "', not one of repq-bn, repq-bnest, merged, bnest");
+  c.bits = bits("bits");
+  c.act_bits = bits("act_bits");
+  const std::string& g = get("granularity");
+  if (g != "layer" && g != "channel") fail(file + ": metadata 'granularity' is '" + g + "', expected layer or channel");
+  c.per_channel = g == "channel";
+  try {
+    c.init = layers::parse_step_init(get("step_init"));
+  } catch (const std::exception& e) {
+    fail(file + ": metadata 'step_init': " + e.what());
+  }
+  const std::string& q = get("quantize_first_last");
+  if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + q + "', expected 0 or 1");
+  c.quantize_first_last = q == "1";
+  return c;
 }
 
 // t = γ/sqrt(σ² + ε) as [O, 1, 1, 1], detached

@@ -7,7 +7,9 @@
 //   global average pooling, linear(int(512 b) -> num_classes)
 #pragma once
 #include <array>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,28 @@ struct ModelSize {
 // From the block specs alone, without building the model.
 ModelSize model_size(const ArchConfig& arch, bool deploy, int resolution);
 
+// Quantization-aware training (./train --qat), as RepVGG::set_qat sets the model up:
+//   repq-bn     RepQ-BN: every block in merged mode, BNs folded with batch statistics (RepQ Sec. 4.2)
+//   repq-bnest  RepQ-BNEst: merged mode, BN statistics estimated (Sec. 4.3)
+//   merged      the "Merged" baseline (RepQ Table 1): the model converted to deploy form first, then QAT
+//               of its single convs
+//   bnest       full precision in merged mode with estimated BN statistics (no quantizers): one conv per
+//               block in training instead of two
+// Each quantized block gets an LSQ weight quantizer and an input quantizer (layers/quantizer.h); stage0 and
+// the FC stay FP32 unless quantize_first_last.
+struct QatConfig {
+  std::string method;
+  int bits = 8, act_bits = 8;  // weights, activations (2..16)
+  bool per_channel = false;    // weight steps per output channel, else per layer
+  bool quantize_first_last = false;
+  layers::StepInit init = layers::StepInit::min_error;
+};
+bool is_qat_method(const std::string& name);  // one of the four names above
+// The checkpoint metadata that records it ("qat", "bits", ...), and back (nullopt for an FP checkpoint);
+// `file` names the checkpoint in errors.
+std::map<std::string, std::string> qat_metadata(const QatConfig& c);
+std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::string>& md, const std::string& file);
+
 class RepVGG : public layers::Module {
  public:
   // oabn_k > 0 turns on OABN (layers/oabn.h) on every identity-branch BN (RepVGG blocks only).
@@ -58,12 +82,22 @@ class RepVGG : public layers::Module {
   Tensor forward(const Tensor& x) override;  // [N, 3, H, W] -> [N, num_classes]
   const std::vector<std::shared_ptr<layers::RepBlock>>& blocks() const { return blocks_; }
 
+  // Switches the model to the QAT form `c` describes (see QatConfig). Call it once, on a model in
+  // training form, before the optimizer is built: it adds parameters (the steps) and, for `merged`,
+  // replaces the branches by their merged convs.
+  void set_qat(const QatConfig& c);
+  const std::optional<QatConfig>& qat() const { return qat_; }
+  // Gives the FC quantizers of its input and weight (null: FP32), as the blocks' set_quantizers.
+  void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight);
+
   const ArchConfig arch;
   const float oabn_k;
 
  private:
   std::vector<std::shared_ptr<layers::RepBlock>> blocks_;  // stage0, stage1.0, ..., in order
   std::shared_ptr<layers::Linear> linear_;
+  std::shared_ptr<layers::Quantizer> fc_act_quant_, fc_weight_quant_;
+  std::optional<QatConfig> qat_;
 };
 
 // RepVGG's custom L2 (official get_custom_L2), for one training-form RepVGG block:

@@ -1,0 +1,296 @@
+// RepQ (layers/bn_fold.h, layers/quantizer.h, the blocks' merged mode): merged mode against the branches
+// (values, every gradient, running statistics), BNEst's Eq. 5-6 against double loops and against the
+// true statistics, LSQ against its scalar reference and closed-form gradients.
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "layers/bn_fold.h"
+#include "layers/quantizer.h"
+#include "layers/repvgg_block.h"
+#include "models/repvgg.h"
+#include "tests/gradcheck.h"
+
+using namespace engine;
+using namespace layers;
+using testing_util::check_close;
+using testing_util::check_gradients;
+
+// BN parameters and running statistics away from their defaults, the same for equal seeds.
+static void randomize_bns(Module& m, uint64_t seed) {
+  Rng rng(seed);
+  for (auto& [name, mod] : m.modules())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
+      const Shape s = bn->weight.shape();
+      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
+      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
+      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
+      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
+    }
+}
+
+static std::shared_ptr<RepBlock> make_block(bool qa, int in, int out, int stride, int groups, uint64_t seed) {
+  Rng rng(seed);
+  std::shared_ptr<RepBlock> b;
+  if (qa) b = std::make_shared<QARepVGGBlock>(in, out, stride, groups, rng);
+  else b = std::make_shared<RepVGGBlock>(in, out, stride, groups, rng);
+  randomize_bns(*b, seed + 1);
+  return b;
+}
+
+// y, x's gradient and every parameter's gradient of loss = Σ y · w.
+struct Run {
+  Tensor y, gx;
+  std::vector<Tensor> grads;
+};
+static Run run_block(RepBlock& b, const Tensor& x0, const Tensor& w) {
+  Tensor x = x0.clone();
+  x.requires_grad_(true);
+  Run r;
+  r.y = b.forward(x);
+  sum_all(mul(r.y, w)).backward();
+  r.gx = x.grad();
+  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
+  return r;
+}
+
+TEST_CASE("merged mode with batch folding is the 3-branch block: output, every gradient, running statistics") {
+  struct Case {
+    const char* name;
+    bool qa;
+    int in, out, stride, groups;
+  };
+  for (const Case& c : {Case{"RepVGG 8->8 with identity", false, 8, 8, 1, 1}, Case{"RepVGG 8->16 no identity", false, 8, 16, 1, 1},
+                        Case{"RepVGG 8->16 stride 2", false, 8, 16, 2, 1}, Case{"RepVGG 8->8 groups 2", false, 8, 8, 1, 2},
+                        Case{"QARepVGG 8->8", true, 8, 8, 1, 1}, Case{"QARepVGG 8->16 stride 2 groups 2", true, 8, 16, 2, 2}}) {
+    INFO(c.name);
+    auto branches = make_block(c.qa, c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make_block(c.qa, c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(BnFold::batch);
+    CHECK(merged->mode() == BlockMode::merged);
+    Rng rng(3);
+    const int64_t side = (7 - 1) / c.stride + 1;
+    Tensor x = rand_uniform({4, c.in, 7, 7}, -1, 2, rng), w = rand_uniform({4, c.out, side, side}, -1, 1, rng);
+    const Run a = run_block(*branches, x, w), b = run_block(*merged, x, w);
+    check_close(b.y.to_vector(), a.y.to_vector(), 1e-4, 1e-5, "output");
+    check_close(b.gx.to_vector(), a.gx.to_vector(), 1e-3, 1e-5, "input gradient");
+    const auto params = branches->parameters();
+    REQUIRE(a.grads.size() == b.grads.size());
+    for (size_t i = 0; i < a.grads.size(); i++)
+      check_close(b.grads[i].to_vector(), a.grads[i].to_vector(), 1e-3, 1e-5, params[i].name);
+    const auto bufs_a = branches->buffers(), bufs_b = merged->buffers();
+    for (size_t i = 0; i < bufs_a.size(); i++)
+      check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
+  }
+}
+
+TEST_CASE("merged mode in eval (running statistics) gives the deploy conv's output; with quantizers too") {
+  for (bool qa : {false, true}) {
+    auto merged = make_block(qa, 8, 8, 1, 2, 5);
+    merged->switch_to_merged(BnFold::batch);
+    merged->set_quantizers(std::make_shared<Quantizer>(4, Codes::unsigned_act), std::make_shared<Quantizer>(4, Codes::weight, 8));
+    Rng rng(6);
+    Tensor x = rand_uniform({2, 8, 6, 6}, 0, 2, rng);
+    merged->forward(x);  // training: the quantizers initialize, the running statistics move
+    merged->eval();
+    NoGradGuard no_grad;
+    const Tensor y = merged->forward(x);
+    merged->switch_to_deploy();
+    CHECK(merged->mode() == BlockMode::deploy);
+    REQUIRE(merged->act_quant);
+    check_close(merged->forward(x).to_vector(), y.to_vector(), 1e-5, 1e-6, qa ? "QARepVGG" : "RepVGG");
+  }
+}
+
+TEST_CASE("merged mode folds what its BN source says: running statistics in training differ from batch ones") {
+  auto batch = make_block(false, 8, 8, 1, 1, 2), running = make_block(false, 8, 8, 1, 1, 2);
+  batch->switch_to_merged(BnFold::batch);
+  running->switch_to_merged(BnFold::running);
+  Rng rng(1);
+  Tensor x = rand_uniform({2, 8, 5, 5}, -1, 3, rng);
+  const auto a = batch->forward(x).to_vector(), b = running->forward(x).to_vector();
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); i++) diff = std::max(diff, (double)std::fabs(a[i] - b[i]));
+  CHECK(diff > 0.1);
+}
+
+// A narrow model: the branches, or every block merged with batch folding (no quantizers), one SGD step.
+TEST_CASE("a whole model in merged mode takes the same SGD step as in branches mode") {
+  for (auto type : {models::BlockType::repvgg, models::BlockType::qarepvgg}) {
+    models::ArchConfig arch = models::cifar_config(type, 16);
+    Rng r1(4), r2(4);
+    models::RepVGG a(arch, r1), b(arch, r2);
+    randomize_bns(a, 9);
+    randomize_bns(b, 9);
+    for (auto& blk : b.blocks()) blk->switch_to_merged(BnFold::batch);
+    Rng rng(8);
+    Tensor x = rand_uniform({4, 3, 32, 32}, -1, 1, rng);  // smaller inputs leave BNs of 4 values, too ill-conditioned to compare
+    Tensor labels = Tensor::empty({4}, DType::i32);
+    for (int i = 0; i < 4; i++) labels.data<int32_t>()[i] = i;
+    for (models::RepVGG* m : {&a, &b}) {
+      std::vector<Tensor> ps;
+      for (auto& p : m->parameters()) ps.push_back(p.tensor);
+      SGD sgd({ParamGroup{ps, 1e-4f}}, 0.1f, 0.9f);
+      cross_entropy(m->forward(x), labels).backward();
+      sgd.step();
+    }
+    const auto sa = a.state_dict(), sb = b.state_dict();
+    REQUIRE(sa.size() == sb.size());
+    for (size_t i = 0; i < sa.size(); i++) {
+      REQUIRE(sa[i].name == sb[i].name);
+      check_close(sb[i].tensor.to_vector(), sa[i].tensor.to_vector(), 1e-3, 5e-5, sa[i].name);
+    }
+  }
+}
+
+// --- BNEst ------------------------------------------------------------------------------------------
+
+static std::vector<double> ref_estimate(const std::vector<float>& mx, const std::vector<float>& vx, const Tensor& k,
+                                        const std::vector<float>& bias, int groups, bool var) {
+  const int64_t o = k.size(0), per = k.size(1), taps = k.size(2) * k.size(3);
+  const float* w = k.f32();
+  std::vector<double> out(o);
+  for (int64_t oc = 0; oc < o; oc++) {
+    const int64_t g = oc / (o / groups);
+    double acc = 0;
+    for (int64_t i = 0; i < per; i++) {
+      double s = 0;
+      for (int64_t t = 0; t < taps; t++) {
+        const double v = w[(oc * per + i) * taps + t];
+        s += var ? v * v : v;
+      }
+      acc += (var ? vx : mx)[g * per + i] * s;
+    }
+    out[oc] = acc + (var || bias.empty() ? 0.0 : bias[oc]);
+  }
+  return out;
+}
+
+TEST_CASE("BNEst Eq. 5-6 against double loops, groups 1, 2 and 4, with and without bias; gradient check") {
+  Rng rng(12);
+  for (int groups : {1, 2, 4}) {
+    Tensor k = rand_uniform({8, 8 / groups, 3, 3}, -1, 1, rng), bias = rand_uniform({8}, -1, 1, rng);
+    Moments m{rand_uniform({8}, -1, 1, rng), rand_uniform({8}, 0.1f, 2, rng)};
+    for (bool with_bias : {false, true}) {
+      Moments e = estimate_moments(m, k, with_bias ? bias : Tensor(), groups);
+      const auto b = with_bias ? bias.to_vector() : std::vector<float>{};
+      check_close(e.mean.to_vector(), ref_estimate(m.mean.to_vector(), m.var.to_vector(), k, b, groups, false), 1e-5, 1e-6, "E");
+      check_close(e.var.to_vector(), ref_estimate(m.mean.to_vector(), m.var.to_vector(), k, b, groups, true), 1e-5, 1e-6, "V");
+    }
+    check_gradients([groups](auto& in) {
+      Moments e = estimate_moments({in[0], in[1]}, in[2], in[3], groups);
+      return add(e.mean, mul_scalar(e.var, 0.5f));
+    }, {m.mean, m.var, k, bias});
+  }
+}
+
+TEST_CASE("BNEst: with independent input channels, the estimate is the true output statistics within sampling error") {
+  Rng rng(13);
+  const int64_t n = 64, c = 4, side = 16;
+  // x[:, i] ~ U(a_i, b_i) independently for every element: E = (a+b)/2, V = (b-a)²/12
+  std::vector<float> lo = {-1, 0, 0.5f, -2}, hi = {1, 2, 1.5f, 0};
+  Tensor x = Tensor::empty({n, c, side, side});
+  for (int64_t i = 0; i < x.numel(); i++) {
+    const int64_t ch = i / (side * side) % c;
+    x.f32()[i] = lo[ch] + (hi[ch] - lo[ch]) * rng.uniform();
+  }
+  Tensor k = rand_uniform({6, c, 3, 3}, -0.5f, 0.5f, rng);
+  const Moments truth = channel_moments(conv2d(x, k, Tensor(), 1, 0, 1));  // no padding: Eq. 5-6 ignore it
+  const Moments est = estimate_moments(channel_moments(x), k, Tensor(), 1);
+  const auto tm = truth.mean.to_vector(), tv = truth.var.to_vector(), em = est.mean.to_vector(), ev = est.var.to_vector();
+  for (int o = 0; o < 6; o++) {
+    INFO("channel " << o << ": mean " << em[o] << " vs " << tm[o] << ", var " << ev[o] << " vs " << tv[o]);
+    CHECK(std::fabs(em[o] - tm[o]) <= 0.02 * std::sqrt(tv[o]));  // a mean over ~12k correlated values
+    CHECK(std::fabs(ev[o] - tv[o]) <= 0.05 * tv[o]);
+  }
+}
+
+TEST_CASE("channel_moments: mean and biased variance per channel against double loops, and its gradient") {
+  Rng rng(14);
+  Tensor x = rand_uniform({3, 5, 4, 6}, -1, 3, rng);
+  std::vector<double> mean(5, 0), var(5, 0);
+  const float* p = x.f32();
+  const int64_t per = 3 * 24;
+  for (int64_t i = 0; i < x.numel(); i++) mean[i / 24 % 5] += p[i] / (double)per;
+  for (int64_t i = 0; i < x.numel(); i++) var[i / 24 % 5] += std::pow(p[i] - mean[i / 24 % 5], 2) / (double)per;
+  const Moments m = channel_moments(x);
+  check_close(m.mean.to_vector(), mean, 1e-5, 1e-6, "mean");
+  check_close(m.var.to_vector(), var, 1e-4, 1e-6, "var");
+  check_gradients([](auto& in) {
+    const Moments m = channel_moments(in[0]);
+    return add(m.mean, m.var);
+  }, {x});
+}
+
+// --- LSQ --------------------------------------------------------------------------------------------
+
+TEST_CASE("LSQ quantizer: forward against the scalar reference, codes in range, per channel") {
+  Rng rng(15);
+  for (Codes codes : {Codes::weight, Codes::unsigned_act, Codes::signed_act})
+    for (int bits : {2, 4, 8}) {
+      const int64_t channels = codes == Codes::weight ? 3 : 1;
+      Quantizer q(bits, codes, channels);
+      std::vector<float> steps = {0.05f, 0.11f, 0.3f};
+      steps.resize(channels);
+      q.set_step(steps);
+      Tensor x = rand_uniform({3, 4, 5, 5}, -3, 3, rng);
+      const auto y = q.forward(x).to_vector(), xv = x.to_vector();
+      const int per = 100;
+      for (size_t i = 0; i < xv.size(); i++) {
+        const float s = steps[channels == 1 ? 0 : i / per];
+        const float code = y[i] / s;
+        REQUIRE(y[i] == doctest::Approx(fake_quant(xv[i], s, 0, q.q_min, q.q_max)).epsilon(1e-6));
+        CHECK(std::fabs(code - std::nearbyint(code)) < 1e-3);
+        CHECK(std::nearbyint(code) >= q.q_min);
+        CHECK(std::nearbyint(code) <= q.q_max);
+      }
+    }
+  CHECK(Quantizer(4, Codes::weight).q_min == -7);
+  CHECK(Quantizer(4, Codes::weight).q_max == 7);
+  CHECK(Quantizer(4, Codes::unsigned_act).q_max == 15);
+  CHECK(Quantizer(4, Codes::signed_act).q_min == -8);
+  CHECK_THROWS_WITH_AS(Quantizer(1, Codes::weight), doctest::Contains("outside 2..16"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(Quantizer(17, Codes::weight), doctest::Contains("outside 2..16"), std::runtime_error);
+}
+
+TEST_CASE("LSQ quantizer: gradients of x and of the step against LSQ's closed form (Eq. 3), with the scale") {
+  Rng rng(16);
+  Quantizer q(3, Codes::signed_act);  // codes -4..3
+  const float s = 0.25f;
+  q.set_step({s});
+  Tensor x = rand_uniform({2, 3, 4, 4}, -1.5f, 1.5f, rng), w = rand_uniform({2, 3, 4, 4}, -1, 1, rng);
+  x.requires_grad_(true);
+  sum_all(mul(q.forward(x), w)).backward();
+  const auto xv = x.to_vector(), wv = w.to_vector(), gx = x.grad().to_vector();
+  double gs = 0;
+  for (size_t i = 0; i < xv.size(); i++) {
+    const double v = xv[i] / s;
+    const bool below = v < q.q_min - 0.5 + 1e-6 && std::nearbyint(v) < q.q_min, above = std::nearbyint(v) > q.q_max;
+    const double dstep = below ? q.q_min : above ? q.q_max : std::nearbyint(v) - v;
+    gs += wv[i] * dstep;
+    CHECK(gx[i] == doctest::Approx(below || above ? 0.0 : wv[i]));
+  }
+  gs /= std::sqrt((double)xv.size() * q.q_max);  // the gradient scale g = 1/sqrt(N Q_P)
+  CHECK(q.step.grad().to_vector()[0] == doctest::Approx(gs).epsilon(1e-4));
+}
+
+TEST_CASE("LSQ quantizer: initialized from the first training batch; min-error keeps outliers, LSQ's rule clips them") {
+  // a merged kernel: small taps and a few large identity taps (the outliers OABN is about)
+  Rng rng(17);
+  Tensor w = rand_uniform({16, 16, 3, 3}, -0.05f, 0.05f, rng);
+  for (int i = 0; i < 16; i++) w.f32()[(i * 16 + i) * 9 + 4] = 1.5f;
+  Quantizer min_err(8, Codes::weight), lsq(8, Codes::weight, 1, StepInit::lsq);
+  CHECK(!min_err.initialized());
+  min_err.forward(w);
+  lsq.forward(w);
+  CHECK(min_err.initialized());
+  CHECK(min_err.init_state.to_vector()[0] == 1.0f);
+  NoGradGuard no_grad;
+  auto outlier_error = [&](Quantizer& q) { return std::fabs(q.forward(w).f32()[4] - 1.5f); };
+  CHECK(outlier_error(min_err) < 0.02f);  // within a step of 1.5 / 127
+  CHECK(outlier_error(lsq) > 0.5f);       // the range 127 · 2·mean|w|/sqrt(127) ≈ 0.8: the identity taps clip
+  Quantizer fresh(8, Codes::weight);
+  fresh.eval();
+  CHECK_THROWS_WITH_AS(fresh.forward(w), doctest::Contains("before its step was set"), std::runtime_error);
+}
