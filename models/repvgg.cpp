@@ -179,7 +179,8 @@ void RepVGG::set_qat(const QatConfig& c) {
   ENGINE_CHECK(is_qat_method(c.method), "QAT method '" + c.method + "' is not one of repq-bn, repq-bnest, merged, bnest");
   ENGINE_CHECK(!qat_, "the model is set up for QAT already");
   for (auto& b : blocks_)
-    ENGINE_CHECK(b->mode() == layers::BlockMode::branches, "QAT starts from a model in training form");
+    ENGINE_CHECK(b->mode() == layers::BlockMode::branches || (c.method == "merged" && b->deployed()),
+                 "QAT starts from a model in training form (or, for merged, in deploy form)");
   using layers::Codes;
   using layers::Quantizer;
   for (size_t i = 0; i < blocks_.size(); i++) {

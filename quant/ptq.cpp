@@ -22,8 +22,10 @@ std::string ptq_help() {
              "Post-training quantization of the merged (deploy-form) model, simulated in float32 (fake quantization):\n"
              "weights symmetric uniform, activations (each quantized conv's input) asymmetric uniform per layer,\n"
              "calibrated on training batches without augmentation; stage0 and the FC stay FP32. Prints top-1\n"
-             "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n\n"
-             "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (required)\n"
+             "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n"
+             "A QAT checkpoint (./train --qat) is evaluated instead at its learned quantizers, in deploy form, with\n"
+             "no calibration and no --bits.\n\n"
+             "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (required, but for QAT runs)\n"
              "  --act-bits B[,B...]    activation bit widths: one for all, or one per --bits (default: as --bits)\n"
              "  --granularity layer|channel   weight scales per layer (default) or per output channel\n"
              "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
@@ -53,7 +55,6 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
     i += (a == "--help" || a == "--quantize-first-last") ? 1 : 2;
   }
   if (o.help) return o;
-  if (o.bits.empty()) throw std::runtime_error("--bits B[,B...] is required (e.g. --bits 8,6,4)");
   for (int b : o.bits)
     if (b > 16) throw std::runtime_error(fmt::format("option --bits: {} is more than 16", b));
   for (int b : o.act_bits)
@@ -157,13 +158,16 @@ nlohmann::json layers_json(const QuantNet& net, const std::vector<Range>& ranges
   return layers;
 }
 
-void print_table(const PtqOptions& o, const Accuracy& fp32, const std::vector<Row>& rows, bool top5) {
+void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("\nSimulated quantization (fake quantization in float32; no integer kernels run):\n");
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
   std::printf("  rounding half to even; stage0 and the FC: %s; biases FP32; %zu validation images\n\n",
-              o.quantize_first_last ? "quantized" : "FP32", fp32.images);
+              o.quantize_first_last ? "quantized" : "FP32", images);
+}
+
+void print_table(const Accuracy& fp32, const std::vector<Row>& rows, bool top5) {
   std::printf("%-10s %8s %8s", "bits (W/A)", "top-1", "drop");
   if (top5) std::printf(" %8s %8s", "top-5", "drop");
   std::printf("\n%-10s %7.2f%% %8s", "fp32", fp32.top1, "-");
@@ -208,6 +212,59 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   return j;
 }
 
+// The blocks' and the FC's quantizers, to take off and put back.
+struct Quantizers {
+  std::vector<std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>>> blocks;
+};
+
+// A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
+int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
+  if (!o.bits.empty() || !o.act_bits.empty())
+    throw std::runtime_error(fmt::format("{} is a QAT checkpoint ({}): it is evaluated at its learned quantizers; "
+                                         "--bits and --act-bits are for full-precision checkpoints", s.ckpt, model.qat()->method));
+  const models::QatConfig& q = *model.qat();
+  model.switch_to_deploy();
+  auto val = open_split(s, false, o.source.limit_val);
+  data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
+  auto forward = [&](const Tensor& x) { return model.forward(x); };
+  auto t0 = std::chrono::steady_clock::now();
+  const Accuracy quantized = evaluate(forward, val_loader, s.device);
+  std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
+              seconds_since(t0));
+  Quantizers saved;
+  for (auto& b : model.blocks()) {
+    saved.blocks.push_back({b->act_quant, b->weight_quant});
+    b->set_quantizers(nullptr, nullptr);
+  }
+  auto [fc_act, fc_weight] = model.fc_quantizers();
+  model.set_fc_quantizers(nullptr, nullptr);
+  const Accuracy fp32 = evaluate(forward, val_loader, s.device);
+  for (size_t i = 0; i < saved.blocks.size(); i++) model.blocks()[i]->set_quantizers(saved.blocks[i].first, saved.blocks[i].second);
+  model.set_fc_quantizers(fc_act, fc_weight);
+
+  std::printf("\nQuantization-aware training (%s), simulated (fake quantization in float32; no integer kernels run):\n",
+              q.method.c_str());
+  std::printf("  weights: LSQ, symmetric, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]; activations: LSQ, codes [0, 2^B-1]\n",
+              q.per_channel ? "channel" : "layer");
+  std::printf("  learned steps, no calibration; stage0 and the FC: %s; fp32 is the same deploy model without its\n"
+              "  quantizers; %zu validation images\n\n", q.quantize_first_last ? "quantized" : "FP32", fp32.images);
+  const std::vector<Row> rows = {{q.bits, q.act_bits, quantized, nlohmann::json::array()}};
+  print_table(fp32, rows, top5);
+  if (!o.source.json.empty()) {
+    nlohmann::json j = {{"checkpoint", s.ckpt}, {"arch", s.arch}, {"dataset", s.dataset}, {"simulated", true},
+                        {"qat", q.method}, {"granularity", q.per_channel ? "channel" : "layer"}, {"val_images", fp32.images},
+                        {"fp32", {{"top1", fp32.top1}}}, {"results", {{{"bits", q.bits}, {"act_bits", q.act_bits},
+                        {"top1", quantized.top1}, {"drop_top1", fp32.top1 - quantized.top1}}}}};
+    if (top5) {
+      j["fp32"]["top5"] = fp32.top5;
+      j["results"][0]["top5"] = quantized.top5;
+    }
+    write_json(o.source.json, j.dump(2) + "\n");
+    std::printf("wrote %s\n", o.source.json.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int run_ptq(const std::vector<std::string>& args) {
@@ -223,6 +280,8 @@ int run_ptq(const std::vector<std::string>& args) {
   const bool top5 = s.dataset == "imagenet";
 
   auto model = load_model(s);
+  if (model->qat()) return evaluate_qat(o, s, *model, batch, threads, top5);
+  if (o.bits.empty()) throw std::runtime_error(fmt::format("--bits B[,B...] is required for {} (e.g. --bits 8,6,4)", s.ckpt));
   if (!s.deploy_form()) model->switch_to_deploy();  // one 3x3 conv with bias per block
   s.file = {};                                      // the model holds the weights now
   QuantNet net(*model);
@@ -259,7 +318,8 @@ int run_ptq(const std::vector<std::string>& args) {
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
   }
 
-  print_table(o, fp32, rows, top5);
+  print_ptq_header(o, fp32.images);
+  print_table(fp32, rows, top5);
   if (!o.source.json.empty()) {
     write_json(o.source.json, results_json(o, s, cal, fp32, rows, top5).dump(2) + "\n");
     std::printf("wrote %s\n", o.source.json.c_str());

@@ -186,6 +186,7 @@ std::unique_ptr<models::RepVGG> load_model(const Source& s) {
   engine::Rng rng(0);
   const float k = arch.block == models::BlockType::repvgg ? s.oabn_k : 0.0f;
   auto model = std::make_unique<models::RepVGG>(arch, rng, k);
+  if (auto qat = models::qat_from_metadata(s.file.metadata, s.ckpt)) model->set_qat(*qat);  // its quantizers
   if (s.deploy_form()) model->switch_to_deploy();
   layers::load_state_dict(*model, s.file, "", s.ckpt);  // throws "file <ckpt>: tensor ..." on a mismatch
   model->to(s.device);

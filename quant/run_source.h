@@ -54,7 +54,8 @@ struct Source {
 Source resolve_source(const SourceOptions& o);
 std::string describe(const Source& s);  // "checkpoint X (arch, dataset; settings from Y)"
 
-// The model of the checkpoint, loaded (and in deploy form if the file is), on s.device, in eval mode.
+// The model of the checkpoint, loaded (and in deploy form if the file is), on s.device, in eval mode; a
+// QAT checkpoint's model set up as its run trained it (RepVGG::set_qat), learned steps included.
 // Throws naming the file when a tensor is missing, extra or of another shape (e.g. another arch's file).
 std::unique_ptr<models::RepVGG> load_model(const Source& s);
 

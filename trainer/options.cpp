@@ -27,6 +27,12 @@ T positive(const std::string& name, const std::string& value) {
   return v;
 }
 
+int bit_width(const std::string& name, const std::string& value) {
+  const int v = number<int>(name, value);
+  if (v < 2 || v > 16) throw std::runtime_error(fmt::format("option {}: {} is outside 2..16", name, value));
+  return v;
+}
+
 std::string one_of(const std::string& name, const std::string& value, std::initializer_list<const char*> allowed) {
   std::string list;
   for (const char* a : allowed) {
@@ -89,6 +95,22 @@ const std::vector<Spec>& specs() {
        [](Options& o, const std::string& v) { o.resize_size = positive<int>("--resize-size", v); }},
       {"--bad-images", "fail|skip", "imagenet: on an undecodable image, fail (default) or skip and count it",
        [](Options& o, const std::string& v) { o.bad_images = one_of("--bad-images", v, {"fail", "skip"}); }},
+      {"--qat", "METHOD", "quantization-aware training: repq-bn, repq-bnest, merged (deploy form first), or bnest "
+                          "(full precision, BN statistics estimated; no quantizers)",
+       [](Options& o, const std::string& v) { o.qat = one_of("--qat", v, {"repq-bn", "repq-bnest", "merged", "bnest"}); }},
+      {"--bits", "B", "--qat: weight bits, 2..16 (default 8)", [](Options& o, const std::string& v) { o.bits = bit_width("--bits", v); }},
+      {"--act-bits", "B", "--qat: activation bits, 2..16 (default: as --bits)",
+       [](Options& o, const std::string& v) { o.act_bits = bit_width("--act-bits", v); }},
+      {"--granularity", "layer|channel", "--qat: one weight step per layer (default) or per output channel",
+       [](Options& o, const std::string& v) { o.granularity = one_of("--granularity", v, {"layer", "channel"}); }},
+      {"--step-init", "min-error|lsq", "--qat: first-batch step initialization: least quantization error "
+                                       "(default) or LSQ's 2 mean|x| / sqrt(Q_P)",
+       [](Options& o, const std::string& v) { o.step_init = one_of("--step-init", v, {"min-error", "lsq"}); }},
+      {"--quantize-first-last", nullptr, "--qat: quantize stage0 and the FC too (default: they stay FP32)",
+       [](Options& o, const std::string&) { o.quantize_first_last = true; }},
+      {"--init", "CKPT", "start from this trained checkpoint's weights (e.g. runs/X/best.safetensors); "
+                         "--resume continues a run instead",
+       [](Options& o, const std::string& v) { o.init = v; }},
       {"--summary", nullptr, "print the model's parameter and MAC counts and exit", [](Options& o, const std::string&) { o.summary = true; }},
       {"--help", nullptr, "this text", [](Options& o, const std::string&) { o.help = true; }},
   };
@@ -106,6 +128,7 @@ void apply_defaults(Options& o) {
   if (o.step_size == 0) o.step_size = long_schedule ? 40 : 30;
   if (o.tmax == 0) o.tmax = cifar ? 50 : o.epochs;
   if (o.image_size == 0) o.image_size = cifar ? 32 : 224;
+  if (o.act_bits == 0) o.act_bits = o.bits;
 }
 
 }  // namespace
@@ -138,6 +161,8 @@ Options parse_options(const std::vector<std::string>& args) {
   if (o.dataset.empty()) o.dataset = o.summary ? "imagenet" : "";
   if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
   apply_defaults(o);
+  if (o.qat.empty() && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
+    throw std::runtime_error("--granularity, --step-init and --quantize-first-last need --qat METHOD");
   return o;
 }
 

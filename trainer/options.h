@@ -34,6 +34,13 @@ struct Options {
   int image_size = 0;   // default: 32 (cifar10), 224 (imagenet)
   int resize_size = 256;
   std::string bad_images = "fail";
+  // Quantization-aware training (models/repvgg.h QatConfig)
+  std::string qat;      // "" (off) | repq-bn | repq-bnest | merged | bnest
+  int bits = 8, act_bits = 0;           // act_bits 0: as bits
+  std::string granularity = "layer";    // weight steps: layer | channel
+  std::string step_init = "min-error";  // min-error | lsq
+  bool quantize_first_last = false;
+  std::string init;     // start from this full-precision checkpoint (not a resume)
   bool summary = false; // print the model's size and exit
   bool help = false;
 };

@@ -23,6 +23,7 @@
 #include "engine/schedule.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
+#include "trainer/step.h"
 
 namespace train {
 
@@ -97,7 +98,41 @@ static nlohmann::json options_json(const Options& o) {
           {"custom_l2", o.custom_l2}, {"seed", o.seed}, {"threads", o.threads}, {"device", o.device},
           {"out", o.out}, {"limit_train", o.limit_train}, {"limit_val", o.limit_val}, {"eval_every", o.eval_every},
           {"synsets", o.synsets}, {"image_size", o.image_size}, {"resize_size", o.resize_size},
-          {"bad_images", o.bad_images}};
+          {"bad_images", o.bad_images}, {"qat", o.qat}, {"bits", o.bits}, {"act_bits", o.act_bits},
+          {"granularity", o.granularity}, {"step_init", o.step_init}, {"quantize_first_last", o.quantize_first_last},
+          {"init", o.init}};
+}
+
+static models::QatConfig qat_config(const Options& o) {
+  return {o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
+}
+
+// --init: a trained full-precision checkpoint's weights into the new model (before set_qat), checked
+// against the run's arch, classes and OABN setting first. Nothing is written before this runs.
+static void load_init(const Options& o, models::RepVGG& model) {
+  if (!fs::is_regular_file(o.init)) throw std::runtime_error(fmt::format("--init {}: no such checkpoint file", o.init));
+  const st::File file = st::load(o.init);
+  auto meta = [&](const std::string& key) {
+    auto it = file.metadata.find(key);
+    return it == file.metadata.end() ? std::string() : it->second;
+  };
+  if (!meta("arch").empty() && meta("arch") != o.arch)
+    throw std::runtime_error(fmt::format("--init {}: a {} checkpoint, but this run trains {} (give --arch {})", o.init,
+                                         meta("arch"), o.arch, meta("arch")));
+  if (!meta("qat").empty())
+    throw std::runtime_error(fmt::format("--init {}: a QAT checkpoint ({}); --init takes a full-precision one, and "
+                                         "--resume continues a QAT run", o.init, meta("qat")));
+  if (!meta("oabn_k").empty() && meta("oabn_k") != fmt::format("{}", o.oabn_k))
+    throw std::runtime_error(fmt::format("--init {}: trained with --oabn-k {}, this run has {}: give --oabn-k {}", o.init,
+                                         meta("oabn_k"), o.oabn_k, meta("oabn_k")));
+  bool deploy = false;
+  for (auto& [name, e] : file.tensors) deploy |= name.find("rbr_reparam.") != std::string::npos;
+  if (deploy && o.qat != "merged")
+    throw std::runtime_error(fmt::format("--init {}: a deploy-form checkpoint has no branches to {}", o.init,
+                                         o.qat.empty() ? "train" : "merge (only --qat merged starts from one)"));
+  if (deploy) model.switch_to_deploy();
+  layers::load_state_dict(model, file, "", o.init);
+  std::printf("init: weights from %s\n", o.init.c_str());
 }
 
 // Points runs/latest at the run folder (a relative link, replaced atomically).
@@ -167,31 +202,6 @@ struct Log {
   }
 };
 
-// --- evaluation ------------------------------------------------------------------------------------------
-
-struct EvalResult {
-  double loss = 0, top1 = 0, top5 = 0;
-};
-
-static EvalResult evaluate(models::RepVGG& model, data::Loader& loader, Device device) {
-  engine::NoGradGuard no_grad;
-  model.eval();
-  loader.start_epoch(0);
-  double loss = 0, top1 = 0, top5 = 0, n = 0;
-  Tensor x, y;
-  while (const data::Batch* b = loader.next()) {
-    data::to_tensors(*b, device, x, y);
-    Tensor logits = model(x);
-    loss += engine::cross_entropy(logits, y).item() * b->n;
-    top1 += engine::topk_correct(logits, y, 1);
-    if (logits.size(1) >= 5) top5 += engine::topk_correct(logits, y, 5);
-    n += b->n;
-  }
-  model.train();
-  if (n == 0) return {};
-  return {loss / n, 100 * top1 / n, 100 * top5 / n};
-}
-
 // --- training --------------------------------------------------------------------------------------------
 
 struct Progress {
@@ -233,24 +243,21 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   if (opt.custom_l2 && arch.block != models::BlockType::repvgg)
     throw std::runtime_error(fmt::format("--custom-l2 is RepVGG's; {} uses plain L2", opt.arch));
 
+  if (!opt.qat.empty() && opt.custom_l2 && opt.qat == "merged")
+    throw std::runtime_error("--custom-l2 works on the branches, which --qat merged replaces by one conv per block");
+
   Data d = open_data(opt);
   arch.num_classes = d.train->num_classes();
   engine::Rng init_rng(opt.seed);
   models::RepVGG model(arch, init_rng, opt.oabn_k);
+  if (!opt.init.empty() && resume_ckpt.empty()) load_init(opt, model);
+  if (!opt.qat.empty()) model.set_qat(qat_config(opt));
   model.to(device);
 
-  // Optimizer: plain L2 on every parameter, except those RepVGG's custom L2 covers when it is on.
-  std::vector<engine::ParamGroup> groups(2);
-  std::vector<std::string> names[2];
-  groups[0].weight_decay = opt.wd;
-  for (const layers::Param& p : model.parameters()) {
-    int g = opt.custom_l2 && models::covered_by_custom_l2(p.name) ? 1 : 0;
-    groups[g].params.push_back(p.tensor);
-    names[g].push_back(p.name);
-  }
-  std::vector<std::string> buffer_names = names[0];
-  buffer_names.insert(buffer_names.end(), names[1].begin(), names[1].end());
-  engine::SGD sgd(groups, opt.lr, opt.momentum, opt.nesterov);
+  // Built after set_qat: it holds the parameter tensors (the steps among them) it is given.
+  Optimizer optimizer = make_optimizer(model, opt.lr, opt.momentum, opt.nesterov, opt.wd, opt.custom_l2);
+  engine::SGD& sgd = optimizer.sgd;
+  const std::vector<std::string>& buffer_names = optimizer.names;
   engine::Schedule sched;
   sched.kind = opt.sched == "cosine" ? engine::ScheduleKind::cosine : engine::ScheduleKind::step;
   sched.base_lr = opt.lr;
@@ -303,6 +310,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
                            {"partial_loss", fmt::format("{}", part_loss)}, {"partial_correct", fmt::format("{}", part_correct)},
                            {"partial_seen", fmt::format("{}", part_seen)}, {"seed", std::to_string(opt.seed)},
                            {"oabn_k", fmt::format("{}", opt.oabn_k)}, {"num_classes", std::to_string(arch.num_classes)}};
+    if (model.qat()) md.merge(models::qat_metadata(*model.qat()));
     std::map<std::string, st::Entry> extra;
     auto& bufs = sgd.momentum_buffers();
     for (size_t i = 0; i < bufs.size(); i++)
@@ -324,23 +332,17 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     double images = 0;
     while (const data::Batch* b = train_loader.next()) {
       data::to_tensors(*b, device, x, y);
-      Tensor logits = model(x);
-      Tensor ce = engine::cross_entropy(logits, y, opt.label_smoothing);
-      Tensor loss = opt.custom_l2 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), opt.wd / 2)) : ce;
-      const float value = ce.item();
-      if (!std::isfinite(value)) {
+      const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f);
+      if (!r.stepped) {
         progress.end_line();
         std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu; stopping. The last good checkpoint is %s\n",
-                     value, epoch + 1, done + 1, (run / "last.safetensors").c_str());
+                     r.loss, epoch + 1, done + 1, (run / "last.safetensors").c_str());
         return 3;
       }
-      sgd.zero_grad();
-      loss.backward();
-      sgd.step();
       done++;
       images += b->n;
-      part_loss += value * b->n;
-      part_correct += engine::topk_correct(logits, y, 1);
+      part_loss += r.loss * b->n;
+      part_correct += r.correct;
       part_seen += b->n;
       progress.update(epoch, opt.epochs, done, total, part_loss / part_seen, 100 * part_correct / part_seen, images);
       if (g_interrupted) {

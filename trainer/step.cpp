@@ -1,0 +1,66 @@
+#include "trainer/step.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace train {
+
+using engine::Tensor;
+
+Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2) {
+  std::vector<engine::ParamGroup> groups(3);  // decayed; covered by the custom L2; steps
+  std::vector<std::string> names[3];
+  groups[0].weight_decay = wd;
+  for (const layers::Param& p : model.parameters()) {
+    const int g = p.kind == layers::ParamKind::step ? 2 : custom_l2 && models::covered_by_custom_l2(p.name) ? 1 : 0;
+    groups[g].params.push_back(p.tensor);
+    names[g].push_back(p.name);
+  }
+  std::vector<std::string> all;
+  for (auto& n : names) all.insert(all.end(), n.begin(), n.end());
+  return {engine::SGD(groups, lr, momentum, nesterov), all};
+}
+
+StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, const Tensor& labels,
+                      float label_smoothing, float custom_l2_wd) {
+  Tensor logits = model(x);
+  Tensor ce = engine::cross_entropy(logits, labels, label_smoothing);
+  StepResult r;
+  r.loss = ce.item();
+  r.correct = engine::topk_correct(logits, labels, 1);
+  if (!std::isfinite(r.loss)) return r;
+  Tensor loss = custom_l2_wd > 0 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), custom_l2_wd / 2)) : ce;
+  sgd.zero_grad();
+  loss.backward();
+  sgd.step();
+  r.stepped = true;
+  return r;
+}
+
+EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device) {
+  engine::NoGradGuard no_grad;
+  model.eval();
+  loader.start_epoch(0);
+  EvalResult r;
+  double loss = 0, top1 = 0, top5 = 0;
+  Tensor x, y;
+  while (const data::Batch* b = loader.next()) {
+    data::to_tensors(*b, device, x, y);
+    Tensor logits = model(x);
+    loss += engine::cross_entropy(logits, y).item() * b->n;
+    top1 += engine::topk_correct(logits, y, 1);
+    if (logits.size(1) >= 5) top5 += engine::topk_correct(logits, y, 5);
+    r.images += b->n;
+  }
+  model.train();
+  if (r.images == 0) return r;
+  const double n = (double)r.images;
+  r.loss = loss / n;
+  r.top1 = 100 * top1 / n;
+  r.top5 = 100 * top5 / n;
+  return r;
+}
+
+}  // namespace train

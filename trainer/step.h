@@ -1,0 +1,39 @@
+// What ./train, its QAT modes and `make bench` share: the optimizer of a model, one training step, and
+// the evaluation pass.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "datasets/loader.h"
+#include "engine/optim.h"
+#include "models/repvgg.h"
+
+namespace train {
+
+// SGD over the model's parameters in three groups: plain L2 weight decay `wd` on every parameter, except
+// those RepVGG's custom L2 covers (when `custom_l2`; decayed through the loss instead) and the quantizers'
+// steps (never decayed, as LSQ). `names` lists the parameters in the optimizer's order (its momentum
+// buffers' order). Build it after RepVGG::set_qat: it holds the parameter tensors it is given.
+struct Optimizer {
+  engine::SGD sgd;
+  std::vector<std::string> names;
+};
+Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2);
+
+struct StepResult {
+  float loss = 0;       // the cross-entropy of the batch (without the custom L2)
+  int64_t correct = 0;  // top-1 hits
+  bool stepped = false; // false when the loss was not finite: no update was made
+};
+// Forward, cross-entropy (plus wd/2 · RepVGG's custom L2 when custom_l2_wd > 0), backward, SGD step.
+StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const engine::Tensor& x, const engine::Tensor& labels,
+                      float label_smoothing, float custom_l2_wd);
+
+struct EvalResult {
+  double loss = 0, top1 = 0, top5 = 0;  // top-5 is 0 with fewer than 5 classes
+  size_t images = 0;
+};
+// The model in eval mode over one pass of `loader` (then back in training mode), without gradients.
+EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device);
+
+}  // namespace train
