@@ -20,7 +20,7 @@ else
 endif
 CUDA ?= $(CUDA_FOUND)
 
-LIB_DIRS := engine engine/cpu layers quant models datasets trainer
+LIB_DIRS := engine engine/cpu layers quant models datasets trainer interop
 LIB_SRC  := $(filter-out %_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 CU_SRC   :=
 ifeq ($(CUDA),1)
