@@ -1,4 +1,4 @@
-# repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary).
+# repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off.
 
@@ -20,7 +20,7 @@ else
 endif
 CUDA ?= $(CUDA_FOUND)
 
-LIB_DIRS := engine engine/cpu layers quant models datasets trainer
+LIB_DIRS := engine engine/cpu layers quant models datasets trainer interop
 LIB_SRC  := $(filter-out %_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 CU_SRC   :=
 ifeq ($(CUDA),1)

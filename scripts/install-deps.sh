@@ -6,6 +6,20 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+# The interop tests' Python side (ONNX checker and runtime, TensorBoard's event reader), for Debian's
+# /usr/bin/python3 (the one with python3-torch). Optional: without them those tests report SKIPPED.
+py_missing=()
+for m in onnx onnxruntime tensorboard; do
+  /usr/bin/python3 -c "import $m" 2>/dev/null || py_missing+=("$m")
+done
+if [ ${#py_missing[@]} -ne 0 ]; then
+  echo "install-deps: pip install ${py_missing[*]} for /usr/bin/python3 (the tests that need them are SKIPPED if this fails)"
+  # numpy<2: python3-torch 1.13 is built against numpy 1.x; this keeps pip from upgrading Debian's.
+  /usr/bin/python3 -m pip install -q --break-system-packages "${py_missing[@]}" "numpy<2" ||
+    echo "install-deps: pip could not install ${py_missing[*]}; continuing" >&2
+fi
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "install-deps: missing ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then

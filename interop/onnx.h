@@ -1,0 +1,29 @@
+// ONNX export of a deploy-form RepVGG / QARepVGG model (https://onnx.ai, onnx/onnx.proto), written with
+// our wire-format writer (interop/protobuf.h). Opset 13, IR version 7. The graph:
+//
+//   input [batch, 3, H, W] float32 NCHW, normalized: (RGB / 255 - mean) / std per channel
+//   per block:  Conv(x, stage*.rbr_reparam.weight, .bias; 3x3, stride, pads 1, group) -> Relu
+//   GlobalAveragePool -> Flatten(axis 1) -> Gemm(linear.weight, linear.bias, transB 1)
+//   logits [batch, num_classes] float32
+//
+// "batch" is a symbolic dimension; H and W are fixed at the export size. Initializers carry the
+// state-dict names, the weights as raw little-endian float32.
+#pragma once
+#include <string>
+
+#include "datasets/transforms.h"
+#include "models/repvgg.h"
+
+namespace interop {
+
+struct OnnxOptions {
+  int image_size = 32;       // H = W
+  data::Normalize norm = data::kCifar10Norm;
+  std::string norm_name = "CIFAR-10";  // named in the input's doc_string
+  std::string source;        // e.g. the checkpoint path, recorded in the model's doc_string
+};
+
+// The serialized ModelProto. Throws when the model is not in deploy form.
+std::string repvgg_to_onnx(const models::RepVGG& model, const OnnxOptions& opt);
+
+}  // namespace interop
