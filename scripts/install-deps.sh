@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the engine needs, only those missing. Run by `make test` and `make bench`.
+# Installs the Debian packages the engine needs, only those missing, then the interop tests' PyPI
+# packages. Run by `make test` and `make bench`.
 set -euo pipefail
-pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl)
+# python3-torch (with python3-numpy): the PyTorch 1.13 oracle of the reference scripts, the benchmark's
+# peer and the official-checkpoint converter; python3-pip for the PyPI packages below.
+pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl python3-torch python3-numpy python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+if [ ${#missing[@]} -ne 0 ]; then
+  echo "install-deps: missing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: not root; run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi
 
 # The interop tests' Python side (ONNX checker and runtime, TensorBoard's event reader), for Debian's
 # /usr/bin/python3 (the one with python3-torch). Optional: without them those tests report SKIPPED.
@@ -19,13 +33,3 @@ if [ ${#py_missing[@]} -ne 0 ]; then
   /usr/bin/python3 -m pip install -q --break-system-packages "${py_missing[@]}" "numpy<2" ||
     echo "install-deps: pip could not install ${py_missing[*]}; continuing" >&2
 fi
-
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "install-deps: missing ${missing[*]}"
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: not root; run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${missing[@]}"

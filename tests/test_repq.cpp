@@ -2,10 +2,13 @@
 // (values, every gradient, running statistics), BNEst's Eq. 5-6 against double loops and against the
 // true statistics, LSQ against its scalar reference and closed-form gradients.
 #include <cmath>
+#include <filesystem>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "layers/checkpoint.h"
 #include "layers/bn_fold.h"
 #include "layers/quantizer.h"
 #include "layers/repvgg_block.h"
@@ -293,4 +296,61 @@ TEST_CASE("LSQ quantizer: initialized from the first training batch; min-error k
   Quantizer fresh(8, Codes::weight);
   fresh.eval();
   CHECK_THROWS_WITH_AS(fresh.forward(w), doctest::Contains("before its step was set"), std::runtime_error);
+}
+
+// --- a QAT model ------------------------------------------------------------------------------------
+
+TEST_CASE("a QAT model: eval logits equal its deploy form's, and a checkpoint round trip gives them again") {
+  for (const char* method : {"repq-bn", "repq-bnest", "merged"}) {
+    INFO(method);
+    models::ArchConfig arch = models::cifar_config(models::BlockType::repvgg, 16);
+    Rng r1(4);
+    models::RepVGG m(arch, r1, 3.0f);
+    randomize_bns(m, 9);
+    m.set_qat({method, 4, 4, true, true, StepInit::min_error});
+    Rng rng(8);
+    Tensor x = rand_uniform({4, 3, 32, 32}, -1, 1, rng);
+    Tensor labels = Tensor::zeros({4}, DType::i32);
+    cross_entropy(m.forward(x), labels).backward();  // training: the steps initialize
+    m.eval();
+    NoGradGuard no_grad;
+    const Tensor eval_logits = m.forward(x);
+
+    const std::string path = "/tmp/repq_test_qat_" + std::string(method) + ".safetensors";
+    layers::save_checkpoint(path, m, models::qat_metadata(*m.qat()));
+    Rng r2(99);
+    models::RepVGG loaded(arch, r2, 3.0f);
+    loaded.set_qat(*models::qat_from_metadata(st::load(path).metadata, path));
+    layers::load_checkpoint(path, loaded);
+    loaded.eval();
+    check_close(loaded.forward(x).to_vector(), eval_logits.to_vector(), 1e-6, 1e-6, "reloaded");
+
+    m.switch_to_deploy();
+    check_close(m.forward(x).to_vector(), eval_logits.to_vector(), 1e-4, 1e-5, "deploy");
+    std::filesystem::remove(path);
+  }
+}
+
+TEST_CASE("QAT metadata: written and read back; bad values name the file and key") {
+  const models::QatConfig c{"repq-bnest", 4, 6, true, false, StepInit::lsq};
+  auto md = models::qat_metadata(c);
+  const auto back = models::qat_from_metadata(md, "f.safetensors");
+  REQUIRE(back);
+  CHECK(back->method == "repq-bnest");
+  CHECK(back->bits == 4);
+  CHECK(back->act_bits == 6);
+  CHECK(back->per_channel);
+  CHECK(back->init == StepInit::lsq);
+  CHECK(!models::qat_from_metadata({{"arch", "repvgg-cifar"}}, "f"));
+  auto bad = md;
+  bad["bits"] = "40";
+  CHECK_THROWS_WITH_AS(models::qat_from_metadata(bad, "f.safetensors"), "f.safetensors: metadata 'bits' is '40', expected a bit width 2..16",
+                       std::runtime_error);
+  bad = md;
+  bad["qat"] = "magic";
+  CHECK_THROWS_WITH_AS(models::qat_from_metadata(bad, "f.safetensors"), doctest::Contains("metadata 'qat' is 'magic'"), std::runtime_error);
+  bad = md;
+  bad.erase("granularity");
+  CHECK_THROWS_WITH_AS(models::qat_from_metadata(bad, "f.safetensors"), doctest::Contains("without metadata 'granularity'"),
+                       std::runtime_error);
 }

@@ -1,0 +1,121 @@
+// ./train --qat and ./ptq on a QAT run: resume bit-exactly mid-epoch, clear errors that write nothing.
+// On a small made-up CIFAR-10 folder, as test_train.cpp.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/safetensors.h"
+#include "layers/checkpoint.h"
+#include "models/repvgg.h"
+#include "quant/ptq.h"
+#include "tests/testing.h"
+#include "trainer/options.h"
+#include "trainer/trainer.h"
+
+namespace fs = std::filesystem;
+using train::parse_options;
+
+static int run(const std::vector<std::string>& args) { return train::run_training(parse_options(args), args); }
+
+static std::vector<std::string> args_for(const fs::path& data, const fs::path& out, std::vector<std::string> more) {
+  std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--batch-size", "32",
+                                "--threads", "2", "--tmax", "2", "--seed", "5", "--arch", "repvgg-cifar"};
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+static fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("repq_test_qat_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+TEST_CASE("qat: a RepQ-BN run from --init resumes bit-exactly mid-epoch; ./ptq reads it at its learned steps") {
+  fs::path root = temp_dir("resume");
+  fs::path data = make_cifar(root / "cifar", 16, 40);  // 80 training images: 2 batches of 32 a epoch
+  fs::path fp = root / "fp", whole = root / "whole", split = root / "split";
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--oabn-k", "3"})) == 0);
+  const std::vector<std::string> qat = {"--qat", "repq-bn", "--bits", "6", "--granularity", "channel", "--oabn-k", "3",
+                                        "--init", (fp / "last.safetensors").string(), "--lr", "0.01"};
+  auto with = [&](std::vector<std::string> a, std::vector<std::string> b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  REQUIRE(run(args_for(data, whole, with(qat, {"--epochs", "2"}))) == 0);
+  train::request_interrupt();  // after the first step
+  CHECK(run(args_for(data, split, with(qat, {"--epochs", "2"}))) == 130);
+  std::vector<std::string> resume = {"--resume", split.string()};
+  REQUIRE(train::run_training(parse_options(resume), resume) == 0);
+
+  st::File a = st::load((whole / "last.safetensors").string()), b = st::load((split / "last.safetensors").string());
+  CHECK(a.metadata.at("qat") == "repq-bn");
+  CHECK(a.tensors.count("stage1.0.weight_quant.step"));
+  CHECK(a.tensors.count("optim.stage1.0.weight_quant.step"));  // the steps' momentum buffers
+  CHECK(a.tensors.at("stage1.0.weight_quant.step").shape == std::vector<int64_t>{64});
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  size_t differing = 0;
+  for (auto& [name, e] : a.tensors) differing += b.tensors.at(name).bytes != e.bytes;
+  CHECK(differing == 0);
+
+  const fs::path json = root / "ptq.json";
+  REQUIRE(quant::run_ptq({"--ckpt", (whole / "last.safetensors").string(), "--data", data.string(), "--json", json.string(),
+                          "--threads", "2"}) == 0);
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(json));
+  CHECK(j["qat"] == "repq-bn");
+  CHECK(j["results"][0]["bits"] == 6);
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", (whole / "last.safetensors").string(), "--data", data.string(), "--bits", "4"}),
+                       doctest::Contains("is a QAT checkpoint (repq-bn)"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", (fp / "last.safetensors").string(), "--data", data.string()}),
+                       doctest::Contains(("--bits B[,B...] is required for " + (fp / "last.safetensors").string()).c_str()),
+                       std::runtime_error);
+  fs::remove_all(root);
+}
+
+TEST_CASE("qat: --init of a missing, corrupt, other-arch or QAT checkpoint, a bad method or bit width: clear errors, nothing written") {
+  fs::path root = temp_dir("errors");
+  fs::path data = make_cifar(root / "cifar", 4, 4);
+  const fs::path fp = root / "fp";
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--arch", "qarepvgg-cifar"})) == 0);
+  const fs::path other_arch = fp / "last.safetensors", corrupt = root / "corrupt.safetensors";
+  std::ofstream(corrupt) << "not a checkpoint at all";
+  const fs::path oabn = root / "oabn.safetensors";
+  {
+    engine::Rng rng(1);
+    models::RepVGG m(models::arch_config("repvgg-cifar"), rng, 3.0f);
+    layers::save_checkpoint(oabn.string(), m, {{"arch", "repvgg-cifar"}, {"oabn_k", "3"}});
+  }
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const fs::path out = root / "out";
+  const std::vector<Case> cases = {
+      {{"--qat", "repq-bn", "--init", (root / "missing.safetensors").string()}, "--init " + (root / "missing.safetensors").string() + ": no such checkpoint file"},
+      {{"--qat", "repq-bn", "--init", corrupt.string()}, corrupt.string()},
+      {{"--qat", "repq-bn", "--init", other_arch.string()}, "a qarepvgg-cifar checkpoint, but this run trains repvgg-cifar"},
+      {{"--qat", "repq-bn", "--init", oabn.string()}, "trained with --oabn-k 3, this run has 0: give --oabn-k 3"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.message);
+    CHECK_THROWS_WITH_AS(run(args_for(data, out, c.args)), doctest::Contains(c.message.c_str()), std::runtime_error);
+    CHECK(!fs::exists(out));
+  }
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--qat", "repq"}), doctest::Contains("option --qat: 'repq' is not one of repq-bn"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--qat", "repq-bn", "--bits", "1"}), "option --bits: 1 is outside 2..16",
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--qat", "merged", "--act-bits", "17"}), "option --act-bits: 17 is outside 2..16",
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--granularity", "channel"}), doctest::Contains("need --qat METHOD"), std::runtime_error);
+  // a QAT run's checkpoint is no --init: it is resumed
+  const fs::path qat_run = root / "qat";
+  REQUIRE(run(args_for(data, qat_run, {"--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--arch", "qarepvgg-cifar",
+                                       "--qat", "repq-bnest", "--init", other_arch.string()})) == 0);
+  CHECK_THROWS_WITH_AS(run(args_for(data, out, {"--qat", "repq-bn", "--arch", "qarepvgg-cifar", "--init",
+                                                (qat_run / "last.safetensors").string()})),
+                       doctest::Contains("a QAT checkpoint (repq-bnest)"), std::runtime_error);
+  CHECK(!fs::exists(out));
+  fs::remove_all(root);
+}
