@@ -212,3 +212,11 @@ TEST_CASE("train: --resume refuses bad metadata, config.json and log.csv, naming
   CHECK(resume_error() == "");
   fs::remove_all(root);
 }
+
+TEST_CASE("train options: --max-image-pixels, 64 megapixels by default") {
+  CHECK(parse_options({"imagenet"}).max_image_pixels == 67108864);
+  CHECK(parse_options({"imagenet", "--max-image-pixels", "1000"}).max_image_pixels == 1000);
+  CHECK_THROWS_WITH_AS(parse_options({"imagenet", "--max-image-pixels", "0"}), "option --max-image-pixels: must be positive, got 0",
+                       std::runtime_error);
+  CHECK(train::help_text().find("--max-image-pixels N") != std::string::npos);
+}

@@ -89,6 +89,8 @@ const std::vector<Spec>& specs() {
        [](Options& o, const std::string& v) { o.resize_size = positive<int>("--resize-size", v); }},
       {"--bad-images", "fail|skip", "imagenet: on an undecodable image, fail (default) or skip and count it",
        [](Options& o, const std::string& v) { o.bad_images = one_of("--bad-images", v, {"fail", "skip"}); }},
+      {"--max-image-pixels", "N", "imagenet: an image of more pixels (width x height) is a bad image (default 67108864, 64 megapixels)",
+       [](Options& o, const std::string& v) { o.max_image_pixels = positive<int64_t>("--max-image-pixels", v); }},
       {"--summary", nullptr, "print the model's parameter and MAC counts and exit", [](Options& o, const std::string&) { o.summary = true; }},
       {"--help", nullptr, "this text", [](Options& o, const std::string&) { o.help = true; }},
   };

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "datasets/decode.h"
+
 namespace train {
 
 struct Options {
@@ -34,6 +36,7 @@ struct Options {
   int image_size = 0;   // default: 32 (cifar10), 224 (imagenet)
   int resize_size = 256;
   std::string bad_images = "fail";
+  int64_t max_image_pixels = data::kMaxImagePixels;
   bool summary = false; // print the model's size and exit
   bool help = false;
 };

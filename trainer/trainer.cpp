@@ -62,6 +62,7 @@ static Data open_data(const Options& o) {
   io.resize_size = o.resize_size;
   io.synsets = o.synsets;
   io.bad_images = o.bad_images == "skip" ? data::BadImages::skip : data::BadImages::fail;
+  io.max_pixels = o.max_image_pixels;
   d.train = data::open_image_folder((fs::path(o.data) / "train").string(), io, o.limit_train);
   d.val = data::open_image_folder((fs::path(o.data) / "val").string(), io, o.limit_val);
   if (d.train->num_classes() != d.val->num_classes())
