@@ -39,9 +39,7 @@ const DTypeInfo& info(DType d) {
 
 std::string errno_str() { return std::strerror(errno); }
 
-// Input quoted in a message: at most 80 characters, "..." marking a cut.
-std::string cut(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 77) + "..."; }
-std::string cut(const nlohmann::json& j) { return cut(j.dump()); }
+std::string cut_json(const nlohmann::json& j) { return cut(j.dump()); }
 
 // A header nests 3 deep ({"name": {"shape": [...]}}); deeper JSON is refused before parsing, as the
 // recursive dump and destructor of a value nested tens of thousands deep would overflow the stack.
@@ -104,21 +102,21 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   uint64_t count = 1;
   for (const auto& d : js) {
     if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(INT64_MAX))
-      bad("\"shape\" must hold non-negative integers, got " + cut(js));
+      bad("\"shape\" must hold non-negative integers, got " + cut_json(js));
     e.shape.push_back(int64_t(d.get<uint64_t>()));
-    if (__builtin_mul_overflow(count, d.get<uint64_t>(), &count)) bad("shape " + cut(js) + " overflows");
+    if (__builtin_mul_overflow(count, d.get<uint64_t>(), &count)) bad("shape " + cut_json(js) + " overflows");
   }
   uint64_t need = 0;
-  if (__builtin_mul_overflow(count, uint64_t(dtype_size(e.dtype)), &need)) bad("shape " + cut(js) + " overflows");
+  if (__builtin_mul_overflow(count, uint64_t(dtype_size(e.dtype)), &need)) bad("shape " + cut_json(js) + " overflows");
 
   const auto& jo = j["data_offsets"];
   if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
-    bad("\"data_offsets\" must be two non-negative integers [begin, end], got " + cut(jo));
+    bad("\"data_offsets\" must be two non-negative integers [begin, end], got " + cut_json(jo));
   uint64_t b = jo[0].get<uint64_t>(), en = jo[1].get<uint64_t>();
   if (b > en || en > buffer_size)
-    bad("data_offsets " + cut(jo) + " out of range: the data buffer has " + std::to_string(buffer_size) + " bytes");
+    bad("data_offsets " + cut_json(jo) + " out of range: the data buffer has " + std::to_string(buffer_size) + " bytes");
   if (en - b != need)
-    bad("data_offsets " + cut(jo) + " hold " + std::to_string(en - b) + " bytes, but shape " + cut(shape_str(e.shape)) +
+    bad("data_offsets " + cut_json(jo) + " hold " + std::to_string(en - b) + " bytes, but shape " + cut(shape_str(e.shape)) +
         " of " + dtype_name(e.dtype) + " needs " + std::to_string(need));
   *span = {name, b, en};
   return e;
@@ -161,6 +159,8 @@ void write_atomic(const std::string& path, const std::vector<std::string_view>& 
 }
 
 }  // namespace
+
+std::string cut(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 77) + "..."; }
 
 size_t dtype_size(DType d) { return info(d).size; }
 const char* dtype_name(DType d) { return info(d).name; }
@@ -221,7 +221,7 @@ File load(const std::string& path) {
     if (name == "__metadata__") {
       if (!value.is_object()) fail(path, "\"__metadata__\" is not a JSON object");
       for (const auto& [k, v] : value.items()) {
-        if (!v.is_string()) fail(path, "\"__metadata__\" value of '" + cut(k) + "' is not a string: " + cut(v));
+        if (!v.is_string()) fail(path, "\"__metadata__\" value of '" + cut(k) + "' is not a string: " + cut_json(v));
         file.metadata[k] = v.get<std::string>();
       }
       continue;
@@ -238,7 +238,7 @@ File load(const std::string& path) {
   const Span* prev = nullptr;
   for (const Span& s : spans) {
     if (s.begin < cursor)
-      fail(path, "tensors '" + prev->name + "' and '" + s.name + "' overlap: [" + std::to_string(prev->begin) + ", " +
+      fail(path, "tensors '" + cut(prev->name) + "' and '" + cut(s.name) + "' overlap: [" + std::to_string(prev->begin) + ", " +
                      std::to_string(prev->end) + ") and [" + std::to_string(s.begin) + ", " + std::to_string(s.end) + ")");
     if (s.begin > cursor)
       fail(path, "bytes [" + std::to_string(cursor) + ", " + std::to_string(s.begin) +

@@ -39,7 +39,7 @@ Tensor from_entry(const st::Entry& e) {
     case st::DType::I8: d = DType::i8; break;
     default: engine::fail(std::string("no engine dtype for ") + st::dtype_name(e.dtype));
   }
-  ENGINE_CHECK((int)e.shape.size() <= engine::Shape::max_dims, "shape " + st::shape_str(e.shape) + " has too many dims");
+  ENGINE_CHECK((int)e.shape.size() <= engine::Shape::max_dims, "shape " + st::cut(st::shape_str(e.shape)) + " has too many dims");
   Tensor t = Tensor::empty(engine::Shape(e.shape), d);
   if (!e.bytes.empty()) std::memcpy(t.raw(), e.bytes.data(), e.bytes.size());
   return t;
@@ -90,8 +90,6 @@ static const std::string& metadata_value(const Metadata& md, const std::string& 
   return it->second;
 }
 
-// Value quoted in a message, cut at 80 characters.
-static std::string quoted(const std::string& v) { return "'" + (v.size() <= 80 ? v : v.substr(0, 77) + "...") + "'"; }
 
 int64_t metadata_int(const Metadata& md, const std::string& path, const std::string& key, int64_t lo, int64_t hi) {
   const std::string expected = fmt::format("an integer in [{}, {}]", lo, hi);
@@ -99,7 +97,7 @@ int64_t metadata_int(const Metadata& md, const std::string& path, const std::str
   int64_t x = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
   if (ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
-    engine::fail(fmt::format("file {}: metadata \"{}\" is {}, expected {}", path, key, quoted(v), expected));
+    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
   return x;
 }
 
@@ -109,7 +107,7 @@ double metadata_double(const Metadata& md, const std::string& path, const std::s
   double x = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
   if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(x) || x < lo || x > hi)
-    engine::fail(fmt::format("file {}: metadata \"{}\" is {}, expected {}", path, key, quoted(v), expected));
+    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
   return x;
 }
 
@@ -141,7 +139,7 @@ void load_state_dict(Module& model, const st::File& file, const std::string& pre
   for (auto& [name, e] : file.tensors) {
     if (name.rfind(prefix, 0) != 0 || expected.count(name)) continue;
     ENGINE_CHECK(!roots.count(first_component(name.substr(prefix.size()))),
-                 "file " + path + ": tensor '" + name + "' is not in the model");
+                 "file " + path + ": tensor '" + st::cut(name) + "' is not in the model");
   }
 }
 

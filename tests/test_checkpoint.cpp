@@ -125,6 +125,14 @@ TEST_CASE("checkpoint: each mismatch names the file and the first tensor at faul
                          doctest::Contains(("file " + file.path + ": tensor 'stage4.1.rbr_dense.conv.weight' is not in the model").c_str()),
                          std::runtime_error);
   }
+  SUBCASE("a tensor the model lacks, of a long name: quoted cut at 80 characters") {
+    st::File f = st::load(file.path);
+    f.tensors["stage4." + std::string(100000, 'x')] = to_entry(Tensor::zeros({1}));
+    st::save(file.path, f);
+    CHECK_THROWS_WITH_AS(load_checkpoint(file.path, *model),
+                         doctest::Contains(("tensor 'stage4." + std::string(70, 'x') + "...' is not in the model").c_str()),
+                         std::runtime_error);
+  }
   SUBCASE("a wrong dtype") {
     st::File f = st::load(file.path);
     f.tensors["linear.bias"] = st::Entry::of<double>({10}, std::vector<double>(10, 0.0));

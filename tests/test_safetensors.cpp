@@ -256,6 +256,12 @@ TEST_CASE("safetensors: deep nesting, huge values and a FIFO give short clear er
   e = load_error(p);
   CHECK(contains(e, "value of 'kkk"));
   CHECK_MESSAGE(e.size() < 300, e);
+  const std::string long_name = std::string(100000, 'n');
+  write_bytes(p, raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},")" + long_name +
+                              R"(":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+  e = load_error(p);
+  CHECK(contains(e, "tensors 'a' and 'nnn"));
+  CHECK_MESSAGE(e.size() < 300, e);
   // Strings may hold brackets: only the structure counts.
   st::File f;
   f.metadata["brackets"] = std::string(1000, '[') + "\"\\";
