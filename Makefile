@@ -2,6 +2,11 @@
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off.
 
+# Parallel by default, one job per core; a -j on the command line wins, and sub-makes share the jobs.
+ifeq ($(MAKELEVEL),0)
+  MAKEFLAGS += -j$(shell nproc)
+endif
+
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
 CXXFLAGS += -std=c++20 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/stb

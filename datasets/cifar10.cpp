@@ -47,6 +47,7 @@ class Cifar10 : public Dataset {
     };
     if (!fs::exists(file))
       throw fail("missing (expected data_batch_1.bin … data_batch_5.bin and test_batch.bin)");
+    if (!fs::is_regular_file(file)) throw fail("not a regular file");
     size_t bytes = fs::file_size(file);
     if (bytes == 0) throw fail("empty file");
     if (bytes % kRecord)

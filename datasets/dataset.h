@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace data {
@@ -38,6 +39,8 @@ class Dataset {
   // and the dataset skips bad images; throws std::runtime_error naming the file when it fails on them.
   // Safe to call from several threads at once.
   virtual bool load(size_t i, bool train, uint64_t rng_seed, float* chw) const = 0;
+  // What the images are, for messages: "ImageFolder <dir>".
+  virtual std::string source() const { return "the dataset"; }
 };
 
 }  // namespace data

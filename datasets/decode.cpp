@@ -1,6 +1,10 @@
 #include "datasets/decode.h"
 
-#include <cstdio>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <stdexcept>
 #include <vector>
 
@@ -17,18 +21,36 @@ static std::runtime_error bad(const std::string& path, const std::string& proble
   return std::runtime_error(path + ": " + problem);
 }
 
-void decode_image(const std::string& path, Image& img) {
+void decode_image(const std::string& path, Image& img, int64_t max_pixels) {
   thread_local std::vector<uint8_t> buf;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw bad(path, "cannot open the image file");
-  std::fseek(f, 0, SEEK_END);
-  long size = std::ftell(f);
-  std::fseek(f, 0, SEEK_SET);
-  buf.resize(size > 0 ? size_t(size) : 0);
-  size_t got = size > 0 ? std::fread(buf.data(), 1, buf.size(), f) : 0;
-  std::fclose(f);
-  if (size < 0 || got != buf.size()) throw bad(path, "read error");
+  // O_NONBLOCK: open() of a FIFO returns at once, and fstat refuses it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw bad(path, "cannot open the image file");
+  struct stat sb;
+  if (::fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    ::close(fd);
+    throw bad(path, "not a regular file");
+  }
+  if (sb.st_size > INT32_MAX) {  // stb_image takes an int length
+    ::close(fd);
+    throw bad(path, "larger than 2 GB");
+  }
+  buf.resize(size_t(sb.st_size));
+  size_t got = 0;
+  while (got < buf.size()) {
+    const ssize_t r = ::read(fd, buf.data() + got, buf.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += size_t(r);
+  }
+  ::close(fd);
+  if (got != buf.size()) throw bad(path, "read error");
   if (buf.empty()) throw bad(path, "empty image file");
+
+  int iw = 0, ih = 0, ic = 0;
+  if (stbi_info_from_memory(buf.data(), int(buf.size()), &iw, &ih, &ic) && int64_t(iw) * ih > max_pixels)
+    throw bad(path, std::to_string(iw) + " x " + std::to_string(ih) + " pixels, more than the limit of " +
+                        std::to_string(max_pixels) + " (ImageOptions::max_pixels, ./train --max-image-pixels)");
 
   int w = 0, h = 0, channels = 0;
   uint8_t* pixels = stbi_load_from_memory(buf.data(), int(buf.size()), &w, &h, &channels, 3);

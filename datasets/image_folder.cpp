@@ -29,6 +29,7 @@ static bool is_image_name(const fs::path& p) {
 
 // synset -> line number of a LOC_synset_mapping.txt style file; *lines is the number of lines.
 static std::map<std::string, int> read_synsets(const std::string& path, int* lines) {
+  if (!fs::is_regular_file(path)) throw std::runtime_error("synsets file " + path + ": missing or not a regular file");
   std::ifstream in(path);
   if (!in) throw std::runtime_error("synsets file " + path + ": cannot open");
   std::map<std::string, int> index;
@@ -45,11 +46,13 @@ static std::map<std::string, int> read_synsets(const std::string& path, int* lin
   return index;
 }
 
-ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit) : opt_(opt) {
+ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit) : dir_(dir), opt_(opt) {
   if (opt.image_size <= 0 || opt.resize_size < opt.image_size)
     throw std::runtime_error("ImageFolder: need 0 < image_size <= resize_size, got image_size " +
                              std::to_string(opt.image_size) + ", resize_size " +
                              std::to_string(opt.resize_size));
+  if (opt.max_pixels < 1)
+    throw std::runtime_error("ImageFolder: max_pixels must be at least 1, got " + std::to_string(opt.max_pixels));
   if (!fs::is_directory(dir))
     throw std::runtime_error("ImageFolder " + dir + ": not a folder (expected " + dir + "/<class>/<image>)");
   std::vector<std::string> classes;
@@ -99,8 +102,13 @@ ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t
 
 bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) const {
   thread_local Image img;
+  int rh = 0, rw = 0;  // eval: the size of the resize before the center crop
   try {
-    decode_image(files_[i], img);
+    decode_image(files_[i], img, opt_.max_pixels);
+    if (!resize_shorter_dims(img.h, img.w, opt_.resize_size, rh, rw))
+      throw std::runtime_error(files_[i] + ": a " + std::to_string(img.w) + " x " + std::to_string(img.h) +
+                               " image is too elongated: its shorter side resized to " +
+                               std::to_string(opt_.resize_size) + " makes the longer over 2^31 - 1 pixels");
   } catch (const std::runtime_error& e) {
     if (opt_.bad_images == BadImages::fail) throw;
     std::lock_guard<std::mutex> lock(bad_mutex_);
@@ -114,8 +122,6 @@ bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) cons
     bool flip = rng.uniform() < 0.5;
     resize_crop(img.pixels.get(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
   } else {
-    int rh, rw;
-    resize_shorter_dims(img.h, img.w, opt_.resize_size, rh, rw);
     resize_crop(img.pixels.get(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, s),
                 false, kImageNetNorm, chw);
   }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "datasets/dataset.h"
+#include "datasets/decode.h"
 
 namespace data {
 
@@ -23,13 +24,15 @@ struct ImageOptions {
   std::string synsets;
   // fail: load() throws naming the bad file. skip: it warns once per file and returns false.
   BadImages bad_images = BadImages::fail;
+  // Images of more pixels (width x height, read from the header before decoding) are bad images.
+  int64_t max_pixels = kMaxImagePixels;
 };
 
 class ImageFolder : public Dataset {
  public:
   // Lists dir (a .../train or .../val folder), classes and files in sorted order; limit > 0 keeps the first
-  // limit images. Throws std::runtime_error for a missing folder, no class folders, an empty class folder
-  // or a folder missing from the synsets file.
+  // limit images. Throws std::runtime_error for a missing folder, no class folders, an empty class folder,
+  // a folder missing from the synsets file or max_pixels < 1.
   ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit = 0);
 
   size_t size() const override { return files_.size(); }
@@ -38,11 +41,13 @@ class ImageFolder : public Dataset {
   int height() const override { return opt_.image_size; }
   int width() const override { return opt_.image_size; }
   bool load(size_t i, bool train, uint64_t rng_seed, float* chw) const override;
+  std::string source() const override { return "ImageFolder " + dir_; }
 
   const std::string& path(size_t i) const { return files_[i]; }
   size_t bad_count() const;  // bad images skipped so far, each counted once
 
  private:
+  std::string dir_;
   ImageOptions opt_;
   std::vector<std::string> files_;
   std::vector<int> labels_;

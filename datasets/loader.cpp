@@ -1,6 +1,7 @@
 #include "datasets/loader.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
@@ -55,6 +56,8 @@ void Loader::start_epoch(int epoch) {
   held_ = -1;
   error_ = nullptr;
   skipped_ = 0;
+  delivered_ = 0;
+  ended_ = false;
   started_ = true;
   for (int t = 0; t < threads_; t++) workers_.emplace_back(&Loader::work, this);
 }
@@ -62,23 +65,43 @@ void Loader::start_epoch(int epoch) {
 const Batch* Loader::next() {
   if (!started_) throw std::logic_error("Loader::next called before start_epoch");
   std::unique_lock<std::mutex> lock(mutex_);
-  if (held_ >= 0) {
-    slots_[held_].state = State::free;
-    held_ = -1;
-    free_cv_.notify_one();
-  }
-  if (error_) std::rethrow_exception(error_);
-  if (next_take_ >= batches_) return nullptr;
   auto ready = [&] {
     for (size_t s = 0; s < slots_.size(); s++)
       if (slots_[s].state == State::ready && slots_[s].index == next_take_) return int(s);
     return -1;
   };
-  ready_cv_.wait(lock, [&] { return error_ || ready() >= 0; });
-  if (error_) std::rethrow_exception(error_);
-  held_ = ready();
-  next_take_++;
-  return &slots_[held_].batch;
+  for (;;) {
+    if (held_ >= 0) {
+      slots_[held_].state = State::free;
+      held_ = -1;
+      free_cv_.notify_one();
+    }
+    if (error_) std::rethrow_exception(error_);
+    if (next_take_ >= batches_) {
+      end_epoch();
+      return nullptr;
+    }
+    ready_cv_.wait(lock, [&] { return error_ || ready() >= 0; });
+    if (error_) std::rethrow_exception(error_);
+    held_ = ready();
+    next_take_++;
+    delivered_ += size_t(slots_[held_].batch.n);
+    if (slots_[held_].batch.n > 0) return &slots_[held_].batch;  // else all its images were skipped: the next
+  }
+}
+
+// At the end of an epoch, once: the count of bad images skipped; an error (kept, as a worker's) when the
+// epoch had images but every one was skipped.
+void Loader::end_epoch() {
+  if (ended_) return;
+  ended_ = true;
+  if (skipped_ == 0) return;
+  if (delivered_ == 0) {
+    error_ = std::make_exception_ptr(std::runtime_error(
+        ds_.source() + ": all " + std::to_string(skipped_) + " images of the epoch were bad and skipped (--bad-images skip)"));
+    std::rethrow_exception(error_);
+  }
+  std::fprintf(stderr, "%s: %zu bad images skipped this epoch\n", ds_.source().c_str(), size_t(skipped_));
 }
 
 // Takes the next batch number and a free slot, fills it, repeats; exits at the end of the epoch, on stop,

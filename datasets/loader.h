@@ -34,9 +34,10 @@ class Loader {
 
   // Starts (or restarts) an epoch; a batch returned before is no longer valid.
   void start_epoch(int epoch);
-  // The next batch of the epoch, valid until the next call; nullptr at the end of the epoch. Rethrows on
-  // this thread the error of a worker (a bad image in fail mode, naming the file), then at every call
-  // until the next start_epoch.
+  // The next batch of the epoch, valid until the next call; nullptr at the end of the epoch. A batch whose
+  // images were all skipped is passed over. At the end of an epoch that skipped bad images it prints their
+  // count, or throws when no image was left. Rethrows on this thread the error of a worker (a bad image in
+  // fail mode, naming the file), then at every call until the next start_epoch.
   const Batch* next();
   size_t batches_per_epoch() const { return batches_; }
   size_t skipped() const { return skipped_; }  // bad images skipped so far this epoch
@@ -50,6 +51,7 @@ class Loader {
   };
 
   void stop_workers();
+  void end_epoch();
   void work();
   void fill(Batch& b, size_t k);
 
@@ -71,6 +73,8 @@ class Loader {
   std::exception_ptr error_;
   std::atomic<bool> stop_{false};
   std::atomic<size_t> skipped_{0};
+  size_t delivered_ = 0;  // images handed out this epoch
+  bool ended_ = false;    // end_epoch has run
   std::vector<std::thread> workers_;
 };
 

@@ -1,6 +1,7 @@
 #include "datasets/transforms.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -68,14 +69,13 @@ Box random_resized_crop_box(int h, int w, Rng& rng, double scale_lo, double scal
   return {(h - ch) / 2, (w - cw) / 2, ch, cw};
 }
 
-void resize_shorter_dims(int h, int w, int size, int& out_h, int& out_w) {
-  if (w <= h) {
-    out_w = size;
-    out_h = int(double(size) * h / w);
-  } else {
-    out_h = size;
-    out_w = int(double(size) * w / h);
-  }
+bool resize_shorter_dims(int h, int w, int size, int& out_h, int& out_w) {
+  if (h <= 0 || w <= 0) return false;
+  const double longer = w <= h ? double(size) * h / w : double(size) * w / h;  // exact below 2^53
+  if (longer > double(INT_MAX)) return false;
+  out_h = w <= h ? int(longer) : size;
+  out_w = w <= h ? size : int(longer);
+  return true;
 }
 
 Box center_crop_box(int h, int w, int size) {

@@ -36,7 +36,9 @@ Box random_resized_crop_box(int h, int w, Rng& rng, double scale_lo = 0.08, doub
                             double ratio_lo = 3.0 / 4.0, double ratio_hi = 4.0 / 3.0);
 
 // torchvision Resize(size) of an h x w image: the shorter side becomes size, the longer int(size*long/short).
-void resize_shorter_dims(int h, int w, int size, int& out_h, int& out_w);
+// False, leaving out_h and out_w alone, when a side is not positive or the longer would not fit in an int
+// (a 10,000,000 x 1 image resized to 256).
+bool resize_shorter_dims(int h, int w, int size, int& out_h, int& out_w);
 
 // torchvision CenterCrop(size) of an h x w image (h, w >= size).
 Box center_crop_box(int h, int w, int size);

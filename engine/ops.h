@@ -54,8 +54,8 @@ Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast res
 // blocked from a plain x as well (a network's first conv, whose 3 input channels do not block).
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
               int groups = 1, bool blocked_out = false);
-// relu(conv2d(x, w, bias, ...)), on the CPU in one oneDNN call (the ReLU a post-op): the deployed RepVGG
-// block. Blocked too, as conv2d.
+// relu(conv2d(x, w, bias, ...)) without recording a gradient: the deployed RepVGG block. Blocked too, as
+// conv2d. NaN stays NaN, as in PyTorch.
 Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
                    int groups = 1, bool blocked_out = false);
 

@@ -39,6 +39,32 @@ const DTypeInfo& info(DType d) {
 
 std::string errno_str() { return std::strerror(errno); }
 
+std::string cut_json(const nlohmann::json& j) { return cut(j.dump()); }
+
+// A header nests 3 deep ({"name": {"shape": [...]}}); deeper JSON is refused before parsing, as the
+// recursive dump and destructor of a value nested tens of thousands deep would overflow the stack.
+constexpr size_t kMaxHeaderDepth = 16;
+
+// The deepest nesting of [ and { in text, outside strings.
+size_t json_depth(const std::string& text) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); i++) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') i++;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      depth--;
+    }
+  }
+  return deepest;
+}
+
 // Reads exactly n bytes at offset, or fails naming the file.
 void read_at(int fd, const std::string& path, void* dst, size_t n, uint64_t offset) {
   auto* p = static_cast<uint8_t*>(dst);
@@ -61,7 +87,7 @@ struct Span { std::string name; uint64_t begin, end; };
 
 Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& j, uint64_t buffer_size,
                   Span* span) {
-  auto bad = [&](const std::string& what) { fail(path, "tensor '" + name + "': " + what); };
+  auto bad = [&](const std::string& what) { fail(path, "tensor '" + cut(name) + "': " + what); };
   if (!j.is_object()) bad("entry is not a JSON object");
   for (const char* key : {"dtype", "shape", "data_offsets"})
     if (!j.contains(key)) bad(std::string("missing \"") + key + "\"");
@@ -69,28 +95,28 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   Entry e;
   const auto& jd = j["dtype"];
   if (!jd.is_string()) bad("\"dtype\" is not a string");
-  if (!dtype_from_name(jd.get<std::string>(), &e.dtype)) bad("unknown dtype \"" + jd.get<std::string>() + "\"");
+  if (!dtype_from_name(jd.get<std::string>(), &e.dtype)) bad("unknown dtype \"" + cut(jd.get<std::string>()) + "\"");
 
   const auto& js = j["shape"];
   if (!js.is_array()) bad("\"shape\" is not a list");
   uint64_t count = 1;
   for (const auto& d : js) {
     if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(INT64_MAX))
-      bad("\"shape\" must hold non-negative integers, got " + js.dump());
+      bad("\"shape\" must hold non-negative integers, got " + cut_json(js));
     e.shape.push_back(int64_t(d.get<uint64_t>()));
-    if (__builtin_mul_overflow(count, d.get<uint64_t>(), &count)) bad("shape " + js.dump() + " overflows");
+    if (__builtin_mul_overflow(count, d.get<uint64_t>(), &count)) bad("shape " + cut_json(js) + " overflows");
   }
   uint64_t need = 0;
-  if (__builtin_mul_overflow(count, uint64_t(dtype_size(e.dtype)), &need)) bad("shape " + js.dump() + " overflows");
+  if (__builtin_mul_overflow(count, uint64_t(dtype_size(e.dtype)), &need)) bad("shape " + cut_json(js) + " overflows");
 
   const auto& jo = j["data_offsets"];
   if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
-    bad("\"data_offsets\" must be two non-negative integers [begin, end], got " + jo.dump());
+    bad("\"data_offsets\" must be two non-negative integers [begin, end], got " + cut_json(jo));
   uint64_t b = jo[0].get<uint64_t>(), en = jo[1].get<uint64_t>();
   if (b > en || en > buffer_size)
-    bad("data_offsets " + jo.dump() + " out of range: the data buffer has " + std::to_string(buffer_size) + " bytes");
+    bad("data_offsets " + cut_json(jo) + " out of range: the data buffer has " + std::to_string(buffer_size) + " bytes");
   if (en - b != need)
-    bad("data_offsets " + jo.dump() + " hold " + std::to_string(en - b) + " bytes, but shape " + shape_str(e.shape) +
+    bad("data_offsets " + cut_json(jo) + " hold " + std::to_string(en - b) + " bytes, but shape " + cut(shape_str(e.shape)) +
         " of " + dtype_name(e.dtype) + " needs " + std::to_string(need));
   *span = {name, b, en};
   return e;
@@ -134,6 +160,8 @@ void write_atomic(const std::string& path, const std::vector<std::string_view>& 
 
 }  // namespace
 
+std::string cut(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 77) + "..."; }
+
 size_t dtype_size(DType d) { return info(d).size; }
 const char* dtype_name(DType d) { return info(d).name; }
 
@@ -156,7 +184,7 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 File load(const std::string& path) {
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};  // O_NONBLOCK: a FIFO must not block open()
   if (f.fd < 0) fail(path, "cannot open: " + errno_str());
   struct stat sb;
   if (::fstat(f.fd, &sb) != 0) fail(path, "cannot stat: " + errno_str());
@@ -176,6 +204,9 @@ File load(const std::string& path) {
   read_at(f.fd, path, header.data(), n, 8);
   const uint64_t buffer_size = file_size - 8 - n;
 
+  if (size_t depth = json_depth(header); depth > kMaxHeaderDepth)
+    fail(path, "header nests " + std::to_string(depth) + " levels deep, more than the " +
+                   std::to_string(kMaxHeaderDepth) + " allowed (a header needs 3)");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(header);
@@ -190,7 +221,7 @@ File load(const std::string& path) {
     if (name == "__metadata__") {
       if (!value.is_object()) fail(path, "\"__metadata__\" is not a JSON object");
       for (const auto& [k, v] : value.items()) {
-        if (!v.is_string()) fail(path, "\"__metadata__\" value of '" + k + "' is not a string: " + v.dump());
+        if (!v.is_string()) fail(path, "\"__metadata__\" value of '" + cut(k) + "' is not a string: " + cut_json(v));
         file.metadata[k] = v.get<std::string>();
       }
       continue;
@@ -207,7 +238,7 @@ File load(const std::string& path) {
   const Span* prev = nullptr;
   for (const Span& s : spans) {
     if (s.begin < cursor)
-      fail(path, "tensors '" + prev->name + "' and '" + s.name + "' overlap: [" + std::to_string(prev->begin) + ", " +
+      fail(path, "tensors '" + cut(prev->name) + "' and '" + cut(s.name) + "' overlap: [" + std::to_string(prev->begin) + ", " +
                      std::to_string(prev->end) + ") and [" + std::to_string(s.begin) + ", " + std::to_string(s.end) + ")");
     if (s.begin > cursor)
       fail(path, "bytes [" + std::to_string(cursor) + ", " + std::to_string(s.begin) +
@@ -265,7 +296,7 @@ const Entry& require(const File& file, const std::string& name, DType dtype, con
   if (e.dtype != dtype)
     fail(path_for_errors, "tensor '" + name + "' has dtype " + dtype_name(e.dtype) + ", expected " + dtype_name(dtype));
   if (e.shape != shape)
-    fail(path_for_errors, "tensor '" + name + "' has shape " + shape_str(e.shape) + ", expected " + shape_str(shape));
+    fail(path_for_errors, "tensor '" + name + "' has shape " + cut(shape_str(e.shape)) + ", expected " + shape_str(shape));
   return e;
 }
 

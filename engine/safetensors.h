@@ -39,6 +39,7 @@ template <> constexpr DType dtype_of<double>() { return DType::F64; }
 
 int64_t numel(const std::vector<int64_t>& shape);  // 1 for the scalar shape []
 std::string shape_str(const std::vector<int64_t>& shape);  // "[2, 3]"
+std::string cut(const std::string& s);  // s cut at 80 characters, "..." marking it: input quoted in a message
 
 // One tensor: its dtype, shape and row-major little-endian bytes (bytes.size() == numel * dtype_size).
 struct Entry {

@@ -17,7 +17,7 @@ namespace engine {
 // --- unary ops: y = op(x), and gx = d op(x)/dx * gy (y = op(x) for ops whose derivative uses it) ---------
 template <UnaryOp op>
 ENGINE_HD float unary_value(float x, float p0, float p1) {
-  if constexpr (op == UnaryOp::relu) return x > 0.f ? x : 0.f;
+  if constexpr (op == UnaryOp::relu) return x <= 0.f ? 0.f : x;  // NaN stays NaN, as in PyTorch
   else if constexpr (op == UnaryOp::square) return x * x;
   else if constexpr (op == UnaryOp::sqrt) return sqrtf(x);
   else if constexpr (op == UnaryOp::rsqrt) return 1.f / sqrtf(x);

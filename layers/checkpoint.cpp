@@ -1,5 +1,9 @@
 #include "layers/checkpoint.h"
 
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cmath>
 #include <set>
 
 #include "layers/layers.h"
@@ -35,7 +39,7 @@ Tensor from_entry(const st::Entry& e) {
     case st::DType::I8: d = DType::i8; break;
     default: engine::fail(std::string("no engine dtype for ") + st::dtype_name(e.dtype));
   }
-  ENGINE_CHECK((int)e.shape.size() <= engine::Shape::max_dims, "shape " + st::shape_str(e.shape) + " has too many dims");
+  ENGINE_CHECK((int)e.shape.size() <= engine::Shape::max_dims, "shape " + st::cut(st::shape_str(e.shape)) + " has too many dims");
   Tensor t = Tensor::empty(engine::Shape(e.shape), d);
   if (!e.bytes.empty()) std::memcpy(t.raw(), e.bytes.data(), e.bytes.size());
   return t;
@@ -79,10 +83,49 @@ void save_checkpoint(const std::string& path, const Module& model, const Metadat
   st::save(path, file);
 }
 
+static const std::string& metadata_value(const Metadata& md, const std::string& path, const std::string& key,
+                                         const std::string& expected) {
+  auto it = md.find(key);
+  if (it == md.end()) engine::fail(fmt::format("file {}: metadata \"{}\" is missing (expected {})", path, key, expected));
+  return it->second;
+}
+
+
+int64_t metadata_int(const Metadata& md, const std::string& path, const std::string& key, int64_t lo, int64_t hi) {
+  const std::string expected = fmt::format("an integer in [{}, {}]", lo, hi);
+  const std::string& v = metadata_value(md, path, key, expected);
+  int64_t x = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
+    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
+  return x;
+}
+
+double metadata_double(const Metadata& md, const std::string& path, const std::string& key, double lo, double hi) {
+  const std::string expected = fmt::format("a finite number in [{}, {}]", lo, hi);
+  const std::string& v = metadata_value(md, path, key, expected);
+  double x = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(x) || x < lo || x > hi)
+    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
+  return x;
+}
+
+// Refuses a non-finite value, and a BN running_var that is not positive (its rsqrt would be NaN or inf).
+static void check_values(const st::Entry& e, const std::string& name, const std::string& path) {
+  std::vector<float> v = e.to_vector<float>();
+  const bool var = name.ends_with("running_var");
+  for (size_t i = 0; i < v.size(); i++)
+    if (!std::isfinite(v[i]) || (var && !(v[i] > 0)))
+      engine::fail(fmt::format("file {}: tensor '{}' has {} at index {}; expected {}", path, name, v[i], i,
+                               var ? "positive finite variances" : "finite values"));
+}
+
 void load_state_dict(Module& model, const st::File& file, const std::string& prefix, const std::string& path) {
   std::set<std::string> expected;
   for (auto& t : model.state_dict()) {
     const st::Entry& e = st::require(file, prefix + t.name, st::DType::F32, t.tensor.shape().vec(), path);
+    check_values(e, prefix + t.name, path);
     t.tensor.copy_(from_entry(e).to(t.tensor.device()));
     expected.insert(prefix + t.name);
   }
@@ -96,7 +139,7 @@ void load_state_dict(Module& model, const st::File& file, const std::string& pre
   for (auto& [name, e] : file.tensors) {
     if (name.rfind(prefix, 0) != 0 || expected.count(name)) continue;
     ENGINE_CHECK(!roots.count(first_component(name.substr(prefix.size()))),
-                 "file " + path + ": tensor '" + name + "' is not in the model");
+                 "file " + path + ": tensor '" + st::cut(name) + "' is not in the model");
   }
 }
 

@@ -53,6 +53,8 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
 }
 
 Linear::Linear(int in, int out, engine::Rng& rng) {
+  ENGINE_CHECK(in > 0 && out > 0, "a linear layer of " + std::to_string(in) + " inputs and " + std::to_string(out) +
+                                      " outputs (classes): both must be at least 1");
   const float bound = default_bound(in);
   weight = register_parameter("weight", engine::rand_uniform(Shape{out, in}, -bound, bound, rng), ParamKind::weight);
   bias = register_parameter("bias", engine::rand_uniform(Shape{out}, -bound, bound, rng), ParamKind::bias);

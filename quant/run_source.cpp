@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -97,6 +98,7 @@ bool Source::deploy_form() const {
 }
 
 static nlohmann::json read_config(const fs::path& path) {
+  if (!fs::is_regular_file(path)) throw std::runtime_error(fmt::format("{}: not a regular file", path.string()));
   std::ifstream in(path);
   if (!in) throw std::runtime_error(fmt::format("cannot read {}", path.string()));
   try {
@@ -157,7 +159,7 @@ Source resolve_source(const SourceOptions& o) {
 
   if (o.oabn_k) s.oabn_k = *o.oabn_k;
   else if (opts.contains("oabn_k") && opts["oabn_k"].is_number()) s.oabn_k = opts["oabn_k"].get<float>();
-  else if (md.count("oabn_k")) s.oabn_k = std::stof(md.at("oabn_k"));
+  else if (md.count("oabn_k")) s.oabn_k = float(layers::metadata_double(md, s.ckpt, "oabn_k", 0, HUGE_VAL));
 
   auto number = [&](int given, const char* key, int fallback) {
     if (given > 0) return given;
@@ -169,8 +171,9 @@ Source resolve_source(const SourceOptions& o) {
 
   auto fc = s.file.tensors.find("linear.weight");
   if (fc != s.file.tensors.end() && fc->second.shape.size() == 2) s.num_classes = (int)fc->second.shape[0];
-  else if (md.count("num_classes")) s.num_classes = std::stoi(md.at("num_classes"));
+  else if (md.count("num_classes")) s.num_classes = int(layers::metadata_int(md, s.ckpt, "num_classes", 1, INT32_MAX));
   else s.num_classes = arch.num_classes;
+  if (s.num_classes < 1) throw std::runtime_error(fmt::format("file {}: tensor 'linear.weight' has 0 rows, expected one a class", s.ckpt));
   return s;
 }
 

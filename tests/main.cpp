@@ -3,10 +3,16 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "tests/testing.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <vector>
 
 #include "engine/random.h"
@@ -51,4 +57,22 @@ std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch
   for (int b = 1; b <= 5; b++) write("data_batch_" + std::to_string(b) + ".bin", per_batch);
   write("test_batch.bin", test_records);
   return dir;
+}
+
+std::string error_reading_fifo(const std::filesystem::path& fifo, const std::function<void()>& read) {
+  std::filesystem::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  auto done = std::async(std::launch::async, [&]() -> std::string {
+    try {
+      read();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  });
+  if (done.wait_for(std::chrono::seconds(2)) == std::future_status::ready) return done.get();
+  int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // lets a blocked open() return; closing: end of file
+  if (fd >= 0) ::close(fd);
+  done.wait();
+  return "hung";
 }

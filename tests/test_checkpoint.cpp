@@ -125,6 +125,14 @@ TEST_CASE("checkpoint: each mismatch names the file and the first tensor at faul
                          doctest::Contains(("file " + file.path + ": tensor 'stage4.1.rbr_dense.conv.weight' is not in the model").c_str()),
                          std::runtime_error);
   }
+  SUBCASE("a tensor the model lacks, of a long name: quoted cut at 80 characters") {
+    st::File f = st::load(file.path);
+    f.tensors["stage4." + std::string(100000, 'x')] = to_entry(Tensor::zeros({1}));
+    st::save(file.path, f);
+    CHECK_THROWS_WITH_AS(load_checkpoint(file.path, *model),
+                         doctest::Contains(("tensor 'stage4." + std::string(70, 'x') + "...' is not in the model").c_str()),
+                         std::runtime_error);
+  }
   SUBCASE("a wrong dtype") {
     st::File f = st::load(file.path);
     f.tensors["linear.bias"] = st::Entry::of<double>({10}, std::vector<double>(10, 0.0));
@@ -141,4 +149,53 @@ TEST_CASE("checkpoint: each mismatch names the file and the first tensor at faul
     CHECK_THROWS_WITH_AS(save_checkpoint(file.path, *model, {}, {{"stage1.x", to_entry(Tensor::zeros({1}))}}),
                          doctest::Contains("named like the model's"), std::runtime_error);
   }
+}
+
+TEST_CASE("checkpoint: a NaN or inf value, or a running_var <= 0, is refused naming the file and tensor") {
+  TempFile file("nonfinite.safetensors");
+  auto model = small_model(7);
+  save_checkpoint(file.path, *model);
+  const st::File good = st::load(file.path);
+  struct Case { const char* tensor; float value; const char* message; };
+  const Case cases[] = {
+      {"linear.weight", std::nanf(""), "tensor 'linear.weight' has nan at index 3; expected finite values"},
+      {"stage0.rbr_dense.bn.weight", -INFINITY, "tensor 'stage0.rbr_dense.bn.weight' has -inf at index 3"},
+      {"stage0.rbr_dense.bn.running_mean", INFINITY, "tensor 'stage0.rbr_dense.bn.running_mean' has inf at index 3"},
+      {"stage0.rbr_dense.bn.running_var", 0.f, "tensor 'stage0.rbr_dense.bn.running_var' has 0 at index 3; expected positive"},
+      {"stage0.rbr_dense.bn.running_var", -1.f, "tensor 'stage0.rbr_dense.bn.running_var' has -1 at index 3"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.tensor, " = ", c.value);
+    st::File f = good;
+    std::vector<float> v = f.tensors.at(c.tensor).to_vector<float>();
+    v[3] = c.value;
+    f.tensors[c.tensor] = st::Entry::of<float>(f.tensors.at(c.tensor).shape, v);
+    st::save(file.path, f);
+    CHECK_THROWS_WITH_AS(load_checkpoint(file.path, *model), doctest::Contains(("file " + file.path + ": " + c.message).c_str()),
+                         std::runtime_error);
+  }
+}
+
+TEST_CASE("checkpoint: metadata_int and metadata_double read a value in range or name file, key, value, range") {
+  const Metadata md = {{"epoch", "3"}, {"neg", "-1"}, {"big", "99999999999999999999"}, {"word", "three"},
+                       {"x", "0.25"}, {"nan", "nan"}, {"inf", "inf"}, {"trail", "2x"}, {"long", std::string(200, '7')}};
+  CHECK(metadata_int(md, "ck", "epoch", 0, 10) == 3);
+  CHECK(metadata_double(md, "ck", "x", 0, 1) == 0.25);
+  CHECK(metadata_double(md, "ck", "epoch", 0, HUGE_VAL) == 3);
+  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "neg", 0, 10), "file ck: metadata \"neg\" is '-1', expected an integer in [0, 10]",
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "epoch", 0, 2), "file ck: metadata \"epoch\" is '3', expected an integer in [0, 2]",
+                       std::runtime_error);
+  for (const char* key : {"big", "word", "x", "trail"})
+    CHECK_THROWS_WITH_AS(metadata_int(md, "ck", key, 0, 10), doctest::Contains("expected an integer in [0, 10]"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "missing", 0, 10),
+                       "file ck: metadata \"missing\" is missing (expected an integer in [0, 10])", std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "nan", 0, HUGE_VAL),
+                       "file ck: metadata \"nan\" is 'nan', expected a finite number in [0, inf]", std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "inf", -1, HUGE_VAL), doctest::Contains("is 'inf', expected a finite"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "neg", 0, 100), doctest::Contains("is '-1', expected a finite number in [0, 100]"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "long", 0, 10), doctest::Contains(("'" + std::string(77, '7') + "...'").c_str()),
+                       std::runtime_error);
 }

@@ -717,3 +717,119 @@ TEST_CASE("loader: destroyed or restarted mid-epoch, the workers stop") {
   CHECK(e.sizes.size() == 200);
   CHECK(e.labels.size() == 2000);
 }
+
+// --- Hostile inputs -----------------------------------------------------------------------------------
+
+namespace {
+
+// A small JPEG whose frame header (SOF0) declares w x h pixels: a decompression bomb of a few hundred bytes.
+std::vector<uint8_t> jpeg_declaring(const TempDir& tmp, int w, int h) {
+  write_jpg(tmp / "small.jpg", 8, 8);
+  std::vector<uint8_t> b = read_bytes(tmp / "small.jpg");
+  for (size_t i = 0; i + 9 < b.size(); i++)
+    if (b[i] == 0xFF && b[i + 1] == 0xC0) {
+      b[i + 5] = uint8_t(h >> 8), b[i + 6] = uint8_t(h), b[i + 7] = uint8_t(w >> 8), b[i + 8] = uint8_t(w);
+      return b;
+    }
+  FAIL("no SOF0 marker");
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("image folder: a JPEG declaring 26000 x 26000 pixels is refused from its header, or skipped and counted") {
+  TempDir tmp;
+  const std::string bomb = tmp / "d/c/bomb.jpg";
+  write_bytes(bomb, jpeg_declaring(tmp, 26000, 26000));
+  REQUIRE(fs::file_size(bomb) < 1000);
+  Image img;
+  CHECK(error_of([&] { decode_image(bomb, img); }) ==
+        bomb + ": 26000 x 26000 pixels, more than the limit of 67108864 (ImageOptions::max_pixels, ./train --max-image-pixels)");
+  write_png(tmp / "d/c/good.png", 16, 12);
+  CHECK(error_of([&] { decode_image(tmp / "d/c/good.png", img, 191); }).find("12 x 16 pixels, more than the limit of 191") !=
+        std::string::npos);
+  decode_image(tmp / "d/c/good.png", img, 192);  // exactly at the limit
+  CHECK(img.w == 12);
+
+  ImageOptions opt;
+  opt.image_size = 8;
+  opt.resize_size = 8;
+  std::vector<float> out(3 * 8 * 8);
+  auto ds = open_image_folder(tmp / "d", opt);
+  REQUIRE(ds->path(0) == bomb);
+  CHECK(error_of([&] { ds->load(0, false, 0, out.data()); }).find(bomb + ": 26000 x 26000 pixels") == 0);
+  opt.bad_images = BadImages::skip;
+  ds = open_image_folder(tmp / "d", opt);
+  Loader loader(*ds, 2, false, 0, 1);
+  Epoch e = run_epoch(loader, 0);
+  CHECK(e.sizes == std::vector<int>{1});
+  CHECK(loader.skipped() == 1);
+  opt.max_pixels = 0;
+  CHECK(error_of([&] { open_image_folder(tmp / "d", opt); }) == "ImageFolder: max_pixels must be at least 1, got 0");
+}
+
+TEST_CASE("image folder: a 3,000,000 x 1 image, whose resize overflows an int, is a bad image, not a crash") {
+  int h = 0, w = 0;
+  CHECK_FALSE(resize_shorter_dims(1, 10000000, 256, h, w));
+  CHECK_FALSE(resize_shorter_dims(10000000, 1, 256, h, w));
+  CHECK_FALSE(resize_shorter_dims(0, 5, 256, h, w));
+  CHECK(resize_shorter_dims(1, 1000000, 256, h, w));
+  CHECK(h == 256);
+  CHECK(w == 256000000);
+
+  TempDir tmp;
+  const std::string line = tmp / "d/c/line.png";
+  fs::create_directories(tmp.path / "d/c");
+  std::vector<uint8_t> grey(3000000, 128);
+  REQUIRE(stbi_write_png(line.c_str(), 3000000, 1, 1, grey.data(), 3000000));
+  ImageOptions opt;
+  opt.image_size = 16;
+  opt.resize_size = 1000;
+  std::vector<float> out(3 * 16 * 16);
+  auto ds = open_image_folder(tmp / "d", opt);
+  const std::string want = line + ": a 3000000 x 1 image is too elongated: its shorter side resized to 1000 makes the longer over 2^31 - 1 pixels";
+  CHECK(error_of([&] { ds->load(0, false, 0, out.data()); }) == want);
+  CHECK(error_of([&] { ds->load(0, true, 0, out.data()); }) == want);  // train and eval agree on what is bad
+}
+
+TEST_CASE("loader: a batch of only skipped images is passed over; an epoch of only bad images names the folder") {
+  FakeDataset ds(12);
+  ds.bad = {4, 5, 6, 7, 9};
+  Loader eval(ds, 4, false, 0, 2);
+  Epoch e = run_epoch(eval, 0);
+  CHECK(e.sizes == std::vector<int>{4, 3});  // the second batch had only bad images
+  CHECK(eval.skipped() == 5);
+  ds.bad = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+  Loader train(ds, 5, true, 0, 2);
+  train.start_epoch(0);
+  CHECK(error_of([&] { train.next(); }) == "the dataset: all 10 images of the epoch were bad and skipped (--bad-images skip)");
+  CHECK(error_of([&] { train.next(); }).find("all 10 images") != std::string::npos);  // again until start_epoch
+
+  TempDir tmp;
+  for (int i = 0; i < 3; i++) write_bytes(tmp / ("d/c/bad" + std::to_string(i) + ".jpg"), {'x'});
+  ImageOptions opt;
+  opt.image_size = 8;
+  opt.resize_size = 8;
+  opt.bad_images = BadImages::skip;
+  auto folder = open_image_folder(tmp / "d", opt);
+  Loader loader(*folder, 2, true, 0, 1);
+  loader.start_epoch(0);
+  CHECK(error_of([&] { loader.next(); }) ==
+        "ImageFolder " + tmp / "d" + ": all 2 images of the epoch were bad and skipped (--bad-images skip)");
+}
+
+TEST_CASE("FIFOs as a CIFAR batch, an image or a synsets file are refused at once, not read forever") {
+  TempDir tmp;
+  write_cifar_dir(tmp / "c", 2);
+  fs::remove(tmp.path / "c/test_batch.bin");
+  CHECK(error_reading_fifo(tmp.path / "c/test_batch.bin", [&] { open_cifar10(tmp / "c", false); }) ==
+        "CIFAR-10 " + tmp / "c/test_batch.bin" + ": not a regular file");
+  Image img;
+  CHECK(error_reading_fifo(tmp.path / "fifo.jpg", [&] { decode_image(tmp / "fifo.jpg", img); }) ==
+        tmp / "fifo.jpg" + ": not a regular file");
+  write_jpg(tmp / "f/n01/a.jpg", 8, 8);
+  ImageOptions opt;
+  opt.synsets = tmp / "synsets.txt";
+  CHECK(error_reading_fifo(opt.synsets, [&] { open_image_folder(tmp / "f", opt); }) ==
+        "synsets file " + opt.synsets + ": missing or not a regular file");
+}

@@ -443,3 +443,32 @@ TEST_CASE("repvgg model: the blocked forward and backward equal the plain ones; 
   CHECK(alloc_stats().system_allocs == allocs);
   CHECK(cpu::dnnl_primitives_created() == prims);
 }
+
+TEST_CASE("ReLU kernels pass NaN through as PyTorch does: relu, bn_add_relu plain and blocked, conv2d_relu") {
+  const float nan = std::nanf("");
+  NoGradGuard g;
+  Tensor x = Tensor::from_vector({-1.f, nan, 2.f, -0.f}, {4});
+  std::vector<float> y = relu(x).to_vector();
+  CHECK(y[0] == 0.f);
+  CHECK(std::isnan(y[1]));
+  CHECK(y[2] == 2.f);
+  CHECK(y[3] == 0.f);
+
+  Rng rng(28);
+  for (bool blocked : {false, true}) {
+    std::vector<Branch> bs = random_branches({2, 16, 3, 3}, 2, rng);
+    bs[1].x.f32()[5] = nan;  // sample 0, channel 0, pixel 5
+    std::vector<Tensor> xs = {blocked ? to_blocked(bs[0].x) : bs[0].x, blocked ? to_blocked(bs[1].x) : bs[1].x};
+    for (bool training : {false, true}) {
+      Tensor out = bn_add_relu(xs, {copy(bs[0].bn), copy(bs[1].bn)}, training);
+      if (blocked) out = to_plain(out);
+      CHECK_MESSAGE(std::isnan(out.to_vector()[5]), "bn_add_relu, blocked ", blocked, ", training ", training);
+    }
+  }
+
+  Tensor cx = rand_normal({1, 2, 5, 5}, 0, 1, rng), w = rand_normal({3, 2, 3, 3}, 0, 0.3f, rng), b = Tensor::zeros({3});
+  cx.f32()[12] = nan;  // channel 0, the centre: every output of the 3x3 conv sees it
+  std::vector<float> cy = conv2d_relu(cx, w, b, 1, 0, 1).to_vector();
+  CHECK(cy.size() == 27);
+  for (float v : cy) CHECK(std::isnan(v));
+}

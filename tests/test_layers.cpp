@@ -322,3 +322,13 @@ TEST_CASE("custom L2 of a block: the official formula, against plain loops in do
   CHECK(!models::covered_by_custom_l2("stage1.0.rbr_identity.weight"));
   CHECK(!models::covered_by_custom_l2("linear.weight"));
 }
+
+TEST_CASE("linear: 0 classes (or 0 inputs) is refused when the layer is made, not in oneDNN") {
+  Rng rng(9);
+  CHECK_THROWS_WITH_AS(Linear(8, 0, rng), doctest::Contains("a linear layer of 8 inputs and 0 outputs (classes): both must be at least 1"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(Linear(0, 10, rng), doctest::Contains("0 inputs"), std::runtime_error);
+  models::ArchConfig arch = models::cifar_config(models::BlockType::repvgg, 8);
+  arch.num_classes = 0;
+  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng), doctest::Contains("0 outputs (classes)"), std::runtime_error);
+}

@@ -15,6 +15,7 @@
 #include "models/repvgg.h"
 #include "quant/inspect.h"
 #include "quant/ptq.h"
+#include "quant/run_source.h"
 #include "tests/testing.h"
 
 namespace fs = std::filesystem;
@@ -245,5 +246,41 @@ TEST_CASE("inspect: per-block outlier statistics and the train/deploy difference
   CHECK(d["form"] == "deploy");
   CHECK(d["blocks"][2]["max_abs_diff"].is_null());
   CHECK(d["blocks"][2]["max_abs"] == j["blocks"][2]["max_abs"]);
+  fs::remove_all(root);
+}
+
+TEST_CASE("ptq: bad metadata, a linear layer of 0 classes, a FIFO config.json: errors naming the file and key") {
+  fs::path root = temp_dir("bad_source");
+  fs::path data = make_cifar(root / "cifar", 2, 4);
+  const std::string ckpt = make_run(root / "run", data, kCifar, "repvgg-cifar").string();
+  const fs::path cfg = root / "run" / "config.json";
+  auto source_error = [&] {
+    quant::SourceOptions o;
+    o.ckpt = ckpt;
+    try {
+      quant::resolve_source(o);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(source_error() == "");
+  CHECK(error_reading_fifo(cfg, [&] { throw std::runtime_error(source_error()); }) == cfg.string() + ": not a regular file");
+  fs::remove(cfg);
+
+  const st::File good = st::load(ckpt);
+  st::File f = good;
+  f.metadata["oabn_k"] = "lots";
+  st::save(ckpt, f);
+  CHECK(source_error() == "file " + ckpt + ": metadata \"oabn_k\" is 'lots', expected a finite number in [0, inf]");
+  f = good;
+  f.tensors.erase("linear.weight");
+  f.metadata["num_classes"] = "-3";
+  st::save(ckpt, f);
+  CHECK(source_error() == "file " + ckpt + ": metadata \"num_classes\" is '-3', expected an integer in [1, 2147483647]");
+  f = good;
+  f.tensors["linear.weight"] = st::Entry::of<float>({0, 64}, std::vector<float>{});
+  st::save(ckpt, f);
+  CHECK(source_error() == "file " + ckpt + ": tensor 'linear.weight' has 0 rows, expected one a class");
   fs::remove_all(root);
 }

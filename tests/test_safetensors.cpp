@@ -227,6 +227,51 @@ TEST_CASE("safetensors: each corruption gives a clear error naming the file") {
   }
 }
 
+TEST_CASE("safetensors: deep nesting, huge values and a FIFO give short clear errors, no crash or hang") {
+  TempDir tmp;
+  const std::string p = tmp / "bad.safetensors";
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string entry_with = R"({"a":{"dtype":"F32","shape":SHAPE,"data_offsets":[0,8]}})";
+  auto with_shape = [&](const std::string& shape) {
+    std::string h = entry_with;
+    return h.replace(h.find("SHAPE"), 5, shape);
+  };
+  for (const std::string& header : {R"({"__metadata__":{"k":)" + deep + "}}", with_shape(deep),
+                                    R"({"a":{"dtype":"F32","shape":[2],"data_offsets":)" + deep + "}}"}) {
+    write_bytes(p, raw_file(header, 8));
+    const std::string e = load_error(p);
+    CHECK_MESSAGE(contains(e, "file " + p + ": header nests 10000"), e);  // and the header's own 1 or 2 levels
+    CHECK_MESSAGE(contains(e, " levels deep, more than the 16 allowed (a header needs 3)"), e);
+  }
+  // A long list or name is quoted cut to 80 characters.
+  std::string list = "[";
+  for (int i = 0; i < 100000; i++) list += "-1,";
+  list += "-1]";
+  write_bytes(p, raw_file(with_shape(list), 8));
+  std::string e = load_error(p);
+  CHECK_MESSAGE(contains(e, "\"shape\" must hold non-negative integers, got [-1,-1,"), e);
+  CHECK_MESSAGE(e.size() < 300, e);
+  CHECK(contains(e, "..."));
+  write_bytes(p, raw_file(R"({"__metadata__":{")" + std::string(100000, 'k') + R"(":)" + list + "}}", 0));
+  e = load_error(p);
+  CHECK(contains(e, "value of 'kkk"));
+  CHECK_MESSAGE(e.size() < 300, e);
+  const std::string long_name = std::string(100000, 'n');
+  write_bytes(p, raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},")" + long_name +
+                              R"(":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+  e = load_error(p);
+  CHECK(contains(e, "tensors 'a' and 'nnn"));
+  CHECK_MESSAGE(e.size() < 300, e);
+  // Strings may hold brackets: only the structure counts.
+  st::File f;
+  f.metadata["brackets"] = std::string(1000, '[') + "\"\\";
+  st::save(p, f);
+  CHECK(st::load(p).metadata == f.metadata);
+
+  CHECK(error_reading_fifo(tmp.dir / "fifo.safetensors", [&] { st::load(tmp / "fifo.safetensors"); }) ==
+        "file " + tmp / "fifo.safetensors" + ": not a regular file");
+}
+
 TEST_CASE("safetensors: require checks name, dtype and shape") {
   const st::File f = sample_file();
   CHECK(st::require(f, "a_f32", st::DType::F32, {2, 3}, "ck.safetensors").bytes.size() == 24);

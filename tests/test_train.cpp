@@ -1,9 +1,11 @@
 // ./train: option defaults and errors, the run folder, resume equality, the non-finite-loss stop.
 // Runs on a small made-up CIFAR-10 folder (random pixels) so that it is quick and needs no data set.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/cuda/cuda_backend.h"
@@ -146,4 +148,75 @@ TEST_CASE("train: clear errors for a missing data folder, an unknown arch, an ar
     CHECK(!fs::exists(root / "r4"));
   }
   fs::remove_all(root);
+}
+
+TEST_CASE("train: --resume refuses bad metadata, config.json and log.csv, naming the file and key") {
+  fs::path root = temp_dir("bad_resume");
+  fs::path data = make_cifar(root / "cifar", 8, 8);  // 40 training images: one batch of 32 a epoch
+  fs::path out = root / "run";
+  REQUIRE(run(args_for(data, out, {"--epochs", "1", "--limit-val", "4"})) == 0);
+  const std::string ckpt = (out / "last.safetensors").string();
+  const st::File good = st::load(ckpt);
+  std::vector<std::string> resume = {"--resume", out.string()};
+  auto resume_error = [&] {
+    try {
+      train::run_training(parse_options(resume), resume);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  struct Case { const char* key; const char* value; const char* expected; };
+  const Case cases[] = {
+      {"batch", "-1", "an integer in [0, 1]"},  // wrapped to 2^64 - 1 and spun in the skip-ahead loop
+      {"batch", "99999999999", "an integer in [0, 1]"},
+      {"epoch", "7", "an integer in [0, 1]"},
+      {"epoch", "one", "an integer in [0, 1]"},
+      {"best_top1", "101", "a finite number in [-1, 100]"},
+      {"partial_loss", "nan", "a finite number in [0, inf]"},
+      {"partial_seen", "-5", "a finite number in [0, inf]"},
+  };
+  for (const Case& c : cases) {
+    st::File f = good;
+    f.metadata[c.key] = c.value;
+    st::save(ckpt, f);
+    CHECK(resume_error() == fmt::format("file {}: metadata \"{}\" is '{}', expected {}", ckpt, c.key, c.value, c.expected));
+  }
+  st::File f = good;
+  f.metadata.erase("partial_correct");
+  st::save(ckpt, f);
+  CHECK(resume_error() == fmt::format("file {}: metadata \"partial_correct\" is missing (expected a finite number in [0, inf])", ckpt));
+  st::save(ckpt, good);
+
+  const fs::path log = out / "log.csv";
+  fs::copy_file(log, root / "log.csv");
+  std::ofstream(log, std::ios::app) << "x,1,2\n";
+  CHECK(resume_error() == fmt::format("{}: row 'x,1,2' does not start with an epoch number", log.string()));
+  fs::remove(log);
+  CHECK(error_reading_fifo(log, [&] { throw std::runtime_error(resume_error()); }) ==
+        log.string() + ": not a regular file");
+  fs::remove(log);
+  fs::copy_file(root / "log.csv", log);
+
+  const fs::path cfg = out / "config.json";
+  const std::string cfg_text = (std::stringstream() << std::ifstream(cfg).rdbuf()).str();
+  std::ofstream(cfg) << R"({"argv": [1, 2]})";
+  CHECK(resume_error().starts_with(cfg.string() + ": expected \"argv\", the original command line as a list of strings"));
+  std::ofstream(cfg) << "[]";
+  CHECK(resume_error().starts_with(cfg.string() + ": expected \"argv\""));
+  fs::remove(cfg);
+  CHECK(error_reading_fifo(cfg, [&] { throw std::runtime_error(resume_error()); }) ==
+        "--resume " + out.string() + ": " + cfg.string() + " is missing or not a regular file");
+  fs::remove(cfg);
+  std::ofstream(cfg) << cfg_text;
+  CHECK(resume_error() == "");
+  fs::remove_all(root);
+}
+
+TEST_CASE("train options: --max-image-pixels, 64 megapixels by default") {
+  CHECK(parse_options({"imagenet"}).max_image_pixels == 67108864);
+  CHECK(parse_options({"imagenet", "--max-image-pixels", "1000"}).max_image_pixels == 1000);
+  CHECK_THROWS_WITH_AS(parse_options({"imagenet", "--max-image-pixels", "0"}), "option --max-image-pixels: must be positive, got 0",
+                       std::runtime_error);
+  CHECK(train::help_text().find("--max-image-pixels N") != std::string::npos);
 }

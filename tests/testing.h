@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
@@ -17,3 +18,8 @@ bool have_path(const std::string& path);
 // A CIFAR-10 folder in the official binary layout: `per_batch` random records in each of data_batch_1..5.bin
 // and `test_records` in test_batch.bin, labels r % 10, pixels from a fixed seed.
 std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch, int test_records);
+
+// Makes a FIFO at `fifo` and runs `read` (which should refuse it) on another thread. Returns the message
+// it threw, "" when it returned, or "hung" when it was still blocked after 2 s; then the FIFO is opened for
+// writing, which releases a reader stuck in open(), so that a failing test ends.
+std::string error_reading_fifo(const std::filesystem::path& fifo, const std::function<void()>& read);

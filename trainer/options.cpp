@@ -93,8 +93,10 @@ const std::vector<Spec>& specs() {
       {"--image-size", "N", "imagenet: crop size (default 224)", [](Options& o, const std::string& v) { o.image_size = positive<int>("--image-size", v); }},
       {"--resize-size", "N", "imagenet: eval resize of the shorter side (default 256)",
        [](Options& o, const std::string& v) { o.resize_size = positive<int>("--resize-size", v); }},
-      {"--bad-images", "fail|skip", "imagenet: on an undecodable image, fail (default) or skip and count it",
+      {"--bad-images", "fail|skip", "imagenet: on a bad image (undecodable, over --max-image-pixels, too elongated to resize), fail (default) or skip it, counted each epoch",
        [](Options& o, const std::string& v) { o.bad_images = one_of("--bad-images", v, {"fail", "skip"}); }},
+      {"--max-image-pixels", "N", "imagenet: an image of more pixels (width x height) is a bad image (default 67108864, 64 megapixels)",
+       [](Options& o, const std::string& v) { o.max_image_pixels = positive<int64_t>("--max-image-pixels", v); }},
       {"--qat", "METHOD", "quantization-aware training: repq-bn, repq-bnest, merged (deploy form first), or bnest "
                           "(full precision, BN statistics estimated; no quantizers)",
        [](Options& o, const std::string& v) { o.qat = one_of("--qat", v, {"repq-bn", "repq-bnest", "merged", "bnest"}); }},

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "datasets/decode.h"
+
 namespace train {
 
 struct Options {
@@ -34,6 +36,7 @@ struct Options {
   int image_size = 0;   // default: 32 (cifar10), 224 (imagenet)
   int resize_size = 256;
   std::string bad_images = "fail";
+  int64_t max_image_pixels = data::kMaxImagePixels;
   // Quantization-aware training (models/repvgg.h QatConfig)
   std::string qat;      // "" (off) | repq-bn | repq-bnest | merged | bnest
   int bits = 8, act_bits = 0;           // act_bits 0: as bits

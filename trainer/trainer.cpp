@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -62,6 +63,7 @@ static Data open_data(const Options& o) {
   io.resize_size = o.resize_size;
   io.synsets = o.synsets;
   io.bad_images = o.bad_images == "skip" ? data::BadImages::skip : data::BadImages::fail;
+  io.max_pixels = o.max_image_pixels;
   d.train = data::open_image_folder((fs::path(o.data) / "train").string(), io, o.limit_train);
   d.val = data::open_image_folder((fs::path(o.data) / "val").string(), io, o.limit_val);
   if (d.train->num_classes() != d.val->num_classes())
@@ -158,6 +160,7 @@ static Options resume_options(const Options& given, const std::vector<std::strin
   }
   if (!fs::exists(ckpt)) throw std::runtime_error(fmt::format("--resume {}: no checkpoint {}", given.resume, ckpt.string()));
   fs::path cfg = dir / "config.json";
+  if (!fs::is_regular_file(cfg)) throw std::runtime_error(fmt::format("--resume {}: {} is missing or not a regular file", given.resume, cfg.string()));
   std::ifstream in(cfg);
   if (!in) throw std::runtime_error(fmt::format("--resume {}: cannot read {}", given.resume, cfg.string()));
   nlohmann::json j;
@@ -166,7 +169,12 @@ static Options resume_options(const Options& given, const std::vector<std::strin
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("{}: not valid JSON ({})", cfg.string(), e.what()));
   }
-  std::vector<std::string> args = j.at("argv").get<std::vector<std::string>>();
+  std::vector<std::string> args;
+  try {
+    args = j.at("argv").get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: expected \"argv\", the original command line as a list of strings ({})", cfg.string(), e.what()));
+  }
   for (size_t i = 0; i < argv.size(); i++) {
     if (argv[i] == "--resume") i++;
     else if (argv[i].rfind("--resume=", 0) != 0 && argv[i] != given.dataset) args.push_back(argv[i]);
@@ -189,11 +197,18 @@ struct Log {
   }
   // Keeps the rows of the first `completed` epochs of an earlier (interrupted) run.
   void load_completed(int completed) {
+    if (fs::exists(path) && !fs::is_regular_file(path)) throw std::runtime_error(fmt::format("{}: not a regular file", path.string()));
     std::ifstream in(path);
     std::string line;
     std::getline(in, line);
-    while (std::getline(in, line))
-      if (!line.empty() && std::stoi(line) <= completed) rows.push_back(line);
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      int epoch = 0;
+      auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), epoch);
+      if (ec != std::errc() || *end != ',')
+        throw std::runtime_error(fmt::format("{}: row '{:.80}' does not start with an epoch number", path.string(), line));
+      if (epoch <= completed) rows.push_back(line);
+    }
   }
   void write() const {
     std::string s = header() + "\n";
@@ -281,12 +296,13 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   Log log{run / "log.csv", opt.dataset == "imagenet", {}};
   if (!resume_ckpt.empty()) {
     layers::Checkpoint c = layers::load_checkpoint(resume_ckpt.string(), model);
-    start_epoch = std::stoi(c.metadata.at("epoch"));
-    start_batch = std::stoul(c.metadata.at("batch"));
-    best_top1 = std::stod(c.metadata.at("best_top1"));
-    part_loss = std::stod(c.metadata.at("partial_loss"));
-    part_correct = std::stod(c.metadata.at("partial_correct"));
-    part_seen = std::stod(c.metadata.at("partial_seen"));
+    const std::string ck = resume_ckpt.string();
+    start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, opt.epochs));
+    start_batch = size_t(layers::metadata_int(c.metadata, ck, "batch", 0, int64_t(train_loader.batches_per_epoch())));
+    best_top1 = layers::metadata_double(c.metadata, ck, "best_top1", -1, 100);
+    part_loss = layers::metadata_double(c.metadata, ck, "partial_loss", 0, HUGE_VAL);
+    part_correct = layers::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
+    part_seen = layers::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
     auto& bufs = sgd.momentum_buffers();
     for (size_t i = 0; i < bufs.size(); i++)
       if (auto it = c.extra.find("optim." + buffer_names[i]); it != c.extra.end()) bufs[i] = layers::from_entry(it->second).to(device);

@@ -26,7 +26,7 @@ namespace engine::cpu {
 using dnnl::memory;
 using tag = memory::format_tag;
 
-enum ConvOp : int64_t { conv_forward_op = 1, conv_backward_data_op, conv_backward_weight_op, conv_relu_op };
+enum ConvOp : int64_t { conv_forward_op = 1, conv_backward_data_op, conv_backward_weight_op };
 
 static DnnlKey conv_key(ConvOp op, const ConvShape& s) {
   return {op, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.padding, s.groups, s.bias, s.blocked, s.blocked_y};
@@ -75,43 +75,32 @@ static auto with_algorithm(const ConvShape& s, ConvOp op, Make make) {
   return make(dnnl::algorithm::convolution_direct);
 }
 
-// Also the hint that makes the backward primitives pick matching implementations and layouts. With relu,
-// the ReLU applied as it writes y (a oneDNN post-op). Always the training kind: for inference, Winograd
-// would want the weights in its own transformed format (reordered on every call, and that reorder crashes
-// with a user scratchpad in oneDNN 2.6).
-static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm,
-                                                            bool relu = false) {
+// Also the hint that makes the backward primitives pick matching implementations and layouts. Always the
+// training kind: for inference, Winograd would want the weights in its own transformed format (reordered on
+// every call, and that reorder crashes with a user scratchpad in oneDNN 2.6).
+static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm) {
   ConvDescs d = conv_descs(s, any);
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, algorithm, d.x, d.w, d.b, d.y, d.stride,
                                        d.pad, d.pad);
-  dnnl::primitive_attr attr = dnnl_attr();
-  if (relu) {
-    dnnl::post_ops ops;
-    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    attr.set_post_ops(ops);
-  }
-  return {desc, attr, dnnl_engine()};
+  return {desc, dnnl_attr(), dnnl_engine()};
 }
 
-static void run_forward(ConvOp op, const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  DnnlCall& call = dnnl_call(conv_key(op, s), [&] {
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
+  DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
     if (s.bias) args.push_back({DNNL_ARG_BIAS, d.b, false});
     args.push_back({DNNL_ARG_DST, d.y, true});
-    return DnnlCall(with_algorithm(s, conv_forward_op, [&](dnnl::algorithm a) { return forward_pd(s, a, op == conv_relu_op); }),
-                    args);
+    return DnnlCall(with_algorithm(s, conv_forward_op, [&](dnnl::algorithm a) { return forward_pd(s, a); }), args);
   });
   if (s.bias) call.run({x, w, b, y});
   else call.run({x, w, y});
 }
 
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  run_forward(conv_forward_op, s, x, w, b, y);
-}
-
+// Our ReLU in place after the convolution, not oneDNN's eltwise_relu post-op: that one turns NaN into 0.
 void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  run_forward(conv_relu_op, s, x, w, b, y);
+  conv2d_forward(s, x, w, b, y);
+  unary_forward(UnaryOp::relu, y, y, s.n * s.o * s.oh * s.ow, 0.f, 0.f);
 }
 
 // gx [N, C, H, W] = the transposed convolution of gy [N, O, OH, OW] with w.

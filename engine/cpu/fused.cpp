@@ -166,7 +166,7 @@ void forward(const BnSum& s, bool training, float momentum, float eps, float* y)
         for_rows<B>(i0, i1, [&](int64_t e, int j) {
           float v = bn_normalize(x[e], mu[j], sc[j], beta[j]);
           if (!first) v += yp[e];
-          yp[e] = last ? (v > 0.f ? v : 0.f) : v;
+          yp[e] = last ? (v <= 0.f ? 0.f : v) : v;  // the ReLU; NaN stays NaN
         });
       }
     }

@@ -21,7 +21,7 @@ struct SumRelu {
       const float u = bn_normalize(b.x[i], b.mean[c], scale[k * s.c + c], b.beta[c]);
       v = k == 0 ? u : u + v;
     }
-    y[i] = v > 0.f ? v : 0.f;
+    y[i] = v <= 0.f ? 0.f : v;  // the ReLU; NaN stays NaN
   }
 };
 
