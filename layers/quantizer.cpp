@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/autograd.h"
 #include "engine/ops.h"
 
 namespace layers {
@@ -100,6 +101,8 @@ static Tensor grad_scale(const Tensor& s, float g) {
 }
 
 Tensor Quantizer::forward(const Tensor& x) {
+  if (observer) observer(x);
+  if (!fake_quant) return x;
   if (!initialized()) {
     ENGINE_CHECK(training(), "quantizer used in eval mode before its step was set (train a batch or load a checkpoint)");
     init_from(x);
@@ -107,7 +110,8 @@ Tensor Quantizer::forward(const Tensor& x) {
   const int64_t c = step.numel();
   ENGINE_CHECK(c == 1 || (x.dim() >= 2 && x.size(0) == c), "per-channel step " + step.str() + " for " + x.str());
   const int64_t n = x.numel() / c;  // values per step
-  Tensor s = grad_scale(step, 1.0f / std::sqrt((float)n * (float)q_max));
+  // the gradient scale only where a gradient is recorded: in eval s is exactly the step
+  Tensor s = step.requires_grad() && engine::grad_enabled() ? grad_scale(step, 1.0f / std::sqrt((float)n * (float)q_max)) : step;
   if (c > 1) {
     Shape shape = x.shape();
     for (int i = 1; i < shape.n; i++) shape.d[i] = 1;

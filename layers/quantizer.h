@@ -21,7 +21,11 @@
 //   lsq        LSQ's rule s = 2 · mean|x| / sqrt(q_max)
 // min_error is the default: LSQ's rule clips the identity taps of a merged RepVGG kernel (the outliers OABN
 // is about), and the model starts at chance even at 8 bits.
+//
+// As torch.ao's FakeQuantize, a quantizer can observe its input (`observer`, ./ptq's calibration) and pass it
+// through unchanged (`fake_quant` false).
 #pragma once
+#include <functional>
 #include <string>
 
 #include "layers/module.h"
@@ -52,6 +56,8 @@ class Quantizer : public Module {
   Tensor step;        // [channels], a parameter
   Tensor init_state;  // [1], a buffer: 1 once the step is set
   int zero_point = 0; // z; ./ptq's asymmetric activation quantizers only
+  std::function<void(const Tensor&)> observer;  // called with every input first, when set
+  bool fake_quant = true;                       // false: forward returns its input
 
  private:
   mutable bool ready_ = false;  // init_state seen at 1 (read from the buffer until then)

@@ -81,6 +81,7 @@ class RepVGG : public layers::Module {
   RepVGG(const ArchConfig& arch, engine::Rng& rng, float oabn_k = 0);
   Tensor forward(const Tensor& x) override;  // [N, 3, H, W] -> [N, num_classes]
   const std::vector<std::shared_ptr<layers::RepBlock>>& blocks() const { return blocks_; }
+  const layers::Linear& fc() const { return *linear_; }
 
   // Switches the model to the QAT form `c` describes (see QatConfig). Call it once, on a model in
   // training form, before the optimizer is built: it adds parameters (the steps) and, for `merged`,
@@ -89,9 +90,6 @@ class RepVGG : public layers::Module {
   const std::optional<QatConfig>& qat() const { return qat_; }
   // Gives the FC quantizers of its input and weight (null: FP32), as the blocks' set_quantizers.
   void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight);
-  std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>> fc_quantizers() const {
-    return {fc_act_quant_, fc_weight_quant_};
-  }
 
   const ArchConfig arch;
   const float oabn_k;

@@ -11,6 +11,7 @@
 #include "datasets/loader.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "trainer/step.h"
 
 namespace quant {
 
@@ -67,78 +68,10 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
 
 namespace {
 
-struct Accuracy {
-  double top1 = 0, top5 = 0;
-  size_t images = 0;
-};
-
-Accuracy evaluate(const std::function<Tensor(const Tensor&)>& forward, data::Loader& loader, engine::Device device) {
-  engine::NoGradGuard no_grad;
-  loader.start_epoch(0);
-  Accuracy a;
-  double top1 = 0, top5 = 0;
-  Tensor x, y;
-  while (const data::Batch* b = loader.next()) {
-    data::to_tensors(*b, device, x, y);
-    Tensor logits = forward(x);
-    top1 += (double)engine::topk_correct(logits, y, 1);
-    if (logits.size(1) >= 5) top5 += (double)engine::topk_correct(logits, y, 5);
-    a.images += b->n;
-  }
-  if (a.images) {
-    a.top1 = 100 * top1 / (double)a.images;
-    a.top5 = 100 * top5 / (double)a.images;
-  }
-  return a;
-}
-
-// QuantNet re-runs RepVGG::forward layer by layer: its FP32 logits must be the model's (up to the
-// summation order of other conv kernels or layouts).
-void check_same_as_model(const Tensor& net_logits, const Tensor& model_logits) {
-  const std::vector<float> a = net_logits.to_vector(), b = model_logits.to_vector();
-  double diff = 0, peak = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    diff = std::max(diff, (double)std::fabs(a[i] - b[i]));
-    peak = std::max(peak, (double)std::fabs(b[i]));
-  }
-  if (a.size() != b.size() || diff > 1e-3 * std::max(peak, 1.0))
-    throw std::runtime_error(fmt::format("the quantization wrapper's FP32 logits differ from the model's by {} (of {}): "
-                                         "quant/quant_model.cpp no longer mirrors RepVGG::forward",
-                                         diff, peak));
-}
+using Accuracy = train::EvalResult;
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
-
-// Calibration: the FP32 deploy model's activations at each layer's input, on up to `batches` batches.
-struct Calibration {
-  std::vector<ActObserver> observers;  // one per layer of the net
-  int batches = 0;
-  size_t images = 0;
-};
-
-Calibration calibrate(QuantNet& net, models::RepVGG& model, data::Loader& loader, int batches, CalibMethod method,
-                      engine::Device device) {
-  Calibration c;
-  const size_t draws = method == CalibMethod::minmax ? 0 : 16384;  // min-max needs no sample
-  for (size_t i = 0; i < net.layers().size(); i++) c.observers.emplace_back(draws, i);
-  net.set_fp32();
-  net.attach_observers(&c.observers);
-  engine::NoGradGuard no_grad;
-  loader.start_epoch(0);
-  Tensor x, y;
-  while (c.batches < batches) {
-    const data::Batch* b = loader.next();
-    if (!b) break;
-    data::to_tensors(*b, device, x, y);
-    const Tensor logits = net.forward(x);
-    if (c.batches == 0) check_same_as_model(logits, model.forward(x));
-    c.batches++;
-    c.images += b->n;
-  }
-  net.attach_observers(nullptr);
-  return c;
 }
 
 struct Row {
@@ -147,13 +80,14 @@ struct Row {
   nlohmann::json layers;  // each quantized layer's activation range and quantizer
 };
 
-nlohmann::json layers_json(const QuantNet& net, const std::vector<Range>& ranges) {
+nlohmann::json layers_json(models::RepVGG& model, const QuantConfig& c, const std::vector<Range>& ranges) {
+  const std::vector<std::string> names = layer_names(model);
   nlohmann::json layers = nlohmann::json::array();
   for (size_t i = 0; i < ranges.size(); i++) {
-    const QuantLayer& l = *net.layers()[i];
-    if (l.act)
-      layers.push_back({{"name", l.name}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", l.act->scale},
-                        {"act_zero_point", l.act->zero_point}});
+    if (!quantizes(i, names.size(), c)) continue;
+    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
+    layers.push_back({{"name", names[i]}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", a.scale},
+                      {"act_zero_point", a.zero_point}});
   }
   return layers;
 }
@@ -212,11 +146,6 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   return j;
 }
 
-// The blocks' and the FC's quantizers, to take off and put back.
-struct Quantizers {
-  std::vector<std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>>> blocks;
-};
-
 // A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
 int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
   if (!o.bits.empty() || !o.act_bits.empty())
@@ -226,21 +155,12 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   model.switch_to_deploy();
   auto val = open_split(s, false, o.source.limit_val);
   data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
-  auto forward = [&](const Tensor& x) { return model.forward(x); };
   auto t0 = std::chrono::steady_clock::now();
-  const Accuracy quantized = evaluate(forward, val_loader, s.device);
+  const Accuracy quantized = train::evaluate(model, val_loader, s.device);
   std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
               seconds_since(t0));
-  Quantizers saved;
-  for (auto& b : model.blocks()) {
-    saved.blocks.push_back({b->act_quant, b->weight_quant});
-    b->set_quantizers(nullptr, nullptr);
-  }
-  auto [fc_act, fc_weight] = model.fc_quantizers();
-  model.set_fc_quantizers(nullptr, nullptr);
-  const Accuracy fp32 = evaluate(forward, val_loader, s.device);
-  for (size_t i = 0; i < saved.blocks.size(); i++) model.blocks()[i]->set_quantizers(saved.blocks[i].first, saved.blocks[i].second);
-  model.set_fc_quantizers(fc_act, fc_weight);
+  remove_quantizers(model);  // the same deploy model in FP32
+  const Accuracy fp32 = train::evaluate(model, val_loader, s.device);
 
   std::printf("\nQuantization-aware training (%s), simulated (fake quantization in float32; no integer kernels run):\n",
               q.method.c_str());
@@ -284,7 +204,6 @@ int run_ptq(const std::vector<std::string>& args) {
   if (o.bits.empty()) throw std::runtime_error(fmt::format("--bits B[,B...] is required for {} (e.g. --bits 8,6,4)", s.ckpt));
   if (!s.deploy_form()) model->switch_to_deploy();  // one 3x3 conv with bias per block
   s.file = {};                                      // the model holds the weights now
-  QuantNet net(*model);
 
   auto val = open_split(s, false, o.source.limit_val);
   auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
@@ -292,15 +211,13 @@ int run_ptq(const std::vector<std::string>& args) {
   data::Loader calib_loader(*train, batch, /*train=*/false, 0, threads);  // training images, eval transform
 
   auto t0 = std::chrono::steady_clock::now();
-  const Calibration cal = calibrate(net, *model, calib_loader, o.calib_batches, o.calib, s.device);
+  const Calibration cal = calibrate(*model, calib_loader, o.calib_batches, o.calib, s.device);
   if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
   std::printf("calibrated %s on %d batches (%zu training images spread over the set, without augmentation) in %.1f s\n",
               calib_name(o.calib), cal.batches, cal.images, seconds_since(t0));
 
-  // FP32 through the same network as the quantized models, so that the drop is the quantization's alone.
   t0 = std::chrono::steady_clock::now();
-  net.set_fp32();
-  const Accuracy fp32 = evaluate([&](const Tensor& x) { return net.forward(x); }, val_loader, s.device);
+  const Accuracy fp32 = train::evaluate(*model, val_loader, s.device);
   std::printf("FP32 deploy model: top-1 %.2f%% on %zu validation images (%.1f s)\n", fp32.top1, fp32.images, seconds_since(t0));
 
   std::vector<Row> rows;
@@ -312,9 +229,9 @@ int run_ptq(const std::vector<std::string>& args) {
     c.calib = o.calib;
     c.quantize_first_last = o.quantize_first_last;
     t0 = std::chrono::steady_clock::now();
-    const std::vector<Range> ranges = net.quantize(c, cal.observers);
-    const Accuracy acc = evaluate([&](const Tensor& x) { return net.forward(x); }, val_loader, s.device);
-    rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(net, ranges)});
+    const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
+    const Accuracy acc = train::evaluate(*model, val_loader, s.device);
+    rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges)});
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
   }
 

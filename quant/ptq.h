@@ -1,12 +1,12 @@
 // ./ptq: post-training quantization of the merged (deploy-form) model, as the OABN paper's Sec. 4.1:
 // weights symmetric uniform (per layer, or per output channel), activations asymmetric uniform per layer,
 // calibrated on training batches without augmentation, stage0 and the FC kept FP32; evaluated with
-// simulated (fake) quantization against the FP32 deploy model. See quant/quant_model.h.
+// simulated (fake) quantization against the FP32 deploy model. See quant/ptq_model.h.
 #pragma once
 #include <string>
 #include <vector>
 
-#include "quant/quant_model.h"
+#include "quant/ptq_model.h"
 #include "quant/run_source.h"
 
 namespace quant {

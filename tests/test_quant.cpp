@@ -13,7 +13,7 @@
 #include "models/repvgg.h"
 #include "quant/calibration.h"
 #include "quant/inspect.h"
-#include "quant/quant_model.h"
+#include "quant/ptq_model.h"
 #include "quant/quantizers.h"
 #include "tests/testing.h"
 
@@ -257,7 +257,23 @@ TEST_CASE("kernel_stats and the identity-BN scale on a hand-built block with a l
   CHECK(!identity_bn_max_scale(down));
 }
 
-TEST_CASE("QuantNet: FP32 is the model; quantized weights on the B-bit grid; first and last FP32 by default") {
+// The images of x [N, 3, H, W] as a dataset (label 0), for a loader.
+struct TensorImages : data::Dataset {
+  Tensor x;
+  explicit TensorImages(Tensor t) : x(std::move(t)) {}
+  size_t size() const override { return (size_t)x.size(0); }
+  int num_classes() const override { return 1; }
+  int label(size_t) const override { return 0; }
+  int height() const override { return (int)x.size(2); }
+  int width() const override { return (int)x.size(3); }
+  bool load(size_t i, bool, uint64_t, float* chw) const override {
+    const int64_t per = x.numel() / x.size(0);
+    std::copy(x.f32() + i * per, x.f32() + (i + 1) * per, chw);
+    return true;
+  }
+};
+
+TEST_CASE("PTQ quantizers: FP32 is the model; weights on the B-bit grid; the affine activation codes; first and last FP32") {
   Rng rng(8);
   models::RepVGG model(models::cifar_config(models::BlockType::repvgg, 8), rng);
   model.forward(engine::rand_normal({4, 3, 16, 16}, 0.0f, 1.0f, rng));  // training-mode statistics
@@ -265,24 +281,22 @@ TEST_CASE("QuantNet: FP32 is the model; quantized weights on the B-bit grid; fir
   model.switch_to_deploy();
   engine::NoGradGuard no_grad;
   const Tensor x = engine::rand_normal({4, 3, 16, 16}, 0.0f, 1.0f, rng);
-  QuantNet net(model);
-  const size_t n = net.layers().size();
+  const std::vector<std::string> names = layer_names(model);
+  const size_t n = names.size();
   CHECK(n == model.blocks().size() + 1);
-  CHECK(net.layers().front()->name == "stage0");
-  CHECK(net.layers()[1]->name == "stage1.0");
-  CHECK(net.layers().back()->name == "linear");
-  const std::vector<float> ref = net.forward(x).to_vector();
-  const std::vector<float> model_ref = model.forward(x).to_vector();  // other kernels may sum in another order
-  REQUIRE(model_ref.size() == ref.size());
-  for (size_t i = 0; i < ref.size(); i++) CHECK(ref[i] == doctest::Approx(model_ref[i]).epsilon(1e-4).scale(1));
+  CHECK(names.front() == "stage0");
+  CHECK(names[1] == "stage1.0");
+  CHECK(names.back() == "linear");
+  const std::vector<float> ref = model.forward(x).to_vector();
 
-  std::vector<ActObserver> obs;
-  for (size_t i = 0; i < n; i++) obs.emplace_back(1000, i);
-  net.attach_observers(&obs);
-  net.forward(x);
-  net.attach_observers(nullptr);
-  for (auto& o : obs) CHECK(!o.empty());
-  CHECK(obs.back().min >= 0.0f);  // the FC's input is pooled ReLU output
+  // calibration: the FP32 model's layer inputs (a one-batch loader of x)
+  TensorImages images(x);
+  data::Loader loader(images, 4, false, 0, 1);
+  const Calibration cal = calibrate(model, loader, 1, CalibMethod::minmax, engine::Device::cpu);
+  REQUIRE(cal.observers.size() == n);
+  for (auto& o : cal.observers) CHECK(!o.empty());
+  CHECK(cal.observers.back().min >= 0.0f);  // the FC's input is pooled ReLU output
+  CHECK(model.forward(x).to_vector() == ref);  // the probes are gone
 
   auto rel_error = [&](const std::vector<float>& got) {
     double num = 0, den = 0;
@@ -296,35 +310,44 @@ TEST_CASE("QuantNet: FP32 is the model; quantized weights on the B-bit grid; fir
   double err8 = 0, err4 = 0;
   for (int bits : {8, 4}) {
     c.weight_bits = c.act_bits = bits;
-    const std::vector<Range> ranges = net.quantize(c, obs);
+    const std::vector<Range> ranges = attach_quantizers(model, c, cal);
     CHECK(ranges.front().hi == 0.0f);  // stage0 FP32
-    CHECK(ranges[1].hi == obs[1].max);
-    CHECK(net.layers().front()->weight.to_vector() == net.layers().front()->fp32_weight.to_vector());
-    CHECK(net.layers().back()->weight.to_vector() == net.layers().back()->fp32_weight.to_vector());
-    CHECK(!net.layers().front()->act);
+    CHECK(ranges[1].hi == cal.observers[1].max);
+    CHECK(!model.blocks().front()->act_quant);
+    CHECK(!model.blocks().front()->weight_quant);
     for (size_t i = 1; i + 1 < n; i++) {
+      const layers::RepBlock& b = *model.blocks()[i];
+      REQUIRE(b.weight_quant);
+      REQUIRE(b.act_quant);
       std::set<float> distinct;
-      for (float v : net.layers()[i]->weight.to_vector()) distinct.insert(v);
+      for (float v : b.weight_quant->forward(b.rbr_reparam->weight).to_vector()) distinct.insert(v);
       CHECK((int)distinct.size() <= 2 * symmetric_qmax(bits) + 1);
-      CHECK(net.layers()[i]->act);
+      // the activation quantizer is ./ptq's affine one: (clamp(round(x/s) + z, 0, 2^B - 1) - z) s
+      const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, bits);
+      CHECK(b.act_quant->step.to_vector()[0] == a.scale);
+      CHECK(b.act_quant->zero_point == a.zero_point);
+      CHECK(b.act_quant->q_max == asymmetric_qmax(bits));
+      for (float v : {-0.3f, 0.0f, 0.37f, 5.0f, 1e3f})
+        CHECK(b.act_quant->forward(Tensor::full({1}, v)).item() == fake_quant_asymmetric(v, a));
     }
-    (bits == 8 ? err8 : err4) = rel_error(net.forward(x).to_vector());
+    (bits == 8 ? err8 : err4) = rel_error(model.forward(x).to_vector());
   }
   CHECK(err8 < 0.1);
   CHECK(err8 < err4);
   // The merged kernels' identity taps are outliers (./inspect's Class A): per-channel scales lose less.
   c.weight_bits = c.act_bits = 8;
   c.granularity = Granularity::channel;
-  net.quantize(c, obs);
-  CHECK(rel_error(net.forward(x).to_vector()) < err8);
+  attach_quantizers(model, c, cal);
+  CHECK(model.blocks()[1]->weight_quant->step.numel() == 8);
+  CHECK(rel_error(model.forward(x).to_vector()) < err8);
   c.granularity = Granularity::layer;
   c.quantize_first_last = true;
-  net.quantize(c, obs);
-  CHECK(net.layers().front()->weight.to_vector() != net.layers().front()->fp32_weight.to_vector());
-  CHECK(net.layers().back()->act);
-  net.set_fp32();
-  CHECK(net.forward(x).to_vector() == ref);
+  attach_quantizers(model, c, cal);
+  CHECK(model.blocks().front()->act_quant);
+  CHECK(model.blocks().front()->act_quant->zero_point > 0);  // stage0's input is signed
+  remove_quantizers(model);
+  CHECK(model.forward(x).to_vector() == ref);
 
   models::RepVGG train_form(models::cifar_config(models::BlockType::repvgg, 8), rng);
-  CHECK_THROWS_WITH_AS(QuantNet{train_form}, doctest::Contains("not in deploy form"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(attach_quantizers(train_form, c, cal), doctest::Contains("not in deploy form"), std::runtime_error);
 }

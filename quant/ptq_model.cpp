@@ -1,0 +1,94 @@
+#include "quant/ptq_model.h"
+
+#include <map>
+
+#include "engine/autograd.h"
+
+namespace quant {
+
+using layers::Codes;
+using layers::Quantizer;
+
+std::vector<std::string> layer_names(models::RepVGG& model) {
+  std::map<const layers::Module*, std::string> names;
+  for (auto& [name, m] : model.modules()) names[m] = name;
+  std::vector<std::string> out;
+  for (auto& b : model.blocks()) out.push_back(names[b.get()]);
+  out.push_back("linear");
+  return out;
+}
+
+bool quantizes(size_t layer, size_t n, const QuantConfig& c) { return c.quantize_first_last || (layer != 0 && layer + 1 != n); }
+
+// Puts (act, weight) on layer i: block i, or the FC for i == number of blocks.
+static void set_layer(models::RepVGG& m, size_t i, std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight) {
+  if (i < m.blocks().size()) m.blocks()[i]->set_quantizers(std::move(act), std::move(weight));
+  else m.set_fc_quantizers(std::move(act), std::move(weight));
+}
+
+static void check_deployed(models::RepVGG& m) {
+  const std::vector<std::string> names = layer_names(m);
+  for (size_t i = 0; i < m.blocks().size(); i++)
+    ENGINE_CHECK(m.blocks()[i]->deployed(), "block " + names[i] + " is not in deploy form: call switch_to_deploy() first");
+}
+
+void remove_quantizers(models::RepVGG& m) {
+  for (size_t i = 0; i <= m.blocks().size(); i++) set_layer(m, i, nullptr, nullptr);
+}
+
+Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, CalibMethod method, engine::Device device) {
+  check_deployed(m);
+  Calibration c;
+  const size_t draws = method == CalibMethod::minmax ? 0 : 16384;  // min-max needs no sample
+  const size_t n = m.blocks().size() + 1;
+  c.observers.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    c.observers.emplace_back(draws, i);
+    auto probe = std::make_shared<Quantizer>(8, Codes::unsigned_act);  // observes; passes its input through
+    probe->fake_quant = false;
+    probe->observer = [obs = &c.observers.back()](const Tensor& x) { obs->observe(x); };
+    set_layer(m, i, probe, nullptr);
+  }
+  engine::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Tensor x, y;
+  while (c.batches < batches) {
+    const data::Batch* b = loader.next();
+    if (!b) break;
+    data::to_tensors(*b, device, x, y);
+    m.forward(x);
+    c.batches++;
+    c.images += b->n;
+  }
+  remove_quantizers(m);
+  return c;
+}
+
+std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, const Calibration& cal) {
+  check_deployed(m);
+  const std::vector<std::string> names = layer_names(m);
+  const size_t n = names.size();
+  ENGINE_CHECK(cal.observers.size() == n, std::to_string(cal.observers.size()) + " observers for " + std::to_string(n) + " layers");
+  std::vector<Range> ranges(n);
+  for (size_t i = 0; i < n; i++) {
+    if (!quantizes(i, n, c)) {
+      set_layer(m, i, nullptr, nullptr);
+      continue;
+    }
+    ENGINE_CHECK(!cal.observers[i].empty(), "layer " + names[i] + ": no calibration activations observed");
+    ranges[i] = calibrate(cal.observers[i], c.calib, c.act_bits);
+    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
+    auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act);  // codes [0, 2^B - 1], and z
+    act->set_step({a.scale});
+    act->zero_point = a.zero_point;
+    const Tensor& w = i < m.blocks().size() ? m.blocks()[i]->rbr_reparam->weight : m.fc().weight;
+    const std::vector<float> scales = weight_scales(w, c.weight_bits, c.granularity);
+    auto weight = std::make_shared<Quantizer>(c.weight_bits, Codes::weight, (int64_t)scales.size());
+    weight->set_step(scales);
+    for (auto* q : {act.get(), weight.get()}) q->to(w.device());
+    set_layer(m, i, act, weight);
+  }
+  return ranges;
+}
+
+}  // namespace quant

@@ -1,0 +1,49 @@
+// Post-training quantization on the deployed model's own quantizer modules (layers/quantizer.h), so that
+// ./ptq runs the same forward that a QAT model deploys to:
+//
+//     block:  y = ReLU(conv(Q_a(x), Q_w(W), b))           W, b: the block's rbr_reparam (3x3 conv, bias)
+//     head:   logits = linear(Q_a(gap(y)), Q_w(W_fc), b_fc)
+//
+// Q_w is symmetric with s = max|w| / (2^(B-1) - 1) per layer or per output channel (quant/quantizers.h);
+// Q_a is asymmetric per layer: codes [0, 2^B - 1], s and z from the range calibrated on the FP32 model's
+// activations (quant/calibration.h). The first conv (stage0) and the last FC keep FP32 weights and inputs
+// unless quantize_first_last. Biases stay FP32 (on integer hardware they are 32-bit, with scale s_x s_w).
+// Quantizing replaces earlier quantizers, so one deploy model serves every bit width.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "datasets/loader.h"
+#include "models/repvgg.h"
+#include "quant/calibration.h"
+#include "quant/quantizers.h"
+
+namespace quant {
+
+struct QuantConfig {
+  int weight_bits = 8, act_bits = 8;
+  Granularity granularity = Granularity::layer;
+  CalibMethod calib = CalibMethod::minmax;
+  bool quantize_first_last = false;
+};
+
+// The layers PTQ quantizes, in order: the blocks ("stage0", "stage1.0", ...), then the FC ("linear").
+std::vector<std::string> layer_names(models::RepVGG& model);
+// Whether layer i of n is quantized: all but the first and last unless quantize_first_last.
+bool quantizes(size_t layer, size_t n, const QuantConfig& c);
+
+// Each layer's input, observed on the FP32 deploy model over up to `batches` batches of `loader`.
+struct Calibration {
+  std::vector<ActObserver> observers;  // one per layer
+  int batches = 0;
+  size_t images = 0;
+};
+Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batches, CalibMethod method,
+                      engine::Device device);
+
+// Gives each layer `c` quantizes its input and weight quantizers, the others none (FP32). Returns each
+// layer's activation range ([0, 0] for an FP32 layer).
+std::vector<Range> attach_quantizers(models::RepVGG& deployed, const QuantConfig& c, const Calibration& cal);
+void remove_quantizers(models::RepVGG& model);  // FP32: forward is the deploy model's again
+
+}  // namespace quant
