@@ -34,9 +34,10 @@ Tensor identity_kernel(int64_t channels, int groups, Device device) {
   ENGINE_CHECK(groups >= 1 && channels % groups == 0,
                std::to_string(channels) + " channels in " + std::to_string(groups) + " groups");
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int, Device>, Tensor> made;
+  // never destroyed: a CUDA tensor must not be freed after the backend has shut down at exit
+  static auto* made = new std::map<std::tuple<int64_t, int, Device>, Tensor>;
   std::lock_guard<std::mutex> lock(mutex);
-  Tensor& k = made[{channels, groups, device}];
+  Tensor& k = (*made)[{channels, groups, device}];
   if (!k.defined()) {
     const int64_t per_group = channels / groups;
     Tensor host = Tensor::zeros(Shape{channels, per_group, 3, 3});

@@ -12,6 +12,8 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
+#include "layers/bn_fold.h"
+#include "layers/quantizer.h"
 #include "tests/gradcheck.h"
 
 using namespace engine;
@@ -304,6 +306,37 @@ TEST_CASE("cuda: pad2d and the RepVGG merge it serves match the CPU" * gpu_or_sk
                        rand_grad({8, 1, 1, 1}, -1, 1, r)};
        },
        [](const Inputs& in) { return add(in[0], mul(pad2d(in[1], 1), in[2])); }},
+  });
+}
+
+// RepQ's pieces are composed ops (layers/quantizer.cpp, layers/bn_fold.cpp): they run on CUDA through the
+// kernels above, and must agree with the CPU there too.
+TEST_CASE("cuda: the LSQ fake quantizer and BN folding (RepQ-BN, RepQ-BNEst) match the CPU" * gpu_or_skip("RepQ")) {
+  auto lsq = [](int bits, layers::Codes codes, int64_t channels, float step) {
+    return [=](const Inputs& in) {
+      layers::Quantizer q(bits, codes, channels);
+      q.to(in[0].device());
+      q.set_step(std::vector<float>(channels, step));
+      return q.forward(in[0]);
+    };
+  };
+  run_cases({
+      {"LSQ weight 4 bits, per channel", [](Rng& r) { return Inputs{rand_grad({6, 4, 3, 3}, -1, 1, r)}; },
+       lsq(4, layers::Codes::weight, 6, 0.1f)},
+      {"LSQ activation 8 bits", [](Rng& r) { return Inputs{rand_grad({2, 4, 5, 5}, 0, 3, r)}; },
+       lsq(8, layers::Codes::unsigned_act, 1, 0.02f)},
+      {"channel moments", [](Rng& r) { return Inputs{rand_grad({3, 5, 6, 6}, -1, 2, r)}; },
+       [](const Inputs& in) {
+         layers::Moments m = layers::channel_moments(in[0]);
+         return add(m.mean, m.var);
+       }},
+      {"BNEst Eq. 5-6, groups 2", [](Rng& r) {
+         return Inputs{rand_grad({8}, -1, 1, r), rand_grad({8}, 0.1f, 2, r), rand_grad({6, 4, 3, 3}, -1, 1, r)};
+       },
+       [](const Inputs& in) {
+         layers::Moments e = layers::estimate_moments({in[0], in[1]}, in[2], Tensor(), 2);
+         return add(e.mean, e.var);
+       }},
   });
 }
 
