@@ -44,6 +44,12 @@ int main(int argc, char** argv) {
   return rc;
 }
 
+std::filesystem::path fresh_temp_dir(const std::string& name) {
+  std::filesystem::path p = std::filesystem::temp_directory_path() / ("repq_test_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(p);
+  return p;
+}
+
 std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch, int test_records) {
   std::filesystem::create_directories(dir);
   engine::Rng rng(42);

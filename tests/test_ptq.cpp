@@ -23,13 +23,6 @@ using nlohmann::json;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("repq_test_ptq_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
 // A run folder as ./train writes it: best.safetensors (a model of `arch`, random weights, BN statistics of
 // one training-mode forward) and config.json naming `config_arch`.
 fs::path make_run(const fs::path& dir, const fs::path& data, const models::ArchConfig& arch, const std::string& config_arch,
@@ -65,7 +58,7 @@ const models::ArchConfig kCifar = models::arch_config("repvgg-cifar");
 }  // namespace
 
 TEST_CASE("ptq: the entry point on a tiny run folder writes the table's JSON; deploy-form checkpoints too") {
-  fs::path root = temp_dir("run");
+  fs::path root = fresh_temp_dir("ptq_run");
   fs::path data = make_cifar(root / "cifar", 4, 12);
   fs::path ckpt = make_run(root / "run", data, kCifar, "repvgg-cifar");
   fs::path out = root / "ptq.json";
@@ -128,7 +121,7 @@ TEST_CASE("ptq: the entry point on a tiny run folder writes the table's JSON; de
 }
 
 TEST_CASE("ptq: a checkpoint of another arch, a corrupt file, a missing arch: clear errors naming the file") {
-  fs::path root = temp_dir("errors");
+  fs::path root = fresh_temp_dir("ptq_errors");
   fs::path data = make_cifar(root / "cifar", 2, 4);
   // saved from a narrower CIFAR model, but its config.json says repvgg-cifar (64 wide)
   fs::path narrow = make_run(root / "narrow", data, models::cifar_config(models::BlockType::repvgg, 16), "repvgg-cifar");
@@ -192,7 +185,7 @@ TEST_CASE("ptq options: required --bits, ranges, lists, unknown options, --devic
 }
 
 TEST_CASE("inspect: per-block outlier statistics and the train/deploy difference, as JSON") {
-  fs::path root = temp_dir("inspect");
+  fs::path root = fresh_temp_dir("ptq_inspect");
   fs::path data = make_cifar(root / "cifar", 2, 8);
   fs::path ckpt = make_run(root / "run", data, kCifar, "repvgg-cifar");
   fs::path out = root / "inspect.json", hist = root / "hist";
@@ -250,7 +243,7 @@ TEST_CASE("inspect: per-block outlier statistics and the train/deploy difference
 }
 
 TEST_CASE("ptq: bad metadata, a linear layer of 0 classes, a FIFO config.json: errors naming the file and key") {
-  fs::path root = temp_dir("bad_source");
+  fs::path root = fresh_temp_dir("ptq_bad_source");
   fs::path data = make_cifar(root / "cifar", 2, 4);
   const std::string ckpt = make_run(root / "run", data, kCifar, "repvgg-cifar").string();
   const fs::path cfg = root / "run" / "config.json";

@@ -26,14 +26,8 @@ static std::vector<std::string> args_for(const fs::path& data, const fs::path& o
   return a;
 }
 
-static fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("repq_test_qat_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p;
-}
-
 TEST_CASE("qat: a RepQ-BN run from --init resumes bit-exactly mid-epoch; ./ptq reads it at its learned steps") {
-  fs::path root = temp_dir("resume");
+  fs::path root = fresh_temp_dir("qat_resume");
   fs::path data = make_cifar(root / "cifar", 16, 40);  // 80 training images: 2 batches of 32 a epoch
   fs::path fp = root / "fp", whole = root / "whole", split = root / "split";
   REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--oabn-k", "3"})) == 0);
@@ -74,7 +68,7 @@ TEST_CASE("qat: a RepQ-BN run from --init resumes bit-exactly mid-epoch; ./ptq r
 }
 
 TEST_CASE("qat: --init of a missing, corrupt, other-arch or QAT checkpoint, a bad method or bit width: clear errors, nothing written") {
-  fs::path root = temp_dir("errors");
+  fs::path root = fresh_temp_dir("qat_errors");
   fs::path data = make_cifar(root / "cifar", 4, 4);
   const fs::path fp = root / "fp";
   REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--arch", "qarepvgg-cifar"})) == 0);

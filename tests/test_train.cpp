@@ -80,14 +80,8 @@ static std::vector<std::string> log_values(const fs::path& run) {
   return rows;
 }
 
-static fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("repq_test_train_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p;
-}
-
 TEST_CASE("train: a run folder, and a resumed run equals an uninterrupted one") {
-  fs::path root = temp_dir("resume");
+  fs::path root = fresh_temp_dir("train_resume");
   fs::path data = make_cifar(root / "cifar", 16, 40);  // 80 training images: 2 batches of 32 a epoch
   fs::path whole = root / "runs" / "whole", split = root / "runs" / "split";
 
@@ -120,7 +114,7 @@ TEST_CASE("train: a run folder, and a resumed run equals an uninterrupted one") 
 }
 
 TEST_CASE("train: a non-finite loss stops the run and keeps the last good checkpoint") {
-  fs::path root = temp_dir("nan");
+  fs::path root = fresh_temp_dir("train_nan");
   fs::path data = make_cifar(root / "cifar", 16, 20);
   fs::path out = root / "run";
   REQUIRE(run(args_for(data, out, {"--epochs", "1"})) == 0);
@@ -133,7 +127,7 @@ TEST_CASE("train: a non-finite loss stops the run and keeps the last good checkp
 }
 
 TEST_CASE("train: clear errors for a missing data folder, an unknown arch, an arch without OABN") {
-  fs::path root = temp_dir("errors");
+  fs::path root = fresh_temp_dir("train_errors");
   fs::path data = make_cifar(root / "cifar", 4, 4);
   auto missing = args_for(root / "nowhere", root / "r1", {"--epochs", "1"});
   CHECK_THROWS_WITH_AS(run(missing), doctest::Contains("nowhere"), std::runtime_error);
@@ -151,7 +145,7 @@ TEST_CASE("train: clear errors for a missing data folder, an unknown arch, an ar
 }
 
 TEST_CASE("train: --resume refuses bad metadata, config.json and log.csv, naming the file and key") {
-  fs::path root = temp_dir("bad_resume");
+  fs::path root = fresh_temp_dir("train_bad_resume");
   fs::path data = make_cifar(root / "cifar", 8, 8);  // 40 training images: one batch of 32 a epoch
   fs::path out = root / "run";
   REQUIRE(run(args_for(data, out, {"--epochs", "1", "--limit-val", "4"})) == 0);
