@@ -9,6 +9,9 @@
 // oneDNN primitives created during the timed calls: 0 in a steady state.
 //
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
+// the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
+// train-cifar-repq-bnest (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps
+// initialized before the warm-up),
 // and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
 // primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
 // gives; unit GFLOP/s.
@@ -46,6 +49,7 @@
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "models/repvgg.h"
+#include "trainer/step.h"
 
 using namespace engine;
 
@@ -54,6 +58,7 @@ struct Case {
   int batch, resolution;
   bool train;
   float oabn_k;
+  std::string qat = "";  // a RepVGG::set_qat method (4 bits): stepped by trainer/step.h's train_step
 };
 
 static const std::map<std::string, Case> kCases = {
@@ -62,6 +67,10 @@ static const std::map<std::string, Case> kCases = {
     {"infer-cifar-deploy", {"repvgg-cifar", 128, 32, false, 0.f}},
     {"train-a0", {"repvgg-a0", 32, 224, true, 0.f}},
     {"infer-a0-deploy", {"repvgg-a0", 32, 224, false, 0.f}},
+    {"train-cifar-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "bnest"}},
+    {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
+    {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
+    {"train-cifar-repq-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bnest"}},
 };
 
 static double now() {
@@ -144,7 +153,8 @@ static Ours model_case(const Case& c, Device device) {
   Tensor x = rand_normal({c.batch, 3, c.resolution, c.resolution}, 0.f, 1.f, rng);
   Tensor labels = Tensor::empty({c.batch}, DType::i32);
   for (int i = 0; i < c.batch; i++) labels.data<int32_t>()[i] = (int32_t)rng.below(arch.num_classes);
-  double macs = (double)models::model_size(arch, !c.train, c.resolution).macs;
+  // the form that runs: the QAT cases' convs are the merged ones (RepQ-BN's statistics convs not counted)
+  double macs = (double)models::model_size(arch, !c.train || !c.qat.empty(), c.resolution).macs;
   x = x.to(device);
   labels = labels.to(device);
   if (!c.train) {
@@ -159,6 +169,23 @@ static Ours model_case(const Case& c, Device device) {
             (double)c.batch, 2 * macs};
   }
   model->train();
+  if (!c.qat.empty()) {
+    models::QatConfig qat;
+    qat.method = c.qat;
+    qat.bits = qat.act_bits = 4;
+    model->set_qat(qat);
+    model->to(device);
+    {
+      NoGradGuard no_grad;
+      model->forward(x);  // the quantizers' steps initialize on the first batch: not timed
+    }
+    auto opt = std::make_shared<train::Optimizer>(train::make_optimizer(*model, 0.1f, 0.9f, false, 1e-4f, false));
+    return {[model, opt, x, labels, device] {
+              train::train_step(*model, opt->sgd, x, labels, 0.f, 0.f);
+              finish(device);
+            },
+            (double)c.batch, 3 * 2 * macs};
+  }
   model->to(device);
   // torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4), as the peer
   ParamGroup all;

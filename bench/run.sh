@@ -26,8 +26,10 @@ set -u
 cd "$(dirname "$0")/.."
 
 MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy"
+# QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's); CPU only
+QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest"
 # the GPU lines: the same cases with model and data on the GPU; "skipped: REASON" without one
-ALL="$MODELS data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
+ALL="$MODELS $QAT data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
 CASES=${BENCH_CASES:-$ALL}
 THREADS=${BENCH_THREADS:-2}
 PYTHON=${BENCH_PYTHON:-/usr/bin/python3}

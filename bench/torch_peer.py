@@ -15,6 +15,10 @@ after --warmup untimed calls):
   infer-cifar-deploy  forward of the deployed repvgg-cifar (switch_to_deploy), eval, no_grad, batch 128
   train-a0            one SGD step of repvgg-a0 in training form, batch 32, 224x224
   infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
+  train-cifar-<qat>   one SGD step of repvgg-cifar after tests/reference/repq_torch.py set_qat(model,
+                      qat, 4 bits), qat one of bnest (FP, merged, estimated BN), merged (deployed blocks,
+                      QAT), repq-bn, repq-bnest; the steps initialized by an untimed forward first and
+                      kept out of the weight decay (trainer/step.cpp make_optimizer)
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
   gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
@@ -39,6 +43,10 @@ CASES = {
     'infer-cifar-deploy': ('repvgg-cifar', 128, 32, 'infer-deploy', 0.0),
     'train-a0': ('repvgg-a0', 32, 224, 'train', 0.0),
     'infer-a0-deploy': ('repvgg-a0', 32, 224, 'infer-deploy', 0.0),
+    'train-cifar-bnest': ('repvgg-cifar', 128, 32, 'train-bnest', 0.0),
+    'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
+    'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
+    'train-cifar-repq-bnest': ('repvgg-cifar', 128, 32, 'train-repq-bnest', 0.0),
 }
 CEILING = dict(n=32, c=256, hw=56, k=256)   # 2 * 32*56*56 * 256 * 256*9 = 118.4 GFLOP per forward
 
@@ -70,6 +78,7 @@ def build_case(torch, name, device):
     sys.path.insert(0, os.path.join(here, '..', 'tests', 'reference'))
     sys.path.insert(0, here)
     import repvgg_torch
+    import repq_torch
     from train_twin import apply_oabn
 
     arch, batch, res, mode, oabn_k = CASES[name]
@@ -80,12 +89,22 @@ def build_case(torch, name, device):
     y = torch.randint(0, num_classes, (batch,)).to(device)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
-    if mode == 'train':
+    if mode.startswith('train'):
         if oabn_k > 0:
             apply_oabn(model, oabn_k)
         model.train()
         model.to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        if mode != 'train':
+            repq_torch.set_qat(model, mode[len('train-'):], 4)
+            model.to(device)
+            with torch.no_grad():
+                model(x)   # the quantizers' steps initialize on the first batch: not timed
+        named = list(model.named_parameters())
+        groups = [{'params': [p for n, p in named if not n.endswith('.step')]}]
+        steps = [p for n, p in named if n.endswith('.step')]
+        if steps:
+            groups.append({'params': steps, 'weight_decay': 0.0})
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
         def step():
             opt.zero_grad(set_to_none=True)
