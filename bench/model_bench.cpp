@@ -1,7 +1,8 @@
 // Model speed against the PyTorch peer (bench/torch_peer.py), one case per run, ours and torch timed
 // alternately one call at a time in the same run (ours, torch, ours, torch, ...), so that the ratio holds
 // on a machine whose load changes. Prints one line:
-//   bench CASE ours=X torch=Y ratio=X/Y unit=img/s gflops=G allocs=A primitives=P
+//   bench CASE ours=X torch=Y ratio=X/Y [torch_cl=Z] unit=img/s gflops=G allocs=A primitives=P
+// (torch_cl: PyTorch with model and input in channels_last, where the peer times it too)
 // ours and torch are medians over --reps calls, after --warmup untimed calls each. gflops is ours' achieved
 // rate by the convention 2 x MACs per image (models::model_size, the form that runs: training form for the
 // train cases, deploy form for the infer cases) x 3 for a training step (forward, backward-data,
@@ -118,14 +119,18 @@ class Peer {
     if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
   bool ready() const { return ready_; }
-  // Seconds of one call, or a negative number when the peer is gone.
-  double time_one() {
+  // Seconds of one call, or a negative number when the peer is gone; `cl` gets the seconds of the peer's
+  // channels_last call where it times one too (torch_peer.py's model cases), else a negative number.
+  double time_one(double& cl) {
     char line[256];
+    cl = -1;
     if (!ready_ || std::fputs("rep\n", in_) < 0 || std::fflush(in_) || !std::fgets(line, sizeof line, out_)) {
       ready_ = false;
       return -1;
     }
-    return std::atof(line);
+    double t = -1;
+    if (std::sscanf(line, "%lf %lf", &t, &cl) < 1) ready_ = false;
+    return t;
   }
 
  private:
@@ -319,15 +324,17 @@ int main(int argc, char** argv) {
 
   const Device device = gpu ? Device::cuda : Device::cpu;
   const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
-  std::vector<double> t_ours, t_torch;
+  std::vector<double> t_ours, t_torch, t_torch_cl;
   for (int i = 0; i < reps; i++) {
     double t0 = now();
     ours.call();
     t_ours.push_back(now() - t0);
     if (have_torch) {
-      double t = peer->time_one();
+      double cl;
+      double t = peer->time_one(cl);
       if (t < 0) have_torch = false;
       else t_torch.push_back(t);
+      if (cl >= 0) t_torch_cl.push_back(cl);
     }
   }
   const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
@@ -339,6 +346,10 @@ int main(int argc, char** argv) {
     char buf[128];
     std::snprintf(buf, sizeof buf, "torch=%.2f ratio=%.2f", torch_rate, ours_rate / torch_rate);
     torch_part = buf;
+    if ((int)t_torch_cl.size() == reps) {
+      std::snprintf(buf, sizeof buf, " torch_cl=%.2f", ours.units_per_call / median(t_torch_cl));
+      torch_part += buf;
+    }
   }
   const std::string prim_part = gpu ? "n/a" : std::to_string(prims);
   if (ceiling)
