@@ -1,7 +1,8 @@
 // Model speed against the PyTorch peer (bench/torch_peer.py), one case per run, ours and torch timed
 // alternately one call at a time in the same run (ours, torch, ours, torch, ...), so that the ratio holds
 // on a machine whose load changes. Prints one line:
-//   bench CASE ours=X torch=Y ratio=X/Y unit=img/s gflops=G allocs=A primitives=P
+//   bench CASE ours=X torch=Y ratio=X/Y [torch_cl=Z] unit=img/s gflops=G allocs=A primitives=P
+// (torch_cl: PyTorch with model and input in channels_last, where the peer times it too)
 // ours and torch are medians over --reps calls, after --warmup untimed calls each. gflops is ours' achieved
 // rate by the convention 2 x MACs per image (models::model_size, the form that runs: training form for the
 // train cases, deploy form for the infer cases) x 3 for a training step (forward, backward-data,
@@ -9,6 +10,9 @@
 // oneDNN primitives created during the timed calls: 0 in a steady state.
 //
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
+// the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
+// train-cifar-repq-bnest (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps
+// initialized before the warm-up),
 // and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
 // primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
 // gives; unit GFLOP/s.
@@ -46,6 +50,7 @@
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "models/repvgg.h"
+#include "trainer/step.h"
 
 using namespace engine;
 
@@ -54,6 +59,7 @@ struct Case {
   int batch, resolution;
   bool train;
   float oabn_k;
+  std::string qat = "";  // a RepVGG::set_qat method (4 bits): stepped by trainer/step.h's train_step
 };
 
 static const std::map<std::string, Case> kCases = {
@@ -62,6 +68,10 @@ static const std::map<std::string, Case> kCases = {
     {"infer-cifar-deploy", {"repvgg-cifar", 128, 32, false, 0.f}},
     {"train-a0", {"repvgg-a0", 32, 224, true, 0.f}},
     {"infer-a0-deploy", {"repvgg-a0", 32, 224, false, 0.f}},
+    {"train-cifar-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "bnest"}},
+    {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
+    {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
+    {"train-cifar-repq-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bnest"}},
 };
 
 static double now() {
@@ -109,14 +119,18 @@ class Peer {
     if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
   bool ready() const { return ready_; }
-  // Seconds of one call, or a negative number when the peer is gone.
-  double time_one() {
+  // Seconds of one call, or a negative number when the peer is gone; `cl` gets the seconds of the peer's
+  // channels_last call where it times one too (torch_peer.py's model cases), else a negative number.
+  double time_one(double& cl) {
     char line[256];
+    cl = -1;
     if (!ready_ || std::fputs("rep\n", in_) < 0 || std::fflush(in_) || !std::fgets(line, sizeof line, out_)) {
       ready_ = false;
       return -1;
     }
-    return std::atof(line);
+    double t = -1;
+    if (std::sscanf(line, "%lf %lf", &t, &cl) < 1) ready_ = false;
+    return t;
   }
 
  private:
@@ -144,7 +158,8 @@ static Ours model_case(const Case& c, Device device) {
   Tensor x = rand_normal({c.batch, 3, c.resolution, c.resolution}, 0.f, 1.f, rng);
   Tensor labels = Tensor::empty({c.batch}, DType::i32);
   for (int i = 0; i < c.batch; i++) labels.data<int32_t>()[i] = (int32_t)rng.below(arch.num_classes);
-  double macs = (double)models::model_size(arch, !c.train, c.resolution).macs;
+  // the form that runs: the QAT cases' convs are the merged ones (RepQ-BN's statistics convs not counted)
+  double macs = (double)models::model_size(arch, !c.train || !c.qat.empty(), c.resolution).macs;
   x = x.to(device);
   labels = labels.to(device);
   if (!c.train) {
@@ -159,6 +174,23 @@ static Ours model_case(const Case& c, Device device) {
             (double)c.batch, 2 * macs};
   }
   model->train();
+  if (!c.qat.empty()) {
+    models::QatConfig qat;
+    qat.method = c.qat;
+    qat.bits = qat.act_bits = 4;
+    model->set_qat(qat);
+    model->to(device);
+    {
+      NoGradGuard no_grad;
+      model->forward(x);  // the quantizers' steps initialize on the first batch: not timed
+    }
+    auto opt = std::make_shared<train::Optimizer>(train::make_optimizer(*model, 0.1f, 0.9f, false, 1e-4f, false));
+    return {[model, opt, x, labels, device] {
+              train::train_step(*model, opt->sgd, x, labels, 0.f, 0.f);
+              finish(device);
+            },
+            (double)c.batch, 3 * 2 * macs};
+  }
   model->to(device);
   // torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4), as the peer
   ParamGroup all;
@@ -292,15 +324,17 @@ int main(int argc, char** argv) {
 
   const Device device = gpu ? Device::cuda : Device::cpu;
   const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
-  std::vector<double> t_ours, t_torch;
+  std::vector<double> t_ours, t_torch, t_torch_cl;
   for (int i = 0; i < reps; i++) {
     double t0 = now();
     ours.call();
     t_ours.push_back(now() - t0);
     if (have_torch) {
-      double t = peer->time_one();
+      double cl;
+      double t = peer->time_one(cl);
       if (t < 0) have_torch = false;
       else t_torch.push_back(t);
+      if (cl >= 0) t_torch_cl.push_back(cl);
     }
   }
   const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
@@ -312,6 +346,10 @@ int main(int argc, char** argv) {
     char buf[128];
     std::snprintf(buf, sizeof buf, "torch=%.2f ratio=%.2f", torch_rate, ours_rate / torch_rate);
     torch_part = buf;
+    if ((int)t_torch_cl.size() == reps) {
+      std::snprintf(buf, sizeof buf, " torch_cl=%.2f", ours.units_per_call / median(t_torch_cl));
+      torch_part += buf;
+    }
   }
   const std::string prim_part = gpu ? "n/a" : std::to_string(prims);
   if (ceiling)

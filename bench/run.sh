@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: our speed against PyTorch's on this machine, one line per case:
-#   bench CASE ours=X torch=Y ratio=X/Y unit=img/s gflops=G allocs=0 primitives=0
+#   bench CASE ours=X torch=Y ratio=X/Y torch_cl=Z unit=img/s gflops=G allocs=0 primitives=0 vs_best=X/max(Y,Z)
+# torch= is PyTorch in its default NCHW layout, torch_cl= with model and input in channels_last
+# (torch_peer.py times both, one call each per rep); vs_best= is ours against the faster of the two, which
+# this script appends (the ceiling and data lines have no torch_cl).
 # Ours and torch run in the same invocation, alternating one call at a time (bench/model_bench.cpp), and
 # each is the median of the timed calls: the ratio holds on a shared machine whose load changes; the bare
 # rates do not. Without PyTorch the line says torch=absent.
@@ -26,8 +29,10 @@ set -u
 cd "$(dirname "$0")/.."
 
 MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy"
+# QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's); CPU only
+QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest"
 # the GPU lines: the same cases with model and data on the GPU; "skipped: REASON" without one
-ALL="$MODELS data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
+ALL="$MODELS $QAT data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
 CASES=${BENCH_CASES:-$ALL}
 THREADS=${BENCH_THREADS:-2}
 PYTHON=${BENCH_PYTHON:-/usr/bin/python3}
@@ -55,6 +60,16 @@ else
 fi
 echo "bench gflops: 2 x MACs/img (training form for train-*, deploy form for infer-*) x 3 for a training step"
 
+# appends vs_best=ours/max(torch, torch_cl) to a line with both
+vs_best() {
+  awk '{ o = t = c = ""
+         for (i = 1; i <= NF; i++) {
+           if ($i ~ /^ours=/) o = substr($i, 6); if ($i ~ /^torch=/) t = substr($i, 7)
+           if ($i ~ /^torch_cl=/) c = substr($i, 10) }
+         if (o != "" && t != "" && c != "" && t != "absent") printf "%s vs_best=%.2f\n", $0, o / (t + 0 > c + 0 ? t : c)
+         else print }'
+}
+
 data_done=0
 status=0
 out=$(mktemp)
@@ -73,7 +88,7 @@ for c in $CASES; do
       warmup=${BENCH_WARMUP:-2}
       if [ "$QUICK" = 1 ]; then reps=${BENCH_REPS:-3}; fi
       build/bench/model_bench --case "$c" --threads "$THREADS" --reps "$reps" --warmup "$warmup" \
-        --python "$PYTHON" | tee -a "$out" || status=1
+        --python "$PYTHON" | vs_best | tee -a "$out" || status=1
       ;;
   esac
 done

@@ -2,7 +2,7 @@
 """PyTorch side of `make bench`: times one case and prints one line.
 
     /usr/bin/python3 bench/torch_peer.py --case train-cifar [--threads 2 --warmup 2 --reps 5]
-    -> torch train-cifar img_per_s=X median_s=Y
+    -> torch train-cifar img_per_s=X median_s=Y img_per_s_cl=X' median_s_cl=Y'
     /usr/bin/python3 bench/torch_peer.py --case ceiling
     -> torch ceiling gflops=X median_s=Y
 
@@ -15,13 +15,21 @@ after --warmup untimed calls):
   infer-cifar-deploy  forward of the deployed repvgg-cifar (switch_to_deploy), eval, no_grad, batch 128
   train-a0            one SGD step of repvgg-a0 in training form, batch 32, 224x224
   infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
+  train-cifar-<qat>   one SGD step of repvgg-cifar after tests/reference/repq_torch.py set_qat(model,
+                      qat, 4 bits), qat one of bnest (FP, merged, estimated BN), merged (deployed blocks,
+                      QAT), repq-bn, repq-bnest; the steps initialized by an untimed forward first and
+                      kept out of the weight decay (trainer/step.cpp make_optimizer)
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
   gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
                       with torch.cuda.synchronize()); exits 2 when PyTorch has no usable CUDA
 
+Model cases run twice: in PyTorch's default (contiguous NCHW) layout and with model and input converted
+to channels_last (.to(memory_format=torch.channels_last)), the *_cl numbers.
+
 --serve (used by `make bench`, which alternates ours and torch one call at a time): after the warm-up,
-print "ready", then for every line read from stdin time one call and print its seconds.
+print "ready", then for every line read from stdin time one call of each layout and print their seconds
+("NCHW CL"; the ceiling: one number).
 
 Exits 2 with a message on stderr when PyTorch cannot be imported (the C++ side prints torch=absent).
 PyTorch is a peer here, never a dependency of the engine.
@@ -39,6 +47,10 @@ CASES = {
     'infer-cifar-deploy': ('repvgg-cifar', 128, 32, 'infer-deploy', 0.0),
     'train-a0': ('repvgg-a0', 32, 224, 'train', 0.0),
     'infer-a0-deploy': ('repvgg-a0', 32, 224, 'infer-deploy', 0.0),
+    'train-cifar-bnest': ('repvgg-cifar', 128, 32, 'train-bnest', 0.0),
+    'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
+    'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
+    'train-cifar-repq-bnest': ('repvgg-cifar', 128, 32, 'train-repq-bnest', 0.0),
 }
 CEILING = dict(n=32, c=256, hw=56, k=256)   # 2 * 32*56*56 * 256 * 256*9 = 118.4 GFLOP per forward
 
@@ -54,22 +66,27 @@ def time_reps(fn, warmup, reps):
     return statistics.median(times)
 
 
-def serve(fn, warmup):
+def serve(fns, warmup):
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     print('ready', flush=True)
     for _ in sys.stdin:
-        t0 = time.perf_counter()
-        fn()
-        print(f'{time.perf_counter() - t0:.6f}', flush=True)
+        times = []
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()
+            times.append(f'{time.perf_counter() - t0:.6f}')
+        print(' '.join(times), flush=True)
 
 
-def build_case(torch, name, device):
+def build_case(torch, name, device, channels_last):
     import torch.nn.functional as F
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, os.path.join(here, '..', 'tests', 'reference'))
     sys.path.insert(0, here)
     import repvgg_torch
+    import repq_torch
     from train_twin import apply_oabn
 
     arch, batch, res, mode, oabn_k = CASES[name]
@@ -77,15 +94,29 @@ def build_case(torch, name, device):
     model = repvgg_torch.create_model(arch)
     num_classes = model.linear.out_features
     x = torch.randn(batch, 3, res, res).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.to(memory_format=layout)
     y = torch.randint(0, num_classes, (batch,)).to(device)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
-    if mode == 'train':
+    if mode.startswith('train'):
         if oabn_k > 0:
             apply_oabn(model, oabn_k)
         model.train()
         model.to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        if mode != 'train':
+            repq_torch.set_qat(model, mode[len('train-'):], 4)
+            model.to(device)
+        model.to(memory_format=layout)
+        if mode != 'train':
+            with torch.no_grad():
+                model(x)   # the quantizers' steps initialize on the first batch: not timed
+        named = list(model.named_parameters())
+        groups = [{'params': [p for n, p in named if not n.endswith('.step')]}]
+        steps = [p for n, p in named if n.endswith('.step')]
+        if steps:
+            groups.append({'params': steps, 'weight_decay': 0.0})
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -99,6 +130,7 @@ def build_case(torch, name, device):
     deployed = repvgg_torch.repvgg_model_convert(model)
     deployed.eval()
     deployed.to(device)
+    deployed.to(memory_format=layout)
 
     def forward():
         with torch.no_grad():
@@ -145,17 +177,19 @@ def main():
                 F.conv2d(x, w, padding=1)
             sync()
         if args.serve:
-            return serve(conv, args.warmup)
+            return serve([conv], args.warmup)
         med = time_reps(conv, args.warmup, args.reps)
         flops = 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9
         print(f'torch {args.case} gflops={flops / med / 1e9:.2f} median_s={med:.6f}')
         return
 
-    fn, batch = build_case(torch, case, device)
+    fn, batch = build_case(torch, case, device, False)
+    fn_cl, _ = build_case(torch, case, device, True)
     if args.serve:
-        return serve(fn, args.warmup)
-    med = time_reps(fn, args.warmup, args.reps)
-    print(f'torch {args.case} img_per_s={batch / med:.2f} median_s={med:.6f}')
+        return serve([fn, fn_cl], args.warmup)
+    med, med_cl = time_reps(fn, args.warmup, args.reps), time_reps(fn_cl, args.warmup, args.reps)
+    print(f'torch {args.case} img_per_s={batch / med:.2f} median_s={med:.6f} '
+          f'img_per_s_cl={batch / med_cl:.2f} median_s_cl={med_cl:.6f}')
 
 
 if __name__ == '__main__':

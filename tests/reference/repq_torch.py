@@ -1,0 +1,219 @@
+"""PyTorch twin of the engine's RepQ QAT (Prutianova et al., BMVC 2023): the LSQ quantizer of
+layers/quantizer.{h,cpp}, the BN statistics of layers/bn_fold.{h,cpp} and the merged / deploy modes of
+the RepVGG block (layers/repvgg_block.{h,cpp}), composed from torch ops in the engine's order, with its
+state-dict names. Oracle code for tests/reference/make_repq_refs.py and bench/torch_peer.py only.
+
+    QBlock(block, fold, act, weight)   a RepVGGBlock (repvgg_torch.py) in merged mode: each forward merges
+                                       the branches, BNs folded with `fold` statistics in training
+                                       ('batch': RepQ-BN, Eq. 2; 'estimated': RepQ-BNEst, Eq. 5-6) and
+                                       running ones in eval, then ReLU(conv(Q_a(x), Q_w(M), b)) (Eq. 1)
+    QBlock(deployed, None, act, weight) a deployed block (rbr_reparam): ReLU(conv(Q_a(x), Q_w(W), b))
+    set_qat(model, method, bits)       models/repvgg.cpp RepVGG::set_qat for a repvgg_torch.RepVGG
+                                       (stage0 and the FC FP32, 8 bit or `bits` activations)
+
+Run with /usr/bin/python3 (Debian's python3-torch, 1.13, CPU). The QARepVGG block is not twinned.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import repvgg_torch as R
+
+
+def code_range(bits, codes):
+    """codes 'weight' (restricted signed), 'unsigned', 'signed'; as layers/quantizer.cpp code_min/max."""
+    if codes == 'weight':
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    if codes == 'signed':
+        return -2 ** (bits - 1), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def fake_quant(x, s, q_min, q_max):
+    """(clamp(round(x / s), q_min, q_max)) * s, z = 0; torch.round is half to even, as nearbyint."""
+    return torch.clamp(torch.round(x / s), q_min, q_max) * s
+
+
+def min_error_errors(v, q_min, q_max):
+    """The candidate steps s_k = max|v| * k / 100 / top (k = 1..100, in v's dtype) and the error
+    sum (v - v̂)^2 in float64 of each, over at most 65,536 evenly strided values (quantizer.cpp)."""
+    max_abs = v.abs().max()
+    stride = max(1, v.numel() // 65536)
+    sub = v[::stride]
+    top = float(max(-q_min, q_max))
+    steps, errs = [], []
+    for k in range(1, 101):
+        s = max_abs * k / 100.0 / top
+        steps.append(s)
+        errs.append(((sub.double() - fake_quant(sub, s, q_min, q_max).double()) ** 2).sum().item())
+    return steps, errs
+
+
+def min_error_step(v, q_min, q_max):
+    """RepQ's MinError init: the first candidate step of least error (1 where max|v| is 0 or not finite)."""
+    max_abs = v.abs().max().item()
+    if not (max_abs > 0) or not math.isfinite(max_abs):
+        return torch.ones((), dtype=v.dtype)
+    steps, errs = min_error_errors(v, q_min, q_max)
+    return steps[min(range(len(errs)), key=lambda k: (errs[k], k))]
+
+
+def grad_scale(s, g):
+    """s with its gradient scaled by g: s·g + (s − s·g).detach()   (LSQ Sec. 2.2)"""
+    sg = s * g
+    return sg + (s - sg).detach()
+
+
+def round_ste(x):
+    """round half to even, straight-through gradient"""
+    return x + (torch.round(x) - x).detach()
+
+
+class Quantizer(nn.Module):
+    """LSQ fake quantizer: parameter `step` [channels], buffer `init_state` [1]; min-error init from the
+    first tensor it sees in training."""
+
+    def __init__(self, bits, codes, channels=1):
+        super().__init__()
+        self.q_min, self.q_max = code_range(bits, codes)
+        self.step = nn.Parameter(torch.ones(channels))
+        self.register_buffer('init_state', torch.zeros(1))
+
+    def forward(self, x):
+        c = self.step.numel()
+        if self.init_state.item() == 0:
+            assert self.training, 'quantizer used in eval mode before its step was set'
+            with torch.no_grad():
+                rows = x.detach().reshape(c, -1)
+                self.step.copy_(torch.stack([min_error_step(r, self.q_min, self.q_max) for r in rows]))
+                self.init_state.fill_(1)
+        n = x.numel() // c
+        g = torch.tensor(float(n) * float(self.q_max), dtype=x.dtype).sqrt().reciprocal()  # float, as the C++
+        s = grad_scale(self.step, g)
+        if c > 1:
+            s = s.reshape(c, 1, 1, 1)
+        q = torch.clamp(round_ste(x / s), self.q_min, self.q_max)
+        return q * s
+
+
+def channel_moments(x):
+    """mean and biased variance over N, H, W of x [N, C, H, W]"""
+    mean = x.mean((0, 2, 3))
+    return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean((0, 2, 3))
+
+
+def estimate_moments(mean, var, kernel, groups):
+    """RepQ-BNEst Eq. 5-6 (no bias): E[y_o] = Σ_i E[x_i] Σ_hw W[o,i], V[y_o] = Σ_i V[x_i] Σ_hw W[o,i]²"""
+    o, per_group = kernel.shape[0], kernel.shape[1]
+
+    def through(taps, m):
+        t = taps.sum((2, 3)).reshape(groups, o // groups, per_group)
+        return (t * m.reshape(groups, 1, per_group)).sum(2).reshape(o)
+    return through(kernel, mean), through(kernel ** 2, var)
+
+
+def update_running(bn, mean, var, count):
+    """BatchNorm2d's running update from batch moments, the variance unbiased by count / (count − 1)"""
+    with torch.no_grad():
+        m = bn.momentum
+        bn.running_mean.copy_(bn.running_mean * (1 - m) + mean.detach() * m)
+        bn.running_var.copy_(bn.running_var * (1 - m) + var.detach() * (m * count / (count - 1)))
+        bn.num_batches_tracked += 1
+
+
+def fold(kernel, gamma, beta, mean, var, eps):
+    """W · t, β − μ t with t = γ / sqrt(σ² + ε)"""
+    t = gamma * torch.rsqrt(var + eps)
+    return kernel * t.reshape(-1, 1, 1, 1), beta - mean * t
+
+
+class QBlock(nn.Module):
+    """A RepVGGBlock's branches in merged mode (fold 'batch' or 'estimated'), or its rbr_reparam (fold
+    None), with optional quantizers `act_quant` and `weight_quant`; the same names as the engine's block."""
+
+    def __init__(self, block, fold, act=None, weight=None):
+        super().__init__()
+        self.fold = fold
+        self.groups = block.groups
+        self.stride = (block.rbr_reparam if fold is None else block.rbr_dense.conv).stride[0]
+        if fold is None:
+            self.rbr_reparam = block.rbr_reparam
+        else:
+            self.rbr_identity = block.rbr_identity
+            self.rbr_dense = block.rbr_dense
+            self.rbr_1x1 = block.rbr_1x1
+        self.act_quant = act
+        self.weight_quant = weight
+
+    def bn_of(self, bn, x, kernel, moments):
+        """bn's fold tensors for input conv(x, kernel) (kernel None: x itself), updating its running stats"""
+        fold = self.fold if self.training else 'running'
+        if fold == 'running':
+            return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+        if kernel is None:
+            mean, var = moments()
+        elif fold == 'estimated':
+            mean, var = estimate_moments(*moments(), kernel, self.groups)
+        else:
+            mean, var = channel_moments(F.conv2d(x, kernel, None, self.stride, kernel.shape[2] // 2, 1, self.groups))
+        h, w = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
+        count = x.shape[0] * h * w
+        update_running(bn, mean, var, count)
+        return bn.weight, bn.bias, mean, var, bn.eps
+
+    def kernel_bias(self, x):
+        """layers/reparam.cpp merge_repvgg with the statistics of bn_of (input moments computed once)"""
+        cache = []
+
+        def moments():
+            if not cache:
+                cache.append(channel_moments(x))
+            return cache[0]
+        k3, k1 = self.rbr_dense.conv.weight, self.rbr_1x1.conv.weight
+        id_bn = self.bn_of(self.rbr_identity, x, None, moments) if self.rbr_identity is not None else None
+        dk, db = fold(k3, *self.bn_of(self.rbr_dense.bn, x, k3, moments))
+        ok, ob = fold(k1, *self.bn_of(self.rbr_1x1.bn, x, k1, moments))
+        kernel, bias = dk + F.pad(ok, [1, 1, 1, 1]), db + ob
+        if id_bn is not None:
+            ik, ib = fold(R.identity_kernel(k3.shape[0], self.groups, k3.dtype), *id_bn)
+            kernel, bias = kernel + ik, bias + ib
+        return kernel, bias
+
+    def forward(self, x):
+        if self.fold is None:
+            kernel, bias = self.rbr_reparam.weight, self.rbr_reparam.bias
+        else:
+            kernel, bias = self.kernel_bias(x)
+        xq = self.act_quant(x) if self.act_quant is not None else x
+        wq = self.weight_quant(kernel) if self.weight_quant is not None else kernel
+        return F.relu(F.conv2d(xq, wq, bias, self.stride, 1, 1, self.groups))
+
+
+METHODS = ('repq-bn', 'repq-bnest', 'merged', 'bnest')
+
+
+def set_qat(model, method, bits, per_channel=False):
+    """RepVGG::set_qat (models/repvgg.cpp) on a repvgg_torch.RepVGG of RepVGGBlocks in training form:
+    'merged' deploys every block, the others merge it ('repq-bn' batch, 'repq-bnest' / 'bnest' estimated
+    statistics); every block but stage0 gets an unsigned activation and a weight quantizer of `bits`
+    (not 'bnest'); the FC stays FP32."""
+    assert method in METHODS
+    blocks = [(model, 'stage0')] + [(stage, str(i)) for stage in (model.stage1, model.stage2, model.stage3,
+                                                                   model.stage4) for i in range(len(stage))]
+    for i, (parent, name) in enumerate(blocks):
+        block = getattr(parent, name) if name == 'stage0' else parent[int(name)]
+        if method == 'merged':
+            block.switch_to_deploy()
+        f = None if method == 'merged' else 'batch' if method == 'repq-bn' else 'estimated'
+        act = weight = None
+        if method != 'bnest' and i > 0:
+            out = block.rbr_reparam.out_channels if f is None else block.rbr_dense.conv.out_channels
+            act, weight = Quantizer(bits, 'unsigned'), Quantizer(bits, 'weight', out if per_channel else 1)
+        q = QBlock(block, f, act, weight)
+        if name == 'stage0':
+            parent.stage0 = q
+        else:
+            parent[int(name)] = q
+    return model
