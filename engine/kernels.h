@@ -40,6 +40,12 @@ struct LinearShape {
   bool bias;
 };
 
+// A fake quantizer (ops.h fake_quantize): x viewed as [rows, per_row], one step per row (rows 1: one step).
+struct FakeQuant {
+  int64_t rows = 1, per_row = 0;
+  int zero_point = 0, q_min = 0, q_max = 0;
+};
+
 struct BnShape {
   int64_t n, c, hw;
 };
@@ -115,6 +121,11 @@ struct BnSum {
   /* x [N, C, HW] -> y [N, C/16, HW, 16] (C % 16 == 0), and back */                                  \
   void channels_to_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);              \
   void channels_from_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);            \
+  /* y = (clamp(round(x / s) + z, q_min, q_max) - z) s, s = step[row]; round half to even */          \
+  void fake_quant_forward(const FakeQuant& q, const float* x, const float* step, float* y);          \
+  /* gx = gy inside the code range, else 0; terms = gy d y / d s per element (summed per row by the op) */ \
+  void fake_quant_backward(const FakeQuant& q, const float* x, const float* step, const float* gy, float* gx, \
+                           float* terms);                                                           \
   /* loss[n] per row, and probs (softmax) for the backward; labels i32 */                          \
   void cross_entropy_forward(int64_t n, int64_t k, const float* logits, const int32_t* labels,       \
                              float smoothing, float* loss_rows, float* probs);                      \

@@ -96,6 +96,15 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
                     const Tensor& running_var, bool training, float momentum = 0.1f, float eps = 1e-5f,
                     BatchStats* stats = nullptr);
 
+// --- quantize.cpp: uniform fake quantization with a learned step (LSQ, layers/quantizer.h) -------------
+// x [R, ...] (any shape), step [1] or [R] (one per dim-0 row) ->
+//     y = (clamp(round(x / s) + z, q_min, q_max) − z) · s         (round half to even)
+// Backward (LSQ Eq. 3, the round straight-through): d y / d x = 1 where q_min ≤ round(x/s) + z ≤ q_max,
+// else 0; d y / d s = round(x/s) − x/s inside, (clamped code − z) outside; the step's gradient, summed
+// over its values, times step_grad_scale (LSQ's g = 1/sqrt(N Q_P)). The same as the composed ops
+// (div, round_ste, add_scalar, clamp, mul) with the step scaled as s·g + sg(s − s·g), in two passes.
+Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float step_grad_scale);
+
 // --- loss.cpp ----------------------------------------------------------------------------------------
 // logits [N, K], labels i32 [N] -> [] mean softmax cross-entropy, with optional label smoothing ε:
 // target = (1 - ε) onehot + ε / K (as torch.nn.functional.cross_entropy(label_smoothing=ε)).

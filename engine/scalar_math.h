@@ -112,4 +112,21 @@ ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum,
   p -= lr * d;
 }
 
+// --- fake_quantize (ops.h): v = x / s, code q = clamp(round(v) + z, q_min, q_max), y = (q − z) s ---------
+// A NaN x gives a NaN y (the clamp would turn it into a code).
+ENGINE_HD float fake_quant_value(float x, float s, int z, int q_min, int q_max) {
+  const float r = nearbyintf(x / s) + (float)z;
+  const float q = r != r ? r : fminf(fmaxf(r, (float)q_min), (float)q_max);
+  return (q - (float)z) * s;
+}
+
+// gx = d y / d x · gy (1 inside the code range, 0 outside: LSQ Eq. 3 with the round straight-through);
+// term = d y / d s · gy: round(v) − v inside, q − z outside.
+ENGINE_HD void fake_quant_grad(float x, float s, int z, int q_min, int q_max, float gy, float& gx, float& term) {
+  const float v = x / s, r = nearbyintf(v) + (float)z;
+  const bool inside = r >= (float)q_min && r <= (float)q_max;
+  gx = inside ? gy : 0.f;
+  term = gy * (inside ? nearbyintf(v) - v : fminf(fmaxf(r, (float)q_min), (float)q_max) - (float)z);
+}
+
 }  // namespace engine

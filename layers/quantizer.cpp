@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engine/autograd.h"
 #include "engine/ops.h"
 
 namespace layers {
@@ -94,12 +93,6 @@ void Quantizer::set_step(const std::vector<float>& steps) {
   ready_ = true;
 }
 
-// s with its value and the gradient scaled by g: s·g + sg(s − s·g)   (LSQ Sec. 2.2, as lsq-net's grad_scale)
-static Tensor grad_scale(const Tensor& s, float g) {
-  Tensor sg = mul_scalar(s, g);
-  return add(sg, detach(sub(s, sg)));
-}
-
 Tensor Quantizer::forward(const Tensor& x) {
   if (observer) observer(x);
   if (!fake_quant) return x;
@@ -110,16 +103,7 @@ Tensor Quantizer::forward(const Tensor& x) {
   const int64_t c = step.numel();
   ENGINE_CHECK(c == 1 || (x.dim() >= 2 && x.size(0) == c), "per-channel step " + step.str() + " for " + x.str());
   const int64_t n = x.numel() / c;  // values per step
-  // the gradient scale only where a gradient is recorded: in eval s is exactly the step
-  Tensor s = step.requires_grad() && engine::grad_enabled() ? grad_scale(step, 1.0f / std::sqrt((float)n * (float)q_max)) : step;
-  if (c > 1) {
-    Shape shape = x.shape();
-    for (int i = 1; i < shape.n; i++) shape.d[i] = 1;
-    s = reshape(s, shape);  // [C, 1, 1, 1]
-  }
-  const float z = (float)zero_point;
-  Tensor q = clamp(add_scalar(round_ste(div(x, s)), z), (float)q_min, (float)q_max);  // the codes
-  return mul(add_scalar(q, -z), s);
+  return fake_quantize(x, step, zero_point, q_min, q_max, 1.0f / std::sqrt((float)n * (float)q_max));  // LSQ Sec. 2.2
 }
 
 }  // namespace layers

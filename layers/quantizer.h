@@ -4,10 +4,12 @@
 //
 //     x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s                                  (LSQ Eq. 1-2)
 //
-// round is round half to even with a straight-through gradient, so that autograd of the composed ops
-// gives LSQ's gradients (Eq. 3): d x̂ / d x = 1 inside the range, 0 outside; d x̂ / d s = round(v) − v
-// inside, q_min − z or q_max − z outside (v = x / s). The step's gradient is scaled by
-// g = 1 / sqrt(N · q_max) (Sec. 2.2), N the number of values one step quantizes.
+// round is round half to even with a straight-through gradient, which gives LSQ's gradients (Eq. 3):
+// d x̂ / d x = 1 inside the range, 0 outside; d x̂ / d s = round(v) − v inside, q_min − z or q_max − z
+// outside (v = x / s). The step's gradient is scaled by g = 1 / sqrt(N · q_max) (Sec. 2.2), N the number
+// of values one step quantizes. The forward is one op, engine::fake_quantize (engine/quantize.cpp), the
+// same function as the composed ops div, round_ste, add_scalar, clamp, mul with lsq-net's gradient-scale
+// trick s·g + sg(s − s·g) (tests/test_quantize.cpp checks one against the other).
 //
 // Codes: weights signed and restricted, [−(2^(B−1) − 1), 2^(B−1) − 1] as ./ptq's (quant/quantizers.h);
 // activations unsigned [0, 2^B − 1] after a ReLU, signed [−2^(B−1), 2^(B−1) − 1] where the input can be

@@ -1,0 +1,36 @@
+// Fake quantization with a learned step (ops.h fake_quantize): forward and backward side by side.
+// Kernels: engine/cpu/quantize.cpp, engine/cuda/quantize.cu.
+#include "engine/autograd.h"
+#include "engine/kernels.h"
+#include "engine/ops.h"
+
+namespace engine {
+
+Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float step_grad_scale) {
+  ENGINE_CHECK(x.defined() && x.dtype() == DType::f32 && x.dim() >= 1, "expects an f32 tensor, got " + x.str());
+  ENGINE_CHECK(step.dtype() == DType::f32 && step.dim() == 1 && (step.numel() == 1 || step.numel() == x.size(0)) &&
+                   step.device() == x.device(),
+               "step " + step.str() + " for x " + x.str() + ": expected [1] or [" + std::to_string(x.size(0)) + "]");
+  ENGINE_CHECK(q_min < q_max && zero_point >= q_min && zero_point <= q_max,
+               "codes [" + std::to_string(q_min) + ", " + std::to_string(q_max) + "] with zero point " + std::to_string(zero_point));
+  FakeQuant q{step.numel(), x.numel() / step.numel(), zero_point, q_min, q_max};
+  Tensor y = Tensor::empty(x.shape(), DType::f32, x.device());
+  if (x.numel() > 0) DISPATCH(x.device(), fake_quant_forward, q, x.f32(), step.f32(), y.f32());
+  record(y, "fake_quantize", {x, step}, [q, step_grad_scale](const Tensor& out, const Tensor& gy) {
+    const Tensor& x = out.grad_fn()->inputs[0];
+    const Tensor& step = out.grad_fn()->inputs[1];
+    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
+    Tensor terms = Tensor::empty(x.shape(), DType::f32, x.device());
+    if (x.numel() > 0) DISPATCH(x.device(), fake_quant_backward, q, x.f32(), step.f32(), gy.f32(), gx.f32(), terms.f32());
+    accumulate_grad(x, gx);
+    if (step.requires_grad()) {
+      Tensor gs = Tensor::empty(step.shape(), DType::f32, x.device());
+      DISPATCH(x.device(), reduce_sum, Reduce3{q.rows, q.per_row, 1}, terms.f32(), gs.f32());
+      scale_(gs, step_grad_scale);
+      accumulate_grad(step, gs);
+    }
+  });
+  return y;
+}
+
+}  // namespace engine
