@@ -69,4 +69,21 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
   return y;
 }
 
+Tensor channel_var(const Tensor& x, const Tensor& mean) {
+  ENGINE_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "expects x f32 [N, C, H, W], got " + x.str());
+  check_channel_param(mean, "mean", x);
+  const BnShape s{x.size(0), x.size(1), x.size(2) * x.size(3)};
+  Tensor var = Tensor::empty(Shape{s.c}, DType::f32, x.device());
+  DISPATCH(x.device(), channel_var_forward, s, x.f32(), mean.f32(), var.f32());
+  record(var, "channel_var", {x, mean}, [s](const Tensor& out, const Tensor& gvar) {
+    const Tensor& x = out.grad_fn()->inputs[0];
+    const Tensor& mean = out.grad_fn()->inputs[1];
+    Tensor gx = grad_buffer(x), gmean = grad_buffer(mean);
+    DISPATCH(x.device(), channel_var_backward, s, x.f32(), mean.f32(), gvar.f32(), f32_or_null(gx), f32_or_null(gmean));
+    if (gx.defined()) accumulate_grad(x, gx);
+    if (gmean.defined()) accumulate_grad(mean, gmean);
+  });
+  return var;
+}
+
 }  // namespace engine

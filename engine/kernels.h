@@ -113,6 +113,11 @@ struct BnSum {
   void bn_eval_backward(const BnShape& s, const float* x, const float* gamma,                        \
                         const float* running_mean, const float* running_var, float eps,              \
                         const float* gy, float* gx, float* ggamma, float* gbeta);                    \
+  /* var[c] = mean over n, hw of (x - mean[c])^2, in double */                                      \
+  void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var);         \
+  /* gx = gvar[c] 2 (x - mean[c]) / M, gmean[c] = -2 gvar[c] mean(x - mean[c]) (M = N HW; null: skip) */ \
+  void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx, \
+                            float* gmean);                                                          \
   /* training: the batch statistics into each branch's mean, var and its running ones updated in place; \
      eval: normalizes with each branch's mean, var as given */                                     \
   void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \

@@ -24,9 +24,8 @@ BnTensors bn_tensors(const BatchNorm2d& bn) {
 
 Moments channel_moments(const Tensor& x) {
   ENGINE_CHECK(x.dim() == 4, "expects [N, C, H, W], got " + x.str());
-  Tensor mean = engine::mean(x, {0, 2, 3}, false);                        // [C]
-  Tensor centred = sub(x, reshape(mean, Shape{1, x.size(1), 1, 1}));
-  return {mean, engine::mean(square(centred), {0, 2, 3}, false)};
+  Tensor mean = engine::mean(x, {0, 2, 3}, false);  // [C]
+  return {mean, channel_var(x, mean)};
 }
 
 Moments estimate_moments(const Moments& x, const Tensor& kernel, const Tensor& bias, int groups) {

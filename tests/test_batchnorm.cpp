@@ -308,3 +308,19 @@ TEST_CASE("batch_norm2d batch variance stays accurate far from zero (1e4 ± 0.01
   check_close(stats.mean.to_vector(), mean, 1e-7, 0, "batch mean");
   check_close(stats.var.to_vector(), var, 1e-5, 0, "batch var");
 }
+
+TEST_CASE("channel_var: the biased variance about a given mean against double loops, and its gradients") {
+  Rng rng(31);
+  for (Shape shape : {Shape{3, 5, 4, 6}, Shape{1, 2, 1, 1}, Shape{4, 3, 7, 5}}) {
+    Tensor x = rand_uniform(shape, -1, 3, rng), mean = rand_uniform({shape[1]}, -0.5f, 1.5f, rng);
+    const int64_t c = shape[1], hw = shape[2] * shape[3], m = shape[0] * hw;
+    std::vector<double> ref(c, 0);
+    const float* p = x.f32();
+    for (int64_t i = 0; i < x.numel(); i++) {
+      const int64_t ch = i / hw % c;
+      ref[ch] += std::pow((double)p[i] - mean.f32()[ch], 2) / (double)m;
+    }
+    check_close(channel_var(x, mean).to_vector(), ref, 1e-5, 1e-7, "var");
+    testing_util::check_gradients([](auto& in) { return channel_var(in[0], in[1]); }, {x, mean});
+  }
+}

@@ -151,4 +151,41 @@ void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, cons
   }
 }
 
+void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
+  const double m = (double)(s.n * s.hw);
+#pragma omp parallel for schedule(static) if (s.n * s.c * s.hw > 32768)
+  for (int64_t c = 0; c < s.c; c++) {
+    double acc = 0;
+    for (int64_t n = 0; n < s.n; n++) {
+      const float* p = x + (n * s.c + c) * s.hw;
+      double a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t j = 0; j < s.hw; j++) a += ((double)p[j] - mean[c]) * ((double)p[j] - mean[c]);
+      acc += a;
+    }
+    var[c] = m > 0 ? (float)(acc / m) : 0.f;
+  }
+}
+
+void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
+                          float* gmean) {
+  const double m = (double)(s.n * s.hw);
+#pragma omp parallel for schedule(static) if (s.n * s.c * s.hw > 32768)
+  for (int64_t c = 0; c < s.c; c++) {
+    const float k = (float)(2.0 * gvar[c] / m), mu = mean[c];
+    double centred = 0;
+    for (int64_t n = 0; n < s.n; n++) {
+      const float* p = x + (n * s.c + c) * s.hw;
+      if (gx) {
+        float* g = gx + (n * s.c + c) * s.hw;
+#pragma omp simd
+        for (int64_t j = 0; j < s.hw; j++) g[j] = k * (p[j] - mu);
+      }
+      if (gmean)
+        for (int64_t j = 0; j < s.hw; j++) centred += (double)p[j] - mu;
+    }
+    if (gmean) gmean[c] = (float)(-2.0 * gvar[c] * centred / m);
+  }
+}
+
 }  // namespace engine::cpu
