@@ -69,7 +69,10 @@ static Message initializer(const std::string& name, const engine::Tensor& t) {
 // Each quantizer becomes nodes and initializers named after it ("stage1.0.act_quant.scale", ...); the value
 // a quantized conv or Gemm sees is the quantizer's x̂ (layers/quantizer.h).
 
+// Checks the quantizer can be exported; the element type of its codes.
 static int code_type(const layers::Quantizer& q, const std::string& name) {
+  if (!q.initialized())
+    throw std::runtime_error(fmt::format("QDQ export: {}'s step was never set (a QAT run sets it at its first batch)", name));
   if (q.bits > 8)
     throw std::runtime_error(fmt::format("QDQ export: {} has {}-bit codes; opset 13's QuantizeLinear holds 8 at most", name, q.bits));
   return q.codes == layers::Codes::unsigned_act ? kUint8 : kInt8;
@@ -106,7 +109,7 @@ static std::string act_qdq(Message& graph, const std::string& name, const layers
 // Returns the dequantized weight's name; `steps` gets the step of each output channel.
 static std::string weight_dq(Message& graph, const std::string& name, const layers::Quantizer& q, const engine::Tensor& w,
                              std::vector<float>& steps) {
-  code_type(q, name);  // checks the bits: weight codes are int8
+  code_type(q, name);  // the checks: weight codes are int8
   const std::vector<float> s = q.step.to_vector(), v = w.to_vector();
   const int64_t out = w.size(0), per = w.numel() / out;
   if (s.size() != 1 && (int64_t)s.size() != out)

@@ -119,7 +119,7 @@ TEST_CASE("./export --qdq: a QAT checkpoint exports as the model it was saved fr
   CHECK(file == interop::repvgg_to_onnx(model, opt));
 }
 
-TEST_CASE("./export --qdq: a checkpoint without quantizers, or with codes wider than 8 bits, is refused naming it") {
+TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider than 8 bits or with unset steps is refused naming it") {
   TempDir dir;
   engine::Rng rng(3);
   models::RepVGG fp(models::arch_config("repvgg-cifar"), rng);
@@ -131,10 +131,21 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, or with codes wider 
   const models::QatConfig wide = {"repq-bn", 16, 8, false, false, layers::StepInit::min_error};
   models::RepVGG qat(models::arch_config("repvgg-cifar"), rng);
   qat.set_qat(wide);
+  qat.train();
+  qat.forward(Tensor::full({2, 3, 32, 32}, 0.5f));  // sets the steps
   layers::Metadata md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
   md.merge(models::qat_metadata(wide));
   layers::save_checkpoint(dir / "wide.safetensors", qat, md);
   CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "wide.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains("stage1.0.weight_quant has 16-bit codes; opset 13's QuantizeLinear holds 8 at most"));
+
+  const models::QatConfig fresh = {"repq-bn", 8, 8, false, false, layers::StepInit::min_error};
+  models::RepVGG unset(models::arch_config("repvgg-cifar"), rng);
+  unset.set_qat(fresh);  // saved before any batch: no step set
+  md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
+  md.merge(models::qat_metadata(fresh));
+  layers::save_checkpoint(dir / "unset.safetensors", unset, md);
+  CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "unset.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
+                    doctest::Contains("stage1.0.act_quant's step was never set"));
   CHECK_FALSE(std::filesystem::exists(dir / "m.onnx"));
 }
