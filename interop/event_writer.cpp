@@ -44,7 +44,11 @@ EventWriter::EventWriter(const std::string& dir) {
   std::filesystem::create_directories(dir, ec);
   char host[256] = "localhost";
   gethostname(host, sizeof host - 1);
-  path_ = (std::filesystem::path(dir) / fmt::format("events.out.tfevents.{}.{}", (int64_t)now_seconds(), host)).string();
+  // As TensorFlow names them: seconds, host, process id and a count of this process's writers, so that a
+  // resumed run (even within the same second) gets a new file.
+  static int writers = 0;
+  path_ = (std::filesystem::path(dir) /
+           fmt::format("events.out.tfevents.{}.{}.{}.{}", (int64_t)now_seconds(), host, getpid(), writers++)).string();
   out_.open(path_, std::ios::binary | std::ios::app);
   if (!out_) throw std::runtime_error(fmt::format("TensorBoard event file {}: cannot create it", path_));
   write_record(pb::Message().float64(kWallTime, now_seconds()).bytes(kFileVersion, "brain.Event:2").str());

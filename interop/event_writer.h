@@ -1,6 +1,6 @@
 // TensorBoard event files: scalars that `tensorboard --logdir DIR` plots, written without TensorFlow.
 //
-// A file DIR/events.out.tfevents.<unix seconds>.<host> of TFRecord records, each
+// A new file DIR/events.out.tfevents.<unix seconds>.<host>.<pid>.<n> per writer, of TFRecord records, each
 //   u64 length (little-endian) | u32 masked CRC32C of those 8 bytes | data | u32 masked CRC32C of data
 // (masked crc = ((crc >> 15) | (crc << 17)) + 0xa282ead8), every data an Event protobuf
 // (tensorflow/core/util/event.proto): wall_time (1, double seconds), step (2, int64), and

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "interop/protobuf.h"
@@ -25,7 +27,7 @@ enum TypeTensor { elem_type = 1, shape = 2 };
 enum Shape { dim = 1 };
 enum Dim { dim_value = 1, dim_param = 2 };
 }  // namespace f
-constexpr int kFloat = 1;                 // TensorProto.DataType.FLOAT
+constexpr int kFloat = 1, kUint8 = 2, kInt8 = 3, kInt32 = 6;  // TensorProto.DataType
 constexpr int kAttrInt = 2, kAttrInts = 7;  // AttributeProto.AttributeType
 
 static Message attr_int(const std::string& name, int64_t v) {
@@ -48,12 +50,123 @@ static Message node(const std::string& op, const std::string& name, const std::v
   return m;
 }
 
-static Message initializer(const std::string& name, const engine::Tensor& t) {
+// A tensor of `type` from its raw little-endian bytes (an x86 host's own layout).
+template <class T>
+static Message initializer(const std::string& name, int type, const std::vector<int64_t>& dims, const std::vector<T>& v) {
   Message m;
-  for (int d = 0; d < t.dim(); d++) m.int64(f::dims, t.size(d));
-  m.varint(f::data_type, kFloat).bytes(f::tensor_name, name);
-  const std::vector<float> v = t.to_vector();
-  return m.bytes(f::raw_data, std::string_view((const char*)v.data(), v.size() * sizeof(float)));
+  for (int64_t d : dims) m.int64(f::dims, d);
+  m.varint(f::data_type, type).bytes(f::tensor_name, name);
+  return m.bytes(f::raw_data, std::string_view((const char*)v.data(), v.size() * sizeof(T)));
+}
+
+static Message initializer(const std::string& name, const engine::Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int d = 0; d < t.dim(); d++) dims.push_back(t.size(d));
+  return initializer(name, kFloat, dims, t.to_vector());
+}
+
+// --- QDQ (opset 13 QuantizeLinear / DequantizeLinear, x = (q - z) · s per tensor or per axis) -------------
+// Each quantizer becomes nodes and initializers named after it ("stage1.0.act_quant.scale", ...); the value
+// a quantized conv or Gemm sees is the quantizer's x̂ (layers/quantizer.h).
+
+// Checks the quantizer can be exported; the element type of its codes.
+static int code_type(const layers::Quantizer& q, const std::string& name) {
+  if (!q.initialized())
+    throw std::runtime_error(fmt::format("QDQ export: {}'s step was never set (a QAT run sets it at its first batch)", name));
+  if (q.bits > 8)
+    throw std::runtime_error(fmt::format("QDQ export: {} has {}-bit codes; opset 13's QuantizeLinear holds 8 at most", name, q.bits));
+  return q.codes == layers::Codes::unsigned_act ? kUint8 : kInt8;
+}
+
+template <class T>
+static Message code_initializer(const std::string& name, int type, const std::vector<int64_t>& dims, const std::vector<int>& codes) {
+  return initializer(name, type, dims, std::vector<T>(codes.begin(), codes.end()));
+}
+
+// x -> [Clip to the codes' range where it is narrower than the 8-bit container's] -> QuantizeLinear ->
+// DequantizeLinear. Returns the dequantized value's name.
+static std::string act_qdq(Message& graph, const std::string& name, const layers::Quantizer& q, const std::string& x) {
+  const int type = code_type(q, name);
+  const std::vector<float> s = q.step.to_vector();
+  if (s.size() != 1) throw std::runtime_error(fmt::format("QDQ export: {} has {} steps; an activation has one", name, s.size()));
+  graph.message(f::initializer, initializer(name + ".scale", kFloat, {}, s));
+  graph.message(f::initializer, type == kUint8 ? code_initializer<uint8_t>(name + ".zero_point", type, {}, {q.zero_point})
+                                               : code_initializer<int8_t>(name + ".zero_point", type, {}, {q.zero_point}));
+  std::string in = x;
+  if (q.bits < 8) {
+    graph.message(f::initializer, initializer(name + ".clip_min", kFloat, {}, std::vector<float>{float(q.q_min - q.zero_point) * s[0]}));
+    graph.message(f::initializer, initializer(name + ".clip_max", kFloat, {}, std::vector<float>{float(q.q_max - q.zero_point) * s[0]}));
+    graph.message(f::node, node("Clip", name + ".clip", {x, name + ".clip_min", name + ".clip_max"}, name + ".clip"));
+    in = name + ".clip";
+  }
+  graph.message(f::node, node("QuantizeLinear", name + ".q", {in, name + ".scale", name + ".zero_point"}, name + ".q"));
+  graph.message(f::node, node("DequantizeLinear", name + ".dq", {name + ".q", name + ".scale", name + ".zero_point"}, name + ".dq"));
+  return name + ".dq";
+}
+
+// The weight w [O, ...] as its int8 codes clamp(round(w / s), q_min, q_max), rounded here (so that codes
+// narrower than 8 bits keep their range), then DequantizeLinear, per axis 0 with a per-channel step.
+// Returns the dequantized weight's name; `steps` gets the step of each output channel.
+static std::string weight_dq(Message& graph, const std::string& name, const layers::Quantizer& q, const engine::Tensor& w,
+                             std::vector<float>& steps) {
+  code_type(q, name);  // the checks: weight codes are int8
+  const std::vector<float> s = q.step.to_vector(), v = w.to_vector();
+  const int64_t out = w.size(0), per = w.numel() / out;
+  if (s.size() != 1 && (int64_t)s.size() != out)
+    throw std::runtime_error(fmt::format("QDQ export: {} has {} steps for {} output channels", name, s.size(), out));
+  std::vector<int> codes(v.size());
+  steps.assign(out, s[0]);
+  for (int64_t o = 0; o < out; o++) {
+    if (s.size() > 1) steps[o] = s[o];
+    for (int64_t i = o * per; i < (o + 1) * per; i++)
+      codes[i] = (int)std::clamp(std::nearbyint(v[i] / steps[o]), (float)q.q_min, (float)q.q_max);
+  }
+  std::vector<int64_t> dims, sdims;
+  for (int d = 0; d < w.dim(); d++) dims.push_back(w.size(d));
+  if (s.size() > 1) sdims = {out};
+  graph.message(f::initializer, code_initializer<int8_t>(name + ".codes", kInt8, dims, codes));
+  graph.message(f::initializer, initializer(name + ".scale", kFloat, sdims, s));
+  graph.message(f::initializer, code_initializer<int8_t>(name + ".zero_point", kInt8, sdims, std::vector<int>(s.size(), 0)));
+  graph.message(f::node, node("DequantizeLinear", name + ".dq", {name + ".codes", name + ".scale", name + ".zero_point"}, name + ".dq",
+                              {attr_int("axis", 0)}));
+  return name + ".dq";
+}
+
+// The bias b [O] as int32 codes round(b / (s_x · s_w)), zero point 0, then DequantizeLinear per axis 0.
+static std::string bias_dq(Message& graph, const std::string& name, const engine::Tensor& b, float s_x, const std::vector<float>& s_w) {
+  const std::vector<float> v = b.to_vector();
+  std::vector<float> scale(v.size());
+  std::vector<int32_t> codes(v.size());
+  for (size_t o = 0; o < v.size(); o++) {
+    scale[o] = s_x * s_w[o];
+    const double c = std::nearbyint((double)v[o] / scale[o]);
+    if (!(std::fabs(c) < 2147483647.0))
+      throw std::runtime_error(fmt::format("QDQ export: {}[{}] = {} is {} steps of {}, beyond int32", name, o, v[o], c, scale[o]));
+    codes[o] = (int32_t)c;
+  }
+  const std::vector<int64_t> dims = {(int64_t)v.size()};
+  graph.message(f::initializer, initializer(name + ".codes", kInt32, dims, codes));
+  graph.message(f::initializer, initializer(name + ".scale", kFloat, dims, scale));
+  graph.message(f::initializer, initializer(name + ".zero_point", kInt32, dims, std::vector<int32_t>(v.size(), 0)));
+  graph.message(f::node, node("DequantizeLinear", name + ".dq", {name + ".codes", name + ".scale", name + ".zero_point"}, name + ".dq",
+                              {attr_int("axis", 0)}));
+  return name + ".dq";
+}
+
+// The inputs of a conv or Gemm: x, weight and bias, each through its QDQ nodes where `opt.qdq` and the layer
+// has the quantizer (the bias where it has both).
+static std::vector<std::string> layer_inputs(Message& graph, const OnnxOptions& opt, const std::string& prefix,
+                                             std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
+                                             std::string x, const std::string& w_name, const engine::Tensor& w,
+                                             const std::string& b_name, const engine::Tensor& b) {
+  if (!opt.qdq) act = weight = nullptr;
+  if (act) x = act_qdq(graph, prefix + ".act_quant", *act, x);
+  std::vector<float> s_w;
+  const std::string wq = weight ? weight_dq(graph, prefix + ".weight_quant", *weight, w, s_w) : w_name;
+  if (!weight) graph.message(f::initializer, initializer(w_name, w));
+  const std::string bq = act && weight ? bias_dq(graph, prefix + ".bias_quant", b, act->step.to_vector().at(0), s_w) : b_name;
+  if (!(act && weight)) graph.message(f::initializer, initializer(b_name, b));
+  return {x, wq, bq};
 }
 
 // A float32 tensor value; a dimension is a size, or a name (symbolic) where the size is 0.
@@ -85,19 +198,20 @@ std::string repvgg_to_onnx(const models::RepVGG& model, const OnnxOptions& opt) 
     if (!b.deployed()) throw std::runtime_error(fmt::format("ONNX export of {}: block {} is not in deploy form", model.arch.name, prefix));
     const layers::Conv2d& c = *b.rbr_reparam;
     const int64_t k = c.weight.size(2), s = c.stride, p = c.padding;
-    graph.message(f::initializer, initializer(prefix + ".rbr_reparam.weight", c.weight));
-    graph.message(f::initializer, initializer(prefix + ".rbr_reparam.bias", c.bias));
-    graph.message(f::node, node("Conv", prefix + ".conv", {x, prefix + ".rbr_reparam.weight", prefix + ".rbr_reparam.bias"}, prefix + ".conv",
+    const std::vector<std::string> in = layer_inputs(graph, opt, prefix, b.act_quant, b.weight_quant, x, prefix + ".rbr_reparam.weight",
+                                                     c.weight, prefix + ".rbr_reparam.bias", c.bias);
+    graph.message(f::node, node("Conv", prefix + ".conv", in, prefix + ".conv",
                                 {attr_ints("kernel_shape", {k, k}), attr_ints("strides", {s, s}), attr_ints("pads", {p, p, p, p}),
                                  attr_ints("dilations", {1, 1}), attr_int("group", c.groups)}));
     graph.message(f::node, node("Relu", prefix + ".relu", {prefix + ".conv"}, prefix + ".relu"));
     x = prefix + ".relu";
   }
-  graph.message(f::initializer, initializer("linear.weight", state.at("linear.weight")));
-  graph.message(f::initializer, initializer("linear.bias", state.at("linear.bias")));
   graph.message(f::node, node("GlobalAveragePool", "gap", {x}, "gap"));
   graph.message(f::node, node("Flatten", "flatten", {"gap"}, "flatten", {attr_int("axis", 1)}));
-  graph.message(f::node, node("Gemm", "linear", {"flatten", "linear.weight", "linear.bias"}, "logits", {attr_int("transB", 1)}));
+  const auto [fc_act, fc_weight] = model.fc_quantizers();
+  const std::vector<std::string> in = layer_inputs(graph, opt, "linear", fc_act, fc_weight, "flatten", "linear.weight",
+                                                   state.at("linear.weight"), "linear.bias", state.at("linear.bias"));
+  graph.message(f::node, node("Gemm", "linear", in, "logits", {attr_int("transB", 1)}));
 
   const data::Normalize& n = opt.norm;
   const std::string norm = fmt::format("mean [{}, {}, {}], std [{}, {}, {}]", n.mean[0], n.mean[1], n.mean[2], n.std[0], n.std[1], n.std[2]);
@@ -108,7 +222,8 @@ std::string repvgg_to_onnx(const models::RepVGG& model, const OnnxOptions& opt) 
 
   Message model_proto;
   model_proto.int64(f::ir_version, 7).bytes(f::producer_name, "repq").bytes(f::producer_version, "1")
-      .bytes(f::model_doc, fmt::format("{} deploy form{}", model.arch.name, opt.source.empty() ? "" : " from " + opt.source))
+      .bytes(f::model_doc, fmt::format("{} deploy form{}{}", model.arch.name, opt.qdq ? ", quantized (QDQ)" : "",
+                                       opt.source.empty() ? "" : " from " + opt.source))
       .message(f::graph, graph)
       .message(f::opset_import, Message().bytes(f::opset_domain, "").int64(f::opset_version, 13))
       .message(f::metadata_props, Message().bytes(f::key, "normalization").bytes(f::value, opt.norm_name + " " + norm));

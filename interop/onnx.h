@@ -4,6 +4,7 @@
 //   input [batch, 3, H, W] float32 NCHW, normalized: (RGB / 255 - mean) / std per channel
 //   per block:  Conv(x, stage*.rbr_reparam.weight, .bias; 3x3, stride, pads 1, group) -> Relu
 //   GlobalAveragePool -> Flatten(axis 1) -> Gemm(linear.weight, linear.bias, transB 1)
+//   (in QDQ form, see OnnxOptions::qdq, the quantized layers' inputs come through QDQ nodes)
 //   logits [batch, num_classes] float32
 //
 // "batch" is a symbolic dimension; H and W are fixed at the export size. Initializers carry the
@@ -21,6 +22,12 @@ struct OnnxOptions {
   data::Normalize norm = data::kCifar10Norm;
   std::string norm_name = "CIFAR-10";  // named in the input's doc_string
   std::string source;        // e.g. the checkpoint path, recorded in the model's doc_string
+  // QDQ form: each conv and Gemm with quantizers (layers/quantizer.h) gets, on its input, QuantizeLinear ->
+  // DequantizeLinear at the act quantizer's step and zero point (uint8 unsigned codes, int8 signed; a Clip
+  // first below 8 bits); its weight as int8 codes (per axis 0 with per-channel steps) through
+  // DequantizeLinear; its bias as int32 codes of step s_x · s_w, zero point 0, through DequantizeLinear.
+  // Layers without quantizers stay float. Throws for codes of more than 8 bits.
+  bool qdq = false;
 };
 
 // The serialized ModelProto. Throws when the model is not in deploy form.

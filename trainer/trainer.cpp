@@ -25,6 +25,7 @@
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
 #include "trainer/step.h"
+#include "trainer/tensorboard_log.h"
 
 namespace train {
 
@@ -316,6 +317,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     st::write_file_atomic((run / "config.json").string(), cfg.dump(2) + "\n");
   }
   link_latest(run);
+  TensorBoardLog tb(run.string());
   std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", run.c_str(), opt.arch.c_str(),
               opt.dataset.c_str(), d.train->size(), d.val->size(), threads, engine::device_name(device));
   std::fflush(stdout);
@@ -361,6 +363,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
       part_correct += r.correct;
       part_seen += b->n;
       progress.update(epoch, opt.epochs, done, total, part_loss / part_seen, 100 * part_correct / part_seen, images);
+      tb.step(int64_t(epoch * total + done), part_loss / part_seen, 100 * part_correct / part_seen, lr);
       if (g_interrupted) {
         progress.end_line();
         save(run / "last.safetensors", epoch, done);
@@ -382,6 +385,9 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     row += fmt::format(",{:.2f},{:.2f}", seconds, images / std::max(train_seconds, 1e-9));
     log.rows.push_back(row);
     log.write();
+    tb.epoch(epoch + 1, part_loss / part_seen, 100 * part_correct / part_seen, eval_now ? &ev : nullptr, log.top5,
+             images / std::max(train_seconds, 1e-9));
+    if (model.qat()) tb.quantizer_steps(epoch + 1, model);
     std::printf("epoch %d/%d  lr %.5g  train loss %.4f  top-1 %.2f%%", epoch + 1, opt.epochs, lr, part_loss / part_seen,
                 100 * part_correct / part_seen);
     if (eval_now) {
