@@ -90,6 +90,9 @@ class RepVGG : public layers::Module {
   const std::optional<QatConfig>& qat() const { return qat_; }
   // Gives the FC quantizers of its input and weight (null: FP32), as the blocks' set_quantizers.
   void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight);
+  std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>> fc_quantizers() const {
+    return {fc_act_quant_, fc_weight_quant_};
+  }
 
   const ArchConfig arch;
   const float oabn_k;
