@@ -42,10 +42,10 @@ static bool jpeg_huffman_tables_fit(const std::vector<uint8_t>& b) {
     }
     if (m == 0xD9 || i + 3 >= n) return true;  // end of image
     const size_t len = size_t(b[i + 2]) << 8 | b[i + 3], end = std::min(n, i + 2 + len);
-    if (m == 0xC4)  // DHT: tables of (class and id, 16 code counts, the codes)
-      for (size_t t = i + 4; t + 17 <= end;) {
+    if (m == 0xC4)  // DHT: tables of (class and id, 16 code counts, the codes); stb_image reads 0 past the end
+      for (size_t t = i + 4; t < end;) {
         size_t codes = 0;
-        for (int k = 1; k <= 16; k++) codes += b[t + k];
+        for (size_t k = t + 1; k <= t + 16 && k < n; k++) codes += b[k];
         if (codes > 256) return false;
         t += 17 + codes;
       }
