@@ -1,6 +1,9 @@
 # repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off.
+# `make test SANITIZE=1` builds the suite into build-san/ under AddressSanitizer and UndefinedBehaviorSanitizer
+# and runs it. `make fuzz [FUZZ_SECONDS=N]` builds the libFuzzer targets (fuzz/*_fuzz.cpp) with clang into
+# build-fuzz/ and runs each for N seconds (default 60).
 
 # Parallel by default, one job per core; a -j on the command line wins, and sub-makes share the jobs.
 ifeq ($(MAKELEVEL),0)
@@ -9,6 +12,14 @@ endif
 
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
+B        := build
+ifeq ($(SANITIZE),1)
+  # -O1: the suite under the sanitizers in minutes. Every UB report is an error (no recovery).
+  B        := build-san
+  CXXFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDLIBS   += -fsanitize=address,undefined
+  CUDA     := 0
+endif
 CXXFLAGS += -std=c++20 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/stb
 LDLIBS   += -ldnnl -lfmt -lpthread -fopenmp
 
@@ -36,65 +47,118 @@ ifeq ($(CUDA),1)
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 
-LIB_OBJ  := $(LIB_SRC:%.cpp=build/%.o) $(CU_SRC:%.cu=build/%.cu.o)
-TEST_OBJ := $(patsubst %.cpp,build/%.o,$(wildcard tests/*.cpp))
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(B)/%.o) $(CU_SRC:%.cu=$(B)/%.cu.o)
+TEST_OBJ := $(patsubst %.cpp,$(B)/%.o,$(wildcard tests/*.cpp))
 PROGRAMS := $(patsubst %_main.cpp,%,$(notdir $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp))))
-BENCH    := $(patsubst %.cpp,build/%,$(wildcard bench/*.cpp))
+BENCH    := $(patsubst %.cpp,$(B)/%,$(wildcard bench/*.cpp))
 
-all: build/.found $(PROGRAMS) build/run_tests
+all: $(B)/.found $(PROGRAMS) $(B)/run_tests
 
-build/.found:
-	@mkdir -p build
+$(B)/.found:
+	@mkdir -p $(B)
 	@echo "nvcc:  $(if $(NVCC),✓ $(NVCC),✗ not found)"
 	@echo "cuDNN: $(if $(CUDNN_H),✓ $(CUDNN_H),✗ not found)"
 	@echo "CUDA backend: $(if $(filter 1,$(CUDA)),built,off)"
 	@touch $@
 
-build/libengine.a: $(LIB_OBJ)
+$(B)/libengine.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@
 	ar rcs $@ $^
 
 # Every object depends on the CUDA setting, so switching CUDA=0/1 rebuilds instead of mixing objects.
-build/cuda.setting: FORCE
-	@mkdir -p build
+$(B)/cuda.setting: FORCE
+	@mkdir -p $(B)
 	@echo "$(CUDA)" | cmp -s - $@ || echo "$(CUDA)" > $@
 
-build/%.o: %.cpp build/cuda.setting
+$(B)/%.o: %.cpp $(B)/cuda.setting
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-build/%.cu.o: %.cu build/cuda.setting
+$(B)/%.cu.o: %.cu $(B)/cuda.setting
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 define program_rule
-$(1): $(patsubst %.cpp,build/%.o,$(filter %/$(1)_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp)))) build/libengine.a
-	$$(CXX) $$(CXXFLAGS) $$< build/libengine.a -o $$@ $$(LDLIBS)
+$(1): $(patsubst %.cpp,$(B)/%.o,$(filter %/$(1)_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp)))) $(B)/libengine.a
+	$$(CXX) $$(CXXFLAGS) $$< $(B)/libengine.a -o $$@ $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
 
-build/run_tests: $(TEST_OBJ) build/libengine.a
-	$(CXX) $(CXXFLAGS) $(TEST_OBJ) build/libengine.a -o $@ $(LDLIBS)
+$(B)/run_tests: $(TEST_OBJ) $(B)/libengine.a
+	$(CXX) $(CXXFLAGS) $(TEST_OBJ) $(B)/libengine.a -o $@ $(LDLIBS)
 
-build/bench/%: bench/%.cpp build/libengine.a
+$(B)/bench/%: bench/%.cpp $(B)/libengine.a
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< build/libengine.a -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) $< $(B)/libengine.a -o $@ $(LDLIBS)
+
+# The experiments of dev/, each a program on its own (dev/conv_algorithms.cpp: oneDNN alone).
+dev: $(patsubst %.cpp,$(B)/%,$(wildcard dev/*.cpp))
+$(B)/dev/%: dev/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $< -o $@ -ldnnl -fopenmp
 
 deps:
 	@bash scripts/install-deps.sh
 
+ifeq ($(SANITIZE),1)
+# The suite alone (the programs stay the normal build's), every report fatal; see fuzz/sanitizers.md.
+test: deps
+	@$(MAKE) --no-print-directory $(B)/.found $(B)/run_tests
+	$(SAN_ENV) ./$(B)/run_tests $(TEST_ARGS)
+else
 test: deps
 	@$(MAKE) --no-print-directory all
-	./build/run_tests $(TEST_ARGS)
+	./$(B)/run_tests $(TEST_ARGS)
+endif
+SAN_ENV := ASAN_OPTIONS=halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# --- fuzzing: clang and libFuzzer, the library instrumented in build-fuzz/ ----------------------------
+FUZZ_SECONDS ?= 60
+FUZZ_CXX     := clang++
+FUZZ_FLAGS   := -O1 -g -std=c++20 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+                -MMD -MP -I. -I/usr/include/stb
+FUZZERS      := $(patsubst fuzz/%_fuzz.cpp,%,$(wildcard fuzz/*_fuzz.cpp))
+
+build-fuzz/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -c $< -o $@
+
+build-fuzz/libengine.a: $(LIB_SRC:%.cpp=build-fuzz/%.o)
+	rm -f $@
+	ar rcs $@ $^
+
+build-fuzz/%_fuzz: build-fuzz/fuzz/%_fuzz.o build-fuzz/libengine.a
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -ldnnl -lfmt -lpthread
+
+# Remakes the committed seeds, fuzz/corpus/*, from ../shared/data (the normal build's library).
+fuzz-seeds: build/libengine.a
+	$(CXX) $(CXXFLAGS) fuzz/make_seeds.cpp build/libengine.a -o build/make_seeds $(LDLIBS)
+	./build/make_seeds
+
+fuzz-deps:
+	@bash scripts/install-deps.sh fuzz
+
+# Each target from its seeds (fuzz/corpus/T) and what earlier runs found (build-fuzz/corpus/T); a crash
+# is written to build-fuzz/crashes/T-*: add it to fuzz/regressions/T/, which the suite replays.
+fuzz: fuzz-deps
+	@$(MAKE) --no-print-directory $(FUZZERS:%=build-fuzz/%_fuzz)
+	@rc=0; for t in $(FUZZERS); do \
+	  mkdir -p build-fuzz/corpus/$$t build-fuzz/crashes; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  ./build-fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096 \
+	    -print_final_stats=1 -artifact_prefix=build-fuzz/crashes/$$t- build-fuzz/corpus/$$t fuzz/corpus/$$t 2>build-fuzz/$$t.log \
+	    || { rc=1; echo "fuzz: $$t FAILED, see build-fuzz/$$t.log"; }; \
+	  grep -E '^stat::(number_of_executed_units|new_units_added)' build-fuzz/$$t.log | tr '\n' ' '; echo; \
+	done; exit $$rc
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH)
 	bash bench/run.sh
 
 clean:
-	rm -rf build $(PROGRAMS)
+	rm -rf build build-san build-fuzz $(PROGRAMS)
 
-.PHONY: all deps test bench clean FORCE
+.PHONY: all dev deps test bench clean fuzz fuzz-deps fuzz-seeds FORCE
 FORCE:
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(B) build-fuzz -name '*.d' 2>/dev/null)

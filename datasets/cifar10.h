@@ -12,7 +12,7 @@ namespace data {
 
 // Reads the train or test files of dir into memory. Checks every file: it exists, its size is a multiple
 // of 3073, its labels are 0-9; throws std::runtime_error naming the file and the problem.
-// limit > 0 keeps the first limit records.
+// limit > 0 keeps limit records spread evenly (spread_subset in dataset.h).
 std::unique_ptr<Dataset> open_cifar10(const std::string& dir, bool train, size_t limit = 0);
 
 // The folder of the CIFAR-10 batches. data_opt when given (that folder or its cifar-10-batches-bin/), else

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
 #include <vector>
@@ -19,6 +20,38 @@ void StbFree::operator()(uint8_t* p) const { stbi_image_free(p); }
 
 static std::runtime_error bad(const std::string& path, const std::string& problem) {
   return std::runtime_error(path + ": " + problem);
+}
+
+// False for a JPEG with a Huffman table of more than 256 codes. stb_image (Debian's 2022-09 version) does
+// not check it and writes past its 257-entry tables (found by fuzz/image_fuzz.cpp; upstream checks it since
+// 2.28). Walks the marker segments, stepping over entropy-coded data, which ends at a marker other than
+// 0xFF00 and the restarts 0xFFD0-D7. Anything else it leaves to stb_image.
+static bool jpeg_huffman_tables_fit(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  if (n < 2 || b[0] != 0xFF || b[1] != 0xD8) return true;  // not a JPEG
+  size_t i = 2;
+  while (i + 1 < n) {
+    if (b[i] != 0xFF) {  // entropy-coded data
+      i++;
+      continue;
+    }
+    const uint8_t m = b[i + 1];
+    if (m == 0xFF || m == 0x00 || (m >= 0xD0 && m <= 0xD7) || m == 0x01 || m == 0xD8) {
+      i += m == 0xFF ? 1 : 2;  // fill byte, stuffed zero, restart: no length
+      continue;
+    }
+    if (m == 0xD9 || i + 3 >= n) return true;  // end of image
+    const size_t len = size_t(b[i + 2]) << 8 | b[i + 3], end = std::min(n, i + 2 + len);
+    if (m == 0xC4)  // DHT: tables of (class and id, 16 code counts, the codes); stb_image reads 0 past the end
+      for (size_t t = i + 4; t < end;) {
+        size_t codes = 0;
+        for (size_t k = t + 1; k <= t + 16 && k < n; k++) codes += b[k];
+        if (codes > 256) return false;
+        t += 17 + codes;
+      }
+    i += 2 + len;
+  }
+  return true;
 }
 
 void decode_image(const std::string& path, Image& img, int64_t max_pixels) {
@@ -46,6 +79,8 @@ void decode_image(const std::string& path, Image& img, int64_t max_pixels) {
   ::close(fd);
   if (got != buf.size()) throw bad(path, "read error");
   if (buf.empty()) throw bad(path, "empty image file");
+
+  if (!jpeg_huffman_tables_fit(buf)) throw bad(path, "corrupt JPEG (a Huffman table of more than 256 codes)");
 
   int iw = 0, ih = 0, ic = 0;
   if (stbi_info_from_memory(buf.data(), int(buf.size()), &iw, &ih, &ic) && int64_t(iw) * ih > max_pixels)

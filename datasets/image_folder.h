@@ -30,8 +30,8 @@ struct ImageOptions {
 
 class ImageFolder : public Dataset {
  public:
-  // Lists dir (a .../train or .../val folder), classes and files in sorted order; limit > 0 keeps the first
-  // limit images. Throws std::runtime_error for a missing folder, no class folders, an empty class folder,
+  // Lists dir (a .../train or .../val folder), classes and files in sorted order; limit > 0 keeps limit
+  // images spread evenly (spread_subset in dataset.h). Throws std::runtime_error for a missing folder, no class folders, an empty class folder,
   // a folder missing from the synsets file or max_pixels < 1.
   ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit = 0);
 

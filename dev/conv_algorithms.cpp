@@ -1,8 +1,7 @@
 // Experiment behind engine/cpu/conv.cpp's choice of Winograd: for RepVGG's 3x3 stride-1 shapes, times
 // oneDNN's direct and Winograd (F(4x4, 3x3)) primitives (forward, backward-data, backward-weights) in the
-// blocked layout, and prints how far Winograd's results are from the direct ones. Not built by `make`:
-//   g++ -O2 -std=c++20 dev/conv_algorithms.cpp -o /tmp/conv_algorithms -ldnnl -fopenmp
-//   OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive /tmp/conv_algorithms
+// blocked layout, and prints how far Winograd's results are from the direct ones. `make dev` builds it:
+//   make dev && OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive build/dev/conv_algorithms
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>

@@ -25,7 +25,9 @@ class SGD {
   SGD(std::vector<ParamGroup> groups, float lr, float momentum = 0.f, bool nesterov = false);
 
   void step();       // updates every parameter that has a gradient; one without is skipped, as in PyTorch
-  void zero_grad();  // fills the gradients with zeros, keeping their buffers (set_to_none=False)
+  // Fills the gradients with zeros, keeping their buffers (set_to_none=False), so that steps allocate
+  // nothing. Not Module::zero_grad, which drops them.
+  void zero_grad();
   void set_lr(float lr);
   float lr() const { return lr_; }
   float momentum() const { return momentum_; }

@@ -14,7 +14,9 @@ namespace layers {
 using engine::Tensor;
 
 // What a parameter is: a conv or linear weight, a bias, a BN's gamma or beta, or a quantizer's step
-// (layers/quantizer.h; the trainer never decays steps).
+// (layers/quantizer.h). Only `step` changes the training: the optimizer never decays steps
+// (trainer/step.cpp); weights, biases and BN parameters alike get plain weight decay, unless the custom
+// L2 covers them (models::covered_by_custom_l2, by name).
 enum class ParamKind { weight, bias, bn, step };
 
 struct Param {
@@ -48,7 +50,9 @@ class Module {
   std::vector<NamedTensor> state_dict() const;  // parameters and buffers, interleaved per module
   // Every module below and including this one, with its dotted path ("" for this one).
   std::vector<std::pair<std::string, Module*>> modules();
-  void zero_grad();  // drops every parameter's gradient
+  // Drops every parameter's gradient (set_to_none=True): the next backward allocates new ones. Not
+  // SGD::zero_grad, which fills the optimizer's gradients with zeros and keeps their buffers.
+  void zero_grad();
   // Moves every parameter and buffer to `device` in place: the tensors' handles (held by optimizers and
   // by the blocks' fields) stay valid and see the new storage.
   void to(engine::Device device);

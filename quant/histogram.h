@@ -5,7 +5,8 @@
 
 namespace quant {
 
-// bins over [-max|v|, max|v|], bar heights log(1 + count) so that rare outliers show, the 0 line grey.
+// bins over [-max|v|, max|v|] as blue bars on white, bar heights log(1 + count) so that rare outliers show,
+// a dotted red line at 0.
 // Throws naming the file when it cannot be written.
 void write_histogram_png(const std::string& path, const std::vector<float>& values, int bins = 201, int width = 603,
                          int height = 240);

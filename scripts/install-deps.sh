@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the engine needs, only those missing, then the interop tests' PyPI
-# packages. Run by `make test` and `make bench`.
+# packages. Run by `make test` and `make bench`; `install-deps.sh fuzz` (run by `make fuzz`) installs
+# clang, its libFuzzer and sanitizer runtimes and its OpenMP instead.
 set -euo pipefail
 # python3-torch (with python3-numpy): the PyTorch 1.13 oracle of the reference scripts, the benchmark's
 # peer and the official-checkpoint converter; python3-pip for the PyPI packages below.
 pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl python3-torch python3-numpy python3-pip)
+[ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libstb-dev nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +22,8 @@ if [ ${#missing[@]} -ne 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}"
 fi
+
+[ "${1:-}" = fuzz ] && exit 0
 
 # The interop tests' Python side (ONNX checker and runtime, TensorBoard's event reader), for Debian's
 # /usr/bin/python3 (the one with python3-torch). Optional: without them those tests report SKIPPED.

@@ -1,5 +1,6 @@
 // Test runner: doctest's main and a SKIPPED line for each test skipped for a missing resource;
-// the helpers declared in tests/testing.h.
+// the helpers declared in tests/testing.h. `run_tests --train ARGS` is ./train ARGS instead (tests that
+// kill a run start one so, in a child process).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "tests/testing.h"
 
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "engine/random.h"
+#include "trainer/cli.h"
 
 static std::vector<std::string>& skipped() {
   static std::vector<std::string> s;
@@ -37,6 +39,7 @@ std::string shared_data_dir() {
 }
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--train") return train::main(std::vector<std::string>(argv + 2, argv + argc));
   doctest::Context ctx;
   ctx.applyCommandLine(argc, argv);
   int rc = ctx.run();

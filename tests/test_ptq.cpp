@@ -4,10 +4,13 @@
 // a checkpoint of another arch, a corrupt file and bad options.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/autograd.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/ops.h"
 #include "engine/random.h"
@@ -53,6 +56,26 @@ struct InDir {
 
 json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
 
+// The FP32 top-1 (%) of the checkpoint on the first `n` images of its evaluation split, computed here
+// apart from ./ptq's evaluation: one batch, an argmax per row.
+double fp32_top1(const fs::path& ckpt, size_t n) {
+  quant::SourceOptions o;
+  o.ckpt = ckpt.string();
+  quant::Source s = quant::resolve_source(o);
+  auto model = quant::load_model(s);
+  auto ds = quant::open_split(s, false, n);
+  REQUIRE(ds->size() == n);
+  std::vector<float> x(n * 3 * 32 * 32);
+  for (size_t i = 0; i < n; i++) ds->load(i, false, 0, &x[i * 3 * 32 * 32]);
+  engine::NoGradGuard g;
+  engine::Tensor logits = model->forward(engine::Tensor::from_vector(x, {int64_t(n), 3, 32, 32}));
+  const float* l = logits.f32();
+  int right = 0;
+  for (size_t i = 0; i < n; i++)
+    right += int(std::max_element(l + i * 10, l + i * 10 + 10) - (l + i * 10)) == ds->label(i);
+  return 100.0 * right / double(n);
+}
+
 const models::ArchConfig kCifar = models::arch_config("repvgg-cifar");
 
 }  // namespace
@@ -82,8 +105,10 @@ TEST_CASE("ptq: the entry point on a tiny run folder writes the table's JSON; de
   const json& r = j["results"][0];
   CHECK(r["bits"] == 8);
   CHECK(r["act_bits"] == 8);
-  CHECK(r["top1"].get<double>() >= 0);
-  CHECK(r["top1"].get<double>() <= 100);
+  // Top-1 over the 12 images: the FP32 one as computed here, the 8-bit one a whole number of images.
+  CHECK(j["fp32"]["top1"].get<double>() == doctest::Approx(fp32_top1(ckpt, 12)));
+  const double right8 = r["top1"].get<double>() * 12 / 100;
+  CHECK(right8 == doctest::Approx(std::round(right8)));
   CHECK(r["drop_top1"].get<double>() == doctest::Approx(j["fp32"]["top1"].get<double>() - r["top1"].get<double>()));
   CHECK(!j["fp32"].contains("top5"));  // CIFAR-10: top-1 only
   REQUIRE(r["layers"].size() == 25);  // 26 blocks and the FC, less stage0 and the FC (FP32)

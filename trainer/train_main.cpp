@@ -1,34 +1,7 @@
 // ./train DATASET [options]: see trainer/options.cpp for the options and their defaults, or --help.
-#include <cstdio>
-#include <exception>
 #include <string>
 #include <vector>
 
-#include "models/repvgg.h"
-#include "trainer/options.h"
-#include "trainer/trainer.h"
+#include "trainer/cli.h"
 
-static int print_summary(const train::Options& opt) {
-  const models::ArchConfig a = models::arch_config(opt.arch);
-  const models::ModelSize t = models::model_size(a, false, a.resolution), d = models::model_size(a, true, a.resolution);
-  std::printf("%s at %dx%d: training form %.3f M parameters, %.3f G MACs; deploy form %.3f M parameters, %.3f G MACs\n",
-              opt.arch.c_str(), a.resolution, a.resolution, t.params / 1e6, t.macs / 1e9, d.params / 1e6, d.macs / 1e9);
-  return 0;
-}
-
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  try {
-    train::Options opt = train::parse_options(args);
-    if (opt.help) {
-      std::fputs(train::help_text().c_str(), stdout);
-      return 0;
-    }
-    if (opt.summary) return print_summary(opt);
-    train::install_interrupt_handler();
-    return train::run_training(opt, args);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return train::main(std::vector<std::string>(argv + 1, argv + argc)); }

@@ -1,0 +1,73 @@
+// The fuzz targets' seeds (fuzz/corpus/<target>/) and the inputs they once failed on
+// (fuzz/regressions/<target>/), replayed through the targets' bodies (fuzz/targets.h), without clang.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "fuzz/targets.h"
+#include "tests/testing.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Target = std::string (*)(const uint8_t*, size_t);
+
+// Every file of dir/<name>, sorted; none when the folder is absent.
+std::vector<fs::path> inputs(const std::string& dir, const std::string& name) {
+  std::vector<fs::path> out;
+  if (fs::is_directory(dir + "/" + name))
+    for (auto& e : fs::directory_iterator(dir + "/" + name)) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string run(Target t, const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  const std::string bytes(std::istreambuf_iterator<char>(in), {});
+  return t(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+void replay(const std::string& name, Target t) {
+  const std::vector<fs::path> seeds = inputs("fuzz/corpus", name);
+  CHECK(seeds.size() >= 2);
+  for (auto& p : seeds) CHECK_MESSAGE(run(t, p) == "", p.string());
+  for (auto& p : inputs("fuzz/regressions", name)) CHECK_MESSAGE(run(t, p) == "", p.string());
+}
+
+const bool have_corpus = have_path("fuzz/corpus");
+
+}  // namespace
+
+TEST_CASE("fuzz: safetensors seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  replay("safetensors", fuzz::safetensors);
+}
+TEST_CASE("fuzz: checkpoint seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  replay("checkpoint", fuzz::checkpoint);
+}
+TEST_CASE("fuzz: CIFAR-10 seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  replay("cifar", fuzz::cifar);
+}
+TEST_CASE("fuzz: image seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  replay("image", fuzz::image);
+}
+
+TEST_CASE("fuzz: a target reports a refusal that does not name the file, and one that echoes its input") {
+  CHECK(fuzz::check_message("file /tmp/x: bad", "/tmp/x") == "");
+  CHECK(fuzz::check_message("bad header", "/tmp/x").find("does not name the file") != std::string::npos);
+  CHECK(fuzz::check_message("/tmp/x: " + std::string(5000, 'a'), "/tmp/x").find("5008 characters") != std::string::npos);
+  CHECK(fuzz::refused_clearly("/tmp/x", [] { throw std::out_of_range("map::at"); }).find("not a std::runtime_error") == 0);
+}
+
+TEST_CASE("fuzz regression: a JPEG Huffman table of more than 256 codes is refused before stb_image overflows" *
+          skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  // The second one's table is cut off by the end of the file, where stb_image reads zeros.
+  for (std::string p : {"fuzz/regressions/image/jpeg-dht-over-256-codes.jpg", "fuzz/regressions/image/jpeg-dht-cut-off.jpg"}) {
+    data::Image img;
+    CHECK_THROWS_WITH_AS(data::decode_image(p, img), (p + ": corrupt JPEG (a Huffman table of more than 256 codes)").c_str(),
+                         std::runtime_error);
+  }
+}
