@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/ops.h"
+#include "engine/safetensors.h"
 
 namespace layers {
 
@@ -12,7 +13,7 @@ using namespace engine;
 StepInit parse_step_init(const std::string& s) {
   if (s == "min-error") return StepInit::min_error;
   if (s == "lsq") return StepInit::lsq;
-  fail("step initialization '" + s + "' is not one of min-error, lsq");
+  fail("step initialization '" + st::cut(s) + "' is not one of min-error, lsq");
 }
 
 const char* step_init_name(StepInit s) { return s == StepInit::min_error ? "min-error" : "lsq"; }

@@ -2,6 +2,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/safetensors.h"
 
 namespace models {
 
@@ -215,16 +216,17 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
     const std::string& v = get(key);
     if (v.empty() || v.size() > 2 || v.find_first_not_of("0123456789") != std::string::npos || std::stoi(v) < 2 ||
         std::stoi(v) > 16)
-      fail(file + ": metadata '" + key + "' is '" + v + "', expected a bit width 2..16");
+      fail(file + ": metadata '" + key + "' is '" + st::cut(v) + "', expected a bit width 2..16");
     return std::stoi(v);
   };
   QatConfig c;
   c.method = it->second;
-  if (!is_qat_method(c.method)) fail(file + ": metadata 'qat' is '" + c.method + "', not one of repq-bn, repq-bnest, merged, bnest");
+  if (!is_qat_method(c.method))
+    fail(file + ": metadata 'qat' is '" + st::cut(c.method) + "', not one of repq-bn, repq-bnest, merged, bnest");
   c.bits = bits("bits");
   c.act_bits = bits("act_bits");
   const std::string& g = get("granularity");
-  if (g != "layer" && g != "channel") fail(file + ": metadata 'granularity' is '" + g + "', expected layer or channel");
+  if (g != "layer" && g != "channel") fail(file + ": metadata 'granularity' is '" + st::cut(g) + "', expected layer or channel");
   c.per_channel = g == "channel";
   try {
     c.init = layers::parse_step_init(get("step_init"));
@@ -232,7 +234,7 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
     fail(file + ": metadata 'step_init': " + e.what());
   }
   const std::string& q = get("quantize_first_last");
-  if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + q + "', expected 0 or 1");
+  if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + st::cut(q) + "', expected 0 or 1");
   c.quantize_first_last = q == "1";
   return c;
 }

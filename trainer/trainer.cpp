@@ -115,9 +115,9 @@ static models::QatConfig qat_config(const Options& o) {
 static void load_init(const Options& o, models::RepVGG& model) {
   if (!fs::is_regular_file(o.init)) throw std::runtime_error(fmt::format("--init {}: no such checkpoint file", o.init));
   const st::File file = st::load(o.init);
-  auto meta = [&](const std::string& key) {
+  auto meta = [&](const std::string& key) {  // quoted in messages: cut
     auto it = file.metadata.find(key);
-    return it == file.metadata.end() ? std::string() : it->second;
+    return it == file.metadata.end() ? std::string() : st::cut(it->second);
   };
   if (!meta("arch").empty() && meta("arch") != o.arch)
     throw std::runtime_error(fmt::format("--init {}: a {} checkpoint, but this run trains {} (give --arch {})", o.init,
