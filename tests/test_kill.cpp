@@ -85,13 +85,6 @@ int64_t loadable_epoch(const fs::path& ckpt) {
   return layers::metadata_int(c.metadata, ckpt.string(), "epoch", 0, 1000);
 }
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("repq_test_kill_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
 std::vector<std::string> train_args(const fs::path& data, const fs::path& run, int epochs) {
   return {"cifar10", "--data", data.string(), "--out", run.string(), "--epochs", std::to_string(epochs),
           "--batch-size", "16", "--threads", "1", "--tmax", "4", "--seed", "3"};
@@ -103,7 +96,7 @@ const bool have_self = have_path("/proc/self/exe");
 
 TEST_CASE("kill: ./train killed 10 times, during steps and during checkpoint writes, always resumes" *
           skip_unless(have_self, "kill test: needs /proc/self/exe")) {
-  const fs::path root = temp_dir("random");
+  const fs::path root = fresh_temp_dir("kill_random");
   const fs::path data = make_cifar(root / "cifar", 4, 8), run = root / "run", log = root / "log.txt";
   const int epochs = 3;  // 20 training images: 1 step of 16 an epoch (the last batch dropped)
   engine::Rng rng(11);
@@ -167,7 +160,7 @@ TEST_CASE("kill: ./train killed 10 times, during steps and during checkpoint wri
 
 TEST_CASE("kill: a checkpoint write that fails (a file size limit, as a full disk) names the file and keeps the last one" *
           skip_unless(have_self, "kill test: needs /proc/self/exe")) {
-  const fs::path root = temp_dir("full");
+  const fs::path root = fresh_temp_dir("kill_full");
   const fs::path data = make_cifar(root / "cifar", 4, 8), run = root / "run", log = root / "log.txt";
   {
     Child c(train_args(data, run, 1), log);
