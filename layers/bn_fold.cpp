@@ -7,17 +7,6 @@ namespace layers {
 
 using namespace engine;
 
-BnFold parse_bn_fold(const std::string& s) {
-  if (s == "running") return BnFold::running;
-  if (s == "batch") return BnFold::batch;
-  if (s == "estimated") return BnFold::estimated;
-  fail("BN folding '" + s + "' is not one of running, batch, estimated");
-}
-
-const char* bn_fold_name(BnFold f) {
-  return f == BnFold::running ? "running" : f == BnFold::batch ? "batch" : "estimated";
-}
-
 BnTensors bn_tensors(const BatchNorm2d& bn) {
   return {bn.gamma_used(), bn.bias, bn.running_mean, bn.running_var, bn.eps};
 }

@@ -9,7 +9,6 @@
 // training: conv(x, Σ W_i t_i) + Σ (β_i − μ_i t_i) = Σ BN_i(x ∗ W_i).
 #pragma once
 #include <optional>
-#include <string>
 
 #include "layers/layers.h"
 #include "layers/reparam.h"
@@ -58,8 +57,5 @@ class BnStatistics {
   int stride_, groups_;
   std::optional<Moments> x_moments_;  // computed once per forward, when needed
 };
-
-BnFold parse_bn_fold(const std::string& s);  // "running" | "batch" | "estimated"
-const char* bn_fold_name(BnFold f);
 
 }  // namespace layers

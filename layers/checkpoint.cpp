@@ -143,13 +143,15 @@ void load_state_dict(Module& model, const st::File& file, const std::string& pre
   }
 }
 
+bool deploy_form(const st::File& file) {
+  for (auto& [name, e] : file.tensors)
+    if (name.find("rbr_reparam.") != std::string::npos) return true;
+  return false;
+}
+
 Checkpoint load_checkpoint(const std::string& path, Module& model) {
   st::File file = st::load(path);
-  for (auto& [name, e] : file.tensors)
-    if (name.find("rbr_reparam.") != std::string::npos) {
-      model.switch_to_deploy();
-      break;
-    }
+  if (deploy_form(file)) model.switch_to_deploy();
   load_state_dict(model, file, "", path);
   Checkpoint c;
   c.metadata = file.metadata;

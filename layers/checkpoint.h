@@ -27,6 +27,9 @@ Tensor from_entry(const st::Entry& e);     // F32, I32, U8, I8 -> a cpu tensor
 void save_checkpoint(const std::string& path, const Module& model, const Metadata& metadata = {},
                      const std::map<std::string, st::Entry>& extra = {});
 
+// Whether a file holds a model in deploy form (tensors named "...rbr_reparam.*").
+bool deploy_form(const st::File& file);
+
 // Loads `path` into `model` (values copied into its tensors, on their device). A deploy-form file
 // (names with "rbr_reparam") switches the model to deploy form first. Checks every name, shape and
 // dtype, and that no tensor named like the model's is left over; throws naming the file and the first

@@ -91,11 +91,7 @@ bool parse_source_option(const std::vector<std::string>& args, size_t& i, Source
   return true;
 }
 
-bool Source::deploy_form() const {
-  for (auto& [name, e] : file.tensors)
-    if (name.find("rbr_reparam.") != std::string::npos) return true;
-  return false;
-}
+bool Source::deploy_form() const { return layers::deploy_form(file); }
 
 static nlohmann::json read_config(const fs::path& path) {
   if (!fs::is_regular_file(path)) throw std::runtime_error(fmt::format("{}: not a regular file", path.string()));

@@ -128,8 +128,7 @@ static void load_init(const Options& o, models::RepVGG& model) {
   if (!meta("oabn_k").empty() && meta("oabn_k") != fmt::format("{}", o.oabn_k))
     throw std::runtime_error(fmt::format("--init {}: trained with --oabn-k {}, this run has {}: give --oabn-k {}", o.init,
                                          meta("oabn_k"), o.oabn_k, meta("oabn_k")));
-  bool deploy = false;
-  for (auto& [name, e] : file.tensors) deploy |= name.find("rbr_reparam.") != std::string::npos;
+  const bool deploy = layers::deploy_form(file);
   if (deploy && o.qat != "merged")
     throw std::runtime_error(fmt::format("--init {}: a deploy-form checkpoint has no branches to {}", o.init,
                                          o.qat.empty() ? "train" : "merge (only --qat merged starts from one)"));
@@ -259,7 +258,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   if (opt.custom_l2 && arch.block != models::BlockType::repvgg)
     throw std::runtime_error(fmt::format("--custom-l2 is RepVGG's; {} uses plain L2", opt.arch));
 
-  if (!opt.qat.empty() && opt.custom_l2 && opt.qat == "merged")
+  if (opt.custom_l2 && opt.qat == "merged")
     throw std::runtime_error("--custom-l2 works on the branches, which --qat merged replaces by one conv per block");
 
   Data d = open_data(opt);
