@@ -28,8 +28,11 @@ static std::runtime_error bad(const std::string& path, const std::string& proble
 // 0xFF00 and the restarts 0xFFD0-D7. Anything else it leaves to stb_image.
 static bool jpeg_huffman_tables_fit(const std::vector<uint8_t>& b) {
   const size_t n = b.size();
-  if (n < 2 || b[0] != 0xFF || b[1] != 0xD8) return true;  // not a JPEG
-  size_t i = 2;
+  size_t i = 1;
+  if (n < 2 || b[0] != 0xFF) return true;  // not a JPEG
+  while (i < n && b[i] == 0xFF) i++;        // stb_image takes fill bytes before every marker, the first too
+  if (i == n || b[i] != 0xD8) return true;  // not a JPEG
+  i++;
   while (i + 1 < n) {
     if (b[i] != 0xFF) {  // entropy-coded data
       i++;
