@@ -1,6 +1,6 @@
 // Per-element arithmetic written once for the CPU loops (engine/cpu/) and the CUDA kernels (engine/cuda/):
 // ENGINE_HD is `__host__ __device__` under nvcc and nothing under g++, so the CPU tests cover the math that
-// the GPU runs. Only plain float arithmetic and C math functions that both sides have (sqrtf, fminf, ...).
+// the GPU runs. Only plain float arithmetic and C math functions that both sides have (sqrtf, nearbyintf, ...).
 #pragma once
 #include <math.h>
 
@@ -14,6 +14,10 @@
 
 namespace engine {
 
+// v clamped to [lo, hi] with comparisons, so a NaN stays NaN as in PyTorch (fminf and fmaxf drop it, and
+// they are library calls that keep the loops around them from vectorizing).
+ENGINE_HD float clamp_nan(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
+
 // --- unary ops: y = op(x), and gx = d op(x)/dx * gy (y = op(x) for ops whose derivative uses it) ---------
 template <UnaryOp op>
 ENGINE_HD float unary_value(float x, float p0, float p1) {
@@ -21,7 +25,7 @@ ENGINE_HD float unary_value(float x, float p0, float p1) {
   else if constexpr (op == UnaryOp::square) return x * x;
   else if constexpr (op == UnaryOp::sqrt) return sqrtf(x);
   else if constexpr (op == UnaryOp::rsqrt) return 1.f / sqrtf(x);
-  else if constexpr (op == UnaryOp::clamp) return fminf(fmaxf(x, p0), p1);
+  else if constexpr (op == UnaryOp::clamp) return clamp_nan(x, p0, p1);
   else if constexpr (op == UnaryOp::round) return nearbyintf(x);  // half to even (default rounding mode)
   else if constexpr (op == UnaryOp::add_scalar) return x + p0;
   else return x * p0;  // mul_scalar
@@ -113,20 +117,20 @@ ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum,
 }
 
 // --- fake_quantize (ops.h): v = x / s, code q = clamp(round(v) + z, q_min, q_max), y = (q − z) s ---------
-// A NaN x gives a NaN y (the clamp would turn it into a code).
-ENGINE_HD float fake_quant_value(float x, float s, int z, int q_min, int q_max) {
-  const float r = nearbyintf(x / s) + (float)z;
-  const float q = r != r ? r : fminf(fmaxf(r, (float)q_min), (float)q_max);
-  return (q - (float)z) * s;
+// A NaN x gives a NaN y (the clamp would turn it into a code). z, q_min and q_max are integers held in
+// floats (exact), converted once by the caller: converted inside, they keep the OpenMP loops scalar.
+ENGINE_HD float fake_quant_value(float x, float s, float z, float q_min, float q_max) {
+  const float r = nearbyintf(x / s) + z;
+  return (clamp_nan(r, q_min, q_max) - z) * s;
 }
 
 // gx = d y / d x · gy (1 inside the code range, 0 outside: LSQ Eq. 3 with the round straight-through);
 // term = d y / d s · gy: round(v) − v inside, q − z outside.
-ENGINE_HD void fake_quant_grad(float x, float s, int z, int q_min, int q_max, float gy, float& gx, float& term) {
-  const float v = x / s, r = nearbyintf(v) + (float)z;
-  const bool inside = r >= (float)q_min && r <= (float)q_max;
+ENGINE_HD void fake_quant_grad(float x, float s, float z, float q_min, float q_max, float gy, float& gx, float& term) {
+  const float v = x / s, r = nearbyintf(v) + z;
+  const bool inside = r >= q_min && r <= q_max;
   gx = inside ? gy : 0.f;
-  term = gy * (inside ? nearbyintf(v) - v : fminf(fmaxf(r, (float)q_min), (float)q_max) - (float)z);
+  term = gy * (inside ? nearbyintf(v) - v : clamp_nan(r, q_min, q_max) - z);
 }
 
 }  // namespace engine

@@ -108,6 +108,13 @@ TEST_CASE("round_ste rounds half to even and passes the gradient straight throug
   CHECK(x.grad().to_vector() == std::vector<float>(7, 3.f));
 }
 
+TEST_CASE("clamp keeps NaN as PyTorch does, and clamps infinities") {
+  const float nan = std::nanf(""), inf = INFINITY;
+  std::vector<float> y = clamp(Tensor::from_vector({nan, -inf, inf, -2.f, 0.5f, 2.f}, {6}), -1.f, 1.f).to_vector();
+  CHECK(std::isnan(y[0]));
+  CHECK(std::vector<float>(y.begin() + 1, y.end()) == std::vector<float>{-1, 1, -1, 0.5f, 1});
+}
+
 static std::vector<double> ref_sum(const Tensor& x, const std::vector<int>& dims, Shape& out) {
   const Shape& s = x.shape();
   out = s;

@@ -12,6 +12,7 @@ void reduce_sum(const Reduce3& r, const float* x, float* y) {
     for (int64_t o = 0; o < r.outer; o++) {
       const float* p = x + o * r.mid;
       double acc = 0;
+#pragma omp simd reduction(+ : acc)
       for (int64_t m = 0; m < r.mid; m++) acc += p[m];
       y[o] = (float)acc;
     }
