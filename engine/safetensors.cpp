@@ -2,6 +2,7 @@
 #include "engine/safetensors.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -159,6 +160,22 @@ void write_atomic(const std::string& path, const std::vector<std::string_view>& 
 }
 
 }  // namespace
+
+std::vector<std::string> remove_stale_temporaries(const std::string& dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t at = name.rfind(".tmp.");
+    if (at == std::string::npos || !e.is_regular_file(ec)) continue;
+    const std::string digits = name.substr(at + 5);
+    if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = (pid_t)std::stol(digits);
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to ask: kept
+    if (std::filesystem::remove(e.path(), ec)) removed.push_back(name);
+  }
+  return removed;
+}
 
 std::string cut(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 77) + "..."; }
 

@@ -102,6 +102,10 @@ void save(const std::string& path, const File& file);
 // fsync of the directory, which comes after the rename and says "written, but ...").
 void write_file_atomic(const std::string& path, const std::string& contents);
 
+// Removes what write_file_atomic leaves in `dir` when its process is killed mid-write: the files
+// "<name>.tmp.<pid>" whose process no longer runs. Returns their names (a file of a live process stays).
+std::vector<std::string> remove_stale_temporaries(const std::string& dir);
+
 // The tensor `name` of `file`, checked to have `dtype` and `shape`; else throws
 // "file <path_for_errors>: tensor 'name' has shape [..], expected [..]" (or is missing / has dtype X, expected Y).
 const Entry& require(const File& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,

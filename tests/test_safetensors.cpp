@@ -3,6 +3,7 @@
 #include "engine/safetensors.h"
 
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -382,4 +383,23 @@ TEST_CASE("safetensors: reads the file written by the Python reference, and writ
   // A file for checking the other direction by hand (kept, overwritten each run):
   //   python3 tests/reference/safetensors_io.py /tmp/repq_st_cpp.safetensors
   st::save((fs::temp_directory_path() / "repq_st_cpp.safetensors").string(), sample_file());
+}
+
+TEST_CASE("remove_stale_temporaries: a killed writer's .tmp.<pid> goes, a live process's and other files stay") {
+  const std::filesystem::path dir = fresh_temp_dir("stale-tmp");
+  std::filesystem::create_directories(dir);
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  REQUIRE(child > 0);
+  int status = 0;
+  ::waitpid(child, &status, 0);  // now a pid of no process (until the system reuses it)
+  const std::string dead = "last.safetensors.tmp." + std::to_string(child);
+  const std::string live = "best.safetensors.tmp." + std::to_string(::getpid());
+  for (const std::string& name : {dead, live, std::string("last.safetensors"), std::string("notes.tmp.x1")})
+    std::ofstream(dir / name) << "x";
+  CHECK(st::remove_stale_temporaries(dir.string()) == std::vector<std::string>{dead});
+  CHECK(!std::filesystem::exists(dir / dead));
+  for (const char* kept : {"last.safetensors", "notes.tmp.x1"}) CHECK(std::filesystem::exists(dir / kept));
+  CHECK(std::filesystem::exists(dir / live));
+  CHECK(st::remove_stale_temporaries((dir / "missing").string()).empty());
 }

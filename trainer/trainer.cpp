@@ -295,6 +295,8 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;
   Log log{run / "log.csv", opt.dataset == "imagenet", {}};
   if (!resume_ckpt.empty()) {
+    for (const std::string& name : st::remove_stale_temporaries(run.string()))
+      std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (run / name).c_str());
     layers::Checkpoint c = layers::load_checkpoint(resume_ckpt.string(), model);
     const std::string ck = resume_ckpt.string();
     start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, opt.epochs));
