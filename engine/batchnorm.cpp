@@ -70,9 +70,15 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
 }
 
 Tensor channel_var(const Tensor& x, const Tensor& mean) {
-  ENGINE_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "expects x f32 [N, C, H, W], got " + x.str());
-  check_channel_param(mean, "mean", x);
-  const BnShape s{x.size(0), x.size(1), x.size(2) * x.size(3)};
+  const bool blocked = is_blocked(x);
+  ENGINE_CHECK(x.defined() && x.dtype() == DType::f32 &&
+                   (x.dim() == 4 || (blocked && x.size(4) == kChannelBlock && x.device() == Device::cpu)),
+               "expects x f32 [N, C, H, W] (or blocked [N, C/16, H, W, 16] on the CPU), got " + x.str());
+  const int64_t c = blocked ? x.size(1) * kChannelBlock : x.size(1);
+  ENGINE_CHECK(mean.defined() && mean.dtype() == DType::f32 && mean.shape() == Shape{c} && mean.device() == x.device(),
+               "mean must be f32 [" + std::to_string(c) + "] on " + device_name(x.device()) + " for x " + x.str() +
+                   ", got " + mean.str());
+  const BnShape s{x.size(0), c, x.size(2) * x.size(3), blocked};
   Tensor var = Tensor::empty(Shape{s.c}, DType::f32, x.device());
   DISPATCH(x.device(), channel_var_forward, s, x.f32(), mean.f32(), var.f32());
   record(var, "channel_var", {x, mean}, [s](const Tensor& out, const Tensor& gvar) {

@@ -48,6 +48,7 @@ struct FakeQuant {
 
 struct BnShape {
   int64_t n, c, hw;
+  bool blocked = false;  // x [N, C/16, HW, 16] (ops.h to_blocked; CPU only, and only channel_var takes it)
 };
 
 // One batch norm of a fused sum (bn_add_relu in ops.h): x [N, C, HW] (or blocked), the rest [C].

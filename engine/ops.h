@@ -105,8 +105,9 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
 // (div, round_ste, add_scalar, clamp, mul) with the step scaled as s·g + sg(s − s·g), in two passes.
 Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float step_grad_scale);
 
-// x [N, C, H, W], mean [C] -> [C]: the biased variance about `mean`, (1/M) Σ_{n,h,w} (x − mean)², M = N·H·W,
-// in one pass (RepQ-BN's batch statistics, layers/bn_fold.h); differentiable in x and mean.
+// x [N, C, H, W] (blocked too, CPU), mean [C] -> [C]: the biased variance about `mean`,
+// (1/M) Σ_{n,h,w} (x − mean)², M = N·H·W, in one pass (RepQ-BN's batch statistics, layers/bn_fold.h);
+// differentiable in x and mean.
 Tensor channel_var(const Tensor& x, const Tensor& mean);
 
 // --- loss.cpp ----------------------------------------------------------------------------------------

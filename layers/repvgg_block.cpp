@@ -69,7 +69,6 @@ Tensor RepBlock::run(const Tensor& x, bool blocked_out) {
     case BlockMode::branches: return forward_branches(x, blocked_out);
     case BlockMode::merged: break;
   }
-  ENGINE_CHECK(!is_blocked(x), "a block in merged mode takes the plain layout");
   BnStatistics stats(training() ? fold : BnFold::running, x, stride, groups);
   const KernelBias kb = kernel_bias(stats);
   return quantized_conv_relu(x, kb.kernel, kb.bias, blocked_out);

@@ -138,14 +138,13 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
 }
 
 // Whether the blocks can run in the blocked layout (ops.h to_blocked): channel counts, per group too, that
-// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain), no QARepVGG block in
-// training form (its BN of a sum is batch_norm2d's, plain only) and no block in merged mode (its BN
-// statistics are computed in the plain layout).
+// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain) and no QARepVGG block in
+// branches mode (its BN of a sum is batch_norm2d's, plain only). Merged mode runs blocked: its batch
+// statistics are channel_var's and mean's, which take the layout.
 static bool blocked_layout_fits(const std::vector<std::shared_ptr<layers::RepBlock>>& blocks) {
   for (size_t i = 0; i < blocks.size(); i++) {
     const layers::RepBlock& b = *blocks[i];
-    if (b.mode() == layers::BlockMode::merged) return false;
-    if (!b.deployed() && !dynamic_cast<const layers::RepVGGBlock*>(&b)) return false;
+    if (b.mode() == layers::BlockMode::branches && !dynamic_cast<const layers::RepVGGBlock*>(&b)) return false;
     if (b.out_channels % (kChannelBlock * b.groups) != 0) return false;
     if (i > 0 && b.in_channels % (kChannelBlock * b.groups) != 0) return false;
   }

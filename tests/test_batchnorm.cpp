@@ -324,3 +324,12 @@ TEST_CASE("channel_var: the biased variance about a given mean against double lo
     testing_util::check_gradients([](auto& in) { return channel_var(in[0], in[1]); }, {x, mean});
   }
 }
+
+TEST_CASE("channel_var in the blocked layout: the plain layout's variance and gradients") {
+  Rng rng(32);
+  Tensor x = rand_uniform({3, 32, 3, 5}, -1, 3, rng), mean = rand_uniform({32}, -0.5f, 1.5f, rng);
+  check_close(channel_var(to_blocked(x), mean).to_vector(), channel_var(x, mean).to_vector(), 1e-6, 1e-7, "var");
+  testing_util::check_gradients([](auto& in) { return channel_var(to_blocked(in[0]), in[1]); }, {x, mean});
+  CHECK_THROWS_WITH(channel_var(to_blocked(x), Tensor::zeros({16})),
+                    doctest::Contains("mean must be f32 [32]"));
+}

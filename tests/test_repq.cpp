@@ -88,6 +88,49 @@ TEST_CASE("merged mode with batch folding is the 3-branch block: output, every g
   }
 }
 
+TEST_CASE("merged mode in the blocked layout: the plain layout's output, gradients and running statistics") {
+  struct Case {
+    const char* name;
+    bool qa;
+    int in, out, stride, groups;
+  };
+  for (BnFold fold : {BnFold::batch, BnFold::estimated})
+    for (const Case& c : {Case{"RepVGG 16->16 with identity", false, 16, 16, 1, 1}, Case{"RepVGG 16->32 stride 2", false, 16, 32, 2, 1},
+                          Case{"RepVGG 32->32 groups 2", false, 32, 32, 1, 2}, Case{"QARepVGG 16->16", true, 16, 16, 1, 1}}) {
+      INFO(c.name, fold == BnFold::batch ? ", RepQ-BN" : ", RepQ-BNEst");
+      std::shared_ptr<RepBlock> blocks[2];
+      Run runs[2];
+      Rng rng(8);
+      const int64_t side = (6 - 1) / c.stride + 1;
+      const Tensor x = rand_uniform({2, c.in, 6, 6}, 0, 2, rng), w = rand_uniform({2, c.out, side, side}, -1, 1, rng);
+      for (int blocked = 0; blocked < 2; blocked++) {
+        blocks[blocked] = make_block(c.qa, c.in, c.out, c.stride, c.groups, 21);
+        blocks[blocked]->switch_to_merged(fold);
+        blocks[blocked]->set_quantizers(std::make_shared<Quantizer>(4, Codes::unsigned_act),
+                                        std::make_shared<Quantizer>(4, Codes::weight, c.out));
+        if (!blocked) {
+          runs[0] = run_block(*blocks[0], x, w);
+          continue;
+        }
+        Tensor xb = x.clone();  // the gradient of x through to_blocked, the output back to plain
+        xb.requires_grad_(true);
+        runs[1].y = to_plain(blocks[1]->forward(to_blocked(xb)));
+        sum_all(mul(runs[1].y, w)).backward();
+        runs[1].gx = xb.grad();
+        for (auto& p : blocks[1]->parameters()) runs[1].grads.push_back(p.tensor.grad());
+      }
+      check_close(runs[1].y.to_vector(), runs[0].y.to_vector(), 1e-5, 1e-6, "output");
+      check_close(runs[1].gx.to_vector(), runs[0].gx.to_vector(), 1e-4, 1e-6, "input gradient");
+      const auto params = blocks[0]->parameters();
+      REQUIRE(runs[0].grads.size() == runs[1].grads.size());
+      for (size_t i = 0; i < params.size(); i++)
+        check_close(runs[1].grads[i].to_vector(), runs[0].grads[i].to_vector(), 1e-4, 1e-6, params[i].name);
+      const auto bufs_a = blocks[0]->buffers(), bufs_b = blocks[1]->buffers();
+      for (size_t i = 0; i < bufs_a.size(); i++)
+        check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
+    }
+}
+
 TEST_CASE("merged mode in eval (running statistics) gives the deploy conv's output; with quantizers too") {
   for (bool qa : {false, true}) {
     auto merged = make_block(qa, 8, 8, 1, 2, 5);
