@@ -18,7 +18,8 @@ namespace quant {
 using engine::Tensor;
 
 const char* const kQuantHelp =
-    "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (required, but for QAT runs)\n"
+    "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (./export: one, 2..8); required\n"
+    "                         for a full-precision checkpoint, refused for a QAT one\n"
     "  --act-bits B[,B...]    activation bit widths: one for all, or one per --bits (default: as --bits)\n"
     "  --granularity layer|channel   weight scales per layer (default) or per output channel\n"
     "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
