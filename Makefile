@@ -136,6 +136,11 @@ fuzz-seeds: build/libengine.a
 	$(CXX) $(CXXFLAGS) fuzz/make_seeds.cpp build/libengine.a -o build/make_seeds $(LDLIBS)
 	./build/make_seeds
 
+# Remakes tests/reference/qdq_cifar_w8.safetensors, the QDQ export tests' trained model (~3 minutes).
+qdq-reference: build/libengine.a
+	$(CXX) $(CXXFLAGS) tests/reference/make_qdq_model.cpp build/libengine.a -o build/make_qdq_model $(LDLIBS)
+	OMP_WAIT_POLICY=passive ./build/make_qdq_model
+
 fuzz-deps:
 	@bash scripts/install-deps.sh fuzz
 
@@ -159,6 +164,6 @@ bench: deps
 clean:
 	rm -rf build build-san build-fuzz $(PROGRAMS)
 
-.PHONY: all dev deps test bench clean fuzz fuzz-deps fuzz-seeds FORCE
+.PHONY: all dev deps test bench clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
 FORCE:
 -include $(shell find $(B) build-fuzz -name '*.d' 2>/dev/null)

@@ -106,20 +106,18 @@ static std::string act_qdq(Message& graph, const std::string& name, const layers
 
 // The weight w [O, ...] as its int8 codes clamp(round(w / s), q_min, q_max), rounded here (so that codes
 // narrower than 8 bits keep their range), then DequantizeLinear, per axis 0 with a per-channel step.
-// Returns the dequantized weight's name; `steps` gets the step of each output channel.
-static std::string weight_dq(Message& graph, const std::string& name, const layers::Quantizer& q, const engine::Tensor& w,
-                             std::vector<float>& steps) {
+// Returns the dequantized weight's name.
+static std::string weight_dq(Message& graph, const std::string& name, const layers::Quantizer& q, const engine::Tensor& w) {
   code_type(q, name);  // the checks: weight codes are int8
   const std::vector<float> s = q.step.to_vector(), v = w.to_vector();
   const int64_t out = w.size(0), per = w.numel() / out;
   if (s.size() != 1 && (int64_t)s.size() != out)
     throw std::runtime_error(fmt::format("QDQ export: {} has {} steps for {} output channels", name, s.size(), out));
   std::vector<int> codes(v.size());
-  steps.assign(out, s[0]);
   for (int64_t o = 0; o < out; o++) {
-    if (s.size() > 1) steps[o] = s[o];
+    const float step = s[s.size() > 1 ? o : 0];
     for (int64_t i = o * per; i < (o + 1) * per; i++)
-      codes[i] = (int)std::clamp(std::nearbyint(v[i] / steps[o]), (float)q.q_min, (float)q.q_max);
+      codes[i] = (int)std::clamp(std::nearbyint(v[i] / step), (float)q.q_min, (float)q.q_max);
   }
   std::vector<int64_t> dims, sdims;
   for (int d = 0; d < w.dim(); d++) dims.push_back(w.size(d));
@@ -132,22 +130,15 @@ static std::string weight_dq(Message& graph, const std::string& name, const laye
   return name + ".dq";
 }
 
-// The bias b [O] as int32 codes round(b / (s_x · s_w)), zero point 0, then DequantizeLinear per axis 0.
-static std::string bias_dq(Message& graph, const std::string& name, const engine::Tensor& b, float s_x, const std::vector<float>& s_w) {
-  const std::vector<float> v = b.to_vector();
-  std::vector<float> scale(v.size());
-  std::vector<int32_t> codes(v.size());
-  for (size_t o = 0; o < v.size(); o++) {
-    scale[o] = s_x * s_w[o];
-    const double c = std::nearbyint((double)v[o] / scale[o]);
-    if (!(std::fabs(c) < 2147483647.0))
-      throw std::runtime_error(fmt::format("QDQ export: {}[{}] = {} is {} steps of {}, beyond int32", name, o, v[o], c, scale[o]));
-    codes[o] = (int32_t)c;
-  }
-  const std::vector<int64_t> dims = {(int64_t)v.size()};
-  graph.message(f::initializer, initializer(name + ".codes", kInt32, dims, codes));
-  graph.message(f::initializer, initializer(name + ".scale", kFloat, dims, scale));
-  graph.message(f::initializer, initializer(name + ".zero_point", kInt32, dims, std::vector<int32_t>(v.size(), 0)));
+// The bias b [O] as its int32 codes of step s_x · s_w (layers::bias_codes, what our eval forward adds), zero
+// point 0, then DequantizeLinear per axis 0.
+static std::string bias_dq(Message& graph, const std::string& name, const engine::Tensor& b, const layers::Quantizer& act,
+                           const layers::Quantizer& weight) {
+  const layers::BiasCodes c = layers::bias_codes(b, act, weight, "QDQ export: " + name);
+  const std::vector<int64_t> dims = {(int64_t)c.codes.size()};
+  graph.message(f::initializer, initializer(name + ".codes", kInt32, dims, c.codes));
+  graph.message(f::initializer, initializer(name + ".scale", kFloat, dims, c.steps));
+  graph.message(f::initializer, initializer(name + ".zero_point", kInt32, dims, std::vector<int32_t>(c.codes.size(), 0)));
   graph.message(f::node, node("DequantizeLinear", name + ".dq", {name + ".codes", name + ".scale", name + ".zero_point"}, name + ".dq",
                               {attr_int("axis", 0)}));
   return name + ".dq";
@@ -161,10 +152,9 @@ static std::vector<std::string> layer_inputs(Message& graph, const OnnxOptions& 
                                              const std::string& b_name, const engine::Tensor& b) {
   if (!opt.qdq) act = weight = nullptr;
   if (act) x = act_qdq(graph, prefix + ".act_quant", *act, x);
-  std::vector<float> s_w;
-  const std::string wq = weight ? weight_dq(graph, prefix + ".weight_quant", *weight, w, s_w) : w_name;
+  const std::string wq = weight ? weight_dq(graph, prefix + ".weight_quant", *weight, w) : w_name;
   if (!weight) graph.message(f::initializer, initializer(w_name, w));
-  const std::string bq = act && weight ? bias_dq(graph, prefix + ".bias_quant", b, act->step.to_vector().at(0), s_w) : b_name;
+  const std::string bq = act && weight ? bias_dq(graph, prefix + ".bias_quant", b, *act, *weight) : b_name;
   if (!(act && weight)) graph.message(f::initializer, initializer(b_name, b));
   return {x, wq, bq};
 }

@@ -27,8 +27,10 @@
 // As torch.ao's FakeQuantize, a quantizer can observe its input (`observer`, ./ptq's calibration) and pass it
 // through unchanged (`fake_quant` false).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "layers/module.h"
 
@@ -64,6 +66,20 @@ class Quantizer : public Module {
  private:
   mutable bool ready_ = false;  // init_state seen at 1 (read from the buffer until then)
 };
+
+// A layer's bias where its input and weight are quantized, as integer kernels hold it (and ./export --qdq
+// writes it): int32 codes c_o = round(b_o / t_o) of step t_o = s_x · s_w,o (s_w,o the weight's step of output
+// channel o, or its one step), zero point 0. Throws naming `name` for a code beyond int32.
+struct BiasCodes {
+  std::vector<int32_t> codes;
+  std::vector<float> steps;  // t_o
+};
+BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& weight, const std::string& name = "bias");
+// What a quantized layer adds in eval, the integer model's bias: b̂ = c · t (above), on b's device, as
+// b + sg(b̂ − b) (b's gradient passes straight through). b itself in training (the bias stays float, as in
+// RepQ and PyTorch's QAT), or where either quantizer is missing or passes its input through. At 8 bits
+// |b̂ − b| ≤ t / 2 is far below the output's step; at 4 bits it is not (docs/repq.md).
+Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training);
 
 // The scalar reference of forward, for one value: (clamp(round(x / s) + z, q_min, q_max) − z) · s.
 float fake_quant(float x, float s, int z, int q_min, int q_max);

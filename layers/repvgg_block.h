@@ -7,7 +7,8 @@
 //             the branch parameters, each BN folded with the statistics of layers/bn_fold.h
 //   deploy    one 3x3 conv with bias, rbr_reparam: y = ReLU(conv(Q_a(x), Q_w(W), b))
 // Q_a and Q_w are the quantizer modules the block owns (`act_quant`, `weight_quant`; layers/quantizer.h),
-// null where the block stays FP32. Without quantizers, merged mode with batch folding is the branches'
+// null where the block stays FP32; with both, b is rounded to its int32 grid in eval (layers::eval_bias), as
+// integer kernels and ./export --qdq hold it, and stays float in training. Without quantizers, merged mode with batch folding is the branches'
 // function in training, and with running statistics the deploy conv's in eval.
 #pragma once
 #include <memory>

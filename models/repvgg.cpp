@@ -161,7 +161,7 @@ Tensor RepVGG::forward(const Tensor& x) {
   Tensor features = global_avg_pool(y);
   if (fc_act_quant_) features = fc_act_quant_->forward(features);
   const Tensor w = fc_weight_quant_ ? fc_weight_quant_->forward(linear_->weight) : linear_->weight;
-  return linear(features, w, linear_->bias);
+  return linear(features, w, layers::eval_bias(linear_->bias, fc_act_quant_.get(), fc_weight_quant_.get(), training()));
 }
 
 void RepVGG::set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight) {

@@ -17,6 +17,16 @@ namespace quant {
 
 using engine::Tensor;
 
+const char* const kQuantHelp =
+    "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (./export: one, 2..8); required\n"
+    "                         for a full-precision checkpoint, refused for a QAT one\n"
+    "  --act-bits B[,B...]    activation bit widths: one for all, or one per --bits (default: as --bits)\n"
+    "  --granularity layer|channel   weight scales per layer (default) or per output channel\n"
+    "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
+    "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
+    "  --calib-batches N      calibration batches (default 16, of --batch-size images, default 128)\n"
+    "  --quantize-first-last  also quantize stage0 and the FC\n";
+
 std::string ptq_help() {
   return std::string(
              "usage: ./ptq [--ckpt FILE] --bits B[,B...] [options]\n"
@@ -25,37 +35,31 @@ std::string ptq_help() {
              "calibrated on training batches without augmentation; stage0 and the FC stay FP32. Prints top-1\n"
              "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n"
              "A QAT checkpoint (./train --qat) is evaluated instead at its learned quantizers, in deploy form, with\n"
-             "no calibration and no --bits.\n\n"
-             "  --bits B[,B...]        weight bit widths (2..16), one quantized model each (required, but for QAT runs)\n"
-             "  --act-bits B[,B...]    activation bit widths: one for all, or one per --bits (default: as --bits)\n"
-             "  --granularity layer|channel   weight scales per layer (default) or per output channel\n"
-             "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
-             "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
-             "  --calib-batches N      calibration batches (default 16)\n"
-             "  --quantize-first-last  also quantize stage0 and the FC\n") +
-         kSourceHelp + "  --help                 this text\n";
+             "no calibration and no --bits.\n\n") +
+         kQuantHelp + kSourceHelp + "  --help                 this text\n";
 }
 
-PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
-  PtqOptions o;
-  for (size_t i = 0; i < args.size();) {
-    if (parse_source_option(args, i, o.source)) continue;
-    const std::string& a = args[i];
-    auto value = [&]() -> const std::string& {
-      if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", a));
-      return args[i + 1];
-    };
-    if (a == "--help") o.help = true;
-    else if (a == "--quantize-first-last") o.quantize_first_last = true;
-    else if (a == "--bits") o.bits = parse_int_list(a, value(), 2);
-    else if (a == "--act-bits") o.act_bits = parse_int_list(a, value(), 2);
-    else if (a == "--granularity") o.granularity = parse_granularity(value());
-    else if (a == "--calib") o.calib = parse_calib(value());
-    else if (a == "--calib-batches") o.calib_batches = parse_int(a, value(), 1);
-    else throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", a));
-    i += (a == "--help" || a == "--quantize-first-last") ? 1 : 2;
+bool parse_quant_option(const std::vector<std::string>& args, size_t& i, PtqOptions& o) {
+  const std::string& a = args[i];
+  if (a == "--quantize-first-last") {
+    o.quantize_first_last = true;
+  } else if (a == "--bits" || a == "--act-bits" || a == "--granularity" || a == "--calib" || a == "--calib-batches") {
+    if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", a));
+    const std::string& v = args[++i];
+    if (a == "--bits") o.bits = parse_int_list(a, v, 2);
+    else if (a == "--act-bits") o.act_bits = parse_int_list(a, v, 2);
+    else if (a == "--granularity") o.granularity = parse_granularity(v);
+    else if (a == "--calib") o.calib = parse_calib(v);
+    else o.calib_batches = parse_int(a, v, 1);
+  } else {
+    return false;
   }
-  if (o.help) return o;
+  if (o.first_quant_option.empty()) o.first_quant_option = a;
+  i++;
+  return true;
+}
+
+void check_quant_options(const PtqOptions& o) {
   for (int b : o.bits)
     if (b > 16) throw std::runtime_error(fmt::format("option --bits: {} is more than 16", b));
   for (int b : o.act_bits)
@@ -63,7 +67,36 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   if (o.act_bits.size() > 1 && o.act_bits.size() != o.bits.size())
     throw std::runtime_error(fmt::format("--act-bits has {} values for {} --bits: give one, or one per bit width",
                                          o.act_bits.size(), o.bits.size()));
+}
+
+PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
+  PtqOptions o;
+  for (size_t i = 0; i < args.size();) {
+    if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
+    if (args[i] != "--help") throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", args[i]));
+    o.help = true;
+    i++;
+  }
+  if (!o.help) check_quant_options(o);
   return o;
+}
+
+Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const PtqOptions& o, int batch) {
+  auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
+  data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());  // training images, eval transform
+  Calibration cal = calibrate(deployed, loader, o.calib_batches, o.calib, s.device);
+  if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
+  return cal;
+}
+
+QuantConfig quant_config(const PtqOptions& o, size_t k) {
+  QuantConfig c;
+  c.weight_bits = o.bits.at(k);
+  c.act_bits = o.act_bits.empty() ? o.bits[k] : o.act_bits.size() == 1 ? o.act_bits[0] : o.act_bits[k];
+  c.granularity = o.granularity;
+  c.calib = o.calib;
+  c.quantize_first_last = o.quantize_first_last;
+  return c;
 }
 
 namespace {
@@ -97,7 +130,7 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
-  std::printf("  rounding half to even; stage0 and the FC: %s; biases FP32; %zu validation images\n\n",
+  std::printf("  rounding half to even; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n\n",
               o.quantize_first_last ? "quantized" : "FP32", images);
 }
 
@@ -129,6 +162,7 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   j["activations"] = {{"scheme", "asymmetric uniform"}, {"granularity", "layer"}, {"codes", "[0, 2^B-1]"},
                       {"calibration", calib_name(o.calib)}, {"calib_batches", cal.batches}, {"calib_images", cal.images}};
   j["rounding"] = "half to even";
+  j["biases"] = "int32 codes of step s_x*s_w";
   j["first_last"] = o.quantize_first_last ? "quantized" : "fp32";
   j["val_images"] = fp32.images;
   j["fp32"] = {{"top1", fp32.top1}};
@@ -148,9 +182,10 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
 
 // A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
 int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
-  if (!o.bits.empty() || !o.act_bits.empty())
-    throw std::runtime_error(fmt::format("{} is a QAT checkpoint ({}): it is evaluated at its learned quantizers; "
-                                         "--bits and --act-bits are for full-precision checkpoints", s.ckpt, model.qat()->method));
+  if (!o.first_quant_option.empty())
+    throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}): it is evaluated at its learned quantizers; "
+                                         "the quantization options are for full-precision checkpoints",
+                                         o.first_quant_option, s.ckpt, model.qat()->method));
   const models::QatConfig& q = *model.qat();
   model.switch_to_deploy();
   auto val = open_split(s, false, o.source.limit_val);
@@ -195,7 +230,7 @@ int run_ptq(const std::vector<std::string>& args) {
   }
   Source s = resolve_source(o.source);
   std::printf("ptq: %s\n", describe(s).c_str());
-  const int batch = o.source.batch_size > 0 ? o.source.batch_size : 128;
+  const int batch = o.source.batch_size > 0 ? o.source.batch_size : kPtqBatch;
   const int threads = omp_get_max_threads();
   const bool top5 = s.dataset == "imagenet";
 
@@ -206,13 +241,10 @@ int run_ptq(const std::vector<std::string>& args) {
   s.file = {};                                      // the model holds the weights now
 
   auto val = open_split(s, false, o.source.limit_val);
-  auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
   data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
-  data::Loader calib_loader(*train, batch, /*train=*/false, 0, threads);  // training images, eval transform
 
   auto t0 = std::chrono::steady_clock::now();
-  const Calibration cal = calibrate(*model, calib_loader, o.calib_batches, o.calib, s.device);
-  if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
+  const Calibration cal = calibrate_source(s, *model, o, batch);
   std::printf("calibrated %s on %d batches (%zu training images spread over the set, without augmentation) in %.1f s\n",
               calib_name(o.calib), cal.batches, cal.images, seconds_since(t0));
 
@@ -222,12 +254,7 @@ int run_ptq(const std::vector<std::string>& args) {
 
   std::vector<Row> rows;
   for (size_t k = 0; k < o.bits.size(); k++) {
-    QuantConfig c;
-    c.weight_bits = o.bits[k];
-    c.act_bits = o.act_bits.empty() ? o.bits[k] : o.act_bits.size() == 1 ? o.act_bits[0] : o.act_bits[k];
-    c.granularity = o.granularity;
-    c.calib = o.calib;
-    c.quantize_first_last = o.quantize_first_last;
+    const QuantConfig c = quant_config(o, k);
     t0 = std::chrono::steady_clock::now();
     const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);

@@ -11,6 +11,8 @@
 
 namespace quant {
 
+constexpr int kPtqBatch = 128;  // the default batch size of calibration and evaluation
+
 struct PtqOptions {
   SourceOptions source;
   std::vector<int> bits;       // weight bit widths, one quantized model each
@@ -20,11 +22,25 @@ struct PtqOptions {
   int calib_batches = 16;
   bool quantize_first_last = false;
   bool help = false;
+  std::string first_quant_option;  // the first quantization option given ("--bits", ...), "" if none
 };
 
 // Parses argv (without the program name); throws naming the bad option.
 PtqOptions parse_ptq_options(const std::vector<std::string>& args);
 std::string ptq_help();
+// The quantization options (--bits, --act-bits, --granularity, --calib, --calib-batches,
+// --quantize-first-last), which ./export --qdq takes too: as parse_source_option. check_quant_options
+// checks them together once all are parsed; kQuantHelp: their --help lines.
+bool parse_quant_option(const std::vector<std::string>& args, size_t& i, PtqOptions& o);
+void check_quant_options(const PtqOptions& o);
+extern const char* const kQuantHelp;
+
+// ./ptq's calibration: o.calib_batches batches of `batch` training images spread evenly over the training
+// split (eval transform, no augmentation), observed on the FP32 `deployed` model. Throws naming s.data when
+// there are no training images.
+Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const PtqOptions& o, int batch);
+// The configuration of o.bits[k].
+QuantConfig quant_config(const PtqOptions& o, size_t k);
 
 // The program: parses, runs, prints the table (and writes --json). Returns 0; errors throw
 // std::runtime_error (a missing or corrupt checkpoint, one of another arch: the message names the file).

@@ -7,7 +7,8 @@
 // Q_w is symmetric with s = max|w| / (2^(B-1) - 1) per layer or per output channel (quant/quantizers.h);
 // Q_a is asymmetric per layer: codes [0, 2^B - 1], s and z from the range calibrated on the FP32 model's
 // activations (quant/calibration.h). The first conv (stage0) and the last FC keep FP32 weights and inputs
-// unless quantize_first_last. Biases stay FP32 (on integer hardware they are 32-bit, with scale s_x s_w).
+// unless quantize_first_last. A quantized layer's bias is what integer hardware holds, int32 codes of step
+// s_x s_w (layers::eval_bias).
 // Quantizing replaces earlier quantizers, so one deploy model serves every bit width.
 #pragma once
 #include <string>

@@ -300,6 +300,36 @@ TEST_CASE("LSQ quantizer: forward against the scalar reference, codes in range, 
   CHECK_THROWS_WITH_AS(Quantizer(17, Codes::weight), doctest::Contains("outside 2..16"), std::runtime_error);
 }
 
+TEST_CASE("eval_bias: in eval the bias on its int32 grid of step s_x * s_w (per tensor, per channel); float in training") {
+  Rng rng(21);
+  Quantizer act(4, Codes::unsigned_act);
+  act.set_step({0.37f});
+  for (int64_t channels : {1, 6}) {
+    Quantizer weight(4, Codes::weight, channels);
+    weight.set_step(channels == 6 ? std::vector<float>{0.013f, 0.05f, 0.021f, 0.2f, 0.0071f, 0.09f} : std::vector<float>{0.031f});
+    Tensor b = rand_uniform({6}, -0.5f, 0.5f, rng);
+    b.requires_grad_(true);
+    const Tensor y = eval_bias(b, &act, &weight, /*training=*/false);
+    const std::vector<float> bv = b.to_vector(), yv = y.to_vector(), sw = weight.step.to_vector();
+    const BiasCodes c = bias_codes(b, act, weight);
+    for (int64_t o = 0; o < 6; o++) {
+      const double t = (double)0.37f * sw[channels == 1 ? 0 : o];
+      const double code = std::nearbyint(bv[o] / t);
+      CHECK(c.codes[o] == (int32_t)code);
+      CHECK(yv[o] == doctest::Approx(code * t).epsilon(1e-6));
+      CHECK(std::fabs(yv[o] - bv[o]) <= 0.5 * t * (1 + 1e-5));
+    }
+    sum_all(mul(y, Tensor::full({6}, 2.0f))).backward();  // straight through: d y / d b = 1
+    CHECK(b.grad().to_vector() == std::vector<float>(6, 2.0f));
+    CHECK(eval_bias(b, &act, &weight, /*training=*/true).to_vector() == bv);
+    CHECK(eval_bias(b, &act, nullptr, false).to_vector() == bv);
+  }
+  Quantizer weight(8, Codes::weight);
+  weight.set_step({1e-6f});
+  CHECK_THROWS_WITH_AS(bias_codes(Tensor::full({2}, 1e4f), act, weight, "conv.bias"),
+                       doctest::Contains("conv.bias[0] = 10000.000000 is beyond int32 codes"), std::runtime_error);
+}
+
 TEST_CASE("LSQ quantizer: gradients of x and of the step against LSQ's closed form (Eq. 3), with the scale") {
   Rng rng(16);
   Quantizer q(3, Codes::signed_act);  // codes -4..3

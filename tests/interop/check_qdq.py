@@ -1,14 +1,15 @@
 """Checks a QDQ ONNX file written by ./export --qdq against the engine's fake-quantized logits (run by
 tests/test_qdq_export.cpp).
 
-    /usr/bin/python3 tests/interop/check_qdq.py MODEL.onnx IO.safetensors MEDIAN_TOL AGREE TOP1_TOL
+    /usr/bin/python3 tests/interop/check_qdq.py MODEL.onnx IO.safetensors MEDIAN_TOL AGREE TOP1_TOL QLINEAR_MIN
 
 IO holds `input` [N, 3, H, W], `labels` [N] and `logits` [N, classes], the engine's. Runs onnx.checker
 (full check), checks the QDQ form (int8 weight codes, int32 biases, per-axis scales where per channel),
 runs onnxruntime with all its graph optimizations (which fuse DequantizeLinear -> Conv -> QuantizeLinear
-into its int8 QLinearConv kernels; the optimized graph's ops are printed), and fails when the median over
-the images of max|ort - ours| / max|ours| exceeds MEDIAN_TOL, or fewer than a fraction AGREE of the argmaxes
-agree, or the top-1s differ by more than TOP1_TOL points.
+into its int8 QLinearConv kernels; the optimized graph's ops are printed), and fails when it has fewer than
+QLINEAR_MIN QLinearConv nodes, when the median over the images of max|ort - ours| / max|ours| exceeds
+MEDIAN_TOL, or fewer than a fraction AGREE of the argmaxes agree, or the top-1s differ by more than TOP1_TOL
+points.
 """
 import collections
 import sys
@@ -21,7 +22,7 @@ import onnxruntime as ort
 from st_numpy import load
 
 
-def main(model_path, io_path, median_tol, agree_min, top1_tol):
+def main(model_path, io_path, median_tol, agree_min, top1_tol, qlinear_min):
     model = onnx.load(model_path)
     onnx.checker.check_model(model, full_check=True)
     print("checker: ok")
@@ -46,7 +47,9 @@ def main(model_path, io_path, median_tol, agree_min, top1_tol):
         sess = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         fused = collections.Counter(n.op_type for n in onnx.load(optimized.name).graph.node)
     print("onnxruntime's optimized graph:", dict(sorted(fused.items())))
-    theirs = np.concatenate([sess.run(["logits"], {"input": x[i:i + 100]})[0] for i in range(0, len(x), 100)])
+    if fused["QLinearConv"] < qlinear_min:
+        sys.exit(f"FAIL: onnxruntime runs {fused['QLinearConv']} convs with its int8 kernel (QLinearConv), fewer than {qlinear_min}")
+    theirs = np.concatenate([sess.run(["logits"], {"input": x[i:i + 500]})[0] for i in range(0, len(x), 500)])
     rel = np.abs(theirs - ours).max(1) / np.abs(ours).max(1)  # per image
     top1_ours = 100.0 * float((ours.argmax(1) == labels).mean())
     top1_ort = 100.0 * float((theirs.argmax(1) == labels).mean())
@@ -63,4 +66,4 @@ def main(model_path, io_path, median_tol, agree_min, top1_tol):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))

@@ -6,7 +6,8 @@ state-dict names. Oracle code for tests/reference/make_repq_refs.py and bench/to
     QBlock(block, fold, act, weight)   a RepVGGBlock (repvgg_torch.py) in merged mode: each forward merges
                                        the branches, BNs folded with `fold` statistics in training
                                        ('batch': RepQ-BN, Eq. 2; 'estimated': RepQ-BNEst, Eq. 5-6) and
-                                       running ones in eval, then ReLU(conv(Q_a(x), Q_w(M), b)) (Eq. 1)
+                                       running ones in eval, then ReLU(conv(Q_a(x), Q_w(M), b)) (Eq. 1),
+                                       b rounded to its integer grid in eval (eval_bias)
     QBlock(deployed, None, act, weight) a deployed block (rbr_reparam): ReLU(conv(Q_a(x), Q_w(W), b))
     set_qat(model, method, bits)       models/repvgg.cpp RepVGG::set_qat for a repvgg_torch.RepVGG
                                        (stage0 and the FC FP32, 8 bit or `bits` activations)
@@ -96,6 +97,13 @@ class Quantizer(nn.Module):
             s = s.reshape(c, 1, 1, 1)
         q = torch.clamp(round_ste(x / s), self.q_min, self.q_max)
         return q * s
+
+
+def eval_bias(b, s_x, s_w):
+    """layers::eval_bias: in eval, the bias as integer kernels hold it, round(b / t) · t with t = s_x · s_w per
+    output channel (the int32 codes of ./export --qdq)"""
+    t = s_x * s_w
+    return torch.round(b / t) * t
 
 
 def channel_moments(x):
@@ -188,6 +196,8 @@ class QBlock(nn.Module):
             kernel, bias = self.kernel_bias(x)
         xq = self.act_quant(x) if self.act_quant is not None else x
         wq = self.weight_quant(kernel) if self.weight_quant is not None else kernel
+        if not self.training and self.act_quant is not None and self.weight_quant is not None:
+            bias = eval_bias(bias, self.act_quant.step, self.weight_quant.step)
         return F.relu(F.conv2d(xq, wq, bias, self.stride, 1, 1, self.groups))
 
 
