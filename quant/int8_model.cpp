@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <set>
 
@@ -63,10 +64,47 @@ static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const std:
     l.weight_codes[i] = (int8_t)std::clamp(std::nearbyint(w[i] / s), (float)weight.q_min, (float)weight.q_max);
   }
   l.bias_codes.resize(l.out);
-  for (int o = 0; o < l.out; o++) {
-    const double q = std::nearbyint((double)b[o] / ((double)l.input_scale * l.w_scale(o)));
-    l.bias_codes[o] = (int32_t)std::clamp(q, -2147483647.0, 2147483647.0);
+  for (int o = 0; o < l.out; o++) l.bias_codes[o] = bias_code(b[o], l.input_scale, l.w_scale(o));
+}
+
+int32_t bias_code(float b, float s_x, float s_w) {
+  const double q = std::nearbyint((double)b / ((double)s_x * s_w));
+  return (int32_t)std::clamp(q, -2147483647.0, 2147483647.0);
+}
+
+// Each layer's bias tensor and quantizers: the blocks', then the FC's.
+static void for_each_layer(models::RepVGG& m, const std::function<void(Tensor&, Quantizer*, Quantizer*)>& f) {
+  for (auto& b : m.blocks()) {
+    ENGINE_CHECK(b->deployed(), "the blocks are not in deploy form");
+    f(b->rbr_reparam->bias, b->act_quant.get(), b->weight_quant.get());
   }
+  Tensor fc_bias = m.fc().bias;
+  auto [act, weight] = m.fc_quantizers();
+  f(fc_bias, act.get(), weight.get());
+}
+
+std::vector<std::vector<float>> round_biases(models::RepVGG& m) {
+  std::vector<std::vector<float>> saved;
+  for_each_layer(m, [&](Tensor& bias, Quantizer* act, Quantizer* weight) {
+    saved.push_back(bias.to_vector());
+    if (!act || !weight) return;
+    const float s_x = act->step.to_vector()[0];
+    const std::vector<float> s_w = weight->step.to_vector();
+    std::vector<float> b = saved.back();
+    for (size_t o = 0; o < b.size(); o++) {
+      const float s = s_w.size() == 1 ? s_w[0] : s_w[o];
+      b[o] = (float)(bias_code(b[o], s_x, s) * ((double)s_x * s));
+    }
+    bias.copy_(Tensor::from_vector(b, bias.shape()).to(bias.device()));
+  });
+  return saved;
+}
+
+void restore_biases(models::RepVGG& m, const std::vector<std::vector<float>>& saved) {
+  size_t i = 0;
+  for_each_layer(m, [&](Tensor& bias, Quantizer*, Quantizer*) {
+    bias.copy_(Tensor::from_vector(saved.at(i++), bias.shape()).to(bias.device()));
+  });
 }
 
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,

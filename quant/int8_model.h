@@ -59,6 +59,14 @@ void save_int8(const std::string& path, const Int8Model& m);
 // "file PATH: tensor NAME ...". No tensor may be left over.
 Int8Model load_int8(const std::string& path);
 
-int64_t weight_bytes(const Int8Model& m);  // of all layers' weights and biases, as stored
+int64_t weight_bytes(const Int8Model& m);
+
+// q_b = round(b / (s_x s_w)), clamped to int32: the bias in the accumulator's units.
+int32_t bias_code(float b, float s_x, float s_w);
+
+// The bias as the integer kernels have it, for ./ptq --int32-bias: each quantized layer's bias replaced, in
+// place, by q_b s_x s_w. Returns the biases it replaced (FP32), for restore_biases.
+std::vector<std::vector<float>> round_biases(models::RepVGG& model);
+void restore_biases(models::RepVGG& model, const std::vector<std::vector<float>>& saved);  // of all layers' weights and biases, as stored
 
 }  // namespace quant

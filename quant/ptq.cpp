@@ -34,6 +34,8 @@ std::string ptq_help() {
              "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
              "  --calib-batches N      calibration batches (default 16)\n"
              "  --quantize-first-last  also quantize stage0 and the FC\n"
+             "  --int32-bias           simulate the int32 bias of integer inference (./infer): each quantized layer's\n"
+             "                         bias rounded to a multiple of s_x s_w (default: FP32 biases)\n"
              "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
              "                         one bit width of at most 8, or a QAT checkpoint\n") +
          kSourceHelp + "  --help                 this text\n";
@@ -50,6 +52,7 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
     };
     if (a == "--help") o.help = true;
     else if (a == "--quantize-first-last") o.quantize_first_last = true;
+    else if (a == "--int32-bias") o.int32_bias = true;
     else if (a == "--bits") o.bits = parse_int_list(a, value(), 2);
     else if (a == "--act-bits") o.act_bits = parse_int_list(a, value(), 2);
     else if (a == "--granularity") o.granularity = parse_granularity(value());
@@ -57,7 +60,7 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
     else if (a == "--calib-batches") o.calib_batches = parse_int(a, value(), 1);
     else if (a == "--export") o.export_path = value();
     else throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", a));
-    i += (a == "--help" || a == "--quantize-first-last") ? 1 : 2;
+    i += (a == "--help" || a == "--quantize-first-last" || a == "--int32-bias") ? 1 : 2;
   }
   if (o.help) return o;
   for (int b : o.bits)
@@ -103,8 +106,8 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
-  std::printf("  rounding half to even; stage0 and the FC: %s; biases FP32; %zu validation images\n\n",
-              o.quantize_first_last ? "quantized" : "FP32", images);
+  std::printf("  rounding half to even; stage0 and the FC: %s; biases %s; %zu validation images\n\n",
+              o.quantize_first_last ? "quantized" : "FP32", o.int32_bias ? "int32 (multiples of s_x s_w)" : "FP32", images);
 }
 
 void print_table(const Accuracy& fp32, const std::vector<Row>& rows, bool top5) {
@@ -174,7 +177,9 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   auto val = open_split(s, false, o.source.limit_val);
   data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
   auto t0 = std::chrono::steady_clock::now();
+  const auto fp32_biases = o.int32_bias ? round_biases(model) : std::vector<std::vector<float>>{};
   const Accuracy quantized = train::evaluate(model, val_loader, s.device);
+  if (o.int32_bias) restore_biases(model, fp32_biases);
   std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
               seconds_since(t0));
   if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
@@ -249,7 +254,9 @@ int run_ptq(const std::vector<std::string>& args) {
     c.quantize_first_last = o.quantize_first_last;
     t0 = std::chrono::steady_clock::now();
     const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
+    const auto fp32_biases = o.int32_bias ? round_biases(*model) : std::vector<std::vector<float>>{};
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);
+    if (o.int32_bias) restore_biases(*model, fp32_biases);
     rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges)});
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
     if (!o.export_path.empty())

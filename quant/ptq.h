@@ -19,6 +19,7 @@ struct PtqOptions {
   CalibMethod calib = CalibMethod::minmax;
   int calib_batches = 16;
   bool quantize_first_last = false;
+  bool int32_bias = false;     // simulate the integer kernels' bias: rounded to a multiple of s_x s_w
   std::string export_path;     // --export: the quantized deploy model (quant/int8_model.h), one bit width
   bool help = false;
 };

@@ -230,7 +230,7 @@ std::vector<float> forward(models::RepVGG& m, const engine::Tensor& x) {
 // moves each output by up to half an accumulator unit s_x s_w; in the next layer's codes that is up to
 // s_x s_w / (2 s_x'), which is small at 8 bits and a sizable fraction of a code at 4 bits on this width-8
 // model (72 terms per output: coarse units); values near a rounding boundary then land one code away, and
-// that spreads through the 22 layers. (2) With the fake model's bias replaced by q_b s_x s_w, only float
+// that spreads through the 22 layers. (2) With the fake model's bias replaced by q_b s_x s_w (./ptq --int32-bias), only float
 // rounding is left (the conv's summation order, the scale product): a code moves only at an exact tie.
 // Bounds, per image the largest |logit difference| over the largest |logit| (measured: ~5e-8 and ~0.6% at 8
 // bits, ~9e-8 and ~30% at 4 bits): with the rounded bias, median below 1e-5 and every argmax the same; with
@@ -246,14 +246,13 @@ TEST_CASE("int8 model: logits against ./ptq's fake-quantized forward of the same
         const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", quant::granularity_name(g), {});
         quant::IntegerModel im(m);
         const std::vector<float> ints = im.forward(q.images).to_vector();
-        const LogitDiff fp_bias = compare(ints, forward(*q.model, q.images), n);
-        for (size_t i = 0; i < m.layers.size(); i++) {  // the fake model with the rounded biases
-          const quant::Int8Layer& l = m.layers[i];
-          if (!l.quantized) continue;
-          engine::Tensor b = i + 1 < m.layers.size() ? q.model->blocks()[i]->rbr_reparam->bias : q.model->fc().bias;
-          for (int o = 0; o < l.out; o++) b.f32()[o] = (float)(l.bias_codes[o] * ((double)l.input_scale * l.w_scale(o)));
-        }
+        const std::vector<float> fake = forward(*q.model, q.images);
+        const LogitDiff fp_bias = compare(ints, fake, n);
+        // the fake model with the integer kernels' biases (./ptq --int32-bias), then its own again
+        const auto saved = quant::round_biases(*q.model);
         const LogitDiff rounded = compare(ints, forward(*q.model, q.images), n);
+        quant::restore_biases(*q.model, saved);
+        CHECK(forward(*q.model, q.images) == fake);
         MESSAGE("W", bits, " ", std::string(quant::granularity_name(g)), first_last ? ", first/last quantized" : "",
                 ": median relative logit difference ", rounded.median(), " (rounded bias), ", fp_bias.median(),
                 " (FP32 bias); argmax agree ", rounded.agree, ", ", fp_bias.agree, " of ", n);
