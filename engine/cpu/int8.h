@@ -27,16 +27,7 @@
 
 namespace engine::cpu {
 
-struct QConvSpec {
-  ConvShape s;                 // padding (kh - 1) / 2; s.bias and s.blocked are ignored (always a bias, plain)
-  DType src = DType::u8;       // u8 codes, or f32 (an FP32 layer)
-  DType dst = DType::u8;       // u8 codes, f32, or i32 (u8 src only)
-  bool src_nchw = false;
-  int src_zero_point = 0;      // z of the u8 src
-  std::vector<float> scales;   // u8 src, dst u8 or f32: [1] or [O]
-  bool relu = true;
-  int dst_max = 255;           // dst u8: the largest code (2^A - 1 of the next layer's A bits)
-};
+using engine::QConvSpec;  // engine/kernels.h
 
 class QConv {
  public:
