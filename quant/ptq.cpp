@@ -138,6 +138,7 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   j["activations"] = {{"scheme", "asymmetric uniform"}, {"granularity", "layer"}, {"codes", "[0, 2^B-1]"},
                       {"calibration", calib_name(o.calib)}, {"calib_batches", cal.batches}, {"calib_images", cal.images}};
   j["rounding"] = "half to even";
+  j["biases"] = o.int32_bias ? "int32 (multiples of s_x s_w)" : "fp32";
   j["first_last"] = o.quantize_first_last ? "quantized" : "fp32";
   j["val_images"] = fp32.images;
   j["fp32"] = {{"top1", fp32.top1}};

@@ -7,6 +7,7 @@
 #include "engine/safetensors.h"
 #include "layers/quantizer.h"
 #include "quant/int8_model.h"
+#include "quant/ptq.h"
 #include "tests/int8_testing.h"
 #include "tests/testing.h"
 
@@ -148,6 +149,14 @@ TEST_CASE("int8 export: a corrupt file gives an error naming the file and the te
          "tensor 'stage9.weight' is not part of a quantized repvgg-cifar");
   expect([](st::File& f) { f.metadata["bits"] = "12"; }, "metadata \"bits\" is '12'");
   expect([](st::File& f) { f.metadata.erase("format"); }, "not a quantized model");
+}
+
+TEST_CASE("int8 export: ./ptq's --export and --int32-bias options") {
+  const quant::PtqOptions o = quant::parse_ptq_options({"--bits", "4", "--export", "m.int8.safetensors", "--int32-bias"});
+  CHECK(o.export_path == "m.int8.safetensors");
+  CHECK(o.int32_bias);
+  CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "8,4", "--export", "m.int8.safetensors"}),
+                    has("--export writes one quantized model: give one --bits value"));
 }
 
 TEST_CASE("int8 export: more than 8 bits is refused") {
