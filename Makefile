@@ -1,4 +1,4 @@
-# repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export).
+# repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export, ./infer).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off.
 # `make test SANITIZE=1` builds the suite into build-san/ under AddressSanitizer and UndefinedBehaviorSanitizer

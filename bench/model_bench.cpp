@@ -12,7 +12,10 @@
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
 // the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
 // train-cifar-repq-bnest (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps
-// initialized before the warm-up),
+// initialized before the warm-up), the integer models infer-cifar-int8, infer-a0-int8 and infer-a0-int8-b1
+// (batch 1), whose peer is PyTorch's int8 path and which also time our FP32 deploy forward of the same
+// model in the same run: fp32= its rate, vs_fp32= ours over it, lat_ms_*= per-call milliseconds at batch 1,
+// impl= the oneDNN implementations of the int8 layers,
 // and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
 // primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
 // gives; unit GFLOP/s.
@@ -50,6 +53,8 @@
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "models/repvgg.h"
+#include "quant/int8_runtime.h"
+#include "quant/ptq_model.h"
 #include "trainer/step.h"
 
 using namespace engine;
@@ -60,6 +65,7 @@ struct Case {
   bool train;
   float oabn_k;
   std::string qat = "";  // a RepVGG::set_qat method (4 bits): stepped by trainer/step.h's train_step
+  bool int8 = false;     // the quantized deploy model on the integer kernels (quant/int8_runtime.h)
 };
 
 static const std::map<std::string, Case> kCases = {
@@ -72,6 +78,9 @@ static const std::map<std::string, Case> kCases = {
     {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
     {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
     {"train-cifar-repq-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bnest"}},
+    {"infer-cifar-int8", {"repvgg-cifar", 128, 32, false, 0.f, "", true}},
+    {"infer-a0-int8", {"repvgg-a0", 32, 224, false, 0.f, "", true}},
+    {"infer-a0-int8-b1", {"repvgg-a0", 1, 224, false, 0.f, "", true}},
 };
 
 static double now() {
@@ -144,11 +153,42 @@ struct Ours {
   std::function<void()> call;
   double units_per_call;
   double flop_per_unit;
+  std::function<void()> fp32 = nullptr;  // int8 cases: our FP32 deploy forward, timed alternately too
+  std::string impl = "";                 // int8 cases: the oneDNN implementations of the int8 layers
 };
 
 // Ends a timed call: the GPU's queued work is part of it.
 static void finish(Device device) {
   if (device == Device::cuda) cuda::synchronize();
+}
+
+// The deployed model quantized as ./ptq's default (8 bits, per-channel weight scales, stage0 and the FC FP32;
+// every activation step 0.05: speed does not depend on the values), exported and run on the integer
+// kernels; beside it the same deployed model's FP32 forward.
+static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, double flop_per_image) {
+  const auto& blocks = model->blocks();
+  for (size_t i = 1; i < blocks.size(); i++) {
+    auto act = std::make_shared<layers::Quantizer>(8, layers::Codes::unsigned_act);
+    act->set_step({0.05f});
+    const std::vector<float> s = quant::weight_scales(blocks[i]->rbr_reparam->weight, 8, quant::Granularity::channel);
+    auto weight = std::make_shared<layers::Quantizer>(8, layers::Codes::weight, (int64_t)s.size());
+    weight->set_step(s);
+    blocks[i]->set_quantizers(act, weight);
+  }
+  auto im = std::make_shared<quant::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
+  quant::remove_quantizers(*model);  // the FP32 deploy model again
+  im->forward(x);
+  std::string impl;
+  for (const std::string& line : im->describe()) {
+    const std::string name = line.substr(line.rfind(' ') + 1);
+    if (line.find("u8 ->") != std::string::npos && impl.find(name) == std::string::npos) impl += (impl.empty() ? "" : ",") + name;
+  }
+  return {[im, x] { im->forward(x); }, (double)x.size(0), flop_per_image,
+          [model, x] {
+            NoGradGuard no_grad;
+            model->forward(x);
+          },
+          impl};
 }
 
 static Ours model_case(const Case& c, Device device) {
@@ -166,6 +206,7 @@ static Ours model_case(const Case& c, Device device) {
     model->switch_to_deploy();
     model->eval();
     model->to(device);
+    if (c.int8) return int8_case(model, x, 2 * macs);
     return {[model, x, device] {
               NoGradGuard no_grad;
               model->forward(x);
@@ -322,13 +363,20 @@ int main(int argc, char** argv) {
   Ours ours = make_case(base, gpu);
   for (int i = 0; i < warmup; i++) ours.call();
 
+  if (ours.fp32)
+    for (int i = 0; i < warmup; i++) ours.fp32();
   const Device device = gpu ? Device::cuda : Device::cpu;
   const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
-  std::vector<double> t_ours, t_torch, t_torch_cl;
+  std::vector<double> t_ours, t_torch, t_torch_cl, t_fp32;
   for (int i = 0; i < reps; i++) {
     double t0 = now();
     ours.call();
     t_ours.push_back(now() - t0);
+    if (ours.fp32) {
+      t0 = now();
+      ours.fp32();
+      t_fp32.push_back(now() - t0);
+    }
     if (have_torch) {
       double cl;
       double t = peer->time_one(cl);
@@ -352,6 +400,25 @@ int main(int argc, char** argv) {
     }
   }
   const std::string prim_part = gpu ? "n/a" : std::to_string(prims);
+  if (ours.fp32) {  // the int8 cases: our FP32 deploy forward in the same run, and batch-1 latency
+    const double fp32_rate = ours.units_per_call / median(t_fp32);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, " fp32=%.2f vs_fp32=%.2f", fp32_rate, ours_rate / fp32_rate);
+    torch_part += buf;
+    if (ours.units_per_call == 1) {
+      std::snprintf(buf, sizeof buf, " lat_ms_ours=%.2f lat_ms_fp32=%.2f", 1e3 * median(t_ours), 1e3 * median(t_fp32));
+      torch_part += buf;
+      if (!t_torch.empty()) {
+        std::snprintf(buf, sizeof buf, " lat_ms_torch=%.2f", 1e3 * median(t_torch));
+        torch_part += buf;
+        if (!t_torch_cl.empty()) {
+          std::snprintf(buf, sizeof buf, " lat_ms_torch_cl=%.2f", 1e3 * median(t_torch_cl));
+          torch_part += buf;
+        }
+      }
+    }
+    torch_part += " impl=" + ours.impl;
+  }
   if (ceiling)
     std::printf("bench %s ours=%.2f %s unit=GFLOP/s\n", name.c_str(), ours_rate, torch_part.c_str());
   else

@@ -19,6 +19,14 @@ after --warmup untimed calls):
                       qat, 4 bits), qat one of bnest (FP, merged, estimated BN), merged (deployed blocks,
                       QAT), repq-bn, repq-bnest; the steps initialized by an untimed forward first and
                       kept out of the weight decay (trainer/step.cpp make_optimizer)
+  infer-*-int8        PyTorch's own int8 path on the deployed model: torch.ao.quantization eager-mode
+                      static quantization with the 'onednn' engine (Debian's torch 1.13 has onednn and
+                      qnnpack, no fbgemm), each rbr_reparam conv fused with its ReLU (ConvReLU2d),
+                      per-channel symmetric s8 weights, per-tensor u8 activations (min-max observers,
+                      calibrated on 2 batches of the synthetic input); stage0 and the FC stay FP32 as in
+                      ./ptq's default (a QuantStub after stage0, a DeQuantStub before the FC). Batch 128
+                      (cifar), 32 (a0) and 1 (a0-int8-b1, latency); the _cl numbers are the same model
+                      with a channels_last input (quantized convs run NHWC inside)
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
   gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
@@ -51,6 +59,9 @@ CASES = {
     'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
     'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
     'train-cifar-repq-bnest': ('repvgg-cifar', 128, 32, 'train-repq-bnest', 0.0),
+    'infer-cifar-int8': ('repvgg-cifar', 128, 32, 'infer-int8', 0.0),
+    'infer-a0-int8': ('repvgg-a0', 32, 224, 'infer-int8', 0.0),
+    'infer-a0-int8-b1': ('repvgg-a0', 1, 224, 'infer-int8', 0.0),
 }
 CEILING = dict(n=32, c=256, hw=56, k=256)   # 2 * 32*56*56 * 256 * 256*9 = 118.4 GFLOP per forward
 
@@ -78,6 +89,39 @@ def serve(fns, warmup):
             fn()
             times.append(f'{time.perf_counter() - t0:.6f}')
         print(' '.join(times), flush=True)
+
+
+def quantize_int8(torch, deployed, x):
+    """The deployed model in torch.ao eager static quantization (see the docstring), calibrated on x."""
+    import torch.nn as nn
+    from torch.ao import quantization as tq
+    torch.backends.quantized.engine = 'onednn'
+
+    class Int8(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.stage0, self.quant, self.dequant, self.linear = m.stage0, tq.QuantStub(), tq.DeQuantStub(), m.linear
+            self.blocks = nn.Sequential(*[b for s in (m.stage1, m.stage2, m.stage3, m.stage4) for b in s])
+            self.gap = m.gap
+
+        def forward(self, x):
+            out = self.quant(self.stage0(x))
+            out = self.gap(self.blocks(out))
+            return self.linear(self.dequant(out).flatten(1))
+
+    q = Int8(deployed).eval()
+    for b in q.blocks:
+        tq.fuse_modules(b, [['rbr_reparam', 'nonlinearity']], inplace=True)
+    q.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(dtype=torch.quint8),
+                           weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                        qscheme=torch.per_channel_symmetric))
+    q.stage0.qconfig = None
+    q.linear.qconfig = None
+    tq.prepare(q, inplace=True)
+    with torch.no_grad():
+        for _ in range(2):
+            q(x)
+    return tq.convert(q, inplace=True)
 
 
 def build_case(torch, name, device, channels_last):
@@ -128,6 +172,8 @@ def build_case(torch, name, device, channels_last):
 
     # infer-deploy: converted from the freshly initialised BN state (speed does not depend on it)
     deployed = repvgg_torch.repvgg_model_convert(model)
+    if mode == 'infer-int8':
+        deployed = quantize_int8(torch, deployed, x)
     deployed.eval()
     deployed.to(device)
     deployed.to(memory_format=layout)

@@ -1,6 +1,7 @@
 // Stand-ins for the CUDA backend when the engine is built without it (CUDA=0, or no nvcc/cuDNN).
 #ifndef ENGINE_CUDA
 #include "engine/cuda/cuda_backend.h"
+#include "engine/kernels.h"
 
 namespace engine::cuda {
 
@@ -18,6 +19,7 @@ void copy_to_device(void*, const void*, size_t) { require(); }
 void copy_to_host(void*, const void*, size_t) { require(); }
 void copy_on_device(void*, const void*, size_t) { require(); }
 void synchronize() {}
+void qconv_forward(const QConvSpec&, const uint8_t*, const int8_t*, const int32_t*, void*) { require(); }
 
 }  // namespace engine::cuda
 #endif

@@ -3,6 +3,7 @@
 // engine/*.cpp check shapes, allocate outputs, record autograd nodes and call them through DISPATCH.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/tensor.h"
@@ -33,6 +34,19 @@ struct ConvShape {
   bool bias;
   bool blocked = false;     // x, y in the blocked layout [N, C/16, H, W, 16] (ops.h, to_blocked; CPU only)
   bool blocked_y = false;   // y alone blocked, x plain (ops.h conv2d's blocked_out; CPU only)
+};
+
+// An inference convolution of integer inference (engine/cpu/int8.h QConv, which says what it computes;
+// engine::cuda::qconv_forward below).
+struct QConvSpec {
+  ConvShape s;                 // padding (kh - 1) / 2; s.bias and s.blocked are ignored (always a bias, plain)
+  DType src = DType::u8;       // u8 codes, or f32 (an FP32 layer; CPU only)
+  DType dst = DType::u8;       // u8 codes, f32, or i32 (u8 src only)
+  bool src_nchw = false;       // the src layout NCHW (the image), else NHWC; the dst is NHWC
+  int src_zero_point = 0;      // z of the u8 src
+  std::vector<float> scales;   // u8 src, dst u8 or f32: [1] or [O]
+  bool relu = true;
+  int dst_max = 255;           // dst u8: the largest code (2^A - 1 of the next layer's A bits)
 };
 
 struct LinearShape {
@@ -147,6 +161,9 @@ ENGINE_KERNEL_DECLS
 }
 namespace engine::cuda {
 ENGINE_KERNEL_DECLS
+// engine/cuda/int8.cu: a u8-src QConvSpec (NHWC src) through im2col and cuBLAS's int8 GEMM. x u8, w s8
+// [O, C/groups, kh, kw], b s32 [O], y of q.dst; device pointers.
+void qconv_forward(const QConvSpec& q, const uint8_t* x, const int8_t* w, const int32_t* b, void* y);
 }
 
 // Calls cpu::fn or cuda::fn by device. Without the CUDA backend a cuda tensor fails with a clear message.

@@ -11,6 +11,7 @@
 #include "datasets/loader.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "quant/int8_model.h"
 #include "trainer/step.h"
 
 namespace quant {
@@ -36,7 +37,10 @@ std::string ptq_help() {
              "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n"
              "A QAT checkpoint (./train --qat) is evaluated instead at its learned quantizers, in deploy form, with\n"
              "no calibration and no --bits.\n\n") +
-         kQuantHelp + kSourceHelp + "  --help                 this text\n";
+         kQuantHelp +
+         "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
+         "                         one bit width of at most 8, or a QAT checkpoint\n" +
+         kSourceHelp + "  --help                 this text\n";
 }
 
 bool parse_quant_option(const std::vector<std::string>& args, size_t& i, PtqOptions& o) {
@@ -64,6 +68,8 @@ void check_quant_options(const PtqOptions& o) {
     if (b > 16) throw std::runtime_error(fmt::format("option --bits: {} is more than 16", b));
   for (int b : o.act_bits)
     if (b > 16) throw std::runtime_error(fmt::format("option --act-bits: {} is more than 16", b));
+  if (!o.export_path.empty() && o.bits.size() > 1)
+    throw std::runtime_error("--export writes one quantized model: give one --bits value");
   if (o.act_bits.size() > 1 && o.act_bits.size() != o.bits.size())
     throw std::runtime_error(fmt::format("--act-bits has {} values for {} --bits: give one, or one per bit width",
                                          o.act_bits.size(), o.bits.size()));
@@ -73,6 +79,12 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   PtqOptions o;
   for (size_t i = 0; i < args.size();) {
     if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
+    if (args[i] == "--export") {
+      if (i + 1 >= args.size()) throw std::runtime_error("option --export needs a value");
+      o.export_path = args[i + 1];
+      i += 2;
+      continue;
+    }
     if (args[i] != "--help") throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", args[i]));
     o.help = true;
     i++;
@@ -180,6 +192,18 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   return j;
 }
 
+// --export: the model as it is now (deploy form, quantizers attached) as integer codes.
+void export_model(const std::string& path, models::RepVGG& model, const Source& s, const std::string& method,
+                  const std::string& granularity) {
+  std::map<std::string, std::string> md = {{"dataset", s.dataset}, {"source", s.ckpt}, {"image_size", std::to_string(s.image_size)},
+                                           {"resize_size", std::to_string(s.resize_size)}};
+  if (!s.data.empty()) md["data"] = s.data;
+  if (!s.synsets.empty()) md["synsets"] = s.synsets;
+  save_int8(path, export_int8(model, method, granularity, md));
+  std::printf("exported the quantized deploy model (%s, %s weights) to %s\n", method.c_str(), granularity.c_str(),
+              path.c_str());
+}
+
 // A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
 int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
   if (!o.first_quant_option.empty())
@@ -194,6 +218,7 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   const Accuracy quantized = train::evaluate(model, val_loader, s.device);
   std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
               seconds_since(t0));
+  if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
   remove_quantizers(model);  // the same deploy model in FP32
   const Accuracy fp32 = train::evaluate(model, val_loader, s.device);
 
@@ -260,6 +285,8 @@ int run_ptq(const std::vector<std::string>& args) {
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);
     rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges)});
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
+    if (!o.export_path.empty())
+      export_model(o.export_path, *model, s, std::string("ptq-") + calib_name(o.calib), granularity_name(o.granularity));
   }
 
   print_ptq_header(o, fp32.images);

@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "engine/allocator.h"
+#include "engine/cpu/int8.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -472,4 +473,39 @@ TEST_CASE("cuda: the caching allocator reuses freed blocks; copies round-trip ev
   Tensor dst = Tensor::zeros({4}, DType::f32, Device::cuda);
   dst.copy_(Tensor::from_vector({1, 2, 3, 4}, {4}));
   CHECK(dst.to_vector() == std::vector<float>{1, 2, 3, 4});
+}
+
+// The integer convolution (engine/cuda/int8.cu: im2col, cuBLAS int8 GEMM, epilogue) against the CPU's
+// oneDNN one (engine/cpu/int8.h, itself tested against a plain integer loop in tests/test_int8.cpp): the
+// s32 accumulator and the requantized u8 codes exactly, the f32 output to float rounding.
+TEST_CASE("cuda: the int8 convolution matches the CPU's exactly" * gpu_or_skip("int8 conv")) {
+  Rng rng(21);
+  struct C { int64_t n, c, h, w, o; int k, stride, groups, z; };
+  for (const C& t : {C{2, 16, 9, 7, 32, 3, 1, 1, 0}, C{3, 24, 8, 8, 16, 3, 2, 1, 0}, C{2, 32, 6, 5, 32, 3, 1, 2, 0},
+                     C{5, 40, 1, 1, 10, 1, 1, 1, 0}, C{2, 3, 10, 11, 8, 3, 2, 1, 37}}) {
+    CAPTURE(t.c);
+    CAPTURE(t.groups);
+    const int64_t oh = (t.h - 1) / t.stride + 1, ow = (t.w - 1) / t.stride + 1;
+    QConvSpec q;
+    q.s = {t.n, t.c, t.h, t.w, t.o, t.k, t.k, oh, ow, t.stride, (t.k - 1) / 2, t.groups, true};
+    q.src_zero_point = t.z;
+    Tensor x = Tensor::empty({t.n * t.h * t.w * t.c}, DType::u8), w = Tensor::empty({t.o * t.c / t.groups * t.k * t.k}, DType::i8);
+    Tensor b = Tensor::empty({t.o}, DType::i32);
+    for (int64_t i = 0; i < x.numel(); i++) x.data<uint8_t>()[i] = (uint8_t)rng.below(256);
+    for (int64_t i = 0; i < w.numel(); i++) w.data<int8_t>()[i] = (int8_t)((int)rng.below(255) - 127);
+    for (int64_t i = 0; i < b.numel(); i++) b.data<int32_t>()[i] = (int32_t)rng.below(20001) - 10000;
+    const Tensor xd = x.to(Device::cuda), wd = w.to(Device::cuda), bd = b.to(Device::cuda);
+    for (DType dst : {DType::i32, DType::u8, DType::f32}) {
+      q.dst = dst;
+      q.scales = dst == DType::i32 ? std::vector<float>{} : std::vector<float>(t.o, 0.0007f);
+      for (int64_t o = 0; o < (int64_t)q.scales.size(); o++) q.scales[o] *= 1.0f + 0.01f * (float)o;
+      const int64_t out = t.n * oh * ow * t.o;
+      Tensor y_cpu = Tensor::empty({out}, dst), y_gpu = Tensor::empty({out}, dst, Device::cuda);
+      cpu::QConv(q, w.raw(), b.raw()).run(x.raw(), y_cpu.raw());
+      cuda::qconv_forward(q, xd.data<uint8_t>(), wd.data<int8_t>(), bd.data<int32_t>(), y_gpu.raw());
+      const Tensor y = y_gpu.to(Device::cpu);
+      if (dst == DType::f32) check_close(y.to_vector(), y_cpu.to_vector(), 1e-6, 1e-6);
+      else CHECK(std::memcmp(y.raw(), y_cpu.raw(), y.nbytes()) == 0);
+    }
+  }
 }

@@ -1,0 +1,259 @@
+#include "quant/int8_model.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <set>
+
+#include "layers/checkpoint.h"
+#include "quant/ptq_model.h"
+
+namespace quant {
+
+using layers::Quantizer;
+
+static const char* const kFormat = "repq-int8";
+static const char* const kFormatVersion = "1";
+
+std::vector<int64_t> Int8Layer::weight_shape() const {
+  if (fc) return {out, in};
+  return {out, in / groups, kernel, kernel};
+}
+
+// The layers of an arch, without their values: the blocks of block_specs, named as the model names them
+// ("stage0", "stage1.0", ...), then the FC.
+static std::vector<Int8Layer> layer_skeleton(const models::ArchConfig& arch) {
+  std::vector<Int8Layer> layers;
+  const auto stages = models::block_specs(arch);
+  for (size_t s = 0; s < stages.size(); s++)
+    for (size_t i = 0; i < stages[s].size(); i++) {
+      const models::BlockSpec& b = stages[s][i];
+      Int8Layer l;
+      l.name = s == 0 ? "stage0" : fmt::format("stage{}.{}", s, i);
+      l.in = b.in, l.out = b.out, l.stride = b.stride, l.groups = b.groups;
+      layers.push_back(l);
+    }
+  Int8Layer fc;
+  fc.name = "linear";
+  fc.in = stages.back().back().out, fc.out = arch.num_classes, fc.kernel = 1, fc.fc = true;
+  layers.push_back(fc);
+  return layers;
+}
+
+// The codes of one quantized layer from its float weight and bias and its two quantizers.
+static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
+                           const Quantizer& weight) {
+  ENGINE_CHECK(act.bits <= 8 && weight.bits <= 8,
+               fmt::format("layer {}: {}-bit weights, {}-bit activations: integer export takes at most 8 bits", l.name,
+                           weight.bits, act.bits));
+  ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
+  l.quantized = true;
+  l.weight_scale = weight.step.to_vector();
+  const std::vector<float> s_x = act.step.to_vector();
+  ENGINE_CHECK(s_x.size() == 1, "layer " + l.name + ": the input quantizer has a step per channel");
+  l.input_scale = s_x[0];
+  // A signed code range [q_min, q_max] (z = 0) shifted onto [0, q_max - q_min]: the same function.
+  l.input_zero_point = act.zero_point - act.q_min;
+  const int64_t per_row = (int64_t)w.size() / l.out;
+  l.weight_codes.resize(w.size());
+  for (size_t i = 0; i < w.size(); i++) {
+    const float s = l.w_scale((int)(i / per_row));
+    l.weight_codes[i] = (int8_t)std::clamp(std::nearbyint(w[i] / s), (float)weight.q_min, (float)weight.q_max);
+  }
+  l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
+}
+
+Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
+                      const std::map<std::string, std::string>& metadata) {
+  Int8Model m;
+  m.arch = model.arch;
+  m.method = method;
+  m.granularity = granularity;
+  m.metadata = metadata;
+  m.layers = layer_skeleton(model.arch);
+  const std::vector<std::string> names = layer_names(model);
+  ENGINE_CHECK(names.size() == m.layers.size(), "the model's layers do not match its arch");
+  bool any = false;
+  for (size_t i = 0; i < m.layers.size(); i++) {
+    Int8Layer& l = m.layers[i];
+    ENGINE_CHECK(names[i] == l.name, "layer " + names[i] + " where " + l.name + " was expected");
+    std::shared_ptr<Quantizer> act, weight;
+    Tensor w, b;
+    if (i + 1 < m.layers.size()) {
+      const layers::RepBlock& block = *model.blocks()[i];
+      ENGINE_CHECK(block.deployed(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
+      act = block.act_quant, weight = block.weight_quant;
+      w = block.rbr_reparam->weight, b = block.rbr_reparam->bias;
+    } else {
+      std::tie(act, weight) = model.fc_quantizers();
+      w = model.fc().weight, b = model.fc().bias;
+    }
+    ENGINE_CHECK(!act == !weight, "layer " + l.name + " has a quantizer for its input or its weight, not both");
+    if (act) {
+      quantize_layer(l, w.to_vector(), b, *act, *weight);
+      if (any) ENGINE_CHECK(m.bits == weight->bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
+      m.bits = weight->bits, m.act_bits = act->bits, any = true;
+    } else {
+      l.weight = w.to_vector(), l.bias = b.to_vector();
+    }
+  }
+  ENGINE_CHECK(any, "no layer of the model is quantized: attach quantizers first");
+  return m;
+}
+
+// --- the file ---------------------------------------------------------------------------------------------
+
+void save_int8(const std::string& path, const Int8Model& m) {
+  st::File f;
+  f.metadata = m.metadata;
+  f.metadata["format"] = kFormat;
+  f.metadata["format_version"] = kFormatVersion;
+  f.metadata["arch"] = m.arch.name;
+  f.metadata["num_classes"] = std::to_string(m.arch.num_classes);
+  // the widths too: models made at other widths (models::cifar_config) share their arch's name
+  const auto& a = m.arch.width_multiplier;
+  f.metadata["width_multiplier"] = fmt::format("{:.17g},{:.17g},{:.17g},{:.17g}", a[0], a[1], a[2], a[3]);
+  f.metadata["bits"] = std::to_string(m.bits);
+  f.metadata["act_bits"] = std::to_string(m.act_bits);
+  f.metadata["method"] = m.method;
+  f.metadata["granularity"] = m.granularity;
+  for (const Int8Layer& l : m.layers) {
+    if (!l.quantized) {
+      f.tensors[l.name + ".weight"] = st::Entry::of(l.weight_shape(), l.weight);
+      f.tensors[l.name + ".bias"] = st::Entry::of({l.out}, l.bias);
+      continue;
+    }
+    f.tensors[l.name + ".weight"] = st::Entry::of(l.weight_shape(), l.weight_codes);
+    f.tensors[l.name + ".weight_scale"] = st::Entry::of({(int64_t)l.weight_scale.size()}, l.weight_scale);
+    f.tensors[l.name + ".bias"] = st::Entry::of({l.out}, l.bias_codes);
+    f.tensors[l.name + ".input_scale"] = st::Entry::of<float>({1}, &l.input_scale);
+    const int32_t z = l.input_zero_point;
+    f.tensors[l.name + ".input_zero_point"] = st::Entry::of<int32_t>({1}, &z);
+  }
+  st::save(path, f);
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& path, const std::string& tensor, const std::string& what) {
+  engine::fail(fmt::format("file {}: tensor '{}' {}", path, tensor, what));
+}
+
+// Every value finite and > 0 (a scale).
+void check_scales(const std::vector<float>& v, const std::string& path, const std::string& tensor) {
+  for (size_t i = 0; i < v.size(); i++)
+    if (!std::isfinite(v[i]) || !(v[i] > 0))
+      bad(path, tensor, fmt::format("holds {} at [{}]: a scale must be finite and > 0", v[i], i));
+}
+
+template <class T>
+void check_finite(const std::vector<T>& v, const std::string& path, const std::string& tensor) {
+  for (size_t i = 0; i < v.size(); i++)
+    if (!std::isfinite(v[i])) bad(path, tensor, fmt::format("holds {} at [{}]", v[i], i));
+}
+
+const std::string& metadata_string(const std::map<std::string, std::string>& md, const std::string& path,
+                                   const std::string& key) {
+  auto it = md.find(key);
+  if (it == md.end()) engine::fail(fmt::format("file {}: metadata \"{}\" is missing", path, key));
+  return it->second;
+}
+
+}  // namespace
+
+Int8Model load_int8(const std::string& path) {
+  const st::File f = st::load(path);
+  const auto& md = f.metadata;
+  auto format = md.find("format");
+  if (format == md.end() || format->second != kFormat)
+    engine::fail(fmt::format("file {}: not a quantized model (metadata \"format\" is not \"{}\"; write one with "
+                             "./ptq --export)", path, kFormat));
+  if (metadata_string(md, path, "format_version") != kFormatVersion)
+    engine::fail(fmt::format("file {}: format_version {}, this program reads {}", path, md.at("format_version"),
+                             kFormatVersion));
+  Int8Model m;
+  m.metadata = md;
+  try {
+    m.arch = models::arch_config(metadata_string(md, path, "arch"));
+  } catch (const std::exception& e) {
+    engine::fail(fmt::format("file {}: {}", path, e.what()));
+  }
+  m.arch.num_classes = (int)layers::metadata_int(md, path, "num_classes", 1, 1 << 20);
+  const std::string& widths = metadata_string(md, path, "width_multiplier");
+  auto& a = m.arch.width_multiplier;
+  if (std::sscanf(widths.c_str(), "%lf,%lf,%lf,%lf", &a[0], &a[1], &a[2], &a[3]) != 4 ||
+      !(a[0] > 0 && a[1] > 0 && a[2] > 0 && a[3] > 0 && a[0] <= 16 && a[1] <= 16 && a[2] <= 16 && a[3] <= 16))
+    engine::fail(fmt::format("file {}: metadata \"width_multiplier\" is '{}', expected 4 numbers in (0, 16]", path,
+                             st::cut(widths)));
+  m.bits = (int)layers::metadata_int(md, path, "bits", 2, 8);
+  m.act_bits = (int)layers::metadata_int(md, path, "act_bits", 2, 8);
+  m.method = metadata_string(md, path, "method");
+  m.granularity = metadata_string(md, path, "granularity");
+  if (m.granularity != "layer" && m.granularity != "channel")
+    engine::fail(fmt::format("file {}: metadata \"granularity\" is '{}', expected layer or channel", path, m.granularity));
+  const int q_w = (1 << (m.bits - 1)) - 1, q_x = (1 << m.act_bits) - 1;
+
+  std::set<std::string> used;
+  auto get = [&](const std::string& name, st::DType dtype, const std::vector<int64_t>& shape) -> const st::Entry& {
+    used.insert(name);
+    return st::require(f, name, dtype, shape, path);
+  };
+  m.layers = layer_skeleton(m.arch);
+  bool any = false;
+  for (size_t i = 0; i < m.layers.size(); i++) {
+    Int8Layer& l = m.layers[i];
+    const std::string w_name = l.name + ".weight";
+    auto it = f.tensors.find(w_name);
+    if (it == f.tensors.end()) bad(path, w_name, "is missing");
+    if (it->second.dtype == st::DType::F32) {  // an FP32 layer
+      l.weight = get(w_name, st::DType::F32, l.weight_shape()).to_vector<float>();
+      l.bias = get(l.name + ".bias", st::DType::F32, {l.out}).to_vector<float>();
+      check_finite(l.weight, path, w_name);
+      check_finite(l.bias, path, l.name + ".bias");
+      continue;
+    }
+    if (it->second.dtype != st::DType::I8)
+      bad(path, w_name, fmt::format("has dtype {}, expected I8 (a quantized layer) or F32", st::dtype_name(it->second.dtype)));
+    l.quantized = any = true;
+    l.weight_codes = get(w_name, st::DType::I8, l.weight_shape()).to_vector<int8_t>();
+    for (size_t k = 0; k < l.weight_codes.size(); k++)
+      if (std::abs((int)l.weight_codes[k]) > q_w)
+        bad(path, w_name, fmt::format("holds the code {} at [{}], outside [-{}, {}] of {}-bit weights", l.weight_codes[k],
+                                      k, q_w, q_w, m.bits));
+    const std::string s_name = l.name + ".weight_scale";
+    auto s = f.tensors.find(s_name);
+    const int64_t n_scales = m.granularity == "channel" ? l.out : 1;
+    if (s != f.tensors.end() && s->second.shape != std::vector<int64_t>{n_scales})
+      bad(path, s_name, fmt::format("has shape {}, expected [{}] (one scale per {})", st::shape_str(s->second.shape),
+                                    n_scales, m.granularity == "channel" ? "output channel" : "layer"));
+    l.weight_scale = get(s_name, st::DType::F32, {n_scales}).to_vector<float>();
+    check_scales(l.weight_scale, path, s_name);
+    l.bias_codes = get(l.name + ".bias", st::DType::I32, {l.out}).to_vector<int32_t>();
+    l.input_scale = get(l.name + ".input_scale", st::DType::F32, {1}).to_vector<float>()[0];
+    check_scales({l.input_scale}, path, l.name + ".input_scale");
+    l.input_zero_point = get(l.name + ".input_zero_point", st::DType::I32, {1}).to_vector<int32_t>()[0];
+    // after a ReLU (every layer but stage0) the range starts at 0: z = 0, which the integer kernels assume
+    const int z_max = i == 0 ? q_x : 0;
+    if (l.input_zero_point < 0 || l.input_zero_point > z_max)
+      bad(path, l.name + ".input_zero_point",
+          fmt::format("is {}, expected {}", l.input_zero_point,
+                      i == 0 ? fmt::format("a code in [0, {}]", q_x) : std::string("0 (the input follows a ReLU)")));
+  }
+  if (!any) engine::fail(fmt::format("file {}: no layer is quantized (every weight is F32)", path));
+  for (const auto& [name, e] : f.tensors)
+    if (!used.count(name)) bad(path, name, "is not part of a quantized " + m.arch.name);
+  return m;
+}
+
+int64_t weight_bytes(const Int8Model& m) {
+  int64_t bytes = 0;
+  for (const Int8Layer& l : m.layers)
+    bytes += l.quantized ? (int64_t)(l.weight_codes.size() + 4 * (l.bias_codes.size() + l.weight_scale.size() + 2))
+                         : (int64_t)(4 * (l.weight.size() + l.bias.size()));
+  return bytes;
+}
+
+}  // namespace quant

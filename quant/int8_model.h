@@ -1,0 +1,64 @@
+// The quantized deploy model as a file: what `./ptq --export FILE` writes from a model with its quantizers
+// attached (./ptq's calibrated ones, or a QAT run's learned ones) and `./infer` runs with integer kernels.
+// The layout is docs/int8.md's. One layer per deploy conv ("stage0", "stage1.0", ...) and the FC ("linear"):
+//
+//   quantized:  y = s_x s_w[o] (Σ (q_x − z_x) q_w + q_b[o])          then ReLU (blocks) — the same function as
+//               ./ptq's fake-quantized ReLU(conv(Q_a(x), Q_w(W), b)) but for the bias, rounded to q_b
+//               q_x = clamp(round(x / s_x) + z_x, 0, 2^A − 1)         u8 codes of the layer's input
+//               q_w ∈ [−(2^(B−1) − 1), 2^(B−1) − 1]                  s8 codes, s_w per layer [1] or channel [O]
+//               q_b = round(b / (s_x s_w[o]))                         s32
+//   FP32:       the deploy conv's (or FC's) float weight and bias as they are
+//
+// A signed input quantizer (QAT's image input, codes [−2^(A−1), 2^(A−1) − 1], z = 0) is written as the same
+// function on unsigned codes: q + 2^(A−1), z_x = 2^(A−1).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "models/repvgg.h"
+
+namespace quant {
+
+struct Int8Layer {
+  std::string name;           // "stage0", "stage1.0", ..., "linear"
+  int in = 0, out = 0;        // channels (the FC: features)
+  int kernel = 3, stride = 1, groups = 1;  // 3x3 with padding 1; the FC: 1x1 (a conv of [N, I, 1, 1])
+  bool fc = false;            // the FC: no ReLU, weight [O, I]
+  bool quantized = false;
+  std::vector<float> weight, bias;      // FP32 layer: [O, I/g, 3, 3] (the FC [O, I]), [O]
+  std::vector<int8_t> weight_codes;     // quantized layer: q_w, the shape of `weight`
+  std::vector<float> weight_scale;      // s_w, [1] or [O]
+  std::vector<int32_t> bias_codes;      // q_b [O]
+  float input_scale = 1;                // s_x
+  int input_zero_point = 0;             // z_x
+  float w_scale(int o) const { return weight_scale.size() == 1 ? weight_scale[0] : weight_scale[o]; }
+  std::vector<int64_t> weight_shape() const;
+};
+
+struct Int8Model {
+  models::ArchConfig arch;
+  int bits = 8, act_bits = 8;           // weight and activation bits of the quantized layers (2..8)
+  std::string method;                   // "ptq-minmax", ..., or the QAT method ("qat-repq-bn", ...)
+  std::string granularity;              // "layer" | "channel"
+  std::map<std::string, std::string> metadata;  // all of the file's (dataset, image_size, source, ...)
+  std::vector<Int8Layer> layers;        // the blocks in order, then the FC
+};
+
+// From a deploy-form model whose quantizers are attached (quant::attach_quantizers, or a QAT model after
+// switch_to_deploy): the codes and scales of every quantized layer, the others as FP32. `metadata` is added
+// to the file's (dataset, source checkpoint, ...). Throws when a quantizer has more than 8 bits or when the
+// blocks are not in deploy form.
+Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
+                      const std::map<std::string, std::string>& metadata);
+
+void save_int8(const std::string& path, const Int8Model& m);
+// Reads and validates: format and version, the arch, every tensor's presence, dtype and shape, codes inside
+// their bit range, scales finite and > 0, zero points inside the code range (0 after a ReLU). Every error is
+// "file PATH: tensor NAME ...". No tensor may be left over.
+Int8Model load_int8(const std::string& path);
+
+int64_t weight_bytes(const Int8Model& m);
+
+}  // namespace quant

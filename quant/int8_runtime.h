@@ -1,0 +1,57 @@
+// The quantized deploy model (quant/int8_model.h) run with integer kernels on the CPU (engine/cpu/int8.h):
+// the deploy model's structure, layer by layer, each layer one oneDNN convolution (the FC a 1x1 one):
+//
+//   image f32 [N, 3, H, W] ─ stage0 ─ stage1.0 ─ ... ─ stage4.0 ─ avg pool ─ linear ─ logits f32 [N, K]
+//
+// A quantized layer whose input comes from a quantized block reads that block's u8 codes (NHWC): the block
+// requantized its accumulator to them in its own epilogue, s_x s_w[o] / s_x' with the ReLU and the code
+// range as a clip. Where a quantized layer's input is float (the image, an FP32 stage0's output, the pooled
+// features), quantize_u8 makes its codes first. The last block writes f32 for the pooling.
+//
+// Against ./ptq's fake-quantized forward the codes differ in rounding only: the bias is rounded to the
+// accumulator's units (q_b), and the requantized value s_x s_w (acc + q_b) / s_x' is not the fake path's
+// float conv result / s_x' to the last bit, so a value near a rounding tie can land one code away.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/int8.h"
+#include "quant/int8_model.h"
+
+namespace quant {
+
+using engine::Tensor;
+
+class IntegerModel {
+ public:
+  explicit IntegerModel(const Int8Model& m);
+  // x f32 [N, 3, H, W] (NCHW, normalized) -> logits f32 [N, K]. The first call for an input shape builds that
+  // shape's primitives and buffers; later ones create and allocate nothing but the returned tensor (from
+  // the caching allocator).
+  Tensor forward(const Tensor& x);
+  // One line per layer of the last shape run: "stage1.0  u8 -> u8  brgconv:avx512_core_vnni".
+  std::vector<std::string> describe() const;
+
+  const Int8Model& model() const { return m_; }
+
+ private:
+  struct Layer {
+    std::unique_ptr<engine::cpu::QConv> conv;
+    bool quantize_input = false;  // its input is float: quantize_u8 first
+  };
+  struct Plan {
+    std::vector<Layer> layers;
+    Tensor a, b;                  // ping-pong activation buffers (bytes), the largest layer's size
+    Tensor pooled;                // f32 [N, C]
+    engine::Shape out_shape;      // the last block's output [N, C, OH, OW]
+  };
+  Plan build(const engine::Shape& x) const;
+
+  Int8Model m_;
+  std::map<std::vector<int64_t>, Plan> plans_;
+  const Plan* last_ = nullptr;
+};
+
+}  // namespace quant

@@ -1,0 +1,30 @@
+#include "tests/int8_testing.h"
+
+#include "datasets/cifar10.h"
+#include "datasets/loader.h"
+#include "engine/autograd.h"
+#include "engine/random.h"
+#include "tests/testing.h"
+
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last) {
+  static const std::filesystem::path data = make_cifar(fresh_temp_dir("int8_small"), 64, 32);
+  engine::Rng rng(5);
+  QuantizedSmall q;
+  q.model = std::make_shared<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
+  q.model->forward(engine::rand_normal({16, 3, 32, 32}, 0.0f, 1.0f, rng));  // BN statistics
+  q.model->eval();
+  q.model->switch_to_deploy();
+  auto train = data::open_cifar10(data.string(), true);
+  auto test = data::open_cifar10(data.string(), false);
+  data::Loader calib(*train, 64, /*train=*/false, 0, 1), val(*test, 32, false, 0, 1);
+  const quant::Calibration cal = quant::calibrate(*q.model, calib, 4, quant::CalibMethod::minmax, engine::Device::cpu);
+  quant::QuantConfig c;
+  c.weight_bits = c.act_bits = bits;
+  c.granularity = g;
+  c.quantize_first_last = quantize_first_last;
+  quant::attach_quantizers(*q.model, c, cal);
+  val.start_epoch(0);
+  engine::Tensor labels;
+  data::to_tensors(*val.next(), engine::Device::cpu, q.images, labels);
+  return q;
+}

@@ -1,0 +1,14 @@
+// A small quantized model for the integer-inference tests: repvgg-cifar at width 8, random weights with BN
+// statistics from one training-mode forward, deployed, calibrated by ./ptq's calibrate and attach_quantizers
+// on a made-up CIFAR-10 folder, and a batch of that folder's test images.
+#pragma once
+#include <memory>
+
+#include "models/repvgg.h"
+#include "quant/ptq_model.h"
+
+struct QuantizedSmall {
+  std::shared_ptr<models::RepVGG> model;  // deploy form, quantizers attached
+  engine::Tensor images;                  // [32, 3, 32, 32], normalized as the evaluation does
+};
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last);

@@ -1,0 +1,165 @@
+// The quantized deploy model file (quant/int8_model.h, docs/int8.md): ./ptq's export from a calibrated
+// model, its round trip, and a clear error naming the file and the tensor for each kind of corrupt file.
+#include <cmath>
+#include <filesystem>
+#include <functional>
+
+#include "engine/safetensors.h"
+#include "layers/quantizer.h"
+#include "quant/int8_model.h"
+#include "quant/ptq.h"
+#include "tests/int8_testing.h"
+#include "tests/testing.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+doctest::Contains has(const std::string& s) { return doctest::Contains(doctest::String(s.c_str())); }
+
+// The file of `m` with `edit` applied to its tensors, as a corrupt export would be.
+std::string edited(const quant::Int8Model& m, const fs::path& dir, const std::function<void(st::File&)>& edit) {
+  const std::string path = (dir / "edited.safetensors").string();
+  quant::save_int8(path, m);
+  st::File f = st::load(path);
+  edit(f);
+  st::save(path, f);
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("int8 export: codes, scales and int32 biases of each quantized layer, FP32 layers as they are") {
+  for (const char* g : {"layer", "channel"}) {
+    CAPTURE(g);
+    const QuantizedSmall q = quantized_small(4, g == std::string("channel") ? quant::Granularity::channel
+                                                                           : quant::Granularity::layer, false);
+    const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", g, {{"dataset", "cifar10"}});
+    REQUIRE(m.layers.size() == q.model->blocks().size() + 1);
+    CHECK_FALSE(m.layers.front().quantized);  // stage0 and the FC stay FP32 by default
+    CHECK_FALSE(m.layers.back().quantized);
+    for (size_t i = 1; i + 1 < m.layers.size(); i++) {
+      const quant::Int8Layer& l = m.layers[i];
+      const layers::RepBlock& b = *q.model->blocks()[i];
+      REQUIRE(l.quantized);
+      const std::vector<float> w = b.rbr_reparam->weight.to_vector(), bias = b.rbr_reparam->bias.to_vector();
+      const std::vector<float> s_w = b.weight_quant->step.to_vector();
+      CHECK(l.weight_scale == s_w);
+      CHECK(l.input_scale == b.act_quant->step.to_vector()[0]);
+      CHECK(l.input_zero_point == 0);
+      const size_t per_row = w.size() / l.out;
+      for (size_t k = 0; k < w.size(); k++) {  // the code times the scale is the fake-quantized weight, exactly
+        const float s = l.w_scale((int)(k / per_row));
+        REQUIRE(std::abs(l.weight_codes[k]) <= 7);
+        REQUIRE((float)l.weight_codes[k] * s == layers::fake_quant(w[k], s, 0, -7, 7));
+      }
+      for (int o = 0; o < l.out; o++)  // |q_b s_x s_w - b| <= s_x s_w / 2
+        REQUIRE(std::abs(l.bias_codes[o] * (double)l.input_scale * l.w_scale(o) - bias[o]) <=
+                0.5 * l.input_scale * l.w_scale(o) * (1 + 1e-6));
+    }
+  }
+}
+
+TEST_CASE("int8 export: save and load give the same model; --quantize-first-last's signed input as unsigned codes") {
+  const fs::path dir = fresh_temp_dir("int8_roundtrip");
+  fs::create_directories(dir);
+  const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, true);
+  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {{"dataset", "cifar10"}});
+  CHECK(m.layers.front().quantized);
+  CHECK(m.layers.back().quantized);
+  CHECK(m.layers.front().input_zero_point > 0);  // the normalized image is negative too
+  const std::string path = (dir / "m.int8.safetensors").string();
+  quant::save_int8(path, m);
+  const quant::Int8Model r = quant::load_int8(path);
+  CHECK(r.arch.name == m.arch.name);
+  CHECK(r.bits == 8);
+  CHECK(r.method == "ptq-minmax");
+  CHECK(r.metadata.at("dataset") == "cifar10");
+  REQUIRE(r.layers.size() == m.layers.size());
+  for (size_t i = 0; i < m.layers.size(); i++) {
+    CHECK(r.layers[i].weight_codes == m.layers[i].weight_codes);
+    CHECK(r.layers[i].bias_codes == m.layers[i].bias_codes);
+    CHECK(r.layers[i].weight_scale == m.layers[i].weight_scale);
+    CHECK(r.layers[i].input_scale == m.layers[i].input_scale);
+    CHECK(r.layers[i].input_zero_point == m.layers[i].input_zero_point);
+  }
+  // A QAT-style signed input quantizer (z = 0, codes [-128, 127]) is the same function on [0, 255], z = 128.
+  auto signed_act = std::make_shared<layers::Quantizer>(8, layers::Codes::signed_act);
+  signed_act->set_step({0.03f});
+  q.model->blocks()[0]->set_quantizers(signed_act, q.model->blocks()[0]->weight_quant);
+  const quant::Int8Model s = quant::export_int8(*q.model, "qat-repq-bn", "channel", {});
+  CHECK(s.layers.front().input_zero_point == 128);
+}
+
+TEST_CASE("int8 export: a corrupt file gives an error naming the file and the tensor") {
+  const fs::path dir = fresh_temp_dir("int8_corrupt");
+  fs::create_directories(dir);
+  const QuantizedSmall q = quantized_small(4, quant::Granularity::layer, false);
+  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "layer", {});
+  auto error = [&](const std::function<void(st::File&)>& edit) {
+    const std::string path = edited(m, dir, edit);
+    try {
+      quant::load_int8(path);
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      CHECK(what.find(path) != std::string::npos);
+      return what;
+    }
+    return std::string("no error");
+  };
+  auto expect = [&](const std::function<void(st::File&)>& edit, const std::string& message) {
+    const std::string what = error(edit);
+    CAPTURE(what);
+    CHECK(what.find(message) != std::string::npos);
+  };
+  auto set_f32 = [](st::File& f, const std::string& name, float v) {
+    std::vector<float> x = f.tensors.at(name).to_vector<float>();
+    x[0] = v;
+    f.tensors[name] = st::Entry::of(f.tensors.at(name).shape, x);
+  };
+  expect([](st::File& f) {
+               st::Entry& e = f.tensors.at("stage1.0.weight");
+               e = st::Entry::of(e.shape, std::vector<int16_t>(e.numel(), 1).data());
+             },
+         "tensor 'stage1.0.weight' has dtype I16, expected I8 (a quantized layer) or F32");
+  expect([](st::File& f) { f.tensors.erase("stage1.1.weight_scale"); },
+         "tensor 'stage1.1.weight_scale' is missing");
+  expect([](st::File& f) { f.tensors.erase("stage2.0.input_zero_point"); },
+         "tensor 'stage2.0.input_zero_point' is missing");
+  expect([](st::File& f) {
+               std::vector<int8_t> w = f.tensors.at("stage1.0.weight").to_vector<int8_t>();
+               w[5] = 8;  // 4 bits: [-7, 7]
+               f.tensors["stage1.0.weight"] = st::Entry::of(f.tensors.at("stage1.0.weight").shape, w);
+             },
+         "tensor 'stage1.0.weight' holds the code 8 at [5], outside [-7, 7] of 4-bit weights");
+  expect([&](st::File& f) { set_f32(f, "stage1.0.input_scale", 0.0f); },
+         "tensor 'stage1.0.input_scale' holds 0 at [0]: a scale must be finite and > 0");
+  expect([&](st::File& f) { set_f32(f, "stage2.0.weight_scale", std::nanf("")); },
+         "tensor 'stage2.0.weight_scale' holds nan at [0]: a scale must be finite and > 0");
+  expect([&](st::File& f) { set_f32(f, "linear.weight", INFINITY); }, "tensor 'linear.weight' holds inf");
+  expect([](st::File& f) { f.tensors["stage1.0.bias"] = st::Entry::of({3}, std::vector<int32_t>{1, 2, 3}); },
+         "tensor 'stage1.0.bias' has shape [3], expected [8]");
+  expect([](st::File& f) {
+               f.tensors["stage1.0.weight_scale"] = st::Entry::of({2}, std::vector<float>{1, 1});
+             },
+         "tensor 'stage1.0.weight_scale' has shape [2], expected [1] (one scale per layer)");
+  expect([](st::File& f) { f.tensors["stage1.0.input_zero_point"] = st::Entry::of({1}, std::vector<int32_t>{3}); },
+         "tensor 'stage1.0.input_zero_point' is 3, expected 0 (the input follows a ReLU)");
+  expect([](st::File& f) { f.tensors["stage9.weight"] = st::Entry::of({1}, std::vector<float>{1}); },
+         "tensor 'stage9.weight' is not part of a quantized repvgg-cifar");
+  expect([](st::File& f) { f.metadata["bits"] = "12"; }, "metadata \"bits\" is '12'");
+  expect([](st::File& f) { f.metadata.erase("format"); }, "not a quantized model");
+}
+
+TEST_CASE("int8 export: ./ptq's --export option") {
+  const quant::PtqOptions o = quant::parse_ptq_options({"--bits", "4", "--export", "m.int8.safetensors"});
+  CHECK(o.export_path == "m.int8.safetensors");
+  CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "8,4", "--export", "m.int8.safetensors"}),
+                    has("--export writes one quantized model: give one --bits value"));
+}
+
+TEST_CASE("int8 export: more than 8 bits is refused") {
+  const QuantizedSmall q = quantized_small(10, quant::Granularity::layer, false);
+  CHECK_THROWS_WITH(quant::export_int8(*q.model, "ptq-minmax", "layer", {}),
+                    has("10-bit weights, 10-bit activations: integer export takes at most 8 bits"));
+}
