@@ -123,6 +123,11 @@ TEST_CASE("train: a non-finite loss stops the run and keeps the last good checkp
   std::vector<std::string> more = {"--resume", out.string(), "--epochs", "3", "--lr", "inf"};
   CHECK(train::run_training(parse_options(more), more) == 3);
   CHECK(st::load((out / "last.safetensors").string()).tensors.at("linear.weight").bytes == before.at("linear.weight").bytes);
+  // In the first epoch there is no checkpoint yet (the message says so), and none is written.
+  const fs::path fresh = root / "fresh";
+  std::vector<std::string> early = args_for(data, fresh, {"--epochs", "1", "--lr", "inf"});
+  CHECK(train::run_training(parse_options(early), early) == 3);
+  CHECK(!fs::exists(fresh / "last.safetensors"));
   fs::remove_all(root);
 }
 

@@ -354,8 +354,10 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
       const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f);
       if (!r.stepped) {
         progress.end_line();
-        std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu; stopping. The last good checkpoint is %s\n",
-                     r.loss, epoch + 1, done + 1, (run / "last.safetensors").c_str());
+        const fs::path last = run / "last.safetensors";
+        std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu; stopping. %s\n", r.loss, epoch + 1, done + 1,
+                     fs::exists(last) ? ("The last good checkpoint is " + last.string()).c_str()
+                                      : "No checkpoint was written before it (the run saves one at each epoch's end).");
         return 3;
       }
       done++;
