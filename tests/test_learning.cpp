@@ -41,7 +41,9 @@ struct Small {
 static std::string cifar_dir() { return shared_data_dir().empty() ? "" : shared_data_dir() + "/cifar-10-batches-bin"; }
 
 TEST_CASE("learning: a small RepVGG fits 512 real CIFAR-10 training images to over 95% training accuracy" *
-          skip_unless(have_path(cifar_dir() + "/data_batch_1.bin"), "learning test: no CIFAR-10 in ../shared/data")) {
+          skip_unless(have_path(cifar_dir() + "/data_batch_1.bin") && !kSanitized,
+                      kSanitized ? "learning test: up to 40 epochs, too slow under the sanitizers"
+                                 : "learning test: no CIFAR-10 in ../shared/data")) {
   auto ds = data::open_cifar10(cifar_dir(), true, 512);
   data::Loader loader(*ds, 64, /*train=*/false, 0, 2);  // no augmentation: fitting, not generalizing
   Small net(1);

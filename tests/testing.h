@@ -11,6 +11,14 @@
 // printed as a SKIPPED line at the end of the run; it is never counted as passed.
 doctest::skip skip_unless(bool condition, const std::string& what);
 
+// True in the sanitizer build (`make test SANITIZE=1`), where our own loops run ~20x slower: the one test
+// that trains for minutes is skipped there (its code paths are every training test's).
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 // ../shared/data (as in CI, the checkout's sibling) or $REPQ_DATA. Empty when absent.
 std::string shared_data_dir();
 bool have_path(const std::string& path);
