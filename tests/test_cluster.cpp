@@ -2,6 +2,7 @@
 // the straight-through gradient, a model's eval against its deploy form, resume, bad inputs.
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "engine/autograd.h"
@@ -11,6 +12,9 @@
 #include "layers/checkpoint.h"
 #include "layers/cluster_quantizer.h"
 #include "models/repvgg.h"
+#include "quant/cluster_pack.h"
+#include "quant/inspect.h"
+#include "quant/ptq.h"
 #include "tests/gradcheck.h"
 #include "tests/testing.h"
 #include "trainer/options.h"
@@ -241,5 +245,89 @@ TEST_CASE("./train --qat cluster resumes bit-exactly mid-epoch: the codebooks ar
   size_t differing = 0;
   for (auto& [name, e] : a.tensors) differing += b.tensors.at(name).bytes != e.bytes;
   CHECK(differing == 0);
+
+  // ./ptq at the learned codebooks, its --export the compressed file, which ./ptq reads back to the same top-1
+  const fs::path json = root / "ptq.json", packed = root / "w3.cluster.safetensors", json2 = root / "ptq2.json";
+  const std::string last = (whole / "last.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", last, "--data", data.string(), "--json", json.string(), "--threads", "2",
+                          "--export", packed.string()}) == 0);
+  CHECK(st::load(packed.string()).tensors.count("stage1.0.rbr_reparam.weight_codes"));
+  CHECK(fs::file_size(packed) < fs::file_size(whole / "last.safetensors") / 5);
+  REQUIRE(quant::run_ptq({"--ckpt", packed.string(), "--data", data.string(), "--json", json2.string(), "--threads", "2",
+                          "--arch", "repvgg-cifar", "--dataset", "cifar10"}) == 0);
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(json)), j2 = nlohmann::json::parse(std::ifstream(json2));
+  CHECK(j["qat"] == "cluster");
+  CHECK(j["results"][0]["bits"] == 3);
+  CHECK(j2["results"][0]["top1"] == j["results"][0]["top1"]);
+  CHECK(quant::run_inspect({"--ckpt", last, "--data", data.string(), "--threads", "2"}) == 0);
   fs::remove_all(root);
+}
+
+TEST_CASE("packed codes: b-bit codes round-trip for b = 1..8, ceil(n b / 8) bytes, least significant bit first") {
+  Rng rng(6);
+  for (int bits = 1; bits <= 8; bits++) {
+    const std::vector<float> r = rand_uniform(Shape{1001}, 0, 1, rng).to_vector();
+    std::vector<uint8_t> codes(r.size());
+    for (size_t i = 0; i < r.size(); i++) codes[i] = (uint8_t)std::min<int>((int)(r[i] * (1 << bits)), (1 << bits) - 1);
+    const std::vector<uint8_t> packed = quant::pack_codes(codes, bits);
+    CHECK(packed.size() == (1001 * bits + 7) / 8);
+    CHECK(quant::unpack_codes(packed, bits, codes.size()) == codes);
+  }
+  CHECK(quant::pack_codes({1, 0, 3, 2}, 2) == std::vector<uint8_t>{0b10110001});
+  CHECK_THROWS_WITH_AS(quant::pack_codes({4}, 2), doctest::Contains("more than 2 bits"), std::runtime_error);
+}
+
+TEST_CASE("a compressed ClusterQAT file holds codes and codebooks; loading it gives the QAT model's eval logits; bad codebooks are refused") {
+  auto m = cluster_model(models::BlockType::repvgg, 3.0f, 3, true, 7);
+  Rng rng(8);
+  Tensor x = rand_uniform({4, 3, 32, 32}, -1, 1, rng);
+  cross_entropy(m->forward(x), Tensor::zeros({4}, DType::i32)).backward();  // training: codebooks and steps set
+  m->eval();
+  std::vector<float> eval_logits;
+  {
+    NoGradGuard no_grad;
+    eval_logits = m->forward(x).to_vector();
+  }
+  m->switch_to_deploy();
+  const st::File f = quant::compress_cluster(*m, {{"arch", "repvgg-cifar"}});
+  CHECK(quant::is_compressed(f));
+  CHECK(!f.tensors.count("stage1.0.rbr_reparam.weight"));
+  const st::Entry& codes = f.tensors.at("stage1.0.rbr_reparam.weight_codes");
+  CHECK(codes.bytes.size() == (16 * 16 * 9 * 3 + 7) / 8);
+  CHECK(f.tensors.count("linear.weight_codes"));  // --quantize-first-last: the FC coded too
+  CHECK(f.tensors.at("stage1.0.weight_quant.codebook").numel() == 8);
+
+  const st::File plain = quant::decompress_cluster(f, "c.safetensors");
+  Rng r2(99);
+  models::RepVGG loaded(m->arch, r2, 3.0f);
+  loaded.set_qat(*models::qat_from_metadata(plain.metadata, "c.safetensors"));
+  loaded.switch_to_deploy();
+  layers::load_state_dict(loaded, plain, "", "c.safetensors");
+  loaded.eval();
+  NoGradGuard no_grad;
+  CHECK(loaded.forward(x).to_vector() == eval_logits);
+
+  st::File bad = f;
+  bad.tensors["stage1.0.weight_quant.codebook"] = st::Entry::of<float>({16}, std::vector<float>(16, 0.0f).data());
+  CHECK_THROWS_WITH_AS(quant::decompress_cluster(bad, "c.safetensors"),
+                       "c.safetensors: tensor 'stage1.0.weight_quant.codebook' has 16 entries, expected 2^3 = 8 (metadata bits)",
+                       std::runtime_error);
+  bad = f;
+  bad.tensors["stage1.0.rbr_reparam.weight_codes"].bytes.pop_back();
+  CHECK_THROWS_WITH_AS(quant::decompress_cluster(bad, "c.safetensors"),
+                       doctest::Contains("c.safetensors: tensor 'stage1.0.rbr_reparam.weight_codes': "), std::runtime_error);
+}
+
+TEST_CASE("model sizes in bytes: FP32, uniform and cluster B-bit, from the structure") {
+  const models::ArchConfig a = models::cifar_config(models::BlockType::repvgg, 16);
+  const quant::ModelBytes fl = quant::model_bytes(a, 4, true);
+  // stage0 3->16, 25 blocks 16->16, FC 16->10: 27 layers
+  const int64_t weights = 432 + 25 * 2304 + 160, biases = 16 + 25 * 16 + 10;
+  CHECK(fl.fp32 == 4 * (weights + biases));
+  const int64_t codes = (432 * 4 + 7) / 8 + 25 * (2304 * 4 / 8) + 160 * 4 / 8;
+  CHECK(fl.uniform == codes + 27 * (4 + 4) + 4 * biases);        // a weight step and an input step a layer
+  CHECK(fl.cluster == codes + 27 * (16 * 4 + 4) + 4 * biases);   // a 16-entry codebook and an input step
+  const quant::ModelBytes mid = quant::model_bytes(a, 4, false);  // stage0 and the FC in FP32
+  CHECK(mid.fp32 == fl.fp32);
+  CHECK(mid.cluster == 25 * (2304 * 4 / 8 + 16 * 4 + 4 + 4 * 16) + 4 * (432 + 16 + 160 + 10));
 }
