@@ -130,6 +130,31 @@ TEST_CASE("cluster lines 8-10: values from the codebook, at most 2^b distinct; t
   CHECK(v2 == layers::codebook_values(layers::assign_nearest(m2.to_vector(), cb), cb));
 }
 
+TEST_CASE("cluster: a requested reset (each epoch start) runs in the next training forward, on that forward's kernel") {
+  Rng rng(5);
+  ClusterQuantizer q(2);
+  q.forward(rand_uniform({6, 3, 3, 3}, -1, 1, rng));
+  const std::vector<float> before = q.codebook.to_vector();
+  const Tensor m = rand_uniform({6, 3, 3, 3}, -3, 0.5f, rng);
+  q.forward(m);  // no reset: one more k-means step from the codebook it had
+  std::vector<float> expected = before;
+  layers::update_centroids(m.to_vector(), layers::assign_nearest(m.to_vector(), before), expected);
+  CHECK(q.codebook.to_vector() == expected);
+  q.request_reset();
+  q.eval();
+  q.forward(m);  // eval: no reset yet
+  CHECK(q.codebook.to_vector() == expected);
+  q.train();
+  q.forward(m);  // line 2 on m, then lines 5-6
+  expected = layers::reset_codebook(m.to_vector(), 2);
+  layers::update_centroids(m.to_vector(), layers::assign_nearest(m.to_vector(), expected), expected);
+  CHECK(q.codebook.to_vector() == expected);
+  q.forward(m);  // the request was used up: a plain k-means step again
+  std::vector<float> next = expected;
+  layers::update_centroids(m.to_vector(), layers::assign_nearest(m.to_vector(), expected), next);
+  CHECK(q.codebook.to_vector() == next);
+}
+
 static std::unique_ptr<models::RepVGG> cluster_model(models::BlockType block, float oabn_k, int bits, bool first_last, uint64_t seed) {
   Rng rng(seed);
   auto m = std::make_unique<models::RepVGG>(models::cifar_config(block, 16), rng, oabn_k);
