@@ -170,7 +170,7 @@ TEST_CASE("a ClusterQAT model: each layer at most 2^b weight values; eval logits
     bool first_last;
   };
   for (const Case& c : {Case{models::BlockType::repvgg, 3.0f, 2, true}, Case{models::BlockType::repvgg, 0.0f, 4, false},
-                        Case{models::BlockType::qarepvgg, 0.0f, 3, false}}) {
+                        Case{models::BlockType::qarepvgg, 0.0f, 3, false}, Case{models::BlockType::repvgg, 0.0f, 1, false}}) {
     INFO(c.bits);
     const auto model = cluster_model(c.block, c.oabn_k, c.bits, c.first_last, 4);
     models::RepVGG& m = *model;
