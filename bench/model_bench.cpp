@@ -11,8 +11,10 @@
 //
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
 // the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
-// train-cifar-repq-bnest (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps
-// initialized before the warm-up), the integer models infer-cifar-int8, infer-a0-int8 and infer-a0-int8-b1
+// train-cifar-repq-bnest, train-cifar-cluster (4 bits; set_qat, make_optimizer and train_step of
+// trainer/step.h, steps and codebooks initialized before the warm-up; the cluster case also times its
+// quantizers alone on the merged kernels: quant_ms= every layer's ClusterQuantizer forward, assign_ms= its
+// nearest-entry assignment (Algorithm 2 line 5) alone, share= quant_ms over the step's milliseconds), the integer models infer-cifar-int8, infer-a0-int8 and infer-a0-int8-b1
 // (batch 1), whose peer is PyTorch's int8 path and which also time our FP32 deploy forward of the same
 // model in the same run: fp32= its rate, vs_fp32= ours over it, lat_ms_*= per-call milliseconds at batch 1,
 // impl= the oneDNN implementations of the int8 layers,
@@ -78,6 +80,7 @@ static const std::map<std::string, Case> kCases = {
     {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
     {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
     {"train-cifar-repq-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bnest"}},
+    {"train-cifar-cluster", {"repvgg-cifar", 128, 32, true, 0.f, "cluster"}},
     {"infer-cifar-int8", {"repvgg-cifar", 128, 32, false, 0.f, "", true}},
     {"infer-a0-int8", {"repvgg-a0", 32, 224, false, 0.f, "", true}},
     {"infer-a0-int8-b1", {"repvgg-a0", 1, 224, false, 0.f, "", true}},
@@ -155,7 +158,25 @@ struct Ours {
   double flop_per_unit;
   std::function<void()> fp32 = nullptr;  // int8 cases: our FP32 deploy forward, timed alternately too
   std::string impl = "";                 // int8 cases: the oneDNN implementations of the int8 layers
+  std::function<void()> quantizers = nullptr, assign = nullptr;  // the cluster case: its quantizers alone
 };
+
+// The cluster case's quantizers on the model's merged kernels (running statistics, as they fold in
+// training): every layer's forward (lines 5-10, host copies included), and the assignment (line 5) alone.
+static void time_cluster_quantizers(models::RepVGG& model, Ours& ours) {
+  std::vector<std::pair<layers::ClusterQuantizer*, Tensor>> coded;
+  {
+    NoGradGuard no_grad;
+    for (auto& b : model.blocks())
+      if (b->weight_cluster) coded.push_back({b->weight_cluster.get(), b->equivalent_kernel_bias().kernel});
+  }
+  ours.quantizers = [coded] {
+    for (auto& [q, m] : coded) q->forward(m);
+  };
+  ours.assign = [coded] {
+    for (auto& [q, m] : coded) q->codes(m);
+  };
+}
 
 // Ends a timed call: the GPU's queued work is part of it.
 static void finish(Device device) {
@@ -226,11 +247,13 @@ static Ours model_case(const Case& c, Device device) {
       model->forward(x);  // the quantizers' steps initialize on the first batch: not timed
     }
     auto opt = std::make_shared<train::Optimizer>(train::make_optimizer(*model, 0.1f, 0.9f, false, 1e-4f, false));
-    return {[model, opt, x, labels, device] {
-              train::train_step(*model, opt->sgd, x, labels, 0.f, 0.f);
-              finish(device);
-            },
-            (double)c.batch, 3 * 2 * macs};
+    Ours ours{[model, opt, x, labels, device] {
+                train::train_step(*model, opt->sgd, x, labels, 0.f, 0.f);
+                finish(device);
+              },
+              (double)c.batch, 3 * 2 * macs};
+    if (c.qat == "cluster") time_cluster_quantizers(*model, ours);
+    return ours;
   }
   model->to(device);
   // torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4), as the peer
@@ -386,6 +409,15 @@ int main(int argc, char** argv) {
     }
   }
   const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
+  std::vector<double> t_quant, t_assign;  // the cluster case, after the counted calls
+  for (int i = 0; ours.quantizers && i < reps; i++) {
+    double t0 = now();
+    ours.quantizers();
+    t_quant.push_back(now() - t0);
+    t0 = now();
+    ours.assign();
+    t_assign.push_back(now() - t0);
+  }
 
   double ours_rate = ours.units_per_call / median(t_ours);
   std::string torch_part = "torch=absent";
@@ -418,6 +450,12 @@ int main(int argc, char** argv) {
       }
     }
     torch_part += " impl=" + ours.impl;
+  }
+  if (ours.quantizers) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " quant_ms=%.2f assign_ms=%.2f share=%.1f%%", 1e3 * median(t_quant), 1e3 * median(t_assign),
+                  100 * median(t_quant) / median(t_ours));
+    torch_part += buf;
   }
   if (ceiling)
     std::printf("bench %s ours=%.2f %s unit=GFLOP/s\n", name.c_str(), ours_rate, torch_part.c_str());

@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy"
 # QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's); CPU only
-QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest"
+QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest train-cifar-cluster"
 # integer inference (quant/int8_runtime.h) against PyTorch's int8 path and our FP32 forward; CPU only
 INT8="infer-cifar-int8 infer-a0-int8 infer-a0-int8-b1"
 # the GPU lines: the same cases with model and data on the GPU; "skipped: REASON" without one

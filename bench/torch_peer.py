@@ -17,8 +17,10 @@ after --warmup untimed calls):
   infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
   train-cifar-<qat>   one SGD step of repvgg-cifar after tests/reference/repq_torch.py set_qat(model,
                       qat, 4 bits), qat one of bnest (FP, merged, estimated BN), merged (deployed blocks,
-                      QAT), repq-bn, repq-bnest; the steps initialized by an untimed forward first and
-                      kept out of the weight decay (trainer/step.cpp make_optimizer)
+                      QAT), repq-bn, repq-bnest, cluster (ClusterQAT: running-statistics fold, a 4-bit
+                      k-means codebook per layer, repq_torch.ClusterQuantizer); the steps (and codebooks)
+                      initialized by an untimed forward first and kept out of the weight decay
+                      (trainer/step.cpp make_optimizer)
   infer-*-int8        PyTorch's own int8 path on the deployed model: torch.ao.quantization eager-mode
                       static quantization with the 'onednn' engine (Debian's torch 1.13 has onednn and
                       qnnpack, no fbgemm), each rbr_reparam conv fused with its ReLU (ConvReLU2d),
@@ -59,6 +61,7 @@ CASES = {
     'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
     'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
     'train-cifar-repq-bnest': ('repvgg-cifar', 128, 32, 'train-repq-bnest', 0.0),
+    'train-cifar-cluster': ('repvgg-cifar', 128, 32, 'train-cluster', 0.0),
     'infer-cifar-int8': ('repvgg-cifar', 128, 32, 'infer-int8', 0.0),
     'infer-a0-int8': ('repvgg-a0', 32, 224, 'infer-int8', 0.0),
     'infer-a0-int8-b1': ('repvgg-a0', 1, 224, 'infer-int8', 0.0),

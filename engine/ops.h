@@ -104,6 +104,11 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
 // over its values, times step_grad_scale (LSQ's g = 1/sqrt(N Q_P)). The same as the composed ops
 // (div, round_ste, add_scalar, clamp, mul) with the step scaled as s·g + sg(s − s·g), in two passes.
 Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float step_grad_scale);
+// x (any shape, requires grad), values (x's shape, not differentiated) -> y = values, with d y / d x = 1:
+// the straight-through estimator of a quantizer whose values are computed elsewhere (the cluster
+// quantizer's codebook values, layers/cluster_quantizer.h). Unlike x + sg(values − x), y is values
+// bit for bit.
+Tensor straight_through(const Tensor& x, const Tensor& values);
 
 // x [N, C, H, W] (blocked too, CPU), mean [C] -> [C]: the biased variance about `mean`,
 // (1/M) Σ_{n,h,w} (x − mean)², M = N·H·W, in one pass (RepQ-BN's batch statistics, layers/bn_fold.h);

@@ -1,4 +1,5 @@
-// Fake quantization with a learned step (ops.h fake_quantize): forward and backward side by side.
+// Fake quantization with a learned step (ops.h fake_quantize) and the straight-through op: forward and
+// backward side by side.
 // Kernels: engine/cpu/quantize.cpp, engine/cuda/quantize.cu.
 #include "engine/autograd.h"
 #include "engine/kernels.h"
@@ -30,6 +31,15 @@ Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_
       accumulate_grad(step, gs);
     }
   });
+  return y;
+}
+
+Tensor straight_through(const Tensor& x, const Tensor& values) {
+  ENGINE_CHECK(x.defined() && values.defined() && x.shape() == values.shape() && x.dtype() == values.dtype() &&
+                   x.device() == values.device(),
+               "straight_through: values " + values.str() + " for x " + x.str());
+  Tensor y = values.detach();
+  record(y, "straight_through", {x}, [](const Tensor& out, const Tensor& gy) { accumulate_grad(out.grad_fn()->inputs[0], gy); });
   return y;
 }
 

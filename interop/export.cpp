@@ -68,6 +68,9 @@ int run_export(const std::vector<std::string>& args) {
     throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}), exported at its learned quantizers; the "
                                          "quantization options are for full-precision checkpoints", q.first_quant_option, s.ckpt,
                                          model->qat()->method));
+  if (qdq && qat && model->qat()->method == "cluster")
+    throw std::runtime_error(fmt::format("--qdq: {} is a ClusterQAT checkpoint: its weights are codebook entries, which "
+                                         "QDQ's uniform int8 codes of one step cannot hold", s.ckpt));
   if (qdq && !qat && q.bits.empty())
     throw std::runtime_error(fmt::format("--qdq: {} has no quantizers (it is not a quantized QAT checkpoint: no \"qat\" metadata, "
                                          "or qat=bnest): give --bits B to quantize it as ./ptq does, or train one with ./train --qat",

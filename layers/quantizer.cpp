@@ -18,8 +18,11 @@ StepInit parse_step_init(const std::string& s) {
 
 const char* step_init_name(StepInit s) { return s == StepInit::min_error ? "min-error" : "lsq"; }
 
-static int check_bits(int bits) {
-  ENGINE_CHECK(bits >= 2 && bits <= 16, "bit width " + std::to_string(bits) + " is outside 2..16");
+// Weights need 2 bits for a nonzero symmetric code; activations have codes {0, 1} (or {-1, 0}) at 1 bit
+// (ClusterQAT's --bits 1 quantizes them so).
+static int check_bits(int bits, Codes codes) {
+  const int least = codes == Codes::weight ? 2 : 1;
+  ENGINE_CHECK(bits >= least && bits <= 16, "bit width " + std::to_string(bits) + " is outside " + std::to_string(least) + "..16");
   return bits;
 }
 
@@ -29,7 +32,7 @@ static int code_min(int bits, Codes c) {
 static int code_max(int bits, Codes c) { return c == Codes::unsigned_act ? (1 << bits) - 1 : (1 << (bits - 1)) - 1; }
 
 Quantizer::Quantizer(int bits, Codes codes, int64_t channels, StepInit init)
-    : bits(check_bits(bits)), codes(codes), q_min(code_min(bits, codes)), q_max(code_max(bits, codes)), init(init) {
+    : bits(check_bits(bits, codes)), codes(codes), q_min(code_min(bits, codes)), q_max(code_max(bits, codes)), init(init) {
   ENGINE_CHECK(channels >= 1 && (channels == 1 || codes == Codes::weight), "per-channel steps are for weights");
   step = register_parameter("step", Tensor::full(Shape{channels}, 1.0f), ParamKind::step);
   init_state = register_buffer("init_state", Tensor::zeros(Shape{1}));

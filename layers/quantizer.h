@@ -44,7 +44,7 @@ enum class Codes { weight, unsigned_act, signed_act };
 
 class Quantizer : public Module {
  public:
-  // bits 2..16; channels 1 (per tensor) or the weight's output channels.
+  // bits 2..16 (activation codes 1..16); channels 1 (per tensor) or the weight's output channels.
   Quantizer(int bits, Codes codes, int64_t channels = 1, StepInit init = StepInit::min_error);
   Tensor forward(const Tensor& x) override;  // x̂
 

@@ -47,11 +47,14 @@ void RepBlock::switch_to_deploy() {
                                 std::make_shared<Conv2d>(kb.kernel.detach(), kb.bias.detach(), stride, 1, groups));
 }
 
-void RepBlock::set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight) {
+void RepBlock::set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight,
+                              std::shared_ptr<ClusterQuantizer> cluster) {
+  ENGINE_CHECK(!weight || !cluster, "a layer has one weight quantizer, uniform or cluster");
   if (act_quant) remove_module("act_quant");
-  if (weight_quant) remove_module("weight_quant");
+  if (weight_quant || weight_cluster) remove_module("weight_quant");
   act_quant = act ? register_module("act_quant", act) : nullptr;
   weight_quant = weight ? register_module("weight_quant", weight) : nullptr;
+  weight_cluster = cluster ? register_module("weight_quant", cluster) : nullptr;
 }
 
 Tensor RepBlock::forward(const Tensor& x) { return run(x, false); }
@@ -59,7 +62,7 @@ Tensor RepBlock::forward_blocked(const Tensor& x) { return run(x, true); }
 
 Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out) {
   const Tensor xq = act_quant ? act_quant->forward(x) : x;
-  const Tensor wq = weight_quant ? weight_quant->forward(w) : w;
+  const Tensor wq = weight_quant ? weight_quant->forward(w) : weight_cluster ? weight_cluster->forward(w) : w;
   return engine::conv2d_relu(xq, wq, eval_bias(b, act_quant.get(), weight_quant.get(), training()), stride, 1, groups, blocked_out);
 }
 

@@ -7,7 +7,8 @@
 //             the branch parameters, each BN folded with the statistics of layers/bn_fold.h
 //   deploy    one 3x3 conv with bias, rbr_reparam: y = ReLU(conv(Q_a(x), Q_w(W), b))
 // Q_a and Q_w are the quantizer modules the block owns (`act_quant`, `weight_quant`; layers/quantizer.h),
-// null where the block stays FP32; with both, b is rounded to its int32 grid in eval (layers::eval_bias), as
+// null where the block stays FP32; Q_w is either LSQ's uniform quantizer or ClusterQAT's codebook
+// (`weight_cluster`, layers/cluster_quantizer.h, also named "weight_quant" in the state dict); with both, b is rounded to its int32 grid in eval (layers::eval_bias), as
 // integer kernels and ./export --qdq hold it, and stays float in training. Without quantizers, merged mode with batch folding is the branches'
 // function in training, and with running statistics the deploy conv's in eval.
 #pragma once
@@ -15,6 +16,7 @@
 
 #include "engine/random.h"
 #include "layers/bn_fold.h"
+#include "layers/cluster_quantizer.h"
 #include "layers/layers.h"
 #include "layers/quantizer.h"
 #include "layers/reparam.h"
@@ -57,12 +59,15 @@ class RepBlock : public Module {
   // Deploy mode: rbr_reparam set to the merged conv (detached, a new leaf) and the branches dropped;
   // the quantizers stay. Idempotent.
   void switch_to_deploy() override;
-  // The quantizers of the conv's input and weight (either may be null: FP32); replaces earlier ones.
-  void set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight);
+  // The quantizers of the conv's input and weight (any may be null: FP32; at most one weight quantizer,
+  // uniform or cluster); replaces earlier ones.
+  void set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight,
+                      std::shared_ptr<ClusterQuantizer> weight_cluster = nullptr);
 
   const int in_channels, out_channels, stride, groups;
   std::shared_ptr<Conv2d> rbr_reparam;
   std::shared_ptr<Quantizer> act_quant, weight_quant;
+  std::shared_ptr<ClusterQuantizer> weight_cluster;
   BnFold fold = BnFold::batch;  // merged mode, in training
 
  protected:

@@ -160,40 +160,76 @@ Tensor RepVGG::forward(const Tensor& x) {
   if (blocked) y = to_plain(y);
   Tensor features = global_avg_pool(y);
   if (fc_act_quant_) features = fc_act_quant_->forward(features);
-  const Tensor w = fc_weight_quant_ ? fc_weight_quant_->forward(linear_->weight) : linear_->weight;
+  const Tensor w = fc_weight_quant_ ? fc_weight_quant_->forward(linear_->weight)
+                   : fc_weight_cluster_ ? fc_weight_cluster_->forward(linear_->weight)
+                                        : linear_->weight;
   return linear(features, w, layers::eval_bias(linear_->bias, fc_act_quant_.get(), fc_weight_quant_.get(), training()));
 }
 
-void RepVGG::set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight) {
+void RepVGG::set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
+                               std::shared_ptr<layers::ClusterQuantizer> cluster) {
+  ENGINE_CHECK(!weight || !cluster, "the FC has one weight quantizer, uniform or cluster");
   if (fc_act_quant_) remove_module("linear_act_quant");
-  if (fc_weight_quant_) remove_module("linear_weight_quant");
+  if (fc_weight_quant_ || fc_weight_cluster_) remove_module("linear_weight_quant");
   fc_act_quant_ = act ? register_module("linear_act_quant", act) : nullptr;
   fc_weight_quant_ = weight ? register_module("linear_weight_quant", weight) : nullptr;
+  fc_weight_cluster_ = cluster ? register_module("linear_weight_quant", cluster) : nullptr;
 }
 
+std::vector<std::pair<std::string, layers::ClusterQuantizer*>> RepVGG::cluster_quantizers() {
+  std::vector<std::pair<std::string, layers::ClusterQuantizer*>> q;
+  for (auto& [path, m] : modules())  // "stage1.0.weight_quant", ..., "linear_weight_quant"
+    if (auto* c = dynamic_cast<layers::ClusterQuantizer*>(m))
+      q.push_back({path == "linear_weight_quant" ? "linear" : path.substr(0, path.rfind('.')), c});
+  return q;
+}
+
+void RepVGG::request_codebook_resets() {
+  for (auto& [name, q] : cluster_quantizers()) q->request_reset();
+}
+
+static const char* const kQatMethods = "repq-bn, repq-bnest, merged, bnest, cluster";
+
 bool is_qat_method(const std::string& m) {
-  return m == "repq-bn" || m == "repq-bnest" || m == "merged" || m == "bnest";
+  return m == "repq-bn" || m == "repq-bnest" || m == "merged" || m == "bnest" || m == "cluster";
+}
+
+void check_qat_bits(const QatConfig& c, const std::string& what) {
+  const bool cluster = c.method == "cluster";
+  if (cluster ? c.bits < 1 || c.bits > 8 : c.bits < 2 || c.bits > 16)
+    fail(what + ": " + std::to_string(c.bits) + " weight bits is outside " + (cluster ? "1..8 (the codebook of --qat cluster has 2^B entries, B 1..8)" : "2..16"));
+  if (c.act_bits < (cluster ? 1 : 2) || c.act_bits > 16)
+    fail(what + ": " + std::to_string(c.act_bits) + " activation bits is outside " + (cluster ? "1..16" : "2..16"));
+  if (cluster && c.per_channel) fail(what + ": --qat cluster has one codebook per layer; --granularity channel is for the uniform methods");
 }
 
 void RepVGG::set_qat(const QatConfig& c) {
-  ENGINE_CHECK(is_qat_method(c.method), "QAT method '" + c.method + "' is not one of repq-bn, repq-bnest, merged, bnest");
+  ENGINE_CHECK(is_qat_method(c.method), "QAT method '" + c.method + "' is not one of " + kQatMethods);
+  check_qat_bits(c, "QAT " + c.method);
   ENGINE_CHECK(!qat_, "the model is set up for QAT already");
   for (auto& b : blocks_)
     ENGINE_CHECK(b->mode() == layers::BlockMode::branches || (c.method == "merged" && b->deployed()),
                  "QAT starts from a model in training form (or, for merged, in deploy form)");
   using layers::Codes;
   using layers::Quantizer;
+  const bool cluster = c.method == "cluster";
   for (size_t i = 0; i < blocks_.size(); i++) {
     layers::RepBlock& b = *blocks_[i];
     if (c.method == "merged") b.switch_to_deploy();
+    // cluster folds the running statistics (frozen, as torch.ao's freeze_bn_stats): M is then the deploy
+    // kernel itself, and batch or estimated statistics cascade at 2 bits (docs/cluster.md)
+    else if (cluster) b.switch_to_merged(layers::BnFold::running);
     else b.switch_to_merged(c.method == "repq-bn" ? layers::BnFold::batch : layers::BnFold::estimated);
     if (c.method == "bnest" || (i == 0 && !c.quantize_first_last)) continue;
-    b.set_quantizers(std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init),
-                     std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
+    auto act = std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);
+    if (cluster) b.set_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    else b.set_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
   }
-  if (c.method != "bnest" && c.quantize_first_last)
-    set_fc_quantizers(std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init),
-                      std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
+  if (c.method != "bnest" && c.quantize_first_last) {
+    auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init);
+    if (cluster) set_fc_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    else set_fc_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
+  }
   qat_ = c;
 }
 
@@ -211,17 +247,16 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
     if (f == md.end()) fail(file + ": QAT checkpoint without metadata '" + key + "'");
     return f->second;
   };
-  auto bits = [&](const std::string& key) {
+  auto bits = [&](const std::string& key) {  // the range per method: check_qat_bits below
     const std::string& v = get(key);
-    if (v.empty() || v.size() > 2 || v.find_first_not_of("0123456789") != std::string::npos || std::stoi(v) < 2 ||
-        std::stoi(v) > 16)
-      fail(file + ": metadata '" + key + "' is '" + st::cut(v) + "', expected a bit width 2..16");
+    if (v.empty() || v.size() > 2 || v.find_first_not_of("0123456789") != std::string::npos)
+      fail(file + ": metadata '" + key + "' is '" + st::cut(v) + "', expected a bit width");
     return std::stoi(v);
   };
   QatConfig c;
   c.method = it->second;
   if (!is_qat_method(c.method))
-    fail(file + ": metadata 'qat' is '" + st::cut(c.method) + "', not one of repq-bn, repq-bnest, merged, bnest");
+    fail(file + ": metadata 'qat' is '" + st::cut(c.method) + "', not one of " + kQatMethods);
   c.bits = bits("bits");
   c.act_bits = bits("act_bits");
   const std::string& g = get("granularity");
@@ -235,6 +270,7 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
   const std::string& q = get("quantize_first_last");
   if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + st::cut(q) + "', expected 0 or 1");
   c.quantize_first_last = q == "1";
+  check_qat_bits(c, file + ": metadata");
   return c;
 }
 

@@ -60,16 +60,20 @@ ModelSize model_size(const ArchConfig& arch, bool deploy, int resolution);
 //               of its single convs
 //   bnest       full precision in merged mode with estimated BN statistics (no quantizers): one conv per
 //               block in training instead of two
-// Each quantized block gets an LSQ weight quantizer and an input quantizer (layers/quantizer.h); stage0 and
-// the FC stay FP32 unless quantize_first_last.
+//   cluster     ClusterQAT (OABN paper Algorithm 2): merged mode folding the BNs' running statistics, each weight
+//               quantizer a per-layer codebook of 2^bits entries (layers/cluster_quantizer.h), bits 1..8
+// Each quantized block gets an LSQ weight quantizer (cluster: a ClusterQuantizer) and an LSQ input
+// quantizer (layers/quantizer.h); stage0 and the FC stay FP32 unless quantize_first_last.
 struct QatConfig {
   std::string method;
-  int bits = 8, act_bits = 8;  // weights, activations (2..16)
+  int bits = 8, act_bits = 8;  // weights, activations (2..16; cluster: weights 1..8, activations 1..16)
   bool per_channel = false;    // weight steps per output channel, else per layer
   bool quantize_first_last = false;
   layers::StepInit init = layers::StepInit::min_error;
 };
-bool is_qat_method(const std::string& name);  // one of the four names above
+bool is_qat_method(const std::string& name);  // one of the five names above
+// Throws a message starting with `what` (an option or a file) unless bits and act_bits fit `method`.
+void check_qat_bits(const QatConfig& c, const std::string& what);
 // The checkpoint metadata that records it ("qat", "bits", ...), and back (nullopt for an FP checkpoint);
 // `file` names the checkpoint in errors.
 std::map<std::string, std::string> qat_metadata(const QatConfig& c);
@@ -89,10 +93,17 @@ class RepVGG : public layers::Module {
   void set_qat(const QatConfig& c);
   const std::optional<QatConfig>& qat() const { return qat_; }
   // Gives the FC quantizers of its input and weight (null: FP32), as the blocks' set_quantizers.
-  void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight);
+  void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
+                         std::shared_ptr<layers::ClusterQuantizer> weight_cluster = nullptr);
   std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>> fc_quantizers() const {
     return {fc_act_quant_, fc_weight_quant_};
   }
+  const std::shared_ptr<layers::ClusterQuantizer>& fc_cluster() const { return fc_weight_cluster_; }
+  // Every cluster weight quantizer with its layer's name ("stage1.0", ..., "linear"), in order.
+  std::vector<std::pair<std::string, layers::ClusterQuantizer*>> cluster_quantizers();
+  // ClusterQAT Algorithm 2 line 2, asked for at each epoch start: every codebook is reset in the next
+  // training forward.
+  void request_codebook_resets();
 
   const ArchConfig arch;
   const float oabn_k;
@@ -101,6 +112,7 @@ class RepVGG : public layers::Module {
   std::vector<std::shared_ptr<layers::RepBlock>> blocks_;  // stage0, stage1.0, ..., in order
   std::shared_ptr<layers::Linear> linear_;
   std::shared_ptr<layers::Quantizer> fc_act_quant_, fc_weight_quant_;
+  std::shared_ptr<layers::ClusterQuantizer> fc_weight_cluster_;
   std::optional<QatConfig> qat_;
 };
 

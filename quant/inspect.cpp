@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "datasets/loader.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "quant/cluster_pack.h"
 #include "quant/histogram.h"
 #include "quant/run_source.h"
 
@@ -204,6 +206,33 @@ nlohmann::json inspection_json(const Inspection& in, const Source& s, const std:
   return j;
 }
 
+// A ClusterQAT model in deploy form: each layer's codebook, each entry with the number of weights it holds.
+void print_codebooks(models::RepVGG& model) {
+  std::map<const layers::Module*, std::string> names;
+  for (auto& [name, m] : model.modules()) names[m] = name;
+  std::vector<std::tuple<std::string, const layers::ClusterQuantizer*, Tensor>> coded;
+  for (auto& b : model.blocks())
+    if (b->weight_cluster) coded.emplace_back(names[b.get()], b->weight_cluster.get(), b->rbr_reparam->weight);
+  if (model.fc_cluster()) coded.emplace_back("linear", model.fc_cluster().get(), model.fc().weight);
+  std::printf("\ncodebooks (ClusterQAT, %d bits): entry value [weights assigned to it]\n", model.qat()->bits);
+  for (auto& [name, q, w] : coded) {
+    const std::vector<float> c = q->codebook.to_vector();
+    const std::vector<int64_t> counts = layers::entry_counts(q->codes(w), c.size());
+    std::string line;
+    for (size_t k = 0; k < c.size(); k++) line += fmt::format(" {:.4g} [{}]", c[k], counts[k]);
+    std::printf("%-10s%s\n", name.c_str(), line.c_str());
+  }
+}
+
+void print_sizes(const models::RepVGG& model) {
+  const models::QatConfig& q = *model.qat();
+  const ModelBytes b = model_bytes(model.arch, q.bits, q.quantize_first_last);
+  std::printf("\nmodel size (deploy weights and biases; stage0 and the FC %s): FP32 %lld bytes, uniform %d-bit %lld "
+              "bytes (%.2fx smaller), cluster %d-bit %lld bytes (%.2fx smaller)\n",
+              q.quantize_first_last ? "quantized" : "FP32", (long long)b.fp32, q.bits, (long long)b.uniform,
+              (double)b.fp32 / (double)b.uniform, q.bits, (long long)b.cluster, (double)b.fp32 / (double)b.cluster);
+}
+
 }  // namespace
 
 int run_inspect(const std::vector<std::string>& args) {
@@ -233,6 +262,8 @@ int run_inspect(const std::vector<std::string>& args) {
   const Tensor x = train_form ? inspection_batch(s, so.batch_size > 0 ? so.batch_size : 32, batch_kind) : Tensor();
   const Inspection in = inspect_blocks(*model, x);
   print_inspection(in, s, batch_kind);
+  if (model->qat() && model->qat()->method == "cluster") print_codebooks(*model);
+  if (model->qat() && model->qat()->method != "bnest") print_sizes(*model);
 
   if (!hist.empty()) {
     fs::create_directories(hist);

@@ -5,12 +5,14 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
 
 #include "datasets/loader.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "quant/cluster_pack.h"
 #include "quant/int8_model.h"
 #include "trainer/step.h"
 
@@ -39,7 +41,8 @@ std::string ptq_help() {
              "no calibration and no --bits.\n\n") +
          kQuantHelp +
          "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
-         "                         one bit width of at most 8, or a QAT checkpoint\n" +
+         "                         one bit width of at most 8, or a QAT checkpoint; a ClusterQAT checkpoint: its\n"
+         "                         packed codes and codebooks (docs/cluster.md), which ./ptq --ckpt reads back\n" +
          kSourceHelp + "  --help                 this text\n";
 }
 
@@ -204,6 +207,18 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
               path.c_str());
 }
 
+// --export of a ClusterQAT run: packed codes and codebooks (quant/cluster_pack.h), the sizes beside.
+void export_compressed(const std::string& path, models::RepVGG& model, const Source& s) {
+  std::map<std::string, std::string> md = {{"arch", s.arch}, {"dataset", s.dataset}, {"source", s.ckpt},
+                                           {"oabn_k", fmt::format("{}", s.oabn_k)}, {"num_classes", std::to_string(s.num_classes)}};
+  st::save(path, compress_cluster(model, md));
+  const ModelBytes b = model_bytes(model.arch, model.qat()->bits, model.qat()->quantize_first_last);
+  std::printf("exported the compressed deploy model (%d-bit codes and a codebook per layer) to %s: %lld bytes on disk; "
+              "weights and biases %lld bytes (FP32 %lld, uniform %d-bit %lld)\n", model.qat()->bits, path.c_str(),
+              (long long)std::filesystem::file_size(path), (long long)b.cluster, (long long)b.fp32, model.qat()->bits,
+              (long long)b.uniform);
+}
+
 // A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
 int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
   if (!o.first_quant_option.empty())
@@ -211,6 +226,7 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
                                          "the quantization options are for full-precision checkpoints",
                                          o.first_quant_option, s.ckpt, model.qat()->method));
   const models::QatConfig& q = *model.qat();
+  const bool cluster = q.method == "cluster";
   model.switch_to_deploy();
   auto val = open_split(s, false, o.source.limit_val);
   data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
@@ -218,16 +234,20 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   const Accuracy quantized = train::evaluate(model, val_loader, s.device);
   std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
               seconds_since(t0));
-  if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
+  if (!o.export_path.empty() && cluster) export_compressed(o.export_path, model, s);
+  else if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
   remove_quantizers(model);  // the same deploy model in FP32
   const Accuracy fp32 = train::evaluate(model, val_loader, s.device);
 
   std::printf("\nQuantization-aware training (%s), simulated (fake quantization in float32; no integer kernels run):\n",
               q.method.c_str());
-  std::printf("  weights: LSQ, symmetric, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]; activations: LSQ, codes [0, 2^B-1]\n",
-              q.per_channel ? "channel" : "layer");
-  std::printf("  learned steps, no calibration; stage0 and the FC: %s; fp32 is the same deploy model without its\n"
-              "  quantizers; %zu validation images\n\n", q.quantize_first_last ? "quantized" : "FP32", fp32.images);
+  if (cluster)
+    std::printf("  weights: ClusterQAT, a learned codebook of 2^B entries per layer (float biases); activations: LSQ, codes [0, 2^B-1]\n");
+  else
+    std::printf("  weights: LSQ, symmetric, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]; activations: LSQ, codes [0, 2^B-1]\n",
+                q.per_channel ? "channel" : "layer");
+  std::printf("  learned %s, no calibration; stage0 and the FC: %s; fp32 is the same deploy model without its\n"
+              "  quantizers; %zu validation images\n\n", cluster ? "codebooks" : "steps", q.quantize_first_last ? "quantized" : "FP32", fp32.images);
   const std::vector<Row> rows = {{q.bits, q.act_bits, quantized, nlohmann::json::array()}};
   print_table(fp32, rows, top5);
   if (!o.source.json.empty()) {

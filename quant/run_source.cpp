@@ -13,6 +13,7 @@
 #include "datasets/image_folder.h"
 #include "engine/cuda/cuda_backend.h"
 #include "layers/checkpoint.h"
+#include "quant/cluster_pack.h"
 
 namespace quant {
 
@@ -128,6 +129,7 @@ Source resolve_source(const SourceOptions& o) {
     if (!fs::exists(s.ckpt)) throw std::runtime_error(fmt::format("checkpoint {} does not exist", s.ckpt));
   }
   s.file = st::load(s.ckpt);  // throws "file <path>: ..." for a corrupt file
+  if (is_compressed(s.file)) s.file = decompress_cluster(s.file, s.ckpt);  // ./ptq --export of a ClusterQAT run
 
   nlohmann::json cfg;
   const fs::path cfg_path = fs::path(s.ckpt).parent_path() / "config.json";

@@ -417,7 +417,7 @@ TEST_CASE("QAT metadata: written and read back; bad values name the file and key
   CHECK(!models::qat_from_metadata({{"arch", "repvgg-cifar"}}, "f"));
   auto bad = md;
   bad["bits"] = "40";
-  CHECK_THROWS_WITH_AS(models::qat_from_metadata(bad, "f.safetensors"), "f.safetensors: metadata 'bits' is '40', expected a bit width 2..16",
+  CHECK_THROWS_WITH_AS(models::qat_from_metadata(bad, "f.safetensors"), "f.safetensors: metadata: 40 weight bits is outside 2..16",
                        std::runtime_error);
   bad = md;
   bad["qat"] = "magic";

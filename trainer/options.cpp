@@ -27,10 +27,18 @@ T positive(const std::string& name, const std::string& value) {
   return v;
 }
 
-int bit_width(const std::string& name, const std::string& value) {
-  const int v = number<int>(name, value);
-  if (v < 2 || v > 16) throw std::runtime_error(fmt::format("option {}: {} is outside 2..16", name, value));
-  return v;
+// The range depends on --qat, which may come later: check_bit_widths checks it after parsing.
+int bit_width(const std::string& name, const std::string& value) { return number<int>(name, value); }
+
+// --bits and --act-bits 2..16; with --qat cluster --bits 1..8 (a codebook of 2^B entries) and --act-bits 1..16.
+void check_bit_widths(const Options& o) {
+  const bool cluster = o.qat == "cluster";
+  if (cluster ? o.bits < 1 || o.bits > 8 : o.bits < 2 || o.bits > 16)
+    throw std::runtime_error(fmt::format("option --bits: {} is outside {}", o.bits, cluster ? "1..8 for --qat cluster" : "2..16"));
+  if (o.act_bits < (cluster ? 1 : 2) || o.act_bits > 16)
+    throw std::runtime_error(fmt::format("option --act-bits: {} is outside {}", o.act_bits, cluster ? "1..16 for --qat cluster" : "2..16"));
+  if (cluster && o.granularity != "layer")
+    throw std::runtime_error("option --granularity: --qat cluster has one codebook per layer (channel is for the uniform methods)");
 }
 
 std::string one_of(const std::string& name, const std::string& value, std::initializer_list<const char*> allowed) {
@@ -97,11 +105,12 @@ const std::vector<Spec>& specs() {
        [](Options& o, const std::string& v) { o.bad_images = one_of("--bad-images", v, {"fail", "skip"}); }},
       {"--max-image-pixels", "N", "imagenet: an image of more pixels (width x height) is a bad image (default 67108864, 64 megapixels)",
        [](Options& o, const std::string& v) { o.max_image_pixels = positive<int64_t>("--max-image-pixels", v); }},
-      {"--qat", "METHOD", "quantization-aware training: repq-bn, repq-bnest, merged (deploy form first), or bnest "
-                          "(full precision, BN statistics estimated; no quantizers)",
-       [](Options& o, const std::string& v) { o.qat = one_of("--qat", v, {"repq-bn", "repq-bnest", "merged", "bnest"}); }},
-      {"--bits", "B", "--qat: weight bits, 2..16 (default 8)", [](Options& o, const std::string& v) { o.bits = bit_width("--bits", v); }},
-      {"--act-bits", "B", "--qat: activation bits, 2..16 (default: as --bits)",
+      {"--qat", "METHOD", "quantization-aware training: repq-bn, repq-bnest, merged (deploy form first), bnest "
+                          "(full precision, BN statistics estimated; no quantizers), or cluster (ClusterQAT: a k-means "
+                          "codebook of 2^B weights per layer, codebooks reset each epoch)",
+       [](Options& o, const std::string& v) { o.qat = one_of("--qat", v, {"repq-bn", "repq-bnest", "merged", "bnest", "cluster"}); }},
+      {"--bits", "B", "--qat: weight bits, 2..16 (cluster: 1..8; default 8)", [](Options& o, const std::string& v) { o.bits = bit_width("--bits", v); }},
+      {"--act-bits", "B", "--qat: activation bits, 2..16 (cluster: 1..16; default: as --bits)",
        [](Options& o, const std::string& v) { o.act_bits = bit_width("--act-bits", v); }},
       {"--granularity", "layer|channel", "--qat: one weight step per layer (default) or per output channel",
        [](Options& o, const std::string& v) { o.granularity = one_of("--granularity", v, {"layer", "channel"}); }},
@@ -163,6 +172,7 @@ Options parse_options(const std::vector<std::string>& args) {
   if (o.dataset.empty()) o.dataset = o.summary ? "imagenet" : "";
   if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
   apply_defaults(o);
+  check_bit_widths(o);
   if (o.qat.empty() && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
     throw std::runtime_error("--granularity, --step-init and --quantize-first-last need --qat METHOD");
   return o;

@@ -38,7 +38,7 @@ struct Options {
   std::string bad_images = "fail";
   int64_t max_image_pixels = data::kMaxImagePixels;
   // Quantization-aware training (models/repvgg.h QatConfig)
-  std::string qat;      // "" (off) | repq-bn | repq-bnest | merged | bnest
+  std::string qat;      // "" (off) | repq-bn | repq-bnest | merged | bnest | cluster
   int bits = 8, act_bits = 0;           // act_bits 0: as bits
   std::string granularity = "layer";    // weight steps: layer | channel
   std::string step_init = "min-error";  // min-error | lsq

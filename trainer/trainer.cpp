@@ -345,7 +345,10 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     train_loader.start_epoch(epoch);
     const size_t total = train_loader.batches_per_epoch();
     size_t done = 0;
-    if (epoch != start_epoch || start_batch == 0) part_loss = part_correct = part_seen = 0;
+    if (epoch != start_epoch || start_batch == 0) {
+      part_loss = part_correct = part_seen = 0;
+      model.request_codebook_resets();  // ClusterQAT Algorithm 2 line 2 (a mid-epoch resume keeps the codebooks)
+    }
     for (; done < (epoch == start_epoch ? start_batch : 0); done++) train_loader.next();  // resume mid-epoch
     Progress progress;
     double images = 0;

@@ -99,6 +99,32 @@ class Quantizer(nn.Module):
         return q * s
 
 
+class ClusterQuantizer(nn.Module):
+    """layers/cluster_quantizer.h (ClusterQAT, OABN paper Algorithm 2) in PyTorch: the codebook reset
+    to linspace(min, max, 2^bits) when not set (line 2; the engine's trainer also asks for it each
+    epoch), nearest entry by argmin (line 5; ties to the first index, the lower entry of a sorted
+    codebook), the k-means step with empty entries kept (line 6), straight-through values (8-10)."""
+
+    def __init__(self, bits):
+        super().__init__()
+        self.register_buffer('codebook', torch.zeros(2 ** bits))
+        self.register_buffer('init_state', torch.zeros(1))
+
+    def forward(self, w):
+        with torch.no_grad():
+            flat = w.detach().reshape(-1)
+            if self.training and self.init_state.item() == 0:
+                self.codebook.copy_(torch.linspace(flat.min().item(), flat.max().item(), len(self.codebook)))
+                self.init_state.fill_(1)
+            codes = (flat[:, None] - self.codebook[None, :]).abs().argmin(1)
+            if self.training:
+                sums = torch.zeros_like(self.codebook).index_add_(0, codes, flat)
+                counts = torch.bincount(codes, minlength=len(self.codebook))
+                self.codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), self.codebook))
+            q = self.codebook[codes].reshape(w.shape)
+        return w + (q - w).detach()
+
+
 def eval_bias(b, s_x, s_w):
     """layers::eval_bias: in eval, the bias as integer kernels hold it, round(b / t) · t with t = s_x · s_w per
     output channel (the int32 codes of ./export --qdq)"""
@@ -138,7 +164,7 @@ def fold(kernel, gamma, beta, mean, var, eps):
 
 
 class QBlock(nn.Module):
-    """A RepVGGBlock's branches in merged mode (fold 'batch' or 'estimated'), or its rbr_reparam (fold
+    """A RepVGGBlock's branches in merged mode (fold 'batch', 'estimated' or 'running'), or its rbr_reparam (fold
     None), with optional quantizers `act_quant` and `weight_quant`; the same names as the engine's block."""
 
     def __init__(self, block, fold, act=None, weight=None):
@@ -196,18 +222,18 @@ class QBlock(nn.Module):
             kernel, bias = self.kernel_bias(x)
         xq = self.act_quant(x) if self.act_quant is not None else x
         wq = self.weight_quant(kernel) if self.weight_quant is not None else kernel
-        if not self.training and self.act_quant is not None and self.weight_quant is not None:
+        if not self.training and self.act_quant is not None and isinstance(self.weight_quant, Quantizer):
             bias = eval_bias(bias, self.act_quant.step, self.weight_quant.step)
         return F.relu(F.conv2d(xq, wq, bias, self.stride, 1, 1, self.groups))
 
 
-METHODS = ('repq-bn', 'repq-bnest', 'merged', 'bnest')
+METHODS = ('repq-bn', 'repq-bnest', 'merged', 'bnest', 'cluster')
 
 
 def set_qat(model, method, bits, per_channel=False):
     """RepVGG::set_qat (models/repvgg.cpp) on a repvgg_torch.RepVGG of RepVGGBlocks in training form:
-    'merged' deploys every block, the others merge it ('repq-bn' batch, 'repq-bnest' / 'bnest' estimated
-    statistics); every block but stage0 gets an unsigned activation and a weight quantizer of `bits`
+    'merged' deploys every block, the others merge it ('repq-bn' batch, 'repq-bnest' / 'bnest' estimated,
+    'cluster' running statistics); every block but stage0 gets an unsigned activation and a weight quantizer of `bits`
     (not 'bnest'); the FC stays FP32."""
     assert method in METHODS
     blocks = [(model, 'stage0')] + [(stage, str(i)) for stage in (model.stage1, model.stage2, model.stage3,
@@ -216,11 +242,12 @@ def set_qat(model, method, bits, per_channel=False):
         block = getattr(parent, name) if name == 'stage0' else parent[int(name)]
         if method == 'merged':
             block.switch_to_deploy()
-        f = None if method == 'merged' else 'batch' if method == 'repq-bn' else 'estimated'
+        f = {'merged': None, 'repq-bn': 'batch', 'cluster': 'running'}.get(method, 'estimated')
         act = weight = None
         if method != 'bnest' and i > 0:
             out = block.rbr_reparam.out_channels if f is None else block.rbr_dense.conv.out_channels
-            act, weight = Quantizer(bits, 'unsigned'), Quantizer(bits, 'weight', out if per_channel else 1)
+            act = Quantizer(bits, 'unsigned')
+            weight = ClusterQuantizer(bits) if method == 'cluster' else Quantizer(bits, 'weight', out if per_channel else 1)
         q = QBlock(block, f, act, weight)
         if name == 'stage0':
             parent.stage0 = q
