@@ -57,6 +57,21 @@ static bool jpeg_huffman_tables_fit(const std::vector<uint8_t>& b) {
   return true;
 }
 
+// False for a PNG whose first IDAT chunk is empty: stb_image (the same version) then copies 0 bytes into
+// its not yet allocated buffer, memcpy(NULL, ..., 0), undefined behaviour (found by fuzz/image_fuzz.cpp).
+// Such a file is legal but no encoder writes one; it is refused. Walks the chunks (length, type, data,
+// CRC) as stb_image does, without checking the CRCs, which it ignores.
+static bool png_first_idat_nonempty(const std::vector<uint8_t>& b) {
+  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
+  if (b.size() < 8 || !std::equal(signature, signature + 8, b.begin())) return true;  // not a PNG
+  for (size_t i = 8; i + 8 <= b.size();) {
+    const size_t len = size_t(b[i]) << 24 | size_t(b[i + 1]) << 16 | size_t(b[i + 2]) << 8 | b[i + 3];
+    if (std::equal(b.begin() + i + 4, b.begin() + i + 8, "IDAT")) return len > 0;  // the first IDAT decides
+    i += 12 + len;
+  }
+  return true;
+}
+
 void decode_image(const std::string& path, Image& img, int64_t max_pixels) {
   thread_local std::vector<uint8_t> buf;
   // O_NONBLOCK: open() of a FIFO returns at once, and fstat refuses it.
@@ -84,6 +99,7 @@ void decode_image(const std::string& path, Image& img, int64_t max_pixels) {
   if (buf.empty()) throw bad(path, "empty image file");
 
   if (!jpeg_huffman_tables_fit(buf)) throw bad(path, "corrupt JPEG (a Huffman table of more than 256 codes)");
+  if (!png_first_idat_nonempty(buf)) throw bad(path, "corrupt PNG (its first IDAT chunk is empty)");
 
   int iw = 0, ih = 0, ic = 0;
   if (stbi_info_from_memory(buf.data(), int(buf.size()), &iw, &ih, &ic) && int64_t(iw) * ih > max_pixels)

@@ -73,3 +73,11 @@ TEST_CASE("fuzz regression: a JPEG Huffman table of more than 256 codes is refus
                          std::runtime_error);
   }
 }
+
+TEST_CASE("fuzz regression: a PNG whose first IDAT chunk is empty is refused before stb_image copies into a null buffer" *
+          skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  const std::string p = "fuzz/regressions/image/png-empty-first-idat.png";
+  data::Image img;
+  CHECK_THROWS_WITH_AS(data::decode_image(p, img), (p + ": corrupt PNG (its first IDAT chunk is empty)").c_str(),
+                       std::runtime_error);
+}
