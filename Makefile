@@ -115,9 +115,11 @@ SAN_ENV := ASAN_OPTIONS=halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=print_sta
 
 # --- fuzzing: clang and libFuzzer, the library instrumented in build-fuzz/ ----------------------------
 FUZZ_SECONDS ?= 60
-# libFuzzer's seed: 0 picks one at random (new inputs each run); CI gives a fixed one, so that its fuzzing
-# tries the same inputs on every run and a submission fails on what it changed, not on the draw.
+# libFuzzer's seed: 0 picks one at random (new inputs each run); and a cap on the inputs (-1: none). CI
+# gives a fixed seed and cap, so that its fuzzing tries the same inputs on every run and a submission fails
+# on what it changed, not on the draw (docs/hardening.md).
 FUZZ_SEED    ?= 0
+FUZZ_RUNS    ?= -1
 FUZZ_CXX     := clang++
 FUZZ_FLAGS   := -O1 -g -std=c++20 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
                 -MMD -MP -I. -I/usr/include/stb
@@ -153,8 +155,8 @@ fuzz: fuzz-deps
 	@$(MAKE) --no-print-directory $(FUZZERS:%=build-fuzz/%_fuzz)
 	@rc=0; for t in $(FUZZERS); do \
 	  mkdir -p build-fuzz/corpus/$$t build-fuzz/crashes; \
-	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-	  ./build-fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) -max_len=65536 -rss_limit_mb=4096 \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s at most, seed $(FUZZ_SEED), inputs $(FUZZ_RUNS) (-1: no cap)"; \
+	  ./build-fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -seed=$(FUZZ_SEED) -max_len=65536 -rss_limit_mb=4096 \
 	    -print_final_stats=1 -artifact_prefix=build-fuzz/crashes/$$t- build-fuzz/corpus/$$t fuzz/corpus/$$t 2>build-fuzz/$$t.log \
 	    || { rc=1; echo "fuzz: $$t FAILED, see build-fuzz/$$t.log"; }; \
 	  grep -E '^stat::(number_of_executed_units|new_units_added)' build-fuzz/$$t.log | tr '\n' ' '; echo; \
