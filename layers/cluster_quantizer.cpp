@@ -112,4 +112,8 @@ Tensor ClusterQuantizer::forward(const Tensor& w) {
   return straight_through(w, values);                                                        // lines 9-10
 }
 
+Tensor quantize_weight(const Tensor& w, Quantizer* uniform, ClusterQuantizer* cluster) {
+  return uniform ? uniform->forward(w) : cluster ? cluster->forward(w) : w;
+}
+
 }  // namespace layers

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "layers/module.h"
+#include "layers/quantizer.h"
 
 namespace layers {
 
@@ -52,5 +53,8 @@ void update_centroids(const std::vector<float>& w, const std::vector<uint8_t>& c
 std::vector<float> codebook_values(const std::vector<uint8_t>& codes, const std::vector<float>& codebook);
 // How many codes hold each entry.
 std::vector<int64_t> entry_counts(const std::vector<uint8_t>& codes, size_t entries);
+
+// Q_w(w) of a layer with at most one weight quantizer: the uniform one, the cluster one, or neither (w).
+Tensor quantize_weight(const Tensor& w, Quantizer* uniform, ClusterQuantizer* cluster);
 
 }  // namespace layers

@@ -62,7 +62,7 @@ Tensor RepBlock::forward_blocked(const Tensor& x) { return run(x, true); }
 
 Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out) {
   const Tensor xq = act_quant ? act_quant->forward(x) : x;
-  const Tensor wq = weight_quant ? weight_quant->forward(w) : weight_cluster ? weight_cluster->forward(w) : w;
+  const Tensor wq = quantize_weight(w, weight_quant.get(), weight_cluster.get());
   return engine::conv2d_relu(xq, wq, eval_bias(b, act_quant.get(), weight_quant.get(), training()), stride, 1, groups, blocked_out);
 }
 

@@ -160,9 +160,7 @@ Tensor RepVGG::forward(const Tensor& x) {
   if (blocked) y = to_plain(y);
   Tensor features = global_avg_pool(y);
   if (fc_act_quant_) features = fc_act_quant_->forward(features);
-  const Tensor w = fc_weight_quant_ ? fc_weight_quant_->forward(linear_->weight)
-                   : fc_weight_cluster_ ? fc_weight_cluster_->forward(linear_->weight)
-                                        : linear_->weight;
+  const Tensor w = layers::quantize_weight(linear_->weight, fc_weight_quant_.get(), fc_weight_cluster_.get());
   return linear(features, w, layers::eval_bias(linear_->bias, fc_act_quant_.get(), fc_weight_quant_.get(), training()));
 }
 
