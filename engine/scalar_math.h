@@ -119,9 +119,13 @@ ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum,
 // --- fake_quantize (ops.h): v = x / s, code q = clamp(round(v) + z, q_min, q_max), y = (q − z) s ---------
 // A NaN x gives a NaN y (the clamp would turn it into a code). z, q_min and q_max are integers held in
 // floats (exact), converted once by the caller: converted inside, they keep the OpenMP loops scalar.
+// The code alone, clamp(round(x / s) + z, q_min, q_max): also what integer inference stores (quant/).
+ENGINE_HD float fake_quant_code(float x, float s, float z, float q_min, float q_max) {
+  return clamp_nan(nearbyintf(x / s) + z, q_min, q_max);
+}
+
 ENGINE_HD float fake_quant_value(float x, float s, float z, float q_min, float q_max) {
-  const float r = nearbyintf(x / s) + z;
-  return (clamp_nan(r, q_min, q_max) - z) * s;
+  return (fake_quant_code(x, s, z, q_min, q_max) - z) * s;
 }
 
 // gx = d y / d x · gy (1 inside the code range, 0 outside: LSQ Eq. 3 with the round straight-through);

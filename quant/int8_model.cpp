@@ -8,6 +8,7 @@
 #include <limits>
 #include <set>
 
+#include "engine/scalar_math.h"
 #include "layers/checkpoint.h"
 #include "quant/ptq_model.h"
 
@@ -61,7 +62,7 @@ static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tens
   l.weight_codes.resize(w.size());
   for (size_t i = 0; i < w.size(); i++) {
     const float s = l.w_scale((int)(i / per_row));
-    l.weight_codes[i] = (int8_t)std::clamp(std::nearbyint(w[i] / s), (float)weight.q_min, (float)weight.q_max);
+    l.weight_codes[i] = (int8_t)engine::fake_quant_code(w[i], s, 0.0f, (float)weight.q_min, (float)weight.q_max);
   }
   l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
 }
