@@ -21,7 +21,7 @@ ifeq ($(SANITIZE),1)
   CUDA     := 0
 endif
 CXXFLAGS += -std=c++20 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/stb
-LDLIBS   += -ldnnl -lfmt -lpthread -fopenmp
+LDLIBS   += -ldnnl -lfmt -ljpeg -lpng16 -lpthread -fopenmp
 
 # --- CUDA detection ---------------------------------------------------------------------------------
 NVCC       := $(shell which nvcc 2>/dev/null)
@@ -134,7 +134,7 @@ build-fuzz/libengine.a: $(LIB_SRC:%.cpp=build-fuzz/%.o)
 	ar rcs $@ $^
 
 build-fuzz/%_fuzz: build-fuzz/fuzz/%_fuzz.o build-fuzz/libengine.a
-	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -ldnnl -lfmt -lpthread
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ -ldnnl -lfmt -ljpeg -lpng16 -lpthread
 
 # Remakes the committed seeds, fuzz/corpus/*, from ../shared/data (the normal build's library).
 fuzz-seeds: build/libengine.a

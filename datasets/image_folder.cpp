@@ -120,9 +120,9 @@ bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) cons
     Rng rng(rng_seed);
     Box box = random_resized_crop_box(img.h, img.w, rng);
     bool flip = rng.uniform() < 0.5;
-    resize_crop(img.pixels.get(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
+    resize_crop(img.pixels.data(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
   } else {
-    resize_crop(img.pixels.get(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, s),
+    resize_crop(img.pixels.data(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, s),
                 false, kImageNetNorm, chw);
   }
   return true;

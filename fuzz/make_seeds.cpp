@@ -66,7 +66,7 @@ static void images(const fs::path& data, const fs::path& out) {
     std::vector<uint8_t> small(w * h * 3), grey(w * h);
     for (int y = 0; y < h; y++)
       for (int x = 0; x < w; x++) {
-        const uint8_t* p = img.pixels.get() + (size_t(y * img.h / h) * img.w + size_t(x * img.w / w)) * 3;
+        const uint8_t* p = img.pixels.data() + (size_t(y * img.h / h) * img.w + size_t(x * img.w / w)) * 3;
         for (int c = 0; c < 3; c++) small[(y * w + x) * 3 + c] = p[c];
         grey[y * w + x] = uint8_t((p[0] + p[1] + p[2]) / 3);
       }

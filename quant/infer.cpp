@@ -103,7 +103,7 @@ void classify_image(const InferOptions& o, const Source& s, IntegerModel& im) {
     throw std::runtime_error(fmt::format("{}: the image is too elongated to resize", o.image));
   const int n = s.image_size;
   Tensor x = Tensor::empty({1, 3, n, n});
-  data::resize_crop(img.pixels.get(), img.h, img.w, data::Box{0, 0, img.h, img.w}, rh, rw, data::center_crop_box(rh, rw, n),
+  data::resize_crop(img.pixels.data(), img.h, img.w, data::Box{0, 0, img.h, img.w}, rh, rw, data::center_crop_box(rh, rw, n),
                     false, data::kImageNetNorm, x.f32());
   std::vector<std::string> names;
   if (!s.synsets.empty()) {

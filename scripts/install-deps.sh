@@ -3,10 +3,14 @@
 # packages. Run by `make test` and `make bench`; `install-deps.sh fuzz` (run by `make fuzz`) installs
 # clang, its libFuzzer and sanitizer runtimes and its OpenMP instead.
 set -euo pipefail
+# libjpeg62-turbo-dev and libpng-dev decode the images (datasets/decode.cpp); libstb-dev's stb_image_write
+# writes PNGs and JPEGs (./inspect --hist, the tests, the fuzz seeds).
 # python3-torch (with python3-numpy): the PyTorch 1.13 oracle of the reference scripts, the benchmark's
 # peer and the official-checkpoint converter; python3-pip for the PyPI packages below.
-pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl python3-torch python3-numpy python3-pip)
-[ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libstb-dev nlohmann-json3-dev)
+pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libjpeg62-turbo-dev libpng-dev libstb-dev nlohmann-json3-dev curl
+      python3-torch python3-numpy python3-pip)
+[ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libjpeg62-turbo-dev libpng-dev
+                            libstb-dev nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -633,6 +633,51 @@ TEST_CASE("image folder: bad files and folders give errors that name them") {
   CHECK(error_of([&] { open_image_folder(tmp / "nothing"); }).find(tmp / "nothing") != std::string::npos);
 }
 
+TEST_CASE("decode: every kind of JPEG and PNG decodes to PIL's pixels (tests/reference/decode)") {
+  // Baseline 4:2:0, progressive, grey and CMYK JPEGs; palette with transparency, grey + alpha, RGBA,
+  // 1-bit grey, 16-bit RGB and interlaced PNGs, written by tests/reference/make_decode_images.py.
+  std::ifstream list("tests/reference/decode/expected.txt");
+  REQUIRE(list);
+  std::string name;
+  int w = 0, h = 0, channels = 0, tolerance = 0, files = 0;
+  Image img;
+  while (list >> name >> w >> h >> channels >> tolerance) {
+    INFO(name);
+    const std::string path = "tests/reference/decode/" + name;
+    decode_image(path, img);
+    CHECK(img.w == w);
+    CHECK(img.h == h);
+    CHECK(img.channels_in_file == channels);
+    const std::vector<uint8_t> want = read_bytes(path + ".rgb");
+    REQUIRE(img.pixels.size() == want.size());
+    int diff = 0;
+    for (size_t i = 0; i < want.size(); i++) diff = std::max(diff, std::abs(int(img.pixels[i]) - int(want[i])));
+    CHECK(diff <= tolerance);
+    files++;
+  }
+  CHECK(files == 11);
+}
+
+TEST_CASE("decode: a JPEG libjpeg only warns about is refused, unless the warning leaves the pixels whole") {
+  TempDir tmp;
+  Image img;
+  for (std::string name : {"baseline-420.jpg", "progressive.jpg"}) {
+    const std::vector<uint8_t> jpg = read_bytes("tests/reference/decode/" + name);
+    REQUIRE(jpg.size() > 100);
+    // Cut in its scan data: libjpeg would decode the rest as grey, with a warning.
+    const std::string cut = tmp / ("cut-" + name);
+    write_bytes(cut, std::vector<uint8_t>(jpg.begin(), jpg.end() - 40));
+    CHECK(error_of([&] { decode_image(cut, img); }) ==
+          cut + ": corrupt or truncated image (libjpeg: Premature end of JPEG file)");
+    // Bytes before the end-of-image marker, as in a few ImageNet training files: a warning, and the same pixels.
+    std::vector<uint8_t> padded(jpg.begin(), jpg.end() - 2);
+    padded.insert(padded.end(), {0, 0, 0, 0, 0xFF, 0xD9});
+    write_bytes(tmp / ("padded-" + name), padded);
+    decode_image(tmp / ("padded-" + name), img);
+    CHECK(img.pixels == read_bytes("tests/reference/decode/" + name + ".rgb"));
+  }
+}
+
 // --- Loader -----------------------------------------------------------------------------------------
 
 TEST_CASE("loader: a seed gives the same batches with 1, 2 or 3 threads; epochs differ") {
