@@ -33,7 +33,7 @@ ENGINE_HD float unary_value(float x, float p0, float p1) {
 
 template <UnaryOp op>
 ENGINE_HD float unary_grad(float x, float y, float gy, float p0, float p1) {
-  if constexpr (op == UnaryOp::relu) return x > 0.f ? gy : 0.f;
+  if constexpr (op == UnaryOp::relu) return x <= 0.f ? 0.f : gy;  // NaN passes gy, as PyTorch's threshold_backward
   else if constexpr (op == UnaryOp::square) return 2.f * x * gy;
   else if constexpr (op == UnaryOp::sqrt) return gy * 0.5f / y;
   else if constexpr (op == UnaryOp::rsqrt) return -0.5f * y * y * y * gy;  // d x^-1/2 = -1/2 y^3

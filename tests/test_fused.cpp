@@ -472,3 +472,35 @@ TEST_CASE("ReLU kernels pass NaN through as PyTorch does: relu, bn_add_relu plai
   CHECK(cy.size() == 27);
   for (float v : cy) CHECK(std::isnan(v));
 }
+
+TEST_CASE("ReLU backward passes the gradient where its output is NaN, as PyTorch's threshold_backward: relu, bn_add_relu") {
+  // PyTorch 1.13: relu(x).backward(ones) gives x.grad = 1 at a NaN x (the mask is y <= 0, false for NaN).
+  const float nan = std::nanf("");
+  Tensor x = Tensor::from_vector({-1.f, nan, 2.f, -0.f}, {4}).requires_grad_();
+  sum_all(relu(x)).backward();
+  CHECK(x.grad().to_vector() == std::vector<float>{0.f, 1.f, 1.f, 0.f});
+
+  // The fused op's gradient, from its output y, the same way: in eval, gbeta = Σ g over the channel, which
+  // counts the NaN pixel, and is finite.
+  Rng rng(29);
+  for (bool blocked : {false, true}) {
+    std::vector<Branch> bs = random_branches({2, 16, 3, 3}, 2, rng);
+    bs[1].x.f32()[5] = nan;  // sample 0, channel 0, pixel 5
+    std::vector<Tensor> xs;
+    std::vector<BnParams> fb;
+    for (const Branch& b : bs) {
+      xs.push_back(blocked ? to_blocked(b.x) : b.x);
+      fb.push_back(copy(b.bn));
+      fb.back().beta.requires_grad_();
+    }
+    Tensor y = bn_add_relu(xs, fb, /*training=*/false);
+    if (blocked) y = to_plain(y);
+    sum_all(y).backward();
+    const std::vector<float> yv = y.to_vector();
+    float passed = 0;  // channel 0: its 2 x 9 pixels that are not <= 0
+    for (int n = 0; n < 2; n++)
+      for (int i = 0; i < 9; i++) passed += yv[n * 16 * 9 + i] <= 0.f ? 0.f : 1.f;
+    CHECK_MESSAGE(fb[1].beta.grad().to_vector()[0] == passed, "blocked ", blocked);
+    CHECK_MESSAGE(fb[0].beta.grad().to_vector()[0] == passed, "blocked ", blocked);
+  }
+}

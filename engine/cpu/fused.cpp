@@ -75,9 +75,10 @@ void sum_moments(const float* __restrict x, const float* __restrict shift, int64
   }
 }
 
-// g = gy where y > 0 (the ReLU's gradient), else 0; as a bit mask, so that GCC vectorizes the loops
+// g = 0 where y <= 0 (the ReLU's gradient), else gy, a NaN y too, as PyTorch; as a bit mask, so that GCC
+// vectorizes the loops
 inline float relu_grad(float y, float gy) {
-  const uint32_t mask = y > 0.f ? 0xffffffffu : 0u;
+  const uint32_t mask = y <= 0.f ? 0u : 0xffffffffu;
   return std::bit_cast<float>(std::bit_cast<uint32_t>(gy) & mask);
 }
 

@@ -50,7 +50,7 @@ __global__ void bn_sum_relu_sums_kernel(BnSum s, bool training, float eps, const
   const int64_t c = blockIdx.x;
   double sum_g = 0, sum_gx[3] = {0, 0, 0};
   for_channel(s.n, s.c, s.hw, c, [&](int64_t i) {
-    const float g = y[i] > 0.f ? gy[i] : 0.f;
+    const float g = y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
     sum_g += g;
     for (int k = 0; k < s.count; k++) sum_gx[k] += (double)g * (s.b[k].x[i] - s.b[k].mean[c]);  // as the CPU
   });
@@ -75,7 +75,7 @@ struct SumReluGradX {  // gx_k = bn_train_grad_x(g, x_k, mean_k, k, a, b) for th
   BnSum s;
   const float *y, *gy, *coef;
   template <class I> __device__ void operator()(I c, int64_t i) const {
-    const float g = y[i] > 0.f ? gy[i] : 0.f;
+    const float g = y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
     for (int k = 0; k < s.count; k++) {
       const BnBranch& b = s.b[k];
       if (!b.gx) continue;
