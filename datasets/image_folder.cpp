@@ -27,23 +27,37 @@ static bool is_image_name(const fs::path& p) {
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
 }
 
-// synset -> line number of a LOC_synset_mapping.txt style file; *lines is the number of lines.
-static std::map<std::string, int> read_synsets(const std::string& path, int* lines) {
+std::vector<Synset> read_synsets(const std::string& path) {
   if (!fs::is_regular_file(path)) throw std::runtime_error("synsets file " + path + ": missing or not a regular file");
   std::ifstream in(path);
   if (!in) throw std::runtime_error("synsets file " + path + ": cannot open");
-  std::map<std::string, int> index;
-  std::string line;
-  int n = 0;
-  for (; std::getline(in, line); n++) {
-    std::string synset = line.substr(0, line.find_first_of(" \t\r"));
-    if (synset.empty())
-      throw std::runtime_error("synsets file " + path + ": line " + std::to_string(n + 1) + " is empty");
-    index.emplace(synset, n);
+  std::vector<Synset> out;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t end = line.find_first_of(" \t");
+    Synset s{line.substr(0, end), ""};
+    if (s.id.empty()) throw std::runtime_error("synsets file " + path + ": line " + std::to_string(out.size() + 1) + " is empty");
+    const size_t name = end == std::string::npos ? std::string::npos : line.find_first_not_of(" \t", end);
+    if (name != std::string::npos) s.name = line.substr(name);
+    out.push_back(std::move(s));
   }
-  if (n == 0) throw std::runtime_error("synsets file " + path + ": empty");
-  *lines = n;
-  return index;
+  if (out.empty()) throw std::runtime_error("synsets file " + path + ": empty");
+  return out;
+}
+
+void decode_checked(const std::string& path, const ImageOptions& opt, Image& img, int& rh, int& rw) {
+  decode_image(path, img, opt.max_pixels);
+  if (!resize_shorter_dims(img.h, img.w, opt.resize_size, rh, rw))
+    throw std::runtime_error(path + ": a " + std::to_string(img.w) + " x " + std::to_string(img.h) +
+                             " image is too elongated: its shorter side resized to " + std::to_string(opt.resize_size) +
+                             " makes the longer over 2^31 - 1 pixels");
+}
+
+void load_eval_image(const std::string& path, const ImageOptions& opt, Image& img, float* chw) {
+  int rh = 0, rw = 0;
+  decode_checked(path, opt, img, rh, rw);
+  resize_crop(img.pixels.data(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, opt.image_size), false,
+              kImageNetNorm, chw);
 }
 
 ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t limit) : dir_(dir), opt_(opt) {
@@ -63,9 +77,13 @@ ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t
     throw std::runtime_error("ImageFolder " + dir + ": no class folders (expected " + dir +
                              "/<class>/<image>)");
 
-  std::map<std::string, int> synset_index;
+  std::map<std::string, int> synset_index;  // synset -> its line number
   num_classes_ = int(classes.size());
-  if (!opt.synsets.empty()) synset_index = read_synsets(opt.synsets, &num_classes_);
+  if (!opt.synsets.empty()) {
+    const std::vector<Synset> synsets = read_synsets(opt.synsets);
+    for (size_t k = 0; k < synsets.size(); k++) synset_index.emplace(synsets[k].id, (int)k);
+    num_classes_ = (int)synsets.size();
+  }
 
   for (size_t c = 0; c < classes.size(); c++) {
     int label = int(c);
@@ -102,13 +120,13 @@ ImageFolder::ImageFolder(const std::string& dir, const ImageOptions& opt, size_t
 
 bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) const {
   thread_local Image img;
-  int rh = 0, rw = 0;  // eval: the size of the resize before the center crop
+  int rh = 0, rw = 0;
   try {
-    decode_image(files_[i], img, opt_.max_pixels);
-    if (!resize_shorter_dims(img.h, img.w, opt_.resize_size, rh, rw))
-      throw std::runtime_error(files_[i] + ": a " + std::to_string(img.w) + " x " + std::to_string(img.h) +
-                               " image is too elongated: its shorter side resized to " +
-                               std::to_string(opt_.resize_size) + " makes the longer over 2^31 - 1 pixels");
+    if (!train) {
+      load_eval_image(files_[i], opt_, img, chw);
+      return true;
+    }
+    decode_checked(files_[i], opt_, img, rh, rw);  // the same images are bad in training as in eval
   } catch (const std::runtime_error& e) {
     if (opt_.bad_images == BadImages::fail) throw;
     std::lock_guard<std::mutex> lock(bad_mutex_);
@@ -116,15 +134,10 @@ bool ImageFolder::load(size_t i, bool train, uint64_t rng_seed, float* chw) cons
     return false;
   }
   const int s = opt_.image_size;
-  if (train) {
-    Rng rng(rng_seed);
-    Box box = random_resized_crop_box(img.h, img.w, rng);
-    bool flip = rng.uniform() < 0.5;
-    resize_crop(img.pixels.data(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
-  } else {
-    resize_crop(img.pixels.data(), img.h, img.w, Box{0, 0, img.h, img.w}, rh, rw, center_crop_box(rh, rw, s),
-                false, kImageNetNorm, chw);
-  }
+  Rng rng(rng_seed);
+  Box box = random_resized_crop_box(img.h, img.w, rng);
+  bool flip = rng.uniform() < 0.5;
+  resize_crop(img.pixels.data(), img.h, img.w, box, s, s, Box{0, 0, s, s}, flip, kImageNetNorm, chw);
   return true;
 }
 

@@ -28,6 +28,21 @@ struct ImageOptions {
   int64_t max_pixels = kMaxImagePixels;
 };
 
+// A synsets file, one `synset description` a line (LOC_synset_mapping.txt): a class index is its line
+// number (0-based). Throws naming the file for a missing or empty file or an empty line.
+struct Synset {
+  std::string id, name;  // "n01440764", "tench, Tinca tinca"
+};
+std::vector<Synset> read_synsets(const std::string& path);
+
+// The image at `path` decoded (at most opt.max_pixels) and the size rh x rw of its shorter side resized to
+// opt.resize_size; throws naming the file for a bad image.
+void decode_checked(const std::string& path, const ImageOptions& opt, Image& img, int& rh, int& rw);
+// The evaluation transform of the image at `path`: decode_checked, resize to rh x rw (antialiased bilinear),
+// center crop opt.image_size, ImageNet normalization, into chw [3, image_size, image_size]. What
+// ImageFolder::load writes in eval and ./infer --image classifies.
+void load_eval_image(const std::string& path, const ImageOptions& opt, Image& img, float* chw);
+
 class ImageFolder : public Dataset {
  public:
   // Lists dir (a .../train or .../val folder), classes and files in sorted order; limit > 0 keeps limit

@@ -1,6 +1,7 @@
 // `make fuzz-seeds`: writes the fuzz targets' seed corpora, fuzz/corpus/<target>/, from real files: the
 // tiny model's checkpoints (train, deploy and QAT form), a safetensors file of every dtype, records of the
-// CIFAR-10 test and training batches and two imagenette images re-encoded at 10 x 8 pixels (JPEG, PNG, greyscale PNG).
+// CIFAR-10 test and training batches, two imagenette images re-encoded at 10 x 8 pixels (JPEG, PNG, greyscale PNG)
+// and the tiny model quantized (./ptq --export's file, 8 and 4 bits).
 // Needs ../shared/data. The seeds are committed; run this only to remake them.
 #include <cstdio>
 #include <filesystem>
@@ -13,7 +14,9 @@
 #include <stb_image_write.h>
 
 #include "datasets/decode.h"
+#include "datasets/loader.h"
 #include "fuzz/targets.h"
+#include "quant/ptq_model.h"
 
 namespace fs = std::filesystem;
 
@@ -42,6 +45,26 @@ static void checkpoints(const fs::path& out) {
   c.bits = 4;
   q.set_qat(c);
   layers::save_checkpoint((out / "qat.safetensors").string(), q, models::qat_metadata(c));
+}
+
+// The tiny model quantized as ./ptq --export writes it: 8-bit per layer, and 4-bit per channel with stage0 and
+// the FC quantized too (a signed image input: a zero point of 8), calibrated on CIFAR-10 test images.
+static void int8_models(const fs::path& cifar, const fs::path& out) {
+  auto test = data::open_cifar10(cifar.string(), false, 16);
+  data::Loader loader(*test, 16, /*train=*/false, 0, 1);
+  for (int bits : {8, 4}) {
+    engine::Rng rng(2);
+    models::RepVGG m(fuzz::tiny_arch(), rng, 0.5f);
+    m.eval();
+    m.switch_to_deploy();
+    quant::QuantConfig c;
+    c.weight_bits = c.act_bits = bits;
+    c.granularity = bits == 8 ? quant::Granularity::layer : quant::Granularity::channel;
+    c.quantize_first_last = bits == 4;
+    quant::attach_quantizers(m, c, quant::calibrate(m, loader, 1, quant::CalibMethod::minmax, engine::Device::cpu));
+    quant::save_int8((out / ("w" + std::to_string(bits) + ".safetensors")).string(),
+                     quant::export_int8(m, "ptq-minmax", quant::granularity_name(c.granularity), {{"dataset", "cifar10"}}));
+  }
 }
 
 static void safetensors(const fs::path& out) {
@@ -84,6 +107,7 @@ int main() {
     fs::create_directories(out / "checkpoint");
     fs::create_directories(out / "safetensors");
     fs::create_directories(out / "image");
+    fs::create_directories(out / "int8");
     checkpoints(out / "checkpoint");
     safetensors(out / "safetensors");
     fs::copy_file(out / "checkpoint" / "deploy.safetensors", out / "safetensors" / "deploy.safetensors",
@@ -92,6 +116,7 @@ int main() {
     put(out / "cifar" / "test-two-records.bin", slurp(cifar / "test_batch.bin").substr(0, 2 * 3073));
     put(out / "cifar" / "train-one-record.bin", slurp(cifar / "data_batch_1.bin").substr(0, 3073));
     images(data, out / "image");
+    int8_models(cifar, out / "int8");
     std::puts("fuzz seeds written to fuzz/corpus/");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());

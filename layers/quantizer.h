@@ -75,6 +75,8 @@ struct BiasCodes {
   std::vector<float> steps;  // t_o
 };
 BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& weight, const std::string& name = "bias");
+// The same from the steps: s_x, and s_w [1] or [O] (a ClusterQAT layer's int8 grid, quant/int8_model.cpp).
+BiasCodes bias_codes(const std::vector<float>& b, float s_x, const std::vector<float>& s_w, const std::string& name);
 // What a quantized layer adds in eval, the integer model's bias: b̂ = c · t (above), on b's device, as
 // b + sg(b̂ − b) (b's gradient passes straight through). b itself in training (the bias stays float, as in
 // RepQ and PyTorch's QAT), or where either quantizer is missing or passes its input through. At 8 bits

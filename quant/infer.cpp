@@ -6,14 +6,14 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <numeric>
 
-#include "datasets/decode.h"
+#include "datasets/image_folder.h"
 #include "datasets/loader.h"
-#include "datasets/transforms.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/ops.h"
+#include "quant/cluster_pack.h"
 #include "quant/int8_runtime.h"
 #include "quant/run_source.h"
 
@@ -34,10 +34,11 @@ const char* const kHelp =
     "  --synsets FILE     imagenet: the synset list that numbers (and names) the classes\n"
     "  --batch-size N     (default 128)\n"
     "  --threads N        (default: all cores)\n"
+    "  --device cpu|cuda  cuda: the quantized blocks on the GPU (engine/cuda/int8.cu), the rest on the host\n"
     "  --help             this text\n";
 
 struct InferOptions {
-  std::string model, data, image, synsets;
+  std::string model, data, image, synsets, device = "cpu";
   size_t limit_val = 0;
   int batch = 128, threads = 0;
 };
@@ -56,6 +57,8 @@ InferOptions parse(const std::vector<std::string>& args, bool& help) {
     else if (a == "--data") o.data = v;
     else if (a == "--image") o.image = v;
     else if (a == "--synsets") o.synsets = v;
+    else if (a == "--device" && (v == "cpu" || v == "cuda")) o.device = v;
+    else if (a == "--device") throw std::runtime_error(fmt::format("option --device: '{}', expected cpu or cuda", v));
     else if (a == "--limit-val") o.limit_val = (size_t)parse_int(a, v, 1);
     else if (a == "--batch-size") o.batch = parse_int(a, v, 1);
     else if (a == "--threads") o.threads = parse_int(a, v, 1);
@@ -94,30 +97,37 @@ std::vector<int> top_k(const std::vector<float>& logits, int k) {
   return idx;
 }
 
-void classify_image(const InferOptions& o, const Source& s, IntegerModel& im) {
-  if (s.dataset != "imagenet") throw std::runtime_error(fmt::format("{}: --image takes an imagenet model, this one is {}", o.model, s.dataset));
+}  // namespace
+
+std::vector<ClassScore> classify_image(IntegerModel& im, const std::string& path, int image_size, int resize_size,
+                                       const std::string& synsets) {
+  data::ImageOptions opt;
+  opt.image_size = image_size, opt.resize_size = resize_size;
+  Tensor x = Tensor::empty({1, 3, image_size, image_size});
   data::Image img;
-  data::decode_image(o.image, img);
-  int rh = 0, rw = 0;
-  if (!data::resize_shorter_dims(img.h, img.w, s.resize_size, rh, rw))
-    throw std::runtime_error(fmt::format("{}: the image is too elongated to resize", o.image));
-  const int n = s.image_size;
-  Tensor x = Tensor::empty({1, 3, n, n});
-  data::resize_crop(img.pixels.data(), img.h, img.w, data::Box{0, 0, img.h, img.w}, rh, rw, data::center_crop_box(rh, rw, n),
-                    false, data::kImageNetNorm, x.f32());
-  std::vector<std::string> names;
-  if (!s.synsets.empty()) {
-    std::ifstream in(s.synsets);
-    if (!in) throw std::runtime_error(fmt::format("cannot read the synsets file {}", s.synsets));
-    for (std::string line; std::getline(in, line);) names.push_back(line);
-  }
+  data::load_eval_image(path, opt, img, x.f32());
+  const std::vector<data::Synset> names = synsets.empty() ? std::vector<data::Synset>{} : data::read_synsets(synsets);
   const std::vector<float> logits = im.forward(x).to_vector();
-  std::printf("%s:\n", o.image.c_str());
+  std::vector<ClassScore> top;
   for (int c : top_k(logits, 5))
-    std::printf("  %6.2f  %4d  %s\n", logits[c], c, c < (int)names.size() ? names[c].c_str() : "(no --synsets)");
+    top.push_back({c, logits[c], c < (int)names.size() ? names[c].id + " " + names[c].name : ""});
+  return top;
 }
 
-}  // namespace
+Int8Model load_deploy_model(const std::string& path, const std::string& data, const std::string& synsets) {
+  const st::File f = st::load(path);
+  if (!is_compressed(f)) return load_int8(f, path);
+  SourceOptions so;
+  so.ckpt = path, so.data = data, so.synsets = synsets;
+  const Source s = resolve_source(so);
+  auto model = load_model(s);
+  std::map<std::string, std::string> md = {{"dataset", s.dataset}, {"source", s.ckpt}, {"image_size", std::to_string(s.image_size)},
+                                           {"resize_size", std::to_string(s.resize_size)},
+                                           {"cluster_bits", std::to_string(model->qat()->bits)}};
+  if (!s.data.empty()) md["data"] = s.data;
+  if (!s.synsets.empty()) md["synsets"] = s.synsets;
+  return export_int8(*model, "qat-cluster", "channel", md);
+}
 
 int run_infer(const std::vector<std::string>& args) {
   bool help = false;
@@ -127,7 +137,11 @@ int run_infer(const std::vector<std::string>& args) {
     return 0;
   }
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  const Int8Model m = load_int8(o.model);
+  const engine::Device device = o.device == "cuda" ? engine::Device::cuda : engine::Device::cpu;
+  if (device == engine::Device::cuda) engine::cuda::require();  // before reading anything
+  const auto t_load = std::chrono::steady_clock::now();
+  const Int8Model m = load_deploy_model(o.model, o.data, o.synsets);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const Source s = source_of(o, m);
   const int64_t fp32_bytes = [&] {
     int64_t b = 0;
@@ -137,15 +151,21 @@ int run_infer(const std::vector<std::string>& args) {
     }
     return b;
   }();
-  std::printf("infer: %s: %s, W%d/A%d, %s, %s weight scales; stage0 %s, FC %s\n", o.model.c_str(), m.arch.name.c_str(),
-              m.bits, m.act_bits, m.method.c_str(), m.granularity.c_str(), m.layers.front().quantized ? "int8" : "FP32",
-              m.layers.back().quantized ? "int8" : "FP32");
+  const std::string cluster = md(m, "cluster_bits", "");
+  std::printf("infer: %s: %s, W%d/A%d, %s, %s weight scales; stage0 %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
+              m.arch.name.c_str(), m.bits, m.act_bits, m.method.c_str(), m.granularity.c_str(),
+              m.layers.front().quantized ? "int8" : "FP32", m.layers.back().quantized ? "int8" : "FP32", load_s,
+              cluster.empty() ? "" : fmt::format(" ({}-bit codebooks put on the s8 grid)", cluster).c_str());
   std::printf("model size: %.2f MB on disk, %.2f MB of weights and biases (FP32 deploy model: %.2f MB, %.2fx)\n",
               (double)std::filesystem::file_size(o.model) / 1e6, (double)weight_bytes(m) / 1e6, (double)fp32_bytes / 1e6,
               (double)fp32_bytes / (double)weight_bytes(m));
-  IntegerModel im(m);
+  IntegerModel im(m, device);
   if (!o.image.empty()) {
-    classify_image(o, s, im);
+    if (s.dataset != "imagenet")
+      throw std::runtime_error(fmt::format("{}: --image takes an imagenet model, this one is {}", o.model, s.dataset));
+    std::printf("%s:\n", o.image.c_str());
+    for (const ClassScore& c : classify_image(im, o.image, s.image_size, s.resize_size, s.synsets))
+      std::printf("  %6.2f  %4d  %s\n", c.logit, c.index, c.name.empty() ? "(no --synsets)" : c.name.c_str());
     return 0;
   }
   auto val = open_split(s, false, o.limit_val);

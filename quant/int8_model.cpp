@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <functional>
 #include <limits>
 #include <set>
@@ -44,20 +45,25 @@ static std::vector<Int8Layer> layer_skeleton(const models::ArchConfig& arch) {
   return layers;
 }
 
-// The codes of one quantized layer from its float weight and bias and its two quantizers.
-static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
-                           const Quantizer& weight) {
-  ENGINE_CHECK(act.bits <= 8 && weight.bits <= 8,
-               fmt::format("layer {}: {}-bit weights, {}-bit activations: integer export takes at most 8 bits", l.name,
-                           weight.bits, act.bits));
-  ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
+// The input side of a quantized layer: s_x and z_x.
+static void set_input(Int8Layer& l, const Quantizer& act) {
+  ENGINE_CHECK(act.bits <= 8, fmt::format("layer {}: {}-bit activations: integer export takes at most 8 bits", l.name, act.bits));
   l.quantized = true;
-  l.weight_scale = weight.step.to_vector();
   const std::vector<float> s_x = act.step.to_vector();
   ENGINE_CHECK(s_x.size() == 1, "layer " + l.name + ": the input quantizer has a step per channel");
   l.input_scale = s_x[0];
   // A signed code range [q_min, q_max] (z = 0) shifted onto [0, q_max - q_min]: the same function.
   l.input_zero_point = act.zero_point - act.q_min;
+}
+
+// The codes of one quantized layer from its float weight and bias and its two quantizers.
+static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
+                           const Quantizer& weight) {
+  ENGINE_CHECK(weight.bits <= 8,
+               fmt::format("layer {}: {}-bit weights: integer export takes at most 8 bits", l.name, weight.bits));
+  ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
+  set_input(l, act);
+  l.weight_scale = weight.step.to_vector();
   const int64_t per_row = (int64_t)w.size() / l.out;
   l.weight_codes.resize(w.size());
   for (size_t i = 0; i < w.size(); i++) {
@@ -65,6 +71,32 @@ static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tens
     l.weight_codes[i] = (int8_t)engine::fake_quant_code(w[i], s, 0.0f, (float)weight.q_min, (float)weight.q_max);
   }
   l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
+}
+
+std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out) {
+  const size_t per_row = w.size() / out;
+  std::vector<float> scales(out);
+  for (int o = 0; o < out; o++) {
+    float m = 0;
+    for (size_t k = 0; k < per_row; k++) m = std::max(m, std::fabs(w[o * per_row + k]));
+    scales[o] = m > 0 ? m / 127 : 1.0f;  // an all-zero channel: every code 0 on any grid
+  }
+  return scales;
+}
+
+// A ClusterQAT layer: each weight is the codebook entry of its code, as eval computes it; on the s8 grid of
+// its output channel (cluster_weight_scales), and the float bias on the accumulator's grid as a uniform
+// layer's.
+static void quantize_cluster_layer(Int8Layer& l, const Tensor& w, const Tensor& b, const Quantizer& act,
+                                   layers::ClusterQuantizer& weight) {
+  set_input(l, act);
+  const std::vector<float> entries = layers::quantize_weight(w, nullptr, &weight).to_vector();
+  l.weight_scale = cluster_weight_scales(entries, l.out);
+  const size_t per_row = entries.size() / l.out;
+  l.weight_codes.resize(entries.size());
+  for (size_t i = 0; i < entries.size(); i++)
+    l.weight_codes[i] = (int8_t)engine::fake_quant_code(entries[i], l.weight_scale[i / per_row], 0.0f, -127.0f, 127.0f);
+  l.bias_codes = layers::bias_codes(b.to_vector(), l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
 }
 
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
@@ -82,21 +114,26 @@ Int8Model export_int8(models::RepVGG& model, const std::string& method, const st
     Int8Layer& l = m.layers[i];
     ENGINE_CHECK(names[i] == l.name, "layer " + names[i] + " where " + l.name + " was expected");
     std::shared_ptr<Quantizer> act, weight;
+    std::shared_ptr<layers::ClusterQuantizer> cluster;
     Tensor w, b;
     if (i + 1 < m.layers.size()) {
       const layers::RepBlock& block = *model.blocks()[i];
       ENGINE_CHECK(block.deployed(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
-      act = block.act_quant, weight = block.weight_quant;
+      act = block.act_quant, weight = block.weight_quant, cluster = block.weight_cluster;
       w = block.rbr_reparam->weight, b = block.rbr_reparam->bias;
     } else {
       std::tie(act, weight) = model.fc_quantizers();
+      cluster = model.fc_cluster();
       w = model.fc().weight, b = model.fc().bias;
     }
-    ENGINE_CHECK(!act == !weight, "layer " + l.name + " has a quantizer for its input or its weight, not both");
+    ENGINE_CHECK(!act == (!weight && !cluster), "layer " + l.name + " has a quantizer for its input or its weight, not both");
     if (act) {
-      quantize_layer(l, w.to_vector(), b, *act, *weight);
-      if (any) ENGINE_CHECK(m.bits == weight->bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
-      m.bits = weight->bits, m.act_bits = act->bits, any = true;
+      // a cluster layer's codes span the s8 range whatever its codebook's bits
+      const int bits = cluster ? 8 : weight->bits;
+      if (cluster) quantize_cluster_layer(l, w, b, *act, *cluster);
+      else quantize_layer(l, w.to_vector(), b, *act, *weight);
+      if (any) ENGINE_CHECK(m.bits == bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
+      m.bits = bits, m.act_bits = act->bits, any = true;
     } else {
       l.weight = w.to_vector(), l.bias = b.to_vector();
     }
@@ -165,8 +202,9 @@ const std::string& metadata_string(const std::map<std::string, std::string>& md,
 
 }  // namespace
 
-Int8Model load_int8(const std::string& path) {
-  const st::File f = st::load(path);
+Int8Model load_int8(const std::string& path) { return load_int8(st::load(path), path); }
+
+Int8Model load_int8(const st::File& f, const std::string& path) {
   const auto& md = f.metadata;
   auto format = md.find("format");
   if (format == md.end() || format->second != kFormat)

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/safetensors.h"
 #include "models/repvgg.h"
 
 namespace quant {
@@ -47,7 +48,8 @@ struct Int8Model {
 };
 
 // From a deploy-form model whose quantizers are attached (quant::attach_quantizers, or a QAT model after
-// switch_to_deploy): the codes and scales of every quantized layer, the others as FP32. `metadata` is added
+// switch_to_deploy): the codes and scales of every quantized layer, the others as FP32; a ClusterQAT layer's
+// weights on s8 grids (cluster_weight_scales below; bits 8 then). `metadata` is added
 // to the file's (dataset, source checkpoint, ...). Throws when a quantizer has more than 8 bits or when the
 // blocks are not in deploy form.
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
@@ -58,7 +60,16 @@ void save_int8(const std::string& path, const Int8Model& m);
 // their bit range, scales finite and > 0, zero points inside the code range (0 after a ReLU). Every error is
 // "file PATH: tensor NAME ...". No tensor may be left over.
 Int8Model load_int8(const std::string& path);
+Int8Model load_int8(const st::File& f, const std::string& path);  // f read from path
 
 int64_t weight_bytes(const Int8Model& m);
+
+// A ClusterQAT layer's weights (codebook entries: 2^b arbitrary floats, on no uniform grid) in s8: one scale
+// per output channel, s_w[o] = max |w[o, ...]| / 127, each weight rounded to round(w / s_w[o]) (half to even),
+// |s_w q − w| ≤ s_w / 2: exact only for entries that are integer multiples of s_w[o] (the channel's largest
+// always is). Per channel, not one grid per codebook: a merged RepVGG kernel holds its identity and 1x1
+// branches in the center tap, tens of times the other taps, and that outlier sets the grid (docs/int8.md).
+// w [O, ...] -> [O].
+std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out);
 
 }  // namespace quant

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "engine/cuda/cuda_backend.h"
+
 namespace quant {
 
 using engine::DType;
@@ -11,11 +13,14 @@ using engine::Shape;
 using engine::cpu::QConv;
 using engine::cpu::QConvSpec;
 
-IntegerModel::IntegerModel(const Int8Model& m) : m_(m) {}
+IntegerModel::IntegerModel(const Int8Model& m, engine::Device device) : m_(m), device_(device) {
+  if (device_ == engine::Device::cuda) engine::cuda::require();
+}
 
 IntegerModel::Plan IntegerModel::build(const Shape& x) const {
   Plan p;
   int64_t n = x[0], h = x[2], w = x[3], biggest = 0;
+  bool any_gpu = false;
   const size_t fc = m_.layers.size() - 1;
   for (size_t i = 0; i < m_.layers.size(); i++) {
     const Int8Layer& l = m_.layers[i];
@@ -32,25 +37,39 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
     Layer layer;
     // its input is float: the image, the FC's pooled features, or an FP32 layer's output
     layer.quantize_input = l.quantized && (i == 0 || i == fc || !m_.layers[i - 1].quantized);
+    const bool gpu = device_ == engine::Device::cuda && l.quantized && !layer.quantize_input && i < fc;
     if (l.quantized) {
       q.src_zero_point = l.input_zero_point;
       const float next_scale = codes_out ? m_.layers[i + 1].input_scale : 1.0f;
       for (size_t k = 0; k < l.weight_scale.size(); k++)
         q.scales.push_back((float)((double)l.input_scale * l.weight_scale[k] / next_scale));
       if (codes_out) q.dst_max = (1 << m_.act_bits) - 1;
-      layer.conv = std::make_unique<QConv>(q, l.weight_codes.data(), l.bias_codes.data());
+      if (gpu) {
+        layer.weight = Tensor::empty({(int64_t)l.weight_codes.size()}, DType::i8, engine::Device::cuda);
+        layer.bias = Tensor::empty({l.out}, DType::i32, engine::Device::cuda);
+        engine::cuda::copy_to_device(layer.weight.raw(), l.weight_codes.data(), l.weight_codes.size());
+        engine::cuda::copy_to_device(layer.bias.raw(), l.bias_codes.data(), l.bias_codes.size() * sizeof(int32_t));
+        any_gpu = true;
+      } else {
+        layer.conv = std::make_unique<QConv>(q, l.weight_codes.data(), l.bias_codes.data());
+      }
     } else {
       layer.conv = std::make_unique<QConv>(q, l.weight.data(), l.bias.data());
     }
-    const int64_t in_bytes = n * l.in * h * w * (q.src == DType::u8 ? 1 : 4);
-    const int64_t out_bytes = n * l.out * oh * ow * (q.dst == DType::u8 ? 1 : 4);
-    biggest = std::max({biggest, in_bytes, out_bytes});
+    layer.spec = q;
+    layer.in_bytes = n * l.in * h * w * (q.src == DType::u8 ? 1 : 4);
+    layer.out_bytes = n * l.out * oh * ow * (q.dst == DType::u8 ? 1 : 4);
+    biggest = std::max({biggest, layer.in_bytes, layer.out_bytes});
     if (i + 1 == fc) p.out_shape = {n, l.out, oh, ow};
     p.layers.push_back(std::move(layer));
     h = oh, w = ow;
   }
   p.a = Tensor::empty({biggest}, DType::u8);
   p.b = Tensor::empty({biggest}, DType::u8);
+  if (any_gpu) {
+    p.gpu_a = Tensor::empty({biggest}, DType::u8, engine::Device::cuda);
+    p.gpu_b = Tensor::empty({biggest}, DType::u8, engine::Device::cuda);
+  }
   p.pooled = Tensor::empty({n, m_.layers[fc].in});
   return p;
 }
@@ -72,11 +91,32 @@ Tensor IntegerModel::forward(const Tensor& x) {
     cur = bufs[next];
     next ^= 1;
   };
+  void* gpu_bufs[2] = {p.gpu_a.defined() ? p.gpu_a.raw() : nullptr, p.gpu_b.defined() ? p.gpu_b.raw() : nullptr};
+  bool on_gpu = false;  // where `cur` is; the two sides share `next`
   for (size_t i = 0; i < fc; i++) {
     Layer& layer = p.layers[i];
-    const engine::ConvShape& s = layer.conv->spec().s;
+    const engine::ConvShape& s = layer.spec.s;
     if (layer.quantize_input) quantize(m_.layers[i], s.n * s.c * s.h * s.w);
-    layer.conv->run(cur, bufs[next]);
+    if (layer.conv) {
+      if (on_gpu) {  // the codes back to the host, into the buffer `next` does not name
+        engine::cuda::copy_to_host(bufs[next ^ 1], cur, layer.in_bytes);
+        cur = bufs[next ^ 1], on_gpu = false;
+      }
+      layer.conv->run(cur, bufs[next]);
+      cur = bufs[next];
+    } else {
+      if (!on_gpu) {
+        engine::cuda::copy_to_device(gpu_bufs[next ^ 1], cur, layer.in_bytes);
+        cur = gpu_bufs[next ^ 1], on_gpu = true;
+      }
+      engine::cuda::qconv_forward(layer.spec, (const uint8_t*)cur, layer.weight.data<int8_t>(), layer.bias.data<int32_t>(),
+                                  gpu_bufs[next]);
+      cur = gpu_bufs[next];
+    }
+    next ^= 1;
+  }
+  if (on_gpu) {  // the last block's f32 output
+    engine::cuda::copy_to_host(bufs[next], cur, p.layers[fc - 1].out_bytes);
     cur = bufs[next];
     next ^= 1;
   }
@@ -95,9 +135,9 @@ std::vector<std::string> IntegerModel::describe() const {
   if (!last_) return out;
   auto name = [](DType d) { return d == DType::u8 ? "u8" : d == DType::f32 ? "f32" : "i32"; };
   for (size_t i = 0; i < last_->layers.size(); i++) {
-    const QConv& c = *last_->layers[i].conv;
-    out.push_back(fmt::format("{:<10} {:>3} -> {:<3}  {}", m_.layers[i].name,
-                              last_->layers[i].quantize_input ? "f32" : name(c.spec().src), name(c.spec().dst), c.impl()));
+    const Layer& l = last_->layers[i];
+    out.push_back(fmt::format("{:<10} {:>3} -> {:<3}  {}", m_.layers[i].name, l.quantize_input ? "f32" : name(l.spec.src),
+                              name(l.spec.dst), l.conv ? l.conv->impl() : "cuda:im2col+cublasGemmEx"));
   }
   return out;
 }

@@ -3,11 +3,18 @@
 #include "datasets/cifar10.h"
 #include "datasets/loader.h"
 #include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
 #include "engine/random.h"
 #include "tests/testing.h"
 
-QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last) {
+std::filesystem::path small_cifar() {
   static const std::filesystem::path data = make_cifar(fresh_temp_dir("int8_small"), 64, 32);
+  return data;
+}
+
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last) {
+  const std::filesystem::path data = small_cifar();
   engine::Rng rng(5);
   QuantizedSmall q;
   q.model = std::make_shared<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
@@ -26,5 +33,29 @@ QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_fir
   val.start_epoch(0);
   engine::Tensor labels;
   data::to_tensors(*val.next(), engine::Device::cpu, q.images, labels);
+  return q;
+}
+
+QuantizedSmall cluster_small(int bits, int act_bits, bool quantize_first_last) {
+  engine::Rng rng(5);
+  QuantizedSmall q;
+  q.model = std::make_shared<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
+  q.model->forward(engine::rand_normal({16, 3, 32, 32}, 0.0f, 1.0f, rng));  // BN statistics
+  q.model->set_qat({"cluster", bits, act_bits, false, quantize_first_last, layers::StepInit::min_error});
+  auto test = data::open_cifar10(small_cifar().string(), false);
+  data::Loader val(*test, 32, /*train=*/false, 0, 1);
+  val.start_epoch(0);
+  engine::Tensor labels;
+  data::to_tensors(*val.next(), engine::Device::cpu, q.images, labels);
+  std::vector<engine::Tensor> params;
+  for (const layers::Param& p : q.model->parameters()) params.push_back(p.tensor);
+  engine::SGD sgd({engine::ParamGroup{params, 0.0f}}, 0.01f);
+  for (int step = 0; step < 2; step++) {  // codebooks reset and moved by k-means, steps initialized
+    sgd.zero_grad();
+    engine::cross_entropy(q.model->forward(q.images), labels).backward();
+    sgd.step();
+  }
+  q.model->eval();
+  q.model->switch_to_deploy();
   return q;
 }

@@ -2,6 +2,7 @@
 // statistics from one training-mode forward, deployed, calibrated by ./ptq's calibrate and attach_quantizers
 // on a made-up CIFAR-10 folder, and a batch of that folder's test images.
 #pragma once
+#include <filesystem>
 #include <memory>
 
 #include "models/repvgg.h"
@@ -12,3 +13,7 @@ struct QuantizedSmall {
   engine::Tensor images;                  // [32, 3, 32, 32], normalized as the evaluation does
 };
 QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last);
+// The same model as a ClusterQAT one (models::QatConfig "cluster"): a few training steps on the made-up
+// folder set its codebooks and LSQ steps, then eval and deploy form; small_cifar() is that folder.
+QuantizedSmall cluster_small(int bits, int act_bits, bool quantize_first_last);
+std::filesystem::path small_cifar();

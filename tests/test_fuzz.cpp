@@ -49,6 +49,9 @@ TEST_CASE("fuzz: safetensors seeds and regressions" * skip_unless(have_corpus, "
 TEST_CASE("fuzz: checkpoint seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
   replay("checkpoint", fuzz::checkpoint);
 }
+TEST_CASE("fuzz: int8 export loader seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
+  replay("int8", fuzz::int8);
+}
 TEST_CASE("fuzz: CIFAR-10 seeds and regressions" * skip_unless(have_corpus, "fuzz corpus: run from the repository root")) {
   replay("cifar", fuzz::cifar);
 }

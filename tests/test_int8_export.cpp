@@ -2,12 +2,21 @@
 // model, its round trip, and a clear error naming the file and the tensor for each kind of corrupt file.
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <numeric>
 
 #include "engine/safetensors.h"
 #include "layers/quantizer.h"
+#include "datasets/image_folder.h"
+#include "datasets/loader.h"
+#include "datasets/transforms.h"
+#include "engine/random.h"
+#include "quant/cluster_pack.h"
+#include "quant/infer.h"
 #include "quant/int8_model.h"
 #include "quant/ptq.h"
+#include "quant/ptq_model.h"
 #include "tests/int8_testing.h"
 #include "tests/testing.h"
 
@@ -161,5 +170,89 @@ TEST_CASE("int8 export: ./ptq's --export option") {
 TEST_CASE("int8 export: more than 8 bits is refused") {
   const QuantizedSmall q = quantized_small(10, quant::Granularity::layer, false);
   CHECK_THROWS_WITH(quant::export_int8(*q.model, "ptq-minmax", "layer", {}),
-                    has("10-bit weights, 10-bit activations: integer export takes at most 8 bits"));
+                    has("layer stage1.0: 10-bit weights: integer export takes at most 8 bits"));
+}
+
+// ./infer on ./ptq's export of a ClusterQAT run: the file keeps the packed codes (docs/cluster.md) and
+// load_deploy_model makes the integer model from it, the same as export_int8 of the QAT model itself.
+TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is export_int8 of its QAT model") {
+  engine::Rng rng(3);
+  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);  // full width: the file names only the arch
+  m.set_qat({"cluster", 4, 8, false, false, layers::StepInit::min_error});
+  m.forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));  // training: codebooks and steps set
+  m.eval();
+  m.switch_to_deploy();
+  const fs::path dir = fresh_temp_dir("int8_cluster_file");
+  fs::create_directories(dir);
+  const std::string path = (dir / "model.cluster.safetensors").string();
+  st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
+  const quant::Int8Model loaded = quant::load_deploy_model(path, small_cifar().string(), "");
+  const quant::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
+  CHECK(loaded.method == "qat-cluster");
+  CHECK(loaded.metadata.at("cluster_bits") == "4");
+  REQUIRE(loaded.layers.size() == direct.layers.size());
+  for (size_t i = 0; i < loaded.layers.size(); i++) {
+    CAPTURE(loaded.layers[i].name);
+    CHECK(loaded.layers[i].quantized == direct.layers[i].quantized);
+    CHECK(loaded.layers[i].weight_codes == direct.layers[i].weight_codes);
+    CHECK(loaded.layers[i].weight_scale == direct.layers[i].weight_scale);
+    CHECK(loaded.layers[i].bias_codes == direct.layers[i].bias_codes);
+    CHECK(loaded.layers[i].input_scale == direct.layers[i].input_scale);
+    CHECK(loaded.layers[i].weight == direct.layers[i].weight);
+  }
+}
+
+// --image: the ImageNet evaluation transform (data::load_eval_image, ImageFolder's own) and the top-5 names
+// from the synsets file, on a real imagenet-sample image through a tiny quantized repvgg-a0 of 1000 classes.
+TEST_CASE("int8 ./infer --image: ImageFolder's eval tensor and the top-5 synset names in order" *
+          skip_unless(have_path(shared_data_dir() + "/imagenet-sample"), "imagenet-sample: not in the shared data")) {
+  const std::string dir = shared_data_dir() + "/imagenet-sample", synsets = dir + "/LOC_synset_mapping.txt";
+  const std::string image = dir + "/val/n01530575/n01530575_brambling.JPEG";
+  data::ImageOptions opt;  // 224, 256
+  opt.synsets = synsets;
+  data::ImageFolder folder(dir + "/val", opt);
+  REQUIRE(folder.path(0) == image);
+
+  // the transform step by step, as ImageFolder's eval was written before load_eval_image
+  data::Image img;
+  data::decode_image(image, img);
+  int rh = 0, rw = 0;
+  REQUIRE(data::resize_shorter_dims(img.h, img.w, 256, rh, rw));
+  CHECK(std::min(rh, rw) == 256);
+  engine::Tensor ref = engine::Tensor::empty({1, 3, 224, 224}), got = engine::Tensor::empty({1, 3, 224, 224});
+  data::resize_crop(img.pixels.data(), img.h, img.w, data::Box{0, 0, img.h, img.w}, rh, rw, data::center_crop_box(rh, rw, 224),
+                    false, data::kImageNetNorm, ref.f32());
+  REQUIRE(folder.load(0, false, 0, got.f32()));
+  CHECK(got.to_vector() == ref.to_vector());
+  data::load_eval_image(image, opt, img, got.f32());
+  CHECK(got.to_vector() == ref.to_vector());
+
+  engine::Rng rng(4);
+  models::ArchConfig a = models::arch_config("repvgg-a0");
+  a.width_multiplier = {8 / 64.0, 8 / 128.0, 8 / 256.0, 16 / 512.0};
+  auto model = std::make_shared<models::RepVGG>(a, rng);
+  model->forward(engine::rand_normal({4, 3, 64, 64}, 0.0f, 1.0f, rng));  // BN statistics
+  model->eval();
+  model->switch_to_deploy();
+  data::Loader calib(folder, 8, /*train=*/false, 0, 1);
+  quant::QuantConfig c;
+  quant::attach_quantizers(*model, c, quant::calibrate(*model, calib, 1, quant::CalibMethod::minmax, engine::Device::cpu));
+  quant::IntegerModel im(quant::export_int8(*model, "ptq-minmax", "layer", {{"dataset", "imagenet"}}));
+  const std::vector<float> logits = im.forward(ref).to_vector();
+  std::vector<std::string> lines;
+  std::ifstream in(synsets);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  REQUIRE(lines.size() == 1000);
+  std::vector<int> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return logits[x] > logits[y]; });
+  const std::vector<quant::ClassScore> top = quant::classify_image(im, image, 224, 256, synsets);
+  REQUIRE(top.size() == 5);
+  for (int k = 0; k < 5; k++) {
+    CAPTURE(k);
+    CHECK(top[k].index == order[k]);
+    CHECK(top[k].logit == logits[order[k]]);
+    CHECK(top[k].name == lines[order[k]]);
+  }
+  CHECK(logits[order[0]] > logits[order[5]]);  // not all equal: the order means something
 }
