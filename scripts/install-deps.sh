@@ -4,8 +4,10 @@
 # clang, its libFuzzer and sanitizer runtimes and its OpenMP instead.
 set -euo pipefail
 # python3-torch (with python3-numpy): the PyTorch 1.13 oracle of the reference scripts, the benchmark's
-# peer and the official-checkpoint converter; python3-pip for the PyPI packages below.
-pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl python3-torch python3-numpy python3-pip)
+# peer and the official-checkpoint converter; python3-pip for the PyPI packages below; Open MPI for
+# data-parallel training (mpirun -np N ./train) and its tests.
+pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libstb-dev nlohmann-json3-dev curl python3-torch python3-numpy python3-pip
+      libopenmpi-dev openmpi-bin)
 [ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libstb-dev nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
