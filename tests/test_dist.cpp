@@ -407,3 +407,26 @@ TEST_CASE("dist: a step through the reducer in a world of one is the plain step"
     CHECK(std::memcmp(a[i].tensor.raw(), b[i].tensor.raw(), a[i].tensor.nbytes()) == 0);
   }
 }
+
+// Stops that every rank must agree on: SIGUSR1 to mpirun (which forwards it to all ranks; Ctrl-C makes
+// mpirun kill the job instead) saves the state mid-epoch and ends with 130; a non-finite loss ends
+// every rank with 3, not one rank with 3 and the other blocked in the gradients' all-reduce.
+TEST_CASE("dist: an interrupt and a non-finite loss stop every rank" * mpi_or_skip("stopping a distributed run")) {
+  fs::path root = fresh_temp_dir("dist_stop");
+  fs::path data = make_cifar(root / "cifar", 40, 10), run = root / "run", log = root / "log";
+  const std::string script =
+      "(timeout 60 sh -c '" + mpirun(2, train_args(data, run, "--epochs 100"), log) + "') & m=$!; "
+      "for i in $(seq 300); do grep -q 'epoch 1/100  batch 2/' " + log.string() + " && break; sleep 0.1; done; "
+      "kill -USR1 $(pgrep -f -- '^mpirun .*--out " + run.string() + "'); wait $m";
+  CHECK(run_shell(script) == 130);
+  INFO(slurp(log));
+  CHECK(slurp(log).find("interrupted: state saved") != std::string::npos);
+  const st::File last = st::load((run / "last.safetensors").string());
+  CHECK(last.metadata.at("epoch") == "0");  // mid-epoch 1
+  CHECK(last.metadata.at("batch") != "0");
+
+  CHECK(run_shell("timeout 60 sh -c '" + mpirun(2, train_args(data, root / "nan", "--epochs 1 --lr 1e30"), root / "nan.log") +
+                  "'") == 3);
+  INFO(slurp(root / "nan.log"));
+  CHECK(slurp(root / "nan.log").find("(on some rank); stopping") != std::string::npos);
+}

@@ -40,6 +40,8 @@ static std::atomic<bool> g_interrupted{false};
 void request_interrupt() { g_interrupted = true; }
 void install_interrupt_handler() {
   std::signal(SIGINT, [](int) { g_interrupted = true; });
+  // mpirun answers Ctrl-C by killing the job, but forwards SIGUSR1 to every rank (docs/distributed.md).
+  std::signal(SIGUSR1, [](int) { g_interrupted = true; });
 }
 
 // --- data ----------------------------------------------------------------------------------------------
