@@ -7,23 +7,19 @@
 //   dist::allreduce_sum(v, 3);    // a no-op in a world of one
 //
 // Every collective must be called by every rank in the same order. A rank that dies ends the job:
-// mpirun kills the others when one exits with a non-zero status or a signal (docs/distributed.md).
+// mpirun kills the others when one exits with a non-zero status or a signal (docs/distributed.md). An
+// MPI error ends the job too (MPI_Abort), with the rank and the call named.
 #pragma once
 #include <cstddef>
-#include <cstdint>
-#include <string>
 
 namespace dist {
 
 bool built();          // compiled with MPI
-void init();           // idempotent; a world of one unless launched by mpirun
-void finalize();       // at exit of a distributed run (registered by init with atexit)
+void init();           // idempotent; a world of one unless launched by mpirun (MPI_Finalize at exit)
 int rank();            // 0 in a world of one
 int size();            // 1 in a world of one
-int local_rank();      // the rank among those on this machine (one GPU each)
 int local_size();      // the ranks on this machine
 bool distributed();    // size() > 1
-[[noreturn]] void abort(const std::string& why);  // prints why and ends every rank (MPI_Abort)
 
 // Blocking collectives over all ranks (no-ops in a world of one).
 void broadcast(void* data, size_t bytes, int root = 0);

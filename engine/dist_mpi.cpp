@@ -18,8 +18,16 @@
 namespace dist {
 
 static bool g_started = false;
-static int g_rank = 0, g_size = 1, g_local = 0, g_local_size = 1;
+static int g_rank = 0, g_size = 1, g_local_size = 1;
 static std::vector<MPI_Request> g_slots;
+
+// Prints why and ends every rank.
+[[noreturn]] static void abort(const std::string& why) {
+  std::fprintf(stderr, "%s\n", why.c_str());
+  std::fflush(stderr);
+  if (g_started) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
+}
 
 static void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -27,6 +35,12 @@ static void check(int rc, const char* what) {
   int len = 0;
   MPI_Error_string(rc, msg, &len);
   abort(std::string("rank ") + std::to_string(g_rank) + ": " + what + " failed: " + std::string(msg, len));
+}
+
+static void finalize() {
+  if (!g_started) return;
+  g_started = false;
+  MPI_Finalize();
 }
 
 // MPI counts are int: larger buffers go in pieces (only the blocking calls; buckets are far smaller).
@@ -45,30 +59,15 @@ void init() {
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-  if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) g_local = std::atoi(l);
   if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) g_local_size = std::max(std::atoi(l), 1);
   g_started = true;
   std::atexit(finalize);
 }
 
-void finalize() {
-  if (!g_started) return;
-  g_started = false;
-  MPI_Finalize();
-}
-
 int rank() { return g_rank; }
 int size() { return g_size; }
-int local_rank() { return g_local; }
 int local_size() { return g_local_size; }
 bool distributed() { return g_size > 1; }
-
-void abort(const std::string& why) {
-  std::fprintf(stderr, "%s\n", why.c_str());
-  std::fflush(stderr);
-  if (g_started) MPI_Abort(MPI_COMM_WORLD, 1);
-  std::exit(1);
-}
 
 template <class T>
 static void allreduce(T* data, size_t n, MPI_Datatype type) {

@@ -1,6 +1,5 @@
 // A world of one process, for builds without MPI (no mpicxx found, or MPI=0).
 #ifndef ENGINE_MPI
-#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -15,16 +14,10 @@ void init() {
     throw std::runtime_error("started by mpirun, but this build has no MPI (mpicxx was not found, or MPI=0); "
                              "install libopenmpi-dev and rebuild");
 }
-void finalize() {}
 int rank() { return 0; }
 int size() { return 1; }
-int local_rank() { return 0; }
 int local_size() { return 1; }
 bool distributed() { return false; }
-void abort(const std::string& why) {
-  std::fprintf(stderr, "%s\n", why.c_str());
-  std::exit(1);
-}
 void broadcast(void*, size_t, int) {}
 void allreduce_sum(double*, size_t) {}
 void allreduce_sum(float*, size_t) {}

@@ -163,7 +163,7 @@ double worst_difference(const st::File& file, const models::RepVGG& model) {
       if (d > worst) worst = d, where = t.name + "[" + std::to_string(j) + "]";
     }
   }
-  MESSAGE("largest difference " << worst << " at " << where);
+  MESSAGE("largest difference " << worst << (where.empty() ? "" : " at " + where));
   return worst;
 }
 // The replays run on one thread, as each rank does: oneDNN's sums then run in the ranks' order.
