@@ -1,6 +1,7 @@
 # repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export, ./infer).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
-# CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off.
+# CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off. MPI (data-parallel training under
+# mpirun, engine/dist.h) is built when mpicxx is found; MPI=0 forces it off.
 # `make test SANITIZE=1` builds the suite into build-san/ under AddressSanitizer and UndefinedBehaviorSanitizer
 # and runs it. `make fuzz [FUZZ_SECONDS=N]` builds the libFuzzer targets (fuzz/*_fuzz.cpp) with clang into
 # build-fuzz/ and runs each for N seconds (default 60).
@@ -19,6 +20,7 @@ ifeq ($(SANITIZE),1)
   CXXFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDLIBS   += -fsanitize=address,undefined
   CUDA     := 0
+  MPI      := 0
 endif
 CXXFLAGS += -std=c++20 -fopenmp -Wall -Wextra -Wno-unused-parameter -MMD -MP -I. -I/usr/include/stb
 LDLIBS   += -ldnnl -lfmt -ljpeg -lpng16 -lpthread -fopenmp
@@ -35,6 +37,15 @@ else
   CUDA_FOUND := 1
 endif
 CUDA ?= $(CUDA_FOUND)
+
+# --- MPI detection: Open MPI's compiler wrapper gives the flags; the library is plain C (no mpi_cxx) ------
+MPICXX    := $(shell which mpicxx 2>/dev/null)
+MPI_FOUND := $(if $(MPICXX),1,0)
+MPI ?= $(MPI_FOUND)
+ifeq ($(MPI),1)
+  CXXFLAGS += -DENGINE_MPI $(shell $(MPICXX) --showme:compile)
+  LDLIBS   += $(filter-out -lmpi_cxx,$(shell $(MPICXX) --showme:link))
+endif
 
 LIB_DIRS := engine engine/cpu layers quant models datasets trainer interop
 LIB_SRC  := $(filter-out %_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
@@ -59,6 +70,8 @@ $(B)/.found:
 	@echo "nvcc:  $(if $(NVCC),✓ $(NVCC),✗ not found)"
 	@echo "cuDNN: $(if $(CUDNN_H),✓ $(CUDNN_H),✗ not found)"
 	@echo "CUDA backend: $(if $(filter 1,$(CUDA)),built,off)"
+	@echo "mpicxx: $(if $(MPICXX),✓ $(MPICXX),✗ not found)"
+	@echo "MPI (mpirun -np N ./train): $(if $(filter 1,$(MPI)),built,off)"
 	@touch $@
 
 $(B)/libengine.a: $(LIB_OBJ)
@@ -66,10 +79,11 @@ $(B)/libengine.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-# Every object depends on the CUDA setting, so switching CUDA=0/1 rebuilds instead of mixing objects.
+# Every object depends on the CUDA and MPI settings, so switching CUDA=0/1 or MPI=0/1 rebuilds instead of
+# mixing objects.
 $(B)/cuda.setting: FORCE
 	@mkdir -p $(B)
-	@echo "$(CUDA)" | cmp -s - $@ || echo "$(CUDA)" > $@
+	@echo "CUDA=$(CUDA) MPI=$(MPI)" | cmp -s - $@ || echo "CUDA=$(CUDA) MPI=$(MPI)" > $@
 
 $(B)/%.o: %.cpp $(B)/cuda.setting
 	@mkdir -p $(dir $@)
@@ -166,9 +180,14 @@ bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH)
 	bash bench/run.sh
 
+# Data-parallel throughput: mpirun -np 2 against 1 process (bench/dist.sh).
+bench-dist: deps
+	@$(MAKE) --no-print-directory all
+	bash bench/dist.sh
+
 clean:
 	rm -rf build build-san build-fuzz $(PROGRAMS)
 
-.PHONY: all dev deps test bench clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
+.PHONY: all dev deps test bench bench-dist clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
 FORCE:
 -include $(shell find $(B) build-fuzz -name '*.d' 2>/dev/null)

@@ -10,9 +10,14 @@
 
 namespace data {
 
-Loader::Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth)
-    : ds_(ds), batch_size_(batch_size), train_(train), seed_(seed), threads_(std::max(threads, 1)) {
+Loader::Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth, Shard shard)
+    : ds_(ds), batch_size_(batch_size), train_(train), seed_(seed), threads_(std::max(threads, 1)), shard_(shard) {
   if (batch_size <= 0) throw std::invalid_argument("Loader: batch_size must be positive");
+  if (shard.count < 1 || shard.index < 0 || shard.index >= shard.count)
+    throw std::invalid_argument("Loader: shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count));
+  if (batch_size % shard.count != 0)
+    throw std::invalid_argument("the batch size " + std::to_string(batch_size) + " does not split into " +
+                                std::to_string(shard.count) + " equal shards (one per process)");
   if (ds.size() > UINT32_MAX) throw std::invalid_argument("Loader: more than 2^32 images");
   slots_.resize(size_t(std::max(queue_depth, threads_)) + 1);
   for (auto& s : slots_) {
@@ -20,8 +25,8 @@ Loader::Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int
     b.c = 3;
     b.h = ds.height();
     b.w = ds.width();
-    b.images.resize(size_t(batch_size) * b.c * b.h * b.w);
-    b.labels.resize(size_t(batch_size));
+    b.images.resize(size_t(batch_size / shard.count) * b.c * b.h * b.w);
+    b.labels.resize(size_t(batch_size / shard.count));
   }
   order_.resize(ds.size());
   size_t n = ds.size();
@@ -142,10 +147,12 @@ void Loader::work() {
   }
 }
 
-// Batch k: positions k * batch_size .. of the epoch order; bad images skipped leave b.n smaller.
+// Batch k: this shard's slice of positions k * batch_size .. of the epoch order; bad images skipped leave
+// b.n smaller.
 void Loader::fill(Batch& b, size_t k) {
   const size_t image = size_t(b.c) * b.h * b.w;
-  const size_t begin = k * batch_size_, end = std::min(begin + batch_size_, order_.size());
+  const size_t per = size_t(batch_size_ / shard_.count), first = k * batch_size_ + shard_.index * per;
+  const size_t begin = std::min(first, order_.size()), end = std::min(first + per, order_.size());
   int n = 0;
   for (size_t p = begin; p < end && !stop_; p++) {
     uint32_t i = order_[p];

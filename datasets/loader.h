@@ -10,6 +10,10 @@
 // Train: the order is a shuffle drawn from (seed, epoch) and the last partial batch is dropped. Eval: the
 // dataset order, the last partial batch kept. Each image's augmentation is drawn from image_seed(seed,
 // epoch, index), so the batches are the same for any number of threads.
+//
+// Data-parallel training: with Shard{r, N} batch k is the r-th of N equal slices of the global batch k
+// (batch_size / N images each). The global batches, their order and their augmentation depend on the seed
+// alone, so N processes see together what one process sees, and a run may resume with another N.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -24,10 +28,16 @@
 
 namespace data {
 
+struct Shard {
+  int index = 0, count = 1;  // this process's slice of each batch, of `count`
+};
+
 class Loader {
  public:
-  // ds must outlive the loader. The pool holds max(queue_depth, threads) + 1 batch buffers.
-  Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth = 4);
+  // ds must outlive the loader. The pool holds max(queue_depth, threads) + 1 batch buffers, of
+  // batch_size / shard.count images each; batch_size must be a multiple of shard.count.
+  Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int threads, int queue_depth = 4,
+         Shard shard = {});
   ~Loader();  // stops and joins the workers, also mid-epoch
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
@@ -60,6 +70,7 @@ class Loader {
   const bool train_;
   const uint64_t seed_;
   const int threads_;
+  const Shard shard_;
   size_t batches_;
   int epoch_ = 0;
   bool started_ = false;

@@ -1,5 +1,6 @@
 #include "engine/autograd.h"
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include "engine/ops.h"
@@ -60,23 +61,37 @@ static void topo_sort(const Tensor& root, std::vector<Tensor>& order) {
   }
 }
 
-void run_backward(const Tensor& root) {
+void run_backward(const Tensor& root, const LeafReadyFn& on_leaf_ready) {
   ENGINE_CHECK(root.numel() == 1, "backward() needs a one-element tensor, got " + root.shape().str());
   ENGINE_CHECK(root.requires_grad(), "backward() on a tensor that does not require grad");
   NoGradGuard no_grad;  // the backward closures compute with plain ops
   if (root.is_leaf()) {
     accumulate_grad(root, Tensor::full(root.shape(), 1.0f, root.device()));
+    if (on_leaf_ready) on_leaf_ready(root.impl());
     return;
   }
   std::vector<Tensor> order;
   topo_sort(root, order);
+  // For the hook: how many nodes still to run have each leaf as an input.
+  std::unordered_map<const TensorImpl*, int> uses;
+  auto leaf_inputs = [](const Tensor& t, auto&& f) {
+    for (const Tensor& in : t.grad_fn()->inputs)
+      if (in.defined() && in.is_leaf() && in.requires_grad()) f(in.impl());
+  };
+  if (on_leaf_ready)
+    for (const Tensor& t : order) leaf_inputs(t, [&](const TensorImpl* l) { uses[l]++; });
   root.impl()->grad = Tensor::full(root.shape(), 1.0f, root.device()).impl_ptr();
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Tensor& t = *it;
-    if (!t.impl()->grad) continue;  // no path from the root reached it
-    Tensor gout(t.impl()->grad);
-    t.impl()->grad.reset();  // interior gradients are not kept
-    t.grad_fn()->backward(t, gout);
+    if (t.impl()->grad) {  // else no path from the root reached it
+      Tensor gout(t.impl()->grad);
+      t.impl()->grad.reset();  // interior gradients are not kept
+      t.grad_fn()->backward(t, gout);
+    }
+    if (on_leaf_ready)
+      leaf_inputs(t, [&](const TensorImpl* l) {
+        if (--uses[l] == 0) on_leaf_ready(l);
+      });
   }
 }
 

@@ -39,7 +39,10 @@ void record(Tensor& out, const char* name, std::vector<Tensor> inputs, BackwardF
 // by a leaf (leaves copy or add into their own buffer, so optimizers may update it in place).
 void accumulate_grad(const Tensor& t, const Tensor& g);
 
-// Runs backward from `root` (one element) with d root / d root = 1.
-void run_backward(const Tensor& root);
+// Runs backward from `root` (one element) with d root / d root = 1. on_leaf_ready, when given, is called
+// for each leaf that requires grad as soon as its gradient is final: after the last node that has it as
+// an input has run (data-parallel training starts that gradient's all-reduce then, engine/reducer.h).
+using LeafReadyFn = std::function<void(const TensorImpl* leaf)>;
+void run_backward(const Tensor& root, const LeafReadyFn& on_leaf_ready = nullptr);
 
 }  // namespace engine

@@ -6,6 +6,10 @@
 
 namespace engine {
 
+static BatchSumFn g_sync = nullptr;
+void set_batch_norm_sync(BatchSumFn sum) { g_sync = sum; }
+BatchSumFn batch_norm_sync() { return g_sync; }
+
 static void check_channel_param(const Tensor& p, const char* name, const Tensor& x) {
   ENGINE_CHECK(p.defined(), std::string(name) + " is undefined");
   ENGINE_CHECK(p.dtype() == DType::f32 && p.shape() == Shape{x.size(1)} && p.device() == x.device(),
@@ -51,6 +55,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, co
   }
 
   ENGINE_CHECK(s.n * s.hw > 1, "training needs more than one value per channel, got x " + x.str());
+  ENGINE_CHECK(!g_sync || x.device() == Device::cpu, "sync-BN is CPU only, got x " + x.str());
   // mean, var [C]: the batch mean and biased variance; y = (x - mean) / sqrt(var + eps) * gamma + beta.
   Tensor mean = Tensor::empty({s.c}, DType::f32, x.device());
   Tensor var = Tensor::empty({s.c}, DType::f32, x.device());

@@ -40,6 +40,7 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& b
   s.blocked = blocked;
   s.count = count;
   ENGINE_CHECK(!training || s.n * s.hw > 1, "training needs more than one value per channel, got x " + x0.str());
+  ENGINE_CHECK(!training || !batch_norm_sync() || x0.device() == Device::cpu, "sync-BN is CPU only, got x " + x0.str());
   Tensor y = Tensor::empty(x0.shape(), DType::f32, x0.device());
 
   // The statistics that normalize, kept for the backward: the batch ones (training), or the running ones

@@ -60,6 +60,10 @@ struct FakeQuant {
   int zero_point = 0, q_min = 0, q_max = 0;
 };
 
+// Sync-BN's all-reduce of a training-mode BN's sums (ops.h set_batch_norm_sync), or nullptr when off.
+using BatchSumFn = void (*)(double* values, size_t n);
+BatchSumFn batch_norm_sync();
+
 struct BnShape {
   int64_t n, c, hw;
   bool blocked = false;  // x [N, C/16, HW, 16] (ops.h to_blocked; CPU only, and only channel_var takes it)

@@ -95,6 +95,13 @@ struct BatchStats {
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                     const Tensor& running_var, bool training, float momentum = 0.1f, float eps = 1e-5f,
                     BatchStats* stats = nullptr);
+// Sync-BN (data-parallel training, docs/distributed.md): with `sum` set, every training-mode BN of
+// batch_norm2d and bn_add_relu passes its per-channel sums and value count through sum(values, n),
+// which adds them up over the processes in place: the batch statistics (forward) and the sums of its
+// input gradient (backward) are then the global batch's, while the gradients of gamma and beta stay this
+// process's (the gradient all-reduce averages them as any other). The moments are taken about the
+// running mean, which must be the same on every process. CPU only; nullptr (the default): off.
+void set_batch_norm_sync(void (*sum)(double* values, size_t n));
 
 // --- quantize.cpp: uniform fake quantization with a learned step (LSQ, layers/quantizer.h) -------------
 // x [R, ...] (any shape), step [1] or [R] (one per dim-0 row) ->

@@ -6,9 +6,10 @@ set -euo pipefail
 # libjpeg62-turbo-dev and libpng-dev decode the images (datasets/decode.cpp); libstb-dev's stb_image_write
 # writes PNGs and JPEGs (./inspect --hist, the tests, the fuzz seeds).
 # python3-torch (with python3-numpy): the PyTorch 1.13 oracle of the reference scripts, the benchmark's
-# peer and the official-checkpoint converter; python3-pip for the PyPI packages below.
+# peer and the official-checkpoint converter; python3-pip for the PyPI packages below; Open MPI for
+# data-parallel training (mpirun -np N ./train) and its tests.
 pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libjpeg62-turbo-dev libpng-dev libstb-dev nlohmann-json3-dev curl
-      python3-torch python3-numpy python3-pip)
+      python3-torch python3-numpy python3-pip libopenmpi-dev openmpi-bin)
 [ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libjpeg62-turbo-dev libpng-dev
                             libstb-dev nlohmann-json3-dev)
 missing=()

@@ -1,6 +1,7 @@
 // Test runner: doctest's main and a SKIPPED line for each test skipped for a missing resource;
 // the helpers declared in tests/testing.h. `run_tests --train ARGS` is ./train ARGS instead (tests that
-// kill a run start one so, in a child process).
+// kill a run start one so, in a child process); `run_tests --dist-check ...` is the helper that the
+// data-parallel tests run under mpirun (tests/test_dist.cpp).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "tests/testing.h"
 
@@ -40,6 +41,7 @@ std::string shared_data_dir() {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--train") return train::main(std::vector<std::string>(argv + 2, argv + argc));
+  if (argc > 1 && std::string(argv[1]) == "--dist-check") return dist_check(std::vector<std::string>(argv + 2, argv + argc));
   doctest::Context ctx;
   ctx.applyCommandLine(argc, argv);
   int rc = ctx.run();

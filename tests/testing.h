@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
 // `TEST_CASE("x" * skip_unless(have_gpu(), "no GPU"))` is counted by doctest as skipped and the reason is
@@ -33,4 +34,7 @@ std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch
 // Makes a FIFO at `fifo` and runs `read` (which should refuse it) on another thread. Returns the message
 // it threw, "" when it returned, or "hung" when it was still blocked after 2 s; then the FIFO is opened for
 // writing, which releases a reader stuck in open(), so that a failing test ends.
+// `run_tests --dist-check ARGS`: the processes of the data-parallel tests (tests/test_dist.cpp).
+int dist_check(const std::vector<std::string>& args);
+
 std::string error_reading_fifo(const std::filesystem::path& fifo, const std::function<void()>& read);

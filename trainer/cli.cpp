@@ -2,7 +2,9 @@
 
 #include <cstdio>
 #include <exception>
+#include <stdexcept>
 
+#include "engine/dist.h"
 #include "models/repvgg.h"
 #include "trainer/options.h"
 #include "trainer/trainer.h"
@@ -26,6 +28,9 @@ int main(const std::vector<std::string>& args) {
     }
     if (opt.summary) return print_summary(opt);
     install_interrupt_handler();
+    dist::init();
+    // The other ranks' progress is rank 0's: only rank 0 prints it (errors go to stderr from any rank).
+    if (dist::rank() != 0 && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence stdout");
     return run_training(opt, args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train: %s\n", e.what());

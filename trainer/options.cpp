@@ -88,6 +88,11 @@ const std::vector<Spec>& specs() {
       {"--seed", "N", "random seed (default 0)", [](Options& o, const std::string& v) { o.seed = number<uint64_t>("--seed", v); }},
       {"--threads", "N", "threads (default: all cores)", [](Options& o, const std::string& v) { o.threads = positive<int>("--threads", v); }},
       {"--device", "cpu|cuda", "device (default cpu)", [](Options& o, const std::string& v) { o.device = one_of("--device", v, {"cpu", "cuda"}); }},
+      {"--bucket-mb", "X", "under mpirun: gradients are all-reduced in buckets of at most X MB (default 25, as torch DDP)",
+       [](Options& o, const std::string& v) { o.bucket_mb = positive<float>("--bucket-mb", v); }},
+      {"--sync-bn", nullptr, "under mpirun: BN normalizes with the global batch's statistics (all-reduced; CPU only), "
+                             "not each process's shard's",
+       [](Options& o, const std::string&) { o.sync_bn = true; }},
       {"--out", "DIR", "run folder (default runs/<dataset>-<arch>-<date-time>)", [](Options& o, const std::string& v) { o.out = v; }},
       {"--resume", "PATH", "continue a run: its folder or a checkpoint file", [](Options& o, const std::string& v) { o.resume = v; }},
       {"--limit-train", "N", "use N training images spread evenly over the set (default all)",

@@ -28,6 +28,8 @@ struct Options {
   uint64_t seed = 0;
   int threads = 0;      // 0: all cores
   std::string device = "cpu";
+  float bucket_mb = 25.f;  // distributed: the gradient all-reduce's bucket size
+  bool sync_bn = false;    // distributed: BN statistics of the global batch
   std::string out;      // default: runs/<dataset>-<arch>-<date-time>
   std::string resume;   // a run folder or a checkpoint file
   size_t limit_train = 0, limit_val = 0;  // 0: all

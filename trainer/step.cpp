@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/dist.h"
 #include "engine/ops.h"
 
 namespace train {
@@ -23,17 +24,51 @@ Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, 
   return {engine::SGD(groups, lr, momentum, nesterov), all};
 }
 
+void broadcast_state(const models::RepVGG& model) {
+  for (const layers::NamedTensor& t : model.state_dict()) dist::broadcast(t.tensor.raw(), t.tensor.nbytes());
+}
+
+std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb) {
+  std::vector<Tensor> params, stats;
+  for (const layers::Param& p : model.parameters()) params.push_back(p.tensor);
+  auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const layers::NamedTensor& b : model.buffers())
+    if (ends_with(b.name, ".running_mean") || ends_with(b.name, ".running_var")) stats.push_back(b.tensor);
+  return std::make_unique<engine::GradReducer>(params, stats, size_t(double(bucket_mb) * (1 << 20)));
+}
+
 StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, const Tensor& labels,
-                      float label_smoothing, float custom_l2_wd) {
+                      float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer, bool interrupted) {
   Tensor logits = model(x);
   Tensor ce = engine::cross_entropy(logits, labels, label_smoothing);
   StepResult r;
   r.loss = ce.item();
   r.correct = engine::topk_correct(logits, labels, 1);
-  if (!std::isfinite(r.loss)) return r;
+  r.images = x.size(0);
+  r.interrupted = interrupted;
+  bool finite = std::isfinite(r.loss);
+  if (reducer) {
+    double t[5] = {double(r.loss) * double(r.images), double(r.correct), double(r.images), finite ? 0.0 : 1.0,
+                   interrupted ? 1.0 : 0.0};
+    dist::allreduce_sum(t, 5);
+    r.loss = float(t[0] / t[2]);
+    r.correct = int64_t(t[1]);
+    r.images = int64_t(t[2]);
+    finite = t[3] == 0;
+    r.interrupted = t[4] > 0;
+  }
+  if (!finite) return r;
   Tensor loss = custom_l2_wd > 0 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), custom_l2_wd / 2)) : ce;
   sgd.zero_grad();
-  loss.backward();
+  if (reducer) {
+    reducer->begin();
+    engine::run_backward(loss, [reducer](const engine::TensorImpl* leaf) { reducer->ready(leaf); });
+    reducer->finish();
+  } else {
+    loss.backward();
+  }
   sgd.step();
   r.stepped = true;
   return r;
@@ -55,6 +90,9 @@ EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device 
     r.images += b->n;
   }
   model.train();
+  double sums[4] = {loss, top1, top5, double(r.images)};
+  dist::allreduce_sum(sums, 4);
+  loss = sums[0], top1 = sums[1], top5 = sums[2], r.images = size_t(sums[3]);
   if (r.images == 0) return r;
   const double n = (double)r.images;
   r.loss = loss / n;

@@ -1,11 +1,13 @@
 // What ./train, its QAT modes and `make bench` share: the optimizer of a model, one training step, and
 // the evaluation pass.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "datasets/loader.h"
 #include "engine/optim.h"
+#include "engine/reducer.h"
 #include "models/repvgg.h"
 
 namespace train {
@@ -20,20 +22,34 @@ struct Optimizer {
 };
 Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2);
 
+// Of the global batch (all ranks' shards, when distributed).
+// Data-parallel training: every parameter and buffer from rank 0, as torch DDP does at its start (the
+// ranks start equal whatever each initialized or loaded); and the gradient averaging of a run, over
+// every parameter and the BN running statistics (engine/reducer.h).
+void broadcast_state(const models::RepVGG& model);
+std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb);
+
 struct StepResult {
   float loss = 0;       // the cross-entropy of the batch (without the custom L2)
   int64_t correct = 0;  // top-1 hits
-  bool stepped = false; // false when the loss was not finite: no update was made
+  int64_t images = 0;
+  bool stepped = false; // false when the loss was not finite (on some rank): no update was made
+  bool interrupted = false;  // some rank was interrupted (Ctrl-C)
 };
 // Forward, cross-entropy (plus wd/2 · RepVGG's custom L2 when custom_l2_wd > 0), backward, SGD step.
+// Distributed (reducer given): the ranks first agree on the batch's loss, hits and the stop flags (a
+// non-finite loss anywhere stops all, before any starts the gradients' all-reduce), then the backward
+// hands each gradient to the reducer, which averages them over the ranks before the SGD step.
 StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const engine::Tensor& x, const engine::Tensor& labels,
-                      float label_smoothing, float custom_l2_wd);
+                      float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer = nullptr,
+                      bool interrupted = false);
 
 struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;  // top-5 is 0 with fewer than 5 classes
   size_t images = 0;
 };
-// The model in eval mode over one pass of `loader` (then back in training mode), without gradients.
+// The model in eval mode over one pass of `loader` (then back in training mode), without gradients;
+// distributed, each rank evaluates its shard and the sums are all-reduced (every rank gets the result).
 EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device);
 
 }  // namespace train

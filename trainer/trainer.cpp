@@ -12,12 +12,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "datasets/cifar10.h"
 #include "datasets/image_folder.h"
 #include "datasets/loader.h"
 #include "engine/autograd.h"
+#include "engine/dist.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -38,6 +40,8 @@ static std::atomic<bool> g_interrupted{false};
 void request_interrupt() { g_interrupted = true; }
 void install_interrupt_handler() {
   std::signal(SIGINT, [](int) { g_interrupted = true; });
+  // mpirun answers Ctrl-C by killing the job, but forwards SIGUSR1 to every rank (docs/distributed.md).
+  std::signal(SIGUSR1, [](int) { g_interrupted = true; });
 }
 
 // --- data ----------------------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ static nlohmann::json options_json(const Options& o) {
           {"batch_size", o.batch_size}, {"lr", o.lr}, {"momentum", o.momentum}, {"nesterov", o.nesterov},
           {"wd", o.wd}, {"sched", o.sched}, {"tmax", o.tmax}, {"step_size", o.step_size}, {"gamma", o.gamma},
           {"warmup", o.warmup}, {"label_smoothing", o.label_smoothing}, {"oabn_k", o.oabn_k},
-          {"custom_l2", o.custom_l2}, {"seed", o.seed}, {"threads", o.threads}, {"device", o.device},
+          {"custom_l2", o.custom_l2}, {"seed", o.seed}, {"threads", o.threads}, {"device", o.device}, {"bucket_mb", o.bucket_mb}, {"sync_bn", o.sync_bn},
           {"out", o.out}, {"limit_train", o.limit_train}, {"limit_val", o.limit_val}, {"eval_every", o.eval_every},
           {"synsets", o.synsets}, {"image_size", o.image_size}, {"resize_size", o.resize_size},
           {"bad_images", o.bad_images}, {"qat", o.qat}, {"bits", o.bits}, {"act_bits", o.act_bits},
@@ -217,6 +221,17 @@ struct Log {
   }
 };
 
+// --- data-parallel pieces (docs/distributed.md) ------------------------------------------------------------
+
+// Rank 0's string on every rank.
+static std::string broadcast_string(std::string s) {
+  uint64_t n = s.size();
+  dist::broadcast(&n, sizeof n);
+  s.resize(n);
+  dist::broadcast(s.data(), n);
+  return s;
+}
+
 // --- training --------------------------------------------------------------------------------------------
 
 struct Progress {
@@ -249,6 +264,12 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
   const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
   if (device == Device::cuda) engine::cuda::require();
+  const bool lead = dist::rank() == 0;  // rank 0 alone writes the run folder
+  if (dist::distributed() && device == Device::cuda)
+    throw std::runtime_error("--device cuda under mpirun needs the NCCL all-reduce, which this build lacks; "
+                             "train distributed on the CPU (--device cpu)");
+  // Under mpirun the ranks of a machine share its cores, unless --threads says otherwise.
+  if (opt.threads == 0 && dist::local_size() > 1) opt.threads = std::max(1, omp_get_num_procs() / dist::local_size());
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
   const int threads = omp_get_max_threads();
 
@@ -281,22 +302,28 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   sched.gamma = opt.gamma;
   sched.warmup_epochs = opt.warmup;
 
-  data::Loader train_loader(*d.train, opt.batch_size, true, opt.seed, threads);
-  data::Loader val_loader(*d.val, opt.batch_size, false, opt.seed, threads);
+  const data::Shard shard{dist::rank(), dist::size()};
+  if (opt.batch_size % shard.count != 0)
+    throw std::runtime_error(fmt::format("--batch-size {} (the global batch) does not split into {} equal shards, one per "
+                                         "process: give a multiple of {}", opt.batch_size, shard.count, shard.count));
+  data::Loader train_loader(*d.train, opt.batch_size, true, opt.seed, threads, 4, shard);
+  data::Loader val_loader(*d.val, opt.batch_size, false, opt.seed, threads, 4, shard);
   if (train_loader.batches_per_epoch() == 0)
     throw std::runtime_error(fmt::format("{} training images make no batch of {}", d.train->size(), opt.batch_size));
 
   // The run folder and the state to resume.
   fs::path run = opt.out.empty() ? fs::path("runs") / fmt::format("{}-{}-{}", opt.dataset, opt.arch, now_string("%Y%m%d-%H%M%S"))
                                  : fs::path(opt.out);
-  fs::create_directories(run);
+  run = broadcast_string(run.string());  // the ranks' clocks may name it differently
+  if (lead) fs::create_directories(run);
   int start_epoch = 0;
   size_t start_batch = 0;
   double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;
   Log log{run / "log.csv", opt.dataset == "imagenet", {}};
   if (!resume_ckpt.empty()) {
-    for (const std::string& name : st::remove_stale_temporaries(run.string()))
-      std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (run / name).c_str());
+    if (lead)
+      for (const std::string& name : st::remove_stale_temporaries(run.string()))
+        std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (run / name).c_str());
     layers::Checkpoint c = layers::load_checkpoint(resume_ckpt.string(), model);
     const std::string ck = resume_ckpt.string();
     start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, opt.epochs));
@@ -308,22 +335,34 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     auto& bufs = sgd.momentum_buffers();
     for (size_t i = 0; i < bufs.size(); i++)
       if (auto it = c.extra.find("optim." + buffer_names[i]); it != c.extra.end()) bufs[i] = layers::from_entry(it->second).to(device);
-    log.load_completed(start_epoch);
+    if (lead) log.load_completed(start_epoch);
     std::printf("resuming %s at epoch %d, batch %zu\n", resume_ckpt.c_str(), start_epoch + 1, start_batch);
-  } else {
+  } else if (lead) {
     nlohmann::json cfg = {{"argv", argv}, {"options", options_json(opt)}, {"git_commit", git_commit()},
                           {"threads", threads}, {"data_dir", d.dir}, {"num_classes", arch.num_classes},
                           {"train_images", d.train->size()}, {"val_images", d.val->size()},
                           {"created", now_string("%Y-%m-%dT%H:%M:%S")}};
     st::write_file_atomic((run / "config.json").string(), cfg.dump(2) + "\n");
   }
-  link_latest(run);
-  TensorBoardLog tb(run.string());
+  if (lead) link_latest(run);
+  std::optional<TensorBoardLog> tb;
+  if (lead) tb.emplace(run.string());
   std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", run.c_str(), opt.arch.c_str(),
               opt.dataset.c_str(), d.train->size(), d.val->size(), threads, engine::device_name(device));
+  std::unique_ptr<engine::GradReducer> reducer;
+  if (dist::distributed()) {
+    broadcast_state(model);
+    reducer = make_reducer(model, opt.bucket_mb);
+    if (opt.sync_bn) engine::set_batch_norm_sync([](double* v, size_t n) { dist::allreduce_sum(v, n); });
+    std::printf("distributed: %d processes, %d images each per batch of %d, gradients in %zu buckets of at most %g MB\n",
+                dist::size(), opt.batch_size / dist::size(), opt.batch_size, reducer->buckets(), opt.bucket_mb);
+    std::printf("BN statistics: %s\n", opt.sync_bn ? "the global batch's (--sync-bn)"
+                                                    : "each process's shard's, running statistics averaged every step");
+  }
   std::fflush(stdout);
 
   auto save = [&](const fs::path& path, int epoch, size_t batch) {
+    if (!lead) return;
     layers::Metadata md = {{"arch", opt.arch}, {"dataset", opt.dataset}, {"epoch", std::to_string(epoch)},
                            {"batch", std::to_string(batch)}, {"best_top1", fmt::format("{}", best_top1)},
                            {"partial_loss", fmt::format("{}", part_loss)}, {"partial_correct", fmt::format("{}", part_correct)},
@@ -339,6 +378,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
 
   model.train();
   Tensor x, y;
+  bool synced_qat_init = false;
   for (int epoch = start_epoch; epoch < opt.epochs; epoch++) {
     const float lr = sched.lr_at(epoch);
     sgd.set_lr(lr);
@@ -351,28 +391,37 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     }
     for (; done < (epoch == start_epoch ? start_batch : 0); done++) train_loader.next();  // resume mid-epoch
     Progress progress;
-    double images = 0;
+    double images = 0, comm_seconds = 0, wait_seconds = 0, steps = 0;  // steps: this epoch's, in this process
     while (const data::Batch* b = train_loader.next()) {
       data::to_tensors(*b, device, x, y);
-      const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f);
+      const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f, reducer.get(),
+                                      g_interrupted);
+      // A quantizer initializes its step from its first batch, which differs per rank: rank 0's wins.
+      if (reducer && model.qat() && !synced_qat_init) broadcast_state(model), synced_qat_init = true;
       if (!r.stepped) {
         progress.end_line();
         const fs::path last = run / "last.safetensors";
-        std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu; stopping. %s\n", r.loss, epoch + 1, done + 1,
-                     fs::exists(last) ? ("The last good checkpoint is " + last.string()).c_str()
-                                      : "No checkpoint was written before it (the run saves one at each epoch's end).");
+        if (lead)
+          std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu%s; stopping. %s\n", r.loss, epoch + 1, done + 1,
+                       dist::distributed() ? " (on some rank)" : "",
+                       fs::exists(last) ? ("The last good checkpoint is " + last.string()).c_str()
+                                        : "No checkpoint was written before it (the run saves one at each epoch's end).");
+        dist::barrier();  // mpirun ends the job at the first rank that exits non-zero
         return 3;
       }
       done++;
-      images += b->n;
-      part_loss += r.loss * b->n;
+      steps++;
+      if (reducer) comm_seconds += reducer->comm_seconds(), wait_seconds += reducer->wait_seconds();
+      images += r.images;
+      part_loss += double(r.loss) * r.images;
       part_correct += r.correct;
-      part_seen += b->n;
+      part_seen += r.images;
       progress.update(epoch, opt.epochs, done, total, part_loss / part_seen, 100 * part_correct / part_seen, images);
-      tb.step(int64_t(epoch * total + done), part_loss / part_seen, 100 * part_correct / part_seen, lr);
-      if (g_interrupted) {
+      if (tb) tb->step(int64_t(epoch * total + done), part_loss / part_seen, 100 * part_correct / part_seen, lr);
+      if (r.interrupted) {
         progress.end_line();
         save(run / "last.safetensors", epoch, done);
+        dist::barrier();  // rank 0's checkpoint is written before any rank exits
         std::printf("interrupted: state saved in %s; resume with ./train --resume %s\n", (run / "last.safetensors").c_str(),
                     run.c_str());
         g_interrupted = false;
@@ -390,10 +439,10 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     if (log.top5) row += eval_now ? fmt::format(",{:.4f}", ev.top5) : ",";
     row += fmt::format(",{:.2f},{:.2f}", seconds, images / std::max(train_seconds, 1e-9));
     log.rows.push_back(row);
-    log.write();
-    tb.epoch(epoch + 1, part_loss / part_seen, 100 * part_correct / part_seen, eval_now ? &ev : nullptr, log.top5,
+    if (lead) log.write();
+    if (tb) tb->epoch(epoch + 1, part_loss / part_seen, 100 * part_correct / part_seen, eval_now ? &ev : nullptr, log.top5,
              images / std::max(train_seconds, 1e-9));
-    if (model.qat()) tb.quantizer_steps(epoch + 1, model);
+    if (tb && model.qat()) tb->quantizer_steps(epoch + 1, model);
     std::printf("epoch %d/%d  lr %.5g  train loss %.4f  top-1 %.2f%%", epoch + 1, opt.epochs, lr, part_loss / part_seen,
                 100 * part_correct / part_seen);
     if (eval_now) {
@@ -401,6 +450,10 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
       if (log.top5) std::printf("  top-5 %.2f%%", ev.top5);
     }
     std::printf("  (%.1f s)\n", seconds);
+    if (reducer && steps > 0)
+      std::printf("all-reduce: %.2f ms per step from the first bucket's start, %.2f ms of it waited after the backward "
+                  "(%.0f%% overlapped)\n", 1e3 * comm_seconds / steps, 1e3 * wait_seconds / steps,
+                  comm_seconds > 0 ? 100 * (1 - wait_seconds / comm_seconds) : 0.0);
     std::fflush(stdout);
     part_loss = part_correct = part_seen = 0;
     if (eval_now && ev.top1 > best_top1) {

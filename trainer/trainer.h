@@ -11,7 +11,8 @@ namespace train {
 // non-finite loss (the last good checkpoint kept). Errors in the inputs throw std::runtime_error.
 int run_training(Options opt, const std::vector<std::string>& argv);
 
-// Ctrl-C: the running step finishes, last.safetensors is written, and run_training returns 130.
+// Ctrl-C (or SIGUSR1, which mpirun forwards to every rank): the running step finishes, last.safetensors
+// is written, and run_training returns 130.
 void install_interrupt_handler();
 void request_interrupt();  // what the handler does (tests call it)
 

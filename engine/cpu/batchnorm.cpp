@@ -2,6 +2,7 @@
 // HW contiguous floats. Work is split over the N * C planes; each plane's sums are kept (in double) and
 // added up per channel in plane order, so results do not depend on the thread count. The per-channel and
 // per-element math is in engine/scalar_math.h, shared with engine/cuda/batchnorm.cu.
+#include <algorithm>
 #include <vector>
 
 #include "engine/kernels.h"
@@ -41,15 +42,29 @@ static void normalize(const BnShape& s, const float* x, const float* mean, const
   }
 }
 
+// Sync-BN (ops.h set_batch_norm_sync): a and b [C] and the count m, added up over the processes.
+static void sync_sums(BatchSumFn sum, std::vector<double>& a, std::vector<double>& b, double& m) {
+  std::vector<double> all(a);
+  all.insert(all.end(), b.begin(), b.end());
+  all.push_back(m);
+  sum(all.data(), all.size());
+  std::copy(all.begin(), all.begin() + a.size(), a.begin());
+  std::copy(all.begin() + a.size(), all.end() - 1, b.begin());
+  m = all.back();
+}
+
 void bn_train_forward(const BnShape& s, const float* x, const float* gamma, const float* beta,
                       float* running_mean, float* running_var, float momentum, float eps, float* mean, float* var,
                       float* y) {
-  const double m = (double)(s.n * s.hw);
-  // One pass: sums of d and d² with d = x - x[0, c, 0] (see bn_batch_stats).
+  const BatchSumFn sync = batch_norm_sync();
+  double m = (double)(s.n * s.hw);
+  // One pass: sums of d and d² with d = x - shift (see bn_batch_stats), shift x[0, c, 0]; sync-BN: the
+  // running mean, the same on every process.
+  auto shift_of = [&](int64_t c) -> float { return sync ? running_mean[c] : x[c * s.hw]; };
   std::vector<double> sum_d, sum_d2;
   channel_sums(s, sum_d, sum_d2, [&](int64_t p, double& a, double& b) {
     const float* xp = x + p * s.hw;
-    const double shift = x[p % s.c * s.hw];
+    const double shift = shift_of(p % s.c);
     double sa = 0, sb = 0;
 #pragma omp simd reduction(+ : sa, sb)
     for (int64_t i = 0; i < s.hw; i++) {
@@ -60,9 +75,10 @@ void bn_train_forward(const BnShape& s, const float* x, const float* gamma, cons
     a = sa;
     b = sb;
   });
+  if (sync) sync_sums(sync, sum_d, sum_d2, m);
   std::vector<float> scale(s.c);
   for (int64_t c = 0; c < s.c; c++) {
-    bn_batch_stats(sum_d[c], sum_d2[c], m, x[c * s.hw], mean[c], var[c]);
+    bn_batch_stats(sum_d[c], sum_d2[c], m, shift_of(c), mean[c], var[c]);
     running_mean[c] = bn_running_update(running_mean[c], mean[c], momentum);
     running_var[c] = bn_running_var_update(running_var[c], var[c], m, momentum);
     scale[c] = gamma[c] * bn_invstd(var[c], eps);
@@ -106,8 +122,10 @@ void bn_train_backward(const BnShape& s, const float* x, const float* gamma, con
     if (gbeta) gbeta[c] = (float)sum_gy[c];
   }
   if (!gx) return;
-  // gx = gamma invstd / M (M gy - Σ gy - xhat Σ gy xhat) = k (gy - a - (x - mean) b), see bn_train_grad_x
-  const double m = (double)(s.n * s.hw);
+  // gx = gamma invstd / M (M gy - Σ gy - xhat Σ gy xhat) = k (gy - a - (x - mean) b), see bn_train_grad_x;
+  // sync-BN: the sums and M of the global batch (gamma's and beta's gradients above stay this process's).
+  double m = (double)(s.n * s.hw);
+  if (const BatchSumFn sync = batch_norm_sync()) sync_sums(sync, sum_gy, sum_gy_xhat, m);
   std::vector<float> k(s.c), a(s.c), b(s.c);
   for (int64_t c = 0; c < s.c; c++) {
     k[c] = gamma[c] * istd[c];

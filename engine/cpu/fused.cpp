@@ -129,20 +129,28 @@ void forward(const BnSum& s, bool training, float momentum, float eps, float* y)
   const Planes<B> pl(s);
   const int nb = s.count;
   if (training) {
-    // Sums of d = x - x[0, c, 0] and d² (see bn_batch_stats), two per branch.
+    // Sums of d = x - x[0, c, 0] and d² (see bn_batch_stats), two per branch; sync-BN (ops.h): d = x -
+    // running mean, the same on every process, and the sums and count added up over the processes.
+    const BatchSumFn sync = batch_norm_sync();
     std::vector<double> sums;
     channel_sums<B>(s, 2 * nb, sums, [&](int64_t p, double* acc) {
       for (int k = 0; k < nb; k++) {
         const float* x = s.b[k].x + pl.offset(p);
-        const float* shift = s.b[k].x + pl.offset(p % pl.cb);  // row 0 of the plane of n = 0
+        const float* shift = sync ? s.b[k].running_mean + pl.first_channel(p)
+                                  : s.b[k].x + pl.offset(p % pl.cb);  // row 0 of the plane of n = 0
         sum_moments<B>(x, shift, 0, pl.hw, acc + 2 * k * B, acc + (2 * k + 1) * B);
       }
     });
-    const double m = (double)(s.n * s.hw);
+    double m = (double)(s.n * s.hw);
+    if (sync) {
+      sums.push_back(m);
+      sync(sums.data(), sums.size());
+      m = sums.back();
+    }
     for (int k = 0; k < nb; k++) {
       const BnBranch& b = s.b[k];
       for (int64_t c = 0; c < s.c; c++) {
-        const float shift = b.x[c / B * s.hw * B + c % B];
+        const float shift = sync ? b.running_mean[c] : b.x[c / B * s.hw * B + c % B];
         bn_batch_stats(sums[2 * k * s.c + c], sums[(2 * k + 1) * s.c + c], m, shift, b.mean[c], b.var[c]);
         b.running_mean[c] = bn_running_update(b.running_mean[c], b.mean[c], momentum);
         b.running_var[c] = bn_running_var_update(b.running_var[c], b.var[c], m, momentum);
@@ -195,20 +203,30 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
   });
 
   // Per channel: istd, k = gamma istd, a = Σg / M, q = Σ g x̂ istd / M (bn_train_grad_x); eval: a = q = 0.
-  const double m = (double)(s.n * s.hw);
+  // Sync-BN (ops.h): gamma's and beta's gradients from this process's sums, a and q from the global ones.
+  double m = (double)(s.n * s.hw);
   std::vector<float> kk(nb * s.c), a(s.c), qq(nb * s.c);
-  for (int64_t c = 0; c < s.c; c++) a[c] = training ? (float)(sums[c] / m) : 0.f;
   for (int k = 0; k < nb; k++) {
     const BnBranch& b = s.b[k];
     for (int64_t c = 0; c < s.c; c++) {
       const float istd = bn_invstd(b.var[c], eps);
-      const double sum_g_xhat = sums[(1 + k) * s.c + c] * istd;
-      if (b.ggamma) b.ggamma[c] = (float)sum_g_xhat;
+      if (b.ggamma) b.ggamma[c] = (float)(sums[(1 + k) * s.c + c] * istd);
       if (b.gbeta) b.gbeta[c] = (float)sums[c];
       kk[k * s.c + c] = b.gamma[c] * istd;
-      qq[k * s.c + c] = training ? (float)(sum_g_xhat * istd / m) : 0.f;
     }
   }
+  const BatchSumFn sync = training ? batch_norm_sync() : nullptr;
+  if (sync) {
+    sums.push_back(m);
+    sync(sums.data(), sums.size());
+    m = sums.back();
+  }
+  for (int64_t c = 0; c < s.c; c++) a[c] = training ? (float)(sums[c] / m) : 0.f;
+  for (int k = 0; k < nb; k++)
+    for (int64_t c = 0; c < s.c; c++) {
+      const float istd = bn_invstd(s.b[k].var[c], eps);
+      qq[k * s.c + c] = training ? (float)(sums[(1 + k) * s.c + c] * istd * istd / m) : 0.f;
+    }
   bool any_gx = false;
   for (int k = 0; k < nb; k++) any_gx |= s.b[k].gx != nullptr;
   if (!any_gx) return;

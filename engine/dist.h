@@ -1,0 +1,38 @@
+// Processes for data-parallel training: Open MPI when the program was started by mpirun, else a world
+// of one process. Built with MPI when the Makefile finds mpicxx (engine/dist_mpi.cpp); otherwise
+// engine/dist_off.cpp provides the same functions for a world of one, and init() refuses to run under
+// mpirun, where N copies would each train alone.
+//
+//   dist::init();                 // MPI_Init when launched by mpirun (OMPI_COMM_WORLD_SIZE is set)
+//   dist::allreduce_sum(v, 3);    // a no-op in a world of one
+//
+// Every collective must be called by every rank in the same order. A rank that dies ends the job:
+// mpirun kills the others when one exits with a non-zero status or a signal (docs/distributed.md). An
+// MPI error ends the job too (MPI_Abort), with the rank and the call named.
+#pragma once
+#include <cstddef>
+
+namespace dist {
+
+bool built();          // compiled with MPI
+void init();           // idempotent; a world of one unless launched by mpirun (MPI_Finalize at exit)
+int rank();            // 0 in a world of one
+int size();            // 1 in a world of one
+int local_size();      // the ranks on this machine
+bool distributed();    // size() > 1
+
+// Blocking collectives over all ranks (no-ops in a world of one).
+void broadcast(void* data, size_t bytes, int root = 0);
+void allreduce_sum(double* data, size_t n);
+void allreduce_sum(float* data, size_t n);
+void barrier();
+
+// Non-blocking all-reduce (sum, in place) of float buffers, one per slot: start(slot, ...) begins it,
+// test(slot) lets it progress and says whether it is done, wait(slot) blocks until it is. Slots are
+// made once by reserve_slots (no allocation per call). A slot holds one operation at a time.
+void reserve_slots(size_t n);
+void start_allreduce(size_t slot, float* data, size_t n);
+bool test(size_t slot);
+void wait(size_t slot);
+
+}  // namespace dist

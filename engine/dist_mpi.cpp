@@ -1,0 +1,119 @@
+// dist.h over Open MPI. MPI_Init runs only when mpirun started the process, so that a plain ./train
+// (and the test suite) never starts MPI's runtime.
+#ifdef ENGINE_MPI
+// The C API alone: Open MPI's deprecated C++ bindings warn under -Wextra.
+#define OMPI_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/dist.h"
+
+namespace dist {
+
+static bool g_started = false;
+static int g_rank = 0, g_size = 1, g_local_size = 1;
+static std::vector<MPI_Request> g_slots;
+
+// Prints why and ends every rank.
+[[noreturn]] static void abort(const std::string& why) {
+  std::fprintf(stderr, "%s\n", why.c_str());
+  std::fflush(stderr);
+  if (g_started) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
+}
+
+static void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  abort(std::string("rank ") + std::to_string(g_rank) + ": " + what + " failed: " + std::string(msg, len));
+}
+
+static void finalize() {
+  if (!g_started) return;
+  g_started = false;
+  MPI_Finalize();
+}
+
+// MPI counts are int: larger buffers go in pieces (only the blocking calls; buckets are far smaller).
+static int count_of(size_t n) {
+  if (n > size_t(INT_MAX)) throw std::runtime_error("dist: a non-blocking all-reduce of more than 2^31 values");
+  return int(n);
+}
+
+bool built() { return true; }
+
+void init() {
+  if (g_started || !std::getenv("OMPI_COMM_WORLD_SIZE")) return;
+  int provided = 0;
+  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  // Errors return codes (checked, then MPI_Abort) instead of MPI's default of aborting without a word.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) g_local_size = std::max(std::atoi(l), 1);
+  g_started = true;
+  std::atexit(finalize);
+}
+
+int rank() { return g_rank; }
+int size() { return g_size; }
+int local_size() { return g_local_size; }
+bool distributed() { return g_size > 1; }
+
+template <class T>
+static void allreduce(T* data, size_t n, MPI_Datatype type) {
+  if (!distributed()) return;
+  for (size_t done = 0; done < n;) {
+    const size_t part = std::min(n - done, size_t(INT_MAX));
+    check(MPI_Allreduce(MPI_IN_PLACE, data + done, int(part), type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    done += part;
+  }
+}
+void allreduce_sum(double* data, size_t n) { allreduce(data, n, MPI_DOUBLE); }
+void allreduce_sum(float* data, size_t n) { allreduce(data, n, MPI_FLOAT); }
+
+void broadcast(void* data, size_t bytes, int root) {
+  if (!distributed()) return;
+  char* p = static_cast<char*>(data);
+  for (size_t done = 0; done < bytes;) {
+    const size_t part = std::min(bytes - done, size_t(INT_MAX));
+    check(MPI_Bcast(p + done, int(part), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+    done += part;
+  }
+}
+
+void barrier() {
+  if (distributed()) check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+}
+
+void reserve_slots(size_t n) {
+  if (g_slots.size() < n) g_slots.resize(n, MPI_REQUEST_NULL);
+}
+
+void start_allreduce(size_t slot, float* data, size_t n) {
+  if (!distributed()) return;
+  check(MPI_Iallreduce(MPI_IN_PLACE, data, count_of(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &g_slots.at(slot)),
+        "MPI_Iallreduce");
+}
+
+bool test(size_t slot) {
+  int done = 1;
+  if (g_slots.at(slot) != MPI_REQUEST_NULL) check(MPI_Test(&g_slots[slot], &done, MPI_STATUS_IGNORE), "MPI_Test");
+  return done != 0;
+}
+
+void wait(size_t slot) {
+  if (g_slots.at(slot) != MPI_REQUEST_NULL) check(MPI_Wait(&g_slots[slot], MPI_STATUS_IGNORE), "MPI_Wait");
+}
+
+}  // namespace dist
+#endif
