@@ -357,7 +357,7 @@ TEST_CASE("dist: a rank killed mid-run ends the job" * mpi_or_skip("killing a ra
 
 // --sync-bn: 2 ranks x half batch compute what 1 process computes on the whole batch.
 TEST_CASE("dist: with sync-BN, 2 ranks x half batch give the weights of 1 process x whole batch (real CIFAR-10)" *
-          mpi_or_skip("sync-BN steps") * skip_unless(have_path(cifar_dir()), "no CIFAR-10 in ../shared/data")) {
+          skip_unless(have_mpirun() && have_path(cifar_dir()), "no mpirun, no MPI build or no CIFAR-10 in ../shared/data: sync-BN steps")) {
   fs::path root = fresh_temp_dir("dist_sync_bn");
   fs::create_directories(root);
   fs::path out = root / "two.safetensors", log = root / "log";

@@ -10,6 +10,8 @@
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
 // `TEST_CASE("x" * skip_unless(have_gpu(), "no GPU"))` is counted by doctest as skipped and the reason is
 // printed as a SKIPPED line at the end of the run; it is never counted as passed.
+// One per test: doctest keeps only the last skip decorator, so `a * b` runs the test when b holds and a
+// does not; give one skip_unless the conjunction.
 doctest::skip skip_unless(bool condition, const std::string& what);
 
 // True in the sanitizer build (`make test SANITIZE=1`), where our own loops run ~20x slower: the one test
