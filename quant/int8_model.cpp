@@ -56,6 +56,14 @@ static void set_input(Int8Layer& l, const Quantizer& act) {
   l.input_zero_point = act.zero_point - act.q_min;
 }
 
+// w [O, ...] as s8 codes in [q_min, q_max] on the grid of l.weight_scale (per layer or per output channel).
+static void set_weight_codes(Int8Layer& l, const std::vector<float>& w, int q_min, int q_max) {
+  const size_t per_row = w.size() / l.out;
+  l.weight_codes.resize(w.size());
+  for (size_t i = 0; i < w.size(); i++)
+    l.weight_codes[i] = (int8_t)engine::fake_quant_code(w[i], l.w_scale((int)(i / per_row)), 0.0f, (float)q_min, (float)q_max);
+}
+
 // The codes of one quantized layer from its float weight and bias and its two quantizers.
 static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
                            const Quantizer& weight) {
@@ -64,12 +72,7 @@ static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tens
   ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
   set_input(l, act);
   l.weight_scale = weight.step.to_vector();
-  const int64_t per_row = (int64_t)w.size() / l.out;
-  l.weight_codes.resize(w.size());
-  for (size_t i = 0; i < w.size(); i++) {
-    const float s = l.w_scale((int)(i / per_row));
-    l.weight_codes[i] = (int8_t)engine::fake_quant_code(w[i], s, 0.0f, (float)weight.q_min, (float)weight.q_max);
-  }
+  set_weight_codes(l, w, weight.q_min, weight.q_max);
   l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
 }
 
@@ -92,10 +95,7 @@ static void quantize_cluster_layer(Int8Layer& l, const Tensor& w, const Tensor& 
   set_input(l, act);
   const std::vector<float> entries = layers::quantize_weight(w, nullptr, &weight).to_vector();
   l.weight_scale = cluster_weight_scales(entries, l.out);
-  const size_t per_row = entries.size() / l.out;
-  l.weight_codes.resize(entries.size());
-  for (size_t i = 0; i < entries.size(); i++)
-    l.weight_codes[i] = (int8_t)engine::fake_quant_code(entries[i], l.weight_scale[i / per_row], 0.0f, -127.0f, 127.0f);
+  set_weight_codes(l, entries, -127, 127);
   l.bias_codes = layers::bias_codes(b.to_vector(), l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
 }
 
