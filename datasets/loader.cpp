@@ -91,7 +91,9 @@ const Batch* Loader::next() {
     held_ = ready();
     next_take_++;
     delivered_ += size_t(slots_[held_].batch.n);
-    if (slots_[held_].batch.n > 0) return &slots_[held_].batch;  // else all its images were skipped: the next
+    // A batch whose images were all skipped: the next, unless other processes take the same batches
+    // (they must all step or all not: the caller decides, together).
+    if (slots_[held_].batch.n > 0 || shard_.count > 1) return &slots_[held_].batch;
   }
 }
 

@@ -45,7 +45,8 @@ class Loader {
   // Starts (or restarts) an epoch; a batch returned before is no longer valid.
   void start_epoch(int epoch);
   // The next batch of the epoch, valid until the next call; nullptr at the end of the epoch. A batch whose
-  // images were all skipped is passed over. At the end of an epoch that skipped bad images it prints their
+  // images were all skipped is passed over; with more than one shard it is returned empty (n == 0), so
+  // that every process sees the same number of batches. At the end of an epoch that skipped bad images it prints their
   // count, or throws when no image was left. Rethrows on this thread the error of a worker (a bad image in
   // fail mode, naming the file), then at every call until the next start_epoch.
   const Batch* next();

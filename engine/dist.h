@@ -8,7 +8,8 @@
 //
 // Every collective must be called by every rank in the same order. A rank that dies ends the job:
 // mpirun kills the others when one exits with a non-zero status or a signal (docs/distributed.md). An
-// MPI error ends the job too (MPI_Abort), with the rank and the call named.
+// MPI error ends the job too (MPI_Abort), with the rank and the call named, and so does a collective
+// that has not completed within the timeout (a rank hung without dying).
 #pragma once
 #include <cstddef>
 
@@ -20,6 +21,8 @@ int rank();            // 0 in a world of one
 int size();            // 1 in a world of one
 int local_size();      // the ranks on this machine
 bool distributed();    // size() > 1
+// A collective that waits longer than this ends the job with a message (default 1800 s, torch DDP's).
+void set_timeout(double seconds);
 
 // Blocking collectives over all ranks (no-ops in a world of one).
 void broadcast(void* data, size_t bytes, int root = 0);

@@ -5,7 +5,10 @@
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <time.h>
+
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +23,7 @@ namespace dist {
 static bool g_started = false;
 static int g_rank = 0, g_size = 1, g_local_size = 1;
 static std::vector<MPI_Request> g_slots;
+static double g_timeout = 1800;  // seconds; torch DDP's default
 
 // Prints why and ends every rank.
 [[noreturn]] static void abort(const std::string& why) {
@@ -49,7 +53,34 @@ static int count_of(size_t n) {
   return int(n);
 }
 
+// Every wait for a collective goes through here: MPI_Wait would block forever on a rank that hangs
+// without dying (stopped, deadlocked), so it polls with MPI_Test and ends the job after g_timeout
+// seconds without completion. Polling spins for the first millisecond (a collective between busy
+// ranks completes in microseconds), then sleeps 50 us between tests to leave the cores to the ranks.
+static void wait_for(MPI_Request& req, const char* what) {
+  using clock = std::chrono::steady_clock;
+  const clock::time_point t0 = clock::now();
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    const double waited = std::chrono::duration<double>(clock::now() - t0).count();
+    if (waited > g_timeout)
+      abort("rank " + std::to_string(g_rank) + ": " + what + " has not completed in " + std::to_string(int(g_timeout)) +
+            " s (--dist-timeout): another rank is hung or stopped; ending the job");
+    if (waited > 1e-3) {
+      const timespec pause{0, 50000};
+      nanosleep(&pause, nullptr);
+    }
+  }
+}
+
 bool built() { return true; }
+
+void set_timeout(double seconds) {
+  if (!(seconds > 0)) throw std::invalid_argument("dist: the collective timeout must be positive, got " + std::to_string(seconds));
+  g_timeout = seconds;
+}
 
 void init() {
   if (g_started || !std::getenv("OMPI_COMM_WORLD_SIZE")) return;
@@ -74,7 +105,9 @@ static void allreduce(T* data, size_t n, MPI_Datatype type) {
   if (!distributed()) return;
   for (size_t done = 0; done < n;) {
     const size_t part = std::min(n - done, size_t(INT_MAX));
-    check(MPI_Allreduce(MPI_IN_PLACE, data + done, int(part), type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    MPI_Request req;
+    check(MPI_Iallreduce(MPI_IN_PLACE, data + done, int(part), type, MPI_SUM, MPI_COMM_WORLD, &req), "MPI_Iallreduce");
+    wait_for(req, "MPI_Iallreduce");
     done += part;
   }
 }
@@ -86,13 +119,18 @@ void broadcast(void* data, size_t bytes, int root) {
   char* p = static_cast<char*>(data);
   for (size_t done = 0; done < bytes;) {
     const size_t part = std::min(bytes - done, size_t(INT_MAX));
-    check(MPI_Bcast(p + done, int(part), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+    MPI_Request req;
+    check(MPI_Ibcast(p + done, int(part), MPI_BYTE, root, MPI_COMM_WORLD, &req), "MPI_Ibcast");
+    wait_for(req, "MPI_Ibcast");
     done += part;
   }
 }
 
 void barrier() {
-  if (distributed()) check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+  if (!distributed()) return;
+  MPI_Request req;
+  check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
+  wait_for(req, "MPI_Ibarrier");
 }
 
 void reserve_slots(size_t n) {
@@ -112,7 +150,7 @@ bool test(size_t slot) {
 }
 
 void wait(size_t slot) {
-  if (g_slots.at(slot) != MPI_REQUEST_NULL) check(MPI_Wait(&g_slots[slot], MPI_STATUS_IGNORE), "MPI_Wait");
+  if (g_slots.at(slot) != MPI_REQUEST_NULL) wait_for(g_slots[slot], "the gradient all-reduce (MPI_Iallreduce)");
 }
 
 }  // namespace dist

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <vector>
 
 #include "datasets/cifar10.h"
 #include "datasets/loader.h"
@@ -25,6 +26,14 @@
 #include "trainer/options.h"
 #include "trainer/step.h"
 #include "trainer/trainer.h"
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include <stb_image_write.h>
+#pragma GCC diagnostic pop
 
 namespace fs = std::filesystem;
 using engine::Shape;
@@ -330,30 +339,85 @@ TEST_CASE("dist: ./train under mpirun -np 2 writes one run, which resumes with a
   CHECK(slurp(root / "one.log").find("resuming") != std::string::npos);
 }
 
-// A rank killed mid-run (SIGKILL: no chance to say goodbye): mpirun ends the other and exits non-zero,
-// within seconds, instead of leaving it blocked in the next all-reduce.
-TEST_CASE("dist: a rank killed mid-run ends the job" * mpi_or_skip("killing a rank")) {
-  fs::path root = fresh_temp_dir("dist_kill");
+namespace {
+struct Ended {
+  int rc = -1;
+  double seconds = 1e9;  // from the signal to mpirun's exit
+  std::string log;
+};
+// Starts a 2-rank training run, sends `signal` to one rank once the run has started, and waits (at most
+// 60 s) for mpirun to end.
+Ended signal_a_rank(const std::string& name, const std::string& signal, const std::string& more) {
+  fs::path root = fresh_temp_dir(name);
   fs::path data = make_cifar(root / "cifar", 40, 10), log = root / "log";
   const std::string script =
-      "(timeout 60 sh -c '" + mpirun(2, train_args(data, root / "run", "--epochs 100"), log) + "') & m=$!; "
+      "(timeout 60 sh -c '" + mpirun(2, train_args(data, root / "run", "--epochs 100 " + more), log) + "') & m=$!; "
       "for i in $(seq 300); do grep -q 'epoch 1/100' " + log.string() + " && break; sleep 0.1; done; "
       "t0=$(date +%s.%N); "
       // the first child of this test's mpirun, a rank
-      "mp=$(pgrep -f -- '^mpirun .*--out " + (root / "run").string() + "'); kill -KILL $(pgrep -P $mp | head -1); "
-      "wait $m; rc=$?; echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " + (root / "result").string();
+      "mp=$(pgrep -f -- '^mpirun .*--out " + (root / "run").string() + "'); r=$(pgrep -P $mp | head -1); kill -" + signal +
+      " $r; wait $m; rc=$?; kill -CONT $r 2>/dev/null; "
+      "echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " + (root / "result").string();
   run_shell(script);
+  Ended e;
   const std::string result = slurp(root / "result");
-  INFO(result);
-  INFO(slurp(log));
-  int rc = -1;
-  double seconds = 1e9;
-  REQUIRE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &rc, &seconds) == 2);
-  CHECK(rc != 0);
-  CHECK(rc != 124);  // timeout's: the job hung
-  CHECK(seconds < 20);
+  e.log = slurp(log);
+  REQUIRE_MESSAGE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &e.rc, &e.seconds) == 2, result);
+  return e;
+}
+}  // namespace
+
+// A rank killed mid-run (SIGKILL: no chance to say goodbye): mpirun ends the other and exits non-zero,
+// within seconds, instead of leaving it blocked in the next all-reduce.
+TEST_CASE("dist: a rank killed mid-run ends the job" * mpi_or_skip("killing a rank")) {
+  const Ended e = signal_a_rank("dist_kill", "KILL", "");
+  INFO(e.log);
+  CHECK(e.rc != 0);
+  CHECK(e.rc != 124);  // timeout's: the job hung
+  CHECK(e.seconds < 20);
 }
 
+// A rank that hangs without dying (here stopped: SIGSTOP) leaves the other waiting in a collective;
+// after --dist-timeout seconds it ends the job with a message instead of waiting forever.
+TEST_CASE("dist: a hung rank ends the job after --dist-timeout" * mpi_or_skip("a hung rank")) {
+  const Ended e = signal_a_rank("dist_hang", "STOP", "--dist-timeout 4");
+  INFO(e.log);
+  CHECK(e.rc != 0);
+  CHECK(e.rc != 124);
+  CHECK(e.seconds > 3);  // it waited for the timeout ...
+  CHECK(e.seconds < 30);  // ... and not much longer
+  CHECK(e.log.find("has not completed in 4 s (--dist-timeout): another rank is hung or stopped") != std::string::npos);
+}
+
+// --bad-images skip: a batch whose share on one rank is all bad is passed over by both ranks together
+// (one rank alone skipping it would leave the other in a collective the first never calls).
+TEST_CASE("dist: with --bad-images skip, a rank whose share of a batch is bad does not desynchronize the job" *
+          mpi_or_skip("bad images under mpirun")) {
+  fs::path root = fresh_temp_dir("dist_bad");
+  auto write_png = [](const fs::path& path, int seed) {
+    fs::create_directories(path.parent_path());
+    std::vector<uint8_t> img(12 * 12 * 3);
+    for (size_t i = 0; i < img.size(); i++) img[i] = uint8_t(i * 7 + size_t(seed) * 31);
+    REQUIRE(stbi_write_png(path.c_str(), 12, 12, 3, img.data(), 36));
+  };
+  for (const char* cls : {"a", "b"})
+    for (int i = 0; i < 4; i++) {
+      write_png(root / "data/train" / cls / (std::to_string(i) + ".png"), i + (cls[0] == 'b' ? 10 : 0));
+      write_png(root / "data/val" / cls / (std::to_string(i) + ".png"), i + 20);
+    }
+  std::ofstream(root / "data/train/a/0.png", std::ios::trunc) << "not a png";  // 8 images, 1 bad: 4 batches of 2
+  const fs::path run = root / "run", log = root / "log";
+  const int rc = run_shell("timeout 60 sh -c '" + mpirun(2, "--train imagenet --data " + (root / "data").string() +
+                                                              " --out " + run.string() +
+                                                              " --arch repvgg-a0 --image-size 64 --resize-size 72 --batch-size 2 "
+                                                              "--epochs 1 --threads 1 --bad-images skip --dist-timeout 20",
+                                                          log) +
+                           "'");
+  INFO(slurp(log));
+  CHECK(rc == 0);
+  CHECK(slurp(log).find("train: 1 batches passed over by every process") != std::string::npos);
+  CHECK(log_rows(run).size() == 2);
+}
 
 // --sync-bn: 2 ranks x half batch compute what 1 process computes on the whole batch.
 TEST_CASE("dist: with sync-BN, 2 ranks x half batch give the weights of 1 process x whole batch (real CIFAR-10)" *

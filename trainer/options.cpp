@@ -93,6 +93,9 @@ const std::vector<Spec>& specs() {
       {"--sync-bn", nullptr, "under mpirun: BN normalizes with the global batch's statistics (all-reduced; CPU only), "
                              "not each process's shard's",
        [](Options& o, const std::string&) { o.sync_bn = true; }},
+      {"--dist-timeout", "S", "under mpirun: a rank that waits S seconds for the others in a collective (one hung "
+                              "or stopped) ends the job with a message (default 1800, as torch DDP)",
+       [](Options& o, const std::string& v) { o.dist_timeout = positive<float>("--dist-timeout", v); }},
       {"--out", "DIR", "run folder (default runs/<dataset>-<arch>-<date-time>)", [](Options& o, const std::string& v) { o.out = v; }},
       {"--resume", "PATH", "continue a run: its folder or a checkpoint file", [](Options& o, const std::string& v) { o.resume = v; }},
       {"--limit-train", "N", "use N training images spread evenly over the set (default all)",

@@ -30,6 +30,7 @@ struct Options {
   std::string device = "cpu";
   float bucket_mb = 25.f;  // distributed: the gradient all-reduce's bucket size
   bool sync_bn = false;    // distributed: BN statistics of the global batch
+  float dist_timeout = 1800.f;  // distributed: seconds a collective may wait for the other ranks
   std::string out;      // default: runs/<dataset>-<arch>-<date-time>
   std::string resume;   // a run folder or a checkpoint file
   size_t limit_train = 0, limit_val = 0;  // 0: all

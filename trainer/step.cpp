@@ -82,6 +82,7 @@ EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device 
   double loss = 0, top1 = 0, top5 = 0;
   Tensor x, y;
   while (const data::Batch* b = loader.next()) {
+    if (b->n == 0) continue;  // a shard's batch of bad images only (--bad-images skip)
     data::to_tensors(*b, device, x, y);
     Tensor logits = model(x);
     loss += engine::cross_entropy(logits, y).item() * b->n;

@@ -265,6 +265,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
   if (device == Device::cuda) engine::cuda::require();
   const bool lead = dist::rank() == 0;  // rank 0 alone writes the run folder
+  dist::set_timeout(opt.dist_timeout);
   if (dist::distributed() && device == Device::cuda)
     throw std::runtime_error("--device cuda under mpirun needs the NCCL all-reduce, which this build lacks; "
                              "train distributed on the CPU (--device cpu)");
@@ -379,6 +380,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   model.train();
   Tensor x, y;
   bool synced_qat_init = false;
+  const bool skip_together = dist::distributed() && opt.bad_images == "skip";
   for (int epoch = start_epoch; epoch < opt.epochs; epoch++) {
     const float lr = sched.lr_at(epoch);
     sgd.set_lr(lr);
@@ -392,7 +394,18 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     for (; done < (epoch == start_epoch ? start_batch : 0); done++) train_loader.next();  // resume mid-epoch
     Progress progress;
     double images = 0, comm_seconds = 0, wait_seconds = 0, steps = 0;  // steps: this epoch's, in this process
+    size_t passed_over = 0;
     while (const data::Batch* b = train_loader.next()) {
+      // --bad-images skip under mpirun: a process whose share of the batch was all bad has nothing to step
+      // with, and every collective must be called by all: the processes pass such a batch over together.
+      if (skip_together) {
+        double empty = b->n == 0 ? 1 : 0;
+        dist::allreduce_sum(&empty, 1);
+        if (empty > 0) {
+          done++, passed_over++;
+          continue;
+        }
+      }
       data::to_tensors(*b, device, x, y);
       const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f, reducer.get(),
                                       g_interrupted);
@@ -429,6 +442,9 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
       }
     }
     progress.end_line();
+    if (lead && passed_over > 0)
+      std::fprintf(stderr, "train: %zu batches passed over by every process: some process's share of each was all bad images\n",
+                   passed_over);
     const double train_seconds = progress.seconds();
     const bool eval_now = (epoch + 1) % opt.eval_every == 0 || epoch + 1 == opt.epochs;
     EvalResult ev;
