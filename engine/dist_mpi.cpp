@@ -5,7 +5,7 @@
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
-#include <time.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
@@ -55,8 +55,9 @@ static int count_of(size_t n) {
 
 // Every wait for a collective goes through here: MPI_Wait would block forever on a rank that hangs
 // without dying (stopped, deadlocked), so it polls with MPI_Test and ends the job after g_timeout
-// seconds without completion. Polling spins for the first millisecond (a collective between busy
-// ranks completes in microseconds), then sleeps 50 us between tests to leave the cores to the ranks.
+// seconds without completion. Open MPI moves a large collective on only inside such calls, fragment by
+// fragment, so the loop does not sleep; after the first millisecond it yields the core between tests
+// (as MPI_Wait does when ranks share cores).
 static void wait_for(MPI_Request& req, const char* what) {
   using clock = std::chrono::steady_clock;
   const clock::time_point t0 = clock::now();
@@ -68,10 +69,7 @@ static void wait_for(MPI_Request& req, const char* what) {
     if (waited > g_timeout)
       abort("rank " + std::to_string(g_rank) + ": " + what + " has not completed in " + std::to_string(int(g_timeout)) +
             " s (--dist-timeout): another rank is hung or stopped; ending the job");
-    if (waited > 1e-3) {
-      const timespec pause{0, 50000};
-      nanosleep(&pause, nullptr);
-    }
+    if (waited > 1e-3) sched_yield();
   }
 }
 
