@@ -19,6 +19,7 @@ void init();           // idempotent; a world of one unless launched by mpirun (
 int rank();            // 0 in a world of one
 int size();            // 1 in a world of one
 int local_size();      // the ranks on this machine
+int local_rank();      // this rank's index among them (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK); 0 in a world of one
 bool distributed();    // size() > 1
 
 // Blocking collectives over all ranks (no-ops in a world of one).
