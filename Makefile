@@ -1,7 +1,9 @@
 # repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export, ./infer).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off. MPI (data-parallel training under
-# mpirun, engine/dist.h) is built when mpicxx is found; MPI=0 forces it off.
+# mpirun, engine/dist.h) is built when mpicxx is found; MPI=0 forces it off. NCCL (the gradient all-reduce of
+# `mpirun ... ./train --device cuda`, engine/cuda/nccl.h) is built when both are, and nccl.h is found; NCCL=0
+# forces it off.
 # `make test SANITIZE=1` builds the suite into build-san/ under AddressSanitizer and UndefinedBehaviorSanitizer
 # and runs it. `make fuzz [FUZZ_SECONDS=N]` builds the libFuzzer targets (fuzz/*_fuzz.cpp) with clang into
 # build-fuzz/ and runs each for N seconds (default 60).
@@ -58,6 +60,19 @@ ifeq ($(CUDA),1)
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 
+# --- NCCL: with the CUDA toolkit here; needs MPI too, which carries its bootstrap (the unique id) ------------
+NCCL_H := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+ifeq ($(CUDA)$(MPI),11)
+  NCCL ?= $(if $(NCCL_H),1,0)
+else
+  NCCL := 0
+endif
+ifeq ($(NCCL),1)
+  CXXFLAGS += -DENGINE_NCCL
+  NVFLAGS  += -DENGINE_NCCL
+  LDLIBS   += -lnccl
+endif
+
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(B)/%.o) $(CU_SRC:%.cu=$(B)/%.cu.o)
 TEST_OBJ := $(patsubst %.cpp,$(B)/%.o,$(wildcard tests/*.cpp))
 PROGRAMS := $(patsubst %_main.cpp,%,$(notdir $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp))))
@@ -72,6 +87,8 @@ $(B)/.found:
 	@echo "CUDA backend: $(if $(filter 1,$(CUDA)),built,off)"
 	@echo "mpicxx: $(if $(MPICXX),✓ $(MPICXX),✗ not found)"
 	@echo "MPI (mpirun -np N ./train): $(if $(filter 1,$(MPI)),built,off)"
+	@echo "nccl.h: $(if $(NCCL_H),✓ $(NCCL_H),✗ not found)"
+	@echo "NCCL (mpirun -np N ./train --device cuda): $(if $(filter 1,$(NCCL)),built,off$(if $(filter 11,$(CUDA)$(MPI)),, (needs the CUDA backend and MPI)))"
 	@touch $@
 
 $(B)/libengine.a: $(LIB_OBJ)
@@ -79,11 +96,13 @@ $(B)/libengine.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-# Every object depends on the CUDA and MPI settings, so switching CUDA=0/1 or MPI=0/1 rebuilds instead of
-# mixing objects.
+# Every object depends on the CUDA, MPI and NCCL settings, so switching CUDA=0/1, MPI=0/1 or NCCL=0/1 rebuilds
+# instead of mixing objects. NCCL is named only when it is off with CUDA and MPI on (NCCL=0, or no nccl.h), so
+# that the builds made before NCCL existed stay valid.
+SETTING := CUDA=$(CUDA) MPI=$(MPI)$(if $(filter 110,$(CUDA)$(MPI)$(NCCL)), NCCL=0,)
 $(B)/cuda.setting: FORCE
 	@mkdir -p $(B)
-	@echo "CUDA=$(CUDA) MPI=$(MPI)" | cmp -s - $@ || echo "CUDA=$(CUDA) MPI=$(MPI)" > $@
+	@echo "$(SETTING)" | cmp -s - $@ || echo "$(SETTING)" > $@
 
 $(B)/%.o: %.cpp $(B)/cuda.setting
 	@mkdir -p $(dir $@)

@@ -11,6 +11,8 @@ std::string unavailable_reason() {
   return "this build has no CUDA backend (nvcc or cuDNN was not found, or CUDA=0); rebuild with `make CUDA=1`";
 }
 void require() { fail(unavailable_reason()); }
+int device_count() { return 0; }
+void select_device(int, int) {}
 void* alloc(size_t) { require(); return nullptr; }
 void free(void*, size_t) { require(); }
 AllocStats alloc_stats() { return {}; }

@@ -20,6 +20,7 @@ void init();           // idempotent; a world of one unless launched by mpirun (
 int rank();            // 0 in a world of one
 int size();            // 1 in a world of one
 int local_size();      // the ranks on this machine
+int local_rank();      // this rank's index among them (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK); 0 in a world of one
 bool distributed();    // size() > 1
 // A collective that waits longer than this ends the job with a message (default 1800 s, torch DDP's).
 void set_timeout(double seconds);

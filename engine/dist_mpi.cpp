@@ -21,7 +21,7 @@
 namespace dist {
 
 static bool g_started = false;
-static int g_rank = 0, g_size = 1, g_local_size = 1;
+static int g_rank = 0, g_size = 1, g_local_size = 1, g_local_rank = 0;
 static std::vector<MPI_Request> g_slots;
 static double g_timeout = 1800;  // seconds; torch DDP's default
 
@@ -89,6 +89,7 @@ void init() {
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) g_local_size = std::max(std::atoi(l), 1);
+  if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) g_local_rank = std::max(std::atoi(l), 0);
   g_started = true;
   std::atexit(finalize);
 }
@@ -96,6 +97,7 @@ void init() {
 int rank() { return g_rank; }
 int size() { return g_size; }
 int local_size() { return g_local_size; }
+int local_rank() { return g_local_rank; }
 bool distributed() { return g_size > 1; }
 
 template <class T>

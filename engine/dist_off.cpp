@@ -18,6 +18,7 @@ void init() {
 int rank() { return 0; }
 int size() { return 1; }
 int local_size() { return 1; }
+int local_rank() { return 0; }
 bool distributed() { return false; }
 void broadcast(void*, size_t, int) {}
 void allreduce_sum(double*, size_t) {}

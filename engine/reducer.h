@@ -12,6 +12,13 @@
 // checkpoints read (docs/distributed.md).
 //
 // Buckets and slots are allocated once, in the constructor; a step allocates nothing.
+//
+// On the CPU the all-reduces are MPI's (engine/dist.h). On CUDA (every parameter on the GPU) they are
+// NCCL's (engine/cuda/nccl.h): the buckets are device buffers, the gradients are copied in on the compute
+// stream as they are reported, and a full bucket's ncclAllReduce runs on a communication stream that waits
+// for those copies (an event), so it overlaps the backward's later kernels; finish() makes the compute stream
+// wait for every all-reduce (and blocks the host until they are done), then writes sum / N back with a
+// kernel. The layout, the readiness counting and the start order are the same code on both.
 #pragma once
 #include <string>
 #include <vector>
@@ -22,7 +29,9 @@ namespace engine {
 
 class GradReducer {
  public:
-  // params in the model's order, each a CPU f32 leaf; stats: the running statistics to average.
+  // params in the model's order, each an f32 leaf, all on the CPU or all on CUDA (then nccl_init() is called
+  // here: every rank must construct its reducer at the same point); stats: the running statistics to
+  // average, on the parameters' device.
   GradReducer(const std::vector<Tensor>& params, const std::vector<Tensor>& stats, size_t bucket_bytes);
 
   void begin();                        // before the backward: starts the statistics' all-reduce
@@ -42,17 +51,24 @@ class GradReducer {
     size_t bucket, offset;
   };
   struct Bucket {
-    std::vector<float> data;
-    size_t params = 0, arrived = 0;
+    Tensor data;  // [size] f32 on the parameters' device
+    size_t size = 0, params = 0, arrived = 0;
     bool started = false;
   };
   void start_ready_buckets();
   void copy_in(const Slot& s);
+  // Through MPI (CPU) or NCCL (CUDA): slot i < buckets() is bucket i's, slot buckets() the statistics'.
+  void start(size_t slot, float* data, size_t n);
+  void wait(size_t slot);
+  void scale_into(float* dst, const float* src, size_t n, float scale);
+
+  Device device_ = Device::cpu;
 
   std::vector<Slot> slots_;  // sorted by leaf, for ready()
   std::vector<Bucket> buckets_;
   std::vector<Tensor> stats_;
-  std::vector<float> stats_data_;
+  Tensor stats_data_;  // undefined when there are no statistics
+  size_t stats_size_ = 0;
   size_t next_start_ = 0;
   double t_first_ = 0, comm_seconds_ = 0, wait_seconds_ = 0;
 };

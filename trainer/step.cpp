@@ -24,8 +24,19 @@ Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, 
   return {engine::SGD(groups, lr, momentum, nesterov), all};
 }
 
+// A CUDA tensor goes through a host copy: MPI is not told about device memory (Open MPI may not be built
+// CUDA-aware). Once at the start (and once after QAT's first step): not worth an NCCL path of its own.
 void broadcast_state(const models::RepVGG& model) {
-  for (const layers::NamedTensor& t : model.state_dict()) dist::broadcast(t.tensor.raw(), t.tensor.nbytes());
+  for (const layers::NamedTensor& t : model.state_dict()) {
+    if (t.tensor.device() == engine::Device::cpu) {
+      dist::broadcast(t.tensor.raw(), t.tensor.nbytes());
+      continue;
+    }
+    if (!dist::distributed()) continue;
+    Tensor host = t.tensor.to(engine::Device::cpu);
+    dist::broadcast(host.raw(), host.nbytes());
+    Tensor(t.tensor).copy_(host);  // a handle: the model's storage
+  }
 }
 
 std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb) {

@@ -21,6 +21,7 @@
 #include "engine/autograd.h"
 #include "engine/dist.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/nccl.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/schedule.h"
@@ -263,12 +264,20 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   fs::path resume_ckpt;
   if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
   const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
+  if (device == Device::cuda && opt.sync_bn)
+    throw std::runtime_error("--sync-bn is not supported with --device cuda (the CUDA BN kernels do not all-reduce "
+                             "their sums); drop --sync-bn (per-rank BN, running statistics averaged) or train on the CPU");
+  if (dist::distributed() && device == Device::cuda) {
+    if (!engine::cuda::nccl_built())
+      throw std::runtime_error("--device cuda under mpirun needs the NCCL all-reduce, which this build lacks (it needs "
+                               "the CUDA backend and MPI: make CUDA=1 MPI=1, with nccl.h found); train distributed on "
+                               "the CPU (--device cpu)");
+    // One GPU per rank, chosen before any CUDA work makes the stream and handles on GPU 0.
+    engine::cuda::select_device(dist::local_rank(), dist::local_size());
+  }
   if (device == Device::cuda) engine::cuda::require();
   const bool lead = dist::rank() == 0;  // rank 0 alone writes the run folder
   dist::set_timeout(opt.dist_timeout);
-  if (dist::distributed() && device == Device::cuda)
-    throw std::runtime_error("--device cuda under mpirun needs the NCCL all-reduce, which this build lacks; "
-                             "train distributed on the CPU (--device cpu)");
   // Under mpirun the ranks of a machine share its cores, unless --threads says otherwise.
   if (opt.threads == 0 && dist::local_size() > 1) opt.threads = std::max(1, omp_get_num_procs() / dist::local_size());
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
@@ -355,8 +364,9 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     broadcast_state(model);
     reducer = make_reducer(model, opt.bucket_mb);
     if (opt.sync_bn) engine::set_batch_norm_sync([](double* v, size_t n) { dist::allreduce_sum(v, n); });
-    std::printf("distributed: %d processes, %d images each per batch of %d, gradients in %zu buckets of at most %g MB\n",
-                dist::size(), opt.batch_size / dist::size(), opt.batch_size, reducer->buckets(), opt.bucket_mb);
+    std::printf("distributed: %d processes, %d images each per batch of %d, gradients in %zu buckets of at most %g MB "
+                "(%s)\n", dist::size(), opt.batch_size / dist::size(), opt.batch_size, reducer->buckets(), opt.bucket_mb,
+                device == Device::cuda ? "NCCL, one GPU per process" : "MPI");
     std::printf("BN statistics: %s\n", opt.sync_bn ? "the global batch's (--sync-bn)"
                                                     : "each process's shard's, running statistics averaged every step");
   }

@@ -74,9 +74,12 @@ void init(Runtime& r) {
   r.ok = true;
 }
 
+bool g_runtime_started = false;  // the stream and handles exist, on the device current then
+
 Runtime& runtime() {
   static Runtime* r = [] {  // never destroyed: tensors may outlive static destruction order
     auto* r = new Runtime;
+    g_runtime_started = true;
     init(*r);
     return r;
   }();
@@ -106,6 +109,36 @@ bool available() { return runtime().ok; }
 std::string unavailable_reason() { return available() ? "" : runtime().reason; }
 void require() {
   if (!available()) fail(runtime().reason);
+}
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+void select_device(int local_rank, int local_size) {
+  const int count = device_count();
+  if (count == 0) return;  // require() says why
+  if (local_size > count)
+    fail(std::to_string(local_size) + " ranks on this machine but " + std::to_string(count) +
+         " GPUs: --device cuda under mpirun takes one GPU per rank (NCCL refuses two ranks on one GPU); "
+         "start at most " + std::to_string(count) + " ranks per machine");
+  const int want = local_rank % count;
+  if (g_runtime_started) {
+    int current = -1;
+    CUDA_CHECK(cudaGetDevice(&current));
+    if (current != want)
+      fail("select_device(" + std::to_string(want) + ") after the CUDA runtime started on GPU " + std::to_string(current));
+    return;
+  }
+  const cudaError_t e = cudaSetDevice(want);
+  if (e != cudaSuccess)
+    fail("local rank " + std::to_string(local_rank) + ": cudaSetDevice(" + std::to_string(want) + ") of " +
+         std::to_string(count) + " GPUs failed: " + cudaGetErrorString(e));
 }
 
 cudaStream_t stream() {
