@@ -86,11 +86,15 @@ std::vector<uint8_t> pattern_image(int h, int w, int seed = 0) {
   return img;
 }
 
-void write_png(const std::string& path, int h, int w, int seed = 0) {
+}  // namespace
+
+void write_png(const std::string& path, int h, int w, int seed) {
   fs::create_directories(fs::path(path).parent_path());
   auto img = pattern_image(h, w, seed);
   REQUIRE(stbi_write_png(path.c_str(), w, h, 3, img.data(), w * 3));
 }
+
+namespace {
 
 void write_jpg(const std::string& path, int h, int w, int seed = 0) {
   fs::create_directories(fs::path(path).parent_path());

@@ -31,14 +31,6 @@
 #include "trainer/step.h"
 #include "trainer/trainer.h"
 
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_STATIC
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#include <stb_image_write.h>
-#pragma GCC diagnostic pop
-
 namespace fs = std::filesystem;
 using engine::Device;
 using engine::Shape;
@@ -431,16 +423,10 @@ TEST_CASE("dist: a hung rank ends the job after --dist-timeout" * mpi_or_skip("a
 TEST_CASE("dist: with --bad-images skip, a rank whose share of a batch is bad does not desynchronize the job" *
           mpi_or_skip("bad images under mpirun")) {
   fs::path root = fresh_temp_dir("dist_bad");
-  auto write_png = [](const fs::path& path, int seed) {
-    fs::create_directories(path.parent_path());
-    std::vector<uint8_t> img(12 * 12 * 3);
-    for (size_t i = 0; i < img.size(); i++) img[i] = uint8_t(i * 7 + size_t(seed) * 31);
-    REQUIRE(stbi_write_png(path.c_str(), 12, 12, 3, img.data(), 36));
-  };
   for (const char* cls : {"a", "b"})
     for (int i = 0; i < 4; i++) {
-      write_png(root / "data/train" / cls / (std::to_string(i) + ".png"), i + (cls[0] == 'b' ? 10 : 0));
-      write_png(root / "data/val" / cls / (std::to_string(i) + ".png"), i + 20);
+      write_png(root / "data/train" / cls / (std::to_string(i) + ".png"), 12, 12, i + (cls[0] == 'b' ? 10 : 0));
+      write_png(root / "data/val" / cls / (std::to_string(i) + ".png"), 12, 12, i + 20);
     }
   std::ofstream(root / "data/train/a/0.png", std::ios::trunc) << "not a png";  // 8 images, 1 bad: 4 batches of 2
   const fs::path run = root / "run", log = root / "log";

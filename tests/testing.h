@@ -29,6 +29,9 @@ bool have_path(const std::string& path);
 // An empty folder for one test: <tmp>/repq_test_<name>_<pid>, whatever was there removed.
 std::filesystem::path fresh_temp_dir(const std::string& name);
 
+// An RGB PNG of h x w pixels of a pattern that `seed` shifts, its folders made (tests/test_data.cpp).
+void write_png(const std::string& path, int h, int w, int seed = 0);
+
 // A CIFAR-10 folder in the official binary layout: `per_batch` random records in each of data_batch_1..5.bin
 // and `test_records` in test_batch.bin, labels r % 10, pixels from a fixed seed.
 std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch, int test_records);
