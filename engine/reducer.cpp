@@ -58,6 +58,11 @@ void GradReducer::wait(size_t slot) {
   else dist::wait(slot);
 }
 
+void GradReducer::copy_into(float* dst, const float* src, size_t bytes) {
+  if (device_ == Device::cuda) cuda::copy_on_device(dst, src, bytes);
+  else std::memcpy(dst, src, bytes);
+}
+
 void GradReducer::scale_into(float* dst, const float* src, size_t n, float scale) {
   if (device_ == Device::cuda) cuda::scale_on_device(dst, src, n, scale);
   else for (size_t i = 0; i < n; i++) dst[i] = src[i] * scale;
@@ -70,8 +75,7 @@ void GradReducer::begin() {
   if (stats_size_ == 0) return;
   float* d = stats_data_.f32();
   for (const Tensor& s : stats_) {
-    if (device_ == Device::cuda) cuda::copy_on_device(d, s.f32(), s.nbytes());
-    else std::memcpy(d, s.f32(), s.nbytes());
+    copy_into(d, s.f32(), s.nbytes());
     d += s.numel();
   }
   start(buckets_.size(), stats_data_.f32(), stats_size_);
@@ -83,13 +87,9 @@ void GradReducer::copy_in(const Slot& s) {
   float* dst = buckets_[s.bucket].data.f32() + s.offset;
   const Tensor g = s.param.grad();
   const size_t n = size_t(s.param.numel());
-  if (device_ == Device::cuda) {
-    if (g.defined()) cuda::copy_on_device(dst, g.f32(), g.nbytes());
-    else cuda::zero_on_device(dst, n);
-  } else {
-    if (g.defined()) std::memcpy(dst, g.f32(), g.nbytes());
-    else std::fill(dst, dst + n, 0.f);
-  }
+  if (g.defined()) copy_into(dst, g.f32(), g.nbytes());
+  else if (device_ == Device::cuda) cuda::zero_on_device(dst, n);
+  else std::fill(dst, dst + n, 0.f);
 }
 
 void GradReducer::start_ready_buckets() {

@@ -60,6 +60,7 @@ class GradReducer {
   // Through MPI (CPU) or NCCL (CUDA): slot i < buckets() is bucket i's, slot buckets() the statistics'.
   void start(size_t slot, float* data, size_t n);
   void wait(size_t slot);
+  void copy_into(float* dst, const float* src, size_t bytes);  // on the reducer's device
   void scale_into(float* dst, const float* src, size_t n, float scale);
 
   Device device_ = Device::cpu;
