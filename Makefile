@@ -1,4 +1,4 @@
-# repq engine: `make` builds the CPU engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export, ./infer).
+# repq engine: `make` installs the missing Debian packages (scripts/install-deps.sh build), then builds the engine, the tests and the programs (./train, ./ptq, ./inspect, ./summary, ./export, ./infer).
 # `make test` installs missing Debian packages, builds and runs the suite. `make bench` runs the benchmarks.
 # CUDA is built when nvcc and cuDNN are found; CUDA=0 forces it off. MPI (data-parallel training under
 # mpirun, engine/dist.h) is built when mpicxx is found; MPI=0 forces it off. NCCL (the gradient all-reduce of
@@ -78,6 +78,11 @@ TEST_OBJ := $(patsubst %.cpp,$(B)/%.o,$(wildcard tests/*.cpp))
 PROGRAMS := $(patsubst %_main.cpp,%,$(notdir $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp))))
 BENCH    := $(patsubst %.cpp,$(B)/%,$(wildcard bench/*.cpp))
 
+# The default goal: the Debian packages first (a fresh machine has none), then `all` in a sub-make, which
+# finds what they installed (nvcc, mpicxx, nccl.h are looked for when a make starts).
+build: deps-build
+	@$(MAKE) --no-print-directory all
+
 all: $(B)/.found $(PROGRAMS) $(B)/run_tests
 
 $(B)/.found:
@@ -133,6 +138,9 @@ $(B)/dev/%: dev/%.cpp
 
 deps:
 	@bash scripts/install-deps.sh
+
+deps-build:
+	@bash scripts/install-deps.sh build
 
 ifeq ($(SANITIZE),1)
 # The suite alone (the programs stay the normal build's), every report fatal; see fuzz/sanitizers.md.
@@ -207,6 +215,6 @@ bench-dist: deps
 clean:
 	rm -rf build build-san build-fuzz $(PROGRAMS)
 
-.PHONY: all dev deps test bench bench-dist clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
+.PHONY: build all dev deps deps-build test bench bench-dist clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
 FORCE:
 -include $(shell find $(B) build-fuzz -name '*.d' 2>/dev/null)

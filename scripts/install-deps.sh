@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the engine needs, only those missing, then the interop tests' PyPI
-# packages. Run by `make test` and `make bench`; `install-deps.sh fuzz` (run by `make fuzz`) installs
+# packages. Run by `make test` and `make bench`; `install-deps.sh build` (run by `make`) the Debian
+# packages alone; `install-deps.sh fuzz` (run by `make fuzz`) installs
 # clang, its libFuzzer and sanitizer runtimes and its OpenMP instead.
 set -euo pipefail
 # libjpeg62-turbo-dev and libpng-dev decode the images (datasets/decode.cpp); libstb-dev's stb_image_write
@@ -28,7 +29,7 @@ if [ ${#missing[@]} -ne 0 ]; then
   apt-get install -y -qq "${missing[@]}"
 fi
 
-[ "${1:-}" = fuzz ] && exit 0
+[ "${1:-}" = fuzz ] || [ "${1:-}" = build ] && exit 0
 
 # The interop tests' Python side (ONNX checker and runtime, TensorBoard's event reader), for Debian's
 # /usr/bin/python3 (the one with python3-torch). Optional: without them those tests report SKIPPED.
