@@ -12,6 +12,7 @@
 // that has not completed within the timeout (a rank hung without dying).
 #pragma once
 #include <cstddef>
+#include <string>
 
 namespace dist {
 
@@ -24,6 +25,10 @@ int local_rank();      // this rank's index among them (Open MPI's OMPI_COMM_WOR
 bool distributed();    // size() > 1
 // A collective that waits longer than this ends the job with a message (default 1800 s, torch DDP's).
 void set_timeout(double seconds);
+double timeout();
+// Prints `why` and ends every rank (MPI_Abort; exit(1) in a world of one). For the waits outside MPI
+// (NCCL's, engine/cuda/nccl.cu), which end the job as a timed-out MPI collective does.
+[[noreturn]] void abort_job(const std::string& why);
 
 // Blocking collectives over all ranks (no-ops in a world of one).
 void broadcast(void* data, size_t bytes, int root = 0);

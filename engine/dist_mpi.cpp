@@ -25,8 +25,7 @@ static int g_rank = 0, g_size = 1, g_local_size = 1, g_local_rank = 0;
 static std::vector<MPI_Request> g_slots;
 static double g_timeout = 1800;  // seconds; torch DDP's default
 
-// Prints why and ends every rank.
-[[noreturn]] static void abort(const std::string& why) {
+void abort_job(const std::string& why) {
   std::fprintf(stderr, "%s\n", why.c_str());
   std::fflush(stderr);
   if (g_started) MPI_Abort(MPI_COMM_WORLD, 1);
@@ -38,7 +37,7 @@ static void check(int rc, const char* what) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, msg, &len);
-  abort(std::string("rank ") + std::to_string(g_rank) + ": " + what + " failed: " + std::string(msg, len));
+  abort_job(std::string("rank ") + std::to_string(g_rank) + ": " + what + " failed: " + std::string(msg, len));
 }
 
 static void finalize() {
@@ -67,7 +66,7 @@ static void wait_for(MPI_Request& req, const char* what) {
     if (done) return;
     const double waited = std::chrono::duration<double>(clock::now() - t0).count();
     if (waited > g_timeout)
-      abort("rank " + std::to_string(g_rank) + ": " + what + " has not completed in " + std::to_string(int(g_timeout)) +
+      abort_job("rank " + std::to_string(g_rank) + ": " + what + " has not completed in " + std::to_string(int(g_timeout)) +
             " s (--dist-timeout): another rank is hung or stopped; ending the job");
     if (waited > 1e-3) sched_yield();
   }
@@ -79,6 +78,8 @@ void set_timeout(double seconds) {
   if (!(seconds > 0)) throw std::invalid_argument("dist: the collective timeout must be positive, got " + std::to_string(seconds));
   g_timeout = seconds;
 }
+
+double timeout() { return g_timeout; }
 
 void init() {
   if (g_started || !std::getenv("OMPI_COMM_WORLD_SIZE")) return;

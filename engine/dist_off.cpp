@@ -1,5 +1,6 @@
 // A world of one process, for builds without MPI (no mpicxx found, or MPI=0).
 #ifndef ENGINE_MPI
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -9,6 +10,11 @@ namespace dist {
 
 bool built() { return false; }
 void set_timeout(double) {}
+double timeout() { return 1800; }
+void abort_job(const std::string& why) {
+  std::fprintf(stderr, "%s\n", why.c_str());
+  std::exit(1);
+}
 void init() {
   // Under mpirun each copy would train alone on the whole data set and all write the same run folder.
   if (const char* n = std::getenv("OMPI_COMM_WORLD_SIZE"); n && std::atoi(n) > 1)
