@@ -75,7 +75,7 @@ ENGINE_HD void bn_batch_stats(double sum_d, double sum_d2, double m, float shift
   mean = (float)(shift + mean_d);
   var = (float)(v > 0.0 ? v : 0.0);
 }
-ENGINE_HD float bn_invstd(float var, float eps) { return (float)(1.0 / sqrt((double)var + eps)); }
+ENGINE_HD float bn_invstd(float var, float eps) { return (float)(1.0 / ::sqrt((double)var + eps)); }
 // running = (1 - momentum) running + momentum batch; the running variance takes the unbiased batch variance.
 ENGINE_HD float bn_running_update(float running, double batch, float momentum) {
   return (float)((1.0 - momentum) * running + momentum * batch);

@@ -1,5 +1,7 @@
 #include "quant/cluster_pack.h"
 
+#include <cmath>
+
 #include "layers/checkpoint.h"
 
 namespace quant {
@@ -44,7 +46,10 @@ static std::string codebook_name(const std::string& layer) {
   return layer.substr(0, layer.size() - suffix.size()) + ".weight_quant.codebook";
 }
 
-st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::string>& metadata) {
+static const char* const kMeanSuffix = ".input_mean";
+
+st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::string>& metadata,
+                          const std::map<std::string, std::vector<float>>& input_means) {
   ENGINE_CHECK(m.qat() && m.qat()->method == "cluster", "compress_cluster: not a ClusterQAT model");
   for (auto& b : m.blocks()) ENGINE_CHECK(b->deployed(), "compress_cluster: the model is not in deploy form");
   std::map<std::string, layers::ClusterQuantizer*> coded;  // weight name -> its quantizer
@@ -54,6 +59,9 @@ st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::st
   f.metadata.merge(models::qat_metadata(*m.qat()));
   f.metadata["form"] = "deploy";
   f.metadata["format"] = kFormat;
+  for (auto& [name, q] : m.cluster_quantizers())
+    if (auto it = input_means.find(name); it != input_means.end())
+      f.tensors[name + kMeanSuffix] = st::Entry::of<float>({(int64_t)it->second.size()}, it->second.data());
   for (auto& t : m.state_dict()) {
     auto it = coded.find(t.name);
     if (it == coded.end()) {
@@ -78,6 +86,19 @@ static bool ends_with(const std::string& s, const std::string& t) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
 
+std::map<std::string, std::vector<float>> cluster_input_means(const st::File& f, const std::string& path) {
+  std::map<std::string, std::vector<float>> means;
+  for (auto& [name, e] : f.tensors) {
+    if (!ends_with(name, kMeanSuffix)) continue;
+    if (e.dtype != st::DType::F32 || e.shape.size() != 1) fail(path + ": tensor '" + name + "' is not F32 [channels]");
+    std::vector<float> v = e.to_vector<float>();
+    for (float x : v)
+      if (!std::isfinite(x)) fail(path + ": tensor '" + name + "' holds a non-finite mean");
+    means[name.substr(0, name.size() - std::string(kMeanSuffix).size())] = std::move(v);
+  }
+  return means;
+}
+
 st::File decompress_cluster(const st::File& f, const std::string& path) {
   const auto qat = models::qat_from_metadata(f.metadata, path);
   if (!qat || qat->method != "cluster") fail(path + ": a compressed file without metadata qat=cluster");
@@ -85,7 +106,7 @@ st::File decompress_cluster(const st::File& f, const std::string& path) {
   st::File out;
   out.metadata = f.metadata;
   for (auto& [name, e] : f.tensors) {
-    if (ends_with(name, ".weight_shape")) continue;
+    if (ends_with(name, ".weight_shape") || ends_with(name, kMeanSuffix)) continue;
     if (!ends_with(name, ".weight_codes")) {
       out.tensors[name] = e;
       continue;

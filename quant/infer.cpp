@@ -126,7 +126,12 @@ Int8Model load_deploy_model(const std::string& path, const std::string& data, co
                                            {"cluster_bits", std::to_string(model->qat()->bits)}};
   if (!s.data.empty()) md["data"] = s.data;
   if (!s.synsets.empty()) md["synsets"] = s.synsets;
-  return export_int8(*model, "qat-cluster", "channel", md);
+  const InputMeans means = cluster_input_means(f, path);
+  try {
+    return export_int8(*model, "qat-cluster", "channel", md, means);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("file " + path + ": " + e.what());
+  }
 }
 
 int run_infer(const std::vector<std::string>& args) {

@@ -87,20 +87,43 @@ std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out) {
   return scales;
 }
 
+std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector<float>& w, const std::vector<float>& mean) {
+  ENGINE_CHECK(mean.size() == (size_t)l.in, fmt::format("layer {}: {} input means for {} input channels", l.name,
+                                                        mean.size(), l.in));
+  const size_t per_row = w.size() / l.out, taps = l.fc ? 1 : size_t(l.kernel) * l.kernel;
+  const int in_per_group = l.in / l.groups, out_per_group = l.out / l.groups;
+  std::vector<float> delta(l.out);
+  for (int o = 0; o < l.out; o++) {
+    double sum = 0;
+    for (size_t k = 0; k < per_row; k++) {
+      const size_t i = o * per_row + k;
+      const int c = (o / out_per_group) * in_per_group + int(k / taps);
+      sum += (double(l.w_scale(o)) * l.weight_codes[i] - w[i]) * mean[c];
+    }
+    delta[o] = float(sum);
+  }
+  return delta;
+}
+
 // A ClusterQAT layer: each weight is the codebook entry of its code, as eval computes it; on the s8 grid of
-// its output channel (cluster_weight_scales), and the float bias on the accumulator's grid as a uniform
-// layer's.
+// its output channel (cluster_weight_scales), and the float bias, corrected where `mean` is given, on the
+// accumulator's grid as a uniform layer's.
 static void quantize_cluster_layer(Int8Layer& l, const Tensor& w, const Tensor& b, const Quantizer& act,
-                                   layers::ClusterQuantizer& weight) {
+                                   layers::ClusterQuantizer& weight, const std::vector<float>* mean) {
   set_input(l, act);
   const std::vector<float> entries = layers::quantize_weight(w, nullptr, &weight).to_vector();
   l.weight_scale = cluster_weight_scales(entries, l.out);
   set_weight_codes(l, entries, -127, 127);
-  l.bias_codes = layers::bias_codes(b.to_vector(), l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
+  std::vector<float> bias = b.to_vector();
+  if (mean) {
+    const std::vector<float> delta = cluster_bias_correction(l, entries, *mean);
+    for (int o = 0; o < l.out; o++) bias[o] -= delta[o];
+  }
+  l.bias_codes = layers::bias_codes(bias, l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
 }
 
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, const InputMeans& input_means) {
   Int8Model m;
   m.arch = model.arch;
   m.method = method;
@@ -130,7 +153,8 @@ Int8Model export_int8(models::RepVGG& model, const std::string& method, const st
     if (act) {
       // a cluster layer's codes span the s8 range whatever its codebook's bits
       const int bits = cluster ? 8 : weight->bits;
-      if (cluster) quantize_cluster_layer(l, w, b, *act, *cluster);
+      const auto mean = input_means.find(l.name);
+      if (cluster) quantize_cluster_layer(l, w, b, *act, *cluster, mean == input_means.end() ? nullptr : &mean->second);
       else quantize_layer(l, w.to_vector(), b, *act, *weight);
       if (any) ENGINE_CHECK(m.bits == bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
       m.bits = bits, m.act_bits = act->bits, any = true;

@@ -52,8 +52,12 @@ struct Int8Model {
 // weights on s8 grids (cluster_weight_scales below; bits 8 then). `metadata` is added
 // to the file's (dataset, source checkpoint, ...). Throws when a quantizer has more than 8 bits or when the
 // blocks are not in deploy form.
+//
+// `input_means` (quant::input_means, keyed "stage1.0", ..., "linear") corrects the bias of each ClusterQAT
+// layer it names for the mean error of the s8 rounding (cluster_bias_correction below).
+using InputMeans = std::map<std::string, std::vector<float>>;
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
-                      const std::map<std::string, std::string>& metadata);
+                      const std::map<std::string, std::string>& metadata, const InputMeans& input_means = {});
 
 void save_int8(const std::string& path, const Int8Model& m);
 // Reads and validates: format and version, the arch, every tensor's presence, dtype and shape, codes inside
@@ -71,5 +75,14 @@ int64_t weight_bytes(const Int8Model& m);
 // branches in the center tap, tens of times the other taps, and that outlier sets the grid (docs/int8.md).
 // w [O, ...] -> [O].
 std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out);
+
+// Every weight that holds one codebook entry carries the same rounding error, so over a post-ReLU input the
+// errors add up instead of averaging out. Their mean, per output channel,
+//     δ[o] = E[Σ (ŵ − w) x] = Σ_{c,t} (s_w[o] q_w[o,c,t] − w[o,c,t]) · E[x_c]      (the padding's zeros aside)
+// is what the bias loses: b' = b − δ. The bias correction of Nagel et al. 2019 ("Data-Free Quantization
+// Through Weight Equalization and Bias Correction"), with E[x] measured on training images (input_means)
+// instead of estimated from BN statistics. l: its codes and scales set; w: the weights they round; mean:
+// E[x_c] for each of the layer's l.in input channels. -> [O].
+std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector<float>& w, const std::vector<float>& mean);
 
 }  // namespace quant

@@ -207,11 +207,17 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
               path.c_str());
 }
 
-// --export of a ClusterQAT run: packed codes and codebooks (quant/cluster_pack.h), the sizes beside.
-void export_compressed(const std::string& path, models::RepVGG& model, const Source& s) {
+// --export of a ClusterQAT run: packed codes and codebooks (quant/cluster_pack.h), the sizes beside, and
+// each coded layer's input means on the calibration images (the integer model's bias correction).
+void export_compressed(const std::string& path, models::RepVGG& model, const Source& s, const PtqOptions& o, int batch) {
   std::map<std::string, std::string> md = {{"arch", s.arch}, {"dataset", s.dataset}, {"source", s.ckpt},
                                            {"oabn_k", fmt::format("{}", s.oabn_k)}, {"num_classes", std::to_string(s.num_classes)}};
-  st::save(path, compress_cluster(model, md));
+  auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
+  data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());  // eval transform
+  const auto means = input_means(model, loader, o.calib_batches, s.device);
+  std::printf("measured each coded layer's input means on %zu training images (for ./infer's bias correction)\n",
+              std::min(train->size(), (size_t)o.calib_batches * batch));
+  st::save(path, compress_cluster(model, md, means));
   const ModelBytes b = model_bytes(model.arch, model.qat()->bits, model.qat()->quantize_first_last);
   std::printf("exported the compressed deploy model (%d-bit codes and a codebook per layer) to %s: %lld bytes on disk; "
               "weights and biases %lld bytes (FP32 %lld, uniform %d-bit %lld)\n", model.qat()->bits, path.c_str(),
@@ -234,7 +240,7 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   const Accuracy quantized = train::evaluate(model, val_loader, s.device);
   std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
               seconds_since(t0));
-  if (!o.export_path.empty() && cluster) export_compressed(o.export_path, model, s);
+  if (!o.export_path.empty() && cluster) export_compressed(o.export_path, model, s, o, batch);
   else if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
   remove_quantizers(model);  // the same deploy model in FP32
   const Accuracy fp32 = train::evaluate(model, val_loader, s.device);

@@ -3,6 +3,8 @@
 #include <map>
 
 #include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/scalar_math.h"
 
 namespace quant {
 
@@ -62,6 +64,51 @@ Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, Cali
   }
   remove_quantizers(m);
   return c;
+}
+
+// The input quantizer of layer i: block i's, or the FC's for i == number of blocks.
+static std::shared_ptr<Quantizer> act_quantizer(models::RepVGG& m, size_t i) {
+  return i < m.blocks().size() ? m.blocks()[i]->act_quant : m.fc_quantizers().first;
+}
+
+std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::Loader& loader, int batches,
+                                                      engine::Device device) {
+  check_deployed(m);
+  const size_t n = m.blocks().size() + 1;
+  std::vector<std::vector<double>> sums(n);
+  std::vector<int64_t> counts(n, 0);  // values per channel
+  for (size_t i = 0; i < n; i++) {
+    auto q = act_quantizer(m, i);
+    if (!q) continue;
+    q->observer = [&sum = sums[i], &count = counts[i], q = q.get()](const Tensor& in) {
+      const Tensor x = in.dim() == 5 ? engine::to_plain(in) : in;  // oneDNN's blocked layout (engine/ops.h)
+      const std::vector<float> v = x.to_vector();
+      const int64_t channels = x.shape()[1], per = x.numel() / (x.shape()[0] * channels);
+      const float s = q->step.to_vector()[0], z = (float)q->zero_point, lo = (float)q->q_min, hi = (float)q->q_max;
+      sum.resize(channels, 0.0);
+      for (size_t k = 0; k < v.size(); k++) sum[(k / per) % channels] += engine::fake_quant_value(v[k], s, z, lo, hi);
+      count += x.numel() / channels;
+    };
+  }
+  engine::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Tensor x, y;
+  for (int b = 0; b < batches; b++) {
+    const data::Batch* batch = loader.next();
+    if (!batch) break;
+    data::to_tensors(*batch, device, x, y);
+    m.forward(x);
+  }
+  const std::vector<std::string> names = layer_names(m);
+  std::map<std::string, std::vector<float>> means;
+  for (size_t i = 0; i < n; i++) {
+    auto q = act_quantizer(m, i);
+    if (!q) continue;
+    q->observer = nullptr;
+    ENGINE_CHECK(counts[i] > 0, "layer " + names[i] + ": no input observed for its means");
+    for (double v : sums[i]) means[names[i]].push_back(float(v / counts[i]));
+  }
+  return means;
 }
 
 std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, const Calibration& cal) {

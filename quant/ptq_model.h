@@ -11,6 +11,7 @@
 // s_x s_w (layers::eval_bias).
 // Quantizing replaces earlier quantizers, so one deploy model serves every bit width.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,13 @@ struct Calibration {
 };
 Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batches, CalibMethod method,
                       engine::Device device);
+
+// Each layer's quantized input Q_a(x), its mean per channel (dim 1 of [N, C, H, W] or [N, C], in double)
+// over up to `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT
+// model in deploy form): what the ClusterQAT layers' bias correction needs (quant/int8_model.h). Keyed by
+// layer name (layer_names); a layer without an input quantizer has none.
+std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
+                                                      engine::Device device);
 
 // Gives each layer `c` quantizes its input and weight quantizers, the others none (FP32). Returns each
 // layer's activation range ([0, 0] for an FP32 layer).

@@ -10,7 +10,10 @@
 #include "engine/cpu/dnnl.h"
 #include "engine/cpu/int8.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/ops.h"
 #include "engine/random.h"
+#include "datasets/cifar10.h"
+#include "datasets/loader.h"
 #include "quant/int8_model.h"
 #include "quant/int8_runtime.h"
 #include "quant/quantizers.h"
@@ -318,6 +321,104 @@ TEST_CASE("int8 cluster: logits against the ClusterQAT model's eval forward") {
     CHECK(d.median() < 0.05);
     CHECK(d.agree >= n - 2);
   }
+}
+
+// input_means against the layers' inputs computed block by block here (plain NCHW; the model's own forward
+// hands blocked nChw16c tensors to the quantizers) and their mean quantized value per channel in double.
+TEST_CASE("int8 cluster: input_means is each layer's quantized input, averaged per channel") {
+  const QuantizedSmall q = cluster_small(4, 8, false);
+  auto train = data::open_cifar10(small_cifar().string(), true);
+  data::Loader loader(*train, 32, /*train=*/false, 0, 1);
+  const quant::InputMeans means = quant::input_means(*q.model, loader, 2, engine::Device::cpu);
+
+  const auto& blocks = q.model->blocks();
+  std::vector<std::vector<double>> sum(blocks.size());
+  std::vector<int64_t> count(blocks.size(), 0);
+  data::Loader again(*train, 32, /*train=*/false, 0, 1);
+  again.start_epoch(0);
+  engine::NoGradGuard no_grad;
+  for (int b = 0; b < 2; b++) {
+    engine::Tensor x, labels;
+    data::to_tensors(*again.next(), engine::Device::cpu, x, labels);
+    for (size_t i = 0; i < blocks.size(); i++) {
+      if (blocks[i]->act_quant) {
+        const std::vector<float> v = blocks[i]->act_quant->forward(x).to_vector();
+        const int64_t c = x.size(1), per = x.size(2) * x.size(3);
+        sum[i].resize(c, 0.0);
+        for (size_t k = 0; k < v.size(); k++) sum[i][(k / per) % c] += v[k];
+        count[i] += x.size(0) * per;
+      }
+      x = blocks[i]->forward(x);
+    }
+  }
+  const std::vector<std::string> names = quant::layer_names(*q.model);
+  size_t checked = 0;
+  for (size_t i = 0; i < blocks.size(); i++) {
+    CAPTURE(names[i]);
+    REQUIRE(means.count(names[i]) == (blocks[i]->act_quant ? 1u : 0u));
+    if (!blocks[i]->act_quant) continue;
+    const std::vector<float>& got = means.at(names[i]);
+    REQUIRE(got.size() == sum[i].size());
+    for (size_t c = 0; c < got.size(); c++) CHECK(got[c] == doctest::Approx(sum[i][c] / count[i]).epsilon(1e-5));
+    checked++;
+  }
+  CHECK(checked == blocks.size() - 1);  // stage0 keeps FP32 inputs
+  CHECK(means.count("linear") == 0);
+}
+
+// cluster_bias_correction is what the s8 rounding adds to an output on average: on an image constant per
+// channel at the means, away from the padding, conv(x, ŵ) − conv(x, w) (the engine's float conv, ŵ = s_w q_w)
+// equals δ[o]. A layer of the small model (groups 1) and made-up grouped ones (groups 2, 3x3 and 1x1).
+TEST_CASE("int8 cluster: the bias correction is the rounding's error on an input held at its means") {
+  engine::Rng rng(11);
+  struct Layer {
+    quant::Int8Layer l;
+    std::vector<float> w;
+  };
+  std::vector<Layer> cases;
+  {
+    const QuantizedSmall q = cluster_small(3, 8, false);
+    const quant::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
+    const layers::RepBlock& b = *q.model->blocks()[2];
+    cases.push_back({m.layers[2], b.weight_cluster->forward(b.rbr_reparam->weight).to_vector()});
+  }
+  for (int k : {3, 1}) {
+    quant::Int8Layer l;
+    l.name = "made-up", l.in = 6, l.out = 4, l.groups = 2, l.kernel = k, l.quantized = true;
+    const int64_t n = (int64_t)l.out * (l.in / l.groups) * k * k;
+    l.weight_scale = engine::rand_uniform({l.out}, 0.01f, 0.02f, rng).to_vector();
+    const std::vector<float> noise = engine::rand_uniform({n}, -0.5f, 0.5f, rng).to_vector();
+    std::vector<float> w(n);
+    for (int64_t i = 0; i < n; i++) {
+      l.weight_codes.push_back(int8_t(int(i * 37 % 255) - 127));
+      w[i] = (l.weight_codes[i] + noise[i]) * l.w_scale(int(i / (n / l.out)));  // off the grid by up to s/2
+    }
+    cases.push_back({l, w});
+  }
+  for (const Layer& c : cases) {
+    const quant::Int8Layer& l = c.l;
+    CAPTURE(l.name); CAPTURE(l.kernel);
+    const std::vector<float> mean = engine::rand_uniform({l.in}, 0.0f, 2.0f, rng).to_vector();
+    const std::vector<float> delta = quant::cluster_bias_correction(l, c.w, mean);
+    std::vector<float> rounded(c.w.size()), image;
+    for (size_t i = 0; i < c.w.size(); i++) rounded[i] = l.w_scale(int(i / (c.w.size() / l.out))) * l.weight_codes[i];
+    for (int ch = 0; ch < l.in; ch++) image.insert(image.end(), 25, mean[ch]);
+    const engine::Tensor x = engine::Tensor::from_vector(image, {1, l.in, 5, 5}), zero = engine::Tensor::zeros({l.out});
+    const engine::Shape ws = {l.out, l.in / l.groups, l.kernel, l.kernel};
+    const int pad = l.kernel / 2;
+    const std::vector<float> a = engine::conv2d(x, engine::Tensor::from_vector(rounded, ws), zero, 1, pad, l.groups).to_vector();
+    const std::vector<float> b = engine::conv2d(x, engine::Tensor::from_vector(c.w, ws), zero, 1, pad, l.groups).to_vector();
+    double scale = 0;
+    for (float d : delta) scale = std::max(scale, (double)std::fabs(d));
+    REQUIRE(scale > 0);
+    for (int o = 0; o < l.out; o++) {
+      const size_t center = (size_t)o * 25 + 12;
+      CHECK(std::fabs((a[center] - b[center]) - delta[o]) <= 1e-4 * std::fabs(a[center]) + 1e-6);
+    }
+  }
+  quant::Int8Layer l = cases[1].l;
+  CHECK_THROWS_WITH(quant::cluster_bias_correction(l, cases[1].w, {1, 2}),
+                    doctest::Contains("layer made-up: 2 input means for 6 input channels"));
 }
 
 // Without a CUDA build or a GPU, --device cuda fails at once with the reason (engine::cuda::require).

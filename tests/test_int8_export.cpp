@@ -8,6 +8,7 @@
 
 #include "engine/safetensors.h"
 #include "layers/quantizer.h"
+#include "datasets/cifar10.h"
 #include "datasets/image_folder.h"
 #include "datasets/loader.h"
 #include "datasets/transforms.h"
@@ -200,6 +201,42 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
     CHECK(loaded.layers[i].input_scale == direct.layers[i].input_scale);
     CHECK(loaded.layers[i].weight == direct.layers[i].weight);
   }
+
+  // with each coded layer's input means (as ./ptq --export writes them): the bias correction of the same
+  // means, and it moves biases
+  auto train = data::open_cifar10(small_cifar().string(), true);
+  data::Loader calib(*train, 32, /*train=*/false, 0, 1);
+  const quant::InputMeans means = quant::input_means(m, calib, 1, engine::Device::cpu);
+  REQUIRE(means.size() == m.cluster_quantizers().size());
+  const std::map<std::string, std::string> md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}};
+  st::File f = quant::compress_cluster(m, md, means);
+  CHECK(f.tensors.count("stage1.0.input_mean") == 1);
+  st::save(path, f);
+  CHECK(quant::decompress_cluster(f, path).tensors.count("stage1.0.input_mean") == 0);  // not a model tensor
+  const quant::Int8Model corrected = quant::load_deploy_model(path, small_cifar().string(), "");
+  const quant::Int8Model direct_corrected = quant::export_int8(m, "qat-cluster", "channel", {}, means);
+  int moved = 0;
+  for (size_t i = 0; i < corrected.layers.size(); i++) {
+    CHECK(corrected.layers[i].bias_codes == direct_corrected.layers[i].bias_codes);
+    CHECK(corrected.layers[i].weight_codes == direct.layers[i].weight_codes);
+    moved += corrected.layers[i].bias_codes != direct.layers[i].bias_codes;
+  }
+  CHECK(moved == (int)means.size());
+
+  // a mean tensor of the wrong length or dtype, or not finite, is refused naming the file and the tensor
+  st::File bad = f;
+  bad.tensors["stage1.0.input_mean"] = st::Entry::of({3}, std::vector<float>{1, 2, 3});
+  st::save(path, bad);
+  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+                    has("file " + path + ": cluster_bias_correction: layer stage1.0: 3 input means for 64 input channels"));
+  bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<int32_t>{1});
+  st::save(path, bad);
+  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+                    has(path + ": tensor 'stage1.0.input_mean' is not F32 [channels]"));
+  bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<float>{NAN});
+  st::save(path, bad);
+  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+                    has(path + ": tensor 'stage1.0.input_mean' holds a non-finite mean"));
 }
 
 // --image: the ImageNet evaluation transform (data::load_eval_image, ImageFolder's own) and the top-5 names
