@@ -127,6 +127,7 @@ Int8Model load_deploy_model(const std::string& path, const std::string& data, co
   if (!s.data.empty()) md["data"] = s.data;
   if (!s.synsets.empty()) md["synsets"] = s.synsets;
   const InputMeans means = cluster_input_means(f, path);
+  md["cluster_corrected"] = std::to_string(means.size());  // layers whose bias the means correct
   try {
     return export_int8(*model, "qat-cluster", "channel", md, means);
   } catch (const std::exception& e) {
@@ -160,7 +161,8 @@ int run_infer(const std::vector<std::string>& args) {
   std::printf("infer: %s: %s, W%d/A%d, %s, %s weight scales; stage0 %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
               m.arch.name.c_str(), m.bits, m.act_bits, m.method.c_str(), m.granularity.c_str(),
               m.layers.front().quantized ? "int8" : "FP32", m.layers.back().quantized ? "int8" : "FP32", load_s,
-              cluster.empty() ? "" : fmt::format(" ({}-bit codebooks put on the s8 grid)", cluster).c_str());
+              cluster.empty() ? "" : fmt::format(" ({}-bit codebooks put on the s8 grid; the biases of {} layers corrected "
+                                                 "for its mean error)", cluster, md(m, "cluster_corrected", "0")).c_str());
   std::printf("model size: %.2f MB on disk, %.2f MB of weights and biases (FP32 deploy model: %.2f MB, %.2fx)\n",
               (double)std::filesystem::file_size(o.model) / 1e6, (double)weight_bytes(m) / 1e6, (double)fp32_bytes / 1e6,
               (double)fp32_bytes / (double)weight_bytes(m));

@@ -214,6 +214,8 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
   st::save(path, f);
   CHECK(quant::decompress_cluster(f, path).tensors.count("stage1.0.input_mean") == 0);  // not a model tensor
   const quant::Int8Model corrected = quant::load_deploy_model(path, small_cifar().string(), "");
+  CHECK(loaded.metadata.at("cluster_corrected") == "0");
+  CHECK(corrected.metadata.at("cluster_corrected") == std::to_string(means.size()));
   const quant::Int8Model direct_corrected = quant::export_int8(m, "qat-cluster", "channel", {}, means);
   int moved = 0;
   for (size_t i = 0; i < corrected.layers.size(); i++) {
