@@ -90,7 +90,7 @@ std::map<std::string, std::vector<float>> cluster_input_means(const st::File& f,
   std::map<std::string, std::vector<float>> means;
   for (auto& [name, e] : f.tensors) {
     if (!ends_with(name, kMeanSuffix)) continue;
-    if (e.dtype != st::DType::F32 || e.shape.size() != 1) fail(path + ": tensor '" + name + "' is not F32 [channels]");
+    if (e.dtype != st::DType::F32 || e.shape.size() != 1) fail(path + ": tensor '" + name + "' is not F32 [channels × taps]");
     std::vector<float> v = e.to_vector<float>();
     for (float x : v)
       if (!std::isfinite(x)) fail(path + ": tensor '" + name + "' holds a non-finite mean");

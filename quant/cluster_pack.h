@@ -18,11 +18,11 @@ std::vector<uint8_t> pack_codes(const std::vector<uint8_t>& codes, int bits);
 std::vector<uint8_t> unpack_codes(const std::vector<uint8_t>& packed, int bits, size_t n);
 
 // The deploy-form cluster model as a compressed file, `metadata` added to its own. `input_means`
-// (quant::input_means, keyed "stage1.0", ..., "linear") go in as "<layer>.input_mean" F32 [C] for the coded
+// (quant::input_means, keyed "stage1.0", ..., "linear") go in as "<layer>.input_mean" F32 [C·9] (the FC [C]) for the coded
 // layers: the E[x] of the integer model's bias correction (quant::cluster_bias_correction), measured at export.
 st::File compress_cluster(models::RepVGG& deployed, const std::map<std::string, std::string>& metadata,
                           const std::map<std::string, std::vector<float>>& input_means = {});
-// Those means, keyed by layer; throws naming `path` and the tensor for one that is not F32 [C] or not finite.
+// Those means, keyed by layer; throws naming `path` and the tensor for one that is not 1-D F32 or not finite.
 std::map<std::string, std::vector<float>> cluster_input_means(const st::File& f, const std::string& path);
 bool is_compressed(const st::File& f);  // metadata "format" is "cluster-codes"
 // The state dict the codes stand for: each "<layer>.weight_codes" decoded through "<layer's quantizer>.codebook"

@@ -88,17 +88,17 @@ std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out) {
 }
 
 std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector<float>& w, const std::vector<float>& mean) {
-  ENGINE_CHECK(mean.size() == (size_t)l.in, fmt::format("layer {}: {} input means for {} input channels", l.name,
-                                                        mean.size(), l.in));
   const size_t per_row = w.size() / l.out, taps = l.fc ? 1 : size_t(l.kernel) * l.kernel;
+  ENGINE_CHECK(mean.size() == l.in * taps, fmt::format("layer {}: {} input means for {} input channels × {} taps", l.name,
+                                                       mean.size(), l.in, taps));
   const int in_per_group = l.in / l.groups, out_per_group = l.out / l.groups;
   std::vector<float> delta(l.out);
   for (int o = 0; o < l.out; o++) {
     double sum = 0;
     for (size_t k = 0; k < per_row; k++) {
       const size_t i = o * per_row + k;
-      const int c = (o / out_per_group) * in_per_group + int(k / taps);
-      sum += (double(l.w_scale(o)) * l.weight_codes[i] - w[i]) * mean[c];
+      const size_t c = size_t(o / out_per_group) * in_per_group + k / taps;
+      sum += (double(l.w_scale(o)) * l.weight_codes[i] - w[i]) * mean[c * taps + k % taps];
     }
     delta[o] = float(sum);
   }

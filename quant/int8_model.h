@@ -78,11 +78,11 @@ std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out);
 
 // Every weight that holds one codebook entry carries the same rounding error, so over a post-ReLU input the
 // errors add up instead of averaging out. Their mean, per output channel,
-//     δ[o] = E[Σ (ŵ − w) x] = Σ_{c,t} (s_w[o] q_w[o,c,t] − w[o,c,t]) · E[x_c]      (the padding's zeros aside)
+//     δ[o] = E[Σ (ŵ − w) x] = Σ_{c,t} (s_w[o] q_w[o,c,t] − w[o,c,t]) · E[x_{c,t}]
 // is what the bias loses: b' = b − δ. The bias correction of Nagel et al. 2019 ("Data-Free Quantization
-// Through Weight Equalization and Bias Correction"), with E[x] measured on training images (input_means)
-// instead of estimated from BN statistics. l: its codes and scales set; w: the weights they round; mean:
-// E[x_c] for each of the layer's l.in input channels. -> [O].
+// Through Weight Equalization and Bias Correction"), with E[x] measured on training images (input_means:
+// per input channel c and tap t, the padding included) instead of estimated from BN statistics. l: its
+// codes and scales set; w: the weights they round; mean: E[x_{c,t}], [l.in, k, k] (the FC [l.in]). -> [O].
 std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector<float>& w, const std::vector<float>& mean);
 
 }  // namespace quant

@@ -71,23 +71,49 @@ static std::shared_ptr<Quantizer> act_quantizer(models::RepVGG& m, size_t i) {
   return i < m.blocks().size() ? m.blocks()[i]->act_quant : m.fc_quantizers().first;
 }
 
+// sum[kh * 3 + kw] += Σ over the output positions (oh, ow) of x[oh·s + kh − 1, ow·s + kw − 1], 0 outside:
+// what tap (kh, kw) of a 3x3, padding-1, stride-s conv reads from one plane x [h, w]. rows: 3·w scratch.
+static void add_tap_sums(const float* x, int64_t h, int64_t w, int stride, double* sum, std::vector<double>& rows) {
+  const int64_t oh = (h - 1) / stride + 1, ow = (w - 1) / stride + 1;
+  rows.assign(3 * w, 0.0);  // rows[kh][iw]: Σ over oh of x[oh·s + kh − 1, iw]
+  for (int kh = 0; kh < 3; kh++)
+    for (int64_t o = 0; o < oh; o++)
+      if (const int64_t ih = o * stride + kh - 1; ih >= 0 && ih < h)
+        for (int64_t iw = 0; iw < w; iw++) rows[kh * w + iw] += x[ih * w + iw];
+  for (int kh = 0; kh < 3; kh++)
+    for (int kw = 0; kw < 3; kw++)
+      for (int64_t o = 0; o < ow; o++)
+        if (const int64_t iw = o * stride + kw - 1; iw >= 0 && iw < w) sum[kh * 3 + kw] += rows[kh * w + iw];
+}
+
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::Loader& loader, int batches,
                                                       engine::Device device) {
   check_deployed(m);
   const size_t n = m.blocks().size() + 1;
   std::vector<std::vector<double>> sums(n);
-  std::vector<int64_t> counts(n, 0);  // values per channel
+  std::vector<int64_t> counts(n, 0);  // products summed into each entry: images × output positions
   for (size_t i = 0; i < n; i++) {
     auto q = act_quantizer(m, i);
     if (!q) continue;
-    q->observer = [&sum = sums[i], &count = counts[i], q = q.get()](const Tensor& in) {
+    const int stride = i < m.blocks().size() ? m.blocks()[i]->stride : 0;  // 0: the FC
+    q->observer = [&sum = sums[i], &count = counts[i], q = q.get(), stride](const Tensor& in) {
       const Tensor x = in.dim() == 5 ? engine::to_plain(in) : in;  // oneDNN's blocked layout (engine/ops.h)
-      const std::vector<float> v = x.to_vector();
-      const int64_t channels = x.shape()[1], per = x.numel() / (x.shape()[0] * channels);
+      std::vector<float> v = x.to_vector();
       const float s = q->step.to_vector()[0], z = (float)q->zero_point, lo = (float)q->q_min, hi = (float)q->q_max;
-      sum.resize(channels, 0.0);
-      for (size_t k = 0; k < v.size(); k++) sum[(k / per) % channels] += engine::fake_quant_value(v[k], s, z, lo, hi);
-      count += x.numel() / channels;
+      for (float& e : v) e = engine::fake_quant_value(e, s, z, lo, hi);
+      const int64_t batch = x.size(0), channels = x.size(1);
+      if (stride == 0) {  // the FC: [N, C]
+        sum.resize(channels, 0.0);
+        for (size_t k = 0; k < v.size(); k++) sum[k % channels] += v[k];
+        count += batch;
+        return;
+      }
+      const int64_t h = x.size(2), w = x.size(3);
+      sum.resize(channels * 9, 0.0);
+      std::vector<double> rows;
+      for (int64_t b = 0; b < batch; b++)
+        for (int64_t c = 0; c < channels; c++) add_tap_sums(&v[(b * channels + c) * h * w], h, w, stride, &sum[c * 9], rows);
+      count += batch * ((h - 1) / stride + 1) * ((w - 1) / stride + 1);
     };
   }
   engine::NoGradGuard no_grad;

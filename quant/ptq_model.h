@@ -43,10 +43,12 @@ struct Calibration {
 Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batches, CalibMethod method,
                       engine::Device device);
 
-// Each layer's quantized input Q_a(x), its mean per channel (dim 1 of [N, C, H, W] or [N, C], in double)
-// over up to `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT
-// model in deploy form): what the ClusterQAT layers' bias correction needs (quant/int8_model.h). Keyed by
-// layer name (layer_names); a layer without an input quantizer has none.
+// What each weight of a layer multiplies on average: the mean, over the batches' images and the layer's
+// output positions, of the quantized input Q_a(x) that weight [o, c, kh, kw] reads, the padding reading 0
+// (a block: [C, 3, 3] for its 3x3, padding-1 conv at its stride; the FC: [C]), in double over up to
+// `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT model in deploy
+// form): the E[x] of the ClusterQAT layers' bias correction (quant/int8_model.h). Keyed by layer name
+// (layer_names); a layer without an input quantizer has none.
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
                                                       engine::Device device);
 

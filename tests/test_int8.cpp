@@ -323,9 +323,28 @@ TEST_CASE("int8 cluster: logits against the ClusterQAT model's eval forward") {
   }
 }
 
+// E[x_{c,t}] by the definition: over images and output positions (oh, ow), the input tap (kh, kw) of a 3x3,
+// padding-1, stride-s conv reads, x[n, c, oh·s + kh − 1, ow·s + kw − 1], 0 in the padding. x [N, C, H, W].
+std::vector<double> tap_means(const std::vector<float>& x, int64_t n, int64_t c, int64_t h, int64_t w, int s) {
+  const int64_t oh = (h - 1) / s + 1, ow = (w - 1) / s + 1;
+  std::vector<double> mean(c * 9, 0.0);
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t ch = 0; ch < c; ch++)
+      for (int64_t y = 0; y < oh; y++)
+        for (int64_t z = 0; z < ow; z++)
+          for (int kh = 0; kh < 3; kh++)
+            for (int kw = 0; kw < 3; kw++) {
+              const int64_t ih = y * s + kh - 1, iw = z * s + kw - 1;
+              if (ih >= 0 && ih < h && iw >= 0 && iw < w) mean[ch * 9 + kh * 3 + kw] += x[((b * c + ch) * h + ih) * w + iw];
+            }
+  for (double& m : mean) m /= double(n * oh * ow);
+  return mean;
+}
+
 // input_means against the layers' inputs computed block by block here (plain NCHW; the model's own forward
-// hands blocked nChw16c tensors to the quantizers) and their mean quantized value per channel in double.
-TEST_CASE("int8 cluster: input_means is each layer's quantized input, averaged per channel") {
+// hands blocked nChw16c tensors to the quantizers), quantized by each block's quantizer, averaged per tap
+// by the definition above; stride-1 and stride-2 blocks.
+TEST_CASE("int8 cluster: input_means is what each weight reads of the quantized input, on average") {
   const QuantizedSmall q = cluster_small(4, 8, false);
   auto train = data::open_cifar10(small_cifar().string(), true);
   data::Loader loader(*train, 32, /*train=*/false, 0, 1);
@@ -333,7 +352,6 @@ TEST_CASE("int8 cluster: input_means is each layer's quantized input, averaged p
 
   const auto& blocks = q.model->blocks();
   std::vector<std::vector<double>> sum(blocks.size());
-  std::vector<int64_t> count(blocks.size(), 0);
   data::Loader again(*train, 32, /*train=*/false, 0, 1);
   again.start_epoch(0);
   engine::NoGradGuard no_grad;
@@ -342,34 +360,36 @@ TEST_CASE("int8 cluster: input_means is each layer's quantized input, averaged p
     data::to_tensors(*again.next(), engine::Device::cpu, x, labels);
     for (size_t i = 0; i < blocks.size(); i++) {
       if (blocks[i]->act_quant) {
-        const std::vector<float> v = blocks[i]->act_quant->forward(x).to_vector();
-        const int64_t c = x.size(1), per = x.size(2) * x.size(3);
-        sum[i].resize(c, 0.0);
-        for (size_t k = 0; k < v.size(); k++) sum[i][(k / per) % c] += v[k];
-        count[i] += x.size(0) * per;
+        const std::vector<double> m = tap_means(blocks[i]->act_quant->forward(x).to_vector(), x.size(0), x.size(1),
+                                                x.size(2), x.size(3), blocks[i]->stride);
+        sum[i].resize(m.size(), 0.0);
+        for (size_t k = 0; k < m.size(); k++) sum[i][k] += m[k] / 2;  // two batches of 32
       }
       x = blocks[i]->forward(x);
     }
   }
   const std::vector<std::string> names = quant::layer_names(*q.model);
-  size_t checked = 0;
+  size_t checked = 0, strided = 0;
   for (size_t i = 0; i < blocks.size(); i++) {
     CAPTURE(names[i]);
     REQUIRE(means.count(names[i]) == (blocks[i]->act_quant ? 1u : 0u));
     if (!blocks[i]->act_quant) continue;
     const std::vector<float>& got = means.at(names[i]);
     REQUIRE(got.size() == sum[i].size());
-    for (size_t c = 0; c < got.size(); c++) CHECK(got[c] == doctest::Approx(sum[i][c] / count[i]).epsilon(1e-5));
+    for (size_t k = 0; k < got.size(); k++) CHECK(got[k] == doctest::Approx(sum[i][k]).epsilon(1e-5));
     checked++;
+    strided += blocks[i]->stride == 2;
   }
   CHECK(checked == blocks.size() - 1);  // stage0 keeps FP32 inputs
+  CHECK(strided >= 2);
   CHECK(means.count("linear") == 0);
 }
 
-// cluster_bias_correction is what the s8 rounding adds to an output on average: on an image constant per
-// channel at the means, away from the padding, conv(x, ŵ) − conv(x, w) (the engine's float conv, ŵ = s_w q_w)
-// equals δ[o]. A layer of the small model (groups 1) and made-up grouped ones (groups 2, 3x3 and 1x1).
-TEST_CASE("int8 cluster: the bias correction is the rounding's error on an input held at its means") {
+// cluster_bias_correction is what the s8 rounding adds to an output on average: over every output position
+// of an image, padding included, mean(conv(x, ŵ) − conv(x, w)) (the engine's float conv, ŵ = s_w q_w) is
+// δ[o] computed from that image's tap means. A layer of the small model (groups 1) and made-up grouped
+// ones (groups 2, stride 1 and 2).
+TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the measured input") {
   engine::Rng rng(11);
   struct Layer {
     quant::Int8Layer l;
@@ -382,10 +402,10 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's error on an input
     const layers::RepBlock& b = *q.model->blocks()[2];
     cases.push_back({m.layers[2], b.weight_cluster->forward(b.rbr_reparam->weight).to_vector()});
   }
-  for (int k : {3, 1}) {
+  for (int stride : {1, 2}) {
     quant::Int8Layer l;
-    l.name = "made-up", l.in = 6, l.out = 4, l.groups = 2, l.kernel = k, l.quantized = true;
-    const int64_t n = (int64_t)l.out * (l.in / l.groups) * k * k;
+    l.name = "made-up", l.in = 6, l.out = 4, l.groups = 2, l.stride = stride, l.quantized = true;
+    const int64_t n = (int64_t)l.out * (l.in / l.groups) * 9;
     l.weight_scale = engine::rand_uniform({l.out}, 0.01f, 0.02f, rng).to_vector();
     const std::vector<float> noise = engine::rand_uniform({n}, -0.5f, 0.5f, rng).to_vector();
     std::vector<float> w(n);
@@ -397,28 +417,32 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's error on an input
   }
   for (const Layer& c : cases) {
     const quant::Int8Layer& l = c.l;
-    CAPTURE(l.name); CAPTURE(l.kernel);
-    const std::vector<float> mean = engine::rand_uniform({l.in}, 0.0f, 2.0f, rng).to_vector();
-    const std::vector<float> delta = quant::cluster_bias_correction(l, c.w, mean);
-    std::vector<float> rounded(c.w.size()), image;
+    CAPTURE(l.name); CAPTURE(l.stride);
+    const int64_t h = 7, w = 6;
+    const engine::Tensor x = engine::rand_uniform({2, l.in, h, w}, 0.0f, 2.0f, rng);
+    const std::vector<double> m = tap_means(x.to_vector(), 2, l.in, h, w, l.stride);
+    const std::vector<float> delta = quant::cluster_bias_correction(l, c.w, std::vector<float>(m.begin(), m.end()));
+    std::vector<float> rounded(c.w.size());
     for (size_t i = 0; i < c.w.size(); i++) rounded[i] = l.w_scale(int(i / (c.w.size() / l.out))) * l.weight_codes[i];
-    for (int ch = 0; ch < l.in; ch++) image.insert(image.end(), 25, mean[ch]);
-    const engine::Tensor x = engine::Tensor::from_vector(image, {1, l.in, 5, 5}), zero = engine::Tensor::zeros({l.out});
-    const engine::Shape ws = {l.out, l.in / l.groups, l.kernel, l.kernel};
-    const int pad = l.kernel / 2;
-    const std::vector<float> a = engine::conv2d(x, engine::Tensor::from_vector(rounded, ws), zero, 1, pad, l.groups).to_vector();
-    const std::vector<float> b = engine::conv2d(x, engine::Tensor::from_vector(c.w, ws), zero, 1, pad, l.groups).to_vector();
-    double scale = 0;
-    for (float d : delta) scale = std::max(scale, (double)std::fabs(d));
-    REQUIRE(scale > 0);
+    const engine::Tensor zero = engine::Tensor::zeros({l.out});
+    const engine::Shape ws = {l.out, l.in / l.groups, 3, 3};
+    const engine::Tensor ya = engine::conv2d(x, engine::Tensor::from_vector(rounded, ws), zero, l.stride, 1, l.groups);
+    const engine::Tensor yb = engine::conv2d(x, engine::Tensor::from_vector(c.w, ws), zero, l.stride, 1, l.groups);
+    const std::vector<float> a = ya.to_vector(), b = yb.to_vector();
+    const int64_t per = ya.size(2) * ya.size(3);
     for (int o = 0; o < l.out; o++) {
-      const size_t center = (size_t)o * 25 + 12;
-      CHECK(std::fabs((a[center] - b[center]) - delta[o]) <= 1e-4 * std::fabs(a[center]) + 1e-6);
+      double diff = 0, size = 0;
+      for (int64_t n = 0; n < 2; n++)
+        for (int64_t k = 0; k < per; k++) {
+          const size_t i = (n * l.out + o) * per + k;
+          diff += a[i] - b[i];
+          size += std::fabs(a[i]);
+        }
+      CHECK(diff / (2 * per) == doctest::Approx(delta[o]).epsilon(1e-4).scale(size / (2 * per)));
     }
   }
-  quant::Int8Layer l = cases[1].l;
-  CHECK_THROWS_WITH(quant::cluster_bias_correction(l, cases[1].w, {1, 2}),
-                    doctest::Contains("layer made-up: 2 input means for 6 input channels"));
+  CHECK_THROWS_WITH(quant::cluster_bias_correction(cases[1].l, cases[1].w, {1, 2}),
+                    doctest::Contains("layer made-up: 2 input means for 6 input channels × 9 taps"));
 }
 
 // Without a CUDA build or a GPU, --device cuda fails at once with the reason (engine::cuda::require).

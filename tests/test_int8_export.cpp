@@ -230,11 +230,11 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({3}, std::vector<float>{1, 2, 3});
   st::save(path, bad);
   CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
-                    has("file " + path + ": cluster_bias_correction: layer stage1.0: 3 input means for 64 input channels"));
+                    has("file " + path + ": cluster_bias_correction: layer stage1.0: 3 input means for 64 input channels × 9 taps"));
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<int32_t>{1});
   st::save(path, bad);
   CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
-                    has(path + ": tensor 'stage1.0.input_mean' is not F32 [channels]"));
+                    has(path + ": tensor 'stage1.0.input_mean' is not F32 [channels × taps]"));
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<float>{NAN});
   st::save(path, bad);
   CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
