@@ -12,10 +12,7 @@
 // Algorithm: Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) where oneDNN has it: 3x3 stride-1 convolutions
 // without groups whose channel counts are multiples of 16. On RepVGG's shapes it runs up to 1.9x faster
 // than the direct kernels (dev/conv_algorithms.cpp, docs/performance.md); backward-weights on planes under
-// 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one), and so
-// does every convolution of fewer than 1024 output positions N·OH·OW: the training kind transforms the
-// weights in each call, which a small output does not pay back (repvgg-a0 at batch 1: 19-22 ms with
-// Winograd throughout, 14 ms direct throughout, 13.3 ms so; batch 32 and CIFAR at 128 unchanged). Its
+// 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one). Its
 // results differ from the direct ones by ~1e-6 rms (relative): float32 rounding.
 // REPQ_WINOGRAD=0 in the environment keeps every convolution direct.
 #include <cstdlib>
@@ -63,7 +60,7 @@ static bool winograd_fits(const ConvShape& s, ConvOp op) {
     return !e || std::strcmp(e, "0") != 0;
   }();
   return enabled && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.padding == 1 && s.groups == 1 && s.c % 16 == 0 &&
-         s.o % 16 == 0 && (op != conv_backward_weight_op || s.oh * s.ow >= 64) && s.n * s.oh * s.ow >= 1024;
+         s.o % 16 == 0 && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
 }
 
 // make(algorithm) -> a primitive descriptor: Winograd where it fits and oneDNN makes one, else direct.
