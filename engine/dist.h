@@ -11,6 +11,9 @@
 // MPI error ends the job too (MPI_Abort), with the rank and the call named, and so does a collective
 // that has not completed within the timeout (a rank hung without dying).
 #pragma once
+#include <sched.h>
+
+#include <chrono>
 #include <cstddef>
 #include <string>
 
@@ -26,9 +29,30 @@ bool distributed();    // size() > 1
 // A collective that waits longer than this ends the job with a message (default 1800 s, torch DDP's).
 void set_timeout(double seconds);
 double timeout();
-// Prints `why` and ends every rank (MPI_Abort; exit(1) in a world of one). For the waits outside MPI
-// (NCCL's, engine/cuda/nccl.cu), which end the job as a timed-out MPI collective does.
+// Prints `why` and ends every rank (MPI_Abort; exit(1) in a world of one).
 [[noreturn]] void abort_job(const std::string& why);
+
+// Every wait for a collective, MPI's (engine/dist_mpi.cpp) and NCCL's (engine/cuda/nccl.cu), goes through
+// here: a blocking wait would hang forever on a rank that hangs without dying (stopped, deadlocked), so
+// this polls done() and, after timeout() seconds without completion, calls on_timeout() (NCCL aborts its
+// communicator) and ends the job with "rank R: WHAT has not completed in S s (--dist-timeout): ...".
+// Open MPI moves a large collective on only inside such calls, fragment by fragment, so the loop does
+// not sleep; after the first millisecond it yields the core between polls (as MPI_Wait does when ranks
+// share cores).
+template <class Done, class OnTimeout>
+void wait_until(const char* what, Done done, OnTimeout on_timeout) {
+  using clock = std::chrono::steady_clock;
+  const clock::time_point t0 = clock::now();
+  while (!done()) {
+    const double waited = std::chrono::duration<double>(clock::now() - t0).count();
+    if (waited > timeout()) {
+      on_timeout();
+      abort_job("rank " + std::to_string(rank()) + ": " + what + " has not completed in " + std::to_string(int(timeout())) +
+                " s (--dist-timeout): another rank is hung or stopped; ending the job");
+    }
+    if (waited > 1e-3) sched_yield();
+  }
+}
 
 // Blocking collectives over all ranks (no-ops in a world of one).
 void broadcast(void* data, size_t bytes, int root = 0);

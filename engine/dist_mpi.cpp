@@ -5,10 +5,7 @@
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
-#include <sched.h>
-
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -52,24 +49,13 @@ static int count_of(size_t n) {
   return int(n);
 }
 
-// Every wait for a collective goes through here: MPI_Wait would block forever on a rank that hangs
-// without dying (stopped, deadlocked), so it polls with MPI_Test and ends the job after g_timeout
-// seconds without completion. Open MPI moves a large collective on only inside such calls, fragment by
-// fragment, so the loop does not sleep; after the first millisecond it yields the core between tests
-// (as MPI_Wait does when ranks share cores).
+// MPI_Wait, but timed (dist::wait_until): polls with MPI_Test.
 static void wait_for(MPI_Request& req, const char* what) {
-  using clock = std::chrono::steady_clock;
-  const clock::time_point t0 = clock::now();
-  for (;;) {
+  wait_until(what, [&] {
     int done = 0;
     check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what);
-    if (done) return;
-    const double waited = std::chrono::duration<double>(clock::now() - t0).count();
-    if (waited > g_timeout)
-      abort_job("rank " + std::to_string(g_rank) + ": " + what + " has not completed in " + std::to_string(int(g_timeout)) +
-            " s (--dist-timeout): another rank is hung or stopped; ending the job");
-    if (waited > 1e-3) sched_yield();
-  }
+    return done != 0;
+  }, [] {});
 }
 
 bool built() { return true; }

@@ -5,9 +5,6 @@
 #ifdef ENGINE_NCCL
 #include <nccl.h>
 
-#include <sched.h>
-
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -98,35 +95,30 @@ void nccl_start_allreduce(size_t slot, float* data, size_t n) {
   s.pending = true;
 }
 
-// Polls, as dist's MPI waits do (engine/dist_mpi.cpp), instead of cudaEventSynchronize, which would wait
-// forever for a peer that hangs without dying: an asynchronous NCCL error (a peer's connection lost) or
-// dist::timeout() seconds without completion aborts the communicator (ncclCommAbort ends the operations
-// still queued) and ends the job with the reason.
+// Polls (dist::wait_until) instead of cudaEventSynchronize, which would wait forever for a peer that hangs
+// without dying: an asynchronous NCCL error (a peer's connection lost) or dist::timeout() seconds without
+// completion aborts the communicator (ncclCommAbort ends the operations still queued) and ends the job.
 void nccl_wait(size_t slot) {
   Slot& s = g_slots.at(slot);
   if (!s.pending) return;
   check(cudaStreamWaitEvent(stream(), s.done, 0), "cudaStreamWaitEvent");
-  using clock = std::chrono::steady_clock;
-  const clock::time_point t0 = clock::now();
-  for (;;) {
+  const auto abort_comm = [] {
+    (void)ncclCommAbort(g_comm);
+    g_comm = nullptr;
+  };
+  dist::wait_until("the gradient all-reduce (ncclAllReduce)", [&] {
     const cudaError_t e = cudaEventQuery(s.done);
-    if (e == cudaSuccess) break;
+    if (e == cudaSuccess) return true;
     if (e != cudaErrorNotReady) check(e, "cudaEventQuery (an all-reduce)");
     ncclResult_t async = ncclSuccess;
     check(ncclCommGetAsyncError(g_comm, &async), "ncclCommGetAsyncError");
-    const double waited = std::chrono::duration<double>(clock::now() - t0).count();
-    std::string why;
-    if (async != ncclSuccess) why = failed("ncclAllReduce") + ncclGetErrorString(async) + "; ending the job";
-    else if (waited > dist::timeout())
-      why = "rank " + std::to_string(dist::rank()) + ": the gradient all-reduce (ncclAllReduce) has not completed in " +
-            std::to_string(int(dist::timeout())) + " s (--dist-timeout): another rank is hung or stopped; ending the job";
-    if (!why.empty()) {
-      (void)ncclCommAbort(g_comm);
-      g_comm = nullptr;
+    if (async != ncclSuccess) {
+      const std::string why = failed("ncclAllReduce") + ncclGetErrorString(async) + "; ending the job";
+      abort_comm();
       dist::abort_job(why);
     }
-    if (waited > 1e-3) sched_yield();
-  }
+    return false;
+  }, abort_comm);
   s.pending = false;
 }
 
