@@ -1,6 +1,8 @@
 #include "quant/ptq_model.h"
 
 #include <map>
+#include <tuple>
+#include <utility>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -38,6 +40,24 @@ void remove_quantizers(models::RepVGG& m) {
   for (size_t i = 0; i <= m.blocks().size(); i++) set_layer(m, i, nullptr, nullptr);
 }
 
+// Up to `batches` batches of `loader` from its epoch 0 through m, recording no gradient (the quantizers'
+// observers see them). -> the batches and images run.
+static std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device) {
+  engine::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Tensor x, y;
+  std::pair<int, size_t> run{0, 0};
+  while (run.first < batches) {
+    const data::Batch* b = loader.next();
+    if (!b) break;
+    data::to_tensors(*b, device, x, y);
+    m.forward(x);
+    run.first++;
+    run.second += b->n;
+  }
+  return run;
+}
+
 Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, CalibMethod method, engine::Device device) {
   check_deployed(m);
   Calibration c;
@@ -51,17 +71,7 @@ Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, Cali
     probe->observer = [obs = &c.observers.back()](const Tensor& x) { obs->observe(x); };
     set_layer(m, i, probe, nullptr);
   }
-  engine::NoGradGuard no_grad;
-  loader.start_epoch(0);
-  Tensor x, y;
-  while (c.batches < batches) {
-    const data::Batch* b = loader.next();
-    if (!b) break;
-    data::to_tensors(*b, device, x, y);
-    m.forward(x);
-    c.batches++;
-    c.images += b->n;
-  }
+  std::tie(c.batches, c.images) = forward_batches(m, loader, batches, device);
   remove_quantizers(m);
   return c;
 }
@@ -116,15 +126,7 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::L
       count += batch * ((h - 1) / stride + 1) * ((w - 1) / stride + 1);
     };
   }
-  engine::NoGradGuard no_grad;
-  loader.start_epoch(0);
-  Tensor x, y;
-  for (int b = 0; b < batches; b++) {
-    const data::Batch* batch = loader.next();
-    if (!batch) break;
-    data::to_tensors(*batch, device, x, y);
-    m.forward(x);
-  }
+  forward_batches(m, loader, batches, device);
   const std::vector<std::string> names = layer_names(m);
   std::map<std::string, std::vector<float>> means;
   for (size_t i = 0; i < n; i++) {
