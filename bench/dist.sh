@@ -25,28 +25,27 @@ command -v mpirun >/dev/null || { echo "bench-dist: skipped: no mpirun (install 
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-args="cifar10 --data $DATA --epochs 2 --batch-size $BATCH --limit-train $IMAGES --limit-val 100 --seed 0"
-rate() {  # name, then the command: its img/s
-  local name=$1; shift
+opts() { echo "cifar10 --data $DATA --epochs 2 --batch-size $1 --limit-train $2 --limit-val 100 --seed 0"; }
+full=$(opts "$BATCH" "$IMAGES") half=$(opts $((BATCH / 2)) $((IMAGES / 2)))
+rate() {  # name, train options, then the command: its img/s (a failure's log on stderr: this runs in $(...))
+  local name=$1 args=$2; shift 2
   rm -rf "$out/$name"
-  "$@" $args --out "$out/$name" >"$out/$name.log" 2>&1 || { echo "bench-dist: $name failed:"; cat "$out/$name.log"; exit 1; }
+  "$@" $args --out "$out/$name" >"$out/$name.log" 2>&1 || { echo "bench-dist: $name failed:" >&2; cat "$out/$name.log" >&2; exit 1; }
   tail -1 "$out/$name/log.csv" | awk -F, '{print $NF}'
 }
 pair() {  # the sum of the two processes' img/s
-  local half="cifar10 --data $DATA --epochs 2 --batch-size $((BATCH / 2)) --limit-train $((IMAGES / 2)) --limit-val 100 --seed 0"
-  rm -rf "$out/pa" "$out/pb"
-  ./train --threads 1 $half --out "$out/pa" >"$out/pa.log" 2>&1 &
-  local p=$!
-  ./train --threads 1 $half --out "$out/pb" >"$out/pb.log" 2>&1 || { echo "bench-dist: pair failed:"; cat "$out/pb.log"; exit 1; }
-  wait $p || { echo "bench-dist: pair failed:"; cat "$out/pa.log"; exit 1; }
-  echo "$(tail -1 "$out/pa/log.csv" | awk -F, '{print $NF}') + $(tail -1 "$out/pb/log.csv" | awk -F, '{print $NF}')" | bc
+  rate pa "$half" ./train --threads 1 >"$out/pa.rate" &
+  local p=$! b
+  b=$(rate pb "$half" ./train --threads 1)
+  wait $p
+  echo "$(cat "$out/pa.rate") + $b" | bc
 }
 median() { tr ' ' '\n' | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 r1="" r2="" r3=""
 for r in $(seq "$ROUNDS"); do
-  one1=$(rate one1 ./train --threads 1)
-  one2=$(rate one2 ./train --threads 2)
-  mpi2=$(rate mpi2 mpirun -np 2 --bind-to "${DIST_BIND:-none}" --mca btl self,vader ./train --threads 1)
+  one1=$(rate one1 "$full" ./train --threads 1)
+  one2=$(rate one2 "$full" ./train --threads 2)
+  mpi2=$(rate mpi2 "$full" mpirun -np 2 --bind-to "${DIST_BIND:-none}" --mca btl self,vader ./train --threads 1)
   two=$(pair)
   a=$(echo "scale=2; $mpi2 / $one1" | bc) b=$(echo "scale=2; $mpi2 / $one2" | bc) c=$(echo "scale=2; $mpi2 / $two" | bc)
   r1="$r1 $a" r2="$r2 $b" r3="$r3 $c"
