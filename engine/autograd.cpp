@@ -29,9 +29,12 @@ void record(Tensor& out, const char* name, std::vector<Tensor> inputs, BackwardF
   out.impl()->grad_fn = std::make_shared<Node>(Node{name, std::move(inputs), std::move(backward)});
 }
 
-void accumulate_grad(const Tensor& t, const Tensor& g) {
+void accumulate_grad(const Tensor& t, const Tensor& g_in) {
   if (!t.defined() || !t.requires_grad()) return;
-  ENGINE_CHECK(g.shape() == t.shape(), "gradient shape " + g.shape().str() + " for tensor " + t.shape().str());
+  ENGINE_CHECK(g_in.shape() == t.shape(), "gradient shape " + g_in.shape().str() + " for tensor " + t.shape().str());
+  // A gradient is kept in its tensor's layout (ops.h, the activation layout), so that backward functions
+  // read gout as they wrote out.
+  const Tensor g = g_in.channel_block() == t.channel_block() ? g_in : to_layout(g_in, t.channel_block());
   TensorImpl* impl = t.impl();
   if (!impl->grad) {
     // A leaf keeps a private buffer (optimizers update it in place); an interior tensor may share g.

@@ -35,8 +35,8 @@ bool any_requires_grad(std::initializer_list<Tensor> inputs);
 // Records `out = op(inputs)` for backward when grad is enabled and some input requires grad.
 void record(Tensor& out, const char* name, std::vector<Tensor> inputs, BackwardFn backward);
 
-// Adds g to t's gradient (t.grad += g), if t requires grad. g must have t's shape and is not retained
-// by a leaf (leaves copy or add into their own buffer, so optimizers may update it in place).
+// Adds g to t's gradient (t.grad += g), if t requires grad. g must have t's shape (in either layout: it
+// is kept in t's) and is not retained by a leaf (leaves copy or add into their own buffer, so optimizers may update it in place).
 void accumulate_grad(const Tensor& t, const Tensor& g);
 
 // Runs backward from `root` (one element) with d root / d root = 1. on_leaf_ready, when given, is called

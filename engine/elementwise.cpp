@@ -5,17 +5,18 @@
 
 namespace engine {
 
-void Tensor::fill_(float value) { DISPATCH(device(), fill, f32(), numel(), value); }
+void Tensor::fill_(float value) { DISPATCH(device(), fill, storage_f32(), numel(), value); }
 
 // --- unary ---------------------------------------------------------------------------------------------
 
+// Element-wise ops see the storage as it is: y, and gx, in x's layout.
 static Tensor unary(UnaryOp op, const char* name, const Tensor& x, float p0 = 0.f, float p1 = 0.f) {
-  Tensor y = Tensor::empty(x.shape(), DType::f32, x.device());
-  DISPATCH(x.device(), unary_forward, op, x.f32(), y.f32(), x.numel(), p0, p1);
+  Tensor y = empty_like(x);
+  DISPATCH(x.device(), unary_forward, op, x.storage_f32(), y.storage_f32(), x.numel(), p0, p1);
   record(y, name, {x}, [op, p0, p1](const Tensor& out, const Tensor& gout) {
     const Tensor& x = out.grad_fn()->inputs[0];
-    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
-    DISPATCH(x.device(), unary_backward, op, x.f32(), out.f32(), gout.f32(), gx.f32(), x.numel(), p0, p1);
+    Tensor gx = empty_like(x);
+    DISPATCH(x.device(), unary_backward, op, x.storage_f32(), out.storage_f32(), gout.storage_f32(), gx.storage_f32(), x.numel(), p0, p1);
     accumulate_grad(x, gx);
   });
   return y;
@@ -50,18 +51,31 @@ static Broadcast broadcast(const Shape& a, const Shape& b) {
   return r;
 }
 
+// Operands of one shape and one layout are added as stored, y in their layout; with a broadcast, both
+// are NCHW (the callers convert: operands).
 static Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b) {
   ENGINE_CHECK(a.device() == b.device(), "operands on " + a.str() + " and " + b.str());
+  ENGINE_CHECK(a.channel_block() == b.channel_block() && (a.channel_block() == 0 || a.shape() == b.shape()),
+               "operands " + a.str() + " and " + b.str() + " in different layouts");
   Broadcast bc = broadcast(a.shape(), b.shape());
   Shape out;
   out.n = bc.n;
   for (int i = 0; i < bc.n; i++) out.d[i] = bc.out[i];
   Tensor y = Tensor::empty(out, DType::f32, a.device());
-  DISPATCH(a.device(), binary_forward, op, bc, a.f32(), b.f32(), y.f32());
+  y.impl()->channel_block = a.channel_block();
+  DISPATCH(a.device(), binary_forward, op, bc, a.storage_f32(), b.storage_f32(), y.storage_f32());
   return y;
 }
 
-Tensor add(const Tensor& a, const Tensor& b) {
+// The operands of a binary op in layouts binary_raw takes: one shape, b in a's layout; else both NCHW.
+static std::pair<Tensor, Tensor> operands(const Tensor& a, const Tensor& b) {
+  if (a.channel_block() == b.channel_block() && (a.channel_block() == 0 || a.shape() == b.shape())) return {a, b};
+  if (a.shape() == b.shape()) return {a, to_layout(b, a.channel_block())};
+  return {to_plain(a), to_plain(b)};
+}
+
+Tensor add(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = operands(a_in, b_in);
   Tensor y = binary_raw(BinaryOp::add, a, b);
   record(y, "add", {a, b}, [](const Tensor& out, const Tensor& g) {
     const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
@@ -71,7 +85,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-Tensor sub(const Tensor& a, const Tensor& b) {
+Tensor sub(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = operands(a_in, b_in);
   Tensor y = binary_raw(BinaryOp::sub, a, b);
   record(y, "sub", {a, b}, [](const Tensor& out, const Tensor& g) {
     const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
@@ -81,7 +96,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-Tensor mul(const Tensor& a, const Tensor& b) {
+Tensor mul(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = operands(a_in, b_in);
   Tensor y = binary_raw(BinaryOp::mul, a, b);
   record(y, "mul", {a, b}, [](const Tensor& out, const Tensor& g) {
     const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
@@ -91,7 +107,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-Tensor div(const Tensor& a, const Tensor& b) {
+Tensor div(const Tensor& a_in, const Tensor& b_in) {
+  const auto [a, b] = operands(a_in, b_in);
   Tensor y = binary_raw(BinaryOp::div, a, b);
   record(y, "div", {a, b}, [](const Tensor& out, const Tensor& g) {
     const Tensor &a = out.grad_fn()->inputs[0], &b = out.grad_fn()->inputs[1];
@@ -110,9 +127,10 @@ void add_(const Tensor& a, const Tensor& b) { axpy_(a, 1.f, b); }
 
 void axpy_(const Tensor& y, float alpha, const Tensor& x) {
   ENGINE_CHECK(y.shape() == x.shape(), x.shape().str() + " into " + y.shape().str());
-  DISPATCH(y.device(), axpy, y.f32(), alpha, x.f32(), y.numel());
+  const Tensor xs = x.channel_block() == y.channel_block() ? x : to_layout(x, y.channel_block());
+  DISPATCH(y.device(), axpy, y.storage_f32(), alpha, xs.storage_f32(), y.numel());
 }
 
-void scale_(const Tensor& x, float s) { DISPATCH(x.device(), scale, x.f32(), s, x.numel()); }
+void scale_(const Tensor& x, float s) { DISPATCH(x.device(), scale, x.storage_f32(), s, x.numel()); }
 
 }  // namespace engine

@@ -1,17 +1,15 @@
-// Fused ops of the RepVGG block and the blocked activation layout (ops.h), forward and backward side by
-// side. Kernels: engine/cpu/fused.cpp.
+// Fused ops of the RepVGG block (ops.h), forward and backward side by side. Kernels: engine/cpu/fused.cpp,
+// engine/cuda/fused.cu.
 #include "engine/autograd.h"
 #include "engine/kernels.h"
 #include "engine/ops.h"
 
 namespace engine {
 
-static float* f32_or_null(const Tensor& t) { return t.defined() ? t.f32() : nullptr; }
+static float* f32_or_null(const Tensor& t) { return t.defined() ? t.storage_f32() : nullptr; }
 
-// An f32 tensor of t's shape when t needs a gradient, else undefined.
-static Tensor grad_buffer(const Tensor& t) {
-  return t.requires_grad() ? Tensor::empty(t.shape(), DType::f32, t.device()) : Tensor();
-}
+// An f32 tensor of t's shape and layout when t needs a gradient, else undefined.
+static Tensor grad_buffer(const Tensor& t) { return t.requires_grad() ? empty_like(t) : Tensor(); }
 
 // --- y = relu(Σ_b BN_b(x_b)) ---------------------------------------------------------------------------
 
@@ -21,27 +19,28 @@ static void check_param(const Tensor& p, const char* name, int64_t c, Device dev
                    (p.defined() ? p.str() : "undefined"));
 }
 
-// xs[b] [N, C, H, W] (or blocked [N, C/16, H, W, 16]), each BN's tensors [C] -> y of xs[0]'s shape.
-Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training, float momentum,
+// xs[b] [N, C, H, W], each BN's tensors [C] -> y [N, C, H, W] in xs[0]'s layout.
+Tensor bn_add_relu(const std::vector<Tensor>& xs_in, const std::vector<BnParams>& bns, bool training, float momentum,
                    float eps) {
-  const int count = (int)xs.size();
-  ENGINE_CHECK(count >= 1 && count <= 3 && bns.size() == xs.size(),
-               "1 to 3 branches, each with its BN; got " + std::to_string(xs.size()) + " inputs and " +
+  const int count = (int)xs_in.size();
+  ENGINE_CHECK(count >= 1 && count <= 3 && bns.size() == xs_in.size(),
+               "1 to 3 branches, each with its BN; got " + std::to_string(xs_in.size()) + " inputs and " +
                    std::to_string(bns.size()) + " BNs");
-  const Tensor& x0 = xs[0];
-  const bool blocked = x0.defined() && is_blocked(x0);
-  ENGINE_CHECK(x0.defined() && x0.dtype() == DType::f32 && (x0.dim() == 4 || (blocked && x0.size(4) == kChannelBlock)),
-               "x must be f32 [N, C, H, W] or blocked [N, C/16, H, W, 16], got " + (x0.defined() ? x0.str() : "undefined"));
-  ENGINE_CHECK(!blocked || x0.device() == Device::cpu, "the blocked layout is the CPU's, got " + x0.str());
+  const Tensor& x0 = xs_in[0];
+  ENGINE_CHECK(x0.defined() && x0.dtype() == DType::f32 && x0.dim() == 4,
+               "x must be f32 [N, C, H, W], got " + (x0.defined() ? x0.str() : "undefined"));
+  std::vector<Tensor> xs = xs_in;
+  for (Tensor& x : xs)
+    if (x.defined() && x.shape() == x0.shape()) x = to_layout(x, x0.channel_block());
   BnSum s;
   s.n = x0.size(0);
-  s.c = blocked ? x0.size(1) * kChannelBlock : x0.size(1);
+  s.c = x0.size(1);
   s.hw = x0.size(2) * x0.size(3);
-  s.blocked = blocked;
+  s.block = x0.channel_block();
   s.count = count;
   ENGINE_CHECK(!training || s.n * s.hw > 1, "training needs more than one value per channel, got x " + x0.str());
   ENGINE_CHECK(!training || !batch_norm_sync() || x0.device() == Device::cpu, "sync-BN is CPU only, got x " + x0.str());
-  Tensor y = Tensor::empty(x0.shape(), DType::f32, x0.device());
+  Tensor y = empty_like(x0);
 
   // The statistics that normalize, kept for the backward: the batch ones (training), or the running ones
   // (eval: they must not change before the backward runs, as in batch_norm2d).
@@ -57,12 +56,12 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& b
     check_param(bn.running_var, "running_var", s.c, x0.device());
     means[k] = training ? Tensor::empty({s.c}, DType::f32, x0.device()) : bn.running_mean;
     vars[k] = training ? Tensor::empty({s.c}, DType::f32, x0.device()) : bn.running_var;
-    s.b[k] = {x.f32(), bn.gamma.f32(), bn.beta.f32(), bn.running_mean.f32(), bn.running_var.f32(),
-              means[k].f32(), vars[k].f32()};
+    s.b[k] = {x.storage_f32(), bn.gamma.storage_f32(), bn.beta.storage_f32(), bn.running_mean.storage_f32(), bn.running_var.storage_f32(),
+              means[k].storage_f32(), vars[k].storage_f32()};
     inputs.push_back(bn.gamma);
     inputs.push_back(bn.beta);
   }
-  DISPATCH(x0.device(), bn_sum_relu_forward, s, training, momentum, eps, y.f32());
+  DISPATCH(x0.device(), bn_sum_relu_forward, s, training, momentum, eps, y.storage_f32());
 
   // inputs: x_0 .. x_{count-1}, then gamma_k, beta_k per branch
   record(y, "bn_add_relu", std::move(inputs), [s, training, eps, means, vars](const Tensor& out, const Tensor& gout) {
@@ -75,49 +74,15 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& b
       gx[k] = grad_buffer(x);
       ggamma[k] = grad_buffer(gamma);
       gbeta[k] = grad_buffer(beta);
-      g.b[k] = {x.f32(), gamma.f32(), nullptr, nullptr, nullptr, means[k].f32(), vars[k].f32(),
+      g.b[k] = {x.storage_f32(), gamma.storage_f32(), nullptr, nullptr, nullptr, means[k].storage_f32(), vars[k].storage_f32(),
                 f32_or_null(gx[k]), f32_or_null(ggamma[k]), f32_or_null(gbeta[k])};
     }
-    DISPATCH(out.device(), bn_sum_relu_backward, g, training, eps, out.f32(), gout.f32());
+    DISPATCH(out.device(), bn_sum_relu_backward, g, training, eps, out.storage_f32(), gout.storage_f32());
     for (int k = 0; k < count; k++) {
       accumulate_grad(in[k], gx[k]);
       accumulate_grad(in[count + 2 * k], ggamma[k]);
       accumulate_grad(in[count + 2 * k + 1], gbeta[k]);
     }
-  });
-  return y;
-}
-
-// --- the blocked layout --------------------------------------------------------------------------------
-
-// x [N, C, H, W] -> [N, C/16, H, W, 16]
-Tensor to_blocked(const Tensor& x) {
-  ENGINE_CHECK(x.dim() == 4 && x.dtype() == DType::f32 && x.size(1) % kChannelBlock == 0,
-               "expects f32 [N, C, H, W] with C % 16 == 0, got " + x.str());
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  Tensor y = Tensor::empty({n, c / kChannelBlock, x.size(2), x.size(3), kChannelBlock}, DType::f32, x.device());
-  DISPATCH(x.device(), channels_to_blocked, n, c, hw, x.f32(), y.f32());
-  record(y, "to_blocked", {x}, [n, c, hw](const Tensor& out, const Tensor& g) {
-    const Tensor& x = out.grad_fn()->inputs[0];
-    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
-    DISPATCH(x.device(), channels_from_blocked, n, c, hw, g.f32(), gx.f32());
-    accumulate_grad(x, gx);
-  });
-  return y;
-}
-
-// x [N, C/16, H, W, 16] -> [N, C, H, W]
-Tensor to_plain(const Tensor& x) {
-  ENGINE_CHECK(is_blocked(x) && x.size(4) == kChannelBlock && x.dtype() == DType::f32,
-               "expects blocked f32 [N, C/16, H, W, 16], got " + x.str());
-  const int64_t n = x.size(0), c = x.size(1) * kChannelBlock, hw = x.size(2) * x.size(3);
-  Tensor y = Tensor::empty({n, c, x.size(2), x.size(3)}, DType::f32, x.device());
-  DISPATCH(x.device(), channels_from_blocked, n, c, hw, x.f32(), y.f32());
-  record(y, "to_plain", {x}, [n, c, hw](const Tensor& out, const Tensor& g) {
-    const Tensor& x = out.grad_fn()->inputs[0];
-    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
-    DISPATCH(x.device(), channels_to_blocked, n, c, hw, g.f32(), gx.f32());
-    accumulate_grad(x, gx);
   });
   return y;
 }

@@ -3,6 +3,7 @@
 // engine/*.cpp check shapes, allocate outputs, record autograd nodes and call them through DISPATCH.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/cuda/cuda_backend.h"
@@ -32,18 +33,20 @@ struct ConvShape {
   int64_t oh, ow;       // output
   int stride, padding, groups;
   bool bias;
-  bool blocked = false;     // x, y in the blocked layout [N, C/16, H, W, 16] (ops.h, to_blocked; CPU only)
-  bool blocked_y = false;   // y alone blocked, x plain (ops.h conv2d's blocked_out; CPU only)
+  int64_t x_block = 0;      // x (and gx) in the blocked layout [N, C/B, H, W, B], B = x_block (CPU only;
+  int64_t y_block = 0;      //   ops.h, the activation layout); y (and gy) likewise; 0: NCHW
 };
 
 // An inference convolution of integer inference (engine/cpu/int8.h QConv, which says what it computes;
 // engine::cuda::qconv_forward below).
 struct QConvSpec {
-  ConvShape s;                 // padding (kh - 1) / 2; s.bias and s.blocked are ignored (always a bias, plain)
+  ConvShape s;                 // padding (kh - 1) / 2; s.bias and the blocks are ignored (always a bias, plain)
   DType src = DType::u8;       // u8 codes, or f32 (an FP32 layer; CPU only)
   DType dst = DType::u8;       // u8 codes, f32, or i32 (u8 src only)
   bool src_nchw = false;       // the src layout NCHW (the image), else NHWC; the dst is NHWC
   int src_zero_point = 0;      // z of the u8 src
+  int src_max = 255;           // u8 src: its largest code (2^A − 1 of its A bits; the exact path's test)
+  bool force_split = false;    // u8 src: the exact split even where one convolution is exact (tests)
   std::vector<float> scales;   // u8 src, dst u8 or f32: [1] or [O]
   bool relu = true;
   int dst_max = 255;           // dst u8: the largest code (2^A - 1 of the next layer's A bits)
@@ -66,7 +69,7 @@ BatchSumFn batch_norm_sync();
 
 struct BnShape {
   int64_t n, c, hw;
-  bool blocked = false;  // x [N, C/16, HW, 16] (ops.h to_blocked; CPU only, and only channel_var takes it)
+  int64_t block = 0;  // x [N, C/B, HW, B], B = block (ops.h, the activation layout; CPU only); 0: [N, C, HW]
 };
 
 // One batch norm of a fused sum (bn_add_relu in ops.h): x [N, C, HW] (or blocked), the rest [C].
@@ -83,11 +86,11 @@ struct BnBranch {
   float* gbeta = nullptr;
 };
 
-// y = relu(Σ_b BN_b(x_b)) over `count` branches, all x_b and y [N, C, HW], or [N, C/16, HW, 16] when
-// blocked (channel c at [., c / 16, ., c % 16]).
+// y = relu(Σ_b BN_b(x_b)) over `count` branches, all x_b and y [N, C, HW], or [N, C/B, HW, B] when
+// blocked by B = block (channel c at [., c / B, ., c % B]).
 struct BnSum {
   int64_t n = 0, c = 0, hw = 0;
-  bool blocked = false;
+  int64_t block = 0;
   int count = 0;  // 1 to 3
   BnBranch b[3];
 };
@@ -142,9 +145,6 @@ struct BnSum {
   void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \
   /* the gradients of bn_sum_relu_forward (from its y and gy) into each branch's gx, ggamma, gbeta */   \
   void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy); \
-  /* x [N, C, HW] -> y [N, C/16, HW, 16] (C % 16 == 0), and back */                                  \
-  void channels_to_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);              \
-  void channels_from_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y);            \
   /* y = (clamp(round(x / s) + z, q_min, q_max) - z) s, s = step[row]; round half to even */          \
   void fake_quant_forward(const FakeQuant& q, const float* x, const float* step, float* y);          \
   /* gx = gy inside the code range, else 0; terms = gy d y / d s per element (summed per row by the op) */ \
@@ -162,6 +162,15 @@ struct BnSum {
 
 namespace engine::cpu {
 ENGINE_KERNEL_DECLS
+// The activation layout (ops.h, CPU only): x [N, C, HW] -> y [N, C/B, HW, B] (C % B == 0), and back.
+void channels_to_blocked(int64_t n, int64_t c, int64_t hw, int64_t block, const float* x, float* y);
+void channels_from_blocked(int64_t n, int64_t c, int64_t hw, int64_t block, const float* x, float* y);
+// The channel block oneDNN's convolutions want on this CPU: 16 (AVX-512), 8 (AVX2), 0 (plain; asked once,
+// engine/cpu/conv.cpp).
+int64_t conv_channel_block();
+// engine/cpu/dnnl.h's, for the engine's ops.
+std::string dnnl_isa();
+bool dnnl_has_vnni();
 }
 namespace engine::cuda {
 ENGINE_KERNEL_DECLS

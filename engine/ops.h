@@ -3,6 +3,7 @@
 // engine/<family>.cpp; the device kernels they call are in engine/cpu/ and engine/cuda/ (kernels.h).
 // Shapes: N batch, C channels, H, W spatial, O output channels, I input features, K classes.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -50,33 +51,44 @@ Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast res
 
 // --- conv.cpp (oneDNN on the CPU, cuDNN on CUDA) ------------------------------------------------------
 // x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'].
-// Blocked too (CPU): x [N, C/16, H, W, 16] -> [N, O/16, H', W', 16] (see to_blocked). blocked_out: y
-// blocked from a plain x as well (a network's first conv, whose 3 input channels do not block).
+// On the CPU, y is in the blocked layout where its channels allow (see "the activation layout" below).
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
-              int groups = 1, bool blocked_out = false);
-// relu(conv2d(x, w, bias, ...)) without recording a gradient: the deployed RepVGG block. Blocked too, as
+              int groups = 1);
+// relu(conv2d(x, w, bias, ...)) without recording a gradient: the deployed RepVGG block. Layouts as
 // conv2d. NaN stays NaN, as in PyTorch.
 Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
-                   int groups = 1, bool blocked_out = false);
+                   int groups = 1);
 
-// --- fused.cpp: fused ops of the RepVGG block, and the blocked activation layout ----------------------
+// --- layout.cpp: the activation layout -------------------------------------------------------------
+// On the CPU an activation x [N, C, H, W] may be stored channel-blocked, as oneDNN's nChw{B}c: channel c
+// of pixel (n, h, w) at [n][c / B][h][w][c % B] (x.channel_block() == B). Its shape, its values and what
+// every op computes on it are those of the NCHW tensor; only the storage differs (torch's memory_format).
+// Convolutions write it where the channels allow, with the block oneDNN's kernels want on this CPU, and
+// take it without reordering; the ops a RepVGG block runs between its convolutions keep it (element-wise
+// ops of operands of one shape, bn_add_relu, batch_norm2d, channel_var, fake_quantize, straight_through,
+// global_avg_pool), so that a network runs blocked from its first convolution to its pooling. Any other
+// op takes either layout and returns NCHW (a recorded to_plain first).
+// The block: 16 on AVX-512, 8 on AVX2 (asked of oneDNN once), 0 (NCHW everywhere) where it wants neither.
+int64_t activation_block();
+// Overrides activation_block() on this process (tests: the same model in NCHW, block 8 and block 16).
+void set_activation_block(int64_t block);
+// The CPU as oneDNN sees it, for the programs' first line: "oneDNN ISA avx2 (no VNNI), activations nChw8c".
+std::string cpu_summary();
+// x [N, C, H, W] (C % block == 0) in the layout of `block` (0: NCHW), recorded; x itself if already there.
+Tensor to_layout(const Tensor& x, int64_t block);
+inline Tensor to_plain(const Tensor& x) { return to_layout(x, 0); }
+
+// --- fused.cpp: fused ops of the RepVGG block -------------------------------------------------------
 // One BN's tensors, [C] each, for bn_add_relu.
 struct BnParams {
   Tensor gamma, beta, running_mean, running_var;
 };
-// relu(Σ_b batch_norm2d(x_b, bn_b...)) for 1 to 3 branches x_b of one shape [N, C, H, W] (or all blocked):
-// a RepVGG block's BNs, branch sum and ReLU in two passes over memory each way, with the same values,
-// running-statistics updates and gradients as the composed ops (training and eval as batch_norm2d).
+// relu(Σ_b batch_norm2d(x_b, bn_b...)) for 1 to 3 branches x_b of one shape [N, C, H, W] (y in x_0's
+// layout, the others converted to it): a RepVGG block's BNs, branch sum and ReLU in two passes over memory
+// each way, with the same values, running-statistics updates and gradients as the composed ops (training
+// and eval as batch_norm2d).
 Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training,
                    float momentum = 0.1f, float eps = 1e-5f);
-
-// oneDNN's blocked activation layout nChw16c as an explicit 5-D shape: x [N, C, H, W] (C % 16 == 0) ->
-// [N, C/16, H, W, 16], channel c at [n, c / 16, h, w, c % 16]. Convolutions run in it without reordering;
-// ops marked "blocked too" accept and return it; element-wise ops are layout-blind. to_plain inverts it.
-constexpr int64_t kChannelBlock = 16;
-Tensor to_blocked(const Tensor& x);
-Tensor to_plain(const Tensor& x);
-inline bool is_blocked(const Tensor& x) { return x.dim() == 5; }
 
 // --- linear.cpp --------------------------------------------------------------------------------------
 // x [N, I], w [O, I], bias [O] or undefined -> [N, O]  (y = x wᵀ + b, as torch.nn.functional.linear)
@@ -117,7 +129,7 @@ Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_
 // bit for bit.
 Tensor straight_through(const Tensor& x, const Tensor& values);
 
-// x [N, C, H, W] (blocked too, CPU), mean [C] -> [C]: the biased variance about `mean`,
+// x [N, C, H, W], mean [C] -> [C]: the biased variance about `mean`,
 // (1/M) Σ_{n,h,w} (x − mean)², M = N·H·W, in one pass (RepQ-BN's batch statistics, layers/bn_fold.h);
 // differentiable in x and mean.
 Tensor channel_var(const Tensor& x, const Tensor& mean);

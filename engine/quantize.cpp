@@ -15,18 +15,19 @@ Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_
   ENGINE_CHECK(q_min < q_max && zero_point >= q_min && zero_point <= q_max,
                "codes [" + std::to_string(q_min) + ", " + std::to_string(q_max) + "] with zero point " + std::to_string(zero_point));
   FakeQuant q{step.numel(), x.numel() / step.numel(), zero_point, q_min, q_max};
-  Tensor y = Tensor::empty(x.shape(), DType::f32, x.device());
-  if (x.numel() > 0) DISPATCH(x.device(), fake_quant_forward, q, x.f32(), step.f32(), y.f32());
+  // Rows are dim 0, the outermost in either layout: y (and gx) in x's.
+  Tensor y = empty_like(x);
+  if (x.numel() > 0) DISPATCH(x.device(), fake_quant_forward, q, x.storage_f32(), step.storage_f32(), y.storage_f32());
   record(y, "fake_quantize", {x, step}, [q, step_grad_scale](const Tensor& out, const Tensor& gy) {
     const Tensor& x = out.grad_fn()->inputs[0];
     const Tensor& step = out.grad_fn()->inputs[1];
-    Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
-    Tensor terms = Tensor::empty(x.shape(), DType::f32, x.device());
-    if (x.numel() > 0) DISPATCH(x.device(), fake_quant_backward, q, x.f32(), step.f32(), gy.f32(), gx.f32(), terms.f32());
+    Tensor gx = empty_like(x);
+    Tensor terms = empty_like(x);
+    if (x.numel() > 0) DISPATCH(x.device(), fake_quant_backward, q, x.storage_f32(), step.storage_f32(), gy.storage_f32(), gx.storage_f32(), terms.storage_f32());
     accumulate_grad(x, gx);
     if (step.requires_grad()) {
       Tensor gs = Tensor::empty(step.shape(), DType::f32, x.device());
-      DISPATCH(x.device(), reduce_sum, Reduce3{q.rows, q.per_row, 1}, terms.f32(), gs.f32());
+      DISPATCH(x.device(), reduce_sum, Reduce3{q.rows, q.per_row, 1}, terms.storage_f32(), gs.storage_f32());
       scale_(gs, step_grad_scale);
       accumulate_grad(step, gs);
     }
@@ -34,7 +35,8 @@ Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_
   return y;
 }
 
-Tensor straight_through(const Tensor& x, const Tensor& values) {
+Tensor straight_through(const Tensor& x, const Tensor& values_in) {
+  const Tensor values = x.defined() && values_in.defined() ? to_layout(values_in, x.channel_block()) : values_in;
   ENGINE_CHECK(x.defined() && values.defined() && x.shape() == values.shape() && x.dtype() == values.dtype() &&
                    x.device() == values.device(),
                "straight_through: values " + values.str() + " for x " + x.str());

@@ -63,15 +63,48 @@ static Shape drop_dims(const Shape& keep, const Shape& in, const std::vector<int
   return out;
 }
 
-static Tensor reduce(const Tensor& x, const std::vector<int>& dims, bool keepdim, bool is_mean, const char* name) {
-  Tensor y = sum_keepdim_raw(x, dims);
+// A blocked x [N, C, H, W] (ops.h, the activation layout) reduced over H and W (and N), not C, is reduced
+// as the [N, C/B, H, W, B] its storage is: the result, [N or 1, C/B, 1, 1, B], holds the channels in
+// NCHW's order. These dims of that view, or none (then x goes NCHW first).
+static std::vector<int> blocked_dims(const Tensor& x, std::vector<int> dims) {
+  if (x.channel_block() == 0) return {};
+  for (int& d : dims) d = d < 0 ? d + 4 : d;
+  auto has = [&](int d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); };
+  if (!has(2) || !has(3) || has(1)) return {};
+  return dims;  // 0, 2, 3 are the same dims of the 5-D view
+}
+
+// The 5-D view [N, C/B, H, W, B] of a blocked tensor's storage (no autograd).
+static Tensor blocked_view(const Tensor& x) {
+  const int64_t b = x.channel_block();
+  Tensor storage = x.detach();
+  storage.impl()->channel_block = 0;
+  return view_as_shape(storage, Shape{x.size(0), x.size(1) / b, x.size(2), x.size(3), b});
+}
+
+static Tensor reduce(const Tensor& x_in, const std::vector<int>& dims, bool keepdim, bool is_mean, const char* name) {
+  const std::vector<int> bdims = blocked_dims(x_in, dims);
+  const Tensor x = bdims.empty() ? to_plain(x_in) : x_in;
+  Tensor y = bdims.empty() ? sum_keepdim_raw(x, dims) : sum_keepdim_raw(blocked_view(x), bdims);
   float s = is_mean ? (float)y.numel() / (float)std::max<int64_t>(x.numel(), 1) : 1.f;
   if (is_mean) scale_(y, s);
   Shape keep_shape = y.shape();
-  if (!keepdim) y = view_as_shape(y, drop_dims(keep_shape, x.shape(), dims));
-  record(y, name, {x}, [keep_shape, s](const Tensor& out, const Tensor& g) {
+  if (!bdims.empty()) {  // [N or 1, C/B, 1, 1, B] -> [N or 1, C, 1, 1]
+    keep_shape = x.shape();
+    for (int d : bdims) keep_shape.d[d] = 1;
+  }
+  y = view_as_shape(y, keepdim ? keep_shape : drop_dims(keep_shape, x.shape(), dims));
+  const int64_t block = bdims.empty() ? 0 : x.channel_block();
+  record(y, name, {x}, [keep_shape, s, block](const Tensor& out, const Tensor& g) {
     const Tensor& x = out.grad_fn()->inputs[0];
-    accumulate_grad(x, expand_raw(view_as_shape(g, keep_shape), x.shape(), s));
+    if (block == 0) return accumulate_grad(x, expand_raw(view_as_shape(g, keep_shape), x.shape(), s));
+    // g [N or 1, C] broadcast over the 5-D view of gx, which is then x's blocked storage
+    const Shape view{x.size(0), x.size(1) / block, x.size(2), x.size(3), block};
+    const Shape g_view{keep_shape[0], x.size(1) / block, 1, 1, block};
+    Tensor gx = expand_raw(view_as_shape(g, g_view), view, s);
+    gx = view_as_shape(gx, x.shape());
+    gx.impl()->channel_block = block;
+    accumulate_grad(x, gx);
   });
   return y;
 }
@@ -87,6 +120,7 @@ static std::vector<int> all_dims(const Tensor& x) {
 Tensor sum_all(const Tensor& x) { return reduce(x, all_dims(x), false, false, "sum_all"); }
 Tensor mean_all(const Tensor& x) { return reduce(x, all_dims(x), false, true, "mean_all"); }
 
+// Blocked x too (reduce's blocked_dims).
 Tensor global_avg_pool(const Tensor& x) {
   ENGINE_CHECK(x.dim() == 4, "expects [N, C, H, W], got " + x.shape().str());
   return reduce(x, {2, 3}, false, true, "global_avg_pool");

@@ -5,7 +5,8 @@
 
 namespace engine {
 
-Tensor reshape(const Tensor& x, const Shape& shape) {
+Tensor reshape(const Tensor& x_in, const Shape& shape) {
+  const Tensor x = to_plain(x_in);
   Tensor y = view_as_shape(x, shape);
   Shape in_shape = x.shape();
   record(y, "reshape", {x}, [in_shape](const Tensor& out, const Tensor& g) {
@@ -22,7 +23,8 @@ Tensor flatten(const Tensor& x) {
 Tensor detach(const Tensor& x) { return x.detach(); }
 
 // x [..., H, W] -> [..., H + 2p, W + 2p]; the backward crops.
-Tensor pad2d(const Tensor& x, int pad) {
+Tensor pad2d(const Tensor& x_in, int pad) {
+  const Tensor x = to_plain(x_in);
   ENGINE_CHECK(x.dim() >= 2 && pad >= 0, "pad2d of " + x.shape().str());
   const int64_t h = x.size(-2), w = x.size(-1);
   const int64_t planes = x.numel() / std::max<int64_t>(h * w, 1);

@@ -6,6 +6,7 @@
 #include "engine/allocator.h"
 #include "engine/autograd.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/kernels.h"
 
 namespace engine {
 
@@ -99,7 +100,8 @@ Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape)
 
 std::string Tensor::str() const {
   if (!defined()) return "undefined";
-  return std::string(dtype_name(dtype())) + shape().str() + " " + device_name(device());
+  std::string s = std::string(dtype_name(dtype())) + shape().str() + " " + device_name(device());
+  return channel_block() ? s + " nChw" + std::to_string(channel_block()) + "c" : s;
 }
 
 template <class T> static constexpr DType dtype_of();
@@ -112,12 +114,26 @@ template <class T> T* Tensor::data() const {
   ENGINE_CHECK(defined(), "undefined tensor");
   ENGINE_CHECK(dtype() == dtype_of<T>(), std::string("tensor is ") + dtype_name(dtype()) + ", asked for " +
                                              dtype_name(dtype_of<T>()));
+  ENGINE_CHECK(channel_block() == 0, "the storage of " + str() + " is blocked (engine/ops.h, the activation layout): "
+                                     "read its values with to_vector(), or make it NCHW with to_plain()");
   return static_cast<T*>(impl_->storage->data);
+}
+
+float* Tensor::storage_f32() const {
+  ENGINE_CHECK(defined() && dtype() == DType::f32, "storage_f32 of " + (defined() ? str() : std::string("undefined")));
+  return static_cast<float*>(impl_->storage->data);
 }
 template float* Tensor::data<float>() const;
 template int32_t* Tensor::data<int32_t>() const;
 template uint8_t* Tensor::data<uint8_t>() const;
 template int8_t* Tensor::data<int8_t>() const;
+
+// A row-major copy of t (same shape and values).
+static Tensor clone_plain(const Tensor& t) {
+  Tensor p = Tensor::empty(t.shape(), t.dtype(), t.device());
+  p.copy_(t);
+  return p;
+}
 
 float Tensor::item() const {
   ENGINE_CHECK(numel() == 1, "item() of a tensor with " + std::to_string(numel()) + " elements");
@@ -126,6 +142,7 @@ float Tensor::item() const {
 
 std::vector<float> Tensor::to_vector() const {
   Tensor host = to(Device::cpu);
+  if (host.channel_block()) host = clone_plain(host);
   const float* p = host.f32();
   return std::vector<float>(p, p + numel());
 }
@@ -141,17 +158,20 @@ Tensor Tensor::detach() const {
   impl->shape = impl_->shape;
   impl->dtype = impl_->dtype;
   impl->storage = impl_->storage;
+  impl->channel_block = impl_->channel_block;
   return Tensor(std::move(impl));
 }
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape(), dtype(), device());
+  t.impl()->channel_block = channel_block();
   t.copy_(*this);
   return t;
 }
 
 Tensor Tensor::to(Device target) const {
   if (device() == target) return *this;
+  if (channel_block()) return clone_plain(*this).to(target);  // the blocked layout is the CPU's
   Tensor t = empty(shape(), dtype(), target);
   if (target == Device::cuda) cuda::copy_to_device(t.raw(), raw(), nbytes());
   else cuda::copy_to_host(t.raw(), raw(), nbytes());
@@ -161,6 +181,15 @@ Tensor Tensor::to(Device target) const {
 void Tensor::copy_(const Tensor& src) {
   ENGINE_CHECK(numel() == src.numel() && dtype() == src.dtype(),
                "copy_ from " + src.str() + " into " + str());
+  if (channel_block() != src.channel_block()) {
+    ENGINE_CHECK(shape() == src.shape() && device() == Device::cpu && src.device() == Device::cpu,
+                 "copy_ between layouts needs one shape on the CPU: from " + src.str() + " into " + str());
+    const int64_t hw = size(2) * size(3);
+    if (src.channel_block() == 0) cpu::channels_to_blocked(size(0), size(1), hw, channel_block(), src.storage_f32(), storage_f32());
+    else if (channel_block() == 0) cpu::channels_from_blocked(size(0), size(1), hw, src.channel_block(), src.storage_f32(), storage_f32());
+    else copy_(clone_plain(src));
+    return;
+  }
   if (device() == Device::cpu && src.device() == Device::cpu) std::memcpy(raw(), src.raw(), nbytes());
   else if (device() == Device::cuda && src.device() == Device::cuda) cuda::copy_on_device(raw(), src.raw(), nbytes());
   else if (device() == Device::cuda) cuda::copy_to_device(raw(), src.raw(), nbytes());
@@ -169,11 +198,18 @@ void Tensor::copy_(const Tensor& src) {
 
 Tensor view_as_shape(const Tensor& t, const Shape& shape) {
   ENGINE_CHECK(shape.numel() == t.numel(), "cannot view " + t.shape().str() + " as " + shape.str());
+  ENGINE_CHECK(t.channel_block() == 0, "cannot view the blocked " + t.str() + " as " + shape.str());
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->dtype = t.dtype();
   impl->storage = t.impl()->storage;
   return Tensor(std::move(impl));
+}
+
+Tensor empty_like(const Tensor& x) {
+  Tensor t = Tensor::empty(x.shape(), DType::f32, x.device());
+  t.impl()->channel_block = x.channel_block();
+  return t;
 }
 
 }  // namespace engine

@@ -1,5 +1,8 @@
-// Tensor: a shape (up to 5 dims), contiguous row-major (NCHW) storage, a dtype and a device, plus the
-// autograd fields (requires_grad, grad, grad_fn). Copies between devices are explicit: `to(device)`.
+// Tensor: a shape (up to 5 dims), contiguous storage, a dtype and a device, plus the autograd fields
+// (requires_grad, grad, grad_fn). Copies between devices are explicit: `to(device)`.
+// The storage is row-major (NCHW) unless the tensor is a CPU activation [N, C, H, W] whose channels the
+// engine blocked for oneDNN (channel_block() > 0; ops.h, "the activation layout"): the shape is the same
+// either way, as torch's memory_format, and to_vector() gives the values in row-major order.
 // Tensors are handles: copying a Tensor shares its storage and autograd state (like torch.Tensor).
 #pragma once
 #include <cstdint>
@@ -56,6 +59,7 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // same shape as this tensor, f32
   std::shared_ptr<Node> grad_fn;     // the op that produced this tensor (null for leaves)
+  int64_t channel_block = 0;         // 0: row-major; B: [N, C, H, W] stored as [N, C/B, H, W, B] (ops.h)
 };
 
 class Tensor {
@@ -79,11 +83,16 @@ class Tensor {
   DType dtype() const { return impl_->dtype; }
   Device device() const { return impl_->storage->device; }
   size_t nbytes() const { return numel() * dtype_size(dtype()); }
-  std::string str() const;  // "f32[2, 3] cpu"
+  std::string str() const;  // "f32[2, 3] cpu", "f32[2, 32, 4, 4] cpu nChw16c"
+  int64_t channel_block() const { return impl_->channel_block; }  // 0 unless blocked (ops.h)
 
   // --- data (host pointers only for cpu tensors; checks the dtype) ----------------------------------
+  // Row-major tensors only: a blocked one (channel_block() > 0) is refused, since its storage is not in
+  // the order of its shape; to_vector() gives any tensor's values in row-major order.
   template <class T> T* data() const;
   float* f32() const { return data<float>(); }
+  // The f32 storage as it is, in either layout: for the engine's ops, which know the layout.
+  float* storage_f32() const;
   void* raw() const { return impl_->storage->data; }
   float item() const;                     // a one-element f32 tensor's value
   std::vector<float> to_vector() const;   // f32 values, copied to the host
@@ -99,9 +108,10 @@ class Tensor {
   Tensor detach() const;                  // same storage, no autograd history
 
   // --- copies ----------------------------------------------------------------------------------------
-  Tensor clone() const;                   // a new storage with the same values (no autograd history)
+  Tensor clone() const;                   // a new storage with the same values and layout (no history)
   Tensor to(Device device) const;         // an explicit copy to another device (itself if already there)
-  void copy_(const Tensor& src);          // values of src (same numel and dtype) into this storage
+  // values of src (same numel and dtype) into this storage, in this tensor's layout
+  void copy_(const Tensor& src);
   void fill_(float value);                // f32 only
 
   TensorImpl* impl() const { return impl_.get(); }
@@ -113,7 +123,10 @@ class Tensor {
 };
 
 // A tensor that shares `t`'s storage with another shape of the same numel (no autograd; see ops.h reshape).
+// t must be row-major.
 Tensor view_as_shape(const Tensor& t, const Shape& shape);
+// An uninitialized f32 tensor of x's shape, device and layout.
+Tensor empty_like(const Tensor& x);
 
 [[noreturn]] void fail(const std::string& message);  // throws std::runtime_error
 #define ENGINE_CHECK(cond, msg)                                         \

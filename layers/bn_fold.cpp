@@ -12,9 +12,8 @@ BnTensors bn_tensors(const BatchNorm2d& bn) {
 }
 
 Moments channel_moments(const Tensor& x) {
-  ENGINE_CHECK(x.dim() == 4 || is_blocked(x), "expects [N, C, H, W] or blocked [N, C/16, H, W, 16], got " + x.str());
-  Tensor mean = engine::mean(x, {0, 2, 3}, false);  // [C], or [C/16, 16] when blocked: channel c at c / 16, c % 16
-  if (is_blocked(x)) mean = reshape(mean, Shape{mean.numel()});
+  ENGINE_CHECK(x.dim() == 4, "expects [N, C, H, W], got " + x.str());
+  Tensor mean = engine::mean(x, {0, 2, 3}, false);  // [C]
   return {mean, channel_var(x, mean)};
 }
 
@@ -43,8 +42,7 @@ void update_running(BatchNorm2d& bn, const Moments& batch, int64_t count) {
 
 BnStatistics::BnStatistics(BnFold fold, const Tensor& x, int stride, int groups)
     : fold(fold), x_(x), stride_(stride), groups_(groups) {
-  ENGINE_CHECK(fold == BnFold::running || x.dim() == 4 || is_blocked(x),
-               "block input " + x.str() + ": expected [N, C, H, W] or blocked [N, C/16, H, W, 16]");
+  ENGINE_CHECK(fold == BnFold::running || x.dim() == 4, "block input " + x.str() + ": expected [N, C, H, W]");
 }
 
 const Moments& BnStatistics::input_moments() {

@@ -5,7 +5,6 @@
 
 namespace layers {
 
-using engine::is_blocked;
 
 ConvBN::ConvBN(int in, int out, int kernel, int stride, int padding, int groups, engine::Rng& rng) {
   conv = register_module("conv", std::make_shared<Conv2d>(in, out, kernel, stride, padding, groups, false, rng));
@@ -57,24 +56,21 @@ void RepBlock::set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Qu
   weight_cluster = cluster ? register_module("weight_quant", cluster) : nullptr;
 }
 
-Tensor RepBlock::forward(const Tensor& x) { return run(x, false); }
-Tensor RepBlock::forward_blocked(const Tensor& x) { return run(x, true); }
-
-Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out) {
+Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b) {
   const Tensor xq = act_quant ? act_quant->forward(x) : x;
   const Tensor wq = quantize_weight(w, weight_quant.get(), weight_cluster.get());
-  return engine::conv2d_relu(xq, wq, eval_bias(b, act_quant.get(), weight_quant.get(), training()), stride, 1, groups, blocked_out);
+  return engine::conv2d_relu(xq, wq, eval_bias(b, act_quant.get(), weight_quant.get(), training()), stride, 1, groups);
 }
 
-Tensor RepBlock::run(const Tensor& x, bool blocked_out) {
+Tensor RepBlock::forward(const Tensor& x) {
   switch (mode()) {
-    case BlockMode::deploy: return quantized_conv_relu(x, rbr_reparam->weight, rbr_reparam->bias, blocked_out);
-    case BlockMode::branches: return forward_branches(x, blocked_out);
+    case BlockMode::deploy: return quantized_conv_relu(x, rbr_reparam->weight, rbr_reparam->bias);
+    case BlockMode::branches: return forward_branches(x);
     case BlockMode::merged: break;
   }
   BnStatistics stats(training() ? fold : BnFold::running, x, stride, groups);
   const KernelBias kb = kernel_bias(stats);
-  return quantized_conv_relu(x, kb.kernel, kb.bias, blocked_out);
+  return quantized_conv_relu(x, kb.kernel, kb.bias);
 }
 
 RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng)
@@ -84,26 +80,23 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
-// blocked_out: y in the blocked layout whatever x's (a blocked x gives a blocked y in any case).
-Tensor RepVGGBlock::forward_branches(const Tensor& x, bool blocked_out) {
+Tensor RepVGGBlock::forward_branches(const Tensor& x) {
   std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
   if (rbr_identity) bns.push_back(rbr_identity.get());
   bool fusable = true;  // one mode, momentum and eps for the three BNs (as always, unless set otherwise)
   for (BatchNorm2d* bn : bns)
     fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
-  if (!fusable) {  // the composed ops, in the plain layout
-    const Tensor xp = is_blocked(x) ? engine::to_plain(x) : x;
-    Tensor sum = engine::add(rbr_dense->forward(xp), rbr_1x1->forward(xp));
-    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(xp));
-    Tensor y = engine::relu(sum);
-    return is_blocked(x) || blocked_out ? engine::to_blocked(y) : y;
+  if (!fusable) {  // the composed ops
+    Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
+    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(x));
+    return engine::relu(sum);
   }
   // relu(bn(dense(x)) + bn(1x1(x)) + bn(x)) with the BNs, the sum and the ReLU in one op (ops.h bn_add_relu)
   auto conv = [&](const Conv2d& c) {
-    return engine::conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups, blocked_out);
+    return engine::conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups);
   };
   std::vector<Tensor> xs = {conv(*rbr_dense->conv), conv(*rbr_1x1->conv)};
-  if (rbr_identity) xs.push_back(blocked_out && !is_blocked(x) ? engine::to_blocked(x) : x);
+  if (rbr_identity) xs.push_back(x);
   std::vector<engine::BnParams> params;
   for (BatchNorm2d* bn : bns) {
     // gamma_used reads running_var before the op updates it (OABN: the bound of this step)
@@ -137,11 +130,10 @@ QARepVGGBlock::QARepVGGBlock(int in, int out, int stride, int groups, engine::Rn
   bn = register_module("bn", std::make_shared<BatchNorm2d>(out));
 }
 
-Tensor QARepVGGBlock::forward_branches(const Tensor& x, bool blocked_out) {
+Tensor QARepVGGBlock::forward_branches(const Tensor& x) {
   Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
   if (has_identity()) sum = engine::add(sum, x);
-  Tensor y = engine::relu(bn->forward(sum));
-  return blocked_out ? engine::to_blocked(y) : y;
+  return engine::relu(bn->forward(sum));
 }
 
 // The dense BN folds first; the post-sum BN's input is then conv(x, W) + b of the branch sum.

@@ -40,9 +40,6 @@ class RepBlock : public Module {
  public:
   RepBlock(int in, int out, int stride, int groups);
   Tensor forward(const Tensor& x) override;
-  // forward with y in the blocked layout (engine/ops.h to_blocked) whatever x's: the model's first block,
-  // whose 3-channel input does not block, hands the later blocks their layout without a reorder.
-  Tensor forward_blocked(const Tensor& x);
 
   BlockMode mode() const;
   bool deployed() const { return mode() == BlockMode::deploy; }
@@ -71,13 +68,12 @@ class RepBlock : public Module {
   BnFold fold = BnFold::batch;  // merged mode, in training
 
  protected:
-  virtual Tensor forward_branches(const Tensor& x, bool blocked_out) = 0;
+  virtual Tensor forward_branches(const Tensor& x) = 0;
   virtual void drop_branches() = 0;
 
  private:
-  Tensor run(const Tensor& x, bool blocked_out);
   // RepQ Eq. 1: ReLU(conv(Q_a(x), Q_w(w), b)), 3x3 with padding 1
-  Tensor quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b, bool blocked_out);
+  Tensor quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b);
   bool merged_ = false;
 };
 
@@ -93,7 +89,7 @@ class RepVGGBlock : public RepBlock {
   std::shared_ptr<BatchNorm2d> rbr_identity;  // null without an identity branch
 
  private:
-  Tensor forward_branches(const Tensor& x, bool blocked_out) override;
+  Tensor forward_branches(const Tensor& x) override;
   void drop_branches() override;
 };
 
@@ -110,7 +106,7 @@ class QARepVGGBlock : public RepBlock {
   std::shared_ptr<BatchNorm2d> bn;
 
  private:
-  Tensor forward_branches(const Tensor& x, bool blocked_out) override;
+  Tensor forward_branches(const Tensor& x) override;
   void drop_branches() override;
 };
 

@@ -137,27 +137,9 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
   linear_ = register_module("linear", std::make_shared<layers::Linear>(stages[4].back().out, a.num_classes, rng));
 }
 
-// Whether the blocks can run in the blocked layout (ops.h to_blocked): channel counts, per group too, that
-// are multiples of 16 (stage0's input excepted: forward_blocked takes it plain) and no QARepVGG block in
-// branches mode (its BN of a sum is batch_norm2d's, plain only). Merged mode runs blocked: its batch
-// statistics are channel_var's and mean's, which take the layout.
-static bool blocked_layout_fits(const std::vector<std::shared_ptr<layers::RepBlock>>& blocks) {
-  for (size_t i = 0; i < blocks.size(); i++) {
-    const layers::RepBlock& b = *blocks[i];
-    if (b.mode() == layers::BlockMode::branches && !dynamic_cast<const layers::RepVGGBlock*>(&b)) return false;
-    if (b.out_channels % (kChannelBlock * b.groups) != 0) return false;
-    if (i > 0 && b.in_channels % (kChannelBlock * b.groups) != 0) return false;
-  }
-  return true;
-}
-
 Tensor RepVGG::forward(const Tensor& x) {
-  // On the CPU the blocks run in oneDNN's blocked layout, from stage0's output on: no reorders around
-  // their convolutions.
-  const bool blocked = x.device() == Device::cpu && blocked_layout_fits(blocks_);
-  Tensor y = blocked ? blocks_[0]->forward_blocked(x) : blocks_[0]->forward(x);
-  for (size_t i = 1; i < blocks_.size(); i++) y = blocks_[i]->forward(y);
-  if (blocked) y = to_plain(y);
+  Tensor y = x;
+  for (const auto& block : blocks_) y = block->forward(y);
   Tensor features = global_avg_pool(y);
   if (fc_act_quant_) features = fc_act_quant_->forward(features);
   const Tensor w = layers::quantize_weight(linear_->weight, fc_weight_quant_.get(), fc_weight_cluster_.get());

@@ -44,11 +44,10 @@ inline std::vector<double> gradient_errors(const GradFn& f, std::vector<Tensor> 
   Tensor w = engine::rand_uniform(out.shape(), -1.f, 1.f, rng);
   auto loss_of = [&](const std::vector<Tensor>& in) {
     engine::NoGradGuard g;
-    Tensor o = f(in);
-    const float* po = o.f32();
+    const std::vector<float> po = f(in).to_vector();  // NCHW order in any layout, as w's
     const float* pw = w.f32();
     double acc = 0;
-    for (int64_t i = 0; i < o.numel(); i++) acc += (double)po[i] * pw[i];
+    for (size_t i = 0; i < po.size(); i++) acc += (double)po[i] * pw[i];
     return acc;
   };
   engine::sum_all(engine::mul(out, w)).backward();

@@ -325,11 +325,28 @@ TEST_CASE("channel_var: the biased variance about a given mean against double lo
   }
 }
 
-TEST_CASE("channel_var in the blocked layout: the plain layout's variance and gradients") {
+TEST_CASE("channel_var in blocks of 8 and 16: the NCHW variance and gradients") {
   Rng rng(32);
   Tensor x = rand_uniform({3, 32, 3, 5}, -1, 3, rng), mean = rand_uniform({32}, -0.5f, 1.5f, rng);
-  check_close(channel_var(to_blocked(x), mean).to_vector(), channel_var(x, mean).to_vector(), 1e-6, 1e-7, "var");
-  testing_util::check_gradients([](auto& in) { return channel_var(to_blocked(in[0]), in[1]); }, {x, mean});
-  CHECK_THROWS_WITH(channel_var(to_blocked(x), Tensor::zeros({16})),
-                    doctest::Contains("mean must be f32 [32]"));
+  for (int64_t block : {8, 16}) {
+    INFO("block " << block);
+    check_close(channel_var(to_layout(x, block), mean).to_vector(), channel_var(x, mean).to_vector(), 1e-6, 1e-7, "var");
+    testing_util::check_gradients([block](auto& in) { return channel_var(to_layout(in[0], block), in[1]); }, {x, mean});
+    CHECK_THROWS_WITH(channel_var(to_layout(x, block), Tensor::zeros({16})), doctest::Contains("mean must be f32 [32]"));
+  }
+}
+
+TEST_CASE("batch_norm2d of a blocked x: the NCHW values and gradients") {
+  Rng rng(33);
+  Tensor x = rand_uniform({2, 16, 3, 3}, -1, 3, rng), gamma = rand_uniform({16}, 0.5f, 1.5f, rng),
+         beta = rand_uniform({16}, -1, 1, rng);
+  for (int64_t block : {8, 16})
+    for (bool training : {true, false}) {
+      INFO("block " << block << (training ? ", training" : ", eval"));
+      auto bn = [&](const Tensor& in, const Tensor& g, const Tensor& b) {
+        return batch_norm2d(in, g, b, Tensor::zeros({16}), Tensor::full({16}, 1.f), training);
+      };
+      check_close(bn(to_layout(x, block), gamma, beta).to_vector(), bn(x, gamma, beta).to_vector(), 1e-6, 1e-6, "y");
+      testing_util::check_gradients([&](auto& in) { return bn(to_layout(in[0], block), in[1], in[2]); }, {x, gamma, beta});
+    }
 }

@@ -375,7 +375,7 @@ TEST_CASE("cuda: batch_norm2d training and eval match the CPU: outputs, gradient
   run_cases(cases);
 }
 
-TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu, blocked layout) match the CPU" *
+TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu) match the CPU" *
           gpu_or_skip("fused ops")) {
   std::vector<OpCase> cases;
   for (bool training : {true, false})
@@ -386,10 +386,6 @@ TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu, blocked layout)
                                    rand_uniform({8}, -0.5f, 0.5f, r)};
                    },
                    [](const Inputs& in) { return conv2d_relu(in[0], in[1], in[2], 2, 1, 2); }, 1e-4, 1e-4});
-  cases.push_back({"to_blocked", [](Rng& r) { return Inputs{rand_grad({2, 32, 3, 5}, -1, 1, r)}; },
-                   [](const Inputs& in) { return to_blocked(in[0]); }, 0, 0});
-  cases.push_back({"to_plain", [](Rng& r) { return Inputs{rand_grad({2, 2, 3, 5, 16}, -1, 1, r)}; },
-                   [](const Inputs& in) { return to_plain(in[0]); }, 0, 0});
   run_cases(cases);
 }
 

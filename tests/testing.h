@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/ops.h"
+
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
 // `TEST_CASE("x" * skip_unless(have_gpu(), "no GPU"))` is counted by doctest as skipped and the reason is
 // printed as a SKIPPED line at the end of the run; it is never counted as passed.
@@ -43,3 +45,11 @@ std::filesystem::path make_cifar(const std::filesystem::path& dir, int per_batch
 int dist_check(const std::vector<std::string>& args);
 
 std::string error_reading_fifo(const std::filesystem::path& fifo, const std::function<void()>& read);
+
+// Sets the engine's activation block (engine/ops.h, the activation layout) for one scope, then restores
+// it: a layout case runs in NCHW, blocks of 8 and blocks of 16 on any machine.
+struct BlockGuard {
+  int64_t saved = engine::activation_block();
+  explicit BlockGuard(int64_t block) { engine::set_activation_block(block); }
+  ~BlockGuard() { engine::set_activation_block(saved); }
+};

@@ -169,7 +169,7 @@ void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, cons
   }
 }
 
-// channel_var in the plain layout (B = 1) or the blocked one (B = 16: planes [HW, 16] of 16 channels, the
+// channel_var in the plain layout (B = 1) or a blocked one (B = 8 or 16: planes [HW, B] of B channels, the
 // loops vectorized over them); each channel's sum in double, in plane order.
 template <int B>
 static void var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
@@ -239,12 +239,22 @@ static void var_backward(const BnShape& s, const float* x, const float* mean, co
 }
 
 void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
-  s.blocked ? var_forward<16>(s, x, mean, var) : var_forward<1>(s, x, mean, var);
+  switch (s.block) {
+    case 0: return var_forward<1>(s, x, mean, var);
+    case 8: return var_forward<8>(s, x, mean, var);
+    case 16: return var_forward<16>(s, x, mean, var);
+  }
+  fail("channel_var_forward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
 }
 
 void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
                           float* gmean) {
-  s.blocked ? var_backward<16>(s, x, mean, gvar, gx, gmean) : var_backward<1>(s, x, mean, gvar, gx, gmean);
+  switch (s.block) {
+    case 0: return var_backward<1>(s, x, mean, gvar, gx, gmean);
+    case 8: return var_backward<8>(s, x, mean, gvar, gx, gmean);
+    case 16: return var_backward<16>(s, x, mean, gvar, gx, gmean);
+  }
+  fail("channel_var_backward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
 }
 
 }  // namespace engine::cpu

@@ -6,8 +6,9 @@
 // channel counts allow), reordered from and to ours on every call. Even with those reorders they run
 // 1.5-5x faster than oneDNN's NCHW path (im2col and GEMM) on 3x3 kernels, and on 1x1 kernels from
 // 32x32 images with 64 channels up; NCHW wins only on small 1x1 convolutions, by a few milliseconds.
-// With s.blocked, x and y are already in the blocked layout nChw16c (ops.h, to_blocked): the primitives
-// are made for it and only the (small) weights are reordered; with s.blocked_y, y alone.
+// With s.x_block (s.y_block), x (y) is already in the blocked layout nChw{B}c (ops.h, the activation
+// layout): the primitives are made for it and only the (small) weights are reordered. conv_channel_block
+// asks oneDNN which block its convolutions want on this CPU.
 //
 // Algorithm: Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) where oneDNN has it: 3x3 stride-1 convolutions
 // without groups whose channel counts are multiples of 16. On RepVGG's shapes it runs up to 1.9x faster
@@ -29,7 +30,7 @@ using tag = memory::format_tag;
 enum ConvOp : int64_t { conv_forward_op = 1, conv_backward_data_op, conv_backward_weight_op };
 
 static DnnlKey conv_key(ConvOp op, const ConvShape& s) {
-  return {op, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.padding, s.groups, s.bias, s.blocked, s.blocked_y};
+  return {op, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.padding, s.groups, s.bias, s.x_block, s.y_block};
 }
 
 struct ConvDescs {
@@ -44,13 +45,15 @@ static ConvDescs conv_descs(const ConvShape& s, Layouts layouts) {
     return memory::desc(dims, memory::data_type::f32, layouts == any ? tag::any : plain);
   };
   // Blocked activations are ours whatever `layouts` says: the primitives take them as they are.
-  auto act = [&](memory::dims dims, bool blocked) {
-    return blocked ? memory::desc(dims, memory::data_type::f32, tag::nChw16c) : md(dims, tag::nchw);
+  auto act = [&](memory::dims dims, int64_t block) {
+    if (block == 0) return md(dims, tag::nchw);
+    ENGINE_CHECK(block == 8 || block == 16, "channel block " + std::to_string(block) + ": 8 or 16 expected");
+    return memory::desc(dims, memory::data_type::f32, block == 8 ? tag::nChw8c : tag::nChw16c);
   };
   memory::desc w = s.groups == 1 ? md({s.o, s.c, s.kh, s.kw}, tag::oihw)
                                  : md({s.groups, s.o / s.groups, s.c / s.groups, s.kh, s.kw}, tag::goihw);
   memory::desc b = s.bias ? memory::desc({s.o}, memory::data_type::f32, tag::x) : memory::desc();
-  return {act({s.n, s.c, s.h, s.w}, s.blocked), w, b, act({s.n, s.o, s.oh, s.ow}, s.blocked || s.blocked_y),
+  return {act({s.n, s.c, s.h, s.w}, s.x_block), w, b, act({s.n, s.o, s.oh, s.ow}, s.y_block),
           {s.stride, s.stride}, {s.padding, s.padding}};
 }
 
@@ -135,6 +138,20 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy,
   });
   if (s.bias) call.run({x, gy, gw, gb});
   else call.run({x, gy, gw});
+}
+
+// The layout of a oneDNN-chosen source for a representative 3x3 convolution (64 -> 64 channels, 16x16,
+// batch 32, training): nChw16c where the AVX-512 kernels run, nChw8c on AVX2, else 0 (plain NCHW).
+int64_t conv_channel_block() {
+  static const int64_t block = [] {
+    ConvShape s{32, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, true};
+    const dnnl_memory_desc_t& md = forward_pd(s, dnnl::algorithm::convolution_direct).src_desc().data;
+    if (md.format_kind != dnnl_blocked) return int64_t{0};
+    const auto& blk = md.format_desc.blocking;
+    const bool channels = blk.inner_nblks == 1 && blk.inner_idxs[0] == 1;
+    return channels && (blk.inner_blks[0] == 8 || blk.inner_blks[0] == 16) ? int64_t{blk.inner_blks[0]} : int64_t{0};
+  }();
+  return block;
 }
 
 }  // namespace engine::cpu

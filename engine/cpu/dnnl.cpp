@@ -1,12 +1,17 @@
 // oneDNN context: engine, per-thread stream, primitive cache and shared scratch buffers (see dnnl.h).
 #include "engine/cpu/dnnl.h"
 
+#include <oneapi/dnnl/dnnl_debug.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 
 #include "engine/tensor.h"
 
@@ -22,6 +27,55 @@ uint64_t dnnl_primitives_created() { return g_primitives_created.load(); }
 dnnl::engine& dnnl_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
+}
+
+std::string dnnl_isa() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_mic: return "avx512_mic";
+    case dnnl::cpu_isa::avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: return "no x86 JIT (oneDNN's reference kernels only)";
+  }
+}
+
+bool dnnl_has_vnni() {
+  const unsigned isa = (unsigned)dnnl::get_effective_cpu_isa();
+  const unsigned vnni = (unsigned)dnnl_cpu_isa_avx512_core_vnni & ~(unsigned)dnnl_cpu_isa_avx512_core;
+  const unsigned avx2_vnni = (unsigned)dnnl_cpu_isa_avx2_vnni & ~(unsigned)dnnl_cpu_isa_avx2;
+  return (isa & vnni) || (isa & avx2_vnni);
+}
+
+namespace {
+std::mutex g_impl_mutex;
+std::set<std::string> g_impls;
+}  // namespace
+
+std::vector<std::string> dnnl_implementations() {
+  std::lock_guard<std::mutex> lock(g_impl_mutex);
+  return std::vector<std::string>(g_impls.begin(), g_impls.end());
+}
+
+void dnnl_note(const dnnl::primitive_desc_base& pd) {
+  const std::string impl = pd.impl_info_str();
+  const std::string kind = dnnl_prim_kind2str((dnnl_primitive_kind_t)pd.get_kind());
+  std::lock_guard<std::mutex> lock(g_impl_mutex);
+  const bool first_ref = impl.rfind("ref", 0) == 0 &&
+                         std::none_of(g_impls.begin(), g_impls.end(), [](const std::string& s) {
+                           return s.find(" ref") != std::string::npos;
+                         });
+  g_impls.insert(kind + " " + impl);
+  if (first_ref)
+    std::fprintf(stderr,
+                 "warning: oneDNN runs its reference %s kernel (%s) on this CPU (ISA %s): the layouts asked for have "
+                 "no fast kernel here, and this will be slow; please report it\n",
+                 kind.c_str(), impl.c_str(), dnnl_isa().c_str());
 }
 
 dnnl::primitive_attr dnnl_attr() {
@@ -68,6 +122,7 @@ void* scratch_buffer(int slot, size_t bytes) {
 
 DnnlCall::DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& args) {
   const dnnl::engine& engine = dnnl_engine();
+  dnnl_note(pd);
   Step main{dnnl::primitive(pd), {}};
   std::vector<Step> after;
   int blocked_slot = 1;
@@ -84,6 +139,7 @@ DnnlCall::DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& a
     main.args[a.arg] = blocked;
     dnnl::memory from = a.output ? blocked : user, to = a.output ? user : blocked;
     dnnl::reorder::primitive_desc reorder_pd(from, to, dnnl_attr());
+    dnnl_note(reorder_pd);
     Step reorder{dnnl::reorder(reorder_pd), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}},
                  want.get_size() < kSerialReorderBytes};
     add_scratchpad(reorder, reorder_pd.scratchpad_desc());
@@ -124,6 +180,12 @@ void DnnlCall::run(std::initializer_list<const void*> buffers) {
     }
   }
   stream.wait();
+}
+
+void dnnl_forget() {
+  context().calls.clear();
+  std::lock_guard<std::mutex> lock(g_impl_mutex);
+  g_impls.clear();
 }
 
 DnnlCall* dnnl_find(const DnnlKey& key) {

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -19,6 +20,23 @@ namespace engine::cpu {
 uint64_t dnnl_primitives_created();
 
 dnnl::engine& dnnl_engine();
+
+// The instruction set oneDNN dispatches to on this CPU (dnnl::get_effective_cpu_isa(), which
+// ONEDNN_MAX_CPU_ISA caps): "avx2", "avx512_core_amx", ...
+std::string dnnl_isa();
+// Whether its int8 kernels multiply with VNNI (vpdpbusd: exact s32 sums of u8 x s8); without it they use
+// vpmaddubsw, whose s16 pair sums saturate (docs/int8.md).
+bool dnnl_has_vnni();
+
+// Every primitive made so far: its kind and implementation ("convolution jit:avx2", "reorder jit:uni").
+// The first reference implementation ("ref:any", oneDNN's slow fallback) is reported once on stderr, in
+// words: the layouts asked for have no fast kernel on this CPU.
+std::vector<std::string> dnnl_implementations();
+// Notes a primitive made outside DnnlCall (the int8 convolution and its weight reorder).
+void dnnl_note(const dnnl::primitive_desc_base& pd);
+// Empties this thread's cache of calls and the list of implementations, so that what runs next makes its
+// primitives anew and lists them (tests).
+void dnnl_forget();
 
 // Primitive attributes for cached calls: the scratchpad is ours (shared and reused), not per call.
 dnnl::primitive_attr dnnl_attr();

@@ -1,10 +1,9 @@
-// CPU kernels of the fused RepVGG block tail y = relu(Σ_b BN_b(x_b)) (ops.h, bn_add_relu) and of the
-// blocked layout's conversions. The forward reads each branch twice (its batch statistics, then y); the
+// CPU kernels of the fused RepVGG block tail y = relu(Σ_b BN_b(x_b)) (ops.h, bn_add_relu). The forward reads each branch twice (its batch statistics, then y); the
 // backward reads y, gy and the branches once for the per-channel sums and once more for the gradients.
 // As in batchnorm.cpp, sums are kept per plane in double and added per channel in plane order (results do
 // not depend on the thread count), and the per-element math is engine/scalar_math.h's.
 //
-// Layout: a tensor is viewed as [N, C/B, HW, B], B = 16 when blocked, else 1. Plane p = n * (C/B) + cb
+// Layout: a tensor is viewed as [N, C/B, HW, B], B = the channel block when blocked (8 or 16), else 1. Plane p = n * (C/B) + cb
 // holds HW rows of B values, value (i, j) being channel cb * B + j. A plane is swept in tiles of rows so
 // that its branches, y and gy stay in cache between the per-branch loops.
 #include <algorithm>
@@ -19,7 +18,6 @@ namespace engine::cpu {
 
 namespace {
 
-constexpr int kBlock = 16;
 constexpr int64_t kTileRows = 256;
 
 bool parallel(const BnSum& s) { return s.n * s.c * s.hw > 32768; }
@@ -46,7 +44,7 @@ inline void for_rows(int64_t i0, int64_t i1, F f) {
 }
 
 // Per-plane sums, in double, over rows [i0, i1) of one plane: plain loops on restrict pointers, so that
-// they vectorize (over the rows when B = 1, over the block's channels when B = 16).
+// they vectorize (over the rows when B = 1, over the block's channels when B > 1).
 // sa[j] += Σ d, sb[j] += Σ d², d = x - shift[j] (the channel's first value, see bn_batch_stats)
 template <int B>
 void sum_moments(const float* __restrict x, const float* __restrict shift, int64_t i0, int64_t i1,
@@ -255,40 +253,22 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
 
 void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y) {
   if (s.n * s.c * s.hw == 0) return;
-  if (s.blocked) forward<kBlock>(s, training, momentum, eps, y);
-  else forward<1>(s, training, momentum, eps, y);
+  switch (s.block) {
+    case 0: return forward<1>(s, training, momentum, eps, y);
+    case 8: return forward<8>(s, training, momentum, eps, y);
+    case 16: return forward<16>(s, training, momentum, eps, y);
+  }
+  fail("bn_sum_relu_forward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
 }
 
 void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy) {
   if (s.n * s.c * s.hw == 0) return;
-  if (s.blocked) backward<kBlock>(s, training, eps, y, gy);
-  else backward<1>(s, training, eps, y, gy);
-}
-
-// x [N, C, HW] <-> y [N, C/16, HW, 16]: each plane (n, cb) is a 16 x HW transpose, in tiles of 64 rows.
-template <bool to_blocked>
-static void reorder(int64_t n, int64_t c, int64_t hw, const float* src, float* dst) {
-#pragma omp parallel for schedule(static) if (n * c * hw > 32768)
-  for (int64_t p = 0; p < n * (c / kBlock); p++) {
-    const float* from = src + p * kBlock * hw;
-    float* to = dst + p * kBlock * hw;
-    for (int64_t i0 = 0; i0 < hw; i0 += 64) {
-      const int64_t i1 = std::min(hw, i0 + 64);
-      for (int j = 0; j < kBlock; j++)
-        for (int64_t i = i0; i < i1; i++) {
-          if constexpr (to_blocked) to[i * kBlock + j] = from[j * hw + i];
-          else to[j * hw + i] = from[i * kBlock + j];
-        }
-    }
+  switch (s.block) {
+    case 0: return backward<1>(s, training, eps, y, gy);
+    case 8: return backward<8>(s, training, eps, y, gy);
+    case 16: return backward<16>(s, training, eps, y, gy);
   }
-}
-
-void channels_to_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
-  reorder<true>(n, c, hw, x, y);
-}
-
-void channels_from_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
-  reorder<false>(n, c, hw, x, y);
+  fail("bn_sum_relu_backward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
 }
 
 }  // namespace engine::cpu

@@ -38,7 +38,7 @@ std::string shape_str(const ConvShape& s) {
 }
 
 ConvPlan& plan_for(const ConvShape& s) {
-  ENGINE_CHECK(!s.blocked, "the blocked layout is the CPU's; CUDA convolutions take NCHW");
+  ENGINE_CHECK(!s.x_block && !s.y_block, "the blocked layout is the CPU's; CUDA convolutions take NCHW");
   using Key = std::array<int64_t, 12>;
   static auto* plans = new std::map<Key, ConvPlan>;  // never destroyed, as the handles they use
   const Key key{s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.oh, s.ow, s.stride, s.padding, s.groups};

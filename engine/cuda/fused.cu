@@ -1,5 +1,5 @@
 // The fused RepVGG block tail on CUDA, y = relu(Σ_b BN_b(x_b)) for 1 to 3 branches (ops.h, bn_add_relu;
-// the CPU one: engine/cpu/fused.cpp), and the blocked layout's conversions. The per-element math is
+// the CPU one: engine/cpu/fused.cpp). The per-element math is
 // engine/scalar_math.h's; per-channel sums run one block per channel in a fixed order (deterministic).
 // The fused op takes the plain layout [N, C, HW] on CUDA (the blocked one is the CPU's).
 #include "engine/cuda/common.cuh"
@@ -26,7 +26,7 @@ struct SumRelu {
 };
 
 void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y) {
-  ENGINE_CHECK(!s.blocked, "the blocked layout is the CPU's; on CUDA bn_add_relu takes [N, C, H, W]");
+  ENGINE_CHECK(!s.block, "the blocked layout is the CPU's; on CUDA bn_add_relu takes [N, C, H, W]");
   if (s.n * s.c * s.hw == 0) return;
   DeviceBuffer scale(s.count * s.c * sizeof(float));
   for (int k = 0; k < s.count; k++) {
@@ -86,39 +86,13 @@ struct SumReluGradX {  // gx_k = bn_train_grad_x(g, x_k, mean_k, k, a, b) for th
 };
 
 void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy) {
-  ENGINE_CHECK(!s.blocked, "the blocked layout is the CPU's; on CUDA bn_add_relu takes [N, C, H, W]");
+  ENGINE_CHECK(!s.block, "the blocked layout is the CPU's; on CUDA bn_add_relu takes [N, C, H, W]");
   if (s.n * s.c * s.hw == 0) return;
   DeviceBuffer coef(3 * s.count * s.c * sizeof(float));
   LAUNCH(bn_sum_relu_sums_kernel, (unsigned)s.c, kFusedThreads, s, training, eps, y, gy, coef.as<float>());
   bool any_gx = false;
   for (int k = 0; k < s.count; k++) any_gx |= s.b[k].gx != nullptr;
   if (any_gx) channel_map(s.n, s.c, s.hw, SumReluGradX{s, y, gy, coef.as<float>()});
-}
-
-// --- the blocked layout: x [N, C, HW] <-> y [N, C/16, HW, 16], each plane (n, c / 16) a 16 x HW transpose -
-
-constexpr int64_t kBlock = 16;
-
-// Output element o of either direction; its source index in the other layout.
-template <bool to_blocked>
-__global__ void reorder_kernel(int64_t total, int64_t hw, const float* src, float* dst) {
-  GRID_STRIDE(o, total) {
-    if constexpr (to_blocked) {  // o = (p hw + i) 16 + j  <-  (p 16 + j) hw + i
-      const int64_t j = o % kBlock, i = o / kBlock % hw, p = o / (kBlock * hw);
-      dst[o] = src[(p * kBlock + j) * hw + i];
-    } else {  // o = (p 16 + j) hw + i  <-  (p hw + i) 16 + j
-      const int64_t i = o % hw, j = o / hw % kBlock, p = o / (kBlock * hw);
-      dst[o] = src[(p * hw + i) * kBlock + j];
-    }
-  }
-}
-
-void channels_to_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
-  if (n * c * hw > 0) LAUNCH(reorder_kernel<true>, blocks_for(n * c * hw), kThreads, n * c * hw, hw, x, y);
-}
-
-void channels_from_blocked(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
-  if (n * c * hw > 0) LAUNCH(reorder_kernel<false>, blocks_for(n * c * hw), kThreads, n * c * hw, hw, x, y);
 }
 
 }  // namespace engine::cuda
