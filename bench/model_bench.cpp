@@ -457,11 +457,16 @@ int main(int argc, char** argv) {
                   100 * median(t_quant) / median(t_ours));
     torch_part += buf;
   }
+  // the ISA oneDNN dispatched to and every convolution implementation this case made (one case a process)
+  std::string convs;
+  for (const std::string& impl : cpu::dnnl_implementations())
+    if (impl.rfind("convolution ", 0) == 0) convs += (convs.empty() ? "" : ",") + impl.substr(12);
+  const std::string machine = " isa=" + cpu::dnnl_isa() + " convs=" + (convs.empty() ? "none" : convs);
   if (ceiling)
-    std::printf("bench %s ours=%.2f %s unit=GFLOP/s\n", name.c_str(), ours_rate, torch_part.c_str());
+    std::printf("bench %s ours=%.2f %s unit=GFLOP/s%s\n", name.c_str(), ours_rate, torch_part.c_str(), machine.c_str());
   else
-    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%s\n", name.c_str(), ours_rate,
+    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%s%s\n", name.c_str(), ours_rate,
                 torch_part.c_str(), ours_rate * ours.flop_per_unit / 1e9, (unsigned long long)allocs,
-                prim_part.c_str());
+                prim_part.c_str(), machine.c_str());
   std::fflush(stdout);
 }

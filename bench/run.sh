@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: our speed against PyTorch's on this machine, one line per case:
-#   bench CASE ours=X torch=Y ratio=X/Y torch_cl=Z unit=img/s gflops=G allocs=0 primitives=0 vs_best=X/max(Y,Z)
+#   bench CASE ours=X torch=Y ratio=X/Y torch_cl=Z unit=img/s gflops=G allocs=0 primitives=0 isa=I convs=C vs_best=X/max(Y,Z)
+# isa= is the instruction set oneDNN dispatched to (ONEDNN_MAX_CPU_ISA=AVX2 caps it), convs= every oneDNN
+# convolution implementation the case made (a "ref:any" there is oneDNN's slow reference kernel).
 # torch= is PyTorch in its default NCHW layout, torch_cl= with model and input in channels_last
 # (torch_peer.py times both, one call each per rep); vs_best= is ours against the faster of the two, which
 # this script appends (the ceiling and data lines have no torch_cl).

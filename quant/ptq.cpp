@@ -279,6 +279,7 @@ int run_ptq(const std::vector<std::string>& args) {
     std::fputs(ptq_help().c_str(), stdout);
     return 0;
   }
+  std::printf("cpu: %s\n", engine::cpu_summary().c_str());
   Source s = resolve_source(o.source);
   std::printf("ptq: %s\n", describe(s).c_str());
   const int batch = o.source.batch_size > 0 ? o.source.batch_size : kPtqBatch;

@@ -261,6 +261,7 @@ struct Progress {
 };
 
 int run_training(Options opt, const std::vector<std::string>& argv) {
+  if (dist::rank() == 0) std::printf("cpu: %s\n", engine::cpu_summary().c_str());
   fs::path resume_ckpt;
   if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
   const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
