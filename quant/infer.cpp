@@ -143,6 +143,7 @@ int run_infer(const std::vector<std::string>& args) {
     return 0;
   }
   if (o.threads > 0) omp_set_num_threads(o.threads);
+  std::printf("cpu: %s\n", engine::cpu_summary().c_str());
   const engine::Device device = o.device == "cuda" ? engine::Device::cuda : engine::Device::cpu;
   if (device == engine::Device::cuda) engine::cuda::require();  // before reading anything
   const auto t_load = std::chrono::steady_clock::now();
@@ -197,6 +198,10 @@ int run_infer(const std::vector<std::string>& args) {
     if (!described) {
       std::printf("layers (input -> output, oneDNN implementation):\n");
       for (const std::string& line : im.describe()) std::printf("  %s\n", line.c_str());
+      if (const int split = im.split_layers())
+        std::printf("exact int8 without VNNI: %d of %zu layers run the exact split (two convolutions each: their "
+                    "W%d/A%d codes would saturate vpmaddubsw's s16 sums; W7/A8 or A7 run one; docs/int8.md)\n",
+                    split, m.layers.size(), m.bits, m.act_bits);
       described = true;
     }
   }

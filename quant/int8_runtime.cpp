@@ -40,6 +40,7 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
     const bool gpu = device_ == engine::Device::cuda && l.quantized && !layer.quantize_input && i < fc;
     if (l.quantized) {
       q.src_zero_point = l.input_zero_point;
+      q.src_max = (1 << m_.act_bits) - 1;
       const float next_scale = codes_out ? m_.layers[i + 1].input_scale : 1.0f;
       for (size_t k = 0; k < l.weight_scale.size(); k++)
         q.scales.push_back((float)((double)l.input_scale * l.weight_scale[k] / next_scale));
@@ -128,6 +129,13 @@ Tensor IntegerModel::forward(const Tensor& x) {
   Tensor logits = Tensor::empty({o[0], m_.layers[fc].out});
   head.conv->run(cur, logits.raw());
   return logits;
+}
+
+int IntegerModel::split_layers() const {
+  int n = 0;
+  if (last_)
+    for (const Layer& l : last_->layers) n += l.conv && l.conv->split();
+  return n;
 }
 
 std::vector<std::string> IntegerModel::describe() const {

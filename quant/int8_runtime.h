@@ -40,6 +40,9 @@ class IntegerModel {
   // One line per layer of the last shape run: "stage1.0  u8 -> u8  brgconv:avx512_core_vnni" (a GPU layer:
   // "cuda:im2col+cublasGemmEx").
   std::vector<std::string> describe() const;
+  // How many layers of the last shape run engine::cpu::QConv's exact split (a CPU without VNNI, codes that
+  // would saturate its s16 pair sums: docs/int8.md).
+  int split_layers() const;
 
   const Int8Model& model() const { return m_; }
 

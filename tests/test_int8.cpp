@@ -80,31 +80,40 @@ const Case kCases[] = {
 
 }  // namespace
 
-TEST_CASE("int8 conv: the s32 accumulator equals a plain integer loop, exactly") {
+TEST_CASE("int8 conv: the s32 accumulator equals a plain integer loop, exactly, on the exact split too") {
+  // 8-bit codes saturate vpmaddubsw's s16 pair sums (2 · 255 · 127 > 32767): without VNNI QConv takes the
+  // exact split for them; force_split runs it on any CPU.
   engine::Rng rng(11);
   for (const Case& t : kCases) {
     CAPTURE(t.c); CAPTURE(t.o); CAPTURE(t.stride); CAPTURE(t.groups); CAPTURE(t.z);
     const ConvShape s = shape_of(t);
-    for (int bits : {8, 4}) {
-      const int q_x = (1 << bits) - 1, q_w = (1 << (bits - 1)) - 1;
-      std::vector<uint8_t> x(s.n * s.c * s.h * s.w);
-      std::vector<int8_t> w(s.o * (s.c / s.groups) * s.kh * s.kw);
-      std::vector<int32_t> b(s.o);
-      for (auto& v : x) v = (uint8_t)rng.below(q_x + 1);
-      for (auto& v : w) v = (int8_t)((int)rng.below(2 * q_w + 1) - q_w);
-      for (auto& v : b) v = (int32_t)rng.below(20001) - 10000;
-      const QConvSpec q = spec(s, t, DType::u8, DType::i32);
-      QConv conv(q, w.data(), b.data());
-      std::vector<int32_t> y(s.n * s.o * s.oh * s.ow);
-      conv.run(x.data(), y.data());
-      const auto ref = reference<uint8_t, int8_t, int32_t, int64_t>(s, t.nchw, x, t.z, w, b);
-      REQUIRE(y.size() == ref.size());
-      for (size_t i = 0; i < y.size(); i++) REQUIRE(y[i] == ref[i]);
-    }
+    for (int bits : {8, 4})
+      for (bool force_split : {false, true}) {
+        CAPTURE(bits); CAPTURE(force_split);
+        const int q_x = (1 << bits) - 1, q_w = (1 << (bits - 1)) - 1;
+        std::vector<uint8_t> x(s.n * s.c * s.h * s.w);
+        std::vector<int8_t> w(s.o * (s.c / s.groups) * s.kh * s.kw);
+        std::vector<int32_t> b(s.o);
+        for (auto& v : x) v = (uint8_t)rng.below(q_x + 1);
+        for (auto& v : w) v = (int8_t)((int)rng.below(2 * q_w + 1) - q_w);
+        w[0] = (int8_t)q_w;  // the largest code present: the split's test reads it
+        for (auto& v : b) v = (int32_t)rng.below(20001) - 10000;
+        QConvSpec q = spec(s, t, DType::u8, DType::i32);
+        q.src_max = q_x;
+        q.force_split = force_split;
+        QConv conv(q, w.data(), b.data());
+        CHECK(conv.split() == (force_split || !engine::cpu::int8_single_conv_exact(q_x, q_w)));
+        std::vector<int32_t> y(s.n * s.o * s.oh * s.ow);
+        conv.run(x.data(), y.data());
+        const auto ref = reference<uint8_t, int8_t, int32_t, int64_t>(s, t.nchw, x, t.z, w, b);
+        REQUIRE(y.size() == ref.size());
+        for (size_t i = 0; i < y.size(); i++) REQUIRE(y[i] == ref[i]);
+      }
   }
 }
 
-TEST_CASE("int8 conv: requantized u8 codes (scale, ReLU, code range fused) and f32 outputs against the loop") {
+TEST_CASE("int8 conv: requantized u8 codes (scale, ReLU, code range fused) and f32 outputs against the loop; "
+          "the exact split's epilogue gives oneDNN's") {
   engine::Rng rng(12);
   for (const Case& t : kCases) {
     CAPTURE(t.c); CAPTURE(t.o); CAPTURE(t.groups);
@@ -122,31 +131,40 @@ TEST_CASE("int8 conv: requantized u8 codes (scale, ReLU, code range fused) and f
       auto scale = [&](size_t i) { return scales.size() == 1 ? scales[0] : scales[i % s.o]; };
       for (int dst_max : {255, 15}) {
         CAPTURE(per_channel); CAPTURE(dst_max);
-        QConvSpec q = spec(s, t, DType::u8, DType::u8);
-        q.scales = scales, q.dst_max = dst_max;
-        QConv conv(q, w.data(), b.data());
-        std::vector<uint8_t> y(acc.size());
-        conv.run(x.data(), y.data());
-        int ties = 0;
-        for (size_t i = 0; i < y.size(); i++) {
-          const float v = scale(i) * (float)acc[i];
-          const float want = std::clamp(std::nearbyint(v), 0.0f, (float)dst_max);
-          if ((float)y[i] == want) continue;
-          // only a value at a rounding tie (to float precision) may round the other way
-          REQUIRE(std::abs(std::abs(v - std::floor(v)) - 0.5f) < 1e-3f);
-          REQUIRE(std::abs((float)y[i] - want) == 1.0f);
-          ties++;
+        std::vector<uint8_t> y_single;  // the single convolution's codes, where it is exact here
+        for (bool force_split : {false, true}) {
+          CAPTURE(force_split);
+          QConvSpec q = spec(s, t, DType::u8, DType::u8);
+          q.scales = scales, q.dst_max = dst_max, q.force_split = force_split;
+          QConv conv(q, w.data(), b.data());
+          std::vector<uint8_t> y(acc.size());
+          conv.run(x.data(), y.data());
+          int ties = 0;
+          for (size_t i = 0; i < y.size(); i++) {
+            const float v = scale(i) * (float)acc[i];
+            const float want = std::clamp(std::nearbyint(v), 0.0f, (float)dst_max);
+            if ((float)y[i] == want) continue;
+            // only a value at a rounding tie (to float precision) may round the other way
+            REQUIRE(std::abs(std::abs(v - std::floor(v)) - 0.5f) < 1e-3f);
+            REQUIRE(std::abs((float)y[i] - want) == 1.0f);
+            ties++;
+          }
+          CHECK(ties <= (int)y.size() / 1000);
+          if (!conv.split()) y_single = y;
+          else if (!y_single.empty()) CHECK(y == y_single);  // our epilogue computes as oneDNN's, bit for bit
         }
-        CHECK(ties <= (int)y.size() / 1000);
       }
-      QConvSpec q = spec(s, t, DType::u8, DType::f32);
-      q.scales = scales;
-      QConv conv(q, w.data(), b.data());
-      std::vector<float> y(acc.size());
-      conv.run(x.data(), y.data());
-      for (size_t i = 0; i < y.size(); i++) {
-        const double want = std::max(0.0, (double)scale(i) * (double)acc[i]);
-        REQUIRE(std::abs(y[i] - want) <= 1e-6 * std::abs(want) + 1e-12);
+      for (bool force_split : {false, true}) {
+        CAPTURE(force_split);
+        QConvSpec q = spec(s, t, DType::u8, DType::f32);
+        q.scales = scales, q.force_split = force_split;
+        QConv conv(q, w.data(), b.data());
+        std::vector<float> y(acc.size());
+        conv.run(x.data(), y.data());
+        for (size_t i = 0; i < y.size(); i++) {
+          const double want = std::max(0.0, (double)scale(i) * (double)acc[i]);
+          REQUIRE(std::abs(y[i] - want) <= 1e-6 * std::abs(want) + 1e-12);
+        }
       }
     }
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "engine/scalar_math.h"
 
@@ -23,6 +24,51 @@ static dt dnnl_type(DType d) {
   fail("unknown dtype");
 }
 
+bool int8_single_conv_exact(int src_max, int max_abs_w) {
+  return dnnl_has_vnni() || 2 * src_max * max_abs_w <= 32767;
+}
+
+namespace {
+
+struct QConvDescs {
+  memory::desc x, w, b, y;
+};
+
+QConvDescs qconv_descs(const QConvSpec& q, dt dst) {
+  const ConvShape& s = q.s;
+  const bool integer = q.src == DType::u8;
+  const dt w_type = integer ? dt::s8 : dt::f32, b_type = integer ? dt::s32 : dt::f32;
+  const memory::dims x_dims = {s.n, s.c, s.h, s.w}, y_dims = {s.n, s.o, s.oh, s.ow};
+  const memory::dims w_dims = s.groups == 1 ? memory::dims{s.o, s.c, s.kh, s.kw}
+                                            : memory::dims{s.groups, s.o / s.groups, s.c / s.groups, s.kh, s.kw};
+  return {memory::desc(x_dims, dnnl_type(q.src), q.src_nchw ? tag::nchw : tag::nhwc),
+          memory::desc(w_dims, w_type, s.groups == 1 ? tag::oihw : tag::goihw), memory::desc({s.o}, b_type, tag::x),
+          memory::desc(y_dims, dst, tag::nhwc)};
+}
+
+// An inference convolution of q's shape and layouts with this dst type, zero point and epilogue.
+dnnl::convolution_forward::primitive_desc qconv_pd(const QConvSpec& q, dt dst, int zero_point, bool epilogue) {
+  const QConvDescs d = qconv_descs(q, dst);
+  const bool integer = q.src == DType::u8;
+  dnnl::primitive_attr attr = dnnl_attr();
+  if (epilogue && integer && q.dst != DType::i32) attr.set_output_scales(q.scales.size() == 1 ? 0 : 1 << 1, q.scales);
+  if (integer && zero_point != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {zero_point});
+  dnnl::post_ops po;
+  if (epilogue && q.dst == DType::u8) po.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, 0.f, (float)q.dst_max);
+  else if (epilogue && q.relu && q.dst == DType::f32) po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  attr.set_post_ops(po);
+  const int64_t pad = (q.s.kh - 1) / 2;
+  auto any = [](const memory::desc& m) { return memory::desc(m.dims(), m.data_type(), tag::any); };
+  dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                       any(d.x), any(d.w), d.b, any(d.y), {q.s.stride, q.s.stride}, {pad, pad},
+                                       {pad, pad});
+  dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl_engine());
+  dnnl_note(pd);
+  return pd;
+}
+
+}  // namespace
+
 QConv::QConv(const QConvSpec& q, const void* weight, const void* bias) : q_(q) {
   const ConvShape& s = q.s;
   const bool integer = q.src == DType::u8;
@@ -30,50 +76,90 @@ QConv::QConv(const QConvSpec& q, const void* weight, const void* bias) : q_(q) {
   ENGINE_CHECK(integer ? q.dst != DType::i8 : q.dst == DType::f32, "an FP32 layer has an f32 dst");
   ENGINE_CHECK(!integer || q.dst == DType::i32 || q.scales.size() == 1 || (int64_t)q.scales.size() == s.o,
                std::to_string(q.scales.size()) + " scales for " + std::to_string(s.o) + " channels");
-  const dt w_type = integer ? dt::s8 : dt::f32, b_type = integer ? dt::s32 : dt::f32;
-  const memory::dims x_dims = {s.n, s.c, s.h, s.w}, y_dims = {s.n, s.o, s.oh, s.ow};
-  const memory::dims w_dims = s.groups == 1 ? memory::dims{s.o, s.c, s.kh, s.kw}
-                                            : memory::dims{s.groups, s.o / s.groups, s.c / s.groups, s.kh, s.kw};
-  const memory::desc x_plain(x_dims, dnnl_type(q.src), q.src_nchw ? tag::nchw : tag::nhwc);
-  const memory::desc y_plain(y_dims, dnnl_type(q.dst), tag::nhwc);
-  const memory::desc w_plain(w_dims, w_type, s.groups == 1 ? tag::oihw : tag::goihw);
-  const memory::desc b_plain({s.o}, b_type, tag::x);
-
-  dnnl::primitive_attr attr = dnnl_attr();
-  if (integer && q.dst != DType::i32) attr.set_output_scales(q.scales.size() == 1 ? 0 : 1 << 1, q.scales);
-  if (integer && q.src_zero_point != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {q.src_zero_point});
-  dnnl::post_ops po;
-  if (q.dst == DType::u8) po.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, 0.f, (float)q.dst_max);
-  else if (q.relu && q.dst == DType::f32) po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-  attr.set_post_ops(po);
-
-  const int64_t pad = (s.kh - 1) / 2;
-  auto any = [](const memory::desc& d) { return memory::desc(d.dims(), d.data_type(), tag::any); };
-  dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                       any(x_plain), any(w_plain), b_plain, any(y_plain), {s.stride, s.stride},
-                                       {pad, pad}, {pad, pad});
-  dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl_engine());
-  impl_ = pd.impl_info_str();
+  ENGINE_CHECK(!integer || (q.src_max >= 1 && q.src_max <= 255), "src_max " + std::to_string(q.src_max));
+  const int64_t w_count = s.o * (s.c / s.groups) * s.kh * s.kw;
+  if (integer) {
+    int max_abs_w = 0;
+    for (int64_t i = 0; i < w_count; i++) max_abs_w = std::max(max_abs_w, std::abs((int)((const int8_t*)weight)[i]));
+    split_ = q.force_split || !int8_single_conv_exact(q.src_max, max_abs_w);
+  }
+  const QConvDescs d = qconv_descs(q, split_ ? dt::s32 : dnnl_type(q.dst));
+  // the split: s32 out, no epilogue (ours); its first convolution has no zero point
+  const auto pd = qconv_pd(q, split_ ? dt::s32 : dnnl_type(q.dst), split_ ? 0 : q.src_zero_point, !split_);
+  impl_ = std::string(pd.impl_info_str()) + (split_ ? " (exact split: 2 convolutions)" : "");
 
   // The weights into the primitive's layout once, here (a one-off reorder, not in dnnl_primitives_created's
   // count); the call then takes them as they are.
-  const memory::desc w_want = pd.weights_desc();
-  weight_ = Tensor::empty({(int64_t)w_want.get_size()}, DType::u8);
-  dnnl::reorder::primitive_desc reorder_pd(dnnl_engine(), w_plain, dnnl_engine(), w_want);
-  dnnl::memory from(w_plain, dnnl_engine(), const_cast<void*>(weight)), to(w_want, dnnl_engine(), weight_.raw());
-  dnnl::stream stream(dnnl_engine());
-  dnnl::reorder(reorder_pd).execute(stream, from, to);
-  stream.wait();
-  bias_ = Tensor::empty({(int64_t)b_plain.get_size()}, DType::u8);
-  std::copy_n((const uint8_t*)bias, b_plain.get_size(), bias_.data<uint8_t>());
-
-  call_ = std::make_unique<DnnlCall>(pd, std::vector<DnnlArg>{{DNNL_ARG_SRC, x_plain, false},
-                                                              {DNNL_ARG_WEIGHTS, w_want, false},
-                                                              {DNNL_ARG_BIAS, b_plain, false},
-                                                              {DNNL_ARG_DST, y_plain, true}});
+  auto reordered = [&](const memory::desc& want) {
+    Tensor t = Tensor::empty({(int64_t)want.get_size()}, DType::u8);
+    dnnl::reorder::primitive_desc reorder_pd(dnnl_engine(), d.w, dnnl_engine(), want);
+    dnnl_note(reorder_pd);
+    dnnl::memory from(d.w, dnnl_engine(), const_cast<void*>(weight)), to(want, dnnl_engine(), t.raw());
+    dnnl::stream stream(dnnl_engine());
+    dnnl::reorder(reorder_pd).execute(stream, from, to);
+    stream.wait();
+    return t;
+  };
+  auto call = [&](const dnnl::convolution_forward::primitive_desc& p) {
+    return std::make_unique<DnnlCall>(p, std::vector<DnnlArg>{{DNNL_ARG_SRC, d.x, false},
+                                                              {DNNL_ARG_WEIGHTS, p.weights_desc(), false},
+                                                              {DNNL_ARG_BIAS, d.b, false},
+                                                              {DNNL_ARG_DST, d.y, true}});
+  };
+  weight_ = reordered(pd.weights_desc());
+  bias_ = Tensor::empty({(int64_t)d.b.get_size()}, DType::u8);
+  std::copy_n((const uint8_t*)bias, d.b.get_size(), bias_.data<uint8_t>());
+  call_ = call(pd);
+  if (!split_) return;
+  if (q.src_zero_point != 0) {  // the zero point's primitive (its weights may carry the zero point's compensation)
+    const auto low = qconv_pd(q, dt::s32, q.src_zero_point, false);
+    weight_low_ = reordered(low.weights_desc());
+    call_low_ = call(low);
+  }
+  const int64_t x_count = s.n * s.c * s.h * s.w, y_count = s.n * s.o * s.oh * s.ow;
+  high_ = Tensor::empty({x_count}, DType::u8);
+  low_ = Tensor::empty({x_count}, DType::u8);
+  acc_high_ = Tensor::empty({y_count}, DType::i32);
+  acc_low_ = Tensor::empty({y_count}, DType::i32);
+  zero_bias_ = Tensor::zeros({s.o}, DType::i32);
 }
 
-void QConv::run(const void* x, void* y) { call_->run({x, weight_.raw(), bias_.raw(), y}); }
+void QConv::run(const void* x, void* y) {
+  if (split_) return run_split(x, y);
+  call_->run({x, weight_.raw(), bias_.raw(), y});
+}
+
+// acc = 128 conv(h) + conv(l − z), then the epilogue of the primitive it stands for (QConvSpec's formulas).
+void QConv::run_split(const void* x, void* y) {
+  const int64_t x_count = high_.numel(), y_count = acc_high_.numel(), o = q_.s.o;
+  const uint8_t* xs = static_cast<const uint8_t*>(x);
+  uint8_t *h = high_.data<uint8_t>(), *l = low_.data<uint8_t>();
+#pragma omp parallel for simd schedule(static) if (x_count > 32768)
+  for (int64_t i = 0; i < x_count; i++) {
+    h[i] = xs[i] >> 7;
+    l[i] = xs[i] & 127;
+  }
+  int32_t *ah = acc_high_.data<int32_t>(), *al = acc_low_.data<int32_t>();
+  call_->run({h, weight_.raw(), zero_bias_.raw(), ah});
+  if (call_low_) call_low_->run({l, weight_low_.raw(), zero_bias_.raw(), al});
+  else call_->run({l, weight_.raw(), zero_bias_.raw(), al});
+  const int32_t* b = static_cast<const int32_t*>(bias_.raw());  // the bias's bytes, as the primitive reads them
+  const float* scales = q_.scales.data();
+  const bool per_channel = q_.scales.size() > 1;
+  const float hi = (float)q_.dst_max;
+#pragma omp parallel for schedule(static) if (y_count > 32768)
+  for (int64_t i = 0; i < y_count; i++) {  // NHWC: channel i % o
+    const int64_t c = i % o;
+    const int32_t acc = 128 * ah[i] + al[i];
+    if (q_.dst == DType::i32) {
+      static_cast<int32_t*>(y)[i] = acc + b[c];
+      continue;
+    }
+    const float v = ((float)acc + (float)b[c]) * scales[per_channel ? c : 0];
+    if (q_.dst == DType::u8) static_cast<uint8_t*>(y)[i] = (uint8_t)std::nearbyint(std::clamp(v, 0.0f, hi));
+    else static_cast<float*>(y)[i] = q_.relu ? std::max(v, 0.0f) : v;
+  }
+}
 
 void quantize_u8(const float* x, uint8_t* y, int64_t n, float s, int z, int q_max) {
   const float zf = (float)z, hi = (float)q_max;  // converted here, not in the loop, which then vectorizes

@@ -14,8 +14,17 @@
 // from block to block with no reorder. Where an implementation wants another layout, DnnlCall reorders.
 // oneDNN rounds to nearest even, as the fake quantizers do.
 //
+// Exactness. With VNNI (vpdpbusd) oneDNN sums the u8 x s8 products exactly in s32. Without it (AVX2, and
+// AVX-512 before Cascade Lake) its kernels use vpmaddubsw, which adds two neighbouring products into a
+// saturating s16: exact only while src_max · 2 · max|w| ≤ 32767 (7-bit activations, or weights in
+// [−64, 64] under 8-bit ones). A layer beyond that runs the exact split instead (docs/int8.md):
+//   x = 128 h + l, h = x >> 7 ∈ {0, 1}, l = x & 127:  acc = 128 · conv(h, w) + conv(l − z, w)
+// two oneDNN s32 convolutions whose products cannot saturate (z only in the second: a padded tap reads 0
+// in the first and the zero point in the second, 0 in all), then the epilogue in our loop, computed as
+// oneDNN's: y = (float)acc + (float)b[o], times scales[o], ReLU/clip, rounded half to even.
+//
 // Each QConv is built once for its shape: the primitive, the weights reordered into its layout, its
-// scratchpad (shared, dnnl.h). run() creates nothing and allocates nothing.
+// scratchpad (shared, dnnl.h), the split's buffers. run() creates nothing and allocates nothing.
 #pragma once
 #include <memory>
 #include <string>
@@ -34,15 +43,26 @@ class QConv {
   // weight: s8 (u8 src) or f32 [O, C/groups, kh, kw]; bias: s32 or f32 [O]. Both copied.
   QConv(const QConvSpec& q, const void* weight, const void* bias);
   void run(const void* x, void* y);
-  const std::string& impl() const { return impl_; }  // oneDNN's implementation name, e.g. "brgconv:avx512_core_vnni"
+  // oneDNN's implementation name, e.g. "brgconv:avx512_core_vnni", "jit:avx2 (exact split: 2 convolutions)"
+  const std::string& impl() const { return impl_; }
   const QConvSpec& spec() const { return q_; }
+  bool split() const { return split_; }
 
  private:
+  void run_split(const void* x, void* y);
+
   QConvSpec q_;
-  std::unique_ptr<DnnlCall> call_;
+  std::unique_ptr<DnnlCall> call_, call_low_;  // the split: call_ on h, call_low_ on l (with the zero point)
   Tensor weight_, bias_;  // the weights in the primitive's layout, the bias
+  Tensor weight_low_;     // the split with a zero point: the weights in call_low_'s layout
+  Tensor high_, low_, acc_high_, acc_low_, zero_bias_;  // the split's buffers
+  bool split_ = false;
   std::string impl_;
 };
+
+// Whether oneDNN's u8 x s8 products for src codes up to src_max and weight codes up to max_abs_w are summed
+// exactly on this CPU in one convolution (see QConv): always with VNNI, else when they cannot saturate s16.
+bool int8_single_conv_exact(int src_max, int max_abs_w);
 
 // y = clamp(round(x / s) + z, 0, q_max) for n values (any layout): an activation's codes, as the fake
 // quantizer computes them (x / s, round half to even).
