@@ -43,6 +43,9 @@ void remove_quantizers(models::RepVGG& m) {
 // Up to `batches` batches of `loader` from its epoch 0 through m, recording no gradient (the quantizers'
 // observers see them). -> the batches and images run.
 static std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device) {
+  // In training mode a ClusterQAT layer would move its codebook a k-means step each batch (and an LSQ
+  // quantizer could initialize): statistics are taken of the model as it stands.
+  ENGINE_CHECK(!m.training(), "the model must be in eval mode to observe its activations");
   engine::NoGradGuard no_grad;
   loader.start_epoch(0);
   Tensor x, y;
@@ -106,9 +109,8 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::L
     auto q = act_quantizer(m, i);
     if (!q) continue;
     const int stride = i < m.blocks().size() ? m.blocks()[i]->stride : 0;  // 0: the FC
-    q->observer = [&sum = sums[i], &count = counts[i], q = q.get(), stride](const Tensor& in) {
-      const Tensor x = in.dim() == 5 ? engine::to_plain(in) : in;  // oneDNN's blocked layout (engine/ops.h)
-      std::vector<float> v = x.to_vector();
+    q->observer = [&sum = sums[i], &count = counts[i], q = q.get(), stride](const Tensor& x) {
+      std::vector<float> v = x.to_vector();  // NCHW order, whatever the layout
       const float s = q->step.to_vector()[0], z = (float)q->zero_point, lo = (float)q->q_min, hi = (float)q->q_max;
       for (float& e : v) e = engine::fake_quant_value(e, s, z, lo, hi);
       const int64_t batch = x.size(0), channels = x.size(1);

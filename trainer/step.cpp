@@ -87,6 +87,7 @@ StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, 
 
 EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device) {
   engine::NoGradGuard no_grad;
+  const bool was_training = model.training();
   model.eval();
   loader.start_epoch(0);
   EvalResult r;
@@ -101,7 +102,7 @@ EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device 
     if (logits.size(1) >= 5) top5 += engine::topk_correct(logits, y, 5);
     r.images += b->n;
   }
-  model.train();
+  if (was_training) model.train();
   double sums[4] = {loss, top1, top5, double(r.images)};
   dist::allreduce_sum(sums, 4);
   loss = sums[0], top1 = sums[1], top5 = sums[2], r.images = size_t(sums[3]);

@@ -48,7 +48,7 @@ struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;  // top-5 is 0 with fewer than 5 classes
   size_t images = 0;
 };
-// The model in eval mode over one pass of `loader` (then back in training mode), without gradients;
+// The model in eval mode over one pass of `loader` (then back in the mode it was in), without gradients;
 // distributed, each rank evaluates its shard and the sums are all-reduced (every rank gets the result).
 EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device);
 
