@@ -464,9 +464,13 @@ TEST_CASE("dist: with sync-BN, 2 ranks x half batch give the weights of 1 proces
   // Only the order of float sums differs: each conv's weight gradient is two half-batch sums added (then
   // halved) instead of one sum over the batch, the BN sums are two partial sums added, and the moments are
   // taken about another shift (the running mean). Float32 rounding, ~1e-7 relative per op, grown through
-  // 3 steps of SGD with momentum: measured 8e-6 at most (weights of ~0.1); the bound is 1e-4 absolute,
-  // where per-rank BN on the same data is off by far more (checked below, so the test can fail).
-  CHECK(worst_difference(st::load(out.string()), s.model) < 1e-4);
+  // 3 steps of SGD with momentum and amplified by the BNs' backward (which cancels most of a gradient):
+  // measured 8e-6 at most (weights of ~0.1) on earlier machines, 2e-5 on a Sapphire Rapids under
+  // ONEDNN_MAX_CPU_ISA=AVX2 and 2.7e-4 there with its AVX-512 kernels (whose weight-gradient kernels sum the
+  // half and the whole batch in other blockings; the build before the activation layout measured the
+  // same). The bound is 1e-3 absolute, where per-rank BN on the same data is off by 1e-2 and more (checked
+  // below, so the test can fail).
+  CHECK(worst_difference(st::load(out.string()), s.model) < 1e-3);
 
   REQUIRE(run_shell(mpirun(2, "--dist-check steps " + cifar_dir() + " " + out.string() + " 0.02 " + std::to_string(kLimit), log)) == 0);
   CHECK(worst_difference(st::load(out.string()), s.model) > 1e-2);
