@@ -1,6 +1,7 @@
 // ./export --qdq: the QDQ ONNX form of ./ptq's and of QAT's quantized models against onnx.checker and
 // onnxruntime, compared with our fake-quantized models on all 10,000 CIFAR-10 test images; the command's
 // files (QAT and ./ptq checkpoints) and its errors.
+#include <cstdlib>
 #include <fstream>
 #include <algorithm>
 #include <iterator>
@@ -117,6 +118,18 @@ double top1(models::RepVGG& model, const TestSet& t) {
 // float (its fusion stops at the Clip), hence no QLinearConv bound there.
 const Bounds k8Bits = {1e-5, 0.995, 0.2, 25}, k4Bits = {1e-5, 0.98, 0.2, 0};
 
+// onnxruntime's QLinearConv (MLAS) multiplies u8 x s8 with VNNI where the CPU has it (its own CPUID test,
+// which ONEDNN_MAX_CPU_ISA does not touch) and with vpmaddubsw elsewhere, whose s16 pair sums saturate at
+// 8-bit codes. There it computes exactly what we do only with weights in [−64, 64]: its reduce_range, 7-bit
+// weights. So on such a CPU the tests export W7/A8 and hold onnxruntime to the same bounds, and check W8/A8
+// against the documented difference (docs/int8.md; measured on an AMD EPYC Zen 2: median 6.6%, argmaxes
+// 90.2%, top-1 38.94 -> 38.43). REPQ_TEST_NO_VNNI=1 runs the non-VNNI cases on any CPU (the 7-bit exports
+// must then pass on a VNNI one too).
+bool onnxruntime_exact_at_8_bits() {
+  return !std::getenv("REPQ_TEST_NO_VNNI") && (__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni"));
+}
+const Bounds k8BitsSaturating = {0.15, 0.85, 1.0, 25};
+
 TEST_CASE("./export --qdq of ./ptq's models: onnxruntime's top-1 equals ours within 0.2 points on the 10,000 CIFAR-10 test images, 8 and 4 bits" *
           skip_unless(python_has(kOnnxModules) && have_path(cifar_dir()),
                       "export --qdq: " + python_needs(kOnnxModules, "make test installs them with pip") + kNeeds)) {
@@ -131,13 +144,20 @@ TEST_CASE("./export --qdq of ./ptq's models: onnxruntime's top-1 equals ours wit
   auto train_set = data::open_cifar10(cifar_dir(), /*train=*/true, 16 * 128);
   data::Loader loader(*train_set, 128, /*train=*/false, 0, 2);
   const quant::Calibration cal = quant::calibrate(*model, loader, 16, quant::CalibMethod::minmax, engine::Device::cpu);
-  for (int bits : {8, 4}) {
+  const bool exact8 = onnxruntime_exact_at_8_bits();
+  MESSAGE("onnxruntime's u8 x s8 products: "
+          << std::string(exact8 ? "VNNI, exact at 8 bits" : "vpmaddubsw, saturating at 8 bits"));
+  struct Run { int weight_bits, act_bits; Bounds bounds; };
+  std::vector<Run> runs = {{8, 8, exact8 ? k8Bits : k8BitsSaturating}, {4, 4, k4Bits}};
+  if (!exact8) runs.push_back({7, 8, k8Bits});  // onnxruntime's reduce_range: exact there
+  for (const Run& r : runs) {
     quant::QuantConfig c;
-    c.weight_bits = c.act_bits = bits;
+    c.weight_bits = r.weight_bits;
+    c.act_bits = r.act_bits;
     c.granularity = quant::Granularity::channel;
     c.quantize_first_last = true;
     quant::attach_quantizers(*model, c, cal);
-    check_qdq(*model, fmt::format("ptq {}/{} bits", bits, bits), t.x, t.labels, bits == 8 ? k8Bits : k4Bits);
+    check_qdq(*model, fmt::format("ptq {}/{} bits", r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
   }
 }
 
@@ -148,7 +168,8 @@ TEST_CASE("./export --qdq of a QAT model: onnxruntime's top-1 equals ours within
                       "export --qdq: " + python_needs(kOnnxModules, "make test installs them with pip") + kNeeds)) {
   const TestSet t;
   auto model = trained_model();
-  model->set_qat({"repq-bn", 8, 8, /*per_channel=*/true, /*quantize_first_last=*/true, layers::StepInit::min_error});
+  const int weight_bits = onnxruntime_exact_at_8_bits() ? 8 : 7;  // 7: onnxruntime's reduce_range (above)
+  model->set_qat({"repq-bn", weight_bits, 8, /*per_channel=*/true, /*quantize_first_last=*/true, layers::StepInit::min_error});
   train::Optimizer opt = train::make_optimizer(*model, 0.005f, 0.9f, false, 1e-4f, false);
   auto train_set = data::open_cifar10(cifar_dir(), /*train=*/true, 30 * 64);
   data::Loader loader(*train_set, 64, /*train=*/true, 5, 2);
@@ -161,9 +182,9 @@ TEST_CASE("./export --qdq of a QAT model: onnxruntime's top-1 equals ours within
   }
   model->switch_to_deploy();
   const double quantized = top1(*model, t);
-  MESSAGE("QAT 8/8 bits, deploy form: top-1 " << quantized << "%");
+  MESSAGE("QAT " << weight_bits << "/8 bits, deploy form: top-1 " << quantized << "%");
   CHECK(quantized > 30.0);
-  check_qdq(*model, "qat 8/8 bits", t.x, t.labels, k8Bits);
+  check_qdq(*model, fmt::format("qat {}/8 bits", weight_bits), t.x, t.labels, k8Bits);
 }
 
 // The command: a QAT checkpoint's quantizers rebuilt by load_model, the file byte for byte the model's own export.
