@@ -68,6 +68,7 @@ struct Case {
   float oabn_k;
   std::string qat = "";  // a RepVGG::set_qat method (4 bits): stepped by trainer/step.h's train_step
   bool int8 = false;     // the quantized deploy model on the integer kernels (quant/int8_runtime.h)
+  int act_bits = 8;      // int8: the activations' bits (7: one convolution a layer without VNNI, docs/int8.md)
 };
 
 static const std::map<std::string, Case> kCases = {
@@ -84,6 +85,8 @@ static const std::map<std::string, Case> kCases = {
     {"infer-cifar-int8", {"repvgg-cifar", 128, 32, false, 0.f, "", true}},
     {"infer-a0-int8", {"repvgg-a0", 32, 224, false, 0.f, "", true}},
     {"infer-a0-int8-b1", {"repvgg-a0", 1, 224, false, 0.f, "", true}},
+    {"infer-cifar-int8-a7", {"repvgg-cifar", 128, 32, false, 0.f, "", true, 7}},
+    {"infer-a0-int8-a7", {"repvgg-a0", 32, 224, false, 0.f, "", true, 7}},
 };
 
 static double now() {
@@ -184,12 +187,12 @@ static void finish(Device device) {
 }
 
 // The deployed model quantized as ./ptq's default (8 bits, per-channel weight scales, stage0 and the FC FP32;
-// every activation step 0.05: speed does not depend on the values), exported and run on the integer
-// kernels; beside it the same deployed model's FP32 forward.
-static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, double flop_per_image) {
+// every activation step 0.05: speed does not depend on the values; the -a7 cases: 7-bit activations),
+// exported and run on the integer kernels; beside it the same deployed model's FP32 forward.
+static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, double flop_per_image, int act_bits) {
   const auto& blocks = model->blocks();
   for (size_t i = 1; i < blocks.size(); i++) {
-    auto act = std::make_shared<layers::Quantizer>(8, layers::Codes::unsigned_act);
+    auto act = std::make_shared<layers::Quantizer>(act_bits, layers::Codes::unsigned_act);
     act->set_step({0.05f});
     const std::vector<float> s = quant::weight_scales(blocks[i]->rbr_reparam->weight, 8, quant::Granularity::channel);
     auto weight = std::make_shared<layers::Quantizer>(8, layers::Codes::weight, (int64_t)s.size());
@@ -227,7 +230,7 @@ static Ours model_case(const Case& c, Device device) {
     model->switch_to_deploy();
     model->eval();
     model->to(device);
-    if (c.int8) return int8_case(model, x, 2 * macs);
+    if (c.int8) return int8_case(model, x, 2 * macs, c.act_bits);
     return {[model, x, device] {
               NoGradGuard no_grad;
               model->forward(x);

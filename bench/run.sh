@@ -34,7 +34,7 @@ MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a
 # QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's); CPU only
 QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest train-cifar-cluster"
 # integer inference (quant/int8_runtime.h) against PyTorch's int8 path and our FP32 forward; CPU only
-INT8="infer-cifar-int8 infer-a0-int8 infer-a0-int8-b1"
+INT8="infer-cifar-int8 infer-a0-int8 infer-a0-int8-b1 infer-cifar-int8-a7 infer-a0-int8-a7"
 # the GPU lines: the same cases with model and data on the GPU; "skipped: REASON" without one
 ALL="$MODELS $QAT $INT8 data-cifar data-imagenet $(for c in $MODELS; do printf 'gpu-%s ' "$c"; done)"
 CASES=${BENCH_CASES:-$ALL}
@@ -49,7 +49,7 @@ reps_for() {
   case $1 in
     gpu-*) echo 20 ;;
     train-a0) echo 3 ;;
-    infer-a0-deploy | infer-a0-int8) echo 5 ;;
+    infer-a0-deploy | infer-a0-int8 | infer-a0-int8-a7) echo 5 ;;
     infer-a0-int8-b1) echo 21 ;;
     *) echo 7 ;;
   esac

@@ -29,6 +29,7 @@ after --warmup untimed calls):
                       ./ptq's default (a QuantStub after stage0, a DeQuantStub before the FC). Batch 128
                       (cifar), 32 (a0) and 1 (a0-int8-b1, latency); the _cl numbers are the same model
                       with a channels_last input (quantized convs run NHWC inside)
+  infer-*-int8-a7     the same with 7-bit activations (the observers' reduce_range, codes 0..127), as ours
   ceiling             one 3x3 conv forward (pad 1, no bias), input [32,256,56,56] -> 256 channels,
                       no_grad: the float32 conv throughput PyTorch reaches on this machine
   gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
@@ -65,6 +66,8 @@ CASES = {
     'infer-cifar-int8': ('repvgg-cifar', 128, 32, 'infer-int8', 0.0),
     'infer-a0-int8': ('repvgg-a0', 32, 224, 'infer-int8', 0.0),
     'infer-a0-int8-b1': ('repvgg-a0', 1, 224, 'infer-int8', 0.0),
+    'infer-cifar-int8-a7': ('repvgg-cifar', 128, 32, 'infer-int8-a7', 0.0),
+    'infer-a0-int8-a7': ('repvgg-a0', 32, 224, 'infer-int8-a7', 0.0),
 }
 CEILING = dict(n=32, c=256, hw=56, k=256)   # 2 * 32*56*56 * 256 * 256*9 = 118.4 GFLOP per forward
 
@@ -94,7 +97,7 @@ def serve(fns, warmup):
         print(' '.join(times), flush=True)
 
 
-def quantize_int8(torch, deployed, x):
+def quantize_int8(torch, deployed, x, reduce_range=False):
     """The deployed model in torch.ao eager static quantization (see the docstring), calibrated on x."""
     import torch.nn as nn
     from torch.ao import quantization as tq
@@ -115,7 +118,7 @@ def quantize_int8(torch, deployed, x):
     q = Int8(deployed).eval()
     for b in q.blocks:
         tq.fuse_modules(b, [['rbr_reparam', 'nonlinearity']], inplace=True)
-    q.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(dtype=torch.quint8),
+    q.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
                            weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
                                                                         qscheme=torch.per_channel_symmetric))
     q.stage0.qconfig = None
@@ -175,8 +178,8 @@ def build_case(torch, name, device, channels_last):
 
     # infer-deploy: converted from the freshly initialised BN state (speed does not depend on it)
     deployed = repvgg_torch.repvgg_model_convert(model)
-    if mode == 'infer-int8':
-        deployed = quantize_int8(torch, deployed, x)
+    if mode in ('infer-int8', 'infer-int8-a7'):
+        deployed = quantize_int8(torch, deployed, x, reduce_range=mode == 'infer-int8-a7')
     deployed.eval()
     deployed.to(device)
     deployed.to(memory_format=layout)

@@ -86,7 +86,7 @@ QConv::QConv(const QConvSpec& q, const void* weight, const void* bias) : q_(q) {
   const QConvDescs d = qconv_descs(q, split_ ? dt::s32 : dnnl_type(q.dst));
   // the split: s32 out, no epilogue (ours); its first convolution has no zero point
   const auto pd = qconv_pd(q, split_ ? dt::s32 : dnnl_type(q.dst), split_ ? 0 : q.src_zero_point, !split_);
-  impl_ = std::string(pd.impl_info_str()) + (split_ ? " (exact split: 2 convolutions)" : "");
+  impl_ = std::string(pd.impl_info_str()) + (split_ ? "+exact_split" : "");
 
   // The weights into the primitive's layout once, here (a one-off reorder, not in dnnl_primitives_created's
   // count); the call then takes them as they are.

@@ -43,7 +43,7 @@ class QConv {
   // weight: s8 (u8 src) or f32 [O, C/groups, kh, kw]; bias: s32 or f32 [O]. Both copied.
   QConv(const QConvSpec& q, const void* weight, const void* bias);
   void run(const void* x, void* y);
-  // oneDNN's implementation name, e.g. "brgconv:avx512_core_vnni", "jit:avx2 (exact split: 2 convolutions)"
+  // oneDNN's implementation name, e.g. "brgconv:avx512_core_vnni", "jit_uni_int8:avx2+exact_split"
   const std::string& impl() const { return impl_; }
   const QConvSpec& spec() const { return q_; }
   bool split() const { return split_; }
