@@ -200,7 +200,7 @@ int run_infer(const std::vector<std::string>& args) {
       for (const std::string& line : im.describe()) std::printf("  %s\n", line.c_str());
       if (const int split = im.split_layers())
         std::printf("exact int8 without VNNI: %d of %zu layers run the exact split (two convolutions each: their "
-                    "W%d/A%d codes would saturate vpmaddubsw's s16 sums; W7/A8 or A7 run one; docs/int8.md)\n",
+                    "W%d/A%d codes would saturate vpmaddubsw's s16 sums; W7/A8 runs one; docs/int8.md)\n",
                     split, m.layers.size(), m.bits, m.act_bits);
       described = true;
     }

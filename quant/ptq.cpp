@@ -11,6 +11,7 @@
 
 #include "datasets/loader.h"
 #include "engine/autograd.h"
+#include "engine/cpu/int8.h"
 #include "engine/ops.h"
 #include "quant/cluster_pack.h"
 #include "quant/int8_model.h"
@@ -202,9 +203,24 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
                                            {"resize_size", std::to_string(s.resize_size)}};
   if (!s.data.empty()) md["data"] = s.data;
   if (!s.synsets.empty()) md["synsets"] = s.synsets;
-  save_int8(path, export_int8(model, method, granularity, md));
+  const Int8Model m = export_int8(model, method, granularity, md);
+  save_int8(path, m);
   std::printf("exported the quantized deploy model (%s, %s weights) to %s\n", method.c_str(), granularity.c_str(),
               path.c_str());
+  // Every file runs exactly on every CPU; without VNNI, a layer whose codes could saturate vpmaddubsw runs
+  // two convolutions (engine/cpu/int8.h, docs/int8.md): say so where that is this CPU.
+  int split = 0, quantized = 0;
+  for (const Int8Layer& l : m.layers) {
+    if (!l.quantized) continue;
+    quantized++;
+    int max_w = 0;
+    for (int8_t w : l.weight_codes) max_w = std::max(max_w, std::abs((int)w));
+    split += !engine::cpu::int8_single_conv_exact((1 << m.act_bits) - 1, max_w);
+  }
+  if (split > 0)
+    std::printf("note: this CPU has no VNNI: %d of its %d int8 layers will run ./infer's exact split (two convolutions "
+                "each, slower than FP32 here); 7-bit weights (--bits 7 --act-bits 8) run one, here and in onnxruntime "
+                "(docs/int8.md)\n", split, quantized);
 }
 
 // --export of a ClusterQAT run: packed codes and codebooks (quant/cluster_pack.h), the sizes beside, and

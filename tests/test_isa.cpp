@@ -57,10 +57,11 @@ void run_model(const std::string& arch_name, int resolution) {
 
 }  // namespace
 
-TEST_CASE("no oneDNN reference kernel in repvgg-cifar and repvgg-a0: training, eval, deploy, int8") {
+TEST_CASE("no oneDNN reference kernel in repvgg-cifar, qarepvgg-cifar and repvgg-a0: training, eval, deploy, int8") {
   MESSAGE("cpu: ", engine::cpu_summary());
   engine::cpu::dnnl_forget();  // the primitives other tests made (some in layouts this CPU does not want) aside
   run_model("repvgg-cifar", 32);
+  run_model("qarepvgg-cifar", 32);
   run_model("repvgg-a0", 224);
   const std::vector<std::string> refs = reference_kernels();
   std::string list;
