@@ -7,7 +7,8 @@
 // 1.5-5x faster than oneDNN's NCHW path (im2col and GEMM) on 3x3 kernels, and on 1x1 kernels from
 // 32x32 images with 64 channels up; NCHW wins only on small 1x1 convolutions, by a few milliseconds.
 // With s.x_block (s.y_block), x (y) is already in the blocked layout nChw{B}c (ops.h, the activation
-// layout): the primitives are made for it and only the (small) weights are reordered. conv_channel_block
+// layout): the primitives are made for it and only the (small) weights are reordered, unless oneDNN has only
+// its reference kernel for that layout at that shape (then it picks, and the call reorders). conv_channel_block
 // asks oneDNN which block its convolutions want on this CPU.
 //
 // Algorithm: Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) where oneDNN has it: 3x3 stride-1 convolutions
@@ -38,15 +39,17 @@ struct ConvDescs {
   memory::dims stride, pad;
 };
 
-enum Layouts { ours, any };  // any: left for oneDNN to choose
+// ours: our buffers' layouts. any: weights (and NCHW activations) left for oneDNN to choose, blocked
+// activations taken as they are. any_all: activations too, for a shape whose blocked layout has only a
+// reference kernel (DnnlCall then reorders our blocked buffers into what oneDNN chose).
+enum Layouts { ours, any, any_all };
 
 static ConvDescs conv_descs(const ConvShape& s, Layouts layouts) {
   auto md = [&](memory::dims dims, tag plain) {
-    return memory::desc(dims, memory::data_type::f32, layouts == any ? tag::any : plain);
+    return memory::desc(dims, memory::data_type::f32, layouts == ours ? plain : tag::any);
   };
-  // Blocked activations are ours whatever `layouts` says: the primitives take them as they are.
   auto act = [&](memory::dims dims, int64_t block) {
-    if (block == 0) return md(dims, tag::nchw);
+    if (block == 0 || layouts == any_all) return md(dims, tag::nchw);
     ENGINE_CHECK(block == 8 || block == 16, "channel block " + std::to_string(block) + ": 8 or 16 expected");
     return memory::desc(dims, memory::data_type::f32, block == 8 ? tag::nChw8c : tag::nChw16c);
   };
@@ -66,23 +69,38 @@ static bool winograd_fits(const ConvShape& s, ConvOp op) {
          s.o % 16 == 0 && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
 }
 
-// make(algorithm) -> a primitive descriptor: Winograd where it fits and oneDNN makes one, else direct.
+static bool is_reference(const dnnl::primitive_desc& pd) { return std::strncmp(pd.impl_info_str(), "ref", 3) == 0; }
+
+// make(algorithm, layouts) -> a primitive descriptor: Winograd where it fits and oneDNN makes one, else
+// direct; in the activations' own layouts unless oneDNN has only its reference kernel for them there (3x3
+// weight gradients on 2x2 planes in nChw8c, on AVX2), then in the layouts it picks.
 template <class Make>
 static auto with_algorithm(const ConvShape& s, ConvOp op, Make make) {
+  auto fast = [&](dnnl::algorithm a) {
+    auto pd = make(a, any);
+    if ((s.x_block || s.y_block) && is_reference(pd)) {
+      try {
+        if (auto other = make(a, any_all); !is_reference(other)) return other;
+      } catch (const dnnl::error&) {  // none: the reference kernel it is
+      }
+    }
+    return pd;
+  };
   if (winograd_fits(s, op)) {
     try {
-      return make(dnnl::algorithm::convolution_winograd);
+      return fast(dnnl::algorithm::convolution_winograd);
     } catch (const dnnl::error&) {  // not implemented for this case: direct
     }
   }
-  return make(dnnl::algorithm::convolution_direct);
+  return fast(dnnl::algorithm::convolution_direct);
 }
 
 // Also the hint that makes the backward primitives pick matching implementations and layouts. Always the
 // training kind: for inference, Winograd would want the weights in its own transformed format (reordered on
 // every call, and that reorder crashes with a user scratchpad in oneDNN 2.6).
-static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm) {
-  ConvDescs d = conv_descs(s, any);
+static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm,
+                                                            Layouts layouts = any) {
+  ConvDescs d = conv_descs(s, layouts);
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, algorithm, d.x, d.w, d.b, d.y, d.stride,
                                        d.pad, d.pad);
   return {desc, dnnl_attr(), dnnl_engine()};
@@ -94,7 +112,8 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
     if (s.bias) args.push_back({DNNL_ARG_BIAS, d.b, false});
     args.push_back({DNNL_ARG_DST, d.y, true});
-    return DnnlCall(with_algorithm(s, conv_forward_op, [&](dnnl::algorithm a) { return forward_pd(s, a); }), args);
+    return DnnlCall(with_algorithm(s, conv_forward_op, [&](dnnl::algorithm a, Layouts l) { return forward_pd(s, a, l); }),
+                    args);
   });
   if (s.bias) call.run({x, w, b, y});
   else call.run({x, w, y});
@@ -111,10 +130,10 @@ void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* 
   ConvShape s = shape;
   s.bias = false;  // irrelevant here: one primitive serves convolutions with and without bias
   DnnlCall& call = dnnl_call(conv_key(conv_backward_data_op, s), [&] {
-    auto pd = with_algorithm(s, conv_backward_data_op, [&](dnnl::algorithm a) {
-      ConvDescs d = conv_descs(s, any);
+    auto pd = with_algorithm(s, conv_backward_data_op, [&](dnnl::algorithm a, Layouts l) {
+      ConvDescs d = conv_descs(s, l);
       dnnl::convolution_backward_data::desc desc(a, d.x, d.w, d.y, d.stride, d.pad, d.pad);
-      return dnnl::convolution_backward_data::primitive_desc(desc, dnnl_attr(), dnnl_engine(), forward_pd(s, a));
+      return dnnl::convolution_backward_data::primitive_desc(desc, dnnl_attr(), dnnl_engine(), forward_pd(s, a, l));
     });
     ConvDescs p = conv_descs(s, ours);
     return DnnlCall(pd, {{DNNL_ARG_DIFF_DST, p.y, false}, {DNNL_ARG_WEIGHTS, p.w, false}, {DNNL_ARG_DIFF_SRC, p.x, true}});
@@ -125,10 +144,10 @@ void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* 
 // gw [O, C/groups, kh, kw] from x and gy; gb [O] = gy summed over N, OH, OW when s.bias.
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb) {
   DnnlCall& call = dnnl_call(conv_key(conv_backward_weight_op, s), [&] {
-    auto pd = with_algorithm(s, conv_backward_weight_op, [&](dnnl::algorithm a) {
-      ConvDescs d = conv_descs(s, any);
+    auto pd = with_algorithm(s, conv_backward_weight_op, [&](dnnl::algorithm a, Layouts l) {
+      ConvDescs d = conv_descs(s, l);
       dnnl::convolution_backward_weights::desc desc(a, d.x, d.w, d.b, d.y, d.stride, d.pad, d.pad);
-      return dnnl::convolution_backward_weights::primitive_desc(desc, dnnl_attr(), dnnl_engine(), forward_pd(s, a));
+      return dnnl::convolution_backward_weights::primitive_desc(desc, dnnl_attr(), dnnl_engine(), forward_pd(s, a, l));
     });
     ConvDescs p = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, p.x, false}, {DNNL_ARG_DIFF_DST, p.y, false},
