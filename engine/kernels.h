@@ -69,7 +69,7 @@ BatchSumFn batch_norm_sync();
 
 struct BnShape {
   int64_t n, c, hw;
-  int64_t block = 0;  // x [N, C/B, HW, B], B = block (ops.h, the activation layout; CPU only); 0: [N, C, HW]
+  int64_t block = 0;  // x [N, C/B, HW, B], B = block (ops.h, the activation layout; CPU, channel_var only); 0: [N, C, HW]
 };
 
 // One batch norm of a fused sum (bn_add_relu in ops.h): x [N, C, HW] (or blocked), the rest [C].

@@ -65,9 +65,10 @@ Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int str
 // every op computes on it are those of the NCHW tensor; only the storage differs (torch's memory_format).
 // Convolutions write it where the channels allow, with the block oneDNN's kernels want on this CPU, and
 // take it without reordering; the ops a RepVGG block runs between its convolutions keep it (element-wise
-// ops of operands of one shape, bn_add_relu, batch_norm2d, channel_var, fake_quantize, straight_through,
-// global_avg_pool), so that a network runs blocked from its first convolution to its pooling. Any other
-// op takes either layout and returns NCHW (a recorded to_plain first).
+// ops of operands of one shape, bn_add_relu, channel_var, fake_quantize, straight_through; sum and mean
+// over H and W, and N, such as global_avg_pool, read it and return NCHW), so that a network runs blocked
+// from its first convolution to its pooling. Any other op takes either layout and computes on NCHW (a
+// recorded to_plain first): batch_norm2d (QARepVGG's BN of the branch sum), reshape, pad2d, a broadcast.
 // The block: 16 on AVX-512, 8 on AVX2 (asked of oneDNN once), 0 (NCHW everywhere) where it wants neither.
 int64_t activation_block();
 // Overrides activation_block() on this process (tests: the same model in NCHW, block 8 and block 16).
