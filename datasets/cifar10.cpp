@@ -18,6 +18,7 @@ namespace data {
 namespace {
 
 constexpr size_t kPixels = 3 * 32 * 32, kRecord = 1 + kPixels;
+constexpr size_t kMaxRecords = 10000;  // per batch file, in the official binary version
 
 class Cifar10 : public Dataset {
  public:
@@ -54,6 +55,10 @@ class Cifar10 : public Dataset {
       throw fail("size " + std::to_string(bytes) +
                  " bytes is not a multiple of the 3073-byte record (1 label + 3072 pixels): truncated or not "
                  "CIFAR-10 binary");
+    // Checked before anything is allocated: a file can claim any size (a sparse one costs nothing on disk).
+    if (bytes / kRecord > kMaxRecords)
+      throw fail(std::to_string(bytes / kRecord) + " records (" + std::to_string(bytes) + " bytes): a CIFAR-10 batch "
+                 "file holds " + std::to_string(kMaxRecords) + " (" + std::to_string(kMaxRecords * kRecord) + " bytes)");
     std::vector<uint8_t> buf(bytes);
     std::FILE* f = std::fopen(file.c_str(), "rb");
     if (!f) throw fail("cannot open");

@@ -26,12 +26,16 @@ const char* calib_name(CalibMethod m) {
 ActObserver::ActObserver(size_t draws_per_batch, uint64_t seed) : draws_(draws_per_batch), rng_(seed) {}
 
 void ActObserver::observe(const Tensor& x) {
-  const std::vector<float> v = x.to_vector();
+  std::vector<float> v = x.to_vector();
+  count += (int64_t)v.size();
+  const auto finite_end = std::remove_if(v.begin(), v.end(), [](float e) { return !std::isfinite(e); });  // stable
+  non_finite += v.end() - finite_end;
+  v.erase(finite_end, v.end());
   if (v.empty()) return;
   auto [lo, hi] = std::minmax_element(v.begin(), v.end());
-  min = count == 0 ? *lo : std::min(min, *lo);
-  max = count == 0 ? *hi : std::max(max, *hi);
-  count += (int64_t)v.size();
+  min = ranged_ ? std::min(min, *lo) : *lo;
+  max = ranged_ ? std::max(max, *hi) : *hi;
+  ranged_ = true;
   for (size_t i = 0; i < draws_; i++) sample.push_back(v[rng_.below(v.size())]);
 }
 

@@ -33,13 +33,15 @@ class ActObserver {
   void observe(const Tensor& x);  // any shape; copied to the host
   bool empty() const { return count == 0; }
 
-  float min = 0, max = 0;       // exact, over everything observed
+  float min = 0, max = 0;       // exact, over the finite values observed
   int64_t count = 0;            // values observed
+  int64_t non_finite = 0;       // of them, infinities and NaNs (an overflowing model)
   std::vector<float> sample;    // uniform random draws (with replacement)
 
  private:
   size_t draws_;
   engine::Rng rng_;
+  bool ranged_ = false;  // min and max hold a finite value
 };
 
 // The p-th percentile (0..100) of v, linearly interpolated between order statistics (numpy's default).

@@ -102,6 +102,13 @@ Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const Pt
   data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());  // training images, eval transform
   Calibration cal = calibrate(deployed, loader, o.calib_batches, o.calib, s.device);
   if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
+  const std::vector<std::string> names = layer_names(deployed);
+  for (size_t i = 0; i < cal.observers.size(); i++)
+    if (const ActObserver& obs = cal.observers[i]; obs.non_finite > 0)
+      throw std::runtime_error(fmt::format("{}: the input of layer {} is not finite on the calibration images ({} of {} "
+                                           "values inf or NaN): the model's activations overflow float32 before it "
+                                           "(weights or BN statistics too large?)", s.ckpt, names.at(i), obs.non_finite,
+                                           obs.count));
   return cal;
 }
 

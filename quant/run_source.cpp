@@ -195,7 +195,7 @@ std::unique_ptr<models::RepVGG> load_model(const Source& s) {
   return model;
 }
 
-std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t limit) {
+static std::unique_ptr<data::Dataset> open_dataset(const Source& s, bool train, size_t limit) {
   if (s.dataset == "cifar10") return data::open_cifar10(data::find_or_fetch_cifar10(s.data, /*fetch=*/false), train, limit);
   if (s.data.empty())
     throw std::runtime_error(fmt::format("{}: imagenet needs --data DIR, a folder with train/ and val/ ImageFolder trees", s.ckpt));
@@ -204,6 +204,16 @@ std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t li
   io.resize_size = s.resize_size;
   io.synsets = s.synsets;
   return data::open_image_folder((fs::path(s.data) / (train ? "train" : "val")).string(), io, limit);
+}
+
+std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t limit) {
+  auto ds = open_dataset(s, train, limit);
+  // A label the model has no logit for would stop the evaluation deep inside the loss: say it here.
+  if (s.num_classes > 0 && ds->num_classes() > s.num_classes)
+    throw std::runtime_error(fmt::format("{}: the model has {} classes, the {} data {} (labels up to {}): a checkpoint "
+                                         "of another dataset?", s.ckpt, s.num_classes, s.dataset, ds->num_classes(),
+                                         ds->num_classes() - 1));
+  return ds;
 }
 
 void write_json(const std::string& path, const std::string& text) { st::write_file_atomic(path, text); }

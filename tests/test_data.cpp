@@ -219,6 +219,19 @@ TEST_CASE("cifar10: every file is checked and a bad one is named with its proble
   e = error_of([&] { open_cifar10(dir, false); });
   CHECK(e.find(test) != std::string::npos);
   CHECK(e.find("record 1 has label 10") != std::string::npos);
+
+  // a file of 3,000,000 records (9.2 GB, sparse: nothing on disk) is refused by its size, before any
+  // allocation (it gave std::bad_alloc under a memory limit)
+  {
+    std::FILE* f = std::fopen(test.c_str(), "wb");
+    REQUIRE(f);
+    REQUIRE(::ftruncate(::fileno(f), (off_t)3000000 * 3073) == 0);
+    std::fclose(f);
+  }
+  e = error_of([&] { open_cifar10(dir, false); });
+  CHECK(e.find(test) != std::string::npos);
+  CHECK(e.find("3000000 records") != std::string::npos);
+  CHECK(e.find("holds 10000") != std::string::npos);
 }
 
 TEST_CASE("cifar10: find_or_fetch_cifar10 uses the given folder and says where it looked") {

@@ -302,3 +302,32 @@ TEST_CASE("ptq: bad metadata, a linear layer of 0 classes, a FIFO config.json: e
   CHECK(source_error() == "file " + ckpt + ": tensor 'linear.weight' has 0 rows, expected one a class");
   fs::remove_all(root);
 }
+
+TEST_CASE("ptq: a checkpoint of other classes than the data, and one whose activations overflow: the file and what") {
+  fs::path root = fresh_temp_dir("ptq_bad_models");
+  fs::path data = make_cifar(root / "cifar", 4, 12);
+  // 5 classes evaluated on CIFAR-10 (it stopped in the loss: "check_label_range: label 5 of row 64 ...")
+  models::ArchConfig five = kCifar;
+  five.num_classes = 5;
+  fs::path ckpt = make_run(root / "five", data, five, "repvgg-cifar");
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", ckpt.string(), "--bits", "8"}),
+                       has(ckpt.string() + ": the model has 5 classes, the cifar10 data 10 (labels up to 9)"),
+                       std::runtime_error);
+  // finite but huge weights: a block's output overflows float32 ("asymmetric_params: bad activation range
+  // [inf, inf]" before)
+  fs::path dir = root / "huge";
+  ckpt = make_run(dir, data, kCifar, "repvgg-cifar");
+  st::File f = st::load(ckpt.string());
+  st::Entry& w = f.tensors.at("stage1.1.rbr_dense.conv.weight");
+  std::vector<float> v = w.to_vector<float>();
+  for (float& x : v) x *= 1e37f;
+  w = st::Entry::of<float>(w.shape, v.data());
+  st::save(ckpt.string(), f);
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", ckpt.string(), "--bits", "8"}),
+                       has(ckpt.string() + ": the input of layer stage"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", ckpt.string(), "--bits", "8"}),
+                       doctest::Contains("is not finite on the calibration images"),
+                       std::runtime_error);
+  fs::remove_all(root);
+}
+

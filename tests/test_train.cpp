@@ -187,6 +187,27 @@ TEST_CASE("train: --resume refuses bad metadata, config.json and log.csv, naming
   CHECK(resume_error() == fmt::format("file {}: metadata \"partial_correct\" is missing (expected a finite number in [0, inf])", ckpt));
   st::save(ckpt, good);
 
+  // momentum buffers of the wrong shape or dtype: refused at the load, naming the file and the tensor (they
+  // reached the first step as "step: momentum buffer ...")
+  const std::string momentum = "optim.stage1.0.rbr_dense.conv.weight";
+  REQUIRE(good.tensors.count(momentum));
+  const st::Entry& m = good.tensors.at(momentum);
+  REQUIRE(m.shape == std::vector<int64_t>{64, 64, 3, 3});
+  struct Bad { st::Entry entry; std::string shows; };
+  const std::vector<Bad> bad = {
+      {st::Entry::of<float>({32, 64, 3, 3}, std::vector<float>(32 * 64 * 9)), "F32 [32, 64, 3, 3]"},
+      {st::Entry::of<int32_t>({64, 64, 3, 3}, std::vector<int32_t>(64 * 64 * 9)), "I32 [64, 64, 3, 3]"},
+      {st::Entry::of<float>({64 * 64 * 9}, std::vector<float>(64 * 64 * 9)), "F32 [36864]"},
+  };
+  for (const Bad& b : bad) {
+    st::File g = good;
+    g.tensors[momentum] = b.entry;
+    st::save(ckpt, g);
+    CHECK(resume_error() == fmt::format("file {}: tensor '{}' is {}, expected F32 [64, 64, 3, 3] (the momentum of "
+                                        "parameter 'stage1.0.rbr_dense.conv.weight')", ckpt, momentum, b.shows));
+  }
+  st::save(ckpt, good);
+
   const fs::path log = out / "log.csv";
   fs::copy_file(log, root / "log.csv");
   std::ofstream(log, std::ios::app) << "x,1,2\n";

@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -344,8 +345,20 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     part_correct = layers::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
     part_seen = layers::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
     auto& bufs = sgd.momentum_buffers();
-    for (size_t i = 0; i < bufs.size(); i++)
-      if (auto it = c.extra.find("optim." + buffer_names[i]); it != c.extra.end()) bufs[i] = layers::from_entry(it->second).to(device);
+    std::vector<Tensor> params;  // in the order of the buffers
+    for (const engine::ParamGroup& g : sgd.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
+    for (size_t i = 0; i < bufs.size(); i++) {
+      const std::string name = "optim." + buffer_names[i];
+      auto it = c.extra.find(name);
+      if (it == c.extra.end()) continue;
+      const st::Entry& e = it->second;
+      // checked here, naming the file, not at the first step
+      if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec())
+        throw std::runtime_error(fmt::format("file {}: tensor '{}' is {} [{}], expected F32 {} (the momentum of "
+                                             "parameter '{}')", ck, name, st::dtype_name(e.dtype),
+                                             fmt::join(e.shape, ", "), params[i].shape().str(), buffer_names[i]));
+      bufs[i] = layers::from_entry(e).to(device);
+    }
     if (lead) log.load_completed(start_epoch);
     std::printf("resuming %s at epoch %d, batch %zu\n", resume_ckpt.c_str(), start_epoch + 1, start_batch);
   } else if (lead) {
