@@ -50,7 +50,7 @@ ifeq ($(MPI),1)
 endif
 
 LIB_DIRS := engine engine/cpu layers quant models datasets trainer interop
-LIB_SRC  := $(filter-out %_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 CU_SRC   :=
 ifeq ($(CUDA),1)
   CU_SRC   := $(wildcard engine/cuda/*.cu)
@@ -75,7 +75,8 @@ endif
 
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(B)/%.o) $(CU_SRC:%.cu=$(B)/%.cu.o)
 TEST_OBJ := $(patsubst %.cpp,$(B)/%.o,$(wildcard tests/*.cpp))
-PROGRAMS := $(patsubst %_main.cpp,%,$(notdir $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp))))
+# The programs: apps/NAME.cpp, each a thin main over the library, built as ./NAME in the root.
+PROGRAMS := $(basename $(notdir $(wildcard apps/*.cpp)))
 BENCH    := $(patsubst %.cpp,$(B)/%,$(wildcard bench/*.cpp))
 
 # The default goal: the Debian packages first (a fresh machine has none), then `all` in a sub-make, which
@@ -118,7 +119,7 @@ $(B)/%.cu.o: %.cu $(B)/cuda.setting
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 define program_rule
-$(1): $(patsubst %.cpp,$(B)/%.o,$(filter %/$(1)_main.cpp,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*_main.cpp)))) $(B)/libengine.a
+$(1): $(B)/apps/$(1).o $(B)/libengine.a
 	$$(CXX) $$(CXXFLAGS) $$< $(B)/libengine.a -o $$@ $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
@@ -143,7 +144,7 @@ deps-build:
 	@bash scripts/install-deps.sh build
 
 ifeq ($(SANITIZE),1)
-# The suite alone (the programs stay the normal build's), every report fatal; see fuzz/sanitizers.md.
+# The suite alone (the programs stay the normal build's), every report fatal; see docs/hardening.md.
 test: deps
 	@$(MAKE) --no-print-directory $(B)/.found $(B)/run_tests
 	$(SAN_ENV) ./$(B)/run_tests $(TEST_ARGS)

@@ -9,7 +9,6 @@ namespace engine {
 
 static thread_local bool g_grad_enabled = true;
 
-bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous; }
 

@@ -19,9 +19,6 @@ struct Node {
   BackwardFn backward;
 };
 
-// True unless a NoGradGuard is alive on this thread.
-bool grad_enabled();
-
 // Evaluation without graph recording: `{ NoGradGuard g; model.forward(x); }`.
 struct NoGradGuard {
   NoGradGuard();

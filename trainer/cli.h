@@ -1,4 +1,4 @@
-// ./train's command line: what trainer/train_main.cpp runs, and what the suite runs in a child process
+// ./train's command line: what apps/train.cpp runs, and what the suite runs in a child process
 // (`run_tests --train ARGS`, tests/main.cpp) to kill it.
 #pragma once
 #include <string>
