@@ -241,7 +241,7 @@ static Ours model_case(const Case& c, Device device) {
   model->train();
   if (!c.qat.empty()) {
     models::QatConfig qat;
-    qat.method = c.qat;
+    qat.method = *models::parse_qat_method(c.qat);
     qat.bits = qat.act_bits = 4;
     model->set_qat(qat);
     model->to(device);
@@ -255,7 +255,7 @@ static Ours model_case(const Case& c, Device device) {
                 finish(device);
               },
               (double)c.batch, 3 * 2 * macs};
-    if (c.qat == "cluster") time_cluster_quantizers(*model, ours);
+    if (qat.traits().cluster) time_cluster_quantizers(*model, ours);
     return ours;
   }
   model->to(device);

@@ -41,7 +41,7 @@ static void checkpoints(const fs::path& out) {
   }
   models::RepVGG q(fuzz::tiny_arch(), rng, 0.5f);
   models::QatConfig c;
-  c.method = "repq-bn";
+  c.method = models::QatMethod::repq_bn;
   c.bits = 4;
   q.set_qat(c);
   layers::save_checkpoint((out / "qat.safetensors").string(), q, models::qat_metadata(c));

@@ -63,12 +63,12 @@ int run_export(const std::vector<std::string>& args) {
   quant::Source s = quant::resolve_source(q.source);
   std::printf("export: %s\n", quant::describe(s).c_str());
   auto model = quant::load_model(s);
-  const bool qat = model->qat() && model->qat()->method != "bnest";  // bnest trains in full precision
+  const bool qat = model->qat() && !model->qat()->traits().full_precision;  // bnest trains in full precision
   if (qdq && qat && !q.first_quant_option.empty())
     throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}), exported at its learned quantizers; the "
                                          "quantization options are for full-precision checkpoints", q.first_quant_option, s.ckpt,
-                                         model->qat()->method));
-  if (qdq && qat && model->qat()->method == "cluster")
+                                         models::qat_method_name(model->qat()->method)));
+  if (qdq && qat && model->qat()->traits().cluster)
     throw std::runtime_error(fmt::format("--qdq: {} is a ClusterQAT checkpoint: its weights are codebook entries, which "
                                          "QDQ's uniform int8 codes of one step cannot hold", s.ckpt));
   if (qdq && !qat && q.bits.empty())

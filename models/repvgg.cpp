@@ -168,14 +168,33 @@ void RepVGG::request_codebook_resets() {
   for (auto& [name, q] : cluster_quantizers()) q->request_reset();
 }
 
-static const char* const kQatMethods = "repq-bn, repq-bnest, merged, bnest, cluster";
+// The methods, one row each (models/repvgg.h QatMethodTraits): name, deploy first, merged mode's BN fold,
+// full precision, codebook weights. ClusterQAT folds the running statistics (frozen, as torch.ao's
+// freeze_bn_stats): M is then the deploy kernel itself, and batch or estimated statistics cascade at 2 bits
+// (docs/cluster.md).
+static const QatMethodTraits kQatMethods[] = {
+    {QatMethod::repq_bn, "repq-bn", false, layers::BnFold::batch, false, false},
+    {QatMethod::repq_bnest, "repq-bnest", false, layers::BnFold::estimated, false, false},
+    {QatMethod::merged, "merged", true, layers::BnFold::running, false, false},
+    {QatMethod::bnest, "bnest", false, layers::BnFold::estimated, true, false},
+    {QatMethod::cluster, "cluster", false, layers::BnFold::running, false, true},
+};
+const char* const kQatMethodNames = "repq-bn, repq-bnest, merged, bnest, cluster";
 
-bool is_qat_method(const std::string& m) {
-  return m == "repq-bn" || m == "repq-bnest" || m == "merged" || m == "bnest" || m == "cluster";
+const QatMethodTraits& qat_traits(QatMethod m) {
+  for (const QatMethodTraits& t : kQatMethods)
+    if (t.method == m) return t;
+  fail("unknown QAT method " + std::to_string((int)m));
+}
+
+std::optional<QatMethod> parse_qat_method(const std::string& name) {
+  for (const QatMethodTraits& t : kQatMethods)
+    if (name == t.name) return t.method;
+  return std::nullopt;
 }
 
 void check_qat_bits(const QatConfig& c, const std::string& what) {
-  const bool cluster = c.method == "cluster";
+  const bool cluster = c.traits().cluster;
   if (cluster ? c.bits < 1 || c.bits > 8 : c.bits < 2 || c.bits > 16)
     fail(what + ": " + std::to_string(c.bits) + " weight bits is outside " + (cluster ? "1..8 (the codebook of --qat cluster has 2^B entries, B 1..8)" : "2..16"));
   if (c.act_bits < (cluster ? 1 : 2) || c.act_bits > 16)
@@ -184,37 +203,33 @@ void check_qat_bits(const QatConfig& c, const std::string& what) {
 }
 
 void RepVGG::set_qat(const QatConfig& c) {
-  ENGINE_CHECK(is_qat_method(c.method), "QAT method '" + c.method + "' is not one of " + kQatMethods);
-  check_qat_bits(c, "QAT " + c.method);
+  const QatMethodTraits& m = c.traits();
+  check_qat_bits(c, std::string("QAT ") + m.name);
   ENGINE_CHECK(!qat_, "the model is set up for QAT already");
   for (auto& b : blocks_)
-    ENGINE_CHECK(b->mode() == layers::BlockMode::branches || (c.method == "merged" && b->deployed()),
+    ENGINE_CHECK(b->mode() == layers::BlockMode::branches || (m.deploy_first && b->deployed()),
                  "QAT starts from a model in training form (or, for merged, in deploy form)");
   using layers::Codes;
   using layers::Quantizer;
-  const bool cluster = c.method == "cluster";
   for (size_t i = 0; i < blocks_.size(); i++) {
     layers::RepBlock& b = *blocks_[i];
-    if (c.method == "merged") b.switch_to_deploy();
-    // cluster folds the running statistics (frozen, as torch.ao's freeze_bn_stats): M is then the deploy
-    // kernel itself, and batch or estimated statistics cascade at 2 bits (docs/cluster.md)
-    else if (cluster) b.switch_to_merged(layers::BnFold::running);
-    else b.switch_to_merged(c.method == "repq-bn" ? layers::BnFold::batch : layers::BnFold::estimated);
-    if (c.method == "bnest" || (i == 0 && !c.quantize_first_last)) continue;
+    if (m.deploy_first) b.switch_to_deploy();
+    else b.switch_to_merged(m.fold);
+    if (m.full_precision || (i == 0 && !c.quantize_first_last)) continue;
     auto act = std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);
-    if (cluster) b.set_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    if (m.cluster) b.set_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
     else b.set_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
   }
-  if (c.method != "bnest" && c.quantize_first_last) {
+  if (!m.full_precision && c.quantize_first_last) {
     auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init);
-    if (cluster) set_fc_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    if (m.cluster) set_fc_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
     else set_fc_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
   }
   qat_ = c;
 }
 
 std::map<std::string, std::string> qat_metadata(const QatConfig& c) {
-  return {{"qat", c.method}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
+  return {{"qat", qat_method_name(c.method)}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
           {"granularity", c.per_channel ? "channel" : "layer"}, {"step_init", layers::step_init_name(c.init)},
           {"quantize_first_last", c.quantize_first_last ? "1" : "0"}};
 }
@@ -234,9 +249,9 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
     return std::stoi(v);
   };
   QatConfig c;
-  c.method = it->second;
-  if (!is_qat_method(c.method))
-    fail(file + ": metadata 'qat' is '" + st::cut(c.method) + "', not one of " + kQatMethods);
+  const std::optional<QatMethod> method = parse_qat_method(it->second);
+  if (!method) fail(file + ": metadata 'qat' is '" + st::cut(it->second) + "', not one of " + kQatMethodNames);
+  c.method = *method;
   c.bits = bits("bits");
   c.act_bits = bits("act_bits");
   const std::string& g = get("granularity");

@@ -64,14 +64,29 @@ ModelSize model_size(const ArchConfig& arch, bool deploy, int resolution);
 //               quantizer a per-layer codebook of 2^bits entries (layers/cluster_quantizer.h), bits 1..8
 // Each quantized block gets an LSQ weight quantizer (cluster: a ClusterQuantizer) and an LSQ input
 // quantizer (layers/quantizer.h); stage0 and the FC stay FP32 unless quantize_first_last.
+enum class QatMethod { repq_bn, repq_bnest, merged, bnest, cluster };
+// What a method does, one row each (models/repvgg.cpp kQatMethods): code asks these, never the name.
+struct QatMethodTraits {
+  QatMethod method;
+  const char* name;         // as --qat and a checkpoint's "qat" metadata spell it
+  bool deploy_first;        // QAT of the deploy form's single convs (merged), else of merged mode
+  layers::BnFold fold;      // merged mode's BN fold in training (unused when deploy_first)
+  bool full_precision;      // no quantizers (bnest)
+  bool cluster;             // weights on a learned codebook (ClusterQAT), else on LSQ's uniform grid
+};
+const QatMethodTraits& qat_traits(QatMethod m);
+inline const char* qat_method_name(QatMethod m) { return qat_traits(m).name; }
+std::optional<QatMethod> parse_qat_method(const std::string& name);  // nullopt for an unknown name
+extern const char* const kQatMethodNames;  // "repq-bn, repq-bnest, merged, bnest, cluster"
+
 struct QatConfig {
-  std::string method;
+  QatMethod method = QatMethod::repq_bn;
   int bits = 8, act_bits = 8;  // weights, activations (2..16; cluster: weights 1..8, activations 1..16)
   bool per_channel = false;    // weight steps per output channel, else per layer
   bool quantize_first_last = false;
   layers::StepInit init = layers::StepInit::min_error;
+  const QatMethodTraits& traits() const { return qat_traits(method); }
 };
-bool is_qat_method(const std::string& name);  // one of the five names above
 // Throws a message starting with `what` (an option or a file) unless bits and act_bits fit `method`.
 void check_qat_bits(const QatConfig& c, const std::string& what);
 // The checkpoint metadata that records it ("qat", "bits", ...), and back (nullopt for an FP checkpoint);

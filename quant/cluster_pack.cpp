@@ -50,7 +50,7 @@ static const char* const kMeanSuffix = ".input_mean";
 
 st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::string>& metadata,
                           const std::map<std::string, std::vector<float>>& input_means) {
-  ENGINE_CHECK(m.qat() && m.qat()->method == "cluster", "compress_cluster: not a ClusterQAT model");
+  ENGINE_CHECK(m.qat() && m.qat()->traits().cluster, "compress_cluster: not a ClusterQAT model");
   for (auto& b : m.blocks()) ENGINE_CHECK(b->deployed(), "compress_cluster: the model is not in deploy form");
   std::map<std::string, layers::ClusterQuantizer*> coded;  // weight name -> its quantizer
   for (auto& [name, q] : m.cluster_quantizers()) coded[name == "linear" ? "linear.weight" : name + ".rbr_reparam.weight"] = q;
@@ -101,7 +101,7 @@ std::map<std::string, std::vector<float>> cluster_input_means(const st::File& f,
 
 st::File decompress_cluster(const st::File& f, const std::string& path) {
   const auto qat = models::qat_from_metadata(f.metadata, path);
-  if (!qat || qat->method != "cluster") fail(path + ": a compressed file without metadata qat=cluster");
+  if (!qat || !qat->traits().cluster) fail(path + ": a compressed file without metadata qat=cluster");
   const size_t entries = size_t(1) << qat->bits;
   st::File out;
   out.metadata = f.metadata;

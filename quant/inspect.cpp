@@ -262,8 +262,8 @@ int run_inspect(const std::vector<std::string>& args) {
   const Tensor x = train_form ? inspection_batch(s, so.batch_size > 0 ? so.batch_size : 32, batch_kind) : Tensor();
   const Inspection in = inspect_blocks(*model, x);
   print_inspection(in, s, batch_kind);
-  if (model->qat() && model->qat()->method == "cluster") print_codebooks(*model);
-  if (model->qat() && model->qat()->method != "bnest") print_sizes(*model);
+  if (model->qat() && model->qat()->traits().cluster) print_codebooks(*model);
+  if (model->qat() && !model->qat()->traits().full_precision) print_sizes(*model);
 
   if (!hist.empty()) {
     fs::create_directories(hist);

@@ -253,23 +253,24 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   if (!o.first_quant_option.empty())
     throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}): it is evaluated at its learned quantizers; "
                                          "the quantization options are for full-precision checkpoints",
-                                         o.first_quant_option, s.ckpt, model.qat()->method));
+                                         o.first_quant_option, s.ckpt, models::qat_method_name(model.qat()->method)));
   const models::QatConfig& q = *model.qat();
-  const bool cluster = q.method == "cluster";
+  const bool cluster = q.traits().cluster;
+  const std::string method = q.traits().name;
   model.switch_to_deploy();
   auto val = open_split(s, false, o.source.limit_val);
   data::Loader val_loader(*val, batch, /*train=*/false, 0, threads);
   auto t0 = std::chrono::steady_clock::now();
   const Accuracy quantized = train::evaluate(model, val_loader, s.device);
-  std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", q.method.c_str(), quantized.top1,
+  std::printf("QAT (%s) deploy model at its learned quantizers: top-1 %.2f%% (%.1f s)\n", method.c_str(), quantized.top1,
               seconds_since(t0));
   if (!o.export_path.empty() && cluster) export_compressed(o.export_path, model, s, o, batch);
-  else if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + q.method, q.per_channel ? "channel" : "layer");
+  else if (!o.export_path.empty()) export_model(o.export_path, model, s, "qat-" + method, q.per_channel ? "channel" : "layer");
   remove_quantizers(model);  // the same deploy model in FP32
   const Accuracy fp32 = train::evaluate(model, val_loader, s.device);
 
   std::printf("\nQuantization-aware training (%s), simulated (fake quantization in float32; no integer kernels run):\n",
-              q.method.c_str());
+              method.c_str());
   if (cluster)
     std::printf("  weights: ClusterQAT, a learned codebook of 2^B entries per layer (float biases); activations: LSQ, codes [0, 2^B-1]\n");
   else
@@ -281,7 +282,7 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   print_table(fp32, rows, top5);
   if (!o.source.json.empty()) {
     nlohmann::json j = {{"checkpoint", s.ckpt}, {"arch", s.arch}, {"dataset", s.dataset}, {"simulated", true},
-                        {"qat", q.method}, {"granularity", q.per_channel ? "channel" : "layer"}, {"val_images", fp32.images},
+                        {"qat", method}, {"granularity", q.per_channel ? "channel" : "layer"}, {"val_images", fp32.images},
                         {"fp32", {{"top1", fp32.top1}}}, {"results", {{{"bits", q.bits}, {"act_bits", q.act_bits},
                         {"top1", quantized.top1}, {"drop_top1", fp32.top1 - quantized.top1}}}}};
     if (top5) {

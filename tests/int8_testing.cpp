@@ -41,7 +41,7 @@ QuantizedSmall cluster_small(int bits, int act_bits, bool quantize_first_last) {
   QuantizedSmall q;
   q.model = std::make_shared<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
   q.model->forward(engine::rand_normal({16, 3, 32, 32}, 0.0f, 1.0f, rng));  // BN statistics
-  q.model->set_qat({"cluster", bits, act_bits, false, quantize_first_last, layers::StepInit::min_error});
+  q.model->set_qat({models::QatMethod::cluster, bits, act_bits, false, quantize_first_last, layers::StepInit::min_error});
   auto test = data::open_cifar10(small_cifar().string(), false);
   data::Loader val(*test, 32, /*train=*/false, 0, 1);
   val.start_epoch(0);

@@ -158,7 +158,7 @@ TEST_CASE("cluster: a requested reset (each epoch start) runs in the next traini
 static std::unique_ptr<models::RepVGG> cluster_model(models::BlockType block, float oabn_k, int bits, bool first_last, uint64_t seed) {
   Rng rng(seed);
   auto m = std::make_unique<models::RepVGG>(models::cifar_config(block, 16), rng, oabn_k);
-  m->set_qat({"cluster", bits, bits, false, first_last, layers::StepInit::min_error});
+  m->set_qat({models::QatMethod::cluster, bits, bits, false, first_last, layers::StepInit::min_error});
   return m;
 }
 
@@ -230,7 +230,7 @@ TEST_CASE("cluster: bits outside 1..8, per-channel codebooks and bad metadata gi
   CHECK(parse_options({"cifar10", "--qat", "cluster", "--bits", "1"}).act_bits == 1);
   CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--qat", "cluster", "--granularity", "channel"}),
                        doctest::Contains("option --granularity: --qat cluster has one codebook per layer"), std::runtime_error);
-  auto md = models::qat_metadata({"cluster", 3, 3, false, false, layers::StepInit::min_error});
+  auto md = models::qat_metadata({models::QatMethod::cluster, 3, 3, false, false, layers::StepInit::min_error});
   md["bits"] = "12";
   CHECK_THROWS_WITH_AS(models::qat_from_metadata(md, "c.safetensors"), doctest::Contains("c.safetensors: metadata: 12 weight bits is outside 1..8"),
                        std::runtime_error);

@@ -179,7 +179,7 @@ TEST_CASE("int8 export: more than 8 bits is refused") {
 TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is export_int8 of its QAT model") {
   engine::Rng rng(3);
   models::RepVGG m(models::arch_config("repvgg-cifar"), rng);  // full width: the file names only the arch
-  m.set_qat({"cluster", 4, 8, false, false, layers::StepInit::min_error});
+  m.set_qat({models::QatMethod::cluster, 4, 8, false, false, layers::StepInit::min_error});
   m.forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));  // training: codebooks and steps set
   m.eval();
   m.switch_to_deploy();

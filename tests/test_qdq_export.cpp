@@ -169,7 +169,7 @@ TEST_CASE("./export --qdq of a QAT model: onnxruntime's top-1 equals ours within
   const TestSet t;
   auto model = trained_model();
   const int weight_bits = onnxruntime_exact_at_8_bits() ? 8 : 7;  // 7: onnxruntime's reduce_range (above)
-  model->set_qat({"repq-bn", weight_bits, 8, /*per_channel=*/true, /*quantize_first_last=*/true, layers::StepInit::min_error});
+  model->set_qat({models::QatMethod::repq_bn, weight_bits, 8, /*per_channel=*/true, /*quantize_first_last=*/true, layers::StepInit::min_error});
   train::Optimizer opt = train::make_optimizer(*model, 0.005f, 0.9f, false, 1e-4f, false);
   auto train_set = data::open_cifar10(cifar_dir(), /*train=*/true, 30 * 64);
   data::Loader loader(*train_set, 64, /*train=*/true, 5, 2);
@@ -193,7 +193,7 @@ TEST_CASE("./export --qdq: a QAT checkpoint exports as the model it was saved fr
   engine::Rng rng(11);
   models::RepVGG model(models::arch_config("repvgg-cifar"), rng);
   randomize_bn(model, 12);
-  const models::QatConfig qat = {"repq-bn", 8, 8, true, true, layers::StepInit::min_error};
+  const models::QatConfig qat = {models::QatMethod::repq_bn, 8, 8, true, true, layers::StepInit::min_error};
   model.set_qat(qat);
   model.train();
   auto train_set = data::open_cifar10(cifar_dir(), /*train=*/true, 32);
@@ -261,7 +261,7 @@ TEST_CASE("./export --qdq --bits: options that do not make one quantized model, 
   engine::Rng rng(5);
   models::RepVGG fp(models::arch_config("repvgg-cifar"), rng);
   layers::save_checkpoint(dir / "fp.safetensors", fp, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
-  const models::QatConfig qat = {"repq-bn", 8, 8, false, false, layers::StepInit::min_error};
+  const models::QatConfig qat = {models::QatMethod::repq_bn, 8, 8, false, false, layers::StepInit::min_error};
   models::RepVGG q(models::arch_config("repvgg-cifar"), rng);
   q.set_qat(qat);
   layers::Metadata md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
@@ -297,7 +297,7 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider tha
   CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "fp.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains(no_quantizers.c_str()));
 
-  const models::QatConfig wide = {"repq-bn", 16, 8, false, false, layers::StepInit::min_error};
+  const models::QatConfig wide = {models::QatMethod::repq_bn, 16, 8, false, false, layers::StepInit::min_error};
   models::RepVGG qat(models::arch_config("repvgg-cifar"), rng);
   qat.set_qat(wide);
   qat.train();
@@ -308,7 +308,7 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider tha
   CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "wide.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains("stage1.0.weight_quant has 16-bit codes; opset 13's QuantizeLinear holds 8 at most"));
 
-  const models::QatConfig fresh = {"repq-bn", 8, 8, false, false, layers::StepInit::min_error};
+  const models::QatConfig fresh = {models::QatMethod::repq_bn, 8, 8, false, false, layers::StepInit::min_error};
   models::RepVGG unset(models::arch_config("repvgg-cifar"), rng);
   unset.set_qat(fresh);  // saved before any batch: no step set
   md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};

@@ -381,8 +381,8 @@ TEST_CASE("LSQ quantizer: initialized from the first training batch; min-error k
 // --- a QAT model ------------------------------------------------------------------------------------
 
 TEST_CASE("a QAT model: eval logits equal its deploy form's, and a checkpoint round trip gives them again") {
-  for (const char* method : {"repq-bn", "repq-bnest", "merged"}) {
-    INFO(method);
+  for (models::QatMethod method : {models::QatMethod::repq_bn, models::QatMethod::repq_bnest, models::QatMethod::merged}) {
+    INFO(models::qat_method_name(method));
     models::ArchConfig arch = models::cifar_config(models::BlockType::repvgg, 16);
     Rng r1(4);
     models::RepVGG m(arch, r1, 3.0f);
@@ -396,7 +396,7 @@ TEST_CASE("a QAT model: eval logits equal its deploy form's, and a checkpoint ro
     NoGradGuard no_grad;
     const Tensor eval_logits = m.forward(x);
 
-    const std::string path = "/tmp/repq_test_qat_" + std::string(method) + ".safetensors";
+    const std::string path = "/tmp/repq_test_qat_" + std::string(models::qat_method_name(method)) + ".safetensors";
     layers::save_checkpoint(path, m, models::qat_metadata(*m.qat()));
     Rng r2(99);
     models::RepVGG loaded(arch, r2, 3.0f);
@@ -412,11 +412,11 @@ TEST_CASE("a QAT model: eval logits equal its deploy form's, and a checkpoint ro
 }
 
 TEST_CASE("QAT metadata: written and read back; bad values name the file and key") {
-  const models::QatConfig c{"repq-bnest", 4, 6, true, false, StepInit::lsq};
+  const models::QatConfig c{models::QatMethod::repq_bnest, 4, 6, true, false, StepInit::lsq};
   auto md = models::qat_metadata(c);
   const auto back = models::qat_from_metadata(md, "f.safetensors");
   REQUIRE(back);
-  CHECK(back->method == "repq-bnest");
+  CHECK(back->method == models::QatMethod::repq_bnest);
   CHECK(back->bits == 4);
   CHECK(back->act_bits == 6);
   CHECK(back->per_channel);

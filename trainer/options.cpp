@@ -32,7 +32,7 @@ int bit_width(const std::string& name, const std::string& value) { return number
 
 // --bits and --act-bits 2..16; with --qat cluster --bits 1..8 (a codebook of 2^B entries) and --act-bits 1..16.
 void check_bit_widths(const Options& o) {
-  const bool cluster = o.qat == "cluster";
+  const bool cluster = o.qat && models::qat_traits(*o.qat).cluster;
   if (cluster ? o.bits < 1 || o.bits > 8 : o.bits < 2 || o.bits > 16)
     throw std::runtime_error(fmt::format("option --bits: {} is outside {}", o.bits, cluster ? "1..8 for --qat cluster" : "2..16"));
   if (o.act_bits < (cluster ? 1 : 2) || o.act_bits > 16)
@@ -116,7 +116,11 @@ const std::vector<Spec>& specs() {
       {"--qat", "METHOD", "quantization-aware training: repq-bn, repq-bnest, merged (deploy form first), bnest "
                           "(full precision, BN statistics estimated; no quantizers), or cluster (ClusterQAT: a k-means "
                           "codebook of 2^B weights per layer, codebooks reset each epoch)",
-       [](Options& o, const std::string& v) { o.qat = one_of("--qat", v, {"repq-bn", "repq-bnest", "merged", "bnest", "cluster"}); }},
+       [](Options& o, const std::string& v) {
+         o.qat = models::parse_qat_method(v);
+         if (!o.qat)
+           throw std::runtime_error(fmt::format("option --qat: '{}' is not one of {}", v, models::kQatMethodNames));
+       }},
       {"--bits", "B", "--qat: weight bits, 2..16 (cluster: 1..8; default 8)", [](Options& o, const std::string& v) { o.bits = bit_width("--bits", v); }},
       {"--act-bits", "B", "--qat: activation bits, 2..16 (cluster: 1..16; default: as --bits)",
        [](Options& o, const std::string& v) { o.act_bits = bit_width("--act-bits", v); }},
@@ -181,7 +185,7 @@ Options parse_options(const std::vector<std::string>& args) {
   if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
   apply_defaults(o);
   check_bit_widths(o);
-  if (o.qat.empty() && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
+  if (!o.qat && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
     throw std::runtime_error("--granularity, --step-init and --quantize-first-last need --qat METHOD");
   return o;
 }

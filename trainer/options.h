@@ -1,9 +1,11 @@
 // ./train's options: defaults per dataset (the OABN paper's Table 2), parsing with clear errors, --help.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "datasets/decode.h"
+#include "models/repvgg.h"
 
 namespace train {
 
@@ -41,7 +43,7 @@ struct Options {
   std::string bad_images = "fail";
   int64_t max_image_pixels = data::kMaxImagePixels;
   // Quantization-aware training (models/repvgg.h QatConfig)
-  std::string qat;      // "" (off) | repq-bn | repq-bnest | merged | bnest | cluster
+  std::optional<models::QatMethod> qat;  // --qat METHOD (models/repvgg.h), or none
   int bits = 8, act_bits = 0;           // act_bits 0: as bits
   std::string granularity = "layer";    // weight steps: layer | channel
   std::string step_init = "min-error";  // min-error | lsq

@@ -107,13 +107,13 @@ static nlohmann::json options_json(const Options& o) {
           {"custom_l2", o.custom_l2}, {"seed", o.seed}, {"threads", o.threads}, {"device", o.device}, {"bucket_mb", o.bucket_mb}, {"sync_bn", o.sync_bn},
           {"out", o.out}, {"limit_train", o.limit_train}, {"limit_val", o.limit_val}, {"eval_every", o.eval_every},
           {"synsets", o.synsets}, {"image_size", o.image_size}, {"resize_size", o.resize_size},
-          {"bad_images", o.bad_images}, {"qat", o.qat}, {"bits", o.bits}, {"act_bits", o.act_bits},
+          {"bad_images", o.bad_images}, {"qat", o.qat ? models::qat_method_name(*o.qat) : ""}, {"bits", o.bits}, {"act_bits", o.act_bits},
           {"granularity", o.granularity}, {"step_init", o.step_init}, {"quantize_first_last", o.quantize_first_last},
           {"init", o.init}};
 }
 
 static models::QatConfig qat_config(const Options& o) {
-  return {o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
+  return {*o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
 }
 
 // --init: a trained full-precision checkpoint's weights into the new model (before set_qat), checked
@@ -135,9 +135,9 @@ static void load_init(const Options& o, models::RepVGG& model) {
     throw std::runtime_error(fmt::format("--init {}: trained with --oabn-k {}, this run has {}: give --oabn-k {}", o.init,
                                          meta("oabn_k"), o.oabn_k, meta("oabn_k")));
   const bool deploy = layers::deploy_form(file);
-  if (deploy && o.qat != "merged")
+  if (deploy && !(o.qat && models::qat_traits(*o.qat).deploy_first))
     throw std::runtime_error(fmt::format("--init {}: a deploy-form checkpoint has no branches to {}", o.init,
-                                         o.qat.empty() ? "train" : "merge (only --qat merged starts from one)"));
+                                         !o.qat ? "train" : "merge (only --qat merged starts from one)"));
   if (deploy) model.switch_to_deploy();
   layers::load_state_dict(model, file, "", o.init);
   std::printf("init: weights from %s\n", o.init.c_str());
@@ -291,7 +291,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   if (opt.custom_l2 && arch.block != models::BlockType::repvgg)
     throw std::runtime_error(fmt::format("--custom-l2 is RepVGG's; {} uses plain L2", opt.arch));
 
-  if (opt.custom_l2 && opt.qat == "merged")
+  if (opt.custom_l2 && opt.qat && models::qat_traits(*opt.qat).deploy_first)
     throw std::runtime_error("--custom-l2 works on the branches, which --qat merged replaces by one conv per block");
 
   Data d = open_data(opt);
@@ -299,7 +299,7 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   engine::Rng init_rng(opt.seed);
   models::RepVGG model(arch, init_rng, opt.oabn_k);
   if (!opt.init.empty() && resume_ckpt.empty()) load_init(opt, model);
-  if (!opt.qat.empty()) model.set_qat(qat_config(opt));
+  if (opt.qat) model.set_qat(qat_config(opt));
   model.to(device);
 
   // Built after set_qat: it holds the parameter tensors (the steps among them) it is given.
