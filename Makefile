@@ -153,7 +153,7 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	./$(B)/run_tests $(TEST_ARGS)
 endif
-SAN_ENV := ASAN_OPTIONS=halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 # --- fuzzing: clang and libFuzzer, the library instrumented in build-fuzz/ ----------------------------
 FUZZ_SECONDS ?= 60
