@@ -261,10 +261,15 @@ struct Progress {
   }
 };
 
-int run_training(Options opt, const std::vector<std::string>& argv) {
-  if (dist::rank() == 0) std::printf("cpu: %s\n", engine::cpu_summary().c_str());
-  fs::path resume_ckpt;
-  if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
+// --- one run, in the order it happens ---------------------------------------------------------------
+//   set_up_process   the device, the threads, the options that cannot go together
+//   Run::Run         data, model (--init, --qat), optimizer, schedule, loaders, the run folder
+//   resume / write_config, then start_distributed
+//   per epoch: train_epoch (the steps), end_epoch (evaluation, log, checkpoints; save)
+
+// The device this process trains on (one GPU per rank under mpirun), and its threads; refuses what
+// cannot go together before any work.
+static Device set_up_process(Options& opt) {
   const Device device = opt.device == "cuda" ? Device::cuda : Device::cpu;
   if (device == Device::cuda && opt.sync_bn)
     throw std::runtime_error("--sync-bn is not supported with --device cuda (the CUDA BN kernels do not all-reduce "
@@ -278,34 +283,26 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
     engine::cuda::select_device(dist::local_rank(), dist::local_size());
   }
   if (device == Device::cuda) engine::cuda::require();
-  const bool lead = dist::rank() == 0;  // rank 0 alone writes the run folder
   dist::set_timeout(opt.dist_timeout);
   // Under mpirun the ranks of a machine share its cores, unless --threads says otherwise.
   if (opt.threads == 0 && dist::local_size() > 1) opt.threads = std::max(1, omp_get_num_procs() / dist::local_size());
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
-  const int threads = omp_get_max_threads();
+  return device;
+}
 
+// The arch, checked against the options that need a RepVGG block or the branches.
+static models::ArchConfig checked_arch(const Options& opt) {
   models::ArchConfig arch = models::arch_config(opt.arch);  // checks the name before any work
   if (opt.oabn_k > 0 && arch.block != models::BlockType::repvgg)
     throw std::runtime_error(fmt::format("--oabn-k: {} has no identity-branch BN to clip (OABN is for RepVGG blocks)", opt.arch));
   if (opt.custom_l2 && arch.block != models::BlockType::repvgg)
     throw std::runtime_error(fmt::format("--custom-l2 is RepVGG's; {} uses plain L2", opt.arch));
-
   if (opt.custom_l2 && opt.qat && models::qat_traits(*opt.qat).deploy_first)
     throw std::runtime_error("--custom-l2 works on the branches, which --qat merged replaces by one conv per block");
+  return arch;
+}
 
-  Data d = open_data(opt);
-  arch.num_classes = d.train->num_classes();
-  engine::Rng init_rng(opt.seed);
-  models::RepVGG model(arch, init_rng, opt.oabn_k);
-  if (!opt.init.empty() && resume_ckpt.empty()) load_init(opt, model);
-  if (opt.qat) model.set_qat(qat_config(opt));
-  model.to(device);
-
-  // Built after set_qat: it holds the parameter tensors (the steps among them) it is given.
-  Optimizer optimizer = make_optimizer(model, opt.lr, opt.momentum, opt.nesterov, opt.wd, opt.custom_l2);
-  engine::SGD& sgd = optimizer.sgd;
-  const std::vector<std::string>& buffer_names = optimizer.names;
+static engine::Schedule schedule(const Options& opt) {
   engine::Schedule sched;
   sched.kind = opt.sched == "cosine" ? engine::ScheduleKind::cosine : engine::ScheduleKind::step;
   sched.base_lr = opt.lr;
@@ -313,196 +310,274 @@ int run_training(Options opt, const std::vector<std::string>& argv) {
   sched.step_size = opt.step_size;
   sched.gamma = opt.gamma;
   sched.warmup_epochs = opt.warmup;
+  return sched;
+}
 
-  const data::Shard shard{dist::rank(), dist::size()};
-  if (opt.batch_size % shard.count != 0)
-    throw std::runtime_error(fmt::format("--batch-size {} (the global batch) does not split into {} equal shards, one per "
-                                         "process: give a multiple of {}", opt.batch_size, shard.count, shard.count));
-  data::Loader train_loader(*d.train, opt.batch_size, true, opt.seed, threads, 4, shard);
-  data::Loader val_loader(*d.val, opt.batch_size, false, opt.seed, threads, 4, shard);
-  if (train_loader.batches_per_epoch() == 0)
-    throw std::runtime_error(fmt::format("{} training images make no batch of {}", d.train->size(), opt.batch_size));
-
-  // The run folder and the state to resume.
-  fs::path run = opt.out.empty() ? fs::path("runs") / fmt::format("{}-{}-{}", opt.dataset, opt.arch, now_string("%Y%m%d-%H%M%S"))
-                                 : fs::path(opt.out);
-  run = broadcast_string(run.string());  // the ranks' clocks may name it differently
-  if (lead) fs::create_directories(run);
+// Everything a run holds, from its set-up on.
+struct Run {
+  Options opt;
+  Device device;
+  bool lead = dist::rank() == 0;  // rank 0 alone writes the run folder
+  int threads = omp_get_max_threads();
+  models::ArchConfig arch;
+  Data d;
+  engine::Rng init_rng;
+  models::RepVGG model;
+  Optimizer optimizer;  // built after set_qat: it holds the parameter tensors (the steps among them) it is given
+  engine::Schedule sched;
+  data::Loader train_loader, val_loader;
+  fs::path folder;
+  Log log;
+  std::optional<TensorBoardLog> tb;
+  std::unique_ptr<engine::GradReducer> reducer;
   int start_epoch = 0;
   size_t start_batch = 0;
-  double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;
-  Log log{run / "log.csv", opt.dataset == "imagenet", {}};
-  if (!resume_ckpt.empty()) {
-    if (lead)
-      for (const std::string& name : st::remove_stale_temporaries(run.string()))
-        std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (run / name).c_str());
-    layers::Checkpoint c = layers::load_checkpoint(resume_ckpt.string(), model);
-    const std::string ck = resume_ckpt.string();
-    start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, opt.epochs));
-    start_batch = size_t(layers::metadata_int(c.metadata, ck, "batch", 0, int64_t(train_loader.batches_per_epoch())));
-    best_top1 = layers::metadata_double(c.metadata, ck, "best_top1", -1, 100);
-    part_loss = layers::metadata_double(c.metadata, ck, "partial_loss", 0, HUGE_VAL);
-    part_correct = layers::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
-    part_seen = layers::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
-    auto& bufs = sgd.momentum_buffers();
-    std::vector<Tensor> params;  // in the order of the buffers
-    for (const engine::ParamGroup& g : sgd.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
-    for (size_t i = 0; i < bufs.size(); i++) {
-      const std::string name = "optim." + buffer_names[i];
-      auto it = c.extra.find(name);
-      if (it == c.extra.end()) continue;
-      const st::Entry& e = it->second;
-      // checked here, naming the file, not at the first step
-      if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec())
-        throw std::runtime_error(fmt::format("file {}: tensor '{}' is {} [{}], expected F32 {} (the momentum of "
-                                             "parameter '{}')", ck, name, st::dtype_name(e.dtype),
-                                             fmt::join(e.shape, ", "), params[i].shape().str(), buffer_names[i]));
-      bufs[i] = layers::from_entry(e).to(device);
-    }
-    if (lead) log.load_completed(start_epoch);
-    std::printf("resuming %s at epoch %d, batch %zu\n", resume_ckpt.c_str(), start_epoch + 1, start_batch);
-  } else if (lead) {
-    nlohmann::json cfg = {{"argv", argv}, {"options", options_json(opt)}, {"git_commit", git_commit()},
-                          {"threads", threads}, {"data_dir", d.dir}, {"num_classes", arch.num_classes},
-                          {"train_images", d.train->size()}, {"val_images", d.val->size()},
-                          {"created", now_string("%Y-%m-%dT%H:%M:%S")}};
-    st::write_file_atomic((run / "config.json").string(), cfg.dump(2) + "\n");
+  double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;  // the epoch's running sums
+  bool synced_qat_init = false;  // under mpirun: the quantizers' first-batch steps made rank 0's
+
+  Run(const Options& o, Device dev, bool resuming)
+      : opt(o), device(dev), arch(checked_arch(o)), d(open_data(o)), init_rng(o.seed),
+        model(with_classes(arch, d), init_rng, o.oabn_k),
+        optimizer((prepare(resuming), make_optimizer(model, o.lr, o.momentum, o.nesterov, o.wd, o.custom_l2))),
+        sched(schedule(o)), train_loader(*d.train, o.batch_size, true, o.seed, threads, 4, shard(o)),
+        val_loader(*d.val, o.batch_size, false, o.seed, threads, 4, shard(o)), folder(folder_of(o)),
+        log{folder / "log.csv", o.dataset == "imagenet", {}} {
+    if (train_loader.batches_per_epoch() == 0)
+      throw std::runtime_error(fmt::format("{} training images make no batch of {}", d.train->size(), opt.batch_size));
+    if (lead) fs::create_directories(folder);
   }
-  if (lead) link_latest(run);
-  std::optional<TensorBoardLog> tb;
-  if (lead) tb.emplace(run.string());
-  std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", run.c_str(), opt.arch.c_str(),
-              opt.dataset.c_str(), d.train->size(), d.val->size(), threads, engine::device_name(device));
-  std::unique_ptr<engine::GradReducer> reducer;
-  if (dist::distributed()) {
-    broadcast_state(model);
-    reducer = make_reducer(model, opt.bucket_mb);
-    if (opt.sync_bn) engine::set_batch_norm_sync([](double* v, size_t n) { dist::allreduce_sum(v, n); });
-    std::printf("distributed: %d processes, %d images each per batch of %d, gradients in %zu buckets of at most %g MB "
-                "(%s)\n", dist::size(), opt.batch_size / dist::size(), opt.batch_size, reducer->buckets(), opt.bucket_mb,
-                device == Device::cuda ? "NCCL, one GPU per process" : "MPI");
-    std::printf("BN statistics: %s\n", opt.sync_bn ? "the global batch's (--sync-bn)"
+
+ private:
+  static const models::ArchConfig& with_classes(models::ArchConfig& arch, const Data& d) {
+    arch.num_classes = d.train->num_classes();
+    return arch;
+  }
+  // --init (a fresh run only) and --qat, on the model, before the optimizer takes its parameters
+  void prepare(bool resuming) {
+    if (!opt.init.empty() && !resuming) load_init(opt, model);
+    if (opt.qat) model.set_qat(qat_config(opt));
+    model.to(device);
+  }
+  static data::Shard shard(const Options& o) {
+    const data::Shard s{dist::rank(), dist::size()};
+    if (o.batch_size % s.count != 0)
+      throw std::runtime_error(fmt::format("--batch-size {} (the global batch) does not split into {} equal shards, one per "
+                                           "process: give a multiple of {}", o.batch_size, s.count, s.count));
+    return s;
+  }
+  static fs::path folder_of(const Options& o) {
+    const fs::path f = o.out.empty() ? fs::path("runs") / fmt::format("{}-{}-{}", o.dataset, o.arch, now_string("%Y%m%d-%H%M%S"))
+                                     : fs::path(o.out);
+    return broadcast_string(f.string());  // the ranks' clocks may name it differently
+  }
+};
+
+// The checkpoint of the run's state at `epoch`, `batch` (rank 0 writes it).
+static void save(Run& r, const fs::path& path, int epoch, size_t batch) {
+  if (!r.lead) return;
+  const Options& opt = r.opt;
+  layers::Metadata md = {{"arch", opt.arch}, {"dataset", opt.dataset}, {"epoch", std::to_string(epoch)},
+                         {"batch", std::to_string(batch)}, {"best_top1", fmt::format("{}", r.best_top1)},
+                         {"partial_loss", fmt::format("{}", r.part_loss)}, {"partial_correct", fmt::format("{}", r.part_correct)},
+                         {"partial_seen", fmt::format("{}", r.part_seen)}, {"seed", std::to_string(opt.seed)},
+                         {"oabn_k", fmt::format("{}", opt.oabn_k)}, {"num_classes", std::to_string(r.arch.num_classes)}};
+  if (r.model.qat()) md.merge(models::qat_metadata(*r.model.qat()));
+  std::map<std::string, st::Entry> extra;
+  const auto& bufs = r.optimizer.sgd.momentum_buffers();
+  for (size_t i = 0; i < bufs.size(); i++)
+    if (bufs[i].defined()) extra["optim." + r.optimizer.names[i]] = layers::to_entry(bufs[i]);
+  layers::save_checkpoint(path.string(), r.model, md, extra);
+}
+
+// --resume: the model, the optimizer's momentum, the epoch, batch and running sums of `ckpt`.
+static void resume(Run& r, const fs::path& ckpt) {
+  if (r.lead)
+    for (const std::string& name : st::remove_stale_temporaries(r.folder.string()))
+      std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (r.folder / name).c_str());
+  layers::Checkpoint c = layers::load_checkpoint(ckpt.string(), r.model);
+  const std::string ck = ckpt.string();
+  r.start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, r.opt.epochs));
+  r.start_batch = size_t(layers::metadata_int(c.metadata, ck, "batch", 0, int64_t(r.train_loader.batches_per_epoch())));
+  r.best_top1 = layers::metadata_double(c.metadata, ck, "best_top1", -1, 100);
+  r.part_loss = layers::metadata_double(c.metadata, ck, "partial_loss", 0, HUGE_VAL);
+  r.part_correct = layers::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
+  r.part_seen = layers::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
+  engine::SGD& sgd = r.optimizer.sgd;
+  auto& bufs = sgd.momentum_buffers();
+  std::vector<Tensor> params;  // in the order of the buffers
+  for (const engine::ParamGroup& g : sgd.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
+  for (size_t i = 0; i < bufs.size(); i++) {
+    const std::string name = "optim." + r.optimizer.names[i];
+    auto it = c.extra.find(name);
+    if (it == c.extra.end()) continue;
+    const st::Entry& e = it->second;
+    // checked here, naming the file, not at the first step
+    if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec())
+      throw std::runtime_error(fmt::format("file {}: tensor '{}' is {} [{}], expected F32 {} (the momentum of "
+                                           "parameter '{}')", ck, name, st::dtype_name(e.dtype),
+                                           fmt::join(e.shape, ", "), params[i].shape().str(), r.optimizer.names[i]));
+    bufs[i] = layers::from_entry(e).to(r.device);
+  }
+  if (r.lead) r.log.load_completed(r.start_epoch);
+  std::printf("resuming %s at epoch %d, batch %zu\n", ckpt.c_str(), r.start_epoch + 1, r.start_batch);
+}
+
+// A new run's config.json: how it was started and on what.
+static void write_config(const Run& r, const std::vector<std::string>& argv) {
+  nlohmann::json cfg = {{"argv", argv}, {"options", options_json(r.opt)}, {"git_commit", git_commit()},
+                        {"threads", r.threads}, {"data_dir", r.d.dir}, {"num_classes", r.arch.num_classes},
+                        {"train_images", r.d.train->size()}, {"val_images", r.d.val->size()},
+                        {"created", now_string("%Y-%m-%dT%H:%M:%S")}};
+  st::write_file_atomic((r.folder / "config.json").string(), cfg.dump(2) + "\n");
+}
+
+// Under mpirun: the ranks start from rank 0's state, and the gradients' bucketed all-reduce.
+static void start_distributed(Run& r) {
+  broadcast_state(r.model);
+  r.reducer = make_reducer(r.model, r.opt.bucket_mb);
+  if (r.opt.sync_bn) engine::set_batch_norm_sync([](double* v, size_t n) { dist::allreduce_sum(v, n); });
+  std::printf("distributed: %d processes, %d images each per batch of %d, gradients in %zu buckets of at most %g MB "
+              "(%s)\n", dist::size(), r.opt.batch_size / dist::size(), r.opt.batch_size, r.reducer->buckets(),
+              r.opt.bucket_mb, r.device == Device::cuda ? "NCCL, one GPU per process" : "MPI");
+  std::printf("BN statistics: %s\n", r.opt.sync_bn ? "the global batch's (--sync-bn)"
                                                     : "each process's shard's, running statistics averaged every step");
+}
+
+// What one epoch's steps measured in this process.
+struct EpochStats {
+  double images = 0, comm_seconds = 0, wait_seconds = 0, steps = 0;
+  size_t passed_over = 0;
+  Progress progress;
+};
+
+// The steps of one epoch, from start_batch on a mid-epoch resume: 0 when it ran through, 3 on a non-finite
+// loss, 130 when interrupted (its state saved).
+static int train_epoch(Run& r, int epoch, float lr, EpochStats& e) {
+  const size_t total = r.train_loader.batches_per_epoch();
+  size_t done = 0;
+  for (; done < (epoch == r.start_epoch ? r.start_batch : 0); done++) r.train_loader.next();  // resume mid-epoch
+  e.progress = Progress();  // timed from here
+  const bool skip_together = dist::distributed() && r.opt.bad_images == "skip";
+  Tensor x, y;
+  while (const data::Batch* b = r.train_loader.next()) {
+    // --bad-images skip under mpirun: a process whose share of the batch was all bad has nothing to step
+    // with, and every collective must be called by all: the processes pass such a batch over together.
+    if (skip_together) {
+      double empty = b->n == 0 ? 1 : 0;
+      dist::allreduce_sum(&empty, 1);
+      if (empty > 0) {
+        done++, e.passed_over++;
+        continue;
+      }
+    }
+    data::to_tensors(*b, r.device, x, y);
+    const StepResult s = train_step(r.model, r.optimizer.sgd, x, y, r.opt.label_smoothing, r.opt.custom_l2 ? r.opt.wd : 0.0f,
+                                    r.reducer.get(), g_interrupted);
+    // A quantizer initializes its step from its first batch, which differs per rank: rank 0's wins.
+    if (r.reducer && r.model.qat() && !r.synced_qat_init) broadcast_state(r.model), r.synced_qat_init = true;
+    if (!s.stepped) {
+      e.progress.end_line();
+      const fs::path last = r.folder / "last.safetensors";
+      if (r.lead)
+        std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu%s; stopping. %s\n", s.loss, epoch + 1, done + 1,
+                     dist::distributed() ? " (on some rank)" : "",
+                     fs::exists(last) ? ("The last good checkpoint is " + last.string()).c_str()
+                                      : "No checkpoint was written before it (the run saves one at each epoch's end).");
+      dist::barrier();  // mpirun ends the job at the first rank that exits non-zero
+      return 3;
+    }
+    done++;
+    e.steps++;
+    if (r.reducer) e.comm_seconds += r.reducer->comm_seconds(), e.wait_seconds += r.reducer->wait_seconds();
+    e.images += s.images;
+    r.part_loss += double(s.loss) * s.images;
+    r.part_correct += s.correct;
+    r.part_seen += s.images;
+    const double loss = r.part_loss / r.part_seen, top1 = 100 * r.part_correct / r.part_seen;
+    e.progress.update(epoch, r.opt.epochs, done, total, loss, top1, e.images);
+    if (r.tb) r.tb->step(int64_t(epoch * total + done), loss, top1, lr);
+    if (s.interrupted) {
+      e.progress.end_line();
+      save(r, r.folder / "last.safetensors", epoch, done);
+      dist::barrier();  // rank 0's checkpoint is written before any rank exits
+      std::printf("interrupted: state saved in %s; resume with ./train --resume %s\n",
+                  (r.folder / "last.safetensors").c_str(), r.folder.c_str());
+      g_interrupted = false;
+      return 130;
+    }
   }
+  e.progress.end_line();
+  return 0;
+}
+
+// After an epoch's steps: the evaluation (every --eval-every epochs and the last), log.csv, TensorBoard,
+// the epoch's line, and the checkpoints (best.safetensors on a better top-1, last.safetensors always).
+static void end_epoch(Run& r, int epoch, float lr, const EpochStats& e) {
+  if (r.lead && e.passed_over > 0)
+    std::fprintf(stderr, "train: %zu batches passed over by every process: some process's share of each was all bad images\n",
+                 e.passed_over);
+  const double train_seconds = e.progress.seconds();
+  const bool eval_now = (epoch + 1) % r.opt.eval_every == 0 || epoch + 1 == r.opt.epochs;
+  EvalResult ev;
+  if (eval_now) ev = evaluate(r.model, r.val_loader, r.device);
+  const double seconds = e.progress.seconds(), img_per_s = e.images / std::max(train_seconds, 1e-9);
+  const double loss = r.part_loss / r.part_seen, top1 = 100 * r.part_correct / r.part_seen;
+  std::string row = fmt::format("{},{:.6g},{:.6f},{:.4f}", epoch + 1, lr, loss, top1);
+  row += eval_now ? fmt::format(",{:.6f},{:.4f}", ev.loss, ev.top1) : ",,";
+  if (r.log.top5) row += eval_now ? fmt::format(",{:.4f}", ev.top5) : ",";
+  row += fmt::format(",{:.2f},{:.2f}", seconds, img_per_s);
+  r.log.rows.push_back(row);
+  if (r.lead) r.log.write();
+  if (r.tb) r.tb->epoch(epoch + 1, loss, top1, eval_now ? &ev : nullptr, r.log.top5, img_per_s);
+  if (r.tb && r.model.qat()) r.tb->quantizer_steps(epoch + 1, r.model);
+  std::printf("epoch %d/%d  lr %.5g  train loss %.4f  top-1 %.2f%%", epoch + 1, r.opt.epochs, lr, loss, top1);
+  if (eval_now) {
+    std::printf("  |  val loss %.4f  top-1 %.2f%%", ev.loss, ev.top1);
+    if (r.log.top5) std::printf("  top-5 %.2f%%", ev.top5);
+  }
+  std::printf("  (%.1f s)\n", seconds);
+  if (r.reducer && e.steps > 0)
+    std::printf("all-reduce: %.2f ms per step from the first bucket's start, %.2f ms of it waited after the backward "
+                "(%.0f%% overlapped)\n", 1e3 * e.comm_seconds / e.steps, 1e3 * e.wait_seconds / e.steps,
+                e.comm_seconds > 0 ? 100 * (1 - e.wait_seconds / e.comm_seconds) : 0.0);
+  std::fflush(stdout);
+  r.part_loss = r.part_correct = r.part_seen = 0;
+  if (eval_now && ev.top1 > r.best_top1) {
+    r.best_top1 = ev.top1;
+    save(r, r.folder / "best.safetensors", epoch + 1, 0);
+  }
+  save(r, r.folder / "last.safetensors", epoch + 1, 0);
+}
+
+int run_training(Options opt, const std::vector<std::string>& argv) {
+  if (dist::rank() == 0) std::printf("cpu: %s\n", engine::cpu_summary().c_str());
+  fs::path resume_ckpt;
+  if (!opt.resume.empty()) opt = resume_options(opt, argv, resume_ckpt);
+  const Device device = set_up_process(opt);
+  Run r(opt, device, !resume_ckpt.empty());
+  if (!resume_ckpt.empty()) resume(r, resume_ckpt);
+  else if (r.lead) write_config(r, argv);
+  if (r.lead) link_latest(r.folder);
+  if (r.lead) r.tb.emplace(r.folder.string());
+  std::printf("run %s: %s on %s (%zu train, %zu val images), %d threads, %s\n", r.folder.c_str(), opt.arch.c_str(),
+              opt.dataset.c_str(), r.d.train->size(), r.d.val->size(), r.threads, engine::device_name(device));
+  if (dist::distributed()) start_distributed(r);
   std::fflush(stdout);
 
-  auto save = [&](const fs::path& path, int epoch, size_t batch) {
-    if (!lead) return;
-    layers::Metadata md = {{"arch", opt.arch}, {"dataset", opt.dataset}, {"epoch", std::to_string(epoch)},
-                           {"batch", std::to_string(batch)}, {"best_top1", fmt::format("{}", best_top1)},
-                           {"partial_loss", fmt::format("{}", part_loss)}, {"partial_correct", fmt::format("{}", part_correct)},
-                           {"partial_seen", fmt::format("{}", part_seen)}, {"seed", std::to_string(opt.seed)},
-                           {"oabn_k", fmt::format("{}", opt.oabn_k)}, {"num_classes", std::to_string(arch.num_classes)}};
-    if (model.qat()) md.merge(models::qat_metadata(*model.qat()));
-    std::map<std::string, st::Entry> extra;
-    auto& bufs = sgd.momentum_buffers();
-    for (size_t i = 0; i < bufs.size(); i++)
-      if (bufs[i].defined()) extra["optim." + buffer_names[i]] = layers::to_entry(bufs[i]);
-    layers::save_checkpoint(path.string(), model, md, extra);
-  };
-
-  model.train();
-  Tensor x, y;
-  bool synced_qat_init = false;
-  const bool skip_together = dist::distributed() && opt.bad_images == "skip";
-  for (int epoch = start_epoch; epoch < opt.epochs; epoch++) {
-    const float lr = sched.lr_at(epoch);
-    sgd.set_lr(lr);
-    train_loader.start_epoch(epoch);
-    const size_t total = train_loader.batches_per_epoch();
-    size_t done = 0;
-    if (epoch != start_epoch || start_batch == 0) {
-      part_loss = part_correct = part_seen = 0;
-      model.request_codebook_resets();  // ClusterQAT Algorithm 2 line 2 (a mid-epoch resume keeps the codebooks)
+  r.model.train();
+  for (int epoch = r.start_epoch; epoch < opt.epochs; epoch++) {
+    const float lr = r.sched.lr_at(epoch);
+    r.optimizer.sgd.set_lr(lr);
+    r.train_loader.start_epoch(epoch);
+    if (epoch != r.start_epoch || r.start_batch == 0) {
+      r.part_loss = r.part_correct = r.part_seen = 0;
+      r.model.request_codebook_resets();  // ClusterQAT Algorithm 2 line 2 (a mid-epoch resume keeps the codebooks)
     }
-    for (; done < (epoch == start_epoch ? start_batch : 0); done++) train_loader.next();  // resume mid-epoch
-    Progress progress;
-    double images = 0, comm_seconds = 0, wait_seconds = 0, steps = 0;  // steps: this epoch's, in this process
-    size_t passed_over = 0;
-    while (const data::Batch* b = train_loader.next()) {
-      // --bad-images skip under mpirun: a process whose share of the batch was all bad has nothing to step
-      // with, and every collective must be called by all: the processes pass such a batch over together.
-      if (skip_together) {
-        double empty = b->n == 0 ? 1 : 0;
-        dist::allreduce_sum(&empty, 1);
-        if (empty > 0) {
-          done++, passed_over++;
-          continue;
-        }
-      }
-      data::to_tensors(*b, device, x, y);
-      const StepResult r = train_step(model, sgd, x, y, opt.label_smoothing, opt.custom_l2 ? opt.wd : 0.0f, reducer.get(),
-                                      g_interrupted);
-      // A quantizer initializes its step from its first batch, which differs per rank: rank 0's wins.
-      if (reducer && model.qat() && !synced_qat_init) broadcast_state(model), synced_qat_init = true;
-      if (!r.stepped) {
-        progress.end_line();
-        const fs::path last = run / "last.safetensors";
-        if (lead)
-          std::fprintf(stderr, "train: the loss is %f at epoch %d, batch %zu%s; stopping. %s\n", r.loss, epoch + 1, done + 1,
-                       dist::distributed() ? " (on some rank)" : "",
-                       fs::exists(last) ? ("The last good checkpoint is " + last.string()).c_str()
-                                        : "No checkpoint was written before it (the run saves one at each epoch's end).");
-        dist::barrier();  // mpirun ends the job at the first rank that exits non-zero
-        return 3;
-      }
-      done++;
-      steps++;
-      if (reducer) comm_seconds += reducer->comm_seconds(), wait_seconds += reducer->wait_seconds();
-      images += r.images;
-      part_loss += double(r.loss) * r.images;
-      part_correct += r.correct;
-      part_seen += r.images;
-      progress.update(epoch, opt.epochs, done, total, part_loss / part_seen, 100 * part_correct / part_seen, images);
-      if (tb) tb->step(int64_t(epoch * total + done), part_loss / part_seen, 100 * part_correct / part_seen, lr);
-      if (r.interrupted) {
-        progress.end_line();
-        save(run / "last.safetensors", epoch, done);
-        dist::barrier();  // rank 0's checkpoint is written before any rank exits
-        std::printf("interrupted: state saved in %s; resume with ./train --resume %s\n", (run / "last.safetensors").c_str(),
-                    run.c_str());
-        g_interrupted = false;
-        return 130;
-      }
-    }
-    progress.end_line();
-    if (lead && passed_over > 0)
-      std::fprintf(stderr, "train: %zu batches passed over by every process: some process's share of each was all bad images\n",
-                   passed_over);
-    const double train_seconds = progress.seconds();
-    const bool eval_now = (epoch + 1) % opt.eval_every == 0 || epoch + 1 == opt.epochs;
-    EvalResult ev;
-    if (eval_now) ev = evaluate(model, val_loader, device);
-    const double seconds = progress.seconds();
-    std::string row = fmt::format("{},{:.6g},{:.6f},{:.4f}", epoch + 1, lr, part_loss / part_seen, 100 * part_correct / part_seen);
-    row += eval_now ? fmt::format(",{:.6f},{:.4f}", ev.loss, ev.top1) : ",,";
-    if (log.top5) row += eval_now ? fmt::format(",{:.4f}", ev.top5) : ",";
-    row += fmt::format(",{:.2f},{:.2f}", seconds, images / std::max(train_seconds, 1e-9));
-    log.rows.push_back(row);
-    if (lead) log.write();
-    if (tb) tb->epoch(epoch + 1, part_loss / part_seen, 100 * part_correct / part_seen, eval_now ? &ev : nullptr, log.top5,
-             images / std::max(train_seconds, 1e-9));
-    if (tb && model.qat()) tb->quantizer_steps(epoch + 1, model);
-    std::printf("epoch %d/%d  lr %.5g  train loss %.4f  top-1 %.2f%%", epoch + 1, opt.epochs, lr, part_loss / part_seen,
-                100 * part_correct / part_seen);
-    if (eval_now) {
-      std::printf("  |  val loss %.4f  top-1 %.2f%%", ev.loss, ev.top1);
-      if (log.top5) std::printf("  top-5 %.2f%%", ev.top5);
-    }
-    std::printf("  (%.1f s)\n", seconds);
-    if (reducer && steps > 0)
-      std::printf("all-reduce: %.2f ms per step from the first bucket's start, %.2f ms of it waited after the backward "
-                  "(%.0f%% overlapped)\n", 1e3 * comm_seconds / steps, 1e3 * wait_seconds / steps,
-                  comm_seconds > 0 ? 100 * (1 - wait_seconds / comm_seconds) : 0.0);
-    std::fflush(stdout);
-    part_loss = part_correct = part_seen = 0;
-    if (eval_now && ev.top1 > best_top1) {
-      best_top1 = ev.top1;
-      save(run / "best.safetensors", epoch + 1, 0);
-    }
-    save(run / "last.safetensors", epoch + 1, 0);
+    EpochStats e;
+    if (const int status = train_epoch(r, epoch, lr, e)) return status;
+    end_epoch(r, epoch, lr, e);
   }
-  std::printf("done: best val top-1 %.2f%%; checkpoints in %s\n", best_top1, run.c_str());
+  std::printf("done: best val top-1 %.2f%%; checkpoints in %s\n", r.best_top1, r.folder.c_str());
   return 0;
 }
 
