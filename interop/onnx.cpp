@@ -178,9 +178,8 @@ std::string repvgg_to_onnx(const models::RepVGG& model, const OnnxOptions& opt) 
 
   // The blocks in order, named as their state-dict prefixes: "stage0", "stage1.0", ...
   std::vector<std::string> names;
-  const auto specs = models::block_specs(model.arch);
-  for (size_t s = 0; s < specs.size(); s++)
-    for (size_t j = 0; j < specs[s].size(); j++) names.push_back(s == 0 ? "stage0" : fmt::format("stage{}.{}", s, j));
+  for (const auto& stage : models::block_specs(model.arch))
+    for (const models::BlockSpec& b : stage) names.push_back(b.name);
   std::string x = "input";
   for (size_t i = 0; i < model.blocks().size(); i++) {
     const layers::RepBlock& b = *model.blocks()[i];

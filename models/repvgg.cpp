@@ -75,14 +75,14 @@ ArchConfig arch_config(const std::string& name) {
 std::vector<std::vector<BlockSpec>> block_specs(const ArchConfig& a) {
   const int base[4] = {64, 128, 256, 512};
   int in = std::min(64, (int)(64 * a.width_multiplier[0]));
-  std::vector<std::vector<BlockSpec>> stages = {{{3, in, a.stage0_stride, 1}}};
+  std::vector<std::vector<BlockSpec>> stages = {{{3, in, a.stage0_stride, 1, "stage0"}}};
   int layer = 1;
   for (int s = 0; s < 4; s++) {
     const int out = (int)(base[s] * a.width_multiplier[s]);
     stages.emplace_back();
     for (int i = 0; i < a.num_blocks[s]; i++, layer++) {
       const int groups = layer % 2 == 0 && layer <= 26 ? a.groups : 1;  // official optional_groupwise_layers
-      stages.back().push_back({in, out, i == 0 ? 2 : 1, groups});
+      stages.back().push_back({in, out, i == 0 ? 2 : 1, groups, "stage" + std::to_string(s + 1) + "." + std::to_string(i)});
       in = out;
     }
   }
@@ -126,8 +126,8 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
     return block;
   };
   auto stages = block_specs(a);
-  blocks_.push_back(register_module("stage0", make(stages[0][0])));
-  for (int s = 1; s <= 4; s++) {
+  blocks_.push_back(register_module(stages[0][0].name, make(stages[0][0])));
+  for (int s = 1; s <= 4; s++) {  // stage s: a Sequential whose i-th block is named "stage{s}.{i}" (BlockSpec::name)
     auto seq = register_module("stage" + std::to_string(s), std::make_shared<layers::Sequential>());
     for (const BlockSpec& b : stages[s]) {
       blocks_.push_back(make(b));

@@ -42,6 +42,7 @@ ArchConfig cifar_config(BlockType block, int width);
 
 struct BlockSpec {
   int in, out, stride, groups;
+  std::string name;  // the model's name for the block (its state-dict prefix): "stage0", "stage1.0", ...
 };
 // [stage][block]; stage 0 has one block.
 std::vector<std::vector<BlockSpec>> block_specs(const ArchConfig& arch);

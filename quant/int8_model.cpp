@@ -34,7 +34,7 @@ static std::vector<Int8Layer> layer_skeleton(const models::ArchConfig& arch) {
     for (size_t i = 0; i < stages[s].size(); i++) {
       const models::BlockSpec& b = stages[s][i];
       Int8Layer l;
-      l.name = s == 0 ? "stage0" : fmt::format("stage{}.{}", s, i);
+      l.name = b.name;
       l.in = b.in, l.out = b.out, l.stride = b.stride, l.groups = b.groups;
       layers.push_back(l);
     }

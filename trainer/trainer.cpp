@@ -1,7 +1,6 @@
 #include "trainer/trainer.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -412,10 +411,13 @@ static void resume(Run& r, const fs::path& ckpt) {
     if (it == c.extra.end()) continue;
     const st::Entry& e = it->second;
     // checked here, naming the file, not at the first step
-    if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec())
+    if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec()) {
+      std::string dims;
+      for (int64_t d : e.shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
       throw std::runtime_error(fmt::format("file {}: tensor '{}' is {} [{}], expected F32 {} (the momentum of "
-                                           "parameter '{}')", ck, name, st::dtype_name(e.dtype),
-                                           fmt::join(e.shape, ", "), params[i].shape().str(), r.optimizer.names[i]));
+                                           "parameter '{}')", ck, name, st::dtype_name(e.dtype), dims,
+                                           params[i].shape().str(), r.optimizer.names[i]));
+    }
     bufs[i] = layers::from_entry(e).to(r.device);
   }
   if (r.lead) r.log.load_completed(r.start_epoch);
