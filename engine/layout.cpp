@@ -14,8 +14,9 @@ static int64_t g_block = -1;  // -1: not chosen yet (oneDNN is asked on first us
 int64_t activation_block() {
   if (g_block < 0) {
     const char* e = std::getenv("REPQ_BLOCK");
-    g_block = e ? std::atoll(e) : cpu::conv_channel_block();
-    ENGINE_CHECK(g_block == 0 || g_block == 8 || g_block == 16, std::string("REPQ_BLOCK=") + e + ": 0, 8 or 16");
+    const std::string v = e ? e : "";
+    ENGINE_CHECK(!e || v == "0" || v == "8" || v == "16", "REPQ_BLOCK=" + v + ": expected 0, 8 or 16");
+    g_block = e ? std::stoll(v) : cpu::conv_channel_block();
   }
   return g_block;
 }
@@ -31,17 +32,6 @@ std::string cpu_summary() {
          (b ? "nChw" + std::to_string(b) + "c" : std::string("NCHW"));
 }
 
-// x's storage rewritten in the layout of `block` into y's (one shape, CPU): one reorder, or two by NCHW.
-static void convert(const Tensor& x, const Tensor& y) {
-  const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  const int64_t from = x.channel_block(), to = y.channel_block();
-  if (from == 0) return cpu::channels_to_blocked(n, c, hw, to, x.storage_f32(), y.storage_f32());
-  if (to == 0) return cpu::channels_from_blocked(n, c, hw, from, x.storage_f32(), y.storage_f32());
-  Tensor plain = Tensor::empty(x.shape());
-  cpu::channels_from_blocked(n, c, hw, from, x.storage_f32(), plain.storage_f32());
-  cpu::channels_to_blocked(n, c, hw, to, plain.storage_f32(), y.storage_f32());
-}
-
 // x [N, C, H, W] -> the same values in the layout of `block`; the gradient goes back to x's layout.
 Tensor to_layout(const Tensor& x, int64_t block) {
   if (!x.defined() || x.channel_block() == block) return x;
@@ -52,11 +42,11 @@ Tensor to_layout(const Tensor& x, int64_t block) {
                "x " + x.str() + ": " + std::to_string(x.size(1)) + " channels do not fill blocks of " + std::to_string(block));
   Tensor y = Tensor::empty(x.shape());
   y.impl()->channel_block = block;
-  convert(x, y);
+  y.copy_(x);  // the values into y's layout (engine/cpu/layout.cpp's reorders)
   record(y, "to_layout", {x}, [](const Tensor& out, const Tensor& g) {
     const Tensor& x = out.grad_fn()->inputs[0];
     Tensor gx = empty_like(x);
-    convert(g, gx);
+    gx.copy_(g);
     accumulate_grad(x, gx);
   });
   return y;
