@@ -97,6 +97,18 @@ void Quantizer::set_step(const std::vector<float>& steps) {
   ready_ = true;
 }
 
+Tensor lsq_reference(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float grad_scale) {
+  const Tensor scaled = mul_scalar(step, grad_scale);
+  Tensor s = add(scaled, detach(sub(step, scaled)));  // s·g + sg(s − s·g)
+  if (step.numel() > 1) {  // one step per row: [R] -> [R, 1, ...]
+    Shape shape = x.shape();
+    for (int i = 1; i < shape.n; i++) shape.d[i] = 1;
+    s = reshape(s, shape);
+  }
+  const Tensor q = clamp(add_scalar(round_ste(div(x, s)), (float)zero_point), (float)q_min, (float)q_max);
+  return mul(add_scalar(q, (float)-zero_point), s);
+}
+
 Tensor Quantizer::forward(const Tensor& x) {
   if (observer) observer(x);
   if (!fake_quant) return x;

@@ -8,8 +8,8 @@
 // d x̂ / d x = 1 inside the range, 0 outside; d x̂ / d s = round(v) − v inside, q_min − z or q_max − z
 // outside (v = x / s). The step's gradient is scaled by g = 1 / sqrt(N · q_max) (Sec. 2.2), N the number
 // of values one step quantizes. The forward is one op, engine::fake_quantize (engine/quantize.cpp), the
-// same function as the composed ops div, round_ste, add_scalar, clamp, mul with lsq-net's gradient-scale
-// trick s·g + sg(s − s·g) (tests/test_quantize.cpp checks one against the other).
+// same function as lsq_reference below, LSQ as the paper writes it in composed ops (tests/test_quantize.cpp
+// checks one against the other).
 //
 // Codes: weights signed and restricted, [−(2^(B−1) − 1), 2^(B−1) − 1] as ./ptq's (quant/quantizers.h);
 // activations unsigned [0, 2^B − 1] after a ReLU, signed [−2^(B−1), 2^(B−1) − 1] where the input can be
@@ -41,6 +41,12 @@ StepInit parse_step_init(const std::string& s);  // "min-error" | "lsq"; throws 
 const char* step_init_name(StepInit s);
 
 enum class Codes { weight, unsigned_act, signed_act };
+
+// LSQ in the paper's terms, composed of differentiable ops (lsq-net's few lines): the readable reference of
+// the fused engine::fake_quantize that Quantizer::forward runs. step [1] or [R] (per dim-0 row of x).
+//   s' = s·g + sg(s − s·g)                           the value s, the gradient g · dL/ds'    (Sec. 2.2)
+//   x̂ = (clamp(round_ste(x / s') + z, q_min, q_max) − z) · s'                              (Eq. 1-3)
+Tensor lsq_reference(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float grad_scale);
 
 class Quantizer : public Module {
  public:

@@ -1,27 +1,17 @@
-// fake_quantize (engine/quantize.cpp) against a double loop, and against the composed ops it replaces
-// (values and gradients of x and the step); NaN propagation; shape errors.
+// fake_quantize (engine/quantize.cpp) against a double loop, and against LSQ as the paper writes it in
+// composed ops (layers::lsq_reference: values and gradients of x and the step); NaN propagation; shape errors.
 #include <cmath>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "layers/quantizer.h"
 #include "tests/gradcheck.h"
 
 using namespace engine;
 using testing_util::check_close;
 
-// The composed version: (clamp(round_ste(x / s') + z, q_min, q_max) − z) · s', s' = s·g + sg(s − s·g).
-static Tensor composed(const Tensor& x, const Tensor& step, int z, int q_min, int q_max, float g) {
-  Tensor sg = mul_scalar(step, g);
-  Tensor s = add(sg, detach(sub(step, sg)));
-  if (step.numel() > 1) {
-    Shape shape = x.shape();
-    for (int i = 1; i < shape.n; i++) shape.d[i] = 1;
-    s = reshape(s, shape);
-  }
-  Tensor q = clamp(add_scalar(round_ste(div(x, s)), (float)z), (float)q_min, (float)q_max);
-  return mul(add_scalar(q, (float)-z), s);
-}
+using layers::lsq_reference;
 
 TEST_CASE("fake_quantize: forward against a double loop; values and gradients equal the composed ops'") {
   struct Case {
@@ -47,7 +37,7 @@ TEST_CASE("fake_quantize: forward against a double loop; values and gradients eq
     std::vector<std::vector<float>> grads[2], outs(2);
     for (int k = 0; k < 2; k++) {
       Tensor xk = x.clone().requires_grad_(true), sk = step.clone().requires_grad_(true);
-      Tensor y = k == 0 ? fake_quantize(xk, sk, c.z, c.q_min, c.q_max, g) : composed(xk, sk, c.z, c.q_min, c.q_max, g);
+      Tensor y = k == 0 ? fake_quantize(xk, sk, c.z, c.q_min, c.q_max, g) : lsq_reference(xk, sk, c.z, c.q_min, c.q_max, g);
       outs[k] = y.to_vector();
       sum_all(mul(y, w)).backward();
       grads[k] = {xk.grad().to_vector(), sk.grad().to_vector()};
