@@ -11,7 +11,7 @@ namespace layers {
 using namespace engine;
 
 // t = γ / sqrt(σ² + ε) [C]
-static Tensor bn_scale(const BnTensors& bn) { return mul(bn.gamma, rsqrt(add_scalar(bn.var, bn.eps))); }
+Tensor bn_scale(const BnTensors& bn) { return mul(bn.gamma, rsqrt(add_scalar(bn.var, bn.eps))); }
 
 static Tensor per_output_channel(const Tensor& t) { return reshape(t, Shape{t.size(0), 1, 1, 1}); }
 

@@ -20,6 +20,9 @@ struct BnTensors {
   float eps = 1e-5f;
 };
 
+// t = γ/sqrt(σ² + ε) [C]: the factor a BN folds into the kernel before it (RepVGG Eq. (3)).
+Tensor bn_scale(const BnTensors& bn);
+
 // RepVGG (Ding et al. 2021) Sec. 3.3, Eq. (3)-(4): bn(x ∗ W) = x ∗ W' + b' with
 //     W' = W · γ/sqrt(σ² + ε),   b' = β − μ · γ/sqrt(σ² + ε)          (running μ, σ²)
 // kernel [O, I, kh, kw] -> {[O, I, kh, kw], [O]}.

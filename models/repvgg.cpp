@@ -269,10 +269,10 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
   return c;
 }
 
-// t = γ/sqrt(σ² + ε) as [O, 1, 1, 1], detached
+// t = γ/sqrt(σ² + ε) of the BN's own γ (not OABN's clipped one) as [O, 1, 1, 1], detached
 static Tensor bn_scale_detached(const layers::BatchNorm2d& bn) {
   NoGradGuard no_grad;
-  Tensor t = mul(bn.weight, rsqrt(add_scalar(bn.running_var, bn.eps)));
+  Tensor t = layers::bn_scale({bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps});
   return reshape(t, Shape{t.size(0), 1, 1, 1});
 }
 

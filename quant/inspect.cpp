@@ -60,7 +60,7 @@ std::optional<float> identity_bn_max_scale(const layers::RepBlock& block) {
   engine::NoGradGuard no_grad;
   const layers::BatchNorm2d& bn = *b->rbr_identity;
   // t = γ_used / sqrt(σ² + ε), the identity kernel's scale in the merged kernel
-  const std::vector<float> t = engine::mul(bn.gamma_used(), engine::rsqrt(engine::add_scalar(bn.running_var, bn.eps))).to_vector();
+  const std::vector<float> t = layers::bn_scale(layers::bn_tensors(bn)).to_vector();
   float m = 0;
   for (float v : t) m = std::max(m, std::fabs(v));
   return m;
