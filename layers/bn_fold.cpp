@@ -54,7 +54,7 @@ const Moments& BnStatistics::input_moments() {
 BnTensors BnStatistics::folded(BatchNorm2d& bn, const Moments& m, int64_t count) {
   BnTensors t{bn.gamma_used(), bn.bias, m.mean, m.var, bn.eps};
   update_running(bn, m, count);
-  bn.num_batches_tracked++;
+  bn.track_batch();
   return t;
 }
 

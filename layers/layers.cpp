@@ -48,7 +48,7 @@ Tensor BatchNorm2d::gamma_used() const {
 Tensor BatchNorm2d::forward(const Tensor& x) {
   // gamma_used reads running_var before batch_norm2d updates it in place (OABN: the bound of this step).
   Tensor gamma = gamma_used();
-  if (training()) num_batches_tracked++;
+  track_batch();
   return engine::batch_norm2d(x, gamma, bias, running_mean, running_var, training(), momentum, eps);
 }
 

@@ -28,6 +28,11 @@ class BatchNorm2d : public Module {
   Tensor forward(const Tensor& x) override;
   // The gamma the forward uses: `weight`, or its OABN clip (straight-through to `weight`).
   Tensor gamma_used() const;
+  // Counts a training-mode batch normalized with this BN's parameters, wherever it ran (its own forward,
+  // the fused block tail, a BN folded into a merged kernel).
+  void track_batch() {
+    if (training()) num_batches_tracked++;
+  }
 
   Tensor weight, bias, running_mean, running_var;
   int64_t num_batches_tracked = 0;  // as PyTorch's (an I64 scalar in state dicts); counted, not used

@@ -101,7 +101,7 @@ Tensor RepVGGBlock::forward_branches(const Tensor& x) {
   for (BatchNorm2d* bn : bns) {
     // gamma_used reads running_var before the op updates it (OABN: the bound of this step)
     params.push_back({bn->gamma_used(), bn->bias, bn->running_mean, bn->running_var});
-    if (bn->training()) bn->num_batches_tracked++;
+    bn->track_batch();
   }
   return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps);
 }
