@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/ops.h"
+#include "engine/scalar_math.h"
 #include "engine/safetensors.h"
 
 namespace layers {
@@ -44,8 +45,7 @@ bool Quantizer::initialized() const {
 }
 
 float fake_quant(float x, float s, int z, int q_min, int q_max) {
-  const float q = std::clamp(std::nearbyint(x / s) + (float)z, (float)q_min, (float)q_max);
-  return (q - (float)z) * s;
+  return engine::fake_quant_value(x, s, (float)z, (float)q_min, (float)q_max);
 }
 
 float min_error_step(const float* v, int64_t n, int q_min, int q_max) {

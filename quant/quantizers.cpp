@@ -1,5 +1,7 @@
 #include "quant/quantizers.h"
 
+#include "engine/scalar_math.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -25,13 +27,17 @@ float symmetric_scale(float max_abs, int bits) {
   return max_abs > 0 ? max_abs / (float)qmax : 1.0f;
 }
 
+// Both schemes are the one fake quantizer of engine/scalar_math.h (fake_quant_code, fake_quant_value), with
+// their code ranges and zero points.
 int quantize_symmetric(float w, float s, int bits) {
-  const int qmax = symmetric_qmax(bits);
-  const float q = round_half_even(w / s);
-  return (int)std::clamp(q, (float)-qmax, (float)qmax);
+  const float qmax = (float)symmetric_qmax(bits);
+  return (int)engine::fake_quant_code(w, s, 0.0f, -qmax, qmax);
 }
 
-float fake_quant_symmetric(float w, float s, int bits) { return (float)quantize_symmetric(w, s, bits) * s; }
+float fake_quant_symmetric(float w, float s, int bits) {
+  const float qmax = (float)symmetric_qmax(bits);
+  return engine::fake_quant_value(w, s, 0.0f, -qmax, qmax);
+}
 
 int asymmetric_qmax(int bits) {
   check_bits(bits);
@@ -53,13 +59,11 @@ AffineQuant asymmetric_params(float lo, float hi, int bits) {
 }
 
 int quantize_asymmetric(float x, const AffineQuant& p) {
-  const int qmax = asymmetric_qmax(p.bits);
-  const float q = round_half_even(x / p.scale) + (float)p.zero_point;
-  return (int)std::clamp(q, 0.0f, (float)qmax);
+  return (int)engine::fake_quant_code(x, p.scale, (float)p.zero_point, 0.0f, (float)asymmetric_qmax(p.bits));
 }
 
 float fake_quant_asymmetric(float x, const AffineQuant& p) {
-  return (float)(quantize_asymmetric(x, p) - p.zero_point) * p.scale;
+  return engine::fake_quant_value(x, p.scale, (float)p.zero_point, 0.0f, (float)asymmetric_qmax(p.bits));
 }
 
 Granularity parse_granularity(const std::string& s) {
