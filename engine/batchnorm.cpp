@@ -36,16 +36,16 @@ Tensor batch_norm2d(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
 
   if (!training) {
     // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta
-    DISPATCH(x.device(), bn_eval_forward, s, x.storage_f32(), gamma.storage_f32(), beta.storage_f32(), running_mean.storage_f32(),
-             running_var.storage_f32(), eps, y.storage_f32());
+    DISPATCH(x.device(), bn_eval_forward, s, x.f32(), gamma.f32(), beta.f32(), running_mean.f32(),
+             running_var.f32(), eps, y.f32());
     if (stats) *stats = BatchStats{};  // no batch statistics in eval mode
     // The backward reads the running statistics: they must not change before it runs.
     record(y, "batch_norm2d_eval", {x, gamma, beta, running_mean, running_var},
            [s, eps](const Tensor& out, const Tensor& gout) {
              const auto& in = out.grad_fn()->inputs;
              Tensor gx = grad_buffer(in[0]), ggamma = grad_buffer(in[1]), gbeta = grad_buffer(in[2]);
-             DISPATCH(out.device(), bn_eval_backward, s, in[0].storage_f32(), in[1].storage_f32(), in[3].storage_f32(), in[4].storage_f32(), eps,
-                      gout.storage_f32(), f32_or_null(gx), f32_or_null(ggamma), f32_or_null(gbeta));
+             DISPATCH(out.device(), bn_eval_backward, s, in[0].f32(), in[1].f32(), in[3].f32(), in[4].f32(), eps,
+                      gout.f32(), f32_or_null(gx), f32_or_null(ggamma), f32_or_null(gbeta));
              accumulate_grad(in[0], gx);
              accumulate_grad(in[1], ggamma);
              accumulate_grad(in[2], gbeta);
@@ -58,13 +58,13 @@ Tensor batch_norm2d(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
   // mean, var [C]: the batch mean and biased variance; y = (x - mean) / sqrt(var + eps) * gamma + beta.
   Tensor mean = Tensor::empty({s.c}, DType::f32, x.device());
   Tensor var = Tensor::empty({s.c}, DType::f32, x.device());
-  DISPATCH(x.device(), bn_train_forward, s, x.storage_f32(), gamma.storage_f32(), beta.storage_f32(), running_mean.storage_f32(),
-           running_var.storage_f32(), momentum, eps, mean.storage_f32(), var.storage_f32(), y.storage_f32());
+  DISPATCH(x.device(), bn_train_forward, s, x.f32(), gamma.f32(), beta.f32(), running_mean.f32(),
+           running_var.f32(), momentum, eps, mean.f32(), var.f32(), y.f32());
   if (stats) *stats = BatchStats{mean, var};  // not differentiable; shared with the backward: do not modify
   record(y, "batch_norm2d_train", {x, gamma, beta}, [s, eps, mean, var](const Tensor& out, const Tensor& gout) {
     const auto& in = out.grad_fn()->inputs;
     Tensor gx = grad_buffer(in[0]), ggamma = grad_buffer(in[1]), gbeta = grad_buffer(in[2]);
-    DISPATCH(out.device(), bn_train_backward, s, in[0].storage_f32(), in[1].storage_f32(), mean.storage_f32(), var.storage_f32(), eps, gout.storage_f32(),
+    DISPATCH(out.device(), bn_train_backward, s, in[0].f32(), in[1].f32(), mean.f32(), var.f32(), eps, gout.f32(),
              f32_or_null(gx), f32_or_null(ggamma), f32_or_null(gbeta));
     accumulate_grad(in[0], gx);
     accumulate_grad(in[1], ggamma);
@@ -82,12 +82,12 @@ Tensor channel_var(const Tensor& x, const Tensor& mean) {
                    ", got " + mean.str());
   const BnShape s{x.size(0), c, x.size(2) * x.size(3), x.channel_block()};
   Tensor var = Tensor::empty(Shape{s.c}, DType::f32, x.device());
-  DISPATCH(x.device(), channel_var_forward, s, x.storage_f32(), mean.storage_f32(), var.storage_f32());
+  DISPATCH(x.device(), channel_var_forward, s, x.storage_f32(), mean.f32(), var.f32());
   record(var, "channel_var", {x, mean}, [s](const Tensor& out, const Tensor& gvar) {
     const Tensor& x = out.grad_fn()->inputs[0];
     const Tensor& mean = out.grad_fn()->inputs[1];
     Tensor gx = grad_buffer(x), gmean = grad_buffer(mean);
-    DISPATCH(x.device(), channel_var_backward, s, x.storage_f32(), mean.storage_f32(), gvar.storage_f32(), f32_or_null(gx), f32_or_null(gmean));
+    DISPATCH(x.device(), channel_var_backward, s, x.storage_f32(), mean.f32(), gvar.f32(), f32_or_null(gx), f32_or_null(gmean));
     if (gx.defined()) accumulate_grad(x, gx);
     if (gmean.defined()) accumulate_grad(mean, gmean);
   });

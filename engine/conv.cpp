@@ -48,6 +48,18 @@ static ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& bias
   return s;
 }
 
+// The convolution's input in the layout it runs in (output_block), and its shape.
+struct ConvInput {
+  Tensor x;
+  ConvShape s;
+};
+static ConvInput conv_input(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding,
+                            int groups) {
+  const int64_t y_block = output_block(input, w, groups);
+  const Tensor x = input.dim() == 4 ? input_in_layout(input, y_block) : input;
+  return {x, conv_shape(x, w, bias, stride, padding, groups, y_block)};
+}
+
 static Tensor conv_output(const Tensor& x, const ConvShape& s) {
   Tensor y = Tensor::empty({s.n, s.o, s.oh, s.ow}, DType::f32, x.device());
   y.impl()->channel_block = s.y_block;
@@ -55,16 +67,16 @@ static Tensor conv_output(const Tensor& x, const ConvShape& s) {
 }
 
 Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding, int groups) {
-  const int64_t y_block = output_block(input, w, groups);
-  const Tensor x = input.dim() == 4 ? input_in_layout(input, y_block) : input;
-  const ConvShape s = conv_shape(x, w, bias, stride, padding, groups, y_block);
+  const ConvInput in = conv_input(input, w, bias, stride, padding, groups);
+  const Tensor& x = in.x;
+  const ConvShape s = in.s;
   Tensor y = conv_output(x, s);
-  DISPATCH(x.device(), conv2d_forward, s, x.storage_f32(), w.storage_f32(), s.bias ? bias.storage_f32() : nullptr, y.storage_f32());
+  DISPATCH(x.device(), conv2d_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr, y.storage_f32());
   record(y, "conv2d", {x, w, bias}, [s](const Tensor& out, const Tensor& gy) {
     const Tensor &x = out.grad_fn()->inputs[0], &w = out.grad_fn()->inputs[1], &b = out.grad_fn()->inputs[2];
     if (x.requires_grad()) {
       Tensor gx = empty_like(x);
-      DISPATCH(x.device(), conv2d_backward_data, s, gy.storage_f32(), w.storage_f32(), gx.storage_f32());
+      DISPATCH(x.device(), conv2d_backward_data, s, gy.storage_f32(), w.f32(), gx.storage_f32());
       accumulate_grad(x, gx);
     }
     bool need_gb = b.defined() && b.requires_grad();
@@ -73,7 +85,7 @@ Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stri
       sw.bias = need_gb;
       Tensor gw = Tensor::empty(w.shape(), DType::f32, x.device());  // computed with gb even for a frozen w
       Tensor gb = need_gb ? Tensor::empty(b.shape(), DType::f32, x.device()) : Tensor();
-      DISPATCH(x.device(), conv2d_backward_weight, sw, x.storage_f32(), gy.storage_f32(), gw.storage_f32(), need_gb ? gb.storage_f32() : nullptr);
+      DISPATCH(x.device(), conv2d_backward_weight, sw, x.storage_f32(), gy.storage_f32(), gw.f32(), need_gb ? gb.f32() : nullptr);
       accumulate_grad(w, gw);
       accumulate_grad(b, gb);
     }
@@ -84,11 +96,11 @@ Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stri
 // relu(conv2d(...)): without a gradient to record, one call; with one, the composition.
 Tensor conv2d_relu(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding, int groups) {
   if (any_requires_grad({input, w, bias})) return relu(conv2d(input, w, bias, stride, padding, groups));
-  const int64_t y_block = output_block(input, w, groups);
-  const Tensor x = input.dim() == 4 ? input_in_layout(input, y_block) : input;
-  const ConvShape s = conv_shape(x, w, bias, stride, padding, groups, y_block);
+  const ConvInput in = conv_input(input, w, bias, stride, padding, groups);
+  const Tensor& x = in.x;
+  const ConvShape& s = in.s;
   Tensor y = conv_output(x, s);
-  DISPATCH(x.device(), conv2d_relu_forward, s, x.storage_f32(), w.storage_f32(), s.bias ? bias.storage_f32() : nullptr, y.storage_f32());
+  DISPATCH(x.device(), conv2d_relu_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr, y.storage_f32());
   return y;
 }
 

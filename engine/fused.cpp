@@ -56,8 +56,8 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs_in, const std::vector<BnParams>
     check_param(bn.running_var, "running_var", s.c, x0.device());
     means[k] = training ? Tensor::empty({s.c}, DType::f32, x0.device()) : bn.running_mean;
     vars[k] = training ? Tensor::empty({s.c}, DType::f32, x0.device()) : bn.running_var;
-    s.b[k] = {x.storage_f32(), bn.gamma.storage_f32(), bn.beta.storage_f32(), bn.running_mean.storage_f32(), bn.running_var.storage_f32(),
-              means[k].storage_f32(), vars[k].storage_f32()};
+    s.b[k] = {x.storage_f32(), bn.gamma.f32(), bn.beta.f32(), bn.running_mean.f32(), bn.running_var.f32(),
+              means[k].f32(), vars[k].f32()};
     inputs.push_back(bn.gamma);
     inputs.push_back(bn.beta);
   }
@@ -74,7 +74,7 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs_in, const std::vector<BnParams>
       gx[k] = grad_buffer(x);
       ggamma[k] = grad_buffer(gamma);
       gbeta[k] = grad_buffer(beta);
-      g.b[k] = {x.storage_f32(), gamma.storage_f32(), nullptr, nullptr, nullptr, means[k].storage_f32(), vars[k].storage_f32(),
+      g.b[k] = {x.storage_f32(), gamma.f32(), nullptr, nullptr, nullptr, means[k].f32(), vars[k].f32(),
                 f32_or_null(gx[k]), f32_or_null(ggamma[k]), f32_or_null(gbeta[k])};
     }
     DISPATCH(out.device(), bn_sum_relu_backward, g, training, eps, out.storage_f32(), gout.storage_f32());

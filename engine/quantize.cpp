@@ -17,17 +17,17 @@ Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_
   FakeQuant q{step.numel(), x.numel() / step.numel(), zero_point, q_min, q_max};
   // Rows are dim 0, the outermost in either layout: y (and gx) in x's.
   Tensor y = empty_like(x);
-  if (x.numel() > 0) DISPATCH(x.device(), fake_quant_forward, q, x.storage_f32(), step.storage_f32(), y.storage_f32());
+  if (x.numel() > 0) DISPATCH(x.device(), fake_quant_forward, q, x.storage_f32(), step.f32(), y.storage_f32());
   record(y, "fake_quantize", {x, step}, [q, step_grad_scale](const Tensor& out, const Tensor& gy) {
     const Tensor& x = out.grad_fn()->inputs[0];
     const Tensor& step = out.grad_fn()->inputs[1];
     Tensor gx = empty_like(x);
     Tensor terms = empty_like(x);
-    if (x.numel() > 0) DISPATCH(x.device(), fake_quant_backward, q, x.storage_f32(), step.storage_f32(), gy.storage_f32(), gx.storage_f32(), terms.storage_f32());
+    if (x.numel() > 0) DISPATCH(x.device(), fake_quant_backward, q, x.storage_f32(), step.f32(), gy.storage_f32(), gx.storage_f32(), terms.storage_f32());
     accumulate_grad(x, gx);
     if (step.requires_grad()) {
       Tensor gs = Tensor::empty(step.shape(), DType::f32, x.device());
-      DISPATCH(x.device(), reduce_sum, Reduce3{q.rows, q.per_row, 1}, terms.storage_f32(), gs.storage_f32());
+      DISPATCH(x.device(), reduce_sum, Reduce3{q.rows, q.per_row, 1}, terms.storage_f32(), gs.f32());
       scale_(gs, step_grad_scale);
       accumulate_grad(step, gs);
     }
