@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/cpu/channel_block.h"
 #include "engine/kernels.h"
 #include "engine/scalar_math.h"
 
@@ -239,22 +240,13 @@ static void var_backward(const BnShape& s, const float* x, const float* mean, co
 }
 
 void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
-  switch (s.block) {
-    case 0: return var_forward<1>(s, x, mean, var);
-    case 8: return var_forward<8>(s, x, mean, var);
-    case 16: return var_forward<16>(s, x, mean, var);
-  }
-  fail("channel_var_forward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
+  with_channel_block(s.block, "channel_var_forward", [&](auto b) { var_forward<decltype(b)::value>(s, x, mean, var); });
 }
 
 void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
                           float* gmean) {
-  switch (s.block) {
-    case 0: return var_backward<1>(s, x, mean, gvar, gx, gmean);
-    case 8: return var_backward<8>(s, x, mean, gvar, gx, gmean);
-    case 16: return var_backward<16>(s, x, mean, gvar, gx, gmean);
-  }
-  fail("channel_var_backward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
+  with_channel_block(s.block, "channel_var_backward",
+                     [&](auto b) { var_backward<decltype(b)::value>(s, x, mean, gvar, gx, gmean); });
 }
 
 }  // namespace engine::cpu

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/cpu/channel_block.h"
 #include "engine/kernels.h"
 #include "engine/scalar_math.h"
 
@@ -253,22 +254,13 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
 
 void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y) {
   if (s.n * s.c * s.hw == 0) return;
-  switch (s.block) {
-    case 0: return forward<1>(s, training, momentum, eps, y);
-    case 8: return forward<8>(s, training, momentum, eps, y);
-    case 16: return forward<16>(s, training, momentum, eps, y);
-  }
-  fail("bn_sum_relu_forward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
+  with_channel_block(s.block, "bn_sum_relu_forward",
+                     [&](auto b) { forward<decltype(b)::value>(s, training, momentum, eps, y); });
 }
 
 void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy) {
   if (s.n * s.c * s.hw == 0) return;
-  switch (s.block) {
-    case 0: return backward<1>(s, training, eps, y, gy);
-    case 8: return backward<8>(s, training, eps, y, gy);
-    case 16: return backward<16>(s, training, eps, y, gy);
-  }
-  fail("bn_sum_relu_backward: channel block " + std::to_string(s.block) + " (8 or 16 expected)");
+  with_channel_block(s.block, "bn_sum_relu_backward", [&](auto b) { backward<decltype(b)::value>(s, training, eps, y, gy); });
 }
 
 }  // namespace engine::cpu

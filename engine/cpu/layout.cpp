@@ -1,8 +1,8 @@
 // CPU kernels of the activation layout (ops.h): the conversions between NCHW and the channel-blocked
-// nChw{B}c, and the block oneDNN's convolutions want on this CPU.
+// nChw{B}c (the block oneDNN's convolutions want is asked in conv.cpp, conv_channel_block).
 #include <algorithm>
 
-#include "engine/cpu/dnnl.h"
+#include "engine/cpu/channel_block.h"
 #include "engine/kernels.h"
 
 namespace engine::cpu {
@@ -27,12 +27,8 @@ static void reorder(int64_t n, int64_t c, int64_t hw, const float* src, float* d
 
 template <bool to_blocked>
 static void reorder(int64_t n, int64_t c, int64_t hw, int64_t block, const float* src, float* dst) {
-  ENGINE_CHECK(c % std::max<int64_t>(block, 1) == 0, std::to_string(c) + " channels in blocks of " + std::to_string(block));
-  switch (block) {
-    case 8: return reorder<8, to_blocked>(n, c, hw, src, dst);
-    case 16: return reorder<16, to_blocked>(n, c, hw, src, dst);
-  }
-  fail("channel block " + std::to_string(block) + ": 8 or 16 expected");
+  ENGINE_CHECK(block > 0 && c % block == 0, std::to_string(c) + " channels in blocks of " + std::to_string(block));
+  with_channel_block(block, "reorder", [&](auto b) { reorder<decltype(b)::value, to_blocked>(n, c, hw, src, dst); });
 }
 
 void channels_to_blocked(int64_t n, int64_t c, int64_t hw, int64_t block, const float* x, float* y) {
