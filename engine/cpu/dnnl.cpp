@@ -4,7 +4,6 @@
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <omp.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -63,14 +62,13 @@ std::vector<std::string> dnnl_implementations() {
 }
 
 void dnnl_note(const dnnl::primitive_desc_base& pd) {
+  static bool warned = false;  // once a process
   const std::string impl = pd.impl_info_str();
   const std::string kind = dnnl_prim_kind2str((dnnl_primitive_kind_t)pd.get_kind());
   std::lock_guard<std::mutex> lock(g_impl_mutex);
-  const bool first_ref = impl.rfind("ref", 0) == 0 &&
-                         std::none_of(g_impls.begin(), g_impls.end(), [](const std::string& s) {
-                           return s.find(" ref") != std::string::npos;
-                         });
   g_impls.insert(kind + " " + impl);
+  const bool first_ref = impl.rfind("ref", 0) == 0 && !warned;
+  warned |= first_ref;
   if (first_ref)
     std::fprintf(stderr,
                  "warning: oneDNN runs its reference %s kernel (%s) on this CPU (ISA %s): the layouts asked for have "
