@@ -1,16 +1,5 @@
 // ./export [--ckpt FILE] --onnx OUT.onnx [options]: a checkpoint as ONNX (interop/export.h).
-#include <cstdio>
-#include <exception>
-#include <string>
-#include <vector>
-
+#include "apps/program.h"
 #include "interop/export.h"
 
-int main(int argc, char** argv) {
-  try {
-    return interop::run_export(std::vector<std::string>(argv + 1, argv + argc));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "export: %s\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return run_program("export", interop::run_export, argc, argv); }

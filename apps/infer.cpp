@@ -1,16 +1,5 @@
 // ./infer --model FILE [options]: integer inference of a quantized deploy model (quant/infer.h).
-#include <cstdio>
-#include <exception>
-#include <string>
-#include <vector>
-
+#include "apps/program.h"
 #include "quant/infer.h"
 
-int main(int argc, char** argv) {
-  try {
-    return quant::run_infer(std::vector<std::string>(argv + 1, argv + argc));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "infer: %s\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return run_program("infer", quant::run_infer, argc, argv); }

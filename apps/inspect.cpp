@@ -1,16 +1,5 @@
 // ./inspect [--ckpt FILE] [options]: the merged kernels' outliers, block by block (quant/inspect.h).
-#include <cstdio>
-#include <exception>
-#include <string>
-#include <vector>
-
+#include "apps/program.h"
 #include "quant/inspect.h"
 
-int main(int argc, char** argv) {
-  try {
-    return quant::run_inspect(std::vector<std::string>(argv + 1, argv + argc));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "inspect: %s\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return run_program("inspect", quant::run_inspect, argc, argv); }

@@ -1,16 +1,5 @@
 // ./ptq [--ckpt FILE] --bits B[,B...] [options]: post-training quantization of the merged model (quant/ptq.h).
-#include <cstdio>
-#include <exception>
-#include <string>
-#include <vector>
-
+#include "apps/program.h"
 #include "quant/ptq.h"
 
-int main(int argc, char** argv) {
-  try {
-    return quant::run_ptq(std::vector<std::string>(argv + 1, argv + argc));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "ptq: %s\n", e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return run_program("ptq", quant::run_ptq, argc, argv); }
