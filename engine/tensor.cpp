@@ -118,15 +118,15 @@ template <class T> T* Tensor::data() const {
                                      "read its values with to_vector(), or make it NCHW with to_plain()");
   return static_cast<T*>(impl_->storage->data);
 }
+template float* Tensor::data<float>() const;
+template int32_t* Tensor::data<int32_t>() const;
+template uint8_t* Tensor::data<uint8_t>() const;
+template int8_t* Tensor::data<int8_t>() const;
 
 float* Tensor::storage_f32() const {
   ENGINE_CHECK(defined() && dtype() == DType::f32, "storage_f32 of " + (defined() ? str() : std::string("undefined")));
   return static_cast<float*>(impl_->storage->data);
 }
-template float* Tensor::data<float>() const;
-template int32_t* Tensor::data<int32_t>() const;
-template uint8_t* Tensor::data<uint8_t>() const;
-template int8_t* Tensor::data<int8_t>() const;
 
 // A row-major copy of t (same shape and values).
 static Tensor clone_plain(const Tensor& t) {
