@@ -220,8 +220,7 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
   for (const Int8Layer& l : m.layers) {
     if (!l.quantized) continue;
     quantized++;
-    int max_w = 0;
-    for (int8_t w : l.weight_codes) max_w = std::max(max_w, std::abs((int)w));
+    const int max_w = engine::cpu::max_abs_code(l.weight_codes.data(), (int64_t)l.weight_codes.size());
     split += !engine::cpu::int8_single_conv_exact((1 << m.act_bits) - 1, max_w);
   }
   if (split > 0)

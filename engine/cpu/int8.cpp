@@ -28,6 +28,12 @@ bool int8_single_conv_exact(int src_max, int max_abs_w) {
   return dnnl_has_vnni() || 2 * src_max * max_abs_w <= 32767;
 }
 
+int max_abs_code(const int8_t* w, int64_t n) {
+  int m = 0;
+  for (int64_t i = 0; i < n; i++) m = std::max(m, std::abs((int)w[i]));
+  return m;
+}
+
 namespace {
 
 struct QConvDescs {
@@ -77,10 +83,8 @@ QConv::QConv(const QConvSpec& q, const void* weight, const void* bias) : q_(q) {
   ENGINE_CHECK(!integer || q.dst == DType::i32 || q.scales.size() == 1 || (int64_t)q.scales.size() == s.o,
                std::to_string(q.scales.size()) + " scales for " + std::to_string(s.o) + " channels");
   ENGINE_CHECK(!integer || (q.src_max >= 1 && q.src_max <= 255), "src_max " + std::to_string(q.src_max));
-  const int64_t w_count = s.o * (s.c / s.groups) * s.kh * s.kw;
   if (integer) {
-    int max_abs_w = 0;
-    for (int64_t i = 0; i < w_count; i++) max_abs_w = std::max(max_abs_w, std::abs((int)((const int8_t*)weight)[i]));
+    const int max_abs_w = max_abs_code(static_cast<const int8_t*>(weight), s.o * (s.c / s.groups) * s.kh * s.kw);
     split_ = q.force_split || !int8_single_conv_exact(q.src_max, max_abs_w);
   }
   const QConvDescs d = qconv_descs(q, split_ ? dt::s32 : dnnl_type(q.dst));

@@ -63,6 +63,8 @@ class QConv {
 // Whether oneDNN's u8 x s8 products for src codes up to src_max and weight codes up to max_abs_w are summed
 // exactly on this CPU in one convolution (see QConv): always with VNNI, else when they cannot saturate s16.
 bool int8_single_conv_exact(int src_max, int max_abs_w);
+// max |w| over n s8 weight codes (int8_single_conv_exact's max_abs_w).
+int max_abs_code(const int8_t* w, int64_t n);
 
 // y = clamp(round(x / s) + z, 0, q_max) for n values (any layout): an activation's codes, as the fake
 // quantizer computes them (x / s, round half to even).
