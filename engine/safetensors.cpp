@@ -307,8 +307,13 @@ void write_file_atomic(const std::string& path, const std::string& contents) { w
 
 const Entry& require(const File& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                      const std::string& path_for_errors) {
-  auto it = file.tensors.find(name);
-  if (it == file.tensors.end()) fail(path_for_errors, "tensor '" + name + "' is missing");
+  return require(file.tensors, name, dtype, shape, path_for_errors);
+}
+
+const Entry& require(const std::map<std::string, Entry>& tensors, const std::string& name, DType dtype,
+                     const std::vector<int64_t>& shape, const std::string& path_for_errors) {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) fail(path_for_errors, "tensor '" + name + "' is missing");
   const Entry& e = it->second;
   if (e.dtype != dtype)
     fail(path_for_errors, "tensor '" + name + "' has dtype " + dtype_name(e.dtype) + ", expected " + dtype_name(dtype));

@@ -110,6 +110,9 @@ std::vector<std::string> remove_stale_temporaries(const std::string& dir);
 // "file <path_for_errors>: tensor 'name' has shape [..], expected [..]" (or is missing / has dtype X, expected Y).
 const Entry& require(const File& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                      const std::string& path_for_errors);
+// The same over a file's tensors held apart (layers::Checkpoint::extra).
+const Entry& require(const std::map<std::string, Entry>& tensors, const std::string& name, DType dtype,
+                     const std::vector<int64_t>& shape, const std::string& path_for_errors);
 
 namespace detail {
 // Test hook: when true, write_file_atomic fails after writing the temporary file and before the rename,

@@ -407,17 +407,9 @@ static void resume(Run& r, const fs::path& ckpt) {
   for (const engine::ParamGroup& g : sgd.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
   for (size_t i = 0; i < bufs.size(); i++) {
     const std::string name = "optim." + r.optimizer.names[i];
-    auto it = c.extra.find(name);
-    if (it == c.extra.end()) continue;
-    const st::Entry& e = it->second;
-    // checked here, naming the file, not at the first step
-    if (e.dtype != st::DType::F32 || e.shape != params[i].shape().vec()) {
-      std::string dims;
-      for (int64_t d : e.shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
-      throw std::runtime_error(fmt::format("file {}: tensor '{}' is {} [{}], expected F32 {} (the momentum of "
-                                           "parameter '{}')", ck, name, st::dtype_name(e.dtype), dims,
-                                           params[i].shape().str(), r.optimizer.names[i]));
-    }
+    if (!c.extra.count(name)) continue;  // a buffer not made yet (a parameter without a gradient so far)
+    // checked here, naming the file, not at the first step: F32 of its parameter's shape
+    const st::Entry& e = st::require(c.extra, name, st::DType::F32, params[i].shape().vec(), ck);
     bufs[i] = layers::from_entry(e).to(r.device);
   }
   if (r.lead) r.log.load_completed(r.start_epoch);
