@@ -49,7 +49,7 @@ ifeq ($(MPI),1)
   LDLIBS   += $(filter-out -lmpi_cxx,$(shell $(MPICXX) --showme:link))
 endif
 
-LIB_DIRS := engine engine/cpu layers quant models datasets trainer interop
+LIB_DIRS := engine engine/cpu layers models deploy quant datasets trainer interop
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
 CU_SRC   :=
 ifeq ($(CUDA),1)

@@ -55,7 +55,8 @@
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "models/repvgg.h"
-#include "quant/int8_runtime.h"
+#include "deploy/integer_model.h"
+#include "quant/deploy_export.h"
 #include "quant/ptq_model.h"
 #include "trainer/step.h"
 
@@ -67,7 +68,7 @@ struct Case {
   bool train;
   float oabn_k;
   std::string qat = "";  // a RepVGG::set_qat method (4 bits): stepped by trainer/step.h's train_step
-  bool int8 = false;     // the quantized deploy model on the integer kernels (quant/int8_runtime.h)
+  bool int8 = false;     // the quantized deploy model on the integer kernels (deploy/integer_model.h)
   int act_bits = 8;      // int8: the activations' bits (7: one convolution a layer without VNNI, docs/int8.md)
 };
 
@@ -199,7 +200,7 @@ static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, do
     weight->set_step(s);
     blocks[i]->set_quantizers(act, weight);
   }
-  auto im = std::make_shared<quant::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
+  auto im = std::make_shared<deploy::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
   quant::remove_quantizers(*model);  // the FP32 deploy model again
   im->forward(x);
   std::string impl;

@@ -124,6 +124,15 @@ void set_batch_norm_sync(void (*sum)(double* values, size_t n));
 // over its values, times step_grad_scale (LSQ's g = 1/sqrt(N Q_P)). The same as the composed ops
 // (div, round_ste, add_scalar, clamp, mul) with the step scaled as s·g + sg(s − s·g), in two passes.
 Tensor fake_quantize(const Tensor& x, const Tensor& step, int zero_point, int q_min, int q_max, float step_grad_scale);
+// A layer's bias where its input and weight are quantized, as integer kernels hold it: int32 codes
+// c_o = round(b_o / t_o) of step t_o = s_x · s_w,o (s_w [1] or [O], one step per output channel), zero point 0.
+// Throws naming `name` for a code beyond int32. The training side (layers::eval_bias) and the integer
+// model (deploy/) round with this one function.
+struct BiasCodes {
+  std::vector<int32_t> codes;
+  std::vector<float> steps;  // t_o
+};
+BiasCodes bias_codes(const std::vector<float>& b, float s_x, const std::vector<float>& s_w, const std::string& name);
 // x (any shape, requires grad), values (x's shape, not differentiated) -> y = values, with d y / d x = 1:
 // the straight-through estimator of a quantizer whose values are computed elsewhere (the cluster
 // quantizer's codebook values, layers/cluster_quantizer.h). Unlike x + sg(values − x), y is values

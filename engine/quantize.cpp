@@ -1,6 +1,8 @@
 // Fake quantization with a learned step (ops.h fake_quantize) and the straight-through op: forward and
 // backward side by side.
 // Kernels: engine/cpu/quantize.cpp, engine/cuda/quantize.cu.
+#include <cmath>
+
 #include "engine/autograd.h"
 #include "engine/kernels.h"
 #include "engine/ops.h"
@@ -43,6 +45,21 @@ Tensor straight_through(const Tensor& x, const Tensor& values_in) {
   Tensor y = values.detach();
   record(y, "straight_through", {x}, [](const Tensor& out, const Tensor& gy) { accumulate_grad(out.grad_fn()->inputs[0], gy); });
   return y;
+}
+
+BiasCodes bias_codes(const std::vector<float>& v, float s_x, const std::vector<float>& s_w, const std::string& name) {
+  ENGINE_CHECK(s_w.size() == 1 || s_w.size() == v.size(),
+               name + ": " + std::to_string(s_w.size()) + " weight steps for " + std::to_string(v.size()) + " output channels");
+  BiasCodes c;
+  for (size_t o = 0; o < v.size(); o++) {
+    const float t = s_x * s_w[s_w.size() == 1 ? 0 : o];
+    const double code = std::nearbyint((double)v[o] / t);
+    ENGINE_CHECK(std::fabs(code) < 2147483647.0,
+                 name + "[" + std::to_string(o) + "] = " + std::to_string(v[o]) + " is beyond int32 codes of step " + std::to_string(t));
+    c.codes.push_back((int32_t)code);
+    c.steps.push_back(t);
+  }
+  return c;
 }
 
 }  // namespace engine

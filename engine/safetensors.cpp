@@ -2,12 +2,15 @@
 #include "engine/safetensors.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <bit>
+#include <charconv>
+#include <cmath>
 #include <cerrno>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -320,6 +323,33 @@ const Entry& require(const std::map<std::string, Entry>& tensors, const std::str
   if (e.shape != shape)
     fail(path_for_errors, "tensor '" + name + "' has shape " + cut(shape_str(e.shape)) + ", expected " + shape_str(shape));
   return e;
+}
+
+static const std::string& metadata_value(const std::map<std::string, std::string>& md, const std::string& path, const std::string& key,
+                                         const std::string& expected) {
+  auto it = md.find(key);
+  if (it == md.end()) throw std::runtime_error(fmt::format("file {}: metadata \"{}\" is missing (expected {})", path, key, expected));
+  return it->second;
+}
+
+int64_t metadata_int(const std::map<std::string, std::string>& md, const std::string& path, const std::string& key, int64_t lo, int64_t hi) {
+  const std::string expected = fmt::format("an integer in [{}, {}]", lo, hi);
+  const std::string& v = metadata_value(md, path, key, expected);
+  int64_t x = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
+    throw std::runtime_error(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, cut(v), expected));
+  return x;
+}
+
+double metadata_double(const std::map<std::string, std::string>& md, const std::string& path, const std::string& key, double lo, double hi) {
+  const std::string expected = fmt::format("a finite number in [{}, {}]", lo, hi);
+  const std::string& v = metadata_value(md, path, key, expected);
+  double x = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(x) || x < lo || x > hi)
+    throw std::runtime_error(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, cut(v), expected));
+  return x;
 }
 
 }  // namespace st

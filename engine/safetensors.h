@@ -106,6 +106,14 @@ void write_file_atomic(const std::string& path, const std::string& contents);
 // "<name>.tmp.<pid>" whose process no longer runs. Returns their names (a file of a live process stays).
 std::vector<std::string> remove_stale_temporaries(const std::string& dir);
 
+// A metadata value of the file `path` as an integer in [lo, hi], or as a finite number in [lo, hi] (hi may be
+// infinite). Throws naming the file, the key, the value and the range when the key is missing or the value
+// is not a number in the range.
+int64_t metadata_int(const std::map<std::string, std::string>& md, const std::string& path, const std::string& key,
+                     int64_t lo, int64_t hi);
+double metadata_double(const std::map<std::string, std::string>& md, const std::string& path, const std::string& key,
+                       double lo, double hi);
+
 // The tensor `name` of `file`, checked to have `dtype` and `shape`; else throws
 // "file <path_for_errors>: tensor 'name' has shape [..], expected [..]" (or is missing / has dtype X, expected Y).
 const Entry& require(const File& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,

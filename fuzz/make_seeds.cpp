@@ -16,6 +16,7 @@
 #include "datasets/decode.h"
 #include "datasets/loader.h"
 #include "fuzz/targets.h"
+#include "quant/deploy_export.h"
 #include "quant/ptq_model.h"
 
 namespace fs = std::filesystem;
@@ -62,7 +63,7 @@ static void int8_models(const fs::path& cifar, const fs::path& out) {
     c.granularity = bits == 8 ? quant::Granularity::layer : quant::Granularity::channel;
     c.quantize_first_last = bits == 4;
     quant::attach_quantizers(m, c, quant::calibrate(m, loader, 1, quant::CalibMethod::minmax, engine::Device::cpu));
-    quant::save_int8((out / ("w" + std::to_string(bits) + ".safetensors")).string(),
+    deploy::save_int8((out / ("w" + std::to_string(bits) + ".safetensors")).string(),
                      quant::export_int8(m, "ptq-minmax", quant::granularity_name(c.granularity), {{"dataset", "cifar10"}}));
   }
 }

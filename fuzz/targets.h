@@ -21,7 +21,7 @@
 #include "engine/safetensors.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
-#include "quant/int8_model.h"
+#include "deploy/int8_model.h"
 
 namespace fuzz {
 
@@ -102,22 +102,22 @@ inline std::string checkpoint(const uint8_t* data, size_t size) {
   });
 }
 
-// quant/int8_model.h: load_int8, as ./infer reads a quantized deploy model, and a loaded model saved and
+// deploy/int8_model.h: load_int8, as ./infer reads a quantized deploy model, and a loaded model saved and
 // loaded again is the same model.
 inline std::string int8(const uint8_t* data, size_t size) {
   const std::string path = scratch("in.int8.safetensors"), again = scratch("again.int8.safetensors");
   write(path, data, size);
-  quant::Int8Model m;
+  deploy::Int8Model m;
   bool loaded = false;
   std::string problem = refused_clearly(path, [&] {
-    m = quant::load_int8(path);
+    m = deploy::load_int8(path);
     loaded = true;
   });
   if (!problem.empty() || !loaded) return problem;
-  quant::Int8Model g;
+  deploy::Int8Model g;
   try {
-    quant::save_int8(again, m);
-    g = quant::load_int8(again);
+    deploy::save_int8(again, m);
+    g = deploy::load_int8(again);
   } catch (const std::exception& e) {
     return std::string("a loaded model does not save and load again: ") + e.what();
   }
@@ -125,7 +125,7 @@ inline std::string int8(const uint8_t* data, size_t size) {
       g.act_bits != m.act_bits || g.granularity != m.granularity || g.layers.size() != m.layers.size())
     return "the model's settings changed by a save and load";
   for (size_t i = 0; i < m.layers.size(); i++) {
-    const quant::Int8Layer &a = m.layers[i], &b = g.layers[i];
+    const deploy::Int8Layer &a = m.layers[i], &b = g.layers[i];
     if (a.quantized != b.quantized || a.weight != b.weight || a.bias != b.bias || a.weight_codes != b.weight_codes ||
         a.weight_scale != b.weight_scale || a.bias_codes != b.bias_codes || a.input_scale != b.input_scale ||
         a.input_zero_point != b.input_zero_point)

@@ -83,33 +83,6 @@ void save_checkpoint(const std::string& path, const Module& model, const Metadat
   st::save(path, file);
 }
 
-static const std::string& metadata_value(const Metadata& md, const std::string& path, const std::string& key,
-                                         const std::string& expected) {
-  auto it = md.find(key);
-  if (it == md.end()) engine::fail(fmt::format("file {}: metadata \"{}\" is missing (expected {})", path, key, expected));
-  return it->second;
-}
-
-
-int64_t metadata_int(const Metadata& md, const std::string& path, const std::string& key, int64_t lo, int64_t hi) {
-  const std::string expected = fmt::format("an integer in [{}, {}]", lo, hi);
-  const std::string& v = metadata_value(md, path, key, expected);
-  int64_t x = 0;
-  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-  if (ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
-    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
-  return x;
-}
-
-double metadata_double(const Metadata& md, const std::string& path, const std::string& key, double lo, double hi) {
-  const std::string expected = fmt::format("a finite number in [{}, {}]", lo, hi);
-  const std::string& v = metadata_value(md, path, key, expected);
-  double x = 0;
-  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-  if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(x) || x < lo || x > hi)
-    engine::fail(fmt::format("file {}: metadata \"{}\" is '{}', expected {}", path, key, st::cut(v), expected));
-  return x;
-}
 
 // Refuses a non-finite value, and a BN running_var that is not positive (its rsqrt would be NaN or inf).
 static void check_values(const st::Entry& e, const std::string& name, const std::string& path) {

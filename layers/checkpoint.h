@@ -36,12 +36,6 @@ bool deploy_form(const st::File& file);
 // mismatch, a non-finite value or a BN running_var that is not positive.
 Checkpoint load_checkpoint(const std::string& path, Module& model);
 
-// A metadata value of the checkpoint `path` as an integer in [lo, hi], or as a finite number in [lo, hi]
-// (hi may be infinite). Throws naming the file, the key, the value and the range when the key is missing
-// or the value is not a number in the range.
-int64_t metadata_int(const Metadata& md, const std::string& path, const std::string& key, int64_t lo, int64_t hi);
-double metadata_double(const Metadata& md, const std::string& path, const std::string& key, double lo, double hi);
-
 // The state-dict part of it: the tensors `prefix` + name of `file` into `model` (prefix "" for a
 // checkpoint; e.g. "param." for a reference file that stores other tensors beside).
 void load_state_dict(Module& model, const st::File& file, const std::string& prefix, const std::string& path);

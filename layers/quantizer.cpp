@@ -125,23 +125,9 @@ Tensor Quantizer::forward(const Tensor& x) {
 BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& weight, const std::string& name) {
   const std::vector<float> s_x = act.step.to_vector();
   ENGINE_CHECK(s_x.size() == 1, name + ": the input quantizer has " + std::to_string(s_x.size()) + " steps, not one");
-  return bias_codes(b.to_vector(), s_x[0], weight.step.to_vector(), name);
+  return engine::bias_codes(b.to_vector(), s_x[0], weight.step.to_vector(), name);
 }
 
-BiasCodes bias_codes(const std::vector<float>& v, float s_x, const std::vector<float>& s_w, const std::string& name) {
-  ENGINE_CHECK(s_w.size() == 1 || s_w.size() == v.size(),
-               name + ": " + std::to_string(s_w.size()) + " weight steps for " + std::to_string(v.size()) + " output channels");
-  BiasCodes c;
-  for (size_t o = 0; o < v.size(); o++) {
-    const float t = s_x * s_w[s_w.size() == 1 ? 0 : o];
-    const double code = std::nearbyint((double)v[o] / t);
-    ENGINE_CHECK(std::fabs(code) < 2147483647.0,
-                 name + "[" + std::to_string(o) + "] = " + std::to_string(v[o]) + " is beyond int32 codes of step " + std::to_string(t));
-    c.codes.push_back((int32_t)code);
-    c.steps.push_back(t);
-  }
-  return c;
-}
 
 Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training) {
   if (training || !act || !weight || !act->fake_quant || !weight->fake_quant) return b;

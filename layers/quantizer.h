@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/ops.h"
 #include "layers/module.h"
 
 namespace layers {
@@ -74,15 +75,9 @@ class Quantizer : public Module {
 };
 
 // A layer's bias where its input and weight are quantized, as integer kernels hold it (and ./export --qdq
-// writes it): int32 codes c_o = round(b_o / t_o) of step t_o = s_x · s_w,o (s_w,o the weight's step of output
-// channel o, or its one step), zero point 0. Throws naming `name` for a code beyond int32.
-struct BiasCodes {
-  std::vector<int32_t> codes;
-  std::vector<float> steps;  // t_o
-};
+// writes it): engine::bias_codes at the quantizers' steps.
+using engine::BiasCodes;
 BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& weight, const std::string& name = "bias");
-// The same from the steps: s_x, and s_w [1] or [O] (a ClusterQAT layer's int8 grid, quant/int8_model.cpp).
-BiasCodes bias_codes(const std::vector<float>& b, float s_x, const std::vector<float>& s_w, const std::string& name);
 // What a quantized layer adds in eval, the integer model's bias: b̂ = c · t (above), on b's device, as
 // b + sg(b̂ − b) (b's gradient passes straight through). b itself in training (the bias stays float, as in
 // RepQ and PyTorch's QAT), or where either quantizer is missing or passes its input through. At 8 bits

@@ -13,8 +13,8 @@
 #include "datasets/loader.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/ops.h"
-#include "quant/cluster_pack.h"
-#include "quant/int8_runtime.h"
+#include "deploy/cluster_file.h"
+#include "deploy/integer_model.h"
 #include "quant/run_source.h"
 
 namespace quant {
@@ -114,27 +114,6 @@ std::vector<ClassScore> classify_image(IntegerModel& im, const std::string& path
   return top;
 }
 
-Int8Model load_deploy_model(const std::string& path, const std::string& data, const std::string& synsets) {
-  const st::File f = st::load(path);
-  if (!is_compressed(f)) return load_int8(f, path);
-  SourceOptions so;
-  so.ckpt = path, so.data = data, so.synsets = synsets;
-  const Source s = resolve_source(so);
-  auto model = load_model(s);
-  std::map<std::string, std::string> md = {{"dataset", s.dataset}, {"source", s.ckpt}, {"image_size", std::to_string(s.image_size)},
-                                           {"resize_size", std::to_string(s.resize_size)},
-                                           {"cluster_bits", std::to_string(model->qat()->bits)}};
-  if (!s.data.empty()) md["data"] = s.data;
-  if (!s.synsets.empty()) md["synsets"] = s.synsets;
-  const InputMeans means = cluster_input_means(f, path);
-  md["cluster_corrected"] = std::to_string(means.size());  // layers whose bias the means correct
-  try {
-    return export_int8(*model, "qat-cluster", "channel", md, means);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("file " + path + ": " + e.what());
-  }
-}
-
 int run_infer(const std::vector<std::string>& args) {
   bool help = false;
   const InferOptions o = parse(args, help);
@@ -147,7 +126,7 @@ int run_infer(const std::vector<std::string>& args) {
   const engine::Device device = o.device == "cuda" ? engine::Device::cuda : engine::Device::cpu;
   if (device == engine::Device::cuda) engine::cuda::require();  // before reading anything
   const auto t_load = std::chrono::steady_clock::now();
-  const Int8Model m = load_deploy_model(o.model, o.data, o.synsets);
+  const Int8Model m = deploy::load_deploy_model(o.model);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const Source s = source_of(o, m);
   const int64_t fp32_bytes = [&] {

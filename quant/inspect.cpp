@@ -14,7 +14,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "quant/cluster_pack.h"
+#include "deploy/cluster_file.h"
 #include "quant/histogram.h"
 #include "quant/run_source.h"
 
@@ -226,7 +226,7 @@ void print_codebooks(models::RepVGG& model) {
 
 void print_sizes(const models::RepVGG& model) {
   const models::QatConfig& q = *model.qat();
-  const ModelBytes b = model_bytes(model.arch, q.bits, q.quantize_first_last);
+  const deploy::ModelBytes b = deploy::model_bytes(model.arch, q.bits, q.quantize_first_last);
   std::printf("\nmodel size (deploy weights and biases; stage0 and the FC %s): FP32 %lld bytes, uniform %d-bit %lld "
               "bytes (%.2fx smaller), cluster %d-bit %lld bytes (%.2fx smaller)\n",
               q.quantize_first_last ? "quantized" : "FP32", (long long)b.fp32, q.bits, (long long)b.uniform,

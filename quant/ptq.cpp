@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "datasets/loader.h"
+#include "deploy/cluster_file.h"
 #include "engine/autograd.h"
 #include "engine/cpu/int8.h"
 #include "engine/ops.h"
-#include "quant/cluster_pack.h"
-#include "quant/int8_model.h"
+#include "quant/deploy_export.h"
 #include "trainer/step.h"
 
 namespace quant {
@@ -211,13 +211,13 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
   if (!s.data.empty()) md["data"] = s.data;
   if (!s.synsets.empty()) md["synsets"] = s.synsets;
   const Int8Model m = export_int8(model, method, granularity, md);
-  save_int8(path, m);
+  deploy::save_int8(path, m);
   std::printf("exported the quantized deploy model (%s, %s weights) to %s\n", method.c_str(), granularity.c_str(),
               path.c_str());
   // Every file runs exactly on every CPU; without VNNI, a layer whose codes could saturate vpmaddubsw runs
   // two convolutions (engine/cpu/int8.h, docs/int8.md): say so where that is this CPU.
   int split = 0, quantized = 0;
-  for (const Int8Layer& l : m.layers) {
+  for (const deploy::Int8Layer& l : m.layers) {
     if (!l.quantized) continue;
     quantized++;
     const int max_w = engine::cpu::max_abs_code(l.weight_codes.data(), (int64_t)l.weight_codes.size());
@@ -229,7 +229,7 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
                 "(docs/int8.md)\n", split, quantized);
 }
 
-// --export of a ClusterQAT run: packed codes and codebooks (quant/cluster_pack.h), the sizes beside, and
+// --export of a ClusterQAT run: packed codes and codebooks (deploy/cluster_file.h), the sizes beside, and
 // each coded layer's input means on the calibration images (the integer model's bias correction).
 void export_compressed(const std::string& path, models::RepVGG& model, const Source& s, const PtqOptions& o, int batch) {
   std::map<std::string, std::string> md = {{"arch", s.arch}, {"dataset", s.dataset}, {"source", s.ckpt},
@@ -240,7 +240,7 @@ void export_compressed(const std::string& path, models::RepVGG& model, const Sou
   std::printf("measured each coded layer's input means on %zu training images (for ./infer's bias correction)\n",
               std::min(train->size(), (size_t)o.calib_batches * batch));
   st::save(path, compress_cluster(model, md, means));
-  const ModelBytes b = model_bytes(model.arch, model.qat()->bits, model.qat()->quantize_first_last);
+  const deploy::ModelBytes b = deploy::model_bytes(model.arch, model.qat()->bits, model.qat()->quantize_first_last);
   std::printf("exported the compressed deploy model (%d-bit codes and a codebook per layer) to %s: %lld bytes on disk; "
               "weights and biases %lld bytes (FP32 %lld, uniform %d-bit %lld)\n", model.qat()->bits, path.c_str(),
               (long long)std::filesystem::file_size(path), (long long)b.cluster, (long long)b.fp32, model.qat()->bits,

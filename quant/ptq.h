@@ -21,7 +21,7 @@ struct PtqOptions {
   CalibMethod calib = CalibMethod::minmax;
   int calib_batches = 16;
   bool quantize_first_last = false;
-  std::string export_path;     // --export: the quantized deploy model (quant/int8_model.h), one bit width
+  std::string export_path;     // --export: the quantized deploy model (deploy/int8_model.h), one bit width
   bool help = false;
   std::string first_quant_option;  // the first quantization option given ("--bits", ...), "" if none
 };

@@ -47,7 +47,7 @@ Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batche
 // output positions, of the quantized input Q_a(x) that weight [o, c, kh, kw] reads, the padding reading 0
 // (a block: [C, 3, 3] for its 3x3, padding-1 conv at its stride; the FC: [C]), in double over up to
 // `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT model in deploy
-// form): the E[x] of the ClusterQAT layers' bias correction (quant/int8_model.h). Keyed by layer name
+// form): the E[x] of the ClusterQAT layers' bias correction (deploy/int8_model.h). Keyed by layer name
 // (layer_names); a layer without an input quantizer has none.
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
                                                       engine::Device device);

@@ -13,7 +13,7 @@
 #include "datasets/image_folder.h"
 #include "engine/cuda/cuda_backend.h"
 #include "layers/checkpoint.h"
-#include "quant/cluster_pack.h"
+#include "deploy/cluster_file.h"
 
 namespace quant {
 
@@ -129,7 +129,7 @@ Source resolve_source(const SourceOptions& o) {
     if (!fs::exists(s.ckpt)) throw std::runtime_error(fmt::format("checkpoint {} does not exist", s.ckpt));
   }
   s.file = st::load(s.ckpt);  // throws "file <path>: ..." for a corrupt file
-  if (is_compressed(s.file)) s.file = decompress_cluster(s.file, s.ckpt);  // ./ptq --export of a ClusterQAT run
+  if (deploy::is_compressed(s.file)) s.file = deploy::decompress_cluster(s.file, s.ckpt);  // ./ptq --export of a ClusterQAT run
 
   nlohmann::json cfg;
   const fs::path cfg_path = fs::path(s.ckpt).parent_path() / "config.json";
@@ -157,7 +157,7 @@ Source resolve_source(const SourceOptions& o) {
 
   if (o.oabn_k) s.oabn_k = *o.oabn_k;
   else if (opts.contains("oabn_k") && opts["oabn_k"].is_number()) s.oabn_k = opts["oabn_k"].get<float>();
-  else if (md.count("oabn_k")) s.oabn_k = float(layers::metadata_double(md, s.ckpt, "oabn_k", 0, HUGE_VAL));
+  else if (md.count("oabn_k")) s.oabn_k = float(st::metadata_double(md, s.ckpt, "oabn_k", 0, HUGE_VAL));
 
   auto number = [&](int given, const char* key, int fallback) {
     if (given > 0) return given;
@@ -169,7 +169,7 @@ Source resolve_source(const SourceOptions& o) {
 
   auto fc = s.file.tensors.find("linear.weight");
   if (fc != s.file.tensors.end() && fc->second.shape.size() == 2) s.num_classes = (int)fc->second.shape[0];
-  else if (md.count("num_classes")) s.num_classes = int(layers::metadata_int(md, s.ckpt, "num_classes", 1, INT32_MAX));
+  else if (md.count("num_classes")) s.num_classes = int(st::metadata_int(md, s.ckpt, "num_classes", 1, INT32_MAX));
   else s.num_classes = arch.num_classes;
   if (s.num_classes < 1) throw std::runtime_error(fmt::format("file {}: tensor 'linear.weight' has 0 rows, expected one a class", s.ckpt));
   return s;

@@ -3,7 +3,7 @@
 # for users (a redesign, a move of code): runs one fixed set of commands with each build on the same
 # small real-data inputs and seeds, and compares what they wrote.
 #
-#   scripts/same_outputs.sh OLD_ROOT NEW_ROOT [DATA]
+#   scripts/same_outputs.sh OLD_ROOT NEW_ROOT [DATA]      (KEEP=1: leave the outputs in the temporary folder)
 #
 # OLD_ROOT and NEW_ROOT are repository roots, each already built (`make`: ./train, ./ptq, ./export,
 # ./infer, ./inspect, ./summary in the root). DATA is the CIFAR-10 folder (default
@@ -39,7 +39,7 @@ for root in "$OLD" "$NEW"; do
 done
 
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+if [ -n "${KEEP:-}" ]; then echo "same_outputs: the outputs stay in $TMP (KEEP)"; else trap 'rm -rf "$TMP"' EXIT; fi
 
 # run BIN_ROOT: the command set, in $TMP/<old|new>/work, outputs in out/
 run() {
@@ -68,7 +68,7 @@ run() {
   cmd export --ckpt runs/fp/best.safetensors --onnx out/fp_qdq.onnx --qdq --bits 8 --threads 1
   cmd export --ckpt runs/repq-bn/last.safetensors --onnx out/repq_qdq.onnx --qdq
   cmd infer --model out/w8.int8.safetensors "${eval[@]}"
-  cmd infer --model out/cluster.safetensors "${eval[@]}"
+  cmd infer --model out/cluster.safetensors --data "$DATA" "${eval[@]}"  # a compressed file records no data folder
   cmd inspect --ckpt runs/fp/best.safetensors --hist out/hist --threads 1
   cmd summary --all
   # what records the moment, masked

@@ -179,23 +179,23 @@ TEST_CASE("checkpoint: a NaN or inf value, or a running_var <= 0, is refused nam
 TEST_CASE("checkpoint: metadata_int and metadata_double read a value in range or name file, key, value, range") {
   const Metadata md = {{"epoch", "3"}, {"neg", "-1"}, {"big", "99999999999999999999"}, {"word", "three"},
                        {"x", "0.25"}, {"nan", "nan"}, {"inf", "inf"}, {"trail", "2x"}, {"long", std::string(200, '7')}};
-  CHECK(metadata_int(md, "ck", "epoch", 0, 10) == 3);
-  CHECK(metadata_double(md, "ck", "x", 0, 1) == 0.25);
-  CHECK(metadata_double(md, "ck", "epoch", 0, HUGE_VAL) == 3);
-  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "neg", 0, 10), "file ck: metadata \"neg\" is '-1', expected an integer in [0, 10]",
+  CHECK(st::metadata_int(md, "ck", "epoch", 0, 10) == 3);
+  CHECK(st::metadata_double(md, "ck", "x", 0, 1) == 0.25);
+  CHECK(st::metadata_double(md, "ck", "epoch", 0, HUGE_VAL) == 3);
+  CHECK_THROWS_WITH_AS(st::metadata_int(md, "ck", "neg", 0, 10), "file ck: metadata \"neg\" is '-1', expected an integer in [0, 10]",
                        std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "epoch", 0, 2), "file ck: metadata \"epoch\" is '3', expected an integer in [0, 2]",
+  CHECK_THROWS_WITH_AS(st::metadata_int(md, "ck", "epoch", 0, 2), "file ck: metadata \"epoch\" is '3', expected an integer in [0, 2]",
                        std::runtime_error);
   for (const char* key : {"big", "word", "x", "trail"})
-    CHECK_THROWS_WITH_AS(metadata_int(md, "ck", key, 0, 10), doctest::Contains("expected an integer in [0, 10]"), std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "missing", 0, 10),
+    CHECK_THROWS_WITH_AS(st::metadata_int(md, "ck", key, 0, 10), doctest::Contains("expected an integer in [0, 10]"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(st::metadata_int(md, "ck", "missing", 0, 10),
                        "file ck: metadata \"missing\" is missing (expected an integer in [0, 10])", std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "nan", 0, HUGE_VAL),
+  CHECK_THROWS_WITH_AS(st::metadata_double(md, "ck", "nan", 0, HUGE_VAL),
                        "file ck: metadata \"nan\" is 'nan', expected a finite number in [0, inf]", std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "inf", -1, HUGE_VAL), doctest::Contains("is 'inf', expected a finite"),
+  CHECK_THROWS_WITH_AS(st::metadata_double(md, "ck", "inf", -1, HUGE_VAL), doctest::Contains("is 'inf', expected a finite"),
                        std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_double(md, "ck", "neg", 0, 100), doctest::Contains("is '-1', expected a finite number in [0, 100]"),
+  CHECK_THROWS_WITH_AS(st::metadata_double(md, "ck", "neg", 0, 100), doctest::Contains("is '-1', expected a finite number in [0, 100]"),
                        std::runtime_error);
-  CHECK_THROWS_WITH_AS(metadata_int(md, "ck", "long", 0, 10), doctest::Contains(("'" + std::string(77, '7') + "...'").c_str()),
+  CHECK_THROWS_WITH_AS(st::metadata_int(md, "ck", "long", 0, 10), doctest::Contains(("'" + std::string(77, '7') + "...'").c_str()),
                        std::runtime_error);
 }

@@ -12,7 +12,8 @@
 #include "layers/checkpoint.h"
 #include "layers/cluster_quantizer.h"
 #include "models/repvgg.h"
-#include "quant/cluster_pack.h"
+#include "deploy/cluster_file.h"
+#include "quant/deploy_export.h"
 #include "quant/inspect.h"
 #include "quant/ptq.h"
 #include "tests/gradcheck.h"
@@ -294,12 +295,12 @@ TEST_CASE("packed codes: b-bit codes round-trip for b = 1..8, ceil(n b / 8) byte
     const std::vector<float> r = rand_uniform(Shape{1001}, 0, 1, rng).to_vector();
     std::vector<uint8_t> codes(r.size());
     for (size_t i = 0; i < r.size(); i++) codes[i] = (uint8_t)std::min<int>((int)(r[i] * (1 << bits)), (1 << bits) - 1);
-    const std::vector<uint8_t> packed = quant::pack_codes(codes, bits);
+    const std::vector<uint8_t> packed = deploy::pack_codes(codes, bits);
     CHECK(packed.size() == (1001 * bits + 7) / 8);
-    CHECK(quant::unpack_codes(packed, bits, codes.size()) == codes);
+    CHECK(deploy::unpack_codes(packed, bits, codes.size()) == codes);
   }
-  CHECK(quant::pack_codes({1, 0, 3, 2}, 2) == std::vector<uint8_t>{0b10110001});
-  CHECK_THROWS_WITH_AS(quant::pack_codes({4}, 2), doctest::Contains("more than 2 bits"), std::runtime_error);
+  CHECK(deploy::pack_codes({1, 0, 3, 2}, 2) == std::vector<uint8_t>{0b10110001});
+  CHECK_THROWS_WITH_AS(deploy::pack_codes({4}, 2), doctest::Contains("more than 2 bits"), std::runtime_error);
 }
 
 TEST_CASE("a compressed ClusterQAT file holds codes and codebooks; loading it gives the QAT model's eval logits; bad codebooks are refused") {
@@ -315,14 +316,14 @@ TEST_CASE("a compressed ClusterQAT file holds codes and codebooks; loading it gi
   }
   m->switch_to_deploy();
   const st::File f = quant::compress_cluster(*m, {{"arch", "repvgg-cifar"}});
-  CHECK(quant::is_compressed(f));
+  CHECK(deploy::is_compressed(f));
   CHECK(!f.tensors.count("stage1.0.rbr_reparam.weight"));
   const st::Entry& codes = f.tensors.at("stage1.0.rbr_reparam.weight_codes");
   CHECK(codes.bytes.size() == (16 * 16 * 9 * 3 + 7) / 8);
   CHECK(f.tensors.count("linear.weight_codes"));  // --quantize-first-last: the FC coded too
   CHECK(f.tensors.at("stage1.0.weight_quant.codebook").numel() == 8);
 
-  const st::File plain = quant::decompress_cluster(f, "c.safetensors");
+  const st::File plain = deploy::decompress_cluster(f, "c.safetensors");
   Rng r2(99);
   models::RepVGG loaded(m->arch, r2, 3.0f);
   loaded.set_qat(*models::qat_from_metadata(plain.metadata, "c.safetensors"));
@@ -334,25 +335,25 @@ TEST_CASE("a compressed ClusterQAT file holds codes and codebooks; loading it gi
 
   st::File bad = f;
   bad.tensors["stage1.0.weight_quant.codebook"] = st::Entry::of<float>({16}, std::vector<float>(16, 0.0f).data());
-  CHECK_THROWS_WITH_AS(quant::decompress_cluster(bad, "c.safetensors"),
+  CHECK_THROWS_WITH_AS(deploy::decompress_cluster(bad, "c.safetensors"),
                        "c.safetensors: tensor 'stage1.0.weight_quant.codebook' has 16 entries, expected 2^3 = 8 (metadata bits)",
                        std::runtime_error);
   bad = f;
   bad.tensors["stage1.0.rbr_reparam.weight_codes"].bytes.pop_back();
-  CHECK_THROWS_WITH_AS(quant::decompress_cluster(bad, "c.safetensors"),
+  CHECK_THROWS_WITH_AS(deploy::decompress_cluster(bad, "c.safetensors"),
                        doctest::Contains("c.safetensors: tensor 'stage1.0.rbr_reparam.weight_codes': "), std::runtime_error);
 }
 
 TEST_CASE("model sizes in bytes: FP32, uniform and cluster B-bit, from the structure") {
   const models::ArchConfig a = models::cifar_config(models::BlockType::repvgg, 16);
-  const quant::ModelBytes fl = quant::model_bytes(a, 4, true);
+  const deploy::ModelBytes fl = deploy::model_bytes(a, 4, true);
   // stage0 3->16, 25 blocks 16->16, FC 16->10: 27 layers
   const int64_t weights = 432 + 25 * 2304 + 160, biases = 16 + 25 * 16 + 10;
   CHECK(fl.fp32 == 4 * (weights + biases));
   const int64_t codes = (432 * 4 + 7) / 8 + 25 * (2304 * 4 / 8) + 160 * 4 / 8;
   CHECK(fl.uniform == codes + 27 * (4 + 4) + 4 * biases);        // a weight step and an input step a layer
   CHECK(fl.cluster == codes + 27 * (16 * 4 + 4) + 4 * biases);   // a 16-entry codebook and an input step
-  const quant::ModelBytes mid = quant::model_bytes(a, 4, false);  // stage0 and the FC in FP32
+  const deploy::ModelBytes mid = deploy::model_bytes(a, 4, false);  // stage0 and the FC in FP32
   CHECK(mid.fp32 == fl.fp32);
   CHECK(mid.cluster == 25 * (2304 * 4 / 8 + 16 * 4 + 4 + 4 * 16) + 4 * (432 + 16 + 160 + 10));
 }

@@ -15,7 +15,8 @@
 #include "engine/random.h"
 #include "layers/bn_fold.h"
 #include "layers/quantizer.h"
-#include "quant/int8_runtime.h"
+#include "quant/deploy_export.h"
+#include "deploy/integer_model.h"
 #include "tests/gradcheck.h"
 #include "tests/int8_testing.h"
 
@@ -508,13 +509,13 @@ TEST_CASE("cuda: the int8 convolution matches the CPU's exactly" * gpu_or_skip("
   }
 }
 
-// ./infer --device cuda (quant/int8_runtime.h): the quantized blocks on the GPU, the rest on the host. The codes
+// ./infer --device cuda (deploy/integer_model.h): the quantized blocks on the GPU, the rest on the host. The codes
 // between blocks are exact (the test above), so the logits are the CPU model's to float rounding of the last
 // block's f32 output and what follows it.
 TEST_CASE("cuda: the integer model with its blocks on the GPU gives the CPU's logits" * gpu_or_skip("int8 model")) {
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false);
-  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {});
-  quant::IntegerModel on_cpu(m), on_gpu(m, Device::cuda);
+  const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {});
+  deploy::IntegerModel on_cpu(m), on_gpu(m, Device::cuda);
   const std::vector<float> expected = on_cpu.forward(q.images).to_vector();
   check_close(on_gpu.forward(q.images).to_vector(), expected, 1e-5, 1e-5);
   CHECK(on_gpu.describe()[1].find("cuda:") != std::string::npos);  // stage1.0 ran on the GPU

@@ -1,4 +1,4 @@
-// Integer inference on the CPU (engine/cpu/int8.h, quant/int8_runtime.h): each oneDNN int8 convolution
+// Integer inference on the CPU (engine/cpu/int8.h, deploy/integer_model.h): each oneDNN int8 convolution
 // against a plain integer loop (exact for the s32 accumulator, the requantized codes exact but at rounding
 // ties), the FP32 layers against a double loop, and a small model's logits against ./ptq's fake-quantized
 // forward of the same model.
@@ -14,8 +14,9 @@
 #include "engine/random.h"
 #include "datasets/cifar10.h"
 #include "datasets/loader.h"
-#include "quant/int8_model.h"
-#include "quant/int8_runtime.h"
+#include "deploy/int8_model.h"
+#include "deploy/integer_model.h"
+#include "quant/deploy_export.h"
 #include "quant/quantizers.h"
 #include "tests/int8_testing.h"
 #include "tests/testing.h"
@@ -259,8 +260,8 @@ TEST_CASE("int8 model: logits against ./ptq's fake-quantized forward of the same
         CAPTURE(bits); CAPTURE((int)g); CAPTURE(first_last);
         const QuantizedSmall q = quantized_small(bits, g, first_last);
         const int64_t n = q.images.size(0);
-        const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", quant::granularity_name(g), {});
-        quant::IntegerModel im(m);
+        const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", quant::granularity_name(g), {});
+        deploy::IntegerModel im(m);
         const LogitDiff d = compare(im.forward(q.images).to_vector(), forward(*q.model, q.images), n);
         MESSAGE("W", bits, " ", std::string(quant::granularity_name(g)), first_last ? ", first/last quantized" : "",
                 ": median relative logit difference ", d.median(), "; argmax agree ", d.agree, " of ", n);
@@ -271,7 +272,7 @@ TEST_CASE("int8 model: logits against ./ptq's fake-quantized forward of the same
 
 TEST_CASE("int8 model: the steady-state forward creates no primitive and allocates nothing") {
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false);
-  quant::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));
+  deploy::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));
   const std::vector<float> first = im.forward(q.images).to_vector();
   const uint64_t prims = engine::cpu::dnnl_primitives_created();
   const uint64_t allocs = engine::alloc_stats(engine::Device::cpu).system_allocs;
@@ -285,12 +286,12 @@ TEST_CASE("int8 model: the steady-state forward creates no primitive and allocat
 // the QAT model's.
 TEST_CASE("int8 cluster: each weight is its codebook entry rounded on s_w[o] = max |w[o, ...]| / 127") {
   const QuantizedSmall q = cluster_small(3, 3, false);
-  const quant::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
+  const deploy::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
   CHECK(m.bits == 8);
   int checked = 0;
   for (size_t i = 0; i + 1 < m.layers.size(); i++) {
     const layers::RepBlock& b = *q.model->blocks()[i];
-    const quant::Int8Layer& l = m.layers[i];
+    const deploy::Int8Layer& l = m.layers[i];
     REQUIRE(l.quantized == (b.weight_cluster != nullptr));
     if (!l.quantized) continue;
     const std::vector<float> w = b.weight_cluster->forward(b.rbr_reparam->weight).to_vector();  // eval: the entries
@@ -332,7 +333,7 @@ TEST_CASE("int8 cluster: logits against the ClusterQAT model's eval forward") {
     CAPTURE(c.bits); CAPTURE(c.act_bits); CAPTURE(c.first_last);
     const QuantizedSmall q = cluster_small(c.bits, c.act_bits, c.first_last);
     const int64_t n = q.images.size(0);
-    quant::IntegerModel im(quant::export_int8(*q.model, "qat-cluster", "channel", {}));
+    deploy::IntegerModel im(quant::export_int8(*q.model, "qat-cluster", "channel", {}));
     const LogitDiff d = compare(im.forward(q.images).to_vector(), forward(*q.model, q.images), n);
     MESSAGE("cluster W", c.bits, "/A", c.act_bits, std::string(c.first_last ? ", first/last quantized" : ""),
             ": median relative logit difference ", d.median(), ", largest ", d.rel.back(), "; argmax agree ", d.agree, " of ", n);
@@ -410,18 +411,18 @@ TEST_CASE("int8 cluster: input_means is what each weight reads of the quantized 
 TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the measured input") {
   engine::Rng rng(11);
   struct Layer {
-    quant::Int8Layer l;
+    deploy::Int8Layer l;
     std::vector<float> w;
   };
   std::vector<Layer> cases;
   {
     const QuantizedSmall q = cluster_small(3, 8, false);
-    const quant::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
+    const deploy::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
     const layers::RepBlock& b = *q.model->blocks()[2];
     cases.push_back({m.layers[2], b.weight_cluster->forward(b.rbr_reparam->weight).to_vector()});
   }
   for (int stride : {1, 2}) {
-    quant::Int8Layer l;
+    deploy::Int8Layer l;
     l.name = "made-up", l.in = 6, l.out = 4, l.groups = 2, l.stride = stride, l.quantized = true;
     const int64_t n = (int64_t)l.out * (l.in / l.groups) * 9;
     l.weight_scale = engine::rand_uniform({l.out}, 0.01f, 0.02f, rng).to_vector();
@@ -434,12 +435,12 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the
     cases.push_back({l, w});
   }
   for (const Layer& c : cases) {
-    const quant::Int8Layer& l = c.l;
+    const deploy::Int8Layer& l = c.l;
     CAPTURE(l.name); CAPTURE(l.stride);
     const int64_t h = 7, w = 6;
     const engine::Tensor x = engine::rand_uniform({2, l.in, h, w}, 0.0f, 2.0f, rng);
     const std::vector<double> m = tap_means(x.to_vector(), 2, l.in, h, w, l.stride);
-    const std::vector<float> delta = quant::cluster_bias_correction(l, c.w, std::vector<float>(m.begin(), m.end()));
+    const std::vector<float> delta = deploy::cluster_bias_correction(l, c.w, std::vector<float>(m.begin(), m.end()));
     std::vector<float> rounded(c.w.size());
     for (size_t i = 0; i < c.w.size(); i++) rounded[i] = l.w_scale(int(i / (c.w.size() / l.out))) * l.weight_codes[i];
     const engine::Tensor zero = engine::Tensor::zeros({l.out});
@@ -459,7 +460,7 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the
       CHECK(diff / (2 * per) == doctest::Approx(delta[o]).epsilon(1e-4).scale(size / (2 * per)));
     }
   }
-  CHECK_THROWS_WITH(quant::cluster_bias_correction(cases[1].l, cases[1].w, {1, 2}),
+  CHECK_THROWS_WITH(deploy::cluster_bias_correction(cases[1].l, cases[1].w, {1, 2}),
                     doctest::Contains("layer made-up: 2 input means for 6 input channels × 9 taps"));
 }
 
@@ -467,6 +468,6 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the
 TEST_CASE("int8 model: device cuda without a usable GPU is refused with the reason" *
           skip_unless(!engine::cuda::available(), "a CUDA GPU is present (tests/test_cuda.cpp runs the model on it)")) {
   const QuantizedSmall q = quantized_small(8, quant::Granularity::layer, false);
-  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "layer", {});
-  CHECK_THROWS_WITH(quant::IntegerModel(m, engine::Device::cuda), engine::cuda::unavailable_reason().c_str());
+  const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "layer", {});
+  CHECK_THROWS_WITH(deploy::IntegerModel(m, engine::Device::cuda), engine::cuda::unavailable_reason().c_str());
 }

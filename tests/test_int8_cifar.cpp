@@ -9,8 +9,9 @@
 #include "engine/ops.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
-#include "quant/int8_model.h"
-#include "quant/int8_runtime.h"
+#include "deploy/int8_model.h"
+#include "deploy/integer_model.h"
+#include "quant/deploy_export.h"
 #include "quant/ptq_model.h"
 #include "tests/testing.h"
 
@@ -43,7 +44,7 @@ TEST_CASE("int8 model on the 10,000 CIFAR-10 test images: top-1 within 0.1 point
     c.act_bits = 8;
     c.granularity = quant::Granularity::channel;
     quant::attach_quantizers(model, c, cal);
-    quant::IntegerModel im(quant::export_int8(model, "ptq-minmax", "channel", {}));
+    deploy::IntegerModel im(quant::export_int8(model, "ptq-minmax", "channel", {}));
     int64_t fake = 0, integer = 0, images = 0;
     val.start_epoch(0);
     engine::Tensor x, y;

@@ -1,4 +1,4 @@
-// The quantized deploy model file (quant/int8_model.h, docs/int8.md): ./ptq's export from a calibrated
+// The quantized deploy model file (deploy/int8_model.h, docs/int8.md): ./ptq's export from a calibrated
 // model, its round trip, and a clear error naming the file and the tensor for each kind of corrupt file.
 #include <cmath>
 #include <filesystem>
@@ -13,9 +13,10 @@
 #include "datasets/loader.h"
 #include "datasets/transforms.h"
 #include "engine/random.h"
-#include "quant/cluster_pack.h"
+#include "deploy/cluster_file.h"
+#include "quant/deploy_export.h"
 #include "quant/infer.h"
-#include "quant/int8_model.h"
+#include "deploy/int8_model.h"
 #include "quant/ptq.h"
 #include "quant/ptq_model.h"
 #include "tests/int8_testing.h"
@@ -28,9 +29,9 @@ namespace {
 doctest::Contains has(const std::string& s) { return doctest::Contains(doctest::String(s.c_str())); }
 
 // The file of `m` with `edit` applied to its tensors, as a corrupt export would be.
-std::string edited(const quant::Int8Model& m, const fs::path& dir, const std::function<void(st::File&)>& edit) {
+std::string edited(const deploy::Int8Model& m, const fs::path& dir, const std::function<void(st::File&)>& edit) {
   const std::string path = (dir / "edited.safetensors").string();
-  quant::save_int8(path, m);
+  deploy::save_int8(path, m);
   st::File f = st::load(path);
   edit(f);
   st::save(path, f);
@@ -44,12 +45,12 @@ TEST_CASE("int8 export: codes, scales and int32 biases of each quantized layer, 
     CAPTURE(g);
     const QuantizedSmall q = quantized_small(4, g == std::string("channel") ? quant::Granularity::channel
                                                                            : quant::Granularity::layer, false);
-    const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", g, {{"dataset", "cifar10"}});
+    const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", g, {{"dataset", "cifar10"}});
     REQUIRE(m.layers.size() == q.model->blocks().size() + 1);
     CHECK_FALSE(m.layers.front().quantized);  // stage0 and the FC stay FP32 by default
     CHECK_FALSE(m.layers.back().quantized);
     for (size_t i = 1; i + 1 < m.layers.size(); i++) {
-      const quant::Int8Layer& l = m.layers[i];
+      const deploy::Int8Layer& l = m.layers[i];
       const layers::RepBlock& b = *q.model->blocks()[i];
       REQUIRE(l.quantized);
       const std::vector<float> w = b.rbr_reparam->weight.to_vector(), bias = b.rbr_reparam->bias.to_vector();
@@ -74,13 +75,13 @@ TEST_CASE("int8 export: save and load give the same model; --quantize-first-last
   const fs::path dir = fresh_temp_dir("int8_roundtrip");
   fs::create_directories(dir);
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, true);
-  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {{"dataset", "cifar10"}});
+  const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {{"dataset", "cifar10"}});
   CHECK(m.layers.front().quantized);
   CHECK(m.layers.back().quantized);
   CHECK(m.layers.front().input_zero_point > 0);  // the normalized image is negative too
   const std::string path = (dir / "m.int8.safetensors").string();
-  quant::save_int8(path, m);
-  const quant::Int8Model r = quant::load_int8(path);
+  deploy::save_int8(path, m);
+  const deploy::Int8Model r = deploy::load_int8(path);
   CHECK(r.arch.name == m.arch.name);
   CHECK(r.bits == 8);
   CHECK(r.method == "ptq-minmax");
@@ -97,7 +98,7 @@ TEST_CASE("int8 export: save and load give the same model; --quantize-first-last
   auto signed_act = std::make_shared<layers::Quantizer>(8, layers::Codes::signed_act);
   signed_act->set_step({0.03f});
   q.model->blocks()[0]->set_quantizers(signed_act, q.model->blocks()[0]->weight_quant);
-  const quant::Int8Model s = quant::export_int8(*q.model, "qat-repq-bn", "channel", {});
+  const deploy::Int8Model s = quant::export_int8(*q.model, "qat-repq-bn", "channel", {});
   CHECK(s.layers.front().input_zero_point == 128);
 }
 
@@ -105,11 +106,11 @@ TEST_CASE("int8 export: a corrupt file gives an error naming the file and the te
   const fs::path dir = fresh_temp_dir("int8_corrupt");
   fs::create_directories(dir);
   const QuantizedSmall q = quantized_small(4, quant::Granularity::layer, false);
-  const quant::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "layer", {});
+  const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "layer", {});
   auto error = [&](const std::function<void(st::File&)>& edit) {
     const std::string path = edited(m, dir, edit);
     try {
-      quant::load_int8(path);
+      deploy::load_int8(path);
     } catch (const std::exception& e) {
       const std::string what = e.what();
       CHECK(what.find(path) != std::string::npos);
@@ -175,7 +176,8 @@ TEST_CASE("int8 export: more than 8 bits is refused") {
 }
 
 // ./infer on ./ptq's export of a ClusterQAT run: the file keeps the packed codes (docs/cluster.md) and
-// load_deploy_model makes the integer model from it, the same as export_int8 of the QAT model itself.
+// load_deploy_model makes the integer model from it alone (no model, no run folder), the same as export_int8
+// of the QAT model itself.
 TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is export_int8 of its QAT model") {
   engine::Rng rng(3);
   models::RepVGG m(models::arch_config("repvgg-cifar"), rng);  // full width: the file names only the arch
@@ -187,8 +189,8 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
   fs::create_directories(dir);
   const std::string path = (dir / "model.cluster.safetensors").string();
   st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
-  const quant::Int8Model loaded = quant::load_deploy_model(path, small_cifar().string(), "");
-  const quant::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
+  const deploy::Int8Model loaded = deploy::load_deploy_model(path);
+  const deploy::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
   CHECK(loaded.method == "qat-cluster");
   CHECK(loaded.metadata.at("cluster_bits") == "4");
   REQUIRE(loaded.layers.size() == direct.layers.size());
@@ -212,11 +214,11 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
   st::File f = quant::compress_cluster(m, md, means);
   CHECK(f.tensors.count("stage1.0.input_mean") == 1);
   st::save(path, f);
-  CHECK(quant::decompress_cluster(f, path).tensors.count("stage1.0.input_mean") == 0);  // not a model tensor
-  const quant::Int8Model corrected = quant::load_deploy_model(path, small_cifar().string(), "");
+  CHECK(deploy::decompress_cluster(f, path).tensors.count("stage1.0.input_mean") == 0);  // not a model tensor
+  const deploy::Int8Model corrected = deploy::load_deploy_model(path);
   CHECK(loaded.metadata.at("cluster_corrected") == "0");
   CHECK(corrected.metadata.at("cluster_corrected") == std::to_string(means.size()));
-  const quant::Int8Model direct_corrected = quant::export_int8(m, "qat-cluster", "channel", {}, means);
+  const deploy::Int8Model direct_corrected = quant::export_int8(m, "qat-cluster", "channel", {}, means);
   int moved = 0;
   for (size_t i = 0; i < corrected.layers.size(); i++) {
     CHECK(corrected.layers[i].bias_codes == direct_corrected.layers[i].bias_codes);
@@ -229,16 +231,67 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
   st::File bad = f;
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({3}, std::vector<float>{1, 2, 3});
   st::save(path, bad);
-  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path),
                     has("file " + path + ": cluster_bias_correction: layer stage1.0: 3 input means for 64 input channels × 9 taps"));
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<int32_t>{1});
   st::save(path, bad);
-  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path),
                     has(path + ": tensor 'stage1.0.input_mean' is not F32 [channels × taps]"));
   bad.tensors["stage1.0.input_mean"] = st::Entry::of({1}, std::vector<float>{NAN});
   st::save(path, bad);
-  CHECK_THROWS_WITH(quant::load_deploy_model(path, small_cifar().string(), ""),
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path),
                     has(path + ": tensor 'stage1.0.input_mean' holds a non-finite mean"));
+
+  // read from the file alone: a missing key or tensor, a NaN weight, a leftover tensor are named
+  bad = f;
+  bad.metadata.erase("num_classes");
+  st::save(path, bad);
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path), has("file " + path + ": metadata \"num_classes\" is missing"));
+  bad = f;
+  bad.tensors.erase("stage2.1.rbr_reparam.bias");
+  st::save(path, bad);
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path), has("file " + path + ": tensor 'stage2.1.rbr_reparam.bias' is missing"));
+  bad = f;
+  bad.tensors["stage0.rbr_reparam.bias"] = st::Entry::of({64}, std::vector<float>(64, NAN));
+  st::save(path, bad);
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path), has("file " + path + ": tensor 'stage0.rbr_reparam.bias' holds nan at [0]"));
+  bad = f;
+  bad.tensors["stage1.0.act_quant.init_state"] = st::Entry::of({1}, std::vector<float>{0});
+  st::save(path, bad);
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path), has("tensor 'stage1.0.act_quant.init_state' is not 1"));
+  bad = f;
+  bad.tensors["stage9.bias"] = st::Entry::of({1}, std::vector<float>{0});
+  st::save(path, bad);
+  CHECK_THROWS_WITH(deploy::load_deploy_model(path), has("file " + path + ": tensor 'stage9.bias' is not part of a compressed repvgg-cifar"));
+}
+
+// stage0 and the FC quantized too: the image's signed codes (z_x = 2^(A−1)) and the FC's codebook, as
+// export_int8 reads them off the model's quantizers
+TEST_CASE("int8 export: a compressed ClusterQAT file with stage0 and the FC quantized reads as export_int8 makes it") {
+  engine::Rng rng(5);
+  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
+  m.set_qat({models::QatMethod::cluster, 3, 6, false, true, layers::StepInit::min_error});
+  m.forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));
+  m.eval();
+  m.switch_to_deploy();
+  const fs::path dir = fresh_temp_dir("int8_cluster_first_last");
+  fs::create_directories(dir);
+  const std::string path = (dir / "model.cluster.safetensors").string();
+  st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
+  const deploy::Int8Model loaded = deploy::load_deploy_model(path);
+  const deploy::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
+  CHECK(loaded.act_bits == 6);
+  REQUIRE(loaded.layers.size() == direct.layers.size());
+  for (size_t i = 0; i < loaded.layers.size(); i++) {
+    CAPTURE(loaded.layers[i].name);
+    CHECK(loaded.layers[i].quantized);
+    CHECK(loaded.layers[i].weight_codes == direct.layers[i].weight_codes);
+    CHECK(loaded.layers[i].weight_scale == direct.layers[i].weight_scale);
+    CHECK(loaded.layers[i].bias_codes == direct.layers[i].bias_codes);
+    CHECK(loaded.layers[i].input_scale == direct.layers[i].input_scale);
+    CHECK(loaded.layers[i].input_zero_point == direct.layers[i].input_zero_point);
+  }
+  CHECK(loaded.layers[0].input_zero_point == 32);
 }
 
 // --image: the ImageNet evaluation transform (data::load_eval_image, ImageFolder's own) and the top-5 names
@@ -276,7 +329,7 @@ TEST_CASE("int8 ./infer --image: ImageFolder's eval tensor and the top-5 synset 
   data::Loader calib(folder, 8, /*train=*/false, 0, 1);
   quant::QuantConfig c;
   quant::attach_quantizers(*model, c, quant::calibrate(*model, calib, 1, quant::CalibMethod::minmax, engine::Device::cpu));
-  quant::IntegerModel im(quant::export_int8(*model, "ptq-minmax", "layer", {{"dataset", "imagenet"}}));
+  deploy::IntegerModel im(quant::export_int8(*model, "ptq-minmax", "layer", {{"dataset", "imagenet"}}));
   const std::vector<float> logits = im.forward(ref).to_vector();
   std::vector<std::string> lines;
   std::ifstream in(synsets);

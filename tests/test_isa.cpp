@@ -12,8 +12,9 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "models/repvgg.h"
-#include "quant/int8_model.h"
-#include "quant/int8_runtime.h"
+#include "deploy/int8_model.h"
+#include "deploy/integer_model.h"
+#include "quant/deploy_export.h"
 #include "quant/ptq_model.h"
 #include "tests/int8_testing.h"
 
@@ -51,7 +52,7 @@ void run_model(const std::string& arch_name, int resolution) {
   c.weight_bits = c.act_bits = 8;
   c.granularity = quant::Granularity::channel;
   quant::attach_quantizers(model, c, cal);
-  quant::IntegerModel im(quant::export_int8(model, "ptq-minmax", "channel", {}));
+  deploy::IntegerModel im(quant::export_int8(model, "ptq-minmax", "channel", {}));
   im.forward(engine::rand_normal({2, 3, 32, 32}, 0, 1, rng));
 }
 

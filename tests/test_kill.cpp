@@ -82,7 +82,7 @@ int64_t loadable_epoch(const fs::path& ckpt) {
   engine::Rng rng(0);
   models::RepVGG model(models::arch_config("repvgg-cifar"), rng);
   layers::Checkpoint c = layers::load_checkpoint(ckpt.string(), model);
-  return layers::metadata_int(c.metadata, ckpt.string(), "epoch", 0, 1000);
+  return st::metadata_int(c.metadata, ckpt.string(), "epoch", 0, 1000);
 }
 
 std::vector<std::string> train_args(const fs::path& data, const fs::path& run, int epochs) {

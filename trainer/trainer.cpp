@@ -395,12 +395,12 @@ static void resume(Run& r, const fs::path& ckpt) {
       std::printf("resume: removed %s, a checkpoint write that a killed run left unfinished\n", (r.folder / name).c_str());
   layers::Checkpoint c = layers::load_checkpoint(ckpt.string(), r.model);
   const std::string ck = ckpt.string();
-  r.start_epoch = int(layers::metadata_int(c.metadata, ck, "epoch", 0, r.opt.epochs));
-  r.start_batch = size_t(layers::metadata_int(c.metadata, ck, "batch", 0, int64_t(r.train_loader.batches_per_epoch())));
-  r.best_top1 = layers::metadata_double(c.metadata, ck, "best_top1", -1, 100);
-  r.part_loss = layers::metadata_double(c.metadata, ck, "partial_loss", 0, HUGE_VAL);
-  r.part_correct = layers::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
-  r.part_seen = layers::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
+  r.start_epoch = int(st::metadata_int(c.metadata, ck, "epoch", 0, r.opt.epochs));
+  r.start_batch = size_t(st::metadata_int(c.metadata, ck, "batch", 0, int64_t(r.train_loader.batches_per_epoch())));
+  r.best_top1 = st::metadata_double(c.metadata, ck, "best_top1", -1, 100);
+  r.part_loss = st::metadata_double(c.metadata, ck, "partial_loss", 0, HUGE_VAL);
+  r.part_correct = st::metadata_double(c.metadata, ck, "partial_correct", 0, HUGE_VAL);
+  r.part_seen = st::metadata_double(c.metadata, ck, "partial_seen", 0, HUGE_VAL);
   engine::SGD& sgd = r.optimizer.sgd;
   auto& bufs = sgd.momentum_buffers();
   std::vector<Tensor> params;  // in the order of the buffers

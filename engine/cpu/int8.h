@@ -1,4 +1,4 @@
-// Integer inference kernels on the CPU (quant/int8_runtime.h runs a model on them): oneDNN convolutions of
+// Integer inference kernels on the CPU (deploy/integer_model.h runs a model on them): oneDNN convolutions of
 // u8 activation codes and s8 weight codes with s32 accumulation, the bias, the requantization scale and the
 // ReLU fused into the primitive (output scales and an eltwise post-op), and the two loops around them.
 //

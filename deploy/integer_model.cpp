@@ -1,4 +1,4 @@
-#include "quant/int8_runtime.h"
+#include "deploy/integer_model.h"
 
 #include <fmt/format.h>
 
@@ -6,7 +6,7 @@
 
 #include "engine/cuda/cuda_backend.h"
 
-namespace quant {
+namespace deploy {
 
 using engine::DType;
 using engine::Shape;
@@ -150,4 +150,4 @@ std::vector<std::string> IntegerModel::describe() const {
   return out;
 }
 
-}  // namespace quant
+}  // namespace deploy

@@ -1,5 +1,6 @@
 // The quantized deploy model as a file: what `./ptq --export FILE` writes from a model with its quantizers
-// attached (./ptq's calibrated ones, or a QAT run's learned ones) and `./infer` runs with integer kernels.
+// attached (./ptq's calibrated ones, or a QAT run's learned ones: quant/deploy_export.h) and `./infer` runs
+// with integer kernels (deploy/integer_model.h).
 // The layout is docs/int8.md's. One layer per deploy conv ("stage0", "stage1.0", ...) and the FC ("linear"):
 //
 //   quantized:  y = s_x s_w[o] (Σ (q_x − z_x) q_w + q_b[o])          then ReLU (blocks) — the same function as
@@ -18,9 +19,9 @@
 #include <vector>
 
 #include "engine/safetensors.h"
-#include "models/repvgg.h"
+#include "models/arch.h"
 
-namespace quant {
+namespace deploy {
 
 struct Int8Layer {
   std::string name;           // "stage0", "stage1.0", ..., "linear"
@@ -47,17 +48,20 @@ struct Int8Model {
   std::vector<Int8Layer> layers;        // the blocks in order, then the FC
 };
 
-// From a deploy-form model whose quantizers are attached (quant::attach_quantizers, or a QAT model after
-// switch_to_deploy): the codes and scales of every quantized layer, the others as FP32; a ClusterQAT layer's
-// weights on s8 grids (cluster_weight_scales below; bits 8 then). `metadata` is added
-// to the file's (dataset, source checkpoint, ...). Throws when a quantizer has more than 8 bits or when the
-// blocks are not in deploy form.
-//
-// `input_means` (quant::input_means, keyed "stage1.0", ..., "linear") corrects the bias of each ClusterQAT
-// layer it names for the mean error of the s8 rounding (cluster_bias_correction below).
-using InputMeans = std::map<std::string, std::vector<float>>;
-Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
-                      const std::map<std::string, std::string>& metadata, const InputMeans& input_means = {});
+// The layers of an arch, without their values: the blocks of models::block_specs, named as the model names
+// them ("stage0", "stage1.0", ...), then the FC ("linear").
+std::vector<Int8Layer> int8_layers(const models::ArchConfig& arch);
+
+// A quantized layer's input side: s_x, and the zero point of codes [q_min, q_max] moved onto the unsigned
+// codes [0, q_max − q_min] (a signed range, z = 0, gets z_x = −q_min: the same function).
+void set_input(Int8Layer& l, float s_x, int zero_point, int q_min);
+// w [O, ...] as s8 codes in [q_min, q_max] on the grid of l.weight_scale (per layer or per output channel).
+void set_weight_codes(Int8Layer& l, const std::vector<float>& w, int q_min, int q_max);
+// A ClusterQAT layer (its input set): `entries`, each weight its codebook entry, on the s8 grid of its output
+// channel (cluster_weight_scales below), and `bias`, corrected for the grid's mean error where `mean` is given
+// (cluster_bias_correction below), on the accumulator's grid as a uniform layer's.
+void set_cluster_codes(Int8Layer& l, const std::vector<float>& entries, std::vector<float> bias,
+                       const std::vector<float>* mean);
 
 void save_int8(const std::string& path, const Int8Model& m);
 // Reads and validates: format and version, the arch, every tensor's presence, dtype and shape, codes inside
@@ -85,4 +89,4 @@ std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out);
 // codes and scales set; w: the weights they round; mean: E[x_{c,t}], [l.in, k, k] (the FC [l.in]). -> [O].
 std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector<float>& w, const std::vector<float>& mean);
 
-}  // namespace quant
+}  // namespace deploy

@@ -1,4 +1,4 @@
-#include "quant/int8_model.h"
+#include "deploy/int8_model.h"
 
 #include <fmt/format.h>
 
@@ -10,12 +10,9 @@
 #include <set>
 
 #include "engine/scalar_math.h"
-#include "layers/checkpoint.h"
-#include "quant/ptq_model.h"
+#include "engine/ops.h"
 
-namespace quant {
-
-using layers::Quantizer;
+namespace deploy {
 
 static const char* const kFormat = "repq-int8";
 static const char* const kFormatVersion = "1";
@@ -25,9 +22,7 @@ std::vector<int64_t> Int8Layer::weight_shape() const {
   return {out, in / groups, kernel, kernel};
 }
 
-// The layers of an arch, without their values: the blocks of block_specs, named as the model names them
-// ("stage0", "stage1.0", ...), then the FC.
-static std::vector<Int8Layer> layer_skeleton(const models::ArchConfig& arch) {
+std::vector<Int8Layer> int8_layers(const models::ArchConfig& arch) {
   std::vector<Int8Layer> layers;
   const auto stages = models::block_specs(arch);
   for (size_t s = 0; s < stages.size(); s++)
@@ -45,35 +40,17 @@ static std::vector<Int8Layer> layer_skeleton(const models::ArchConfig& arch) {
   return layers;
 }
 
-// The input side of a quantized layer: s_x and z_x.
-static void set_input(Int8Layer& l, const Quantizer& act) {
-  ENGINE_CHECK(act.bits <= 8, fmt::format("layer {}: {}-bit activations: integer export takes at most 8 bits", l.name, act.bits));
+void set_input(Int8Layer& l, float s_x, int zero_point, int q_min) {
   l.quantized = true;
-  const std::vector<float> s_x = act.step.to_vector();
-  ENGINE_CHECK(s_x.size() == 1, "layer " + l.name + ": the input quantizer has a step per channel");
-  l.input_scale = s_x[0];
-  // A signed code range [q_min, q_max] (z = 0) shifted onto [0, q_max - q_min]: the same function.
-  l.input_zero_point = act.zero_point - act.q_min;
+  l.input_scale = s_x;
+  l.input_zero_point = zero_point - q_min;
 }
 
-// w [O, ...] as s8 codes in [q_min, q_max] on the grid of l.weight_scale (per layer or per output channel).
-static void set_weight_codes(Int8Layer& l, const std::vector<float>& w, int q_min, int q_max) {
+void set_weight_codes(Int8Layer& l, const std::vector<float>& w, int q_min, int q_max) {
   const size_t per_row = w.size() / l.out;
   l.weight_codes.resize(w.size());
   for (size_t i = 0; i < w.size(); i++)
     l.weight_codes[i] = (int8_t)engine::fake_quant_code(w[i], l.w_scale((int)(i / per_row)), 0.0f, (float)q_min, (float)q_max);
-}
-
-// The codes of one quantized layer from its float weight and bias and its two quantizers.
-static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
-                           const Quantizer& weight) {
-  ENGINE_CHECK(weight.bits <= 8,
-               fmt::format("layer {}: {}-bit weights: integer export takes at most 8 bits", l.name, weight.bits));
-  ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
-  set_input(l, act);
-  l.weight_scale = weight.step.to_vector();
-  set_weight_codes(l, w, weight.q_min, weight.q_max);
-  l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
 }
 
 std::vector<float> cluster_weight_scales(const std::vector<float>& w, int out) {
@@ -105,65 +82,15 @@ std::vector<float> cluster_bias_correction(const Int8Layer& l, const std::vector
   return delta;
 }
 
-// A ClusterQAT layer: each weight is the codebook entry of its code, as eval computes it; on the s8 grid of
-// its output channel (cluster_weight_scales), and the float bias, corrected where `mean` is given, on the
-// accumulator's grid as a uniform layer's.
-static void quantize_cluster_layer(Int8Layer& l, const Tensor& w, const Tensor& b, const Quantizer& act,
-                                   layers::ClusterQuantizer& weight, const std::vector<float>* mean) {
-  set_input(l, act);
-  const std::vector<float> entries = layers::quantize_weight(w, nullptr, &weight).to_vector();
+void set_cluster_codes(Int8Layer& l, const std::vector<float>& entries, std::vector<float> bias,
+                       const std::vector<float>* mean) {
   l.weight_scale = cluster_weight_scales(entries, l.out);
   set_weight_codes(l, entries, -127, 127);
-  std::vector<float> bias = b.to_vector();
   if (mean) {
     const std::vector<float> delta = cluster_bias_correction(l, entries, *mean);
     for (int o = 0; o < l.out; o++) bias[o] -= delta[o];
   }
-  l.bias_codes = layers::bias_codes(bias, l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
-}
-
-Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
-                      const std::map<std::string, std::string>& metadata, const InputMeans& input_means) {
-  Int8Model m;
-  m.arch = model.arch;
-  m.method = method;
-  m.granularity = granularity;
-  m.metadata = metadata;
-  m.layers = layer_skeleton(model.arch);
-  const std::vector<std::string> names = layer_names(model);
-  ENGINE_CHECK(names.size() == m.layers.size(), "the model's layers do not match its arch");
-  bool any = false;
-  for (size_t i = 0; i < m.layers.size(); i++) {
-    Int8Layer& l = m.layers[i];
-    ENGINE_CHECK(names[i] == l.name, "layer " + names[i] + " where " + l.name + " was expected");
-    std::shared_ptr<Quantizer> act, weight;
-    std::shared_ptr<layers::ClusterQuantizer> cluster;
-    Tensor w, b;
-    if (i + 1 < m.layers.size()) {
-      const layers::RepBlock& block = *model.blocks()[i];
-      ENGINE_CHECK(block.deployed(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
-      act = block.act_quant, weight = block.weight_quant, cluster = block.weight_cluster;
-      w = block.rbr_reparam->weight, b = block.rbr_reparam->bias;
-    } else {
-      std::tie(act, weight) = model.fc_quantizers();
-      cluster = model.fc_cluster();
-      w = model.fc().weight, b = model.fc().bias;
-    }
-    ENGINE_CHECK(!act == (!weight && !cluster), "layer " + l.name + " has a quantizer for its input or its weight, not both");
-    if (act) {
-      // a cluster layer's codes span the s8 range whatever its codebook's bits
-      const int bits = cluster ? 8 : weight->bits;
-      const auto mean = input_means.find(l.name);
-      if (cluster) quantize_cluster_layer(l, w, b, *act, *cluster, mean == input_means.end() ? nullptr : &mean->second);
-      else quantize_layer(l, w.to_vector(), b, *act, *weight);
-      if (any) ENGINE_CHECK(m.bits == bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
-      m.bits = bits, m.act_bits = act->bits, any = true;
-    } else {
-      l.weight = w.to_vector(), l.bias = b.to_vector();
-    }
-  }
-  ENGINE_CHECK(any, "no layer of the model is quantized: attach quantizers first");
-  return m;
+  l.bias_codes = engine::bias_codes(bias, l.input_scale, l.weight_scale, "layer " + l.name + " bias").codes;
 }
 
 // --- the file ---------------------------------------------------------------------------------------------
@@ -244,15 +171,15 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
   } catch (const std::exception& e) {
     engine::fail(fmt::format("file {}: {}", path, e.what()));
   }
-  m.arch.num_classes = (int)layers::metadata_int(md, path, "num_classes", 1, 1 << 20);
+  m.arch.num_classes = (int)st::metadata_int(md, path, "num_classes", 1, 1 << 20);
   const std::string& widths = metadata_string(md, path, "width_multiplier");
   auto& a = m.arch.width_multiplier;
   if (std::sscanf(widths.c_str(), "%lf,%lf,%lf,%lf", &a[0], &a[1], &a[2], &a[3]) != 4 ||
       !(a[0] > 0 && a[1] > 0 && a[2] > 0 && a[3] > 0 && a[0] <= 16 && a[1] <= 16 && a[2] <= 16 && a[3] <= 16))
     engine::fail(fmt::format("file {}: metadata \"width_multiplier\" is '{}', expected 4 numbers in (0, 16]", path,
                              st::cut(widths)));
-  m.bits = (int)layers::metadata_int(md, path, "bits", 2, 8);
-  m.act_bits = (int)layers::metadata_int(md, path, "act_bits", 2, 8);
+  m.bits = (int)st::metadata_int(md, path, "bits", 2, 8);
+  m.act_bits = (int)st::metadata_int(md, path, "act_bits", 2, 8);
   m.method = metadata_string(md, path, "method");
   m.granularity = metadata_string(md, path, "granularity");
   if (m.granularity != "layer" && m.granularity != "channel")
@@ -264,7 +191,7 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
     used.insert(name);
     return st::require(f, name, dtype, shape, path);
   };
-  m.layers = layer_skeleton(m.arch);
+  m.layers = int8_layers(m.arch);
   bool any = false;
   for (size_t i = 0; i < m.layers.size(); i++) {
     Int8Layer& l = m.layers[i];
@@ -319,4 +246,4 @@ int64_t weight_bytes(const Int8Model& m) {
   return bytes;
 }
 
-}  // namespace quant
+}  // namespace deploy

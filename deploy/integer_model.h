@@ -1,4 +1,4 @@
-// The quantized deploy model (quant/int8_model.h) run with integer kernels on the CPU (engine/cpu/int8.h):
+// The quantized deploy model (deploy/int8_model.h) run with integer kernels on the CPU (engine/cpu/int8.h):
 // the deploy model's structure, layer by layer, each layer one oneDNN convolution (the FC a 1x1 one):
 //
 //   image f32 [N, 3, H, W] ─ stage0 ─ stage1.0 ─ ... ─ stage4.0 ─ avg pool ─ linear ─ logits f32 [N, K]
@@ -23,9 +23,9 @@
 #include <vector>
 
 #include "engine/cpu/int8.h"
-#include "quant/int8_model.h"
+#include "deploy/int8_model.h"
 
-namespace quant {
+namespace deploy {
 
 using engine::Tensor;
 
@@ -69,4 +69,4 @@ class IntegerModel {
   const Plan* last_ = nullptr;
 };
 
-}  // namespace quant
+}  // namespace deploy
