@@ -172,7 +172,7 @@ static void time_cluster_quantizers(models::RepVGG& model, Ours& ours) {
   {
     NoGradGuard no_grad;
     for (auto& b : model.blocks())
-      if (b->weight_cluster) coded.push_back({b->weight_cluster.get(), b->equivalent_kernel_bias().kernel});
+      if (b->quant.cluster) coded.push_back({b->quant.cluster.get(), b->equivalent_kernel_bias().kernel});
   }
   ours.quantizers = [coded] {
     for (auto& [q, m] : coded) q->forward(m);
@@ -198,7 +198,7 @@ static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, do
     const std::vector<float> s = quant::weight_scales(blocks[i]->rbr_reparam->weight, 8, quant::Granularity::channel);
     auto weight = std::make_shared<layers::Quantizer>(8, layers::Codes::weight, (int64_t)s.size());
     weight->set_step(s);
-    blocks[i]->set_quantizers(act, weight);
+    blocks[i]->quant.set(act, weight);
   }
   auto im = std::make_shared<deploy::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
   quant::remove_quantizers(*model);  // the FP32 deploy model again

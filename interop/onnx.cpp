@@ -134,7 +134,7 @@ static std::string weight_dq(Message& graph, const std::string& name, const laye
 // point 0, then DequantizeLinear per axis 0.
 static std::string bias_dq(Message& graph, const std::string& name, const engine::Tensor& b, const layers::Quantizer& act,
                            const layers::Quantizer& weight) {
-  const layers::BiasCodes c = layers::bias_codes(b, act, weight, "QDQ export: " + name);
+  const engine::BiasCodes c = layers::bias_codes(b, act, weight, "QDQ export: " + name);
   const std::vector<int64_t> dims = {(int64_t)c.codes.size()};
   graph.message(f::initializer, initializer(name + ".codes", kInt32, dims, c.codes));
   graph.message(f::initializer, initializer(name + ".scale", kFloat, dims, c.steps));
@@ -147,10 +147,10 @@ static std::string bias_dq(Message& graph, const std::string& name, const engine
 // The inputs of a conv or Gemm: x, weight and bias, each through its QDQ nodes where `opt.qdq` and the layer
 // has the quantizer (the bias where it has both).
 static std::vector<std::string> layer_inputs(Message& graph, const OnnxOptions& opt, const std::string& prefix,
-                                             std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
-                                             std::string x, const std::string& w_name, const engine::Tensor& w,
-                                             const std::string& b_name, const engine::Tensor& b) {
-  if (!opt.qdq) act = weight = nullptr;
+                                             const layers::LayerQuantizers& quant, std::string x, const std::string& w_name,
+                                             const engine::Tensor& w, const std::string& b_name, const engine::Tensor& b) {
+  const layers::Quantizer* act = opt.qdq ? quant.act.get() : nullptr;
+  const layers::Quantizer* weight = opt.qdq ? quant.weight.get() : nullptr;
   if (act) x = act_qdq(graph, prefix + ".act_quant", *act, x);
   const std::string wq = weight ? weight_dq(graph, prefix + ".weight_quant", *weight, w) : w_name;
   if (!weight) graph.message(f::initializer, initializer(w_name, w));
@@ -170,41 +170,35 @@ static Message value_info(const std::string& name, const std::vector<std::pair<i
   return Message().bytes(f::vi_name, name).message(f::vi_type, Message().message(f::tensor_type, tensor)).bytes(f::vi_doc, doc);
 }
 
-std::string repvgg_to_onnx(const models::RepVGG& model, const OnnxOptions& opt) {
-  std::map<std::string, engine::Tensor> state;
-  for (auto& [name, t] : model.state_dict()) state[name] = t;
+std::string repvgg_to_onnx(models::RepVGG& model, const OnnxOptions& opt) {
   Message graph;
   graph.bytes(f::graph_name, model.arch.name);
 
-  // The blocks in order, named as their state-dict prefixes: "stage0", "stage1.0", ...
-  std::vector<std::string> names;
-  for (const auto& stage : models::block_specs(model.arch))
-    for (const models::BlockSpec& b : stage) names.push_back(b.name);
+  // The blocks in order, named as their state-dict prefixes ("stage0", "stage1.0", ...), then the FC
+  const std::vector<models::QuantLayer> layers = model.quant_layers();
   std::string x = "input";
-  for (size_t i = 0; i < model.blocks().size(); i++) {
-    const layers::RepBlock& b = *model.blocks()[i];
-    const std::string& prefix = names.at(i);
-    if (!b.deployed()) throw std::runtime_error(fmt::format("ONNX export of {}: block {} is not in deploy form", model.arch.name, prefix));
-    const layers::Conv2d& c = *b.rbr_reparam;
-    const int64_t k = c.weight.size(2), s = c.stride, p = c.padding;
-    const std::vector<std::string> in = layer_inputs(graph, opt, prefix, b.act_quant, b.weight_quant, x, prefix + ".rbr_reparam.weight",
-                                                     c.weight, prefix + ".rbr_reparam.bias", c.bias);
-    graph.message(f::node, node("Conv", prefix + ".conv", in, prefix + ".conv",
+  for (const models::QuantLayer& l : layers) {
+    if (l.fc) break;
+    if (!l.weight.defined()) throw std::runtime_error(fmt::format("ONNX export of {}: block {} is not in deploy form", model.arch.name, l.name));
+    const int64_t k = l.weight.size(2), s = l.stride, p = 1;
+    const std::vector<std::string> in = layer_inputs(graph, opt, l.name, *l.quant, x, l.name + ".rbr_reparam.weight", l.weight,
+                                                     l.name + ".rbr_reparam.bias", l.bias);
+    graph.message(f::node, node("Conv", l.name + ".conv", in, l.name + ".conv",
                                 {attr_ints("kernel_shape", {k, k}), attr_ints("strides", {s, s}), attr_ints("pads", {p, p, p, p}),
-                                 attr_ints("dilations", {1, 1}), attr_int("group", c.groups)}));
-    graph.message(f::node, node("Relu", prefix + ".relu", {prefix + ".conv"}, prefix + ".relu"));
-    x = prefix + ".relu";
+                                 attr_ints("dilations", {1, 1}), attr_int("group", l.groups)}));
+    graph.message(f::node, node("Relu", l.name + ".relu", {l.name + ".conv"}, l.name + ".relu"));
+    x = l.name + ".relu";
   }
   graph.message(f::node, node("GlobalAveragePool", "gap", {x}, "gap"));
   graph.message(f::node, node("Flatten", "flatten", {"gap"}, "flatten", {attr_int("axis", 1)}));
-  const auto [fc_act, fc_weight] = model.fc_quantizers();
-  const std::vector<std::string> in = layer_inputs(graph, opt, "linear", fc_act, fc_weight, "flatten", "linear.weight",
-                                                   state.at("linear.weight"), "linear.bias", state.at("linear.bias"));
+  const models::QuantLayer& fc = layers.back();
+  const std::vector<std::string> in = layer_inputs(graph, opt, "linear", *fc.quant, "flatten", "linear.weight", fc.weight,
+                                                   "linear.bias", fc.bias);
   graph.message(f::node, node("Gemm", "linear", in, "logits", {attr_int("transB", 1)}));
 
   const data::Normalize& n = opt.norm;
   const std::string norm = fmt::format("mean [{}, {}, {}], std [{}, {}, {}]", n.mean[0], n.mean[1], n.mean[2], n.std[0], n.std[1], n.std[2]);
-  const int64_t hw = opt.image_size, classes = state.at("linear.weight").size(0);
+  const int64_t hw = opt.image_size, classes = fc.out;
   graph.message(f::graph_input, value_info("input", {{0, "batch"}, {3, ""}, {hw, ""}, {hw, ""}},
                                            fmt::format("NCHW float32 RGB, each channel (value / 255 - mean) / std with the {} {}", opt.norm_name, norm)));
   graph.message(f::graph_output, value_info("logits", {{0, "batch"}, {classes, ""}}, "class scores before softmax"));

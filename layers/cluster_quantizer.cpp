@@ -111,9 +111,4 @@ Tensor ClusterQuantizer::forward(const Tensor& w) {
   const Tensor values = Tensor::from_vector(codebook_values(k, c), w.shape()).to(w.device());  // line 8
   return straight_through(w, values);                                                        // lines 9-10
 }
-
-Tensor quantize_weight(const Tensor& w, Quantizer* uniform, ClusterQuantizer* cluster) {
-  return uniform ? uniform->forward(w) : cluster ? cluster->forward(w) : w;
-}
-
 }  // namespace layers

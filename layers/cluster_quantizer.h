@@ -54,7 +54,5 @@ std::vector<float> codebook_values(const std::vector<uint8_t>& codes, const std:
 // How many codes hold each entry.
 std::vector<int64_t> entry_counts(const std::vector<uint8_t>& codes, size_t entries);
 
-// Q_w(w) of a layer with at most one weight quantizer: the uniform one, the cluster one, or neither (w).
-Tensor quantize_weight(const Tensor& w, Quantizer* uniform, ClusterQuantizer* cluster);
 
 }  // namespace layers

@@ -67,6 +67,7 @@ class Module {
   void remove_module(const std::string& name);
 
  private:
+  friend class LayerQuantizers;  // registers a layer's quantizers on its owner
   void add_child(const std::string& name, std::shared_ptr<Module> m);
   template <class F> void visit(const std::string& prefix, F&& f) const;
 

@@ -46,20 +46,9 @@ void RepBlock::switch_to_deploy() {
                                 std::make_shared<Conv2d>(kb.kernel.detach(), kb.bias.detach(), stride, 1, groups));
 }
 
-void RepBlock::set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight,
-                              std::shared_ptr<ClusterQuantizer> cluster) {
-  ENGINE_CHECK(!weight || !cluster, "a layer has one weight quantizer, uniform or cluster");
-  if (act_quant) remove_module("act_quant");
-  if (weight_quant || weight_cluster) remove_module("weight_quant");
-  act_quant = act ? register_module("act_quant", act) : nullptr;
-  weight_quant = weight ? register_module("weight_quant", weight) : nullptr;
-  weight_cluster = cluster ? register_module("weight_quant", cluster) : nullptr;
-}
-
 Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b) {
-  const Tensor xq = act_quant ? act_quant->forward(x) : x;
-  const Tensor wq = quantize_weight(w, weight_quant.get(), weight_cluster.get());
-  return engine::conv2d_relu(xq, wq, eval_bias(b, act_quant.get(), weight_quant.get(), training()), stride, 1, groups);
+  return engine::conv2d_relu(quant.quantize_input(x), quant.quantize_weight(w), quant.quantized_bias(b, training()), stride,
+                             1, groups);
 }
 
 Tensor RepBlock::forward(const Tensor& x) {

@@ -6,10 +6,9 @@
 //             merge of the branches (layers/reparam.h) computed each forward as a differentiable function of
 //             the branch parameters, each BN folded with the statistics of layers/bn_fold.h
 //   deploy    one 3x3 conv with bias, rbr_reparam: y = ReLU(conv(Q_a(x), Q_w(W), b))
-// Q_a and Q_w are the quantizer modules the block owns (`act_quant`, `weight_quant`; layers/quantizer.h),
-// null where the block stays FP32; Q_w is either LSQ's uniform quantizer or ClusterQAT's codebook
-// (`weight_cluster`, layers/cluster_quantizer.h, also named "weight_quant" in the state dict); with both, b is rounded to its int32 grid in eval (layers::eval_bias), as
-// integer kernels and ./export --qdq hold it, and stays float in training. Without quantizers, merged mode with batch folding is the branches'
+// Q_a and Q_w are the block's `quant` (layers/layer_quantizers.h), null where the block stays FP32; Q_w is
+// either LSQ's uniform quantizer or ClusterQAT's codebook; with both uniform, b is rounded to its int32 grid
+// in eval (layers::eval_bias), as integer kernels and ./export --qdq hold it, and stays float in training. Without quantizers, merged mode with batch folding is the branches'
 // function in training, and with running statistics the deploy conv's in eval.
 #pragma once
 #include <memory>
@@ -17,8 +16,8 @@
 #include "engine/random.h"
 #include "layers/bn_fold.h"
 #include "layers/cluster_quantizer.h"
+#include "layers/layer_quantizers.h"
 #include "layers/layers.h"
-#include "layers/quantizer.h"
 #include "layers/reparam.h"
 
 namespace layers {
@@ -56,15 +55,10 @@ class RepBlock : public Module {
   // Deploy mode: rbr_reparam set to the merged conv (detached, a new leaf) and the branches dropped;
   // the quantizers stay. Idempotent.
   void switch_to_deploy() override;
-  // The quantizers of the conv's input and weight (any may be null: FP32; at most one weight quantizer,
-  // uniform or cluster); replaces earlier ones.
-  void set_quantizers(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight,
-                      std::shared_ptr<ClusterQuantizer> weight_cluster = nullptr);
 
   const int in_channels, out_channels, stride, groups;
   std::shared_ptr<Conv2d> rbr_reparam;
-  std::shared_ptr<Quantizer> act_quant, weight_quant;
-  std::shared_ptr<ClusterQuantizer> weight_cluster;
+  LayerQuantizers quant{*this, ""};  // Q_a and Q_w of the conv: "act_quant", "weight_quant"
   BnFold fold = BnFold::batch;  // merged mode, in training
 
  protected:

@@ -34,26 +34,29 @@ Tensor RepVGG::forward(const Tensor& x) {
   Tensor y = x;
   for (const auto& block : blocks_) y = block->forward(y);
   Tensor features = global_avg_pool(y);
-  if (fc_act_quant_) features = fc_act_quant_->forward(features);
-  const Tensor w = layers::quantize_weight(linear_->weight, fc_weight_quant_.get(), fc_weight_cluster_.get());
-  return linear(features, w, layers::eval_bias(linear_->bias, fc_act_quant_.get(), fc_weight_quant_.get(), training()));
+  return linear(fc_quant_.quantize_input(features), fc_quant_.quantize_weight(linear_->weight),
+                fc_quant_.quantized_bias(linear_->bias, training()));
 }
 
-void RepVGG::set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
-                               std::shared_ptr<layers::ClusterQuantizer> cluster) {
-  ENGINE_CHECK(!weight || !cluster, "the FC has one weight quantizer, uniform or cluster");
-  if (fc_act_quant_) remove_module("linear_act_quant");
-  if (fc_weight_quant_ || fc_weight_cluster_) remove_module("linear_weight_quant");
-  fc_act_quant_ = act ? register_module("linear_act_quant", act) : nullptr;
-  fc_weight_quant_ = weight ? register_module("linear_weight_quant", weight) : nullptr;
-  fc_weight_cluster_ = cluster ? register_module("linear_weight_quant", cluster) : nullptr;
+std::vector<QuantLayer> RepVGG::quant_layers() {
+  std::vector<QuantLayer> layers;
+  size_t i = 0;
+  for (auto& stage : block_specs(arch))
+    for (const BlockSpec& spec : stage) {
+      layers::RepBlock& b = *blocks_[i++];
+      QuantLayer l{spec.name, false, spec.in, spec.out, spec.stride, spec.groups, &b.quant};
+      if (b.deployed()) l.weight = b.rbr_reparam->weight, l.bias = b.rbr_reparam->bias;
+      layers.push_back(l);
+    }
+  layers.push_back({"linear", true, (int)linear_->weight.size(1), (int)linear_->weight.size(0), 1, 1, &fc_quant_, linear_->weight,
+                    linear_->bias});
+  return layers;
 }
 
 std::vector<std::pair<std::string, layers::ClusterQuantizer*>> RepVGG::cluster_quantizers() {
   std::vector<std::pair<std::string, layers::ClusterQuantizer*>> q;
-  for (auto& [path, m] : modules())  // "stage1.0.weight_quant", ..., "linear_weight_quant"
-    if (auto* c = dynamic_cast<layers::ClusterQuantizer*>(m))
-      q.push_back({path == "linear_weight_quant" ? "linear" : path.substr(0, path.rfind('.')), c});
+  for (const QuantLayer& l : quant_layers())
+    if (l.quant->cluster) q.push_back({l.name, l.quant->cluster.get()});
   return q;
 }
 
@@ -110,13 +113,13 @@ void RepVGG::set_qat(const QatConfig& c) {
     else b.switch_to_merged(m.fold);
     if (m.full_precision || (i == 0 && !c.quantize_first_last)) continue;
     auto act = std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);
-    if (m.cluster) b.set_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
-    else b.set_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
+    if (m.cluster) b.quant.set(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    else b.quant.set(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
   }
   if (!m.full_precision && c.quantize_first_last) {
     auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init);
-    if (m.cluster) set_fc_quantizers(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
-    else set_fc_quantizers(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
+    if (m.cluster) fc_quant_.set(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
+    else fc_quant_.set(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
   }
   qat_ = c;
 }

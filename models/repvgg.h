@@ -57,6 +57,15 @@ void check_qat_bits(const QatConfig& c, const std::string& what);
 std::map<std::string, std::string> qat_metadata(const QatConfig& c);
 std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::string>& md, const std::string& file);
 
+// A layer that quantization acts on: a block's 3x3 conv (padding 1, then ReLU) or the FC, with its quantizers.
+struct QuantLayer {
+  std::string name;               // "stage0", "stage1.0", ..., "linear": the block's state-dict prefix, or the FC's
+  bool fc = false;                // the FC: weight [O, I], no ReLU
+  int in = 0, out = 0, stride = 1, groups = 1;  // channels (the FC: features), the conv's stride and groups
+  layers::LayerQuantizers* quant = nullptr;
+  Tensor weight, bias;            // the deploy conv's [O, I/g, 3, 3], [O] (a block in deploy form) or the FC's
+};
+
 class RepVGG : public layers::Module {
  public:
   // oabn_k > 0 turns on OABN (layers/oabn.h) on every identity-branch BN (RepVGG blocks only).
@@ -70,14 +79,11 @@ class RepVGG : public layers::Module {
   // replaces the branches by their merged convs.
   void set_qat(const QatConfig& c);
   const std::optional<QatConfig>& qat() const { return qat_; }
-  // Gives the FC quantizers of its input and weight (null: FP32), as the blocks' set_quantizers.
-  void set_fc_quantizers(std::shared_ptr<layers::Quantizer> act, std::shared_ptr<layers::Quantizer> weight,
-                         std::shared_ptr<layers::ClusterQuantizer> weight_cluster = nullptr);
-  std::pair<std::shared_ptr<layers::Quantizer>, std::shared_ptr<layers::Quantizer>> fc_quantizers() const {
-    return {fc_act_quant_, fc_weight_quant_};
-  }
-  const std::shared_ptr<layers::ClusterQuantizer>& fc_cluster() const { return fc_weight_cluster_; }
-  // Every cluster weight quantizer with its layer's name ("stage1.0", ..., "linear"), in order.
+  // The layers quantization acts on, in order: each block's conv ("stage0", "stage1.0", ...), then the FC
+  // ("linear"), with their quantizers. The one list that PTQ, calibration, the int8 and QDQ exports,
+  // ./inspect and the input means walk.
+  std::vector<QuantLayer> quant_layers();
+  // Every cluster weight quantizer with its layer's name, in order.
   std::vector<std::pair<std::string, layers::ClusterQuantizer*>> cluster_quantizers();
   // ClusterQAT Algorithm 2 line 2, asked for at each epoch start: every codebook is reset in the next
   // training forward.
@@ -89,8 +95,7 @@ class RepVGG : public layers::Module {
  private:
   std::vector<std::shared_ptr<layers::RepBlock>> blocks_;  // stage0, stage1.0, ..., in order
   std::shared_ptr<layers::Linear> linear_;
-  std::shared_ptr<layers::Quantizer> fc_act_quant_, fc_weight_quant_;
-  std::shared_ptr<layers::ClusterQuantizer> fc_weight_cluster_;
+  layers::LayerQuantizers fc_quant_{*this, "linear_"};  // "linear_act_quant", "linear_weight_quant"
   std::optional<QatConfig> qat_;
 };
 

@@ -4,7 +4,6 @@
 
 #include "deploy/cluster_file.h"
 #include "layers/checkpoint.h"
-#include "quant/ptq_model.h"
 
 namespace quant {
 
@@ -19,25 +18,22 @@ static void set_input(Int8Layer& l, const Quantizer& act) {
   deploy::set_input(l, s_x[0], act.zero_point, act.q_min);
 }
 
-// The codes of one quantized layer from its float weight and bias and its two quantizers.
-static void quantize_layer(Int8Layer& l, const std::vector<float>& w, const Tensor& b, const Quantizer& act,
-                           const Quantizer& weight) {
+// The codes of one quantized layer from its float weight and bias and its two uniform quantizers.
+static void quantize_layer(Int8Layer& l, const models::QuantLayer& q) {
+  const Quantizer& weight = *q.quant->weight;
   ENGINE_CHECK(weight.bits <= 8,
                fmt::format("layer {}: {}-bit weights: integer export takes at most 8 bits", l.name, weight.bits));
   ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
-  set_input(l, act);
+  set_input(l, *q.quant->act);
   l.weight_scale = weight.step.to_vector();
-  deploy::set_weight_codes(l, w, weight.q_min, weight.q_max);
-  l.bias_codes = layers::bias_codes(b, act, weight, "layer " + l.name + " bias").codes;  // what eval adds
+  deploy::set_weight_codes(l, q.weight.to_vector(), weight.q_min, weight.q_max);
+  l.bias_codes = layers::bias_codes(q.bias, *q.quant->act, weight, "layer " + l.name + " bias").codes;  // what eval adds
 }
 
-// A ClusterQAT layer: each weight is the codebook entry of its code, as eval computes it; on the s8 grid of
-// its output channel (cluster_weight_scales), and the float bias, corrected where `mean` is given, on the
-// accumulator's grid as a uniform layer's.
-static void quantize_cluster_layer(Int8Layer& l, const Tensor& w, const Tensor& b, const Quantizer& act,
-                                   layers::ClusterQuantizer& weight, const std::vector<float>* mean) {
-  set_input(l, act);
-  deploy::set_cluster_codes(l, layers::quantize_weight(w, nullptr, &weight).to_vector(), b.to_vector(), mean);
+// A ClusterQAT layer: each weight is the codebook entry of its code, as eval computes it (deploy::set_cluster_codes).
+static void quantize_cluster_layer(Int8Layer& l, const models::QuantLayer& q, const std::vector<float>* mean) {
+  set_input(l, *q.quant->act);
+  deploy::set_cluster_codes(l, q.quant->quantize_weight(q.weight).to_vector(), q.bias.to_vector(), mean);
 }
 
 Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
@@ -48,42 +44,32 @@ Int8Model export_int8(models::RepVGG& model, const std::string& method, const st
   m.granularity = granularity;
   m.metadata = metadata;
   m.layers = deploy::int8_layers(model.arch);
-  const std::vector<std::string> names = layer_names(model);
-  ENGINE_CHECK(names.size() == m.layers.size(), "the model's layers do not match its arch");
+  const std::vector<models::QuantLayer> layers = model.quant_layers();
+  ENGINE_CHECK(layers.size() == m.layers.size(), "the model's layers do not match its arch");
   bool any = false;
   for (size_t i = 0; i < m.layers.size(); i++) {
     Int8Layer& l = m.layers[i];
-    ENGINE_CHECK(names[i] == l.name, "layer " + names[i] + " where " + l.name + " was expected");
-    std::shared_ptr<Quantizer> act, weight;
-    std::shared_ptr<layers::ClusterQuantizer> cluster;
-    Tensor w, b;
-    if (i + 1 < m.layers.size()) {
-      const layers::RepBlock& block = *model.blocks()[i];
-      ENGINE_CHECK(block.deployed(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
-      act = block.act_quant, weight = block.weight_quant, cluster = block.weight_cluster;
-      w = block.rbr_reparam->weight, b = block.rbr_reparam->bias;
-    } else {
-      std::tie(act, weight) = model.fc_quantizers();
-      cluster = model.fc_cluster();
-      w = model.fc().weight, b = model.fc().bias;
+    const models::QuantLayer& q = layers[i];
+    ENGINE_CHECK(q.name == l.name, "layer " + q.name + " where " + l.name + " was expected");
+    ENGINE_CHECK(q.weight.defined(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
+    const layers::LayerQuantizers& quant = *q.quant;
+    ENGINE_CHECK(!quant.act == (!quant.weight && !quant.cluster),
+                 "layer " + l.name + " has a quantizer for its input or its weight, not both");
+    if (!quant.act) {
+      l.weight = q.weight.to_vector(), l.bias = q.bias.to_vector();
+      continue;
     }
-    ENGINE_CHECK(!act == (!weight && !cluster), "layer " + l.name + " has a quantizer for its input or its weight, not both");
-    if (act) {
-      // a cluster layer's codes span the s8 range whatever its codebook's bits
-      const int bits = cluster ? 8 : weight->bits;
-      const auto mean = input_means.find(l.name);
-      if (cluster) quantize_cluster_layer(l, w, b, *act, *cluster, mean == input_means.end() ? nullptr : &mean->second);
-      else quantize_layer(l, w.to_vector(), b, *act, *weight);
-      if (any) ENGINE_CHECK(m.bits == bits && m.act_bits == act->bits, "layer " + l.name + ": mixed bit widths");
-      m.bits = bits, m.act_bits = act->bits, any = true;
-    } else {
-      l.weight = w.to_vector(), l.bias = b.to_vector();
-    }
+    // a cluster layer's codes span the s8 range whatever its codebook's bits
+    const int bits = quant.cluster ? 8 : quant.weight->bits;
+    const auto mean = input_means.find(l.name);
+    if (quant.cluster) quantize_cluster_layer(l, q, mean == input_means.end() ? nullptr : &mean->second);
+    else quantize_layer(l, q);
+    if (any) ENGINE_CHECK(m.bits == bits && m.act_bits == quant.act->bits, "layer " + l.name + ": mixed bit widths");
+    m.bits = bits, m.act_bits = quant.act->bits, any = true;
   }
   ENGINE_CHECK(any, "no layer of the model is quantized: attach quantizers first");
   return m;
 }
-
 
 st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::string>& metadata,
                           const std::map<std::string, std::vector<float>>& input_means) {

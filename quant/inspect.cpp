@@ -208,19 +208,15 @@ nlohmann::json inspection_json(const Inspection& in, const Source& s, const std:
 
 // A ClusterQAT model in deploy form: each layer's codebook, each entry with the number of weights it holds.
 void print_codebooks(models::RepVGG& model) {
-  std::map<const layers::Module*, std::string> names;
-  for (auto& [name, m] : model.modules()) names[m] = name;
-  std::vector<std::tuple<std::string, const layers::ClusterQuantizer*, Tensor>> coded;
-  for (auto& b : model.blocks())
-    if (b->weight_cluster) coded.emplace_back(names[b.get()], b->weight_cluster.get(), b->rbr_reparam->weight);
-  if (model.fc_cluster()) coded.emplace_back("linear", model.fc_cluster().get(), model.fc().weight);
   std::printf("\ncodebooks (ClusterQAT, %d bits): entry value [weights assigned to it]\n", model.qat()->bits);
-  for (auto& [name, q, w] : coded) {
-    const std::vector<float> c = q->codebook.to_vector();
-    const std::vector<int64_t> counts = layers::entry_counts(q->codes(w), c.size());
+  for (const models::QuantLayer& l : model.quant_layers()) {
+    if (!l.quant->cluster) continue;
+    const layers::ClusterQuantizer& q = *l.quant->cluster;
+    const std::vector<float> c = q.codebook.to_vector();
+    const std::vector<int64_t> counts = layers::entry_counts(q.codes(l.weight), c.size());
     std::string line;
     for (size_t k = 0; k < c.size(); k++) line += fmt::format(" {:.4g} [{}]", c[k], counts[k]);
-    std::printf("%-10s%s\n", name.c_str(), line.c_str());
+    std::printf("%-10s%s\n", l.name.c_str(), line.c_str());
   }
 }
 

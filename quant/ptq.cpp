@@ -102,12 +102,12 @@ Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const Pt
   data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());  // training images, eval transform
   Calibration cal = calibrate(deployed, loader, o.calib_batches, o.calib, s.device);
   if (cal.batches == 0) throw std::runtime_error(fmt::format("{}: no training images to calibrate on", s.data));
-  const std::vector<std::string> names = layer_names(deployed);
+  const std::vector<models::QuantLayer> layers = deployed.quant_layers();
   for (size_t i = 0; i < cal.observers.size(); i++)
     if (const ActObserver& obs = cal.observers[i]; obs.non_finite > 0)
       throw std::runtime_error(fmt::format("{}: the input of layer {} is not finite on the calibration images ({} of {} "
                                            "values inf or NaN): the model's activations overflow float32 before it "
-                                           "(weights or BN statistics too large?)", s.ckpt, names.at(i), obs.non_finite,
+                                           "(weights or BN statistics too large?)", s.ckpt, layers.at(i).name, obs.non_finite,
                                            obs.count));
   return cal;
 }
@@ -137,12 +137,12 @@ struct Row {
 };
 
 nlohmann::json layers_json(models::RepVGG& model, const QuantConfig& c, const std::vector<Range>& ranges) {
-  const std::vector<std::string> names = layer_names(model);
+  const std::vector<models::QuantLayer> quant_layers = model.quant_layers();
   nlohmann::json layers = nlohmann::json::array();
   for (size_t i = 0; i < ranges.size(); i++) {
-    if (!quantizes(i, names.size(), c)) continue;
+    if (!quantizes(i, quant_layers.size(), c)) continue;
     const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
-    layers.push_back({{"name", names[i]}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", a.scale},
+    layers.push_back({{"name", quant_layers[i].name}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", a.scale},
                       {"act_zero_point", a.zero_point}});
   }
   return layers;

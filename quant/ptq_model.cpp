@@ -13,31 +13,18 @@ namespace quant {
 using layers::Codes;
 using layers::Quantizer;
 
-std::vector<std::string> layer_names(models::RepVGG& model) {
-  std::map<const layers::Module*, std::string> names;
-  for (auto& [name, m] : model.modules()) names[m] = name;
-  std::vector<std::string> out;
-  for (auto& b : model.blocks()) out.push_back(names[b.get()]);
-  out.push_back("linear");
-  return out;
-}
-
 bool quantizes(size_t layer, size_t n, const QuantConfig& c) { return c.quantize_first_last || (layer != 0 && layer + 1 != n); }
 
-// Puts (act, weight) on layer i: block i, or the FC for i == number of blocks.
-static void set_layer(models::RepVGG& m, size_t i, std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight) {
-  if (i < m.blocks().size()) m.blocks()[i]->set_quantizers(std::move(act), std::move(weight));
-  else m.set_fc_quantizers(std::move(act), std::move(weight));
-}
-
-static void check_deployed(models::RepVGG& m) {
-  const std::vector<std::string> names = layer_names(m);
-  for (size_t i = 0; i < m.blocks().size(); i++)
-    ENGINE_CHECK(m.blocks()[i]->deployed(), "block " + names[i] + " is not in deploy form: call switch_to_deploy() first");
+// The model's quantized layers, each block in deploy form.
+static std::vector<models::QuantLayer> deployed_layers(models::RepVGG& m) {
+  std::vector<models::QuantLayer> layers = m.quant_layers();
+  for (const models::QuantLayer& l : layers)
+    ENGINE_CHECK(l.weight.defined(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
+  return layers;
 }
 
 void remove_quantizers(models::RepVGG& m) {
-  for (size_t i = 0; i <= m.blocks().size(); i++) set_layer(m, i, nullptr, nullptr);
+  for (const models::QuantLayer& l : m.quant_layers()) l.quant->set(nullptr, nullptr);
 }
 
 // Up to `batches` batches of `loader` from its epoch 0 through m, recording no gradient (the quantizers'
@@ -62,26 +49,20 @@ static std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& l
 }
 
 Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, CalibMethod method, engine::Device device) {
-  check_deployed(m);
+  const std::vector<models::QuantLayer> layers = deployed_layers(m);
   Calibration c;
   const size_t draws = method == CalibMethod::minmax ? 0 : 16384;  // min-max needs no sample
-  const size_t n = m.blocks().size() + 1;
-  c.observers.reserve(n);
-  for (size_t i = 0; i < n; i++) {
+  c.observers.reserve(layers.size());
+  for (size_t i = 0; i < layers.size(); i++) {
     c.observers.emplace_back(draws, i);
     auto probe = std::make_shared<Quantizer>(8, Codes::unsigned_act);  // observes; passes its input through
     probe->fake_quant = false;
     probe->observer = [obs = &c.observers.back()](const Tensor& x) { obs->observe(x); };
-    set_layer(m, i, probe, nullptr);
+    layers[i].quant->set(probe, nullptr);
   }
   std::tie(c.batches, c.images) = forward_batches(m, loader, batches, device);
   remove_quantizers(m);
   return c;
-}
-
-// The input quantizer of layer i: block i's, or the FC's for i == number of blocks.
-static std::shared_ptr<Quantizer> act_quantizer(models::RepVGG& m, size_t i) {
-  return i < m.blocks().size() ? m.blocks()[i]->act_quant : m.fc_quantizers().first;
 }
 
 // sum[kh * 3 + kw] += Σ over the output positions (oh, ow) of x[oh·s + kh − 1, ow·s + kw − 1], 0 outside:
@@ -101,15 +82,15 @@ static void add_tap_sums(const float* x, int64_t h, int64_t w, int stride, doubl
 
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::Loader& loader, int batches,
                                                       engine::Device device) {
-  check_deployed(m);
-  const size_t n = m.blocks().size() + 1;
+  const std::vector<models::QuantLayer> layers = deployed_layers(m);
+  const size_t n = layers.size();
   std::vector<std::vector<double>> sums(n);
   std::vector<int64_t> counts(n, 0);  // products summed into each entry: images × output positions
   for (size_t i = 0; i < n; i++) {
-    auto q = act_quantizer(m, i);
+    Quantizer* q = layers[i].quant->act.get();
     if (!q) continue;
-    const int stride = i < m.blocks().size() ? m.blocks()[i]->stride : 0;  // 0: the FC
-    q->observer = [&sum = sums[i], &count = counts[i], q = q.get(), stride](const Tensor& x) {
+    const int stride = layers[i].fc ? 0 : layers[i].stride;  // 0: the FC
+    q->observer = [&sum = sums[i], &count = counts[i], q, stride](const Tensor& x) {
       std::vector<float> v = x.to_vector();  // NCHW order, whatever the layout
       const float s = q->step.to_vector()[0], z = (float)q->zero_point, lo = (float)q->q_min, hi = (float)q->q_max;
       for (float& e : v) e = engine::fake_quant_value(e, s, z, lo, hi);
@@ -129,41 +110,39 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::L
     };
   }
   forward_batches(m, loader, batches, device);
-  const std::vector<std::string> names = layer_names(m);
   std::map<std::string, std::vector<float>> means;
   for (size_t i = 0; i < n; i++) {
-    auto q = act_quantizer(m, i);
+    Quantizer* q = layers[i].quant->act.get();
     if (!q) continue;
     q->observer = nullptr;
-    ENGINE_CHECK(counts[i] > 0, "layer " + names[i] + ": no input observed for its means");
-    for (double v : sums[i]) means[names[i]].push_back(float(v / counts[i]));
+    ENGINE_CHECK(counts[i] > 0, "layer " + layers[i].name + ": no input observed for its means");
+    for (double v : sums[i]) means[layers[i].name].push_back(float(v / counts[i]));
   }
   return means;
 }
 
 std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, const Calibration& cal) {
-  check_deployed(m);
-  const std::vector<std::string> names = layer_names(m);
-  const size_t n = names.size();
+  const std::vector<models::QuantLayer> layers = deployed_layers(m);
+  const size_t n = layers.size();
   ENGINE_CHECK(cal.observers.size() == n, std::to_string(cal.observers.size()) + " observers for " + std::to_string(n) + " layers");
   std::vector<Range> ranges(n);
   for (size_t i = 0; i < n; i++) {
     if (!quantizes(i, n, c)) {
-      set_layer(m, i, nullptr, nullptr);
+      layers[i].quant->set(nullptr, nullptr);
       continue;
     }
-    ENGINE_CHECK(!cal.observers[i].empty(), "layer " + names[i] + ": no calibration activations observed");
+    ENGINE_CHECK(!cal.observers[i].empty(), "layer " + layers[i].name + ": no calibration activations observed");
     ranges[i] = calibrate(cal.observers[i], c.calib, c.act_bits);
     const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
     auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act);  // codes [0, 2^B - 1], and z
     act->set_step({a.scale});
     act->zero_point = a.zero_point;
-    const Tensor& w = i < m.blocks().size() ? m.blocks()[i]->rbr_reparam->weight : m.fc().weight;
+    const Tensor& w = layers[i].weight;
     const std::vector<float> scales = weight_scales(w, c.weight_bits, c.granularity);
     auto weight = std::make_shared<Quantizer>(c.weight_bits, Codes::weight, (int64_t)scales.size());
     weight->set_step(scales);
     for (auto* q : {act.get(), weight.get()}) q->to(w.device());
-    set_layer(m, i, act, weight);
+    layers[i].quant->set(act, weight);
   }
   return ranges;
 }

@@ -29,9 +29,8 @@ struct QuantConfig {
   bool quantize_first_last = false;
 };
 
-// The layers PTQ quantizes, in order: the blocks ("stage0", "stage1.0", ...), then the FC ("linear").
-std::vector<std::string> layer_names(models::RepVGG& model);
-// Whether layer i of n is quantized: all but the first and last unless quantize_first_last.
+// The layers PTQ quantizes are the model's quant_layers(), in order: the blocks ("stage0", "stage1.0", ...),
+// then the FC ("linear"). Whether layer i of n is quantized: all but the first and last unless quantize_first_last.
 bool quantizes(size_t layer, size_t n, const QuantConfig& c);
 
 // Each layer's input, observed on the FP32 deploy model over up to `batches` batches of `loader`.
@@ -48,7 +47,7 @@ Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batche
 // (a block: [C, 3, 3] for its 3x3, padding-1 conv at its stride; the FC: [C]), in double over up to
 // `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT model in deploy
 // form): the E[x] of the ClusterQAT layers' bias correction (deploy/int8_model.h). Keyed by layer name
-// (layer_names); a layer without an input quantizer has none.
+// (RepVGG::quant_layers); a layer without an input quantizer has none.
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
                                                       engine::Device device);
 

@@ -205,8 +205,8 @@ TEST_CASE("a ClusterQAT model: each layer at most 2^b weight values; eval logits
     m.switch_to_deploy();
     CHECK(m.forward(x).to_vector() == eval_logits);
     for (auto& b : m.blocks()) {
-      if (!b->weight_cluster) continue;
-      const std::vector<float> w = b->weight_cluster->forward(b->rbr_reparam->weight).to_vector();
+      if (!b->quant.cluster) continue;
+      const std::vector<float> w = b->quant.cluster->forward(b->rbr_reparam->weight).to_vector();
       CHECK(std::set<float>(w.begin(), w.end()).size() <= size_t(1) << c.bits);
     }
     fs::remove(path);

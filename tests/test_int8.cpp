@@ -292,10 +292,10 @@ TEST_CASE("int8 cluster: each weight is its codebook entry rounded on s_w[o] = m
   for (size_t i = 0; i + 1 < m.layers.size(); i++) {
     const layers::RepBlock& b = *q.model->blocks()[i];
     const deploy::Int8Layer& l = m.layers[i];
-    REQUIRE(l.quantized == (b.weight_cluster != nullptr));
+    REQUIRE(l.quantized == (b.quant.cluster != nullptr));
     if (!l.quantized) continue;
-    const std::vector<float> w = b.weight_cluster->forward(b.rbr_reparam->weight).to_vector();  // eval: the entries
-    const std::vector<float> c = b.weight_cluster->codebook.to_vector();
+    const std::vector<float> w = b.quant.cluster->forward(b.rbr_reparam->weight).to_vector();  // eval: the entries
+    const std::vector<float> c = b.quant.cluster->codebook.to_vector();
     REQUIRE(w.size() == l.weight_codes.size());
     REQUIRE(l.weight_scale.size() == (size_t)l.out);
     const size_t per_row = w.size() / l.out;
@@ -378,8 +378,8 @@ TEST_CASE("int8 cluster: input_means is what each weight reads of the quantized 
     engine::Tensor x, labels;
     data::to_tensors(*again.next(), engine::Device::cpu, x, labels);
     for (size_t i = 0; i < blocks.size(); i++) {
-      if (blocks[i]->act_quant) {
-        const std::vector<double> m = tap_means(blocks[i]->act_quant->forward(x).to_vector(), x.size(0), x.size(1),
+      if (blocks[i]->quant.act) {
+        const std::vector<double> m = tap_means(blocks[i]->quant.act->forward(x).to_vector(), x.size(0), x.size(1),
                                                 x.size(2), x.size(3), blocks[i]->stride);
         sum[i].resize(m.size(), 0.0);
         for (size_t k = 0; k < m.size(); k++) sum[i][k] += m[k] / 2;  // two batches of 32
@@ -387,12 +387,13 @@ TEST_CASE("int8 cluster: input_means is what each weight reads of the quantized 
       x = blocks[i]->forward(x);
     }
   }
-  const std::vector<std::string> names = quant::layer_names(*q.model);
+  std::vector<std::string> names;
+  for (const models::QuantLayer& l : q.model->quant_layers()) names.push_back(l.name);
   size_t checked = 0, strided = 0;
   for (size_t i = 0; i < blocks.size(); i++) {
     CAPTURE(names[i]);
-    REQUIRE(means.count(names[i]) == (blocks[i]->act_quant ? 1u : 0u));
-    if (!blocks[i]->act_quant) continue;
+    REQUIRE(means.count(names[i]) == (blocks[i]->quant.act ? 1u : 0u));
+    if (!blocks[i]->quant.act) continue;
     const std::vector<float>& got = means.at(names[i]);
     REQUIRE(got.size() == sum[i].size());
     for (size_t k = 0; k < got.size(); k++) CHECK(got[k] == doctest::Approx(sum[i][k]).epsilon(1e-5));
@@ -419,7 +420,7 @@ TEST_CASE("int8 cluster: the bias correction is the rounding's mean error on the
     const QuantizedSmall q = cluster_small(3, 8, false);
     const deploy::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
     const layers::RepBlock& b = *q.model->blocks()[2];
-    cases.push_back({m.layers[2], b.weight_cluster->forward(b.rbr_reparam->weight).to_vector()});
+    cases.push_back({m.layers[2], b.quant.cluster->forward(b.rbr_reparam->weight).to_vector()});
   }
   for (int stride : {1, 2}) {
     deploy::Int8Layer l;

@@ -54,9 +54,9 @@ TEST_CASE("int8 export: codes, scales and int32 biases of each quantized layer, 
       const layers::RepBlock& b = *q.model->blocks()[i];
       REQUIRE(l.quantized);
       const std::vector<float> w = b.rbr_reparam->weight.to_vector(), bias = b.rbr_reparam->bias.to_vector();
-      const std::vector<float> s_w = b.weight_quant->step.to_vector();
+      const std::vector<float> s_w = b.quant.weight->step.to_vector();
       CHECK(l.weight_scale == s_w);
-      CHECK(l.input_scale == b.act_quant->step.to_vector()[0]);
+      CHECK(l.input_scale == b.quant.act->step.to_vector()[0]);
       CHECK(l.input_zero_point == 0);
       const size_t per_row = w.size() / l.out;
       for (size_t k = 0; k < w.size(); k++) {  // the code times the scale is the fake-quantized weight, exactly
@@ -97,7 +97,7 @@ TEST_CASE("int8 export: save and load give the same model; --quantize-first-last
   // A QAT-style signed input quantizer (z = 0, codes [-128, 127]) is the same function on [0, 255], z = 128.
   auto signed_act = std::make_shared<layers::Quantizer>(8, layers::Codes::signed_act);
   signed_act->set_step({0.03f});
-  q.model->blocks()[0]->set_quantizers(signed_act, q.model->blocks()[0]->weight_quant);
+  q.model->blocks()[0]->quant.set(signed_act, q.model->blocks()[0]->quant.weight);
   const deploy::Int8Model s = quant::export_int8(*q.model, "qat-repq-bn", "channel", {});
   CHECK(s.layers.front().input_zero_point == 128);
 }

@@ -237,10 +237,12 @@ TEST_CASE("./export --qdq --bits: a full-precision checkpoint quantized as ./ptq
   quant::attach_quantizers(*model, quant::quant_config(o, 0), quant::calibrate_source(s, *model, o, 16));
   std::ifstream json_in(dir / "ptq.json");
   const nlohmann::json layers = nlohmann::json::parse(json_in)["results"][0]["layers"];
-  const std::vector<std::string> names = quant::layer_names(*model);
+  const std::vector<models::QuantLayer> quant_layers = model->quant_layers();
+  std::vector<std::string> names;
+  for (const models::QuantLayer& l : quant_layers) names.push_back(l.name);
   REQUIRE(layers.size() == names.size());
   for (size_t i = 0; i < names.size(); i++) {
-    const auto& q = i < model->blocks().size() ? model->blocks()[i]->act_quant : model->fc_quantizers().first;
+    const auto& q = quant_layers[i].quant->act;
     INFO(names[i]);
     REQUIRE(q);
     CHECK(layers[i]["name"] == names[i]);

@@ -281,7 +281,8 @@ TEST_CASE("PTQ quantizers: FP32 is the model; weights on the B-bit grid; the aff
   model.switch_to_deploy();
   engine::NoGradGuard no_grad;
   const Tensor x = engine::rand_normal({4, 3, 16, 16}, 0.0f, 1.0f, rng);
-  const std::vector<std::string> names = layer_names(model);
+  std::vector<std::string> names;
+  for (const models::QuantLayer& l : model.quant_layers()) names.push_back(l.name);
   const size_t n = names.size();
   CHECK(n == model.blocks().size() + 1);
   CHECK(names.front() == "stage0");
@@ -313,22 +314,22 @@ TEST_CASE("PTQ quantizers: FP32 is the model; weights on the B-bit grid; the aff
     const std::vector<Range> ranges = attach_quantizers(model, c, cal);
     CHECK(ranges.front().hi == 0.0f);  // stage0 FP32
     CHECK(ranges[1].hi == cal.observers[1].max);
-    CHECK(!model.blocks().front()->act_quant);
-    CHECK(!model.blocks().front()->weight_quant);
+    CHECK(!model.blocks().front()->quant.act);
+    CHECK(!model.blocks().front()->quant.weight);
     for (size_t i = 1; i + 1 < n; i++) {
       const layers::RepBlock& b = *model.blocks()[i];
-      REQUIRE(b.weight_quant);
-      REQUIRE(b.act_quant);
+      REQUIRE(b.quant.weight);
+      REQUIRE(b.quant.act);
       std::set<float> distinct;
-      for (float v : b.weight_quant->forward(b.rbr_reparam->weight).to_vector()) distinct.insert(v);
+      for (float v : b.quant.weight->forward(b.rbr_reparam->weight).to_vector()) distinct.insert(v);
       CHECK((int)distinct.size() <= 2 * symmetric_qmax(bits) + 1);
       // the activation quantizer is ./ptq's affine one: (clamp(round(x/s) + z, 0, 2^B - 1) - z) s
       const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, bits);
-      CHECK(b.act_quant->step.to_vector()[0] == a.scale);
-      CHECK(b.act_quant->zero_point == a.zero_point);
-      CHECK(b.act_quant->q_max == asymmetric_qmax(bits));
+      CHECK(b.quant.act->step.to_vector()[0] == a.scale);
+      CHECK(b.quant.act->zero_point == a.zero_point);
+      CHECK(b.quant.act->q_max == asymmetric_qmax(bits));
       for (float v : {-0.3f, 0.0f, 0.37f, 5.0f, 1e3f})
-        CHECK(b.act_quant->forward(Tensor::full({1}, v)).item() == fake_quant_asymmetric(v, a));
+        CHECK(b.quant.act->forward(Tensor::full({1}, v)).item() == fake_quant_asymmetric(v, a));
     }
     (bits == 8 ? err8 : err4) = rel_error(model.forward(x).to_vector());
   }
@@ -338,13 +339,13 @@ TEST_CASE("PTQ quantizers: FP32 is the model; weights on the B-bit grid; the aff
   c.weight_bits = c.act_bits = 8;
   c.granularity = Granularity::channel;
   attach_quantizers(model, c, cal);
-  CHECK(model.blocks()[1]->weight_quant->step.numel() == 8);
+  CHECK(model.blocks()[1]->quant.weight->step.numel() == 8);
   CHECK(rel_error(model.forward(x).to_vector()) < err8);
   c.granularity = Granularity::layer;
   c.quantize_first_last = true;
   attach_quantizers(model, c, cal);
-  CHECK(model.blocks().front()->act_quant);
-  CHECK(model.blocks().front()->act_quant->zero_point > 0);  // stage0's input is signed
+  CHECK(model.blocks().front()->quant.act);
+  CHECK(model.blocks().front()->quant.act->zero_point > 0);  // stage0's input is signed
   remove_quantizers(model);
   CHECK(model.forward(x).to_vector() == ref);
 

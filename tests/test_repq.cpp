@@ -108,7 +108,7 @@ TEST_CASE("merged mode in blocks of 8 and 16: the NCHW output, gradients and run
       for (int blocked = 0; blocked < 2; blocked++) {
         blocks[blocked] = make_block(c.qa, c.in, c.out, c.stride, c.groups, 21);
         blocks[blocked]->switch_to_merged(fold);
-        blocks[blocked]->set_quantizers(std::make_shared<Quantizer>(4, Codes::unsigned_act),
+        blocks[blocked]->quant.set(std::make_shared<Quantizer>(4, Codes::unsigned_act),
                                         std::make_shared<Quantizer>(4, Codes::weight, c.out));
         if (!blocked) {
           BlockGuard plain(0);
@@ -142,7 +142,7 @@ TEST_CASE("merged mode in eval (running statistics) gives the deploy conv's outp
   for (bool qa : {false, true}) {
     auto merged = make_block(qa, 8, 8, 1, 2, 5);
     merged->switch_to_merged(BnFold::batch);
-    merged->set_quantizers(std::make_shared<Quantizer>(4, Codes::unsigned_act), std::make_shared<Quantizer>(4, Codes::weight, 8));
+    merged->quant.set(std::make_shared<Quantizer>(4, Codes::unsigned_act), std::make_shared<Quantizer>(4, Codes::weight, 8));
     Rng rng(6);
     Tensor x = rand_uniform({2, 8, 6, 6}, 0, 2, rng);
     merged->forward(x);  // training: the quantizers initialize, the running statistics move
@@ -151,7 +151,7 @@ TEST_CASE("merged mode in eval (running statistics) gives the deploy conv's outp
     const Tensor y = merged->forward(x);
     merged->switch_to_deploy();
     CHECK(merged->mode() == BlockMode::deploy);
-    REQUIRE(merged->act_quant);
+    REQUIRE(merged->quant.act);
     check_close(merged->forward(x).to_vector(), y.to_vector(), 1e-5, 1e-6, qa ? "QARepVGG" : "RepVGG");
   }
 }

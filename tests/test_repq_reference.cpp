@@ -24,18 +24,18 @@ static void check_repq_reference(const std::string& file, BnFold fold, int64_t w
   Rng rng(1);
   RepVGGBlock block(8, 8, 1, 1, rng);
   block.switch_to_merged(fold);
-  block.set_quantizers(std::make_shared<Quantizer>(4, Codes::unsigned_act),
+  block.quant.set(std::make_shared<Quantizer>(4, Codes::unsigned_act),
                        std::make_shared<Quantizer>(4, Codes::weight, weight_channels));
   load_state_dict(block, f, "param.", path);
-  REQUIRE_FALSE(block.act_quant->initialized());
-  REQUIRE_FALSE(block.weight_quant->initialized());
+  REQUIRE_FALSE(block.quant.act->initialized());
+  REQUIRE_FALSE(block.quant.weight->initialized());
 
   block.train();
   Tensor x = ref_tensor(f, "input");
   x.requires_grad_(true);
   Tensor out = block.forward(x);
-  check_ref(block.act_quant->step, f, "init.act_quant.step", kTol);
-  check_ref(block.weight_quant->step, f, "init.weight_quant.step", kTol);
+  check_ref(block.quant.act->step, f, "init.act_quant.step", kTol);
+  check_ref(block.quant.weight->step, f, "init.weight_quant.step", kTol);
   Tensor loss = sum_all(mul(out, ref_tensor(f, "loss_w")));
   loss.backward();
   check_ref(out, f, "out_train", kTol);
