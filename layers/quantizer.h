@@ -11,7 +11,7 @@
 // same function as lsq_reference below, LSQ as the paper writes it in composed ops (tests/test_quantize.cpp
 // checks one against the other).
 //
-// Codes: weights signed and restricted, [−(2^(B−1) − 1), 2^(B−1) − 1] as ./ptq's (quant/quantizers.h);
+// Codes: weights signed and restricted, [−(2^(B−1) − 1), 2^(B−1) − 1] as ./ptq's (quant/ptq_grid.h);
 // activations unsigned [0, 2^B − 1] after a ReLU, signed [−2^(B−1), 2^(B−1) − 1] where the input can be
 // negative (the network's image input). z is 0 in QAT; ./ptq's asymmetric activation ranges set it.
 //

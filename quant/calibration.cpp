@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "quant/quantizers.h"
+#include "quant/ptq_grid.h"
 
 namespace quant {
 

@@ -1,6 +1,6 @@
 // Activation-range calibration for PTQ: an observer records what a quantized layer's input looks like on
 // the calibration batches, and one of three rules turns that into the range [lo, hi] of its asymmetric
-// quantizer (quant/quantizers.h):
+// quantizer (quant/ptq_grid.h):
 //   minmax      lo = min x, hi = max x over every calibration activation (the default)
 //   percentile  lo = P_0.01(x), hi = P_99.99(x)  (the outer 0.01% on each side clipped)
 //   mse         the range α·[min, max], α ∈ {1/G, 2/G, ..., 1} (G = 100), that minimizes the quantization

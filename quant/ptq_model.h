@@ -4,7 +4,7 @@
 //     block:  y = ReLU(conv(Q_a(x), Q_w(W), b))           W, b: the block's rbr_reparam (3x3 conv, bias)
 //     head:   logits = linear(Q_a(gap(y)), Q_w(W_fc), b_fc)
 //
-// Q_w is symmetric with s = max|w| / (2^(B-1) - 1) per layer or per output channel (quant/quantizers.h);
+// Q_w is symmetric with s = max|w| / (2^(B-1) - 1) per layer or per output channel (quant/ptq_grid.h);
 // Q_a is asymmetric per layer: codes [0, 2^B - 1], s and z from the range calibrated on the FP32 model's
 // activations (quant/calibration.h). The first conv (stage0) and the last FC keep FP32 weights and inputs
 // unless quantize_first_last. A quantized layer's bias is what integer hardware holds, int32 codes of step
@@ -18,7 +18,7 @@
 #include "datasets/loader.h"
 #include "models/repvgg.h"
 #include "quant/calibration.h"
-#include "quant/quantizers.h"
+#include "quant/ptq_grid.h"
 
 namespace quant {
 

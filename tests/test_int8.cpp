@@ -17,7 +17,7 @@
 #include "deploy/int8_model.h"
 #include "deploy/integer_model.h"
 #include "quant/deploy_export.h"
-#include "quant/quantizers.h"
+#include "quant/ptq_grid.h"
 #include "tests/int8_testing.h"
 #include "tests/testing.h"
 

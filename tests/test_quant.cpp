@@ -8,19 +8,24 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "engine/scalar_math.h"
+#include "layers/quantizer.h"
 #include "layers/reparam.h"
 #include "layers/repvgg_block.h"
 #include "models/repvgg.h"
 #include "quant/calibration.h"
 #include "quant/inspect.h"
+#include "quant/ptq_grid.h"
 #include "quant/ptq_model.h"
-#include "quant/quantizers.h"
 #include "tests/testing.h"
 
 using namespace quant;
 using engine::Rng;
 using engine::Shape;
 using engine::Tensor;
+
+// The codes of every quantizer: round half to even, as torch.round
+static float round_half_even(float x) { return engine::fake_quant_code(x, 1.0f, 0.0f, -128.0f, 127.0f); }
 
 TEST_CASE("rounding: half to even, as torch.round") {
   CHECK(round_half_even(0.5f) == 0.0f);
@@ -97,7 +102,16 @@ TEST_CASE("asymmetric quantizer: s and z as defined, 0.0 exact, B-bit codes only
   CHECK_THROWS_WITH_AS(asymmetric_params(1, -1, 8), doctest::Contains("bad activation range"), std::runtime_error);
 }
 
-TEST_CASE("fake_quant_weight: per layer and per output channel, against the scalar quantizer") {
+// What ./ptq puts on a weight: a uniform weight quantizer (layers/quantizer.h) at the steps of weight_scales.
+static Tensor ptq_weight(const Tensor& w, int bits, Granularity g) {
+  const std::vector<float> scales = weight_scales(w, bits, g);
+  layers::Quantizer q(bits, layers::Codes::weight, (int64_t)scales.size());
+  q.set_step(scales);
+  q.eval();
+  return q.forward(w);
+}
+
+TEST_CASE("PTQ weights: per layer and per output channel, against the scalar quantizer") {
   Rng rng(3);
   Tensor w = engine::rand_normal({6, 4, 3, 3}, 0.0f, 0.2f, rng);
   float* pw = w.f32();
@@ -108,8 +122,8 @@ TEST_CASE("fake_quant_weight: per layer and per output channel, against the scal
     CAPTURE(bits);
     float max_all = 0;
     for (float x : v) max_all = std::max(max_all, std::fabs(x));
-    const std::vector<float> layer = fake_quant_weight(w, bits, Granularity::layer).to_vector();
-    const std::vector<float> channel = fake_quant_weight(w, bits, Granularity::channel).to_vector();
+    const std::vector<float> layer = ptq_weight(w, bits, Granularity::layer).to_vector();
+    const std::vector<float> channel = ptq_weight(w, bits, Granularity::channel).to_vector();
     CHECK(weight_scales(w, bits, Granularity::layer) == std::vector<float>{symmetric_scale(max_all, bits)});
     const std::vector<float> scales = weight_scales(w, bits, Granularity::channel);
     REQUIRE(scales.size() == 6);
@@ -139,14 +153,18 @@ TEST_CASE("fake_quant_weight: per layer and per output channel, against the scal
   CHECK_THROWS_WITH_AS(parse_granularity("tensor"), doctest::Contains("'tensor' is not one of layer, channel"), std::runtime_error);
 }
 
-TEST_CASE("fake_quant_activation (engine ops) equals the scalar quantizer element for element") {
+TEST_CASE("PTQ activations: the affine quantizer module equals the scalar quantizer element for element") {
   Rng rng(4);
   Tensor x = engine::rand_normal({3, 5, 7, 7}, 0.5f, 2.0f, rng);
   float* px = x.f32();
   for (int i = 0; i < x.numel(); i += 11) px[i] = 0.0f;  // ReLU zeros
   for (int bits : {2, 4, 8}) {
     const AffineQuant p = asymmetric_params(-1.0f, 3.0f, bits);  // values beyond both ends clamp
-    const std::vector<float> got = fake_quant_activation(x, p).to_vector(), v = x.to_vector();
+    layers::Quantizer q(bits, layers::Codes::unsigned_act);  // as quant::attach_quantizers sets it up
+    q.set_step({p.scale});
+    q.zero_point = p.zero_point;
+    q.eval();
+    const std::vector<float> got = q.forward(x).to_vector(), v = x.to_vector();
     size_t mismatches = 0;
     for (size_t i = 0; i < v.size(); i++) mismatches += got[i] != fake_quant_asymmetric(v[i], p);
     CHECK(mismatches == 0);

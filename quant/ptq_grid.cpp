@@ -1,21 +1,15 @@
-#include "quant/quantizers.h"
-
-#include "engine/scalar_math.h"
+#include "quant/ptq_grid.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "engine/ops.h"
+#include "engine/scalar_math.h"
 
 namespace quant {
-
-using engine::Shape;
 
 static void check_bits(int bits) {
   ENGINE_CHECK(bits >= 2 && bits <= 16, "bit width " + std::to_string(bits) + " is outside 2..16");
 }
-
-float round_half_even(float x) { return std::nearbyint(x); }
 
 int symmetric_qmax(int bits) {
   check_bits(bits);
@@ -54,7 +48,7 @@ AffineQuant asymmetric_params(float lo, float hi, int bits) {
   p.bits = bits;
   if (hi == lo) return p;  // both 0: s = 1, z = 0
   p.scale = (hi - lo) / (float)qmax;
-  p.zero_point = (int)std::clamp(round_half_even(-lo / p.scale), 0.0f, (float)qmax);
+  p.zero_point = (int)std::clamp(std::nearbyint(-lo / p.scale), 0.0f, (float)qmax);
   return p;
 }
 
@@ -85,22 +79,6 @@ std::vector<float> weight_scales(const Tensor& w, int bits, Granularity g) {
     scales[r] = symmetric_scale(max_abs, bits);
   }
   return scales;
-}
-
-Tensor fake_quant_weight(const Tensor& w, int bits, Granularity g) {
-  const std::vector<float> scales = weight_scales(w, bits, g);
-  std::vector<float> v = w.to_vector();
-  const int64_t per_row = (int64_t)v.size() / (int64_t)scales.size();
-  for (size_t i = 0; i < v.size(); i++) v[i] = fake_quant_symmetric(v[i], scales[i / per_row], bits);
-  return Tensor::from_vector(v, w.shape()).to(w.device());
-}
-
-Tensor fake_quant_activation(const Tensor& x, const AffineQuant& p) {
-  const float z = (float)p.zero_point, qmax = (float)asymmetric_qmax(p.bits);
-  const Tensor s = Tensor::full(Shape{1}, p.scale, x.device());
-  // q = clamp(round(x / s) + z, 0, 2^B - 1);  x̂ = (q - z) · s
-  Tensor q = engine::clamp(engine::add_scalar(engine::round_ste(engine::div(x, s)), z), 0.0f, qmax);
-  return engine::mul_scalar(engine::add_scalar(q, -z), p.scale);
 }
 
 }  // namespace quant

@@ -1,6 +1,7 @@
-// Uniform quantizers for post-training quantization, as the OABN paper's Sec. 4.1 uses them: weights
-// symmetric, activations asymmetric (affine), both with B-bit integer codes. Each quantizer is a scalar
-// function (the reference) and a tensor version built on it or on engine ops.
+// The grids of post-training quantization, as the OABN paper's Sec. 4.1 uses them: weights symmetric,
+// activations asymmetric (affine), both with B-bit integer codes. PTQ (quant/ptq_model.h) puts the model's
+// quantizer modules (layers/quantizer.h) on these grids; the scalar functions below are its reference, each
+// the one fake quantizer of engine/scalar_math.h with this scheme's codes.
 //
 // Rounding is round half to even everywhere (std::nearbyint in the default rounding mode, as torch.round
 // and engine::round_ste): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -2.5 -> -2.
@@ -9,7 +10,6 @@
 // most PTQ papers and TensorRT do: it is symmetric about 0, so w and -w get opposite codes and ±max|w| both
 // map onto the grid; the code -2^(B-1) is never produced.
 //
-// Quantization is simulated (fake quantization): x̂ = dequantize(quantize(x)) in float32.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,8 +20,6 @@
 namespace quant {
 
 using engine::Tensor;
-
-float round_half_even(float x);  // std::nearbyint (round to nearest, ties to even)
 
 // --- symmetric (weights) -----------------------------------------------------------------------------
 int symmetric_qmax(int bits);                              // 2^(B-1) - 1
@@ -53,14 +51,8 @@ enum class Granularity { layer, channel };  // one scale per tensor, or per outp
 Granularity parse_granularity(const std::string& s);  // "layer" | "channel"; throws otherwise
 const char* granularity_name(Granularity g);
 
-// w [O, ...] -> ŵ, same shape and device: symmetric fake quantization with s from max|w| of the whole
-// tensor (layer) or of each w[o] (channel). Computed on the host with the scalar functions above.
-Tensor fake_quant_weight(const Tensor& w, int bits, Granularity g);
-// The scales fake_quant_weight uses: one (layer) or O (channel).
+// w [O, ...] -> the steps s = max|w| / (2^(B-1) - 1) of the whole tensor (layer: one) or of each w[o]
+// (channel: O).
 std::vector<float> weight_scales(const Tensor& w, int bits, Granularity g);
-
-// x, any shape and device -> x̂: the asymmetric fake quantization above, with engine ops
-// (div, round_ste, add_scalar, clamp, mul_scalar), so it runs where x is.
-Tensor fake_quant_activation(const Tensor& x, const AffineQuant& p);
 
 }  // namespace quant
