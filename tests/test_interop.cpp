@@ -5,7 +5,7 @@
 #include "datasets/cifar10.h"
 #include "datasets/image_folder.h"
 #include "engine/safetensors.h"
-#include "interop/export.h"
+#include "quant/export.h"
 #include "interop/protobuf.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
@@ -61,7 +61,7 @@ TEST_CASE("protobuf writer: the encoding guide's examples and bytes that Python'
 static void check_export(models::RepVGG& model, const layers::Metadata& metadata, const Tensor& x) {
   TempDir dir;
   layers::save_checkpoint(dir / "ckpt.safetensors", model, metadata);
-  REQUIRE(interop::run_export({"--ckpt", dir / "ckpt.safetensors", "--onnx", dir / "model.onnx"}) == 0);
+  REQUIRE(quant::run_export({"--ckpt", dir / "ckpt.safetensors", "--onnx", dir / "model.onnx"}) == 0);
   model.switch_to_deploy();
   model.eval();
   st::File io;
@@ -100,9 +100,9 @@ TEST_CASE("./export: repvgg-a0 at 224 in ONNX matches ours on imagenette images"
 }
 
 TEST_CASE("./export: bad options name the option") {
-  CHECK_THROWS_WITH(interop::run_export({"--ckpt", "x.safetensors"}), doctest::Contains("--onnx FILE is required"));
-  CHECK_THROWS_WITH(interop::run_export({"--onnx"}), doctest::Contains("option --onnx needs a value"));
-  CHECK_THROWS_WITH(interop::run_export({"--frobnicate"}), doctest::Contains("unknown option '--frobnicate'"));
-  CHECK_THROWS_WITH(interop::run_export({"--ckpt", "/nonexistent.safetensors", "--onnx", "x.onnx"}),
+  CHECK_THROWS_WITH(quant::run_export({"--ckpt", "x.safetensors"}), doctest::Contains("--onnx FILE is required"));
+  CHECK_THROWS_WITH(quant::run_export({"--onnx"}), doctest::Contains("option --onnx needs a value"));
+  CHECK_THROWS_WITH(quant::run_export({"--frobnicate"}), doctest::Contains("unknown option '--frobnicate'"));
+  CHECK_THROWS_WITH(quant::run_export({"--ckpt", "/nonexistent.safetensors", "--onnx", "x.onnx"}),
                     doctest::Contains("checkpoint /nonexistent.safetensors does not exist"));
 }

@@ -12,7 +12,7 @@
 #include "datasets/cifar10.h"
 #include "engine/autograd.h"
 #include "engine/safetensors.h"
-#include "interop/export.h"
+#include "quant/export.h"
 #include "interop/onnx.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
@@ -201,7 +201,7 @@ TEST_CASE("./export --qdq: a QAT checkpoint exports as the model it was saved fr
   layers::Metadata md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
   md.merge(models::qat_metadata(qat));
   layers::save_checkpoint(dir / "ckpt.safetensors", model, md);
-  REQUIRE(interop::run_export({"--ckpt", dir / "ckpt.safetensors", "--onnx", dir / "model.onnx", "--qdq"}) == 0);
+  REQUIRE(quant::run_export({"--ckpt", dir / "ckpt.safetensors", "--onnx", dir / "model.onnx", "--qdq"}) == 0);
   model.switch_to_deploy();
   interop::OnnxOptions opt;
   opt.qdq = true;
@@ -228,7 +228,7 @@ TEST_CASE("./export --qdq --bits: a full-precision checkpoint quantized as ./ptq
   for (const char* a : {"--qdq", "--onnx"}) exp.push_back(a);
   exp.push_back(dir / "model.onnx");
   REQUIRE(quant::run_ptq(ptq) == 0);
-  REQUIRE(interop::run_export(exp) == 0);
+  REQUIRE(quant::run_export(exp) == 0);
 
   const quant::PtqOptions o = quant::parse_ptq_options(quant);
   quant::Source s = quant::resolve_source(o.source);
@@ -273,7 +273,7 @@ TEST_CASE("./export --qdq --bits: options that do not make one quantized model, 
   auto run = [&](const std::string& ckpt, std::vector<std::string> more) {
     std::vector<std::string> args = {"--ckpt", dir / ckpt, "--onnx", dir / "m.onnx"};
     args.insert(args.end(), more.begin(), more.end());
-    return interop::run_export(args);
+    return quant::run_export(args);
   };
   CHECK_THROWS_WITH(run("fp.safetensors", {"--bits", "8"}), doctest::Contains("option --bits quantizes the model: it needs --qdq"));
   CHECK_THROWS_WITH(run("fp.safetensors", {"--qdq", "--bits", "8,4"}),
@@ -296,7 +296,7 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider tha
   models::RepVGG fp(models::arch_config("repvgg-cifar"), rng);
   layers::save_checkpoint(dir / "fp.safetensors", fp, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
   const std::string no_quantizers = "--qdq: " + (dir / "fp.safetensors") + " has no quantizers";
-  CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "fp.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
+  CHECK_THROWS_WITH(quant::run_export({"--ckpt", dir / "fp.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains(no_quantizers.c_str()));
 
   const models::QatConfig wide = {models::QatMethod::repq_bn, 16, 8, false, false, layers::StepInit::min_error};
@@ -307,7 +307,7 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider tha
   layers::Metadata md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
   md.merge(models::qat_metadata(wide));
   layers::save_checkpoint(dir / "wide.safetensors", qat, md);
-  CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "wide.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
+  CHECK_THROWS_WITH(quant::run_export({"--ckpt", dir / "wide.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains("stage1.0.weight_quant has 16-bit codes; opset 13's QuantizeLinear holds 8 at most"));
 
   const models::QatConfig fresh = {models::QatMethod::repq_bn, 8, 8, false, false, layers::StepInit::min_error};
@@ -316,7 +316,7 @@ TEST_CASE("./export --qdq: a checkpoint without quantizers, with codes wider tha
   md = {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}};
   md.merge(models::qat_metadata(fresh));
   layers::save_checkpoint(dir / "unset.safetensors", unset, md);
-  CHECK_THROWS_WITH(interop::run_export({"--ckpt", dir / "unset.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
+  CHECK_THROWS_WITH(quant::run_export({"--ckpt", dir / "unset.safetensors", "--onnx", dir / "m.onnx", "--qdq"}),
                     doctest::Contains("stage1.0.act_quant's step was never set"));
   CHECK_FALSE(std::filesystem::exists(dir / "m.onnx"));
 }

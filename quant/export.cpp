@@ -1,4 +1,4 @@
-#include "interop/export.h"
+#include "quant/export.h"
 
 #include <fmt/format.h>
 
@@ -8,7 +8,10 @@
 #include "interop/onnx.h"
 #include "quant/ptq.h"
 
-namespace interop {
+namespace quant {
+
+using interop::OnnxOptions;
+using interop::repvgg_to_onnx;
 
 static const char* const kHelp =
     "usage: ./export [--ckpt FILE] --onnx OUT.onnx [--qdq [--bits B ...]] [options]\n"
@@ -22,7 +25,7 @@ static const char* const kHelp =
     "                         bit width, 2..8), calibrated on its training images (--data)\n";
 
 // The quantization options of ./ptq that name one model: one bit width of at most 8 (QuantizeLinear's codes).
-static void check_one_model(const quant::PtqOptions& o) {
+static void check_one_model(const PtqOptions& o) {
   for (const auto& [name, v] : {std::pair{"--bits", &o.bits}, std::pair{"--act-bits", &o.act_bits}}) {
     if (v->size() > 1)
       throw std::runtime_error(fmt::format("option {}: ./export writes one model, give one bit width (got {})", name, v->size()));
@@ -32,15 +35,15 @@ static void check_one_model(const quant::PtqOptions& o) {
 }
 
 int run_export(const std::vector<std::string>& args) {
-  quant::PtqOptions q;  // its source options, and the quantization options for a full-precision checkpoint
+  PtqOptions q;  // its source options, and the quantization options for a full-precision checkpoint
   std::string out;
   bool qdq = false;
   for (size_t i = 0; i < args.size();) {
     if (args[i] == "--help" || args[i] == "-h") {
-      std::printf("%s%s%s", kHelp, quant::kQuantHelp, quant::kSourceHelp);
+      std::printf("%s%s%s", kHelp, kQuantHelp, kSourceHelp);
       return 0;
     }
-    if (quant::parse_source_option(args, i, q.source) || quant::parse_quant_option(args, i, q)) continue;
+    if (parse_source_option(args, i, q.source) || parse_quant_option(args, i, q)) continue;
     if (args[i] == "--onnx") {
       if (i + 1 >= args.size()) throw std::runtime_error("option --onnx needs a value (the .onnx file to write)");
       out = args[i + 1];
@@ -57,12 +60,12 @@ int run_export(const std::vector<std::string>& args) {
   if (out.empty()) throw std::runtime_error("--onnx FILE is required: where to write the model");
   if (!q.first_quant_option.empty() && !qdq)
     throw std::runtime_error(fmt::format("option {} quantizes the model: it needs --qdq", q.first_quant_option));
-  quant::check_quant_options(q);
+  check_quant_options(q);
   check_one_model(q);
 
-  quant::Source s = quant::resolve_source(q.source);
-  std::printf("export: %s\n", quant::describe(s).c_str());
-  auto model = quant::load_model(s);
+  Source s = resolve_source(q.source);
+  std::printf("export: %s\n", describe(s).c_str());
+  auto model = load_model(s);
   const bool qat = model->qat() && !model->qat()->traits().full_precision;  // bnest trains in full precision
   if (qdq && qat && !q.first_quant_option.empty())
     throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}), exported at its learned quantizers; the "
@@ -77,17 +80,17 @@ int run_export(const std::vector<std::string>& args) {
                                          s.ckpt));
   model->switch_to_deploy();  // no-op for a deploy-form file; a QAT checkpoint's quantizers stay
   if (qdq && !qat) {
-    const int batch = q.source.batch_size > 0 ? q.source.batch_size : quant::kPtqBatch;
-    quant::Calibration cal;
+    const int batch = q.source.batch_size > 0 ? q.source.batch_size : kPtqBatch;
+    Calibration cal;
     try {
-      cal = quant::calibrate_source(s, *model, q, batch);
+      cal = calibrate_source(s, *model, q, batch);
     } catch (const std::exception& e) {
       throw std::runtime_error(fmt::format("--bits calibrates on the training images, as ./ptq does (--data DIR): {}", e.what()));
     }
-    const quant::QuantConfig c = quant::quant_config(q, 0);
-    quant::attach_quantizers(*model, c, cal);
+    const QuantConfig c = quant_config(q, 0);
+    attach_quantizers(*model, c, cal);
     std::printf("export: W%d/A%d per %s, %s calibration on %zu training images (%d batches), stage0 and the FC %s\n", c.weight_bits,
-                c.act_bits, quant::granularity_name(c.granularity), quant::calib_name(c.calib), cal.images, cal.batches,
+                c.act_bits, granularity_name(c.granularity), calib_name(c.calib), cal.images, cal.batches,
                 c.quantize_first_last ? "quantized" : "FP32");
   }
 
@@ -103,4 +106,4 @@ int run_export(const std::vector<std::string>& args) {
   return 0;
 }
 
-}  // namespace interop
+}  // namespace quant
