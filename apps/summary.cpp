@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "models/repvgg.h"
+#include "models/arch.h"
 
 static void print_row(const std::string& name) {
   const models::ArchConfig a = models::arch_config(name);
