@@ -155,6 +155,12 @@ struct BnSum {
                              float smoothing, float* loss_rows, float* probs);                      \
   void cross_entropy_backward(int64_t n, int64_t k, const float* probs, const int32_t* labels,       \
                               float smoothing, float gscale, float* glogits);                       \
+  /* distillation: kl[n] per row T² KL(softmax(teacher/T) || softmax(student/T)), both softmaxes kept   \
+     for the backward; gstudent = gscale (p_student - p_teacher) */                                  \
+  void distill_kl_forward(int64_t n, int64_t k, const float* student, const float* teacher, float temperature, \
+                          float* kl_rows, float* p_student, float* p_teacher);                     \
+  void distill_kl_backward(int64_t total, const float* p_student, const float* p_teacher, float gscale, \
+                           float* gstudent);                                                        \
   /* one SGD step of n parameters (optim.h): d = g + wd p; with momentum (buf not null)              \
      buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d */    \
   void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float wd,  \

@@ -1,4 +1,4 @@
-// Softmax cross-entropy with label smoothing (forward and backward), and top-k hit counts.
+// Softmax cross-entropy with label smoothing and the distillation loss (forward and backward), and top-k hit counts.
 // Kernels: engine/cpu/loss.cpp.
 #include <cmath>
 
@@ -48,6 +48,31 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
     DISPATCH(logits.device(), cross_entropy_backward, n, k, probs.f32(), labels.data<int32_t>(), label_smoothing,
              gout.item() / (float)n, g.f32());
     accumulate_grad(logits, g);
+  });
+  return loss;
+}
+
+Tensor distillation_loss(const Tensor& student, const Tensor& teacher, float temperature) {
+  ENGINE_CHECK(student.defined() && student.dim() == 2 && student.dtype() == DType::f32 && student.size(0) > 0 &&
+                   student.size(1) > 0,
+               "expects student logits f32 [N, K], got " + student.str());
+  ENGINE_CHECK(teacher.defined() && teacher.shape() == student.shape() && teacher.dtype() == DType::f32 &&
+                   teacher.device() == student.device(),
+               "teacher logits " + teacher.str() + " for student logits " + student.str());
+  ENGINE_CHECK(std::isfinite(temperature) && temperature > 0, "temperature " + std::to_string(temperature) + ", expected > 0");
+  const int64_t n = student.size(0), k = student.size(1);
+  Tensor rows = Tensor::empty({n}, DType::f32, student.device());
+  Tensor p_student = Tensor::empty({n, k}, DType::f32, student.device());
+  Tensor p_teacher = Tensor::empty({n, k}, DType::f32, student.device());
+  DISPATCH(student.device(), distill_kl_forward, n, k, student.f32(), teacher.f32(), temperature, rows.f32(),
+           p_student.f32(), p_teacher.f32());
+  Tensor loss = mean_all(rows);
+  record(loss, "distillation_loss", {student}, [p_student, p_teacher, temperature](const Tensor& out, const Tensor& gout) {
+    const Tensor& student = out.grad_fn()->inputs[0];
+    Tensor g = Tensor::empty(student.shape(), DType::f32, student.device());
+    DISPATCH(student.device(), distill_kl_backward, student.numel(), p_student.f32(), p_teacher.f32(),
+             gout.item() * temperature / (float)student.size(0), g.f32());
+    accumulate_grad(student, g);
   });
   return loss;
 }

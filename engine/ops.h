@@ -148,6 +148,12 @@ Tensor channel_var(const Tensor& x, const Tensor& mean);
 // logits [N, K], labels i32 [N] -> [] mean softmax cross-entropy, with optional label smoothing ε:
 // target = (1 - ε) onehot + ε / K (as torch.nn.functional.cross_entropy(label_smoothing=ε)).
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+// Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", Sec. 2):
+// student, teacher [N, K] -> [] the soft-target loss
+//     T² · (1/N) Σ_i KL(softmax(teacher_i / T) ‖ softmax(student_i / T))
+// (T² keeps its gradient's scale as T changes: d / d student = T (p_s − p_t) / N). The teacher is a target:
+// no gradient flows to it. T > 0.
+Tensor distillation_loss(const Tensor& student, const Tensor& teacher, float temperature);
 // Number of rows whose label is among the k largest logits (not differentiable).
 int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k);
 

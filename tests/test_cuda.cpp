@@ -187,6 +187,12 @@ OpCase ce_case(int64_t n, int64_t k, float smoothing) {
           [=](const Inputs& in) { return cross_entropy(in[0], in[1], smoothing); }, 1e-5, 1e-5};
 }
 
+OpCase distill_case(int64_t n, int64_t k, float temperature) {
+  return {"distillation_loss " + std::to_string(n) + "x" + std::to_string(k) + " T " + std::to_string(temperature),
+          [=](Rng& r) { return Inputs{rand_grad({n, k}, -4, 4, r), rand_uniform({n, k}, -4, 4, r)}; },
+          [=](const Inputs& in) { return distillation_loss(in[0], in[1], temperature); }, 1e-5, 1e-5};
+}
+
 }  // namespace
 
 // --- everywhere: what the build and the machine have ------------------------------------------------------
@@ -391,7 +397,8 @@ TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu) match the CPU" 
 }
 
 TEST_CASE("cuda: cross_entropy and topk_correct match the CPU" * gpu_or_skip("cross_entropy")) {
-  run_cases({ce_case(8, 10, 0.f), ce_case(8, 10, 0.1f), ce_case(3, 1000, 0.f), ce_case(37, 5, 0.2f)});
+  run_cases({ce_case(8, 10, 0.f), ce_case(8, 10, 0.1f), ce_case(3, 1000, 0.f), ce_case(37, 5, 0.2f), distill_case(8, 10, 4.f),
+             distill_case(3, 1000, 1.f)});
   Rng rng(5);
   Tensor logits = rand_uniform({50, 10}, -3, 3, rng), labels = labels_for(50, 10, rng);
   for (int k : {1, 5})

@@ -149,3 +149,62 @@ TEST_CASE("topk_correct counts a label among the k largest logits, ties in the l
   CHECK(topk_correct(logits, labels, 6) == 6);  // every row but the NaN one
   CHECK(topk_correct(Tensor::from_vector({2.f, 1.f, 1.f, 2.f}, {2, 2}), labels_of({0, 0}), 1) == 1);
 }
+
+// T² · (1/N) Σ_i Σ_j p_t (log p_t − log p_s), p = softmax(logits / T), in double; and d / d student.
+static RefCe ref_distillation(const Tensor& student, const Tensor& teacher, double t) {
+  const int64_t n = student.size(0), k = student.size(1);
+  auto log_softmax = [&](const float* row) {
+    std::vector<double> z(k);
+    double top = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < k; j++) top = std::max(top, row[j] / t);
+    for (int64_t j = 0; j < k; j++) sum += std::exp(row[j] / t - top);
+    for (int64_t j = 0; j < k; j++) z[j] = row[j] / t - top - std::log(sum);
+    return z;
+  };
+  RefCe r{0, std::vector<double>(n * k)};
+  for (int64_t i = 0; i < n; i++) {
+    const std::vector<double> ls = log_softmax(student.f32() + i * k), lt = log_softmax(teacher.f32() + i * k);
+    for (int64_t j = 0; j < k; j++) {
+      r.loss += t * t * std::exp(lt[j]) * (lt[j] - ls[j]) / n;
+      r.glogits[i * k + j] = t * (std::exp(ls[j]) - std::exp(lt[j])) / n;
+    }
+  }
+  return r;
+}
+
+TEST_CASE("distillation_loss against a double KL of softened softmaxes, forward and backward; the teacher gets none") {
+  Rng rng(23);
+  for (auto [n, k, t] : std::vector<std::tuple<int64_t, int64_t, float>>{{4, 10, 1}, {7, 3, 4}, {3, 1000, 2}, {33, 1100, 8}}) {
+    INFO("N " << n << " K " << k << " T " << t);
+    Tensor student = rand_uniform({n, k}, -6, 6, rng).requires_grad_();
+    Tensor teacher = rand_uniform({n, k}, -6, 6, rng).requires_grad_();
+    const RefCe r = ref_distillation(student, teacher, t);
+    Tensor loss = distillation_loss(student, teacher, t);
+    CHECK(loss.shape() == Shape{});
+    check_close(loss.to_vector(), std::vector<double>{r.loss}, 1e-5, 1e-6, "loss");
+    mul_scalar(loss, 1.5f).backward();
+    std::vector<double> g = r.glogits;
+    for (double& v : g) v *= 1.5;
+    check_close(student.grad().to_vector(), g, 1e-5, 1e-7, "gstudent");
+    CHECK_FALSE(teacher.grad().defined());
+  }
+  // the same logits: no loss, no gradient
+  Tensor same = rand_uniform({5, 7}, -3, 3, rng).requires_grad_();
+  Tensor zero = distillation_loss(same, same.detach(), 3);
+  CHECK(std::fabs(zero.item()) < 1e-6f);
+}
+
+TEST_CASE("distillation_loss gradient check, and bad shapes or temperatures named") {
+  Rng rng(24);
+  testing_util::GradCheck opt;
+  opt.tolerance = 1e-4;
+  for (float t : {1.f, 3.f}) {
+    const Tensor teacher = rand_uniform({3, 5}, -2, 2, rng);
+    INFO("T " << t);
+    check_gradients([&](auto& in) { return distillation_loss(in[0], teacher, t); }, {rand_uniform({3, 5}, -2, 2, rng)}, opt);
+  }
+  const Tensor a = rand_uniform({2, 5}, -1, 1, rng), b = rand_uniform({2, 4}, -1, 1, rng);
+  CHECK_THROWS_WITH(distillation_loss(a, b, 2), doctest::Contains("teacher logits f32[2, 4]"));
+  CHECK_THROWS_WITH(distillation_loss(a, a, 0), doctest::Contains("temperature 0.000000, expected > 0"));
+  CHECK_THROWS_WITH(distillation_loss(a, a, NAN), doctest::Contains("expected > 0"));
+}

@@ -3,6 +3,7 @@
 // and per-element math is in engine/scalar_math.h, shared with engine/cuda/loss.cu.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "engine/kernels.h"
 #include "engine/scalar_math.h"
@@ -42,6 +43,41 @@ void cross_entropy_backward(int64_t n, int64_t k, const float* probs, const int3
 #pragma omp simd
     for (int64_t j = 0; j < k; j++) g[j] = ce_grad(p[j], j == y, smoothing, k, gscale);
   }
+}
+
+// z = logits / T, shifted by its max; p = softmax(z), written; returns log Σ exp z (the row's log-sum-exp).
+static double softmax_row(const float* logits, int64_t k, float temperature, float* z, float* p) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j < k; j++) top = std::max(top, logits[j] / temperature);
+  double sum = 0;
+  for (int64_t j = 0; j < k; j++) {
+    z[j] = logits[j] / temperature - top;
+    p[j] = std::exp(z[j]);
+    sum += p[j];
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int64_t j = 0; j < k; j++) p[j] *= inv;
+  return std::log(sum);
+}
+
+// kl_rows[i] = T² Σ_j p_t[j] (log p_t[j] − log p_s[j]), log p = z − lse
+void distill_kl_forward(int64_t n, int64_t k, const float* student, const float* teacher, float temperature,
+                        float* kl_rows, float* p_student, float* p_teacher) {
+#pragma omp parallel for schedule(static) if (n * k > 32768)
+  for (int64_t i = 0; i < n; i++) {
+    std::vector<float> zs(k), zt(k);
+    const double lse_s = softmax_row(student + i * k, k, temperature, zs.data(), p_student + i * k);
+    const double lse_t = softmax_row(teacher + i * k, k, temperature, zt.data(), p_teacher + i * k);
+    double kl = 0;
+    for (int64_t j = 0; j < k; j++)
+      if (p_teacher[i * k + j] > 0) kl += (double)p_teacher[i * k + j] * ((zt[j] - lse_t) - (zs[j] - lse_s));
+    kl_rows[i] = (float)(kl * temperature * temperature);
+  }
+}
+
+void distill_kl_backward(int64_t total, const float* p_student, const float* p_teacher, float gscale, float* gstudent) {
+#pragma omp parallel for simd schedule(static) if (total > 32768)
+  for (int64_t i = 0; i < total; i++) gstudent[i] = gscale * (p_student[i] - p_teacher[i]);
 }
 
 }  // namespace engine::cpu

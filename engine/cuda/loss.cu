@@ -69,4 +69,43 @@ void cross_entropy_backward(int64_t n, int64_t k, const float* probs, const int3
            glogits);
 }
 
+// One thread per row (K is a class count): both softmaxes at 1/T and the row's T² KL(p_t || p_s), in double.
+__global__ void distill_kl_forward_kernel(int64_t n, int64_t k, const float* student, const float* teacher,
+                                          float temperature, float* kl_rows, float* p_student, float* p_teacher) {
+  GRID_STRIDE(i, n) {
+    const float *s = student + i * k, *t = teacher + i * k;
+    float *ps = p_student + i * k, *pt = p_teacher + i * k;
+    float top_s = -INFINITY, top_t = -INFINITY;
+    for (int64_t j = 0; j < k; j++) top_s = fmaxf(top_s, s[j] / temperature), top_t = fmaxf(top_t, t[j] / temperature);
+    double sum_s = 0, sum_t = 0;
+    for (int64_t j = 0; j < k; j++) {
+      ps[j] = expf(s[j] / temperature - top_s), pt[j] = expf(t[j] / temperature - top_t);
+      sum_s += ps[j], sum_t += pt[j];
+    }
+    const double lse_s = log(sum_s), lse_t = log(sum_t);
+    double kl = 0;
+    for (int64_t j = 0; j < k; j++) {
+      ps[j] = (float)(ps[j] / sum_s), pt[j] = (float)(pt[j] / sum_t);
+      if (pt[j] > 0) kl += (double)pt[j] * ((t[j] / temperature - top_t - lse_t) - (s[j] / temperature - top_s - lse_s));
+    }
+    kl_rows[i] = (float)(kl * temperature * temperature);
+  }
+}
+
+void distill_kl_forward(int64_t n, int64_t k, const float* student, const float* teacher, float temperature,
+                        float* kl_rows, float* p_student, float* p_teacher) {
+  if (n > 0 && k > 0)
+    LAUNCH(distill_kl_forward_kernel, blocks_for(n), kThreads, n, k, student, teacher, temperature, kl_rows, p_student,
+           p_teacher);
+}
+
+__global__ void distill_kl_backward_kernel(int64_t total, const float* p_student, const float* p_teacher, float gscale,
+                                           float* gstudent) {
+  GRID_STRIDE(i, total) gstudent[i] = gscale * (p_student[i] - p_teacher[i]);
+}
+
+void distill_kl_backward(int64_t total, const float* p_student, const float* p_teacher, float gscale, float* gstudent) {
+  if (total > 0) LAUNCH(distill_kl_backward_kernel, blocks_for(total), kThreads, total, p_student, p_teacher, gscale, gstudent);
+}
+
 }  // namespace engine::cuda
