@@ -113,3 +113,75 @@ TEST_CASE("qat: --init of a missing, corrupt, other-arch or QAT checkpoint, a ba
   CHECK(!fs::exists(out));
   fs::remove_all(root);
 }
+
+// --distill: the loss (1 − w) CE + w T² KL(teacher ‖ student). w = 0 is the run without it bit for bit (the
+// teacher changes nothing it should not); w > 0 trains other weights; the teacher's file is untouched and a
+// distilled run resumes bit-exactly mid-epoch.
+TEST_CASE("qat --distill: w 0 is the plain run bit for bit, w 0.5 another; resumes bit-exactly; the teacher checked") {
+  fs::path root = fresh_temp_dir("qat_distill");
+  fs::path data = make_cifar(root / "cifar", 16, 40);
+  const fs::path fp = root / "fp";
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--oabn-k", "3"})) == 0);
+  const std::string teacher = (fp / "last.safetensors").string();
+  const std::vector<std::string> qat = {"--qat", "repq-bn", "--bits", "4", "--oabn-k", "3", "--init", teacher, "--lr", "0.01",
+                                        "--epochs", "2"};
+  auto with = [&](std::vector<std::string> a, std::vector<std::string> b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  auto same = [](const fs::path& x, const fs::path& y) {
+    const st::File a = st::load((x / "last.safetensors").string()), b = st::load((y / "last.safetensors").string());
+    size_t differing = a.tensors.size() == b.tensors.size() ? 0 : 1;
+    for (auto& [name, e] : a.tensors) differing += !b.tensors.count(name) || b.tensors.at(name).bytes != e.bytes;
+    return differing == 0;
+  };
+  const std::string teacher_bytes = [&] {
+    std::ifstream in(teacher, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  REQUIRE(run(args_for(data, root / "plain", qat)) == 0);
+  REQUIRE(run(args_for(data, root / "w0", with(qat, {"--distill", teacher, "--distill-w", "0"}))) == 0);
+  REQUIRE(run(args_for(data, root / "w05", with(qat, {"--distill", teacher, "--distill-t", "2"}))) == 0);
+  CHECK(same(root / "plain", root / "w0"));
+  CHECK_FALSE(same(root / "plain", root / "w05"));
+  std::ifstream in(teacher, std::ios::binary);
+  CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == teacher_bytes);
+  std::ifstream cfg(root / "w05" / "config.json");
+  const nlohmann::json j = nlohmann::json::parse(cfg);
+  CHECK(j["options"]["distill"] == teacher);
+  CHECK(j["options"]["distill_t"] == 2.0);
+
+  // interrupted after its first step and resumed: the same weights as the whole run
+  train::request_interrupt();
+  CHECK(run(args_for(data, root / "split", with(qat, {"--distill", teacher, "--distill-t", "2"}))) == 130);
+  std::vector<std::string> resume = {"--resume", (root / "split").string()};
+  REQUIRE(train::run_training(parse_options(resume), resume) == 0);
+  CHECK(same(root / "w05", root / "split"));
+
+  // a teacher of another arch, of other classes, a QAT one, a missing file; bad T and w: named, nothing written
+  const fs::path other = root / "other";
+  REQUIRE(run(args_for(data, other, {"--epochs", "1", "--limit-train", "32", "--arch", "qarepvgg-cifar"})) == 0);
+  st::File five = st::load(teacher);
+  five.tensors["linear.weight"].shape = {5, 128};  // the same bytes, read as 5 classes
+  five.tensors["linear.bias"].shape = {2, 5};
+  st::save((root / "five.safetensors").string(), five);
+  const fs::path out = root / "out";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {(other / "last.safetensors").string(), "a qarepvgg-cifar checkpoint, the student is repvgg-cifar"},
+      {(root / "five.safetensors").string(), "tensor 'linear.weight' has shape [5, 128], the student has 10 classes"},
+      {(root / "plain" / "last.safetensors").string(), "a QAT checkpoint (repq-bn); the teacher is a full-precision one"},
+      {(root / "missing.safetensors").string(), "no such checkpoint file"},
+  };
+  for (const auto& [file, message] : cases) {
+    INFO(message);
+    CHECK_THROWS_WITH_AS(run(args_for(data, out, with(qat, {"--distill", file}))), doctest::Contains(("--distill " + file + ": " + message).c_str()),
+                         std::runtime_error);
+    CHECK(!fs::exists(out));
+  }
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--distill", teacher, "--distill-w", "1.5"}), "option --distill-w: 1.5 is outside [0, 1]",
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--distill", teacher, "--distill-t", "0"}), doctest::Contains("option --distill-t: must be positive"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--distill-t", "2"}), "--distill-t and --distill-w need --distill TEACHER", std::runtime_error);
+  fs::remove_all(root);
+}

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <stdexcept>
@@ -134,6 +135,21 @@ const std::vector<Spec>& specs() {
       {"--init", "CKPT", "start from this trained checkpoint's weights (e.g. runs/X/best.safetensors); "
                          "--resume continues a run instead",
        [](Options& o, const std::string& v) { o.init = v; }},
+      {"--distill", "TEACHER", "distill from this full-precision checkpoint of the same arch (e.g. the FP run --init "
+                               "came from): the loss is (1 - w) CE + w T^2 KL(teacher || student) of the logits at "
+                               "temperature T (Hinton et al. 2015)",
+       [](Options& o, const std::string& v) { o.distill = v; }},
+      {"--distill-t", "T", "--distill: the temperature T (default 4)",
+       [](Options& o, const std::string& v) {
+         o.distill_t = positive<float>("--distill-t", v);
+         if (!std::isfinite(o.distill_t)) throw std::runtime_error(fmt::format("option --distill-t: {} is not a finite number", v));
+       }},
+      {"--distill-w", "W", "--distill: the soft-target loss's share w in [0, 1] (default 0.5)",
+       [](Options& o, const std::string& v) {
+         o.distill_w = number<float>("--distill-w", v);
+         if (!(o.distill_w >= 0 && o.distill_w <= 1))
+           throw std::runtime_error(fmt::format("option --distill-w: {} is outside [0, 1]", v));
+       }},
       {"--summary", nullptr, "print the model's parameter and MAC counts and exit", [](Options& o, const std::string&) { o.summary = true; }},
       {"--help", nullptr, "this text", [](Options& o, const std::string&) { o.help = true; }},
   };
@@ -185,6 +201,8 @@ Options parse_options(const std::vector<std::string>& args) {
   if (o.dataset.empty()) throw std::runtime_error("no dataset given: ./train cifar10|imagenet [options] (see --help)");
   apply_defaults(o);
   check_bit_widths(o);
+  if (o.distill.empty() && (o.distill_t != Options().distill_t || o.distill_w != Options().distill_w))
+    throw std::runtime_error("--distill-t and --distill-w need --distill TEACHER");
   if (!o.qat && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
     throw std::runtime_error("--granularity, --step-init and --quantize-first-last need --qat METHOD");
   return o;

@@ -49,6 +49,9 @@ struct Options {
   std::string step_init = "min-error";  // min-error | lsq
   bool quantize_first_last = false;
   std::string init;     // start from this full-precision checkpoint (not a resume)
+  // Knowledge distillation from a full-precision teacher of the same arch (trainer/step.h Distillation)
+  std::string distill;           // --distill TEACHER.safetensors, or none
+  float distill_t = 4.f, distill_w = 0.5f;  // temperature T; the soft-target loss's share w
   bool summary = false; // print the model's size and exit
   bool help = false;
 };

@@ -51,15 +51,26 @@ std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, f
 }
 
 StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, const Tensor& labels,
-                      float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer, bool interrupted) {
+                      float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer, bool interrupted,
+                      const Distillation* distill) {
   Tensor logits = model(x);
   Tensor ce = engine::cross_entropy(logits, labels, label_smoothing);
+  Tensor objective = ce;
+  if (distill) {
+    Tensor soft_targets;
+    {
+      engine::NoGradGuard no_grad;
+      soft_targets = distill->teacher->forward(x);
+    }
+    const Tensor kd = engine::distillation_loss(logits, soft_targets, distill->temperature);
+    objective = engine::add(engine::mul_scalar(ce, 1 - distill->weight), engine::mul_scalar(kd, distill->weight));
+  }
   StepResult r;
   r.loss = ce.item();
   r.correct = engine::topk_correct(logits, labels, 1);
   r.images = x.size(0);
   r.interrupted = interrupted;
-  bool finite = std::isfinite(r.loss);
+  bool finite = std::isfinite(r.loss) && std::isfinite(objective.item());
   if (reducer) {
     double t[5] = {double(r.loss) * double(r.images), double(r.correct), double(r.images), finite ? 0.0 : 1.0,
                    interrupted ? 1.0 : 0.0};
@@ -71,7 +82,7 @@ StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, 
     r.interrupted = t[4] > 0;
   }
   if (!finite) return r;
-  Tensor loss = custom_l2_wd > 0 ? engine::add(ce, engine::mul_scalar(models::custom_l2(model), custom_l2_wd / 2)) : ce;
+  Tensor loss = custom_l2_wd > 0 ? engine::add(objective, engine::mul_scalar(models::custom_l2(model), custom_l2_wd / 2)) : objective;
   sgd.zero_grad();
   if (reducer) {
     reducer->begin();

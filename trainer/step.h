@@ -29,8 +29,16 @@ Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, 
 void broadcast_state(const models::RepVGG& model);
 std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb);
 
+// Knowledge distillation (Hinton et al. 2015, ./train --distill): a full-precision teacher's logits as soft
+// targets. The step's loss is (1 − w) CE + w · engine::distillation_loss(student, teacher, T), the teacher run
+// in eval without gradients on the same batch (under mpirun, each rank on its shard).
+struct Distillation {
+  models::RepVGG* teacher = nullptr;
+  float temperature = 4, weight = 0.5;  // T, w
+};
+
 struct StepResult {
-  float loss = 0;       // the cross-entropy of the batch (without the custom L2)
+  float loss = 0;       // the cross-entropy of the batch (without the custom L2 and the distillation term)
   int64_t correct = 0;  // top-1 hits
   int64_t images = 0;
   bool stepped = false; // false when the loss was not finite (on some rank): no update was made
@@ -42,7 +50,7 @@ struct StepResult {
 // hands each gradient to the reducer, which averages them over the ranks before the SGD step.
 StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const engine::Tensor& x, const engine::Tensor& labels,
                       float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer = nullptr,
-                      bool interrupted = false);
+                      bool interrupted = false, const Distillation* distill = nullptr);
 
 struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;  // top-5 is 0 with fewer than 5 classes

@@ -99,7 +99,7 @@ static std::string git_commit() {
 }
 
 static nlohmann::json options_json(const Options& o) {
-  return {{"dataset", o.dataset}, {"arch", o.arch}, {"data", o.data}, {"epochs", o.epochs},
+  nlohmann::json j = {{"dataset", o.dataset}, {"arch", o.arch}, {"data", o.data}, {"epochs", o.epochs},
           {"batch_size", o.batch_size}, {"lr", o.lr}, {"momentum", o.momentum}, {"nesterov", o.nesterov},
           {"wd", o.wd}, {"sched", o.sched}, {"tmax", o.tmax}, {"step_size", o.step_size}, {"gamma", o.gamma},
           {"warmup", o.warmup}, {"label_smoothing", o.label_smoothing}, {"oabn_k", o.oabn_k},
@@ -109,6 +109,8 @@ static nlohmann::json options_json(const Options& o) {
           {"bad_images", o.bad_images}, {"qat", o.qat ? models::qat_method_name(*o.qat) : ""}, {"bits", o.bits}, {"act_bits", o.act_bits},
           {"granularity", o.granularity}, {"step_init", o.step_init}, {"quantize_first_last", o.quantize_first_last},
           {"init", o.init}};
+  if (!o.distill.empty()) j["distill"] = o.distill, j["distill_t"] = o.distill_t, j["distill_w"] = o.distill_w;
+  return j;
 }
 
 static models::QatConfig qat_config(const Options& o) {
@@ -140,6 +142,38 @@ static void load_init(const Options& o, models::RepVGG& model) {
   if (deploy) model.switch_to_deploy();
   layers::load_state_dict(model, file, "", o.init);
   std::printf("init: weights from %s\n", o.init.c_str());
+}
+
+// --distill: the full-precision teacher, of the run's arch and classes (its own OABN k), in deploy form (its
+// eval function, one conv per block) and eval mode on the run's device. Nothing is written before this runs.
+static std::unique_ptr<models::RepVGG> load_teacher(const Options& o, const models::ArchConfig& arch, Device device) {
+  if (!fs::is_regular_file(o.distill)) throw std::runtime_error(fmt::format("--distill {}: no such checkpoint file", o.distill));
+  const st::File file = st::load(o.distill);
+  auto meta = [&](const std::string& key) {
+    auto it = file.metadata.find(key);
+    return it == file.metadata.end() ? std::string() : st::cut(it->second);
+  };
+  if (!meta("arch").empty() && meta("arch") != o.arch)
+    throw std::runtime_error(fmt::format("--distill {}: a {} checkpoint, the student is {}: the teacher is the same arch in "
+                                         "full precision", o.distill, meta("arch"), o.arch));
+  if (!meta("qat").empty())
+    throw std::runtime_error(fmt::format("--distill {}: a QAT checkpoint ({}); the teacher is a full-precision one", o.distill,
+                                         meta("qat")));
+  auto fc = file.tensors.find("linear.weight");
+  if (fc != file.tensors.end() && (fc->second.shape.size() != 2 || fc->second.shape[0] != arch.num_classes))
+    throw std::runtime_error(fmt::format("--distill {}: tensor 'linear.weight' has shape {}, the student has {} classes",
+                                         o.distill, st::shape_str(fc->second.shape), arch.num_classes));
+  const float oabn_k = meta("oabn_k").empty() ? 0.0f : (float)st::metadata_double(file.metadata, o.distill, "oabn_k", 0, HUGE_VAL);
+  engine::Rng rng(0);
+  auto teacher = std::make_unique<models::RepVGG>(arch, rng, arch.block == models::BlockType::repvgg ? oabn_k : 0.0f);
+  const bool deploy = layers::deploy_form(file);
+  if (deploy) teacher->switch_to_deploy();
+  layers::load_state_dict(*teacher, file, "", o.distill);
+  if (!deploy) teacher->switch_to_deploy();
+  teacher->to(device);
+  teacher->eval();
+  std::printf("distill: teacher %s, T %g, soft-target share %g\n", o.distill.c_str(), o.distill_t, o.distill_w);
+  return teacher;
 }
 
 // Points runs/latest at the run folder (a relative link, replaced atomically).
@@ -329,6 +363,8 @@ struct Run {
   Log log;
   std::optional<TensorBoardLog> tb;
   std::unique_ptr<engine::GradReducer> reducer;
+  std::unique_ptr<models::RepVGG> teacher;  // --distill
+  Distillation distill;
   int start_epoch = 0;
   size_t start_batch = 0;
   double best_top1 = -1, part_loss = 0, part_correct = 0, part_seen = 0;  // the epoch's running sums
@@ -343,6 +379,7 @@ struct Run {
         log{folder / "log.csv", o.dataset == "imagenet", {}} {
     if (train_loader.batches_per_epoch() == 0)
       throw std::runtime_error(fmt::format("{} training images make no batch of {}", d.train->size(), opt.batch_size));
+    if (!o.distill.empty()) teacher = load_teacher(o, model.arch, device), distill = {teacher.get(), o.distill_t, o.distill_w};
     if (lead) fs::create_directories(folder);
   }
 
@@ -466,7 +503,7 @@ static int train_epoch(Run& r, int epoch, float lr, EpochStats& e) {
     }
     data::to_tensors(*b, r.device, x, y);
     const StepResult s = train_step(r.model, r.optimizer.sgd, x, y, r.opt.label_smoothing, r.opt.custom_l2 ? r.opt.wd : 0.0f,
-                                    r.reducer.get(), g_interrupted);
+                                    r.reducer.get(), g_interrupted, r.teacher ? &r.distill : nullptr);
     // A quantizer initializes its step from its first batch, which differs per rank: rank 0's wins.
     if (r.reducer && r.model.qat() && !r.synced_qat_init) broadcast_state(r.model), r.synced_qat_init = true;
     if (!s.stepped) {
