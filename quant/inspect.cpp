@@ -15,7 +15,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "deploy/cluster_file.h"
-#include "quant/histogram.h"
+#include "quant/plots.h"
 #include "quant/run_source.h"
 
 namespace quant {

@@ -15,6 +15,8 @@
 #include "engine/cpu/int8.h"
 #include "engine/ops.h"
 #include "quant/deploy_export.h"
+#include "quant/plots.h"
+#include "quant/sensitivity.h"
 #include "trainer/step.h"
 
 namespace quant {
@@ -41,6 +43,14 @@ std::string ptq_help() {
              "A QAT checkpoint (./train --qat) is evaluated instead at its learned quantizers, in deploy form, with\n"
              "no calibration and no --bits.\n\n") +
          kQuantHelp +
+         "  --sensitivity          per quantized layer (stage0 and the FC too) and bit width: the mean KL divergence of\n"
+         "                         the logits from the FP32 model's with that layer alone quantized, and with all\n"
+         "                         but it quantized, on a few hundred training images; a table sorted by the first\n"
+         "                         (docs/sensitivity.md)\n"
+         "  --sensitivity-images N training images of the measure (default 256)\n"
+         "  --sensitivity-check    also each layer alone's top-1 on the validation set, and Spearman's correlation of\n"
+         "                         the two rankings (a full evaluation per layer: slow)\n"
+         "  --plot FILE.png        --sensitivity: a bar chart per bit width, identity-branch blocks in orange\n"
          "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
          "                         one bit width of at most 8, or a QAT checkpoint; a ClusterQAT checkpoint: its\n"
          "                         packed codes and codebooks (docs/cluster.md), which ./ptq --ckpt reads back\n" +
@@ -72,6 +82,8 @@ void check_quant_options(const PtqOptions& o) {
     if (b > 16) throw std::runtime_error(fmt::format("option --bits: {} is more than 16", b));
   for (int b : o.act_bits)
     if (b > 16) throw std::runtime_error(fmt::format("option --act-bits: {} is more than 16", b));
+  if (o.sensitivity && !o.export_path.empty()) throw std::runtime_error("--sensitivity measures, --export writes a model: give one");
+  if (!o.plot.empty() && !o.sensitivity) throw std::runtime_error("--plot draws --sensitivity's measure: give --sensitivity");
   if (!o.export_path.empty() && o.bits.size() > 1)
     throw std::runtime_error("--export writes one quantized model: give one --bits value");
   if (o.act_bits.size() > 1 && o.act_bits.size() != o.bits.size())
@@ -83,10 +95,19 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   PtqOptions o;
   for (size_t i = 0; i < args.size();) {
     if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
-    if (args[i] == "--export") {
-      if (i + 1 >= args.size()) throw std::runtime_error("option --export needs a value");
-      o.export_path = args[i + 1];
+    if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images") {
+      if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", args[i]));
+      const std::string& v = args[i + 1];
+      if (args[i] == "--export") o.export_path = v;
+      else if (args[i] == "--plot") o.plot = v;
+      else o.sensitivity_images = parse_int(args[i], v, 1);
       i += 2;
+      continue;
+    }
+    if (args[i] == "--sensitivity" || args[i] == "--sensitivity-check") {
+      o.sensitivity = true;
+      o.sensitivity_check |= args[i] == "--sensitivity-check";
+      i++;
       continue;
     }
     if (args[i] != "--help") throw std::runtime_error(fmt::format("unknown option '{}' (see ./ptq --help)", args[i]));
@@ -294,6 +315,88 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
   return 0;
 }
 
+// --sensitivity: per bit width, each layer's two logit KLs (quant/sensitivity.h) on o.sensitivity_images
+// training images, sorted; --sensitivity-check adds each layer alone's validation top-1 and the rank
+// correlation of the KL with the top-1 drop.
+int run_sensitivity(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
+                    data::Loader& val_loader, int batch) {
+  auto train = open_split(s, true, (size_t)o.sensitivity_images);
+  data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());
+  loader.start_epoch(0);
+  std::vector<Tensor> images;
+  Tensor x, y;
+  size_t n = 0;
+  while (const data::Batch* b = loader.next()) {
+    data::to_tensors(*b, s.device, x, y);
+    images.push_back(x);
+    n += b->n;
+  }
+  const std::vector<float> reference = logits_of(model, images);
+  Accuracy fp32;
+  if (o.sensitivity_check) fp32 = train::evaluate(model, val_loader, s.device);
+  nlohmann::json results = nlohmann::json::array();
+  std::vector<std::vector<Bar>> panels;
+  for (size_t k = 0; k < o.bits.size(); k++) {
+    const QuantConfig c = quant_config(o, k);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<LayerSensitivity> layers = layer_sensitivity(model, cal, c, images, reference);
+    const double measure_s = seconds_since(t0);
+    double rho = NAN;
+    if (o.sensitivity_check) {
+      std::vector<double> kl, drop;
+      for (size_t i = 0; i < layers.size(); i++) {
+        QuantConfig one = c;
+        one.only.assign(layers.size(), false);
+        one.only[i] = true;
+        attach_quantizers(model, one, cal);
+        layers[i].alone_top1 = train::evaluate(model, val_loader, s.device).top1;
+        kl.push_back(layers[i].alone);
+        drop.push_back(fp32.top1 - layers[i].alone_top1);
+      }
+      remove_quantizers(model);
+      rho = spearman(kl, drop);
+    }
+    panels.emplace_back();
+    for (const LayerSensitivity& l : layers) panels.back().push_back({l.alone, l.identity});
+    std::vector<LayerSensitivity> sorted = layers;
+    std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.alone > b.alone; });
+    std::printf("\nsensitivity W%d/A%d (%s weight steps, %s calibration): mean KL of the logits from FP32 on %zu training "
+                "images, %.1f s\n", c.weight_bits, c.act_bits, granularity_name(c.granularity), calib_name(c.calib), n, measure_s);
+    std::printf("  rank  layer       identity  alone quantized  all but it quantized%s\n",
+                o.sensitivity_check ? "  top-1 alone" : "");
+    nlohmann::json js = nlohmann::json::array();
+    for (size_t r = 0; r < sorted.size(); r++) {
+      const LayerSensitivity& l = sorted[r];
+      std::printf("  %4zu  %-10s  %-8s  %15.6f  %20.6f", r + 1, l.name.c_str(), l.identity ? "yes" : "", l.alone, l.kept);
+      if (o.sensitivity_check) std::printf("  %10.2f%%", l.alone_top1);
+      std::printf("\n");
+      nlohmann::json e = {{"name", l.name}, {"identity", l.identity}, {"alone_kl", l.alone}, {"kept_kl", l.kept}};
+      if (o.sensitivity_check) e["alone_top1"] = l.alone_top1;
+      js.push_back(e);
+    }
+    if (o.sensitivity_check)
+      std::printf("  FP32 top-1 %.2f%% on %zu validation images; Spearman's rho of the KL and the top-1 drop: %.3f\n",
+                  fp32.top1, fp32.images, rho);
+    nlohmann::json r = {{"bits", c.weight_bits}, {"act_bits", c.act_bits}, {"images", n}, {"layers", js}};
+    if (o.sensitivity_check) r["fp32_top1"] = fp32.top1, r["spearman"] = rho;
+    results.push_back(r);
+  }
+  if (!o.plot.empty()) {
+    write_bars_png(o.plot, panels);
+    std::printf("wrote %s (a panel per bit width, layers in network order, log scale; identity-branch blocks orange)\n",
+                o.plot.c_str());
+  }
+  if (!o.source.json.empty()) {
+    const nlohmann::json j = {{"checkpoint", s.ckpt}, {"arch", s.arch}, {"dataset", s.dataset},
+                              {"granularity", granularity_name(o.granularity)}, {"calibration", calib_name(o.calib)},
+                              {"measure", "mean KL(softmax(fp32 logits) || softmax(quantized logits)) over training images"},
+                              {"sensitivity", results}};
+    write_json(o.source.json, j.dump(2) + "\n");
+    std::printf("wrote %s\n", o.source.json.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int run_ptq(const std::vector<std::string>& args) {
@@ -323,6 +426,7 @@ int run_ptq(const std::vector<std::string>& args) {
   std::printf("calibrated %s on %d batches (%zu training images spread over the set, without augmentation) in %.1f s\n",
               calib_name(o.calib), cal.batches, cal.images, seconds_since(t0));
 
+  if (o.sensitivity) return run_sensitivity(o, s, *model, cal, val_loader, batch);
   t0 = std::chrono::steady_clock::now();
   const Accuracy fp32 = train::evaluate(*model, val_loader, s.device);
   std::printf("FP32 deploy model: top-1 %.2f%% on %zu validation images (%.1f s)\n", fp32.top1, fp32.images, seconds_since(t0));

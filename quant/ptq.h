@@ -22,6 +22,10 @@ struct PtqOptions {
   int calib_batches = 16;
   bool quantize_first_last = false;
   std::string export_path;     // --export: the quantized deploy model (deploy/int8_model.h), one bit width
+  bool sensitivity = false;    // --sensitivity: per layer, the logit KL of quantizing it alone or all but it
+  int sensitivity_images = 256;  // --sensitivity-images N: training images the proxy runs on
+  bool sensitivity_check = false;  // --sensitivity-check: also each layer alone's validation top-1, and the rank correlation
+  std::string plot;            // --plot FILE.png: the sensitivity bar chart
   bool help = false;
   std::string first_quant_option;  // the first quantization option given ("--bits", ...), "" if none
 };

@@ -13,7 +13,10 @@ namespace quant {
 using layers::Codes;
 using layers::Quantizer;
 
-bool quantizes(size_t layer, size_t n, const QuantConfig& c) { return c.quantize_first_last || (layer != 0 && layer + 1 != n); }
+bool quantizes(size_t layer, size_t n, const QuantConfig& c) {
+  if (!c.only.empty()) return c.only.at(layer);
+  return c.quantize_first_last || (layer != 0 && layer + 1 != n);
+}
 
 // The model's quantized layers, each block in deploy form.
 static std::vector<models::QuantLayer> deployed_layers(models::RepVGG& m) {

@@ -27,10 +27,12 @@ struct QuantConfig {
   Granularity granularity = Granularity::layer;
   CalibMethod calib = CalibMethod::minmax;
   bool quantize_first_last = false;
+  std::vector<bool> only;  // not empty: exactly the layers marked are quantized (quant_layers() order)
 };
 
 // The layers PTQ quantizes are the model's quant_layers(), in order: the blocks ("stage0", "stage1.0", ...),
-// then the FC ("linear"). Whether layer i of n is quantized: all but the first and last unless quantize_first_last.
+// then the FC ("linear"). Whether layer i of n is quantized: those of `only` where given, else all but the first
+// and last unless quantize_first_last.
 bool quantizes(size_t layer, size_t n, const QuantConfig& c);
 
 // Each layer's input, observed on the FP32 deploy model over up to `batches` batches of `loader`.
