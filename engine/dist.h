@@ -26,6 +26,10 @@ int size();            // 1 in a world of one
 int local_size();      // the ranks on this machine
 int local_rank();      // this rank's index among them (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK); 0 in a world of one
 bool distributed();    // size() > 1
+// Where the ranks run, for messages: "rank 0 on h1" (this one), "1 on h2, 2 on h2" (the others), each
+// host its MPI processor name (the host name); "" in a world of one.
+std::string whereabouts();
+std::string peers();
 // A collective that waits longer than this ends the job with a message (default 1800 s, torch DDP's).
 void set_timeout(double seconds);
 double timeout();
@@ -35,7 +39,8 @@ double timeout();
 // Every wait for a collective, MPI's (engine/dist_mpi.cpp) and NCCL's (engine/cuda/nccl.cu), goes through
 // here: a blocking wait would hang forever on a rank that hangs without dying (stopped, deadlocked), so
 // this polls done() and, after timeout() seconds without completion, calls on_timeout() (NCCL aborts its
-// communicator) and ends the job with "rank R: WHAT has not completed in S s (--dist-timeout): ...".
+// communicator) and ends the job with "rank R on HOST: WHAT has not completed in S s (--dist-timeout): ...",
+// naming the other ranks and their hosts.
 // Open MPI moves a large collective on only inside such calls, fragment by fragment, so the loop does
 // not sleep; after the first millisecond it yields the core between polls (as MPI_Wait does when ranks
 // share cores).
@@ -47,8 +52,9 @@ void wait_until(const char* what, Done done, OnTimeout on_timeout) {
     const double waited = std::chrono::duration<double>(clock::now() - t0).count();
     if (waited > timeout()) {
       on_timeout();
-      abort_job("rank " + std::to_string(rank()) + ": " + what + " has not completed in " + std::to_string(int(timeout())) +
-                " s (--dist-timeout): another rank is hung or stopped; ending the job");
+      abort_job(whereabouts() + ": " + what + " has not completed in " + std::to_string(int(timeout())) +
+                " s (--dist-timeout): another rank is hung or stopped, or the link to its host is down (the others: " +
+                peers() + "); ending the job");
     }
     if (waited > 1e-3) sched_yield();
   }

@@ -21,6 +21,7 @@ static bool g_started = false;
 static int g_rank = 0, g_size = 1, g_local_size = 1, g_local_rank = 0;
 static std::vector<MPI_Request> g_slots;
 static double g_timeout = 1800;  // seconds; torch DDP's default
+static std::vector<std::string> g_hosts;  // each rank's processor name
 
 void abort_job(const std::string& why) {
   std::fprintf(stderr, "%s\n", why.c_str());
@@ -79,6 +80,24 @@ void init() {
   if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) g_local_rank = std::max(std::atoi(l), 0);
   g_started = true;
   std::atexit(finalize);
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  check(MPI_Get_processor_name(name, &len), "MPI_Get_processor_name");
+  std::vector<char> all(size_t(g_size) * MPI_MAX_PROCESSOR_NAME);
+  check(MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, MPI_COMM_WORLD),
+        "MPI_Allgather");
+  for (int r = 0; r < g_size; r++) g_hosts.emplace_back(&all[size_t(r) * MPI_MAX_PROCESSOR_NAME]);
+}
+
+std::string whereabouts() {
+  return "rank " + std::to_string(g_rank) + (g_hosts.empty() ? "" : " on " + g_hosts.at(g_rank));
+}
+
+std::string peers() {
+  std::string s;
+  for (int r = 0; r < (int)g_hosts.size(); r++)
+    if (r != g_rank) s += (s.empty() ? "" : ", ") + std::to_string(r) + " on " + g_hosts[r];
+  return s;
 }
 
 int rank() { return g_rank; }

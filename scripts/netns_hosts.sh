@@ -6,8 +6,8 @@
 #   scripts/netns_hosts.sh up [NAME1 NAME2 SUBNET]     (default repq-h1 repq-h2 10.77.0)
 #   scripts/netns_hosts.sh down [NAME1 NAME2]
 #   scripts/netns_hosts.sh link up|down [NAME2]        NAME2's end of the link (a cut link, and back)
-#   scripts/netns_hosts.sh rsh HOST COMMAND...         run COMMAND in HOST's namespace: Open MPI's
-#                                                      plm_rsh_agent, in place of ssh
+#   scripts/netns_hosts.sh rsh HOST COMMAND...         run COMMAND in HOST's namespace, with HOST as its host
+#                                                      name: Open MPI's plm_rsh_agent, in place of ssh
 #
 # mpirun started in the first namespace then launches a rank on each host with the agent:
 #   ip netns exec repq-h1 mpirun --host repq-h1,repq-h2 -np 2 --mca plm_rsh_agent "scripts/netns_hosts.sh rsh" \
@@ -24,6 +24,10 @@ case "$cmd" in
     ip -n "$h1" addr add "$net.1/24" dev "veth-$h1"
     ip -n "$h2" addr add "$net.2/24" dev "veth-$h2"
     for h in "$h1" "$h2"; do
+      # A cut link fails a TCP connection with data in flight after tcp_retries2 retransmissions: 15 by
+      # default (15 minutes), during which mpirun waits for the daemon it cannot reach; 4 is ~6 s
+      # (docs/distributed.md: the same setting on a real cluster)
+      ip netns exec "$h" sysctl -qw net.ipv4.tcp_retries2=4
       ip -n "$h" link set lo up
       ip -n "$h" link set "veth-$h" up
       mkdir -p "/etc/netns/$h"
@@ -45,7 +49,8 @@ case "$cmd" in
   rsh)
     host=$1
     shift
-    exec ip netns exec "$host" sh -c "$*"
+    # its own host name too (a UTS namespace), as MPI_Get_processor_name reports it
+    exec ip netns exec "$host" unshare --uts sh -c "hostname $host; $*"
     ;;
   *)
     echo "$0: unknown command '$cmd' (up, down, link, rsh)" >&2

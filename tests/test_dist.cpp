@@ -595,9 +595,12 @@ TEST_CASE("dist: NCCL: 2 ranks on CUDA stay equal and near the CPU run; ./train 
 // --- two hosts: network namespaces joined by a veth pair (scripts/netns_hosts.sh), Open MPI over TCP --------
 
 namespace {
-// Root, iproute2 and the MPI build: the namespaces can be made. Not in a container that forbids them (the
-// test then fails at `up` with ip's message, which is a finding, not a skip).
-bool can_make_hosts() { return have_mpirun() && geteuid() == 0 && std::system("command -v ip >/dev/null 2>&1") == 0; }
+// Root, iproute2, a kernel (or container) that lets us make a network namespace, and the MPI build.
+bool can_make_hosts() {
+  static const bool can = have_mpirun() && geteuid() == 0 &&
+                          std::system("p=repqprobe$$; ip netns add $p >/dev/null 2>&1 && ip netns del $p") == 0;
+  return can;
+}
 
 // Two namespaces named after this process (parallel suites do not collide), removed at the end.
 struct Hosts {
@@ -647,4 +650,63 @@ TEST_CASE("dist: 2 hosts x 1 rank train the weights of 1 host x 2 ranks, bit for
     CHECK(differing_tensors(one / "last.safetensors", two / "last.safetensors") == 0);
   }
   fs::remove_all(root);
+}
+
+namespace {
+// A 2-host run on real CIFAR-10 (a checkpoint each epoch of 20 steps) under `timeout 120`; once its
+// second epoch has begun, `fault` (a shell command, run with $H2 set to the second host's namespace and $R
+// to the pid of the rank there) strikes. -> mpirun's status, the seconds from the fault to its exit, its log.
+Ended strike_a_host(const Hosts& hosts, const fs::path& root, const std::string& fault) {
+  const fs::path run = root / "run", log = root / "log";
+  const std::string args = "--train cifar10 --data " + cifar_dir() + " --limit-train 320 --limit-val 32 --batch-size 16 "
+                           "--epochs 100 --threads 1 --seed 3 --dist-timeout 4 --out " + run.string();
+  const std::string script =
+      "(timeout 120 sh -c \"" + hosts.mpirun(args, log) + "\") & m=$!; "
+      "for i in $(seq 600); do grep -q 'epoch 2/100' " + log.string() + " && break; sleep 0.1; done; "
+      "H2=" + hosts.h2 + "; R=$(for p in $(ip netns pids $H2); do grep -qa -- --train /proc/$p/cmdline && echo $p; done | head -1); "
+      "t0=$(date +%s.%N); " + fault + "; wait $m; rc=$?; "
+      "echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " + (root / "result").string();
+  run_shell(script);
+  Ended e;
+  const std::string result = slurp(root / "result");
+  e.log = slurp(log);
+  REQUIRE_MESSAGE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &e.rc, &e.seconds) == 2, result);
+  return e;
+}
+}  // namespace
+
+// The link to the second host cut mid-epoch, its rank killed, its rank stopped: mpirun exits non-zero
+// within --dist-timeout and a few seconds (a cut link: the kernel's retransmissions, tcp_retries2), a rank
+// names the host it waited for, the last checkpoint loads, and the run resumes on one host from it.
+TEST_CASE("dist: 2 hosts: a cut link, a killed rank, a stopped rank end the job in seconds; the run resumes on one host" *
+          skip_unless(can_make_hosts() && have_path(cifar_dir()),
+                      "needs root, iproute2 (ip netns), mpirun with the MPI build, and CIFAR-10 in ../shared/data: two hosts")) {
+  const std::vector<std::pair<std::string, std::string>> faults = {
+      {"cut", "ip -n $H2 link set veth-$H2 down"}, {"kill", "kill -KILL $R"}, {"stop", "kill -STOP $R"}};
+  for (const auto& [name, fault] : faults) {
+    INFO(name);
+    fs::path root = fresh_temp_dir("dist_hosts_" + name);
+    fs::create_directories(root);
+    Ended e;
+    {
+      Hosts hosts;
+      e = strike_a_host(hosts, root, fault);
+    }
+    INFO(e.log);
+    MESSAGE(name << ": mpirun exited with status " << e.rc << " " << e.seconds << " s after the fault");
+    CHECK(e.rc != 0);
+    CHECK(e.rc != 124);  // timeout's: the job hung
+    CHECK(e.seconds < 30);
+    if (name != "kill") {  // a killed rank ends the job at once through its daemon; the others wait it out
+      CHECK(e.log.find("has not completed in 4 s (--dist-timeout)") != std::string::npos);
+      CHECK(e.log.find("(the others: 1 on repq") != std::string::npos);
+    }
+    const fs::path last = root / "run" / "last.safetensors";
+    REQUIRE(fs::exists(last));
+    st::load(last.string());  // intact: it loads
+    const std::vector<std::string> resume = {"--resume", (root / "run").string(), "--epochs", "3"};
+    REQUIRE(train::run_training(train::parse_options(resume), resume) == 0);
+    CHECK(log_rows(root / "run").size() == 4);  // the header and epochs 1-3
+    fs::remove_all(root);
+  }
 }
