@@ -87,7 +87,7 @@ int run_export(const std::vector<std::string>& args) {
     } catch (const std::exception& e) {
       throw std::runtime_error(fmt::format("--bits calibrates on the training images, as ./ptq does (--data DIR): {}", e.what()));
     }
-    const QuantConfig c = quant_config(q, 0);
+    const QuantConfig c = quant_config(q, 0, *model);
     attach_quantizers(*model, c, cal);
     std::printf("export: W%d/A%d per %s, %s calibration on %zu training images (%d batches), stage0 and the FC %s\n", c.weight_bits,
                 c.act_bits, granularity_name(c.granularity), calib_name(c.calib), cal.images, cal.batches,

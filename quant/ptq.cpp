@@ -15,6 +15,7 @@
 #include "engine/cpu/int8.h"
 #include "engine/ops.h"
 #include "quant/deploy_export.h"
+#include "quant/layer_spec.h"
 #include "quant/plots.h"
 #include "quant/sensitivity.h"
 #include "trainer/step.h"
@@ -31,7 +32,9 @@ const char* const kQuantHelp =
     "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
     "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
     "  --calib-batches N      calibration batches (default 16, of --batch-size images, default 128)\n"
-    "  --quantize-first-last  also quantize stage0 and the FC\n";
+    "  --quantize-first-last  also quantize stage0 and the FC\n"
+    "  --layer-bits SPEC      per layer: NAME=B or NAME=fp32, comma-separated, * and ? in names, later entries\n"
+    "                         win (e.g. stage0=8,stage2.*=fp32); over the widths above\n";
 
 std::string ptq_help() {
   return std::string(
@@ -51,6 +54,7 @@ std::string ptq_help() {
          "  --sensitivity-check    also each layer alone's top-1 on the validation set, and Spearman's correlation of\n"
          "                         the two rankings (a full evaluation per layer: slow)\n"
          "  --plot FILE.png        --sensitivity: a bar chart per bit width, identity-branch blocks in orange\n"
+         "  --keep-fp32 N          the N layers most sensitive by that measure (at each bit width) stay FP32\n"
          "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
          "                         one bit width of at most 8, or a QAT checkpoint; a ClusterQAT checkpoint: its\n"
          "                         packed codes and codebooks (docs/cluster.md), which ./ptq --ckpt reads back\n" +
@@ -61,13 +65,15 @@ bool parse_quant_option(const std::vector<std::string>& args, size_t& i, PtqOpti
   const std::string& a = args[i];
   if (a == "--quantize-first-last") {
     o.quantize_first_last = true;
-  } else if (a == "--bits" || a == "--act-bits" || a == "--granularity" || a == "--calib" || a == "--calib-batches") {
+  } else if (a == "--bits" || a == "--act-bits" || a == "--granularity" || a == "--calib" || a == "--calib-batches" ||
+             a == "--layer-bits") {
     if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", a));
     const std::string& v = args[++i];
     if (a == "--bits") o.bits = parse_int_list(a, v, 2);
     else if (a == "--act-bits") o.act_bits = parse_int_list(a, v, 2);
     else if (a == "--granularity") o.granularity = parse_granularity(v);
     else if (a == "--calib") o.calib = parse_calib(v);
+    else if (a == "--layer-bits") o.layer_bits = v;
     else o.calib_batches = parse_int(a, v, 1);
   } else {
     return false;
@@ -83,6 +89,7 @@ void check_quant_options(const PtqOptions& o) {
   for (int b : o.act_bits)
     if (b > 16) throw std::runtime_error(fmt::format("option --act-bits: {} is more than 16", b));
   if (o.sensitivity && !o.export_path.empty()) throw std::runtime_error("--sensitivity measures, --export writes a model: give one");
+  if (o.sensitivity && o.keep_fp32 > 0) throw std::runtime_error("--keep-fp32 quantizes a model; --sensitivity measures: give one");
   if (!o.plot.empty() && !o.sensitivity) throw std::runtime_error("--plot draws --sensitivity's measure: give --sensitivity");
   if (!o.export_path.empty() && o.bits.size() > 1)
     throw std::runtime_error("--export writes one quantized model: give one --bits value");
@@ -95,11 +102,12 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   PtqOptions o;
   for (size_t i = 0; i < args.size();) {
     if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
-    if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images") {
+    if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images" || args[i] == "--keep-fp32") {
       if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", args[i]));
       const std::string& v = args[i + 1];
       if (args[i] == "--export") o.export_path = v;
       else if (args[i] == "--plot") o.plot = v;
+      else if (args[i] == "--keep-fp32") o.keep_fp32 = parse_int(args[i], v, 1);
       else o.sensitivity_images = parse_int(args[i], v, 1);
       i += 2;
       continue;
@@ -133,13 +141,20 @@ Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const Pt
   return cal;
 }
 
-QuantConfig quant_config(const PtqOptions& o, size_t k) {
+QuantConfig quant_config(const PtqOptions& o, size_t k, models::RepVGG& model) {
   QuantConfig c;
   c.weight_bits = o.bits.at(k);
   c.act_bits = o.act_bits.empty() ? o.bits[k] : o.act_bits.size() == 1 ? o.act_bits[0] : o.act_bits[k];
   c.granularity = o.granularity;
   c.calib = o.calib;
   c.quantize_first_last = o.quantize_first_last;
+  if (!o.layer_bits.empty()) {
+    std::vector<std::string> names;
+    for (const models::QuantLayer& l : model.quant_layers()) names.push_back(l.name);
+    std::vector<LayerBits> base;
+    for (size_t i = 0; i < names.size(); i++) base.push_back(bits_of(i, names.size(), c));
+    c.layers = apply_layer_spec(o.layer_bits, names, base);
+  }
   return c;
 }
 
@@ -161,10 +176,12 @@ nlohmann::json layers_json(models::RepVGG& model, const QuantConfig& c, const st
   const std::vector<models::QuantLayer> quant_layers = model.quant_layers();
   nlohmann::json layers = nlohmann::json::array();
   for (size_t i = 0; i < ranges.size(); i++) {
-    if (!quantizes(i, quant_layers.size(), c)) continue;
-    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
+    const LayerBits b = bits_of(i, quant_layers.size(), c);
+    if (b.weight == 0) continue;
+    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, b.act);
     layers.push_back({{"name", quant_layers[i].name}, {"act_lo", ranges[i].lo}, {"act_hi", ranges[i].hi}, {"act_scale", a.scale},
                       {"act_zero_point", a.zero_point}});
+    if (!c.layers.empty()) layers.back()["bits"] = b.weight, layers.back()["act_bits"] = b.act;
   }
   return layers;
 }
@@ -318,26 +335,58 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, in
 // --sensitivity: per bit width, each layer's two logit KLs (quant/sensitivity.h) on o.sensitivity_images
 // training images, sorted; --sensitivity-check adds each layer alone's validation top-1 and the rank
 // correlation of the KL with the top-1 drop.
-int run_sensitivity(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
-                    data::Loader& val_loader, int batch) {
+// The sensitivity measure's images: o.sensitivity_images training images spread over the set (eval
+// transform), in batches.
+std::vector<Tensor> sensitivity_images(const PtqOptions& o, const Source& s, int batch, size_t& n) {
   auto train = open_split(s, true, (size_t)o.sensitivity_images);
   data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());
   loader.start_epoch(0);
   std::vector<Tensor> images;
   Tensor x, y;
-  size_t n = 0;
+  n = 0;
   while (const data::Batch* b = loader.next()) {
     data::to_tensors(*b, s.device, x, y);
     images.push_back(x);
     n += b->n;
   }
+  return images;
+}
+
+// --keep-fp32 N: of c's quantized layers, the N whose quantization alone moves the logits most (the
+// sensitivity measure at c's widths) stay FP32.
+void keep_most_sensitive_fp32(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
+                              QuantConfig& c, int batch) {
+  size_t n = 0;
+  const std::vector<Tensor> images = sensitivity_images(o, s, batch, n);
+  const std::vector<LayerSensitivity> sens = layer_sensitivity(model, cal, c, images, logits_of(model, images));
+  const size_t count = sens.size();
+  std::vector<LayerBits> widths;
+  for (size_t i = 0; i < count; i++) widths.push_back(bits_of(i, count, c));
+  c.layers = widths;
+  std::vector<size_t> order;
+  for (size_t i = 0; i < count; i++)
+    if (c.layers[i].weight > 0) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sens[a].alone > sens[b].alone; });
+  std::string kept;
+  for (size_t k = 0; k < order.size() && k < (size_t)o.keep_fp32; k++) {
+    c.layers[order[k]] = {};
+    kept += (kept.empty() ? "" : ", ") + sens[order[k]].name;
+  }
+  std::printf("W%d/A%d: kept in FP32, the %d most sensitive (logit KL on %zu training images): %s\n", c.weight_bits,
+              c.act_bits, o.keep_fp32, n, kept.c_str());
+}
+
+int run_sensitivity(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
+                    data::Loader& val_loader, int batch) {
+  size_t n = 0;
+  const std::vector<Tensor> images = sensitivity_images(o, s, batch, n);
   const std::vector<float> reference = logits_of(model, images);
   Accuracy fp32;
   if (o.sensitivity_check) fp32 = train::evaluate(model, val_loader, s.device);
   nlohmann::json results = nlohmann::json::array();
   std::vector<std::vector<Bar>> panels;
   for (size_t k = 0; k < o.bits.size(); k++) {
-    const QuantConfig c = quant_config(o, k);
+    const QuantConfig c = quant_config(o, k, model);
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<LayerSensitivity> layers = layer_sensitivity(model, cal, c, images, reference);
     const double measure_s = seconds_since(t0);
@@ -346,8 +395,8 @@ int run_sensitivity(const PtqOptions& o, const Source& s, models::RepVGG& model,
       std::vector<double> kl, drop;
       for (size_t i = 0; i < layers.size(); i++) {
         QuantConfig one = c;
-        one.only.assign(layers.size(), false);
-        one.only[i] = true;
+        one.layers.assign(layers.size(), LayerBits{});
+        one.layers[i] = {c.weight_bits, c.act_bits};
         attach_quantizers(model, one, cal);
         layers[i].alone_top1 = train::evaluate(model, val_loader, s.device).top1;
         kl.push_back(layers[i].alone);
@@ -433,7 +482,8 @@ int run_ptq(const std::vector<std::string>& args) {
 
   std::vector<Row> rows;
   for (size_t k = 0; k < o.bits.size(); k++) {
-    const QuantConfig c = quant_config(o, k);
+    QuantConfig c = quant_config(o, k, *model);
+    if (o.keep_fp32 > 0) keep_most_sensitive_fp32(o, s, *model, cal, c, batch);
     t0 = std::chrono::steady_clock::now();
     const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);

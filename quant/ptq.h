@@ -20,6 +20,8 @@ struct PtqOptions {
   Granularity granularity = Granularity::layer;
   CalibMethod calib = CalibMethod::minmax;
   int calib_batches = 16;
+  std::string layer_bits;      // --layer-bits SPEC (quant/layer_spec.h)
+  int keep_fp32 = 0;           // --keep-fp32 N: the N most sensitive layers (quant/sensitivity.h) stay FP32
   bool quantize_first_last = false;
   std::string export_path;     // --export: the quantized deploy model (deploy/int8_model.h), one bit width
   bool sensitivity = false;    // --sensitivity: per layer, the logit KL of quantizing it alone or all but it
@@ -44,8 +46,8 @@ extern const char* const kQuantHelp;
 // split (eval transform, no augmentation), observed on the FP32 `deployed` model. Throws naming s.data when
 // there are no training images.
 Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const PtqOptions& o, int batch);
-// The configuration of o.bits[k].
-QuantConfig quant_config(const PtqOptions& o, size_t k);
+// The configuration of o.bits[k] for `model`'s layers, --layer-bits applied.
+QuantConfig quant_config(const PtqOptions& o, size_t k, models::RepVGG& model);
 
 // The program: parses, runs, prints the table (and writes --json). Returns 0; errors throw
 // std::runtime_error (a missing or corrupt checkpoint, one of another arch: the message names the file).

@@ -13,9 +13,10 @@ namespace quant {
 using layers::Codes;
 using layers::Quantizer;
 
-bool quantizes(size_t layer, size_t n, const QuantConfig& c) {
-  if (!c.only.empty()) return c.only.at(layer);
-  return c.quantize_first_last || (layer != 0 && layer + 1 != n);
+LayerBits bits_of(size_t layer, size_t n, const QuantConfig& c) {
+  if (!c.layers.empty()) return c.layers.at(layer);
+  if (c.quantize_first_last || (layer != 0 && layer + 1 != n)) return {c.weight_bits, c.act_bits};
+  return {};
 }
 
 // The model's quantized layers, each block in deploy form.
@@ -130,19 +131,20 @@ std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, co
   ENGINE_CHECK(cal.observers.size() == n, std::to_string(cal.observers.size()) + " observers for " + std::to_string(n) + " layers");
   std::vector<Range> ranges(n);
   for (size_t i = 0; i < n; i++) {
-    if (!quantizes(i, n, c)) {
+    const LayerBits b = bits_of(i, n, c);
+    if (b.weight == 0) {
       layers[i].quant->set(nullptr, nullptr);
       continue;
     }
     ENGINE_CHECK(!cal.observers[i].empty(), "layer " + layers[i].name + ": no calibration activations observed");
-    ranges[i] = calibrate(cal.observers[i], c.calib, c.act_bits);
-    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, c.act_bits);
-    auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act);  // codes [0, 2^B - 1], and z
+    ranges[i] = calibrate(cal.observers[i], c.calib, b.act);
+    const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, b.act);
+    auto act = std::make_shared<Quantizer>(b.act, Codes::unsigned_act);  // codes [0, 2^B - 1], and z
     act->set_step({a.scale});
     act->zero_point = a.zero_point;
     const Tensor& w = layers[i].weight;
-    const std::vector<float> scales = weight_scales(w, c.weight_bits, c.granularity);
-    auto weight = std::make_shared<Quantizer>(c.weight_bits, Codes::weight, (int64_t)scales.size());
+    const std::vector<float> scales = weight_scales(w, b.weight, c.granularity);
+    auto weight = std::make_shared<Quantizer>(b.weight, Codes::weight, (int64_t)scales.size());
     weight->set_step(scales);
     for (auto* q : {act.get(), weight.get()}) q->to(w.device());
     layers[i].quant->set(act, weight);

@@ -22,18 +22,23 @@
 
 namespace quant {
 
+// One layer's bit widths; weight 0 leaves it FP32.
+struct LayerBits {
+  int weight = 0, act = 0;
+};
+
 struct QuantConfig {
   int weight_bits = 8, act_bits = 8;
   Granularity granularity = Granularity::layer;
   CalibMethod calib = CalibMethod::minmax;
   bool quantize_first_last = false;
-  std::vector<bool> only;  // not empty: exactly the layers marked are quantized (quant_layers() order)
+  std::vector<LayerBits> layers;  // not empty: each layer's own widths (quant_layers() order), in place of the above
 };
 
 // The layers PTQ quantizes are the model's quant_layers(), in order: the blocks ("stage0", "stage1.0", ...),
-// then the FC ("linear"). Whether layer i of n is quantized: those of `only` where given, else all but the first
-// and last unless quantize_first_last.
-bool quantizes(size_t layer, size_t n, const QuantConfig& c);
+// then the FC ("linear"). Layer i of n's widths: c.layers[i] where given, else c's for all but the first and last
+// (FP32) unless quantize_first_last.
+LayerBits bits_of(size_t layer, size_t n, const QuantConfig& c);
 
 // Each layer's input, observed on the FP32 deploy model over up to `batches` batches of `loader`.
 struct Calibration {

@@ -69,7 +69,8 @@ std::vector<float> logits_of(models::RepVGG& model, const std::vector<Tensor>& i
   return out;
 }
 
-std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& m, const Calibration& cal, QuantConfig c, const std::vector<Tensor>& images,
+std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& m, const Calibration& cal, QuantConfig c,
+                                                const std::vector<Tensor>& images,
                                                 const std::vector<float>& reference) {
   const std::vector<models::QuantLayer> layers = m.quant_layers();
   const int64_t classes = layers.back().out;
@@ -78,8 +79,9 @@ std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& m, const Calibra
     const models::QuantLayer& l = layers[i];
     LayerSensitivity s{l.name, !l.fc && l.in == l.out && l.stride == 1};
     for (bool alone : {true, false}) {
-      c.only.assign(layers.size(), !alone);
-      c.only[i] = alone;
+      const LayerBits on{c.weight_bits, c.act_bits}, off{};
+      c.layers.assign(layers.size(), alone ? off : on);
+      c.layers[i] = alone ? on : off;
       attach_quantizers(m, c, cal);
       (alone ? s.alone : s.kept) = logit_kl(reference, logits_of(m, images), classes);
     }

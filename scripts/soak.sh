@@ -40,7 +40,7 @@ growth() {
           exit (g > 2) }' "$1"
 }
 
-common=(cifar10 --data "$DATA" --limit-train 2048 --limit-val 512 --batch-size 64 --threads 2 --seed 1 --out run
+common=(cifar10 --data "$DATA" --limit-train 1024 --limit-val 256 --batch-size 64 --threads 1 --seed 1 --out run
         --epochs "$EPOCHS" --tmax "$EPOCHS")
 "$ROOT/train" "${common[@]}" > train1.log 2>&1 &
 pid=$!
@@ -63,7 +63,7 @@ growth rss1.log 2 "train, epochs 1-$HALF" || status=1
 growth rss2.log $((HALF + 2)) "train resumed, epochs $((HALF + 1))-$EPOCHS" || status=1
 
 "$ROOT/ptq" --ckpt run/last.safetensors --bits 8 --export model.int8.safetensors --limit-val 512 > ptq.log 2>&1
-"$ROOT/infer" --model model.int8.safetensors --data "$DATA" --batch-size 1 --limit-val 10000 --threads 2 > infer.log 2>&1 &
+"$ROOT/infer" --model model.int8.safetensors --data "$DATA" --batch-size 1 --limit-val 10000 --threads 1 > infer.log 2>&1 &
 pid=$!
 start=$(date +%s.%N)
 : > rss3.log

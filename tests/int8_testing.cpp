@@ -1,5 +1,7 @@
 #include "tests/int8_testing.h"
 
+#include "quant/layer_spec.h"
+
 #include "datasets/cifar10.h"
 #include "datasets/loader.h"
 #include "engine/autograd.h"
@@ -13,7 +15,7 @@ std::filesystem::path small_cifar() {
   return data;
 }
 
-QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last) {
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec) {
   const std::filesystem::path data = small_cifar();
   engine::Rng rng(5);
   QuantizedSmall q;
@@ -29,6 +31,13 @@ QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_fir
   c.weight_bits = c.act_bits = bits;
   c.granularity = g;
   c.quantize_first_last = quantize_first_last;
+  if (!layer_spec.empty()) {
+    std::vector<std::string> names;
+    std::vector<quant::LayerBits> base;
+    for (const models::QuantLayer& l : q.model->quant_layers()) names.push_back(l.name);
+    for (size_t i = 0; i < names.size(); i++) base.push_back(quant::bits_of(i, names.size(), c));
+    c.layers = quant::apply_layer_spec(layer_spec, names, base);
+  }
   quant::attach_quantizers(*q.model, c, cal);
   val.start_epoch(0);
   engine::Tensor labels;

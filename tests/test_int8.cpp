@@ -270,6 +270,29 @@ TEST_CASE("int8 model: logits against ./ptq's fake-quantized forward of the same
       }
 }
 
+// Mixed precision through export: layers kept in float among the quantized ones (--layer-bits NAME=fp32) run
+// as FP32 inside the integer model, the quantized block before one writing f32 and the one after it
+// quantizing its input again; the same bounds as above against the fake-quantized forward.
+TEST_CASE("int8 model: FP32 layers among the quantized ones (--layer-bits NAME=fp32) against the fake-quantized forward") {
+  for (int bits : {8, 4}) {
+    CAPTURE(bits);
+    const QuantizedSmall q = quantized_small(bits, quant::Granularity::channel, false, "stage1.1=fp32,stage2.*=fp32,stage3.0=fp32");
+    const int64_t n = q.images.size(0);
+    const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {});
+    int fp32 = 0;
+    for (const deploy::Int8Layer& l : m.layers) fp32 += !l.quantized;
+    CHECK(fp32 == 2 + 1 + 8 + 1);  // stage0 and the FC, stage1.1, stage2.0-7, stage3.0
+    CHECK(m.layers[2].name == "stage1.1");
+    CHECK_FALSE(m.layers[2].quantized);
+    CHECK(m.layers[3].quantized);
+    deploy::IntegerModel im(m);
+    const LogitDiff d = compare(im.forward(q.images).to_vector(), forward(*q.model, q.images), n);
+    MESSAGE("W", bits, " with 11 FP32 blocks: median relative logit difference ", d.median(), "; argmax agree ", d.agree, " of ", n);
+    CHECK(d.median() < 1e-5);
+    CHECK(d.agree == n);
+  }
+}
+
 TEST_CASE("int8 model: the steady-state forward creates no primitive and allocates nothing") {
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false);
   deploy::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));

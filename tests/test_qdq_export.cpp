@@ -234,7 +234,7 @@ TEST_CASE("./export --qdq --bits: a full-precision checkpoint quantized as ./ptq
   quant::Source s = quant::resolve_source(o.source);
   auto model = quant::load_model(s);
   model->switch_to_deploy();
-  quant::attach_quantizers(*model, quant::quant_config(o, 0), quant::calibrate_source(s, *model, o, 16));
+  quant::attach_quantizers(*model, quant::quant_config(o, 0, *model), quant::calibrate_source(s, *model, o, 16));
   std::ifstream json_in(dir / "ptq.json");
   const nlohmann::json layers = nlohmann::json::parse(json_in)["results"][0]["layers"];
   const std::vector<models::QuantLayer> quant_layers = model->quant_layers();

@@ -12,6 +12,8 @@
 #include "engine/random.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
+#include "deploy/int8_model.h"
+#include "quant/layer_spec.h"
 #include "quant/ptq.h"
 #include "quant/sensitivity.h"
 #include "tests/testing.h"
@@ -64,12 +66,12 @@ TEST_CASE("sensitivity: each layer's two measures are those of the model quantiz
     CHECK(s[i].name == layers[i].name);
     CHECK(s[i].identity == (!layers[i].fc && layers[i].in == layers[i].out && layers[i].stride == 1));
     quant::QuantConfig one = c;
-    one.only.assign(layers.size(), false);
-    one.only[i] = true;
+    one.layers.assign(layers.size(), quant::LayerBits{});
+    one.layers[i] = {4, 4};
     quant::attach_quantizers(m, one, cal);
     CHECK(s[i].alone == quant::logit_kl(reference, quant::logits_of(m, images), 10));
-    one.only.assign(layers.size(), true);
-    one.only[i] = false;
+    one.layers.assign(layers.size(), quant::LayerBits{4, 4});
+    one.layers[i] = {};
     quant::attach_quantizers(m, one, cal);
     CHECK(s[i].kept == quant::logit_kl(reference, quant::logits_of(m, images), 10));
     CHECK(s[i].alone > 0);
@@ -108,5 +110,71 @@ TEST_CASE("ptq --sensitivity: a sorted table per bit width, JSON and a plot; --s
   CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "4", "--sensitivity", "--export", "x"}),
                     doctest::Contains("--sensitivity measures, --export writes a model"));
   CHECK_THROWS_WITH(quant::parse_ptq_options({"--sensitivity-images", "0"}), doctest::Contains("option --sensitivity-images: must be at least 1"));
+  fs::remove_all(root);
+}
+
+TEST_CASE("--layer-bits: globs, fp32 and widths, later entries win; bad entries named") {
+  CHECK(quant::glob_match("stage2.*", "stage2.10"));
+  CHECK(quant::glob_match("stage?.0", "stage3.0"));
+  CHECK(quant::glob_match("*", "linear"));
+  CHECK(quant::glob_match("s*.1*", "stage3.11"));
+  CHECK_FALSE(quant::glob_match("stage2.*", "stage20"));
+  CHECK_FALSE(quant::glob_match("stage1.1", "stage1.10"));
+  const std::vector<std::string> names = {"stage0", "stage1.0", "stage1.1", "stage2.0", "linear"};
+  const std::vector<quant::LayerBits> base = {{}, {8, 8}, {8, 8}, {8, 8}, {}};
+  const auto b = quant::apply_layer_spec("stage1.*=4,stage1.1=fp32,linear=6", names, base);
+  CHECK(b[0].weight == 0);
+  CHECK((b[1].weight == 4 && b[1].act == 4));
+  CHECK(b[2].weight == 0);
+  CHECK((b[3].weight == 8 && b[3].act == 8));
+  CHECK((b[4].weight == 6 && b[4].act == 6));
+  CHECK_THROWS_WITH(quant::apply_layer_spec("stage9.*=4", names, base),
+                    "option --layer-bits: 'stage9.*' names no layer (the layers: stage0, stage1.0, stage1.1, stage2.0, linear)");
+  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=17", names, base),
+                    "option --layer-bits: 'stage1.0=17': the value is fp32 or a bit width 2..16");
+  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=fp16", names, base), doctest::Contains("the value is fp32 or a bit width"));
+  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0", names, base), doctest::Contains("'stage1.0' is not PATTERN=VALUE"));
+  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=8,", names, base), doctest::Contains("'' is not PATTERN=VALUE"));
+}
+
+TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not quantized; the int8 export holds them") {
+  const fs::path root = fresh_temp_dir("mixed_program");
+  const fs::path data = make_cifar(root / "cifar", 4, 12);
+  {
+    engine::Rng rng(3);
+    models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
+    m.forward(engine::rand_normal({4, 3, 32, 32}, 0, 1, rng));
+    m.eval();
+    layers::save_checkpoint((root / "fp.safetensors").string(), m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
+  }
+  const std::string json = (root / "p.json").string();
+  const std::vector<std::string> common = {"--ckpt", (root / "fp.safetensors").string(), "--data", data.string(), "--limit-val", "12",
+                                           "--batch-size", "6", "--calib-batches", "2", "--threads", "2", "--json", json,
+                                           "--sensitivity-images", "12"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  REQUIRE(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage1.*=fp32,stage4.0=6"})) == 0);
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(json));
+  const nlohmann::json& layers = j["results"][0]["layers"];
+  CHECK(layers.size() == 25 - 4);
+  for (const auto& l : layers) CHECK(std::string(l["name"]).rfind("stage1.", 0) != 0);
+  CHECK(layers.back()["name"] == "stage4.0");
+  CHECK(layers.back()["bits"] == 6);
+
+  const std::string file = (root / "m.int8.safetensors").string();
+  REQUIRE(quant::run_ptq(with({"--bits", "8", "--keep-fp32", "3", "--export", file})) == 0);
+  j = nlohmann::json::parse(std::ifstream(json));
+  CHECK(j["results"][0]["layers"].size() == 25 - 3);
+  const deploy::Int8Model m = deploy::load_int8(file);
+  int fp32 = 0;
+  for (const deploy::Int8Layer& l : m.layers) fp32 += !l.quantized;
+  CHECK(fp32 == 2 + 3);
+  // one int8 file, one width
+  CHECK_THROWS_WITH(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage4.0=6", "--export", file})),
+                    doctest::Contains("layer stage4.0: W6/A6 where the layers before it are W8/A8: an int8 file holds one bit width"));
+  CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "8", "--keep-fp32", "2", "--sensitivity"}), doctest::Contains("--keep-fp32 quantizes a model"));
   fs::remove_all(root);
 }

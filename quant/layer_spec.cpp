@@ -1,0 +1,63 @@
+#include "quant/layer_spec.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "quant/run_source.h"
+
+namespace quant {
+
+bool glob_match(const std::string& p, const std::string& s) {
+  // the classic two-pointer match, backtracking to the last *
+  size_t i = 0, j = 0, star = std::string::npos, mark = 0;
+  while (j < s.size()) {
+    if (i < p.size() && (p[i] == '?' || p[i] == s[j])) {
+      i++, j++;
+    } else if (i < p.size() && p[i] == '*') {
+      star = i++, mark = j;
+    } else if (star != std::string::npos) {
+      i = star + 1, j = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (i < p.size() && p[i] == '*') i++;
+  return i == p.size();
+}
+
+std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vector<std::string>& names,
+                                        std::vector<LayerBits> base, const std::string& option) {
+  size_t start = 0;
+  while (start <= spec.size()) {
+    const size_t comma = spec.find(',', start);
+    const std::string entry = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? spec.size() + 1 : comma + 1;
+    const size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw std::runtime_error(fmt::format("option {}: '{}' is not PATTERN=VALUE (e.g. stage1.0=8, stage2.*=fp32)", option, entry));
+    const std::string pattern = entry.substr(0, eq), value = entry.substr(eq + 1);
+    LayerBits bits;
+    if (value != "fp32") {
+      int b = 0;
+      try {
+        b = parse_int(option, value, 2);
+      } catch (const std::exception&) {
+        b = 0;
+      }
+      if (b < 2 || b > 16) throw std::runtime_error(fmt::format("option {}: '{}': the value is fp32 or a bit width 2..16", option, entry));
+      bits = {b, b};
+    }
+    bool any = false;
+    for (size_t i = 0; i < names.size(); i++)
+      if (glob_match(pattern, names[i])) base[i] = bits, any = true;
+    if (!any) {
+      std::string all;
+      for (const std::string& n : names) all += (all.empty() ? "" : ", ") + n;
+      throw std::runtime_error(fmt::format("option {}: '{}' names no layer (the layers: {})", option, pattern, all));
+    }
+  }
+  return base;
+}
+
+}  // namespace quant
