@@ -72,8 +72,9 @@ std::map<std::string, std::vector<float>> cluster_input_means(const st::File& f,
 }
 
 st::File decompress_cluster(const st::File& f, const std::string& path) {
-  const int bits = (int)st::metadata_int(f.metadata, path, "bits", 1, 8);  // the codebooks' 2^bits entries
-  const size_t entries = size_t(1) << bits;
+  // the codebooks' 2^bits entries; with per-layer widths (metadata "layer_bits"), each its own
+  const bool per_layer = f.metadata.count("layer_bits") > 0;
+  const int model_bits = (int)st::metadata_int(f.metadata, path, "bits", 1, 8);
   st::File out;
   out.metadata = f.metadata;
   for (auto& [name, e] : f.tensors) {
@@ -95,9 +96,15 @@ st::File decompress_cluster(const st::File& f, const std::string& path) {
     const std::string cb_name = codebook_name(layer);
     auto cb_it = f.tensors.find(cb_name);
     if (cb_it == f.tensors.end() || cb_it->second.dtype != st::DType::F32) fail(path + ": no F32 tensor '" + cb_name + "' for '" + name + "'");
+    int bits = model_bits;
+    if (per_layer) {
+      bits = 1;
+      while (bits < 8 && (int64_t(1) << bits) < cb_it->second.numel()) bits++;
+    }
+    const size_t entries = size_t(1) << bits;
     if ((size_t)cb_it->second.numel() != entries)
       fail(path + ": tensor '" + cb_name + "' has " + std::to_string(cb_it->second.numel()) + " entries, expected 2^" +
-           std::to_string(bits) + " = " + std::to_string(entries) + " (metadata bits)");
+           std::to_string(bits) + " = " + std::to_string(entries) + (per_layer ? " (a power of two up to 256)" : " (metadata bits)"));
     if (e.dtype != st::DType::U8 || e.shape.size() != 1) fail(path + ": tensor '" + name + "' is not U8 [bytes]");
     std::vector<uint8_t> codes;
     try {
@@ -114,6 +121,14 @@ st::File decompress_cluster(const st::File& f, const std::string& path) {
 }
 
 ModelBytes model_bytes(const models::ArchConfig& arch, int bits, bool quantize_first_last) {
+  std::vector<int> widths;
+  for (auto& stage : models::block_specs(arch)) widths.insert(widths.end(), stage.size(), bits);
+  widths.push_back(bits);
+  if (!quantize_first_last) widths.front() = widths.back() = 0;
+  return model_bytes(arch, widths);
+}
+
+ModelBytes model_bytes(const models::ArchConfig& arch, const std::vector<int>& widths) {
   std::vector<std::pair<int64_t, int64_t>> layers;  // (weights, biases), stage0 ... the FC
   int last = 0;
   for (auto& stage : models::block_specs(arch))
@@ -122,12 +137,14 @@ ModelBytes model_bytes(const models::ArchConfig& arch, int bits, bool quantize_f
       last = b.out;
     }
   layers.push_back({(int64_t)last * arch.num_classes, arch.num_classes});
+  ENGINE_CHECK(widths.size() == layers.size(), std::to_string(widths.size()) + " widths for " + std::to_string(layers.size()) + " layers");
   ModelBytes s;
   for (size_t i = 0; i < layers.size(); i++) {
     const auto [n, o] = layers[i];
     const int64_t fp = 4 * (n + o);
+    const int bits = widths[i];
     s.fp32 += fp;
-    if (!quantize_first_last && (i == 0 || i + 1 == layers.size())) {
+    if (bits == 0) {
       s.uniform += fp;
       s.cluster += fp;
       continue;
@@ -164,7 +181,25 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
     fail(fmt::format("file {}: metadata \"arch\": {}", path, e.what()));
   }
   m.arch.num_classes = (int)st::metadata_int(md, path, "num_classes", 1, 1 << 20);
-  const int act_bits = (int)st::metadata_int(md, path, "act_bits", 1, 16);
+  int act_bits = (int)st::metadata_int(md, path, "act_bits", 1, 16);
+  // per-layer widths ("fp32,4/8,..."): the quantized layers' input widths, which one integer model shares
+  if (auto lb = md.find("layer_bits"); lb != md.end()) {
+    std::set<int> acts;
+    size_t start = 0;
+    while (start <= lb->second.size()) {
+      const size_t comma = lb->second.find(',', start);
+      const std::string w = lb->second.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      start = comma == std::string::npos ? lb->second.size() + 1 : comma + 1;
+      const size_t slash = w.find('/');
+      if (w == "fp32") continue;
+      if (slash == std::string::npos) fail(fmt::format("file {}: metadata \"layer_bits\" holds '{}', expected fp32 or W/A", path, st::cut(w)));
+      acts.insert(std::atoi(w.c_str() + slash + 1));
+    }
+    if (acts.size() > 1)
+      fail(fmt::format("file {}: its layers quantize their inputs at {} different widths (metadata \"layer_bits\"): an integer "
+                       "model holds one", path, acts.size()));
+    if (acts.size() == 1) act_bits = *acts.begin();
+  }
   m.bits = 8, m.act_bits = act_bits;  // the codes span the s8 range whatever the codebooks' bits
   m.method = "qat-cluster", m.granularity = "channel";
   for (const char* key : {"dataset", "data", "synsets", "image_size", "resize_size"})

@@ -50,5 +50,7 @@ struct ModelBytes {
   int64_t fp32 = 0, uniform = 0, cluster = 0;
 };
 ModelBytes model_bytes(const models::ArchConfig& arch, int bits, bool quantize_first_last);
+// The same with each layer's width (stage0 ... the FC; 0: FP32).
+ModelBytes model_bytes(const models::ArchConfig& arch, const std::vector<int>& widths);
 
 }  // namespace deploy

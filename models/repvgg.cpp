@@ -1,5 +1,7 @@
 #include "models/repvgg.h"
 
+#include <fmt/format.h>
+
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
@@ -91,10 +93,16 @@ std::optional<QatMethod> parse_qat_method(const std::string& name) {
 
 void check_qat_bits(const QatConfig& c, const std::string& what) {
   const bool cluster = c.traits().cluster;
-  if (cluster ? c.bits < 1 || c.bits > 8 : c.bits < 2 || c.bits > 16)
-    fail(what + ": " + std::to_string(c.bits) + " weight bits is outside " + (cluster ? "1..8 (the codebook of --qat cluster has 2^B entries, B 1..8)" : "2..16"));
-  if (c.act_bits < (cluster ? 1 : 2) || c.act_bits > 16)
-    fail(what + ": " + std::to_string(c.act_bits) + " activation bits is outside " + (cluster ? "1..16" : "2..16"));
+  auto check = [&](int bits, int act_bits, const std::string& where) {
+    if (cluster ? bits < 1 || bits > 8 : bits < 2 || bits > 16)
+      fail(what + ": " + where + std::to_string(bits) + " weight bits is outside " +
+           (cluster ? "1..8 (the codebook of --qat cluster has 2^B entries, B 1..8)" : "2..16"));
+    if (act_bits < (cluster ? 1 : 2) || act_bits > 16)
+      fail(what + ": " + where + std::to_string(act_bits) + " activation bits is outside " + (cluster ? "1..16" : "2..16"));
+  };
+  check(c.bits, c.act_bits, "");
+  for (size_t i = 0; i < c.layers.size(); i++)
+    if (c.layers[i].weight != 0) check(c.layers[i].weight, c.layers[i].act, "layer " + std::to_string(i) + ": ");
   if (cluster && c.per_channel) fail(what + ": --qat cluster has one codebook per layer; --granularity channel is for the uniform methods");
 }
 
@@ -107,27 +115,47 @@ void RepVGG::set_qat(const QatConfig& c) {
                  "QAT starts from a model in training form (or, for merged, in deploy form)");
   using layers::Codes;
   using layers::Quantizer;
+  const size_t n = blocks_.size() + 1;  // the blocks and the FC
+  ENGINE_CHECK(c.layers.empty() || c.layers.size() == n,
+               std::to_string(c.layers.size()) + " layer widths for the " + std::to_string(n) + " layers of " + arch.name);
   for (size_t i = 0; i < blocks_.size(); i++) {
     layers::RepBlock& b = *blocks_[i];
     if (m.deploy_first) b.switch_to_deploy();
     else b.switch_to_merged(m.fold);
-    if (m.full_precision || (i == 0 && !c.quantize_first_last)) continue;
-    auto act = std::make_shared<Quantizer>(c.act_bits, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);
-    if (m.cluster) b.quant.set(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
-    else b.quant.set(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? b.out_channels : 1, c.init));
   }
-  if (!m.full_precision && c.quantize_first_last) {
-    auto act = std::make_shared<Quantizer>(c.act_bits, Codes::unsigned_act, 1, c.init);
-    if (m.cluster) fc_quant_.set(act, nullptr, std::make_shared<layers::ClusterQuantizer>(c.bits));
-    else fc_quant_.set(act, std::make_shared<Quantizer>(c.bits, Codes::weight, c.per_channel ? arch.num_classes : 1, c.init));
+  std::vector<QuantLayer> layers = quant_layers();
+  for (size_t i = 0; i < n && !m.full_precision; i++) {
+    const LayerBits w = c.layer(i, n);
+    if (w.weight == 0) continue;
+    auto act = std::make_shared<Quantizer>(w.act, i == 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);
+    if (m.cluster) layers[i].quant->set(act, nullptr, std::make_shared<layers::ClusterQuantizer>(w.weight));
+    else layers[i].quant->set(act, std::make_shared<Quantizer>(w.weight, Codes::weight, c.per_channel ? layers[i].out : 1, c.init));
   }
   qat_ = c;
 }
 
+LayerBits QatConfig::layer(size_t i, size_t n) const {
+  if (!layers.empty()) return layers.at(i);
+  return quantize_first_last || (i != 0 && i + 1 != n) ? LayerBits{bits, act_bits} : LayerBits{};
+}
+
+// "fp32,4/8,4/8,...": each layer's widths in quant_layers() order
+static std::string layer_widths(const std::vector<LayerBits>& layers) {
+  std::string s;
+  for (const LayerBits& l : layers) {
+    if (!s.empty()) s += ',';
+    s += l.weight == 0 ? "fp32" : fmt::format("{}/{}", l.weight, l.act);
+  }
+  return s;
+}
+
 std::map<std::string, std::string> qat_metadata(const QatConfig& c) {
-  return {{"qat", qat_method_name(c.method)}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
-          {"granularity", c.per_channel ? "channel" : "layer"}, {"step_init", layers::step_init_name(c.init)},
-          {"quantize_first_last", c.quantize_first_last ? "1" : "0"}};
+  std::map<std::string, std::string> md = {
+      {"qat", qat_method_name(c.method)}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
+      {"granularity", c.per_channel ? "channel" : "layer"}, {"step_init", layers::step_init_name(c.init)},
+      {"quantize_first_last", c.quantize_first_last ? "1" : "0"}};
+  if (!c.layers.empty()) md["layer_bits"] = layer_widths(c.layers);
+  return md;
 }
 
 std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::string>& md, const std::string& file) {
@@ -161,6 +189,19 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
   const std::string& q = get("quantize_first_last");
   if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + st::cut(q) + "', expected 0 or 1");
   c.quantize_first_last = q == "1";
+  if (auto lb = md.find("layer_bits"); lb != md.end()) {
+    size_t start = 0;
+    while (start <= lb->second.size()) {
+      const size_t comma = lb->second.find(',', start);
+      const std::string w = lb->second.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      start = comma == std::string::npos ? lb->second.size() + 1 : comma + 1;
+      LayerBits l;
+      char tail = 0;
+      if (w != "fp32" && (std::sscanf(w.c_str(), "%d/%d%c", &l.weight, &l.act, &tail) != 2 || l.weight < 1 || l.act < 1))
+        fail(file + ": metadata 'layer_bits' holds '" + st::cut(w) + "', expected fp32 or W/A (e.g. 4/8)");
+      c.layers.push_back(l);
+    }
+  }
   check_qat_bits(c, file + ": metadata");
   return c;
 }

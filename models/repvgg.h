@@ -10,6 +10,7 @@
 
 #include "engine/random.h"
 #include "models/arch.h"
+#include "models/layer_bits.h"
 #include "layers/repvgg_block.h"
 
 namespace models {
@@ -48,7 +49,11 @@ struct QatConfig {
   bool per_channel = false;    // weight steps per output channel, else per layer
   bool quantize_first_last = false;
   layers::StepInit init = layers::StepInit::min_error;
+  // Not empty: each quantized layer's own widths (RepVGG::quant_layers() order; weight 0: FP32), in place of
+  // bits, act_bits and quantize_first_last (./train --layer-bits, models/layer_bits.h)
+  std::vector<LayerBits> layers = {};
   const QatMethodTraits& traits() const { return qat_traits(method); }
+  LayerBits layer(size_t i, size_t n) const;  // layer i of n's widths
 };
 // Throws a message starting with `what` (an option or a file) unless bits and act_bits fit `method`.
 void check_qat_bits(const QatConfig& c, const std::string& what);
@@ -63,7 +68,7 @@ struct QuantLayer {
   bool fc = false;                // the FC: weight [O, I], no ReLU
   int in = 0, out = 0, stride = 1, groups = 1;  // channels (the FC: features), the conv's stride and groups
   layers::LayerQuantizers* quant = nullptr;
-  Tensor weight, bias;            // the deploy conv's [O, I/g, 3, 3], [O] (a block in deploy form) or the FC's
+  Tensor weight = {}, bias = {};  // the deploy conv's [O, I/g, 3, 3], [O] (a block in deploy form) or the FC's
 };
 
 class RepVGG : public layers::Module {

@@ -16,6 +16,7 @@
 #include "engine/random.h"
 #include "deploy/cluster_file.h"
 #include "quant/plots.h"
+#include "quant/ptq_model.h"
 #include "quant/run_source.h"
 
 namespace quant {
@@ -222,7 +223,13 @@ void print_codebooks(models::RepVGG& model) {
 
 void print_sizes(const models::RepVGG& model) {
   const models::QatConfig& q = *model.qat();
-  const deploy::ModelBytes b = deploy::model_bytes(model.arch, q.bits, q.quantize_first_last);
+  const deploy::ModelBytes b = deploy::model_bytes(model.arch, quant::layer_widths(model));
+  if (!q.layers.empty()) {  // --layer-bits
+    std::printf("\nmodel size (deploy weights and biases, each layer at its own width, --layer-bits): FP32 %lld bytes, "
+                "uniform %lld bytes (%.2fx smaller), cluster %lld bytes (%.2fx smaller)\n", (long long)b.fp32,
+                (long long)b.uniform, (double)b.fp32 / (double)b.uniform, (long long)b.cluster, (double)b.fp32 / (double)b.cluster);
+    return;
+  }
   std::printf("\nmodel size (deploy weights and biases; stage0 and the FC %s): FP32 %lld bytes, uniform %d-bit %lld "
               "bytes (%.2fx smaller), cluster %d-bit %lld bytes (%.2fx smaller)\n",
               q.quantize_first_last ? "quantized" : "FP32", (long long)b.fp32, q.bits, (long long)b.uniform,

@@ -15,7 +15,7 @@
 #include "engine/cpu/int8.h"
 #include "engine/ops.h"
 #include "quant/deploy_export.h"
-#include "quant/layer_spec.h"
+#include "models/layer_bits.h"
 #include "quant/plots.h"
 #include "quant/sensitivity.h"
 #include "trainer/step.h"
@@ -153,7 +153,11 @@ QuantConfig quant_config(const PtqOptions& o, size_t k, models::RepVGG& model) {
     for (const models::QuantLayer& l : model.quant_layers()) names.push_back(l.name);
     std::vector<LayerBits> base;
     for (size_t i = 0; i < names.size(); i++) base.push_back(bits_of(i, names.size(), c));
-    c.layers = apply_layer_spec(o.layer_bits, names, base);
+    c.layers = models::apply_layer_spec(o.layer_bits, names, base, c.act_bits);
+    for (size_t i = 0; i < names.size(); i++)
+      if (c.layers[i].weight == 1 || c.layers[i].act == 1)
+        throw std::runtime_error(fmt::format("option --layer-bits: layer {}: 1-bit widths are ClusterQAT's (./train --qat cluster); "
+                                             "PTQ takes 2..16", names[i]));
   }
   return c;
 }
@@ -191,8 +195,11 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
-  std::printf("  rounding half to even; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n\n",
+  std::printf("  rounding half to even; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
               o.quantize_first_last ? "quantized" : "FP32", images);
+  if (!o.layer_bits.empty()) std::printf("  per layer, over the above: --layer-bits %s\n", o.layer_bits.c_str());
+  if (o.keep_fp32 > 0) std::printf("  the %d most sensitive layers kept in FP32 (--keep-fp32; named above)\n", o.keep_fp32);
+  std::printf("\n");
 }
 
 void print_table(const Accuracy& fp32, const std::vector<Row>& rows, bool top5) {
@@ -278,7 +285,7 @@ void export_compressed(const std::string& path, models::RepVGG& model, const Sou
   std::printf("measured each coded layer's input means on %zu training images (for ./infer's bias correction)\n",
               std::min(train->size(), (size_t)o.calib_batches * batch));
   st::save(path, compress_cluster(model, md, means));
-  const deploy::ModelBytes b = deploy::model_bytes(model.arch, model.qat()->bits, model.qat()->quantize_first_last);
+  const deploy::ModelBytes b = deploy::model_bytes(model.arch, layer_widths(model));
   std::printf("exported the compressed deploy model (%d-bit codes and a codebook per layer) to %s: %lld bytes on disk; "
               "weights and biases %lld bytes (FP32 %lld, uniform %d-bit %lld)\n", model.qat()->bits, path.c_str(),
               (long long)std::filesystem::file_size(path), (long long)b.cluster, (long long)b.fp32, model.qat()->bits,

@@ -27,6 +27,14 @@ static std::vector<models::QuantLayer> deployed_layers(models::RepVGG& m) {
   return layers;
 }
 
+std::vector<int> layer_widths(const models::RepVGG& m) {
+  ENGINE_CHECK(m.qat().has_value(), "not a QAT model");
+  const size_t n = m.blocks().size() + 1;
+  std::vector<int> widths;
+  for (size_t i = 0; i < n; i++) widths.push_back(m.qat()->traits().full_precision ? 0 : m.qat()->layer(i, n).weight);
+  return widths;
+}
+
 void remove_quantizers(models::RepVGG& m) {
   for (const models::QuantLayer& l : m.quant_layers()) l.quant->set(nullptr, nullptr);
 }

@@ -16,16 +16,14 @@
 #include <vector>
 
 #include "datasets/loader.h"
+#include "models/layer_bits.h"
 #include "models/repvgg.h"
 #include "quant/calibration.h"
 #include "quant/ptq_grid.h"
 
 namespace quant {
 
-// One layer's bit widths; weight 0 leaves it FP32.
-struct LayerBits {
-  int weight = 0, act = 0;
-};
+using models::LayerBits;
 
 struct QuantConfig {
   int weight_bits = 8, act_bits = 8;
@@ -61,6 +59,8 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, 
 // Gives each layer `c` quantizes its input and weight quantizers, the others none (FP32). Returns each
 // layer's activation range ([0, 0] for an FP32 layer).
 std::vector<Range> attach_quantizers(models::RepVGG& deployed, const QuantConfig& c, const Calibration& cal);
-void remove_quantizers(models::RepVGG& model);  // FP32: forward is the deploy model's again
+void remove_quantizers(models::RepVGG& model);
+// A QAT model's weight width per layer (stage0 ... the FC; 0: FP32), as deploy::model_bytes takes them.
+std::vector<int> layer_widths(const models::RepVGG& model);  // FP32: forward is the deploy model's again
 
 }  // namespace quant

@@ -1,6 +1,6 @@
 #include "tests/int8_testing.h"
 
-#include "quant/layer_spec.h"
+#include "models/layer_bits.h"
 
 #include "datasets/cifar10.h"
 #include "datasets/loader.h"
@@ -36,7 +36,7 @@ QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_fir
     std::vector<quant::LayerBits> base;
     for (const models::QuantLayer& l : q.model->quant_layers()) names.push_back(l.name);
     for (size_t i = 0; i < names.size(); i++) base.push_back(quant::bits_of(i, names.size(), c));
-    c.layers = quant::apply_layer_spec(layer_spec, names, base);
+    c.layers = models::apply_layer_spec(layer_spec, names, base, bits);
   }
   quant::attach_quantizers(*q.model, c, cal);
   val.start_epoch(0);

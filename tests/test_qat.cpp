@@ -6,6 +6,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "deploy/cluster_file.h"
+#include "deploy/int8_model.h"
 #include "engine/safetensors.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
@@ -183,5 +185,64 @@ TEST_CASE("qat --distill: w 0 is the plain run bit for bit, w 0.5 another; resum
   CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--distill", teacher, "--distill-t", "0"}), doctest::Contains("option --distill-t: must be positive"),
                        std::runtime_error);
   CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--distill-t", "2"}), "--distill-t and --distill-w need --distill TEACHER", std::runtime_error);
+  fs::remove_all(root);
+}
+
+// --layer-bits in QAT: the widths kept in the checkpoint and read back; layers left in float have no
+// quantizers; the int8 export keeps them in float; ClusterQAT codebooks of several sizes survive the
+// compressed file; a spec of no layer, or without --qat, is refused before anything is written.
+TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the int8 and the compressed export") {
+  fs::path root = fresh_temp_dir("qat_layer_bits");
+  fs::path data = make_cifar(root / "cifar", 16, 40);
+  const fs::path fp = root / "fp";
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1"})) == 0);
+  const std::string init = (fp / "last.safetensors").string();
+  auto qat = [&](const fs::path& out, std::vector<std::string> more) {
+    std::vector<std::string> a = {"--epochs", "1", "--init", init, "--lr", "0.01"};
+    a.insert(a.end(), more.begin(), more.end());
+    return run(args_for(data, out, a));
+  };
+  REQUIRE(qat(root / "repq", {"--qat", "repq-bn", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage1.*=fp32,stage4.0=8"}) == 0);
+  const st::File f = st::load((root / "repq" / "last.safetensors").string());
+  CHECK(f.metadata.at("layer_bits").rfind("fp32,fp32,fp32,fp32,fp32,4/8,", 0) == 0);
+  CHECK(f.metadata.at("layer_bits").substr(f.metadata.at("layer_bits").size() - 9) == ",8/8,fp32");
+  CHECK(!f.tensors.count("stage1.0.act_quant.step"));
+  CHECK(f.tensors.count("stage2.0.act_quant.step"));
+  quant::SourceOptions so;
+  so.ckpt = (root / "repq" / "last.safetensors").string();
+  auto model = quant::load_model(quant::resolve_source(so));
+  const std::vector<models::QuantLayer> layers = model->quant_layers();
+  CHECK(!layers[1].quant->act);
+  CHECK(layers[5].quant->weight->bits == 4);
+  REQUIRE(layers[25].quant->weight);
+  CHECK(layers[25].quant->weight->bits == 8);  // stage4.0
+  const std::string int8 = (root / "m.int8.safetensors").string();
+  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", so.ckpt, "--limit-val", "8", "--export", int8}),
+                       doctest::Contains("layer stage4.0: W8/A8 where the layers before it are W4/A8"), std::runtime_error);
+
+  REQUIRE(qat(root / "float", {"--qat", "repq-bn", "--bits", "6", "--layer-bits", "stage2.*=fp32"}) == 0);
+  REQUIRE(quant::run_ptq({"--ckpt", (root / "float" / "last.safetensors").string(), "--limit-val", "8", "--export", int8}) == 0);
+  const deploy::Int8Model m = deploy::load_int8(int8);
+  CHECK_FALSE(m.layers[5].quantized);  // stage2.0
+  CHECK(m.layers[4].quantized);        // stage1.3
+
+  REQUIRE(qat(root / "cluster", {"--qat", "cluster", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage2.*=2,stage1.0=fp32"}) == 0);
+  const std::string packed = (root / "c.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--limit-val", "8", "--export", packed}) == 0);
+  const st::File c = st::load(packed);
+  CHECK(c.tensors.at("stage2.0.weight_quant.codebook").numel() == 4);
+  CHECK(c.tensors.at("stage1.1.weight_quant.codebook").numel() == 16);
+  const deploy::Int8Model cm = deploy::load_deploy_model(packed);
+  CHECK_FALSE(cm.layers[1].quantized);
+  CHECK(cm.layers[5].quantized);
+  CHECK(cm.act_bits == 8);
+
+  const fs::path out = root / "out";
+  CHECK_THROWS_WITH_AS(qat(out, {"--qat", "repq-bn", "--layer-bits", "stage7.*=4"}), doctest::Contains("'stage7.*' names no layer"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(qat(out, {"--qat", "repq-bn", "--layer-bits", "stage1.0=1"}), doctest::Contains("1 weight bits is outside 2..16"),
+                       std::runtime_error);
+  CHECK(!fs::exists(out));
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--layer-bits", "stage1.0=4"}), doctest::Contains("need --qat METHOD"), std::runtime_error);
   fs::remove_all(root);
 }

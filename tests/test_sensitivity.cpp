@@ -13,7 +13,8 @@
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
 #include "deploy/int8_model.h"
-#include "quant/layer_spec.h"
+#include "models/layer_bits.h"
+#include "quant/export.h"
 #include "quant/ptq.h"
 #include "quant/sensitivity.h"
 #include "tests/testing.h"
@@ -114,27 +115,28 @@ TEST_CASE("ptq --sensitivity: a sorted table per bit width, JSON and a plot; --s
 }
 
 TEST_CASE("--layer-bits: globs, fp32 and widths, later entries win; bad entries named") {
-  CHECK(quant::glob_match("stage2.*", "stage2.10"));
-  CHECK(quant::glob_match("stage?.0", "stage3.0"));
-  CHECK(quant::glob_match("*", "linear"));
-  CHECK(quant::glob_match("s*.1*", "stage3.11"));
-  CHECK_FALSE(quant::glob_match("stage2.*", "stage20"));
-  CHECK_FALSE(quant::glob_match("stage1.1", "stage1.10"));
+  CHECK(models::glob_match("stage2.*", "stage2.10"));
+  CHECK(models::glob_match("stage?.0", "stage3.0"));
+  CHECK(models::glob_match("*", "linear"));
+  CHECK(models::glob_match("s*.1*", "stage3.11"));
+  CHECK_FALSE(models::glob_match("stage2.*", "stage20"));
+  CHECK_FALSE(models::glob_match("stage1.1", "stage1.10"));
   const std::vector<std::string> names = {"stage0", "stage1.0", "stage1.1", "stage2.0", "linear"};
   const std::vector<quant::LayerBits> base = {{}, {8, 8}, {8, 8}, {8, 8}, {}};
-  const auto b = quant::apply_layer_spec("stage1.*=4,stage1.1=fp32,linear=6", names, base);
+  const auto b = models::apply_layer_spec("stage1.*=4,stage1.1=fp32,linear=6,stage2.0=3/5", names, base, 7);
   CHECK(b[0].weight == 0);
-  CHECK((b[1].weight == 4 && b[1].act == 4));
+  CHECK((b[1].weight == 4 && b[1].act == 8));  // W: the input keeps its width
   CHECK(b[2].weight == 0);
-  CHECK((b[3].weight == 8 && b[3].act == 8));
-  CHECK((b[4].weight == 6 && b[4].act == 6));
-  CHECK_THROWS_WITH(quant::apply_layer_spec("stage9.*=4", names, base),
+  CHECK((b[3].weight == 3 && b[3].act == 5));
+  CHECK((b[4].weight == 6 && b[4].act == 7));  // FP32 before: the default input width
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage9.*=4", names, base, 8),
                     "option --layer-bits: 'stage9.*' names no layer (the layers: stage0, stage1.0, stage1.1, stage2.0, linear)");
-  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=17", names, base),
-                    "option --layer-bits: 'stage1.0=17': the value is fp32 or a bit width 2..16");
-  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=fp16", names, base), doctest::Contains("the value is fp32 or a bit width"));
-  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0", names, base), doctest::Contains("'stage1.0' is not PATTERN=VALUE"));
-  CHECK_THROWS_WITH(quant::apply_layer_spec("stage1.0=8,", names, base), doctest::Contains("'' is not PATTERN=VALUE"));
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage1.0=17", names, base, 8),
+                    "option --layer-bits: 'stage1.0=17': the value is fp32, W or W/A, widths 1..16");
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage1.0=fp16", names, base, 8), doctest::Contains("the value is fp32, W or W/A"));
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage1.0=4/", names, base, 8), doctest::Contains("the value is fp32, W or W/A"));
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage1.0", names, base, 8), doctest::Contains("'stage1.0' is not PATTERN=VALUE"));
+  CHECK_THROWS_WITH(models::apply_layer_spec("stage1.0=8,", names, base, 8), doctest::Contains("'' is not PATTERN=VALUE"));
 }
 
 TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not quantized; the int8 export holds them") {
@@ -163,6 +165,7 @@ TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not qu
   for (const auto& l : layers) CHECK(std::string(l["name"]).rfind("stage1.", 0) != 0);
   CHECK(layers.back()["name"] == "stage4.0");
   CHECK(layers.back()["bits"] == 6);
+  CHECK(layers.back()["act_bits"] == 8);
 
   const std::string file = (root / "m.int8.safetensors").string();
   REQUIRE(quant::run_ptq(with({"--bits", "8", "--keep-fp32", "3", "--export", file})) == 0);
@@ -174,7 +177,23 @@ TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not qu
   CHECK(fp32 == 2 + 3);
   // one int8 file, one width
   CHECK_THROWS_WITH(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage4.0=6", "--export", file})),
-                    doctest::Contains("layer stage4.0: W6/A6 where the layers before it are W8/A8: an int8 file holds one bit width"));
+                    doctest::Contains("layer stage4.0: W6/A8 where the layers before it are W8/A8: an int8 file holds one bit width"));
+  CHECK_THROWS_WITH(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage4.0=1"})), doctest::Contains("1-bit widths are ClusterQAT's"));
   CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "8", "--keep-fp32", "2", "--sensitivity"}), doctest::Contains("--keep-fp32 quantizes a model"));
+
+  // ./export --qdq: no Q/DQ nodes around the layers kept in float
+  auto onnx = [&](std::vector<std::string> more) {
+    const fs::path out = root / "m.onnx";
+    std::vector<std::string> a = {"--ckpt", (root / "fp.safetensors").string(), "--data", data.string(), "--onnx", out.string(),
+                                  "--qdq", "--bits", "8", "--calib-batches", "2", "--batch-size", "6", "--threads", "2"};
+    a.insert(a.end(), more.begin(), more.end());
+    REQUIRE(quant::run_export(a) == 0);
+    std::ifstream in(out, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string all = onnx({}), mixed = onnx({"--layer-bits", "stage2.*=fp32"});
+  CHECK(all.find("stage2.0.act_quant") != std::string::npos);
+  CHECK(mixed.find("stage2.0.act_quant") == std::string::npos);
+  CHECK(mixed.find("stage3.0.act_quant") != std::string::npos);
   fs::remove_all(root);
 }

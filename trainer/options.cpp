@@ -132,6 +132,9 @@ const std::vector<Spec>& specs() {
        [](Options& o, const std::string& v) { o.step_init = one_of("--step-init", v, {"min-error", "lsq"}); }},
       {"--quantize-first-last", nullptr, "--qat: quantize stage0 and the FC too (default: they stay FP32)",
        [](Options& o, const std::string&) { o.quantize_first_last = true; }},
+      {"--layer-bits", "SPEC", "--qat: per layer NAME=B or NAME=fp32, comma-separated, * and ? in names, later entries win "
+                               "(e.g. stage0=8,stage2.*=fp32); B sets the weight (cluster: codebook) and input bits",
+       [](Options& o, const std::string& v) { o.layer_bits = v; }},
       {"--init", "CKPT", "start from this trained checkpoint's weights (e.g. runs/X/best.safetensors); "
                          "--resume continues a run instead",
        [](Options& o, const std::string& v) { o.init = v; }},
@@ -203,8 +206,8 @@ Options parse_options(const std::vector<std::string>& args) {
   check_bit_widths(o);
   if (o.distill.empty() && (o.distill_t != Options().distill_t || o.distill_w != Options().distill_w))
     throw std::runtime_error("--distill-t and --distill-w need --distill TEACHER");
-  if (!o.qat && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error"))
-    throw std::runtime_error("--granularity, --step-init and --quantize-first-last need --qat METHOD");
+  if (!o.qat && (o.quantize_first_last || o.granularity != "layer" || o.step_init != "min-error" || !o.layer_bits.empty()))
+    throw std::runtime_error("--granularity, --step-init, --quantize-first-last and --layer-bits need --qat METHOD");
   return o;
 }
 

@@ -48,6 +48,7 @@ struct Options {
   std::string granularity = "layer";    // weight steps: layer | channel
   std::string step_init = "min-error";  // min-error | lsq
   bool quantize_first_last = false;
+  std::string layer_bits;  // --layer-bits SPEC: per-layer widths over the above (models/layer_bits.h)
   std::string init;     // start from this full-precision checkpoint (not a resume)
   // Knowledge distillation from a full-precision teacher of the same arch (trainer/step.h Distillation)
   std::string distill;           // --distill TEACHER.safetensors, or none

@@ -110,11 +110,23 @@ static nlohmann::json options_json(const Options& o) {
           {"granularity", o.granularity}, {"step_init", o.step_init}, {"quantize_first_last", o.quantize_first_last},
           {"init", o.init}};
   if (!o.distill.empty()) j["distill"] = o.distill, j["distill_t"] = o.distill_t, j["distill_w"] = o.distill_w;
+  if (!o.layer_bits.empty()) j["layer_bits"] = o.layer_bits;
   return j;
 }
 
 static models::QatConfig qat_config(const Options& o) {
-  return {*o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
+  models::QatConfig c{*o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
+  if (!o.layer_bits.empty()) {
+    std::vector<std::string> names;
+    for (const auto& stage : models::block_specs(models::arch_config(o.arch)))
+      for (const models::BlockSpec& b : stage) names.push_back(b.name);
+    names.push_back("linear");
+    std::vector<models::LayerBits> base;
+    for (size_t i = 0; i < names.size(); i++) base.push_back(c.layer(i, names.size()));
+    c.layers = models::apply_layer_spec(o.layer_bits, names, base, o.act_bits);
+    models::check_qat_bits(c, "option --layer-bits");
+  }
+  return c;
 }
 
 // --init: a trained full-precision checkpoint's weights into the new model (before set_qat), checked

@@ -1,12 +1,12 @@
-#include "quant/layer_spec.h"
+#include "models/layer_bits.h"
 
 #include <fmt/format.h>
 
 #include <stdexcept>
 
-#include "quant/run_source.h"
+#include <charconv>
 
-namespace quant {
+namespace models {
 
 bool glob_match(const std::string& p, const std::string& s) {
   // the classic two-pointer match, backtracking to the last *
@@ -27,7 +27,12 @@ bool glob_match(const std::string& p, const std::string& s) {
 }
 
 std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vector<std::string>& names,
-                                        std::vector<LayerBits> base, const std::string& option) {
+                                        std::vector<LayerBits> base, int default_act, const std::string& option) {
+  auto width = [](const std::string& v) {  // 1..16, else 0
+    int b = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), b);
+    return ec == std::errc() && end == v.data() + v.size() && b >= 1 && b <= 16 ? b : 0;
+  };
   size_t start = 0;
   while (start <= spec.size()) {
     const size_t comma = spec.find(',', start);
@@ -37,20 +42,17 @@ std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vect
     if (eq == std::string::npos || eq == 0)
       throw std::runtime_error(fmt::format("option {}: '{}' is not PATTERN=VALUE (e.g. stage1.0=8, stage2.*=fp32)", option, entry));
     const std::string pattern = entry.substr(0, eq), value = entry.substr(eq + 1);
-    LayerBits bits;
-    if (value != "fp32") {
-      int b = 0;
-      try {
-        b = parse_int(option, value, 2);
-      } catch (const std::exception&) {
-        b = 0;
-      }
-      if (b < 2 || b > 16) throw std::runtime_error(fmt::format("option {}: '{}': the value is fp32 or a bit width 2..16", option, entry));
-      bits = {b, b};
-    }
+    const size_t slash = value.find('/');
+    const int w = value == "fp32" ? 0 : width(value.substr(0, slash));
+    const int a = value == "fp32" || slash == std::string::npos ? 0 : width(value.substr(slash + 1));
+    if (value != "fp32" && (w == 0 || (slash != std::string::npos && a == 0)))
+      throw std::runtime_error(fmt::format("option {}: '{}': the value is fp32, W or W/A, widths 1..16", option, entry));
     bool any = false;
     for (size_t i = 0; i < names.size(); i++)
-      if (glob_match(pattern, names[i])) base[i] = bits, any = true;
+      if (glob_match(pattern, names[i])) {
+        base[i] = w == 0 ? LayerBits{} : LayerBits{w, a > 0 ? a : base[i].act > 0 ? base[i].act : default_act};
+        any = true;
+      }
     if (!any) {
       std::string all;
       for (const std::string& n : names) all += (all.empty() ? "" : ", ") + n;
@@ -60,4 +62,4 @@ std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vect
   return base;
 }
 
-}  // namespace quant
+}  // namespace models
