@@ -199,7 +199,7 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  rounding half to even; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
               o.quantize_first_last ? "quantized" : "FP32", images);
   if (!o.layer_bits.empty()) std::printf("  per layer, over the above: --layer-bits %s\n", o.layer_bits.c_str());
-  if (o.keep_fp32 > 0) std::printf("  the %d most sensitive layers kept in FP32 (--keep-fp32; named above)\n", o.keep_fp32);
+  if (o.keep_fp32 > 0) std::printf("  %d layers kept in FP32 by --keep-fp32 (named above)\n", o.keep_fp32);
   std::printf("\n");
 }
 
