@@ -85,15 +85,13 @@ void save_checkpoint(const std::string& path, const Module& model, const Metadat
 
 
 // Refuses a non-finite value, and a BN running_var that is not positive (its rsqrt would be NaN or inf).
-// A quantizer's step (LSQ, "...quant.step") must be > 0 too: a step of 0 or below has no grid (a diverged run
-// writes one), and every later use would divide by it or export a negative scale.
 static void check_values(const st::Entry& e, const std::string& name, const std::string& path) {
   std::vector<float> v = e.to_vector<float>();
-  const bool var = name.ends_with("running_var"), step = name.ends_with("quant.step");
+  const bool var = name.ends_with("running_var");
   for (size_t i = 0; i < v.size(); i++)
-    if (!std::isfinite(v[i]) || ((var || step) && !(v[i] > 0)))
+    if (!std::isfinite(v[i]) || (var && !(v[i] > 0)))
       engine::fail(fmt::format("file {}: tensor '{}' has {} at index {}; expected {}", path, name, v[i], i,
-                               var ? "positive finite variances" : step ? "a quantizer's step, finite and > 0" : "finite values"));
+                               var ? "positive finite variances" : "finite values"));
 }
 
 void load_state_dict(Module& model, const st::File& file, const std::string& prefix, const std::string& path) {

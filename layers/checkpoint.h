@@ -33,7 +33,7 @@ bool deploy_form(const st::File& file);
 // Loads `path` into `model` (values copied into its tensors, on their device). A deploy-form file
 // (names with "rbr_reparam") switches the model to deploy form first. Checks every name, shape and
 // dtype, and that no tensor named like the model's is left over; throws naming the file and the first
-// mismatch, a non-finite value, a BN running_var or a quantizer step that is not positive.
+// mismatch, a non-finite value or a BN running_var that is not positive.
 Checkpoint load_checkpoint(const std::string& path, Module& model);
 
 // The state-dict part of it: the tensors `prefix` + name of `file` into `model` (prefix "" for a
