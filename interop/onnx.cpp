@@ -75,13 +75,6 @@ static int code_type(const layers::Quantizer& q, const std::string& name) {
     throw std::runtime_error(fmt::format("QDQ export: {}'s step was never set (a QAT run sets it at its first batch)", name));
   if (q.bits > 8)
     throw std::runtime_error(fmt::format("QDQ export: {} has {}-bit codes; opset 13's QuantizeLinear holds 8 at most", name, q.bits));
-  // LSQ trains the step by SGD, unconstrained: a diverged run can leave it at 0 or below, which QuantizeLinear
-  // (a scale > 0) cannot hold
-  const std::vector<float> s = q.step.to_vector();
-  for (size_t i = 0; i < s.size(); i++)
-    if (!(s[i] > 0) || !std::isfinite(s[i]))
-      throw std::runtime_error(fmt::format("QDQ export: {}'s step [{}] is {}: a quantizer step must be finite and > 0 (a "
-                                           "diverged QAT run?)", name, i, s[i]));
   return q.codes == layers::Codes::unsigned_act ? kUint8 : kInt8;
 }
 

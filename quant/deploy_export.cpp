@@ -10,19 +10,8 @@ namespace quant {
 using deploy::Int8Layer;
 using layers::Quantizer;
 
-// Every step of q finite and > 0 (LSQ trains them unconstrained: a diverged run can leave one at 0 or below,
-// which no integer grid holds).
-static void check_steps(const Int8Layer& l, const Quantizer& q, const char* which) {
-  const std::vector<float> s = q.step.to_vector();
-  for (size_t i = 0; i < s.size(); i++)
-    if (!(s[i] > 0) || !std::isfinite(s[i]))
-      engine::fail(fmt::format("layer {}: its {} quantizer's step [{}] is {}: a step must be finite and > 0 (a diverged QAT "
-                               "run?)", l.name, which, i, s[i]));
-}
-
 // The input side of a quantized layer: s_x and z_x.
 static void set_input(Int8Layer& l, const Quantizer& act) {
-  check_steps(l, act, "input");
   ENGINE_CHECK(act.bits <= 8, fmt::format("layer {}: {}-bit activations: integer export takes at most 8 bits", l.name, act.bits));
   const std::vector<float> s_x = act.step.to_vector();
   ENGINE_CHECK(s_x.size() == 1, "layer " + l.name + ": the input quantizer has a step per channel");
@@ -36,7 +25,6 @@ static void quantize_layer(Int8Layer& l, const models::QuantLayer& q) {
                fmt::format("layer {}: {}-bit weights: integer export takes at most 8 bits", l.name, weight.bits));
   ENGINE_CHECK(weight.q_min == -weight.q_max, "layer " + l.name + ": the weight codes are not symmetric");
   set_input(l, *q.quant->act);
-  check_steps(l, weight, "weight");
   l.weight_scale = weight.step.to_vector();
   deploy::set_weight_codes(l, q.weight.to_vector(), weight.q_min, weight.q_max);
   l.bias_codes = layers::bias_codes(q.bias, *q.quant->act, weight, "layer " + l.name + " bias").codes;  // what eval adds
