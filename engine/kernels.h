@@ -162,9 +162,10 @@ struct BnSum {
   void distill_kl_backward(int64_t total, const float* p_student, const float* p_teacher, float gscale, \
                            float* gstudent);                                                        \
   /* one SGD step of n parameters (optim.h): d = g + wd p; with momentum (buf not null)              \
-     buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d */    \
+     buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d,      \
+     p = |p| where positive */                                                                    \
   void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float wd,  \
-                  bool nesterov, bool first);
+                  bool nesterov, bool first, bool positive);
 
 namespace engine::cpu {
 ENGINE_KERNEL_DECLS

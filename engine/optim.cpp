@@ -49,7 +49,7 @@ void SGD::step() {
                      "momentum buffer " + buf.str() + " for parameter " + p.str());
       float* b = momentum_ > 0.f ? buf.f32() : nullptr;
       DISPATCH(p.device(), sgd_update, p.f32(), g.f32(), b, p.numel(), lr_, momentum_, group.weight_decay,
-               nesterov_, first);
+               nesterov_, first, group.positive);
     }
   }
 }

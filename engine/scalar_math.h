@@ -106,7 +106,7 @@ ENGINE_HD float ce_grad(float p, bool is_label, float smoothing, int64_t k, floa
 // --- SGD (engine/optim.h), PyTorch's order of operations: d = g + wd p; with momentum (buf not null)
 // buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d.
 ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum, float wd, bool nesterov,
-                        bool first) {
+                        bool first, bool positive) {
   float d = g + wd * p;
   if (buf) {
     const float b = first ? d : momentum * *buf + d;
@@ -114,6 +114,10 @@ ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum,
     d = nesterov ? d + momentum * b : b;
   }
   p -= lr * d;
+  if (positive) {  // the reflection p = |p|, and the least positive float for a 0 (a NaN p stays NaN)
+    p = fabsf(p);
+    if (p < 1.17549435e-38f) p = 1.17549435e-38f;
+  }
 }
 
 // --- fake_quantize (ops.h): v = x / s, code q = clamp(round(v) + z, q_min, q_max), y = (q − z) s ---------

@@ -24,6 +24,13 @@
 // min_error is the default: LSQ's rule clips the identity taps of a merged RepVGG kernel (the outliers OABN
 // is about), and the model starts at chance even at 8 bits.
 //
+// LSQ leaves the step unconstrained, and SGD can take it through zero (tiny runs leave weight steps at
+// −0.004; a diverging one left an input step at −9e20): a negative input step maps a ReLU's output onto
+// negative codes, all clamped to 0, and no export can write it as a scale (a known LSQ problem: users of
+// LSQplus and PPQ report negative scales; PPQ's answer is s = |s| after training). QAT's optimizer takes
+// s = |s| after every update (engine::ParamGroup::positive). A weight's grid is symmetric, so x̂(−s) = x̂(s)
+// and the reflection changes nothing the weight quantizer computes; an input step stays a valid scale.
+//
 // As torch.ao's FakeQuantize, a quantizer can observe its input (`observer`, ./ptq's calibration) and pass it
 // through unchanged (`fake_quant` false).
 #pragma once
@@ -38,6 +45,7 @@
 namespace layers {
 
 enum class StepInit { min_error, lsq };
+
 StepInit parse_step_init(const std::string& s);  // "min-error" | "lsq"; throws otherwise
 const char* step_init_name(StepInit s);
 
@@ -82,7 +90,8 @@ BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& wei
 // b + sg(b̂ − b) (b's gradient passes straight through). b itself in training (the bias stays float, as in
 // RepQ and PyTorch's QAT), or where either quantizer is missing or passes its input through. At 8 bits
 // |b̂ − b| ≤ t / 2 is far below the output's step; at 4 bits it is not (docs/repq.md).
-Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training);
+Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training,
+                 const std::string& name = "bias");
 
 // The scalar reference of forward, for one value: (clamp(round(x / s) + z, q_min, q_max) − z) · s.
 float fake_quant(float x, float s, int z, int q_min, int q_max);

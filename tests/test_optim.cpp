@@ -235,8 +235,8 @@ TEST_CASE("SGD on CUDA matches SGD on the CPU, and allocates nothing after the f
       cpu.push_back(rand_uniform(s, -1, 1, rng).requires_grad_());
       gpu.push_back(cpu.back().to(Device::cuda).requires_grad_());
     }
-    SGD on_cpu({{{cpu[0], cpu[2]}, 0.05f}, {{cpu[1]}, 0.f}}, 0.1f, 0.9f, nesterov);
-    SGD on_gpu({{{gpu[0], gpu[2]}, 0.05f}, {{gpu[1]}, 0.f}}, 0.1f, 0.9f, nesterov);
+    SGD on_cpu({{{cpu[0], cpu[2]}, 0.05f}, {{cpu[1]}, 0.f, true}}, 0.1f, 0.9f, nesterov);  // [1] kept positive
+    SGD on_gpu({{{gpu[0], gpu[2]}, 0.05f}, {{gpu[1]}, 0.f, true}}, 0.1f, 0.9f, nesterov);
     for (int step = 0; step < 4; step++) {
       for (size_t k = 0; k < shapes.size(); k++) {
         Tensor g = rand_uniform(shapes[k], -2, 2, rng);
@@ -260,6 +260,24 @@ TEST_CASE("SGD on CUDA matches SGD on the CPU, and allocates nothing after the f
     CHECK(alloc_stats(Device::cuda).system_allocs == before.system_allocs);
     CHECK(alloc_stats(Device::cuda).bytes_in_use == before.bytes_in_use);
   }
+}
+
+TEST_CASE("SGD keeps a group of positive parameters positive by reflection, and only that group") {
+  Tensor a = Tensor::from_vector({1.0f, 0.3f, 0.1f, 0.1f, NAN}, {5}).requires_grad_();
+  Tensor b = Tensor::from_vector({1.0f, 0.3f, 0.1f, 0.1f, 0.f}, {5}).requires_grad_();
+  SGD opt({{{a}, 0.f, true}, {{b}, 0.f}}, 0.1f);
+  const Tensor g = Tensor::from_vector({1.f, 4.f, -1.f, 1.f, 1.f}, {5});
+  a.set_grad(g.clone());
+  b.set_grad(g.clone());
+  opt.step();
+  const std::vector<float> va = a.to_vector(), vb = b.to_vector();
+  CHECK(va[0] == doctest::Approx(0.9f));  // the plain update
+  CHECK(va[1] == doctest::Approx(0.1f));  // 0.3 − 0.4 = −0.1: reflected
+  CHECK(va[2] == doctest::Approx(0.2f));
+  CHECK(va[3] > 0.f);                     // 0.1 − 0.1 = 0: the least positive float
+  CHECK(std::isnan(va[4]));               // a NaN is not hidden
+  CHECK(vb[1] == doctest::Approx(-0.1f)); // the other group is torch's SGD
+  CHECK(vb[3] == 0.f);
 }
 
 TEST_CASE("SGD rejects bad settings with clear messages") {

@@ -54,7 +54,6 @@ TEST_CASE("qat: a RepQ-BN run from --init resumes bit-exactly mid-epoch; ./ptq r
   size_t differing = 0;
   for (auto& [name, e] : a.tensors) differing += b.tensors.at(name).bytes != e.bytes;
   CHECK(differing == 0);
-
   const fs::path json = root / "ptq.json";
   REQUIRE(quant::run_ptq({"--ckpt", (whole / "last.safetensors").string(), "--data", data.string(), "--json", json.string(),
                           "--threads", "2"}) == 0);
@@ -66,6 +65,24 @@ TEST_CASE("qat: a RepQ-BN run from --init resumes bit-exactly mid-epoch; ./ptq r
   CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", (fp / "last.safetensors").string(), "--data", data.string()}),
                        doctest::Contains(("--bits B[,B...] is required for " + (fp / "last.safetensors").string()).c_str()),
                        std::runtime_error);
+  fs::remove_all(root);
+}
+
+TEST_CASE("qat: LSQ's steps stay positive where SGD takes them through zero (the optimizer projects them)") {
+  fs::path root = fresh_temp_dir("qat_steps");
+  fs::path data = make_cifar(root / "cifar", 16, 40);
+  fs::path fp = root / "fp", qat = root / "qat";
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1"})) == 0);
+  REQUIRE(run(args_for(data, qat, {"--epochs", "2", "--qat", "repq-bn", "--bits", "4", "--granularity", "channel",
+                                   "--init", (fp / "last.safetensors").string(), "--lr", "1"})) == 0);  // unprojected: a weight step at −0.11
+  st::File f = st::load((qat / "last.safetensors").string());
+  size_t steps = 0;
+  for (auto& [name, e] : f.tensors) {
+    if (name.rfind("optim.", 0) == 0 || !name.ends_with("_quant.step")) continue;
+    steps++;
+    for (float v : e.to_vector<float>()) REQUIRE_MESSAGE(v > 0.f, name);
+  }
+  CHECK(steps > 20);
   fs::remove_all(root);
 }
 

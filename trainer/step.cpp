@@ -14,6 +14,7 @@ Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, 
   std::vector<engine::ParamGroup> groups(3);  // decayed; covered by the custom L2; steps
   std::vector<std::string> names[3];
   groups[0].weight_decay = wd;
+  groups[2].positive = true;  // steps stay positive (layers/quantizer.h)
   for (const layers::Param& p : model.parameters()) {
     const int g = p.kind == layers::ParamKind::step ? 2 : custom_l2 && models::covered_by_custom_l2(p.name) ? 1 : 0;
     groups[g].params.push_back(p.tensor);
