@@ -1,6 +1,8 @@
 // Fake quantization with a learned step (ops.h fake_quantize) and the straight-through op: forward and
 // backward side by side.
 // Kernels: engine/cpu/quantize.cpp, engine/cuda/quantize.cu.
+#include <fmt/format.h>
+
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -55,7 +57,8 @@ BiasCodes bias_codes(const std::vector<float>& v, float s_x, const std::vector<f
     const float t = s_x * s_w[s_w.size() == 1 ? 0 : o];
     const double code = std::nearbyint((double)v[o] / t);
     ENGINE_CHECK(std::fabs(code) < 2147483647.0,
-                 name + "[" + std::to_string(o) + "] = " + std::to_string(v[o]) + " is beyond int32 codes of step " + std::to_string(t));
+                 fmt::format("{}[{}] = {:g} is beyond int32 codes of step {:g} (the input's step {:g} times the weight's)",
+                             name, o, v[o], t, s_x));
     c.codes.push_back((int32_t)code);
     c.steps.push_back(t);
   }

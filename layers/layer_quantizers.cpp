@@ -18,7 +18,7 @@ Tensor LayerQuantizers::quantize_weight(const Tensor& w) const {
 }
 
 Tensor LayerQuantizers::quantized_bias(const Tensor& b, bool training) const {
-  return eval_bias(b, act.get(), weight.get(), training);
+  return eval_bias(b, act.get(), weight.get(), training, "layer " + layer + " bias");
 }
 
 }  // namespace layers

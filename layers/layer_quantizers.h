@@ -31,6 +31,7 @@ class LayerQuantizers {
 
   std::shared_ptr<Quantizer> act, weight;    // read them; set() changes them
   std::shared_ptr<ClusterQuantizer> cluster;
+  std::string layer = "a quantized layer";  // its name in the model, for messages
 
  private:
   Module& owner_;

@@ -129,9 +129,9 @@ BiasCodes bias_codes(const Tensor& b, const Quantizer& act, const Quantizer& wei
 }
 
 
-Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training) {
+Tensor eval_bias(const Tensor& b, const Quantizer* act, const Quantizer* weight, bool training, const std::string& name) {
   if (training || !act || !weight || !act->fake_quant || !weight->fake_quant) return b;
-  const BiasCodes c = bias_codes(b, *act, *weight);
+  const BiasCodes c = bias_codes(b, *act, *weight, name);
   const std::vector<float> v = b.to_vector();
   std::vector<float> delta(v.size());
   for (size_t o = 0; o < v.size(); o++) delta[o] = (float)c.codes[o] * c.steps[o] - v[o];  // b̂ − b

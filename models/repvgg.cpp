@@ -13,11 +13,16 @@ using namespace engine;
 RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oabn_k) {
   ENGINE_CHECK(oabn_k <= 0 || a.block == BlockType::repvgg,
                a.name + ": OABN clips the identity-branch BN, which QARepVGG blocks do not have");
-  auto make = [&](const BlockSpec& b) -> std::shared_ptr<layers::RepBlock> {
-    if (a.block == BlockType::qarepvgg)
-      return std::make_shared<layers::QARepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
-    auto block = std::make_shared<layers::RepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
-    if (block->rbr_identity && oabn_k > 0) block->rbr_identity->oabn_k = oabn_k;
+  auto make = [&](const BlockSpec& b) {
+    std::shared_ptr<layers::RepBlock> block;
+    if (a.block == BlockType::qarepvgg) {
+      block = std::make_shared<layers::QARepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
+    } else {
+      auto r = std::make_shared<layers::RepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
+      if (r->rbr_identity && oabn_k > 0) r->rbr_identity->oabn_k = oabn_k;
+      block = r;
+    }
+    block->quant.layer = b.name;
     return block;
   };
   auto stages = block_specs(a);
@@ -30,6 +35,7 @@ RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oa
     }
   }
   linear_ = register_module("linear", std::make_shared<layers::Linear>(stages[4].back().out, a.num_classes, rng));
+  fc_quant_.layer = "linear";
 }
 
 Tensor RepVGG::forward(const Tensor& x) {

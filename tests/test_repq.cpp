@@ -334,7 +334,20 @@ TEST_CASE("eval_bias: in eval the bias on its int32 grid of step s_x * s_w (per 
   Quantizer weight(8, Codes::weight);
   weight.set_step({1e-6f});
   CHECK_THROWS_WITH_AS(bias_codes(Tensor::full({2}, 1e4f), act, weight, "conv.bias"),
-                       doctest::Contains("conv.bias[0] = 10000.000000 is beyond int32 codes"), std::runtime_error);
+                       doctest::Contains("conv.bias[0] = 10000 is beyond int32 codes of step 3.7e-07"), std::runtime_error);
+
+  // In a model, the message names the layer.
+  Rng model_rng(3);
+  models::RepVGG m(models::cifar_config(models::BlockType::repvgg, 16), model_rng);
+  std::vector<models::QuantLayer> layers = m.quant_layers();
+  for (const models::QuantLayer& l : layers) CHECK(l.quant->layer == l.name);
+  auto tiny = std::make_shared<Quantizer>(8, Codes::weight);
+  tiny->set_step({1e-6f});
+  auto input = std::make_shared<Quantizer>(8, Codes::unsigned_act);
+  input->set_step({0.37f});
+  layers[1].quant->set(input, tiny);
+  CHECK_THROWS_WITH_AS(layers[1].quant->quantized_bias(Tensor::full({16}, 1e4f), false),
+                       doctest::Contains("layer stage1.0 bias[0] = 10000 is beyond int32 codes"), std::runtime_error);
 }
 
 TEST_CASE("LSQ quantizer: gradients of x and of the step against LSQ's closed form (Eq. 3), with the scale") {
