@@ -30,6 +30,9 @@ Tensor clamp(const Tensor& x, float lo, float hi) { return unary(UnaryOp::clamp,
 Tensor round_ste(const Tensor& x) { return unary(UnaryOp::round, "round_ste", x); }
 Tensor add_scalar(const Tensor& x, float s) { return unary(UnaryOp::add_scalar, "add_scalar", x, s); }
 Tensor mul_scalar(const Tensor& x, float s) { return unary(UnaryOp::mul_scalar, "mul_scalar", x, s); }
+Tensor sigmoid(const Tensor& x) { return unary(UnaryOp::sigmoid, "sigmoid", x); }
+Tensor abs(const Tensor& x) { return unary(UnaryOp::abs, "abs", x); }
+Tensor pow(const Tensor& x, float p) { return unary(UnaryOp::pow, "pow", x, p); }
 
 // --- binary, broadcasting --------------------------------------------------------------------------------
 

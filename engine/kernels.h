@@ -11,7 +11,7 @@
 
 namespace engine {
 
-enum class UnaryOp : uint8_t { relu, square, sqrt, rsqrt, clamp, round, add_scalar, mul_scalar };
+enum class UnaryOp : uint8_t { relu, square, sqrt, rsqrt, clamp, round, add_scalar, mul_scalar, sigmoid, abs, pow };
 enum class BinaryOp : uint8_t { add, sub, mul, div };
 
 // Output dims and the inputs' element strides for it (0 along a broadcast dim).

@@ -25,6 +25,9 @@ Tensor sqrt(const Tensor& x);
 Tensor rsqrt(const Tensor& x);                     // 1 / sqrt(x)
 Tensor clamp(const Tensor& x, float lo, float hi); // gradient 1 inside [lo, hi], 0 outside
 Tensor round_ste(const Tensor& x);                 // round half to even; backward passes the gradient (STE)
+Tensor sigmoid(const Tensor& x);                   // 1 / (1 + exp(-x))
+Tensor abs(const Tensor& x);                       // |x|; gradient sign(x), 0 at 0 (as torch)
+Tensor pow(const Tensor& x, float p);              // x^p, as torch.pow (NaN for x < 0 and a fractional p)
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }

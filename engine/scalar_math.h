@@ -28,6 +28,9 @@ ENGINE_HD float unary_value(float x, float p0, float p1) {
   else if constexpr (op == UnaryOp::clamp) return clamp_nan(x, p0, p1);
   else if constexpr (op == UnaryOp::round) return nearbyintf(x);  // half to even (default rounding mode)
   else if constexpr (op == UnaryOp::add_scalar) return x + p0;
+  else if constexpr (op == UnaryOp::sigmoid) return 1.f / (1.f + expf(-x));
+  else if constexpr (op == UnaryOp::abs) return fabsf(x);
+  else if constexpr (op == UnaryOp::pow) return powf(x, p0);
   else return x * p0;  // mul_scalar
 }
 
@@ -39,6 +42,9 @@ ENGINE_HD float unary_grad(float x, float y, float gy, float p0, float p1) {
   else if constexpr (op == UnaryOp::rsqrt) return -0.5f * y * y * y * gy;  // d x^-1/2 = -1/2 y^3
   else if constexpr (op == UnaryOp::clamp) return x >= p0 && x <= p1 ? gy : 0.f;
   else if constexpr (op == UnaryOp::round || op == UnaryOp::add_scalar) return gy;  // round: straight-through
+  else if constexpr (op == UnaryOp::sigmoid) return gy * y * (1.f - y);
+  else if constexpr (op == UnaryOp::abs) return x > 0.f ? gy : x < 0.f ? -gy : 0.f;  // 0 at 0, as torch.sign
+  else if constexpr (op == UnaryOp::pow) return p0 == 0.f ? 0.f : gy * p0 * powf(x, p0 - 1.f);
   else return gy * p0;  // mul_scalar
 }
 
@@ -56,6 +62,9 @@ inline void with_unary_op(UnaryOp op, F&& f) {
     case UnaryOp::round: return f(UnaryTag<UnaryOp::round>{});
     case UnaryOp::add_scalar: return f(UnaryTag<UnaryOp::add_scalar>{});
     case UnaryOp::mul_scalar: return f(UnaryTag<UnaryOp::mul_scalar>{});
+    case UnaryOp::sigmoid: return f(UnaryTag<UnaryOp::sigmoid>{});
+    case UnaryOp::abs: return f(UnaryTag<UnaryOp::abs>{});
+    case UnaryOp::pow: return f(UnaryTag<UnaryOp::pow>{});
   }
 }
 

@@ -248,6 +248,10 @@ TEST_CASE("cuda: element-wise ops with broadcasting match the CPU" * gpu_or_skip
   cases.push_back(unary_case("sqrt", sqrt, 0.5f, 3));
   cases.push_back(unary_case("rsqrt", rsqrt, 0.5f, 3));
   cases.push_back(unary_case("round_ste", round_ste, -4, 4, 0));
+  cases.push_back(unary_case("sigmoid", sigmoid, -4, 4));
+  cases.push_back(unary_case("abs", abs, -2, 2, 0));
+  cases.push_back({"pow", [](Rng& r) { return Inputs{rand_grad({1000}, 0.5f, 3, r)}; },
+                   [](const Inputs& in) { return pow(in[0], 2.5f); }});
   cases.push_back({"clamp", [](Rng& r) { return Inputs{rand_grad({3, 4, 50}, -2, 2, r)}; },
                    [](const Inputs& in) { return clamp(in[0], -0.5f, 0.7f); }, 0, 0});
   cases.push_back({"add_scalar", [](Rng& r) { return Inputs{rand_grad({1000}, -2, 2, r)}; },

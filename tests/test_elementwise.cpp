@@ -83,6 +83,10 @@ TEST_CASE("unary ops against plain loops, and their gradients") {
   check_close(clamp(x, -0.5f, 1.f).to_vector(), ref(x, [](double v) { return std::min(std::max(v, -0.5), 1.0); }), 0, 0, "clamp");
   check_close(add_scalar(x, 1.5f).to_vector(), ref(x, [](double v) { return v + 1.5; }), 1e-6, 1e-7, "add_scalar");
   check_close(mul_scalar(x, -3.f).to_vector(), ref(x, [](double v) { return v * -3; }), 1e-6, 0, "mul_scalar");
+  check_close(sigmoid(x).to_vector(), ref(x, [](double v) { return 1 / (1 + std::exp(-v)); }), 1e-6, 1e-7, "sigmoid");
+  check_close(abs(x).to_vector(), ref(x, [](double v) { return std::fabs(v); }), 0, 0, "abs");
+  check_close(pow(pos, 2.5f).to_vector(), ref(pos, [](double v) { return std::pow(v, 2.5); }), 1e-5, 0, "pow");
+  check_close(pow(x, 3.f).to_vector(), ref(x, [](double v) { return v * v * v; }), 1e-5, 1e-7, "pow, odd");
 
   auto away_from = [&](const Tensor& t, std::vector<float> kinks) {
     return [t, kinks](size_t, int64_t i) {
@@ -98,6 +102,11 @@ TEST_CASE("unary ops against plain loops, and their gradients") {
   check_gradients([](auto& in) { return clamp(in[0], -0.5f, 1.f); }, {x}, {.skip = away_from(x, {-0.5f, 1.f})});
   check_gradients([](auto& in) { return add_scalar(in[0], 2.f); }, {x});
   check_gradients([](auto& in) { return mul_scalar(in[0], -3.f); }, {x});
+  check_gradients([](auto& in) { return sigmoid(in[0]); }, {x});
+  check_gradients([](auto& in) { return abs(in[0]); }, {x}, {.skip = away_from(x, {0})});
+  check_gradients([](auto& in) { return pow(in[0], 2.5f); }, {pos});
+  check_gradients([](auto& in) { return pow(in[0], 3.f); }, {x});
+  CHECK(abs(Tensor::from_vector({0.f}, {1}).requires_grad_()).grad_fn() != nullptr);
 }
 
 TEST_CASE("round_ste rounds half to even and passes the gradient straight through") {
