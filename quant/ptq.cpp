@@ -54,6 +54,10 @@ std::string ptq_help() {
          "  --sensitivity-check    also each layer alone's top-1 on the validation set, and Spearman's correlation of\n"
          "                         the two rankings (a full evaluation per layer: slow)\n"
          "  --plot FILE.png        --sensitivity: a bar chart per bit width, identity-branch blocks in orange\n"
+         "  --method nearest|adaround   weight rounding: to nearest (default), or learned per weight by AdaRound\n"
+         "                         (Nagel et al. 2020), layer by layer on training images (docs/adaround.md)\n"
+         "  --adaround-iters N     AdaRound's iterations per layer (default 2000, batches of 32)\n"
+         "  --adaround-images N    the training images AdaRound reconstructs on (default 1024)\n"
          "  --keep-fp32 N          the N layers whose float version brings the rest, quantized, closest to FP32 (the\n"
          "                         smallest 'all but it' KL of that measure, at each bit width) stay FP32\n"
          "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
@@ -91,6 +95,7 @@ void check_quant_options(const PtqOptions& o) {
     if (b > 16) throw std::runtime_error(fmt::format("option --act-bits: {} is more than 16", b));
   if (o.sensitivity && !o.export_path.empty()) throw std::runtime_error("--sensitivity measures, --export writes a model: give one");
   if (o.sensitivity && o.keep_fp32 > 0) throw std::runtime_error("--keep-fp32 quantizes a model; --sensitivity measures: give one");
+  if (o.sensitivity && o.adaround) throw std::runtime_error("--method adaround quantizes a model; --sensitivity measures: give one");
   if (!o.plot.empty() && !o.sensitivity) throw std::runtime_error("--plot draws --sensitivity's measure: give --sensitivity");
   if (!o.export_path.empty() && o.bits.size() > 1)
     throw std::runtime_error("--export writes one quantized model: give one --bits value");
@@ -103,10 +108,16 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   PtqOptions o;
   for (size_t i = 0; i < args.size();) {
     if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
-    if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images" || args[i] == "--keep-fp32") {
+    if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images" || args[i] == "--keep-fp32" ||
+        args[i] == "--method" || args[i] == "--adaround-iters" || args[i] == "--adaround-images") {
       if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", args[i]));
       const std::string& v = args[i + 1];
       if (args[i] == "--export") o.export_path = v;
+      else if (args[i] == "--method" && v != "nearest" && v != "adaround")
+        throw std::runtime_error(fmt::format("option --method: '{}' is not nearest or adaround", v));
+      else if (args[i] == "--method") o.adaround = v == "adaround";
+      else if (args[i] == "--adaround-iters") o.adaround_iters = parse_int(args[i], v, 1);
+      else if (args[i] == "--adaround-images") o.adaround_images = parse_int(args[i], v, 1);
       else if (args[i] == "--plot") o.plot = v;
       else if (args[i] == "--keep-fp32") o.keep_fp32 = parse_int(args[i], v, 1);
       else o.sensitivity_images = parse_int(args[i], v, 1);
@@ -175,7 +186,29 @@ struct Row {
   int bits, act_bits;
   Accuracy acc;
   nlohmann::json layers;  // each quantized layer's activation range and quantizer
+  nlohmann::json adaround = nullptr;  // --method adaround: each layer's reconstruction errors
 };
+
+// --method adaround on the model c quantized (its quantizers attached): prints and returns each layer's line.
+nlohmann::json run_adaround(const PtqOptions& o, const Source& s, models::RepVGG& model, const QuantConfig& c, int batch) {
+  auto train = open_split(s, true, (size_t)o.adaround_images);  // spread over the training set
+  data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());
+  AdaRoundOptions a;
+  a.iters = o.adaround_iters;
+  a.images = o.adaround_images;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<AdaRoundLayer> layers = adaround(model, loader, a, s.device);
+  std::printf("W%d/A%d AdaRound: %d iterations a layer on %zu training images, %.1f s\n", c.weight_bits, c.act_bits, a.iters,
+              std::min(train->size(), (size_t)a.images), seconds_since(t0));
+  std::printf("  layer       output error: nearest  AdaRound   rounded away from nearest\n");
+  nlohmann::json j = nlohmann::json::array();
+  for (const AdaRoundLayer& l : layers) {
+    std::printf("  %-10s  %20.6g  %9.6g   %6.2f%%\n", l.name.c_str(), l.nearest_error, l.adaround_error, 100 * l.flipped);
+    j.push_back({{"name", l.name}, {"nearest_error", l.nearest_error}, {"adaround_error", l.adaround_error},
+                 {"flipped", l.flipped}, {"seconds", l.seconds}});
+  }
+  return j;
+}
 
 nlohmann::json layers_json(models::RepVGG& model, const QuantConfig& c, const std::vector<Range>& ranges) {
   const std::vector<models::QuantLayer> quant_layers = model.quant_layers();
@@ -196,7 +229,8 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
-  std::printf("  rounding half to even; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
+  std::printf("  rounding %s; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
+              o.adaround ? "of the weights by AdaRound, of the activations half to even" : "half to even",
               o.quantize_first_last ? "quantized" : "FP32", images);
   if (!o.layer_bits.empty()) std::printf("  per layer, over the above: --layer-bits %s\n", o.layer_bits.c_str());
   if (o.keep_fp32 > 0) std::printf("  %d layers kept in FP32 by --keep-fp32 (named above)\n", o.keep_fp32);
@@ -230,7 +264,8 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
                   {"codes", "[-(2^(B-1)-1), 2^(B-1)-1]"}};
   j["activations"] = {{"scheme", "asymmetric uniform"}, {"granularity", "layer"}, {"codes", "[0, 2^B-1]"},
                       {"calibration", calib_name(o.calib)}, {"calib_batches", cal.batches}, {"calib_images", cal.images}};
-  j["rounding"] = "half to even";
+  j["rounding"] = o.adaround ? "adaround" : "half to even";
+  if (o.adaround) j["adaround"] = {{"iters", o.adaround_iters}, {"images", o.adaround_images}};
   j["biases"] = "int32 codes of step s_x*s_w";
   j["first_last"] = o.quantize_first_last ? "quantized" : "fp32";
   j["val_images"] = fp32.images;
@@ -244,6 +279,7 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
       e["drop_top5"] = fp32.top5 - r.acc.top5;
     }
     e["layers"] = r.layers;
+    if (!r.adaround.is_null()) e["adaround"] = r.adaround;
     j["results"].push_back(e);
   }
   return j;
@@ -495,11 +531,20 @@ int run_ptq(const std::vector<std::string>& args) {
     if (o.keep_fp32 > 0) keep_most_sensitive_fp32(o, s, *model, cal, c, batch);
     t0 = std::chrono::steady_clock::now();
     const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
+    std::vector<Tensor> weights;  // AdaRound moves them onto its grid points: restored for the next bit width
+    nlohmann::json rounding;
+    if (o.adaround) {
+      for (const models::QuantLayer& l : model->quant_layers()) weights.push_back(l.weight.clone());
+      rounding = run_adaround(o, s, *model, c, batch);
+    }
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);
     rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges)});
+    if (o.adaround) rows.back().adaround = rounding;
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
     if (!o.export_path.empty())
-      export_model(o.export_path, *model, s, std::string("ptq-") + calib_name(o.calib), granularity_name(o.granularity));
+      export_model(o.export_path, *model, s, std::string("ptq-") + calib_name(o.calib) + (o.adaround ? "-adaround" : ""),
+                   granularity_name(o.granularity));
+    for (size_t i = 0; i < weights.size(); i++) Tensor(model->quant_layers()[i].weight).copy_(weights[i]);
   }
 
   print_ptq_header(o, fp32.images);

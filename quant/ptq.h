@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/adaround.h"
 #include "quant/ptq_model.h"
 #include "quant/run_source.h"
 
@@ -22,6 +23,8 @@ struct PtqOptions {
   int calib_batches = 16;
   std::string layer_bits;      // --layer-bits SPEC (quant/layer_spec.h)
   int keep_fp32 = 0;           // --keep-fp32 N: the N most sensitive layers (quant/sensitivity.h) stay FP32
+  bool adaround = false;       // --method adaround: weights rounded by AdaRound (quant/adaround.h), not to nearest
+  int adaround_iters = 2000, adaround_images = 1024;
   bool quantize_first_last = false;
   std::string export_path;     // --export: the quantized deploy model (deploy/int8_model.h), one bit width
   bool sensitivity = false;    // --sensitivity: per layer, the logit KL of quantizing it alone or all but it

@@ -39,9 +39,7 @@ void remove_quantizers(models::RepVGG& m) {
   for (const models::QuantLayer& l : m.quant_layers()) l.quant->set(nullptr, nullptr);
 }
 
-// Up to `batches` batches of `loader` from its epoch 0 through m, recording no gradient (the quantizers'
-// observers see them). -> the batches and images run.
-static std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device) {
+std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device) {
   // In training mode a ClusterQAT layer would move its codebook a k-means step each batch (and an LSQ
   // quantizer could initialize): statistics are taken of the model as it stands.
   ENGINE_CHECK(!m.training(), "the model must be in eval mode to observe its activations");

@@ -13,6 +13,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "datasets/loader.h"
@@ -55,6 +56,10 @@ Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batche
 // (RepVGG::quant_layers); a layer without an input quantizer has none.
 std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
                                                       engine::Device device);
+
+// Up to `batches` batches of `loader` from its epoch 0 through m, in eval mode, recording no gradient (the
+// quantizers' observers see them). -> the batches and images run.
+std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device);
 
 // Gives each layer `c` quantizes its input and weight quantizers, the others none (FP32). Returns each
 // layer's activation range ([0, 0] for an FP32 layer).
