@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <stdexcept>
 
 #include "engine/autograd.h"
 #include "engine/kernels.h"
@@ -56,9 +57,9 @@ BiasCodes bias_codes(const std::vector<float>& v, float s_x, const std::vector<f
   for (size_t o = 0; o < v.size(); o++) {
     const float t = s_x * s_w[s_w.size() == 1 ? 0 : o];
     const double code = std::nearbyint((double)v[o] / t);
-    ENGINE_CHECK(std::fabs(code) < 2147483647.0,
-                 fmt::format("{}[{}] = {:g} is beyond int32 codes of step {:g} (the input's step {:g} times the weight's)",
-                             name, o, v[o], t, s_x));
+    if (!(std::fabs(code) < 2147483647.0))  // a user's message (the bit widths or the steps are too fine): no function name
+      throw std::runtime_error(fmt::format("{}[{}] = {:g} is beyond int32 codes of step {:g} (the input's step {:g} "
+                                           "times the weight's): too many bits for an int32 accumulator", name, o, v[o], t, s_x));
     c.codes.push_back((int32_t)code);
     c.steps.push_back(t);
   }
