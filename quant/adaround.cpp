@@ -28,6 +28,14 @@ Tensor soft_quantized_weight(const Tensor& w_floor, const Tensor& v, const Tenso
   return mul(clamp(add(w_floor, rectified_sigmoid(v)), (float)q_min, (float)q_max), s);
 }
 
+AdaRoundTarget parse_adaround_target(const std::string& s) {
+  if (s == "quantized") return AdaRoundTarget::quantized_input;
+  if (s == "fp32") return AdaRoundTarget::fp32_input;
+  throw std::runtime_error("option --adaround-target: '" + s + "' is not quantized or fp32");
+}
+
+const char* adaround_target_name(AdaRoundTarget t) { return t == AdaRoundTarget::fp32_input ? "fp32" : "quantized"; }
+
 float initial_v(float r) {
   const double p = ((double)r - kGamma) / (kZeta - kGamma);  // σ(V), in [1/12, 11/12) for r in [0, 1)
   return (float)std::log(p / (1.0 - p));
@@ -42,8 +50,8 @@ float annealed_beta(int t, const AdaRoundOptions& o) {
 
 namespace {
 
-// One layer's reconstruction data on the kept images, on the host: Q_a(x̂) and the FP32 output f_a(W x + b),
-// each image's values contiguous (NCHW).
+// One layer's reconstruction data on the kept images, on the host: Q_a(x̂) and the target f_a(W x̂ + b) or
+// f_a(W x + b), each image's values contiguous (NCHW).
 struct LayerData {
   std::vector<float> input, target;
   Shape input_shape, target_shape;  // of one image
@@ -97,11 +105,13 @@ std::vector<float> observe_input(models::RepVGG& model, const std::vector<models
 }
 
 LayerData layer_data(models::RepVGG& model, const std::vector<models::QuantLayer>& layers, size_t i, data::Loader& loader,
-                     int64_t images, Device device) {
+                     int64_t images, AdaRoundTarget target, Device device) {
   const models::QuantLayer& l = layers[i];
   LayerData d;
-  const std::vector<float> x = observe_input(model, layers, i, loader, images, false, device, d.input_shape);
   d.input = observe_input(model, layers, i, loader, images, true, device, d.input_shape);
+  const std::vector<float> x = target == AdaRoundTarget::fp32_input
+                                   ? observe_input(model, layers, i, loader, images, false, device, d.input_shape)
+                                   : d.input;  // before its own input quantizer
   d.images = (int64_t)d.input.size() / d.input_size();
   ENGINE_CHECK(d.images > 0 && x.size() == d.input.size(), "layer " + l.name + ": no calibration images observed");
   const layers::Quantizer& act = *l.quant->act;  // x̂ through the layer's own input quantizer
@@ -220,7 +230,7 @@ std::vector<AdaRoundLayer> adaround(models::RepVGG& model, data::Loader& loader,
   std::vector<AdaRoundLayer> report;
   for (size_t i = 0; i < layers.size(); i++) {
     if (!layers[i].quant->weight || !layers[i].quant->act) continue;  // FP32, or not uniform
-    const LayerData d = layer_data(model, layers, i, loader, o.images, device);
+    const LayerData d = layer_data(model, layers, i, loader, o.images, o.target, device);
     report.push_back(adaround_layer(layers[i], d, o, rng, device));
   }
   return report;

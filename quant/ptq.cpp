@@ -58,6 +58,8 @@ std::string ptq_help() {
          "                         (Nagel et al. 2020), layer by layer on training images (docs/adaround.md)\n"
          "  --adaround-iters N     AdaRound's iterations per layer (default 2000, batches of 32)\n"
          "  --adaround-images N    the training images AdaRound reconstructs on (default 1024)\n"
+         "  --adaround-target quantized|fp32   the output each layer's rounding reconstructs: its FP32 weights' on its\n"
+         "                         input in the quantized model (default), or in the FP32 model (the paper's Eq. 25)\n"
          "  --keep-fp32 N          the N layers whose float version brings the rest, quantized, closest to FP32 (the\n"
          "                         smallest 'all but it' KL of that measure, at each bit width) stay FP32\n"
          "  --export FILE          write the quantized deploy model (integer codes, docs/int8.md) for ./infer;\n"
@@ -109,7 +111,8 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size();) {
     if (parse_source_option(args, i, o.source) || parse_quant_option(args, i, o)) continue;
     if (args[i] == "--export" || args[i] == "--plot" || args[i] == "--sensitivity-images" || args[i] == "--keep-fp32" ||
-        args[i] == "--method" || args[i] == "--adaround-iters" || args[i] == "--adaround-images") {
+        args[i] == "--method" || args[i] == "--adaround-iters" || args[i] == "--adaround-images" ||
+        args[i] == "--adaround-target") {
       if (i + 1 >= args.size()) throw std::runtime_error(fmt::format("option {} needs a value", args[i]));
       const std::string& v = args[i + 1];
       if (args[i] == "--export") o.export_path = v;
@@ -118,6 +121,7 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
       else if (args[i] == "--method") o.adaround = v == "adaround";
       else if (args[i] == "--adaround-iters") o.adaround_iters = parse_int(args[i], v, 1);
       else if (args[i] == "--adaround-images") o.adaround_images = parse_int(args[i], v, 1);
+      else if (args[i] == "--adaround-target") o.adaround_target = parse_adaround_target(v);
       else if (args[i] == "--plot") o.plot = v;
       else if (args[i] == "--keep-fp32") o.keep_fp32 = parse_int(args[i], v, 1);
       else o.sensitivity_images = parse_int(args[i], v, 1);
@@ -196,10 +200,12 @@ nlohmann::json run_adaround(const PtqOptions& o, const Source& s, models::RepVGG
   AdaRoundOptions a;
   a.iters = o.adaround_iters;
   a.images = o.adaround_images;
+  a.target = o.adaround_target;
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<AdaRoundLayer> layers = adaround(model, loader, a, s.device);
-  std::printf("W%d/A%d AdaRound: %d iterations a layer on %zu training images, %.1f s\n", c.weight_bits, c.act_bits, a.iters,
-              std::min(train->size(), (size_t)a.images), seconds_since(t0));
+  std::printf("W%d/A%d AdaRound: %d iterations a layer on %zu training images, target f(W x) of the %s model's x, %.1f s\n",
+              c.weight_bits, c.act_bits, a.iters, std::min(train->size(), (size_t)a.images),
+              a.target == AdaRoundTarget::fp32_input ? "FP32" : "quantized", seconds_since(t0));
   std::printf("  layer       output error: nearest  AdaRound   rounded away from nearest\n");
   nlohmann::json j = nlohmann::json::array();
   for (const AdaRoundLayer& l : layers) {
@@ -265,7 +271,8 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
   j["activations"] = {{"scheme", "asymmetric uniform"}, {"granularity", "layer"}, {"codes", "[0, 2^B-1]"},
                       {"calibration", calib_name(o.calib)}, {"calib_batches", cal.batches}, {"calib_images", cal.images}};
   j["rounding"] = o.adaround ? "adaround" : "half to even";
-  if (o.adaround) j["adaround"] = {{"iters", o.adaround_iters}, {"images", o.adaround_images}};
+  if (o.adaround)
+    j["adaround"] = {{"iters", o.adaround_iters}, {"images", o.adaround_images}, {"target", adaround_target_name(o.adaround_target)}};
   j["biases"] = "int32 codes of step s_x*s_w";
   j["first_last"] = o.quantize_first_last ? "quantized" : "fp32";
   j["val_images"] = fp32.images;

@@ -25,6 +25,7 @@ struct PtqOptions {
   int keep_fp32 = 0;           // --keep-fp32 N: the N most sensitive layers (quant/sensitivity.h) stay FP32
   bool adaround = false;       // --method adaround: weights rounded by AdaRound (quant/adaround.h), not to nearest
   int adaround_iters = 2000, adaround_images = 1024;
+  AdaRoundTarget adaround_target = AdaRoundTarget::quantized_input;  // --adaround-target
   bool quantize_first_last = false;
   std::string export_path;     // --export: the quantized deploy model (deploy/int8_model.h), one bit width
   bool sensitivity = false;    // --sensitivity: per layer, the logit KL of quantizing it alone or all but it

@@ -144,15 +144,18 @@ TEST_CASE("adaround: ./ptq --method adaround writes each layer's errors; bad val
     a.insert(a.end(), more.begin(), more.end());
     return a;
   };
-  REQUIRE(quant::run_ptq(with({"--method", "adaround", "--adaround-iters", "10", "--adaround-images", "12", "--json",
-                               json.string()})) == 0);
+  REQUIRE(quant::run_ptq(with({"--method", "adaround", "--adaround-iters", "10", "--adaround-images", "12",
+                               "--adaround-target", "fp32", "--json", json.string()})) == 0);
   nlohmann::json j = nlohmann::json::parse(std::ifstream(json));
   CHECK(j["rounding"] == "adaround");
+  CHECK(j["adaround"]["target"] == "fp32");
   CHECK(j["results"][0]["adaround"].size() == 25);
   CHECK(j["results"][0]["adaround"][0]["name"] == "stage1.0");
   CHECK_THROWS_WITH_AS(quant::run_ptq(with({"--method", "floor"})), doctest::Contains("option --method: 'floor' is not nearest or adaround"),
                        std::runtime_error);
   CHECK_THROWS_WITH_AS(quant::run_ptq(with({"--adaround-iters", "0"})), doctest::Contains("--adaround-iters"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(quant::run_ptq(with({"--adaround-target", "int8"})),
+                       doctest::Contains("option --adaround-target: 'int8' is not quantized or fp32"), std::runtime_error);
   CHECK_THROWS_WITH_AS(quant::run_ptq(with({"--method", "adaround", "--sensitivity"})),
                        doctest::Contains("--method adaround quantizes a model; --sensitivity measures"), std::runtime_error);
   fs::remove_all(root);
