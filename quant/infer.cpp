@@ -16,6 +16,7 @@
 #include "deploy/cluster_file.h"
 #include "deploy/integer_model.h"
 #include "quant/run_source.h"
+#include "trainer/options.h"
 
 namespace quant {
 
@@ -61,7 +62,7 @@ InferOptions parse(const std::vector<std::string>& args, bool& help) {
     else if (a == "--device") throw std::runtime_error(fmt::format("option --device: '{}', expected cpu or cuda", v));
     else if (a == "--limit-val") o.limit_val = (size_t)parse_int(a, v, 1);
     else if (a == "--batch-size") o.batch = parse_int(a, v, 1);
-    else if (a == "--threads") o.threads = parse_int(a, v, 1);
+    else if (a == "--threads") o.threads = train::thread_count(a, v);
     else throw std::runtime_error(fmt::format("unknown option '{}' (see ./infer --help)", a));
   }
   if (!help && o.model.empty()) throw std::runtime_error("--model FILE is required (see ./infer --help)");

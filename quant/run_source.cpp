@@ -14,6 +14,7 @@
 #include "engine/cuda/cuda_backend.h"
 #include "layers/checkpoint.h"
 #include "deploy/cluster_file.h"
+#include "trainer/options.h"
 
 namespace quant {
 
@@ -76,7 +77,7 @@ bool parse_source_option(const std::vector<std::string>& args, size_t& i, Source
     if (v != "cpu" && v != "cuda") throw std::runtime_error(fmt::format("option --device: '{}' is not one of cpu, cuda", v));
     o.device = v;
   } else if (name == "--json") o.json = v;
-  else if (name == "--threads") o.threads = parse_int(name, v, 1);
+  else if (name == "--threads") o.threads = train::thread_count(name, v);
   else if (name == "--batch-size") o.batch_size = parse_int(name, v, 1);
   else if (name == "--image-size") o.image_size = parse_int(name, v, 1);
   else if (name == "--resize-size") o.resize_size = parse_int(name, v, 1);

@@ -60,6 +60,14 @@ TEST_CASE("train options: bad input gets a clear error") {
   CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--epochs"}), doctest::Contains("needs a value"), std::runtime_error);
   CHECK_THROWS_WITH_AS(parse_options({"mnist"}), doctest::Contains("'mnist' is not one of cifar10, imagenet"), std::runtime_error);
   CHECK_THROWS_WITH_AS(parse_options({}), doctest::Contains("no dataset given"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--label-smoothing", "-0.1"}), "option --label-smoothing: must be in [0, 1], got -0.1",
+                       std::runtime_error);
+  CHECK(parse_options({"cifar10", "--label-smoothing", "1"}).label_smoothing == 1.f);
+  // 100000 threads started that many, and hung: at most 4 a core
+  CHECK_THROWS_WITH_AS(parse_options({"cifar10", "--threads", "100000"}),
+                       doctest::Contains("option --threads: 100000 threads is more than 4 for each of this machine's"),
+                       std::runtime_error);
+  CHECK(parse_options({"cifar10", "--threads", "2"}).threads == 2);
 }
 
 static std::vector<std::string> args_for(const fs::path& data, const fs::path& out, std::vector<std::string> more) {
@@ -223,6 +231,9 @@ TEST_CASE("train: --resume refuses bad metadata, config.json and log.csv, naming
   CHECK(resume_error().starts_with(cfg.string() + ": expected \"argv\", the original command line as a list of strings"));
   std::ofstream(cfg) << "[]";
   CHECK(resume_error().starts_with(cfg.string() + ": expected \"argv\""));
+  std::ofstream(cfg) << R"({"argv": ["cifar10", "--label-smoothing", "2"]})";  // it reached cross_entropy's own check
+  CHECK(resume_error() == cfg.string() + " (the run's command line, with this one's options after it): option "
+                                         "--label-smoothing: must be in [0, 1], got 2");
   fs::remove(cfg);
   CHECK(error_reading_fifo(cfg, [&] { throw std::runtime_error(resume_error()); }) ==
         "--resume " + out.string() + ": " + cfg.string() + " is missing or not a regular file");

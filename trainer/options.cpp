@@ -1,6 +1,7 @@
 #include "trainer/options.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <charconv>
 #include <cmath>
@@ -30,6 +31,19 @@ T positive(const std::string& name, const std::string& value) {
 
 // The range depends on --qat, which may come later: check_bit_widths checks it after parsing.
 int bit_width(const std::string& name, const std::string& value) { return number<int>(name, value); }
+
+}  // namespace
+
+int thread_count(const std::string& name, const std::string& value) {
+  const int n = positive<int>(name, value);
+  const int most = 4 * std::max(1, omp_get_num_procs());
+  if (n > most)
+    throw std::runtime_error(fmt::format("option {}: {} threads is more than 4 for each of this machine's {} cores (each "
+                                         "loader thread holds a batch buffer)", name, n, most / 4));
+  return n;
+}
+
+namespace {
 
 // --bits and --act-bits 2..16; with --qat cluster --bits 1..8 (a codebook of 2^B entries) and --act-bits 1..16.
 void check_bit_widths(const Options& o) {
@@ -81,13 +95,17 @@ const std::vector<Spec>& specs() {
       {"--gamma", "X", "step decay factor (default 0.1)", [](Options& o, const std::string& v) { o.gamma = positive<float>("--gamma", v); }},
       {"--warmup", "N", "linear warm-up epochs (default 0)", [](Options& o, const std::string& v) { o.warmup = number<int>("--warmup", v); }},
       {"--label-smoothing", "X", "label smoothing (default 0)",
-       [](Options& o, const std::string& v) { o.label_smoothing = number<float>("--label-smoothing", v); }},
+       [](Options& o, const std::string& v) {
+         o.label_smoothing = number<float>("--label-smoothing", v);
+         if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
+           throw std::runtime_error(fmt::format("option --label-smoothing: must be in [0, 1], got {}", v));
+       }},
       {"--oabn-k", "K", "outlier-aware BN: clip identity-branch gamma to [-K var, K var] (default off)",
        [](Options& o, const std::string& v) { o.oabn_k = positive<float>("--oabn-k", v); }},
       {"--custom-l2", nullptr, "RepVGG's custom L2 on the merged kernel instead of plain decay on the branches",
        [](Options& o, const std::string&) { o.custom_l2 = true; }},
       {"--seed", "N", "random seed (default 0)", [](Options& o, const std::string& v) { o.seed = number<uint64_t>("--seed", v); }},
-      {"--threads", "N", "threads (default: all cores)", [](Options& o, const std::string& v) { o.threads = positive<int>("--threads", v); }},
+      {"--threads", "N", "threads (default: all cores)", [](Options& o, const std::string& v) { o.threads = thread_count("--threads", v); }},
       {"--device", "cpu|cuda", "device (default cpu)", [](Options& o, const std::string& v) { o.device = one_of("--device", v, {"cpu", "cuda"}); }},
       {"--bucket-mb", "X", "under mpirun: gradients are all-reduced in buckets of at most X MB (default 25, as torch DDP)",
        [](Options& o, const std::string& v) { o.bucket_mb = positive<float>("--bucket-mb", v); }},

@@ -61,4 +61,8 @@ struct Options {
 Options parse_options(const std::vector<std::string>& args);
 std::string help_text();
 
+// --threads N: positive and at most 4 a core of this machine (a typo of 100000 would start that many
+// threads, each loader thread with its batch buffer); throws naming `option` otherwise. ./ptq's, ./infer's too.
+int thread_count(const std::string& option, const std::string& value);
+
 }  // namespace train

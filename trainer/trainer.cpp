@@ -230,7 +230,12 @@ static Options resume_options(const Options& given, const std::vector<std::strin
     if (argv[i] == "--resume") i++;
     else if (argv[i].rfind("--resume=", 0) != 0 && argv[i] != given.dataset) args.push_back(argv[i]);
   }
-  Options o = parse_options(args);
+  Options o;
+  try {
+    o = parse_options(args);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("{} (the run's command line, with this one's options after it): {}", cfg.string(), e.what()));
+  }
   o.out = dir.string();
   o.resume = given.resume;
   return o;
