@@ -1,5 +1,8 @@
 #include "datasets/loader.h"
 
+#include <fmt/format.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -20,13 +23,22 @@ Loader::Loader(const Dataset& ds, int batch_size, bool train, uint64_t seed, int
                                 std::to_string(shard.count) + " equal shards (one per process)");
   if (ds.size() > UINT32_MAX) throw std::invalid_argument("Loader: more than 2^32 images");
   slots_.resize(size_t(std::max(queue_depth, threads_)) + 1);
+  // A batch holds at most the data set's images; the buffers must fit in memory (a --batch-size of 10^8 was a
+  // bare std::bad_alloc).
+  const size_t images = std::min(size_t(batch_size / shard.count), std::max<size_t>(ds.size(), 1));
+  const double bytes = double(slots_.size()) * double(images) * (3.0 * ds.height() * ds.width() + 1) * 4.0;
+  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (memory > 0 && bytes > memory / 2)
+    throw std::runtime_error(fmt::format("batch size {}: the loader's {} batch buffers of {} images of 3x{}x{} need {:.1f} GB, "
+                                         "more than half of this machine's {:.1f} GB", batch_size, slots_.size(), images,
+                                         ds.height(), ds.width(), bytes / 1e9, memory / 1e9));
   for (auto& s : slots_) {
     Batch& b = s.batch;
     b.c = 3;
     b.h = ds.height();
     b.w = ds.width();
-    b.images.resize(size_t(batch_size / shard.count) * b.c * b.h * b.w);
-    b.labels.resize(size_t(batch_size / shard.count));
+    b.images.resize(images * b.c * b.h * b.w);
+    b.labels.resize(images);
   }
   order_.resize(ds.size());
   size_t n = ds.size();

@@ -1,6 +1,9 @@
 #include "engine/allocator.h"
 
+#include <fmt/format.h>
+
 #include <cstdlib>
+#include <stdexcept>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -46,7 +49,17 @@ void* device_alloc(size_t bytes, Device device) {
     c.stats.system_allocs++;
   }
   void* p = std::aligned_alloc(64, size);
-  if (!p) throw std::bad_alloc();
+  if (!p) {  // as PyTorch's caching allocator: give the cached blocks back and try once more
+    release_cached_memory(Device::cpu);
+    p = std::aligned_alloc(64, size);
+  }
+  if (!p) {
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.stats.bytes_in_use -= size;
+    throw std::runtime_error(fmt::format("out of memory: a tensor of {:.2f} GB could not be allocated ({:.2f} GB held by "
+                                         "other tensors); a smaller --batch-size (or image size) needs less",
+                                         size / 1e9, c.stats.bytes_in_use / 1e9));
+  }
   return p;
 }
 

@@ -732,6 +732,21 @@ TEST_CASE("loader: training shuffles and drops the partial batch, evaluation kee
   CHECK(e.labels == std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
 }
 
+TEST_CASE("loader: a batch larger than the data set is the data set; buffers beyond the memory are refused") {
+  FakeDataset ds(10);
+  Loader eval(ds, 100000000, false, 1, 2);  // its buffers were 10^8 images each: std::bad_alloc
+  CHECK(eval.batches_per_epoch() == 1);
+  CHECK(run_epoch(eval, 0).sizes == std::vector<int>{10});
+  struct Huge : FakeDataset {  // 10^7 images of 3 x 10^4 x 10^4
+    Huge() : FakeDataset(10000000) {}
+    int height() const override { return 10000; }
+    int width() const override { return 10000; }
+  } huge;
+  CHECK_THROWS_WITH_AS(Loader(huge, 64, false, 1, 2), doctest::Contains("batch size 64: the loader's 5 batch buffers of 64 images "
+                                                                         "of 3x10000x10000 need 384.0 GB, more than half of"),
+                       std::runtime_error);
+}
+
 TEST_CASE("loader: skip mode counts bad images, fail mode rethrows the file's error") {
   TempDir tmp;
   for (int i = 0; i < 4; i++) write_png(tmp / ("d/c/good" + std::to_string(i) + ".png"), 24, 24, i);

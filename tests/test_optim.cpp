@@ -366,3 +366,19 @@ TEST_CASE("schedules reject bad settings") {
   CHECK_THROWS_WITH_AS((Schedule{.kind = ScheduleKind::cosine}.lr_at(3)), doctest::Contains("t_max must be positive"),
                        std::runtime_error);
 }
+
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
+TEST_CASE("the CPU allocator: a tensor beyond the memory is a clear error, and the allocator goes on" *
+          skip_unless(!kAddressSanitizer, "the allocator's out-of-memory error: AddressSanitizer aborts on a 4 PB "
+                                          "allocation instead of returning null")) {
+  const AllocStats before = alloc_stats();
+  CHECK_THROWS_WITH_AS(Tensor::empty({1000000, 1000000, 1000}),  // 4 PB: the bare std::bad_alloc before
+                       doctest::Contains("out of memory: a tensor of 4000000.00 GB could not be allocated"), std::runtime_error);
+  CHECK(alloc_stats().bytes_in_use == before.bytes_in_use);
+  CHECK(Tensor::zeros({3}).to_vector() == std::vector<float>{0, 0, 0});
+}
