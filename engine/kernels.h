@@ -163,7 +163,7 @@ struct BnSum {
                            float* gstudent);                                                        \
   /* one SGD step of n parameters (optim.h): d = g + wd p; with momentum (buf not null)              \
      buf = first ? d : momentum buf + d, d = nesterov ? d + momentum buf : buf; then p -= lr d,      \
-     p = |p| where positive */                                                                    \
+     p = max(|p|, FLT_EPSILON) where positive */                                                                    \
   void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float wd,  \
                   bool nesterov, bool first, bool positive);
 

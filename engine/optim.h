@@ -5,7 +5,7 @@
 //   buf = d on p's first step, else momentum buf + d     (only when momentum > 0: no buffer otherwise)
 //   d = nesterov ? d + momentum buf : buf
 //   p -= lr d
-//   p = |p|                                      only in a group of positive parameters (below)
+//   p = max(|p|, 1.19e-7)                        only in a group of positive parameters (below)
 // The learning rate, momentum and nesterov are shared by all groups; a schedule sets the learning rate
 // once per epoch with set_lr (schedule.h). A step runs one fused kernel per parameter (cpu::sgd_update,
 // cuda::sgd_update) and allocates nothing once the momentum buffers exist (they are made on first use).
@@ -19,9 +19,10 @@ namespace engine {
 struct ParamGroup {
   std::vector<Tensor> params;
   float weight_decay = 0.f;
-  // Parameters that must stay positive (LSQ's steps) are reflected after each update, p = |p| (a 0 becomes
-  // the least positive float): a quantizer with a symmetric grid is even in its step, so the reflection leaves
-  // its function unchanged, where a clamp to a floor would collapse it.
+  // Parameters that must stay positive (LSQ's steps) are reflected after each update, p = |p|, and raised to
+  // float32's epsilon, 1.19e-7, where below (PyTorch's observers' least scale: a RepQ-BN run took a weight step
+  // to 2e-11, and its bias's int32 code, b / (s_x s_w), overflowed). A quantizer with a symmetric grid is even
+  // in its step, so the reflection leaves its function unchanged, where a clamp to a floor would collapse it.
   bool positive = false;
 };
 

@@ -123,9 +123,9 @@ ENGINE_HD void sgd_step(float& p, float g, float* buf, float lr, float momentum,
     d = nesterov ? d + momentum * b : b;
   }
   p -= lr * d;
-  if (positive) {  // the reflection p = |p|, and the least positive float for a 0 (a NaN p stays NaN)
+  if (positive) {  // the reflection p = |p|, at least float32's epsilon (a NaN p stays NaN)
     p = fabsf(p);
-    if (p < 1.17549435e-38f) p = 1.17549435e-38f;
+    if (p < 1.1920929e-7f) p = 1.1920929e-7f;
   }
 }
 

@@ -28,7 +28,8 @@
 // −0.004; a diverging one left an input step at −9e20): a negative input step maps a ReLU's output onto
 // negative codes, all clamped to 0, and no export can write it as a scale (a known LSQ problem: users of
 // LSQplus and PPQ report negative scales; PPQ's answer is s = |s| after training). QAT's optimizer takes
-// s = |s| after every update (engine::ParamGroup::positive). A weight's grid is symmetric, so x̂(−s) = x̂(s)
+// s = max(|s|, 1.19e-7) after every update (engine::ParamGroup::positive; the floor is PyTorch's observers'
+// least scale, under which a bias's int32 code overflows). A weight's grid is symmetric, so x̂(−s) = x̂(s)
 // and the reflection changes nothing the weight quantizer computes; an input step stays a valid scale.
 //
 // As torch.ao's FakeQuantize, a quantizer can observe its input (`observer`, ./ptq's calibration) and pass it

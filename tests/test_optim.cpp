@@ -274,7 +274,7 @@ TEST_CASE("SGD keeps a group of positive parameters positive by reflection, and 
   CHECK(va[0] == doctest::Approx(0.9f));  // the plain update
   CHECK(va[1] == doctest::Approx(0.1f));  // 0.3 − 0.4 = −0.1: reflected
   CHECK(va[2] == doctest::Approx(0.2f));
-  CHECK(va[3] > 0.f);                     // 0.1 − 0.1 = 0: the least positive float
+  CHECK(va[3] == 1.1920929e-7f);          // 0.1 − 0.1 = 0: float32's epsilon
   CHECK(std::isnan(va[4]));               // a NaN is not hidden
   CHECK(vb[1] == doctest::Approx(-0.1f)); // the other group is torch's SGD
   CHECK(vb[3] == 0.f);
