@@ -11,10 +11,10 @@
 // (their weights AdaRounded, their inputs quantized), and quantized here by the layer's own input quantizer;
 // f_a is the block's ReLU (none for the FC). Eq. 25's target f_a(W x) asks the rounding to undo the earlier
 // layers' errors too (the paper's "asymmetric reconstruction", measured there with float activations). With
-// quantized activations that hurt here: repvgg-cifar W6/A6 fell from 70.7% (nearest) to 24.7% while every
+// quantized activations that hurt here: repvgg-cifar W6/A6 fell from 70.70% (nearest) to 24.01% while every
 // layer's own error fell (docs/adaround.md). The default target is therefore f_a(W x̂), the FP32 weights on
 // the same input (the paper's layer-wise objective before Eq. 25, with the activation function and the input
-// quantizer), which gained 4.8 points there; `target = fp32_input` is Eq. 25.
+// quantizer), which reached 77.70% there; `target = fp32_input` is Eq. 25.
 // s, n and p are the layer's weight quantizer's: AdaRound changes the rounding only, so it is compared
 // with ./ptq's nearest rounding on the same grid. V starts where h(V) = W/s − ⌊W/s⌋ (W̃ = W); β anneals
 // linearly from 20 to 2 after a warm-up of 20% of the iterations without the regularizer; Adam (lr 1e-3) on
