@@ -367,14 +367,8 @@ TEST_CASE("schedules reject bad settings") {
                        std::runtime_error);
 }
 
-#ifdef __SANITIZE_ADDRESS__
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-
 TEST_CASE("the CPU allocator: a tensor beyond the memory is a clear error, and the allocator goes on" *
-          skip_unless(!kAddressSanitizer, "the allocator's out-of-memory error: AddressSanitizer aborts on a 4 PB "
+          skip_unless(!kSanitized, "the allocator's out-of-memory error: AddressSanitizer aborts on a 4 PB "
                                           "allocation instead of returning null")) {
   const AllocStats before = alloc_stats();
   CHECK_THROWS_WITH_AS(Tensor::empty({1000000, 1000000, 1000}),  // 4 PB: the bare std::bad_alloc before
