@@ -130,6 +130,19 @@ TEST_CASE("qat: --init of a missing, corrupt, other-arch or QAT checkpoint, a ba
                                                 (qat_run / "last.safetensors").string()})),
                        doctest::Contains("a QAT checkpoint (repq-bnest)"), std::runtime_error);
   CHECK(!fs::exists(out));
+  // ... but a --qat bnest run trained the full-precision model: RepQ's BNEst pipeline starts RepQ-BNEst from it
+  const fs::path bnest = root / "bnest", pipeline = root / "pipeline";
+  REQUIRE(run(args_for(data, bnest, {"--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--arch", "qarepvgg-cifar",
+                                     "--qat", "bnest", "--init", other_arch.string()})) == 0);
+  REQUIRE(run(args_for(data, pipeline, {"--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--arch", "qarepvgg-cifar",
+                                        "--qat", "repq-bnest", "--init", (bnest / "last.safetensors").string()})) == 0);
+  const st::File started = st::load((bnest / "last.safetensors").string()), ended = st::load((pipeline / "last.safetensors").string());
+  CHECK(ended.metadata.at("qat") == "repq-bnest");
+  CHECK(ended.tensors.count("stage1.0.weight_quant.step"));
+  size_t branch_tensors = 0;  // the same train-form tensors, quantizers added
+  for (const auto& [name, e] : started.tensors)
+    if (name.rfind("optim.", 0) != 0 && ended.tensors.count(name)) branch_tensors++;
+  CHECK(branch_tensors > 100);
   fs::remove_all(root);
 }
 

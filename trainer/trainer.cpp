@@ -141,9 +141,12 @@ static void load_init(const Options& o, models::RepVGG& model) {
   if (!meta("arch").empty() && meta("arch") != o.arch)
     throw std::runtime_error(fmt::format("--init {}: a {} checkpoint, but this run trains {} (give --arch {})", o.init,
                                          meta("arch"), o.arch, meta("arch")));
-  if (!meta("qat").empty())
-    throw std::runtime_error(fmt::format("--init {}: a QAT checkpoint ({}); --init takes a full-precision one, and "
-                                         "--resume continues a QAT run", o.init, meta("qat")));
+  // A --qat bnest run trained the full-precision model (its BN statistics estimated): its weights start the
+  // RepQ paper's BNEst pipeline (FP training with BN estimation, then RepQ-BNEst), as a plain run's start any QAT.
+  const std::optional<models::QatMethod> method = models::parse_qat_method(meta("qat"));
+  if (!meta("qat").empty() && !(method && models::qat_traits(*method).full_precision))
+    throw std::runtime_error(fmt::format("--init {}: a QAT checkpoint ({}); --init takes a full-precision one (a plain or "
+                                         "a --qat bnest run's), and --resume continues a QAT run", o.init, meta("qat")));
   if (!meta("oabn_k").empty() && meta("oabn_k") != fmt::format("{}", o.oabn_k))
     throw std::runtime_error(fmt::format("--init {}: trained with --oabn-k {}, this run has {}: give --oabn-k {}", o.init,
                                          meta("oabn_k"), o.oabn_k, meta("oabn_k")));
