@@ -8,11 +8,20 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
+#include "layers/checkpoint.h"
 #include "tests/testing.h"
 
 std::filesystem::path small_cifar() {
   static const std::filesystem::path data = make_cifar(fresh_temp_dir("int8_small"), 64, 32);
   return data;
+}
+
+void save_random_repvgg_cifar(const std::filesystem::path& path) {
+  engine::Rng rng(3);
+  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
+  m.forward(engine::rand_normal({4, 3, 32, 32}, 0, 1, rng));
+  m.eval();
+  layers::save_checkpoint(path.string(), m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
 }
 
 QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec) {

@@ -10,9 +10,9 @@
 #include "datasets/loader.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "layers/checkpoint.h"
 #include "quant/adaround.h"
 #include "quant/ptq.h"
+#include "tests/int8_testing.h"
 #include "tests/gradcheck.h"
 #include "tests/testing.h"
 
@@ -68,21 +68,11 @@ TEST_CASE("adaround: V starts where h(V) = W/s - floor(W/s), and beta anneals fr
 }
 
 TEST_CASE("adaround: on a small RepVGG every weight lands on floor or ceil of W/s, and the layers reconstruct better than nearest") {
-  const fs::path root = fresh_temp_dir("adaround_model");
-  const fs::path data = make_cifar(root / "cifar", 4, 4);
-  engine::Rng rng(8);
-  models::RepVGG m(models::cifar_config(models::BlockType::repvgg, 16), rng);
-  m.forward(engine::rand_normal({8, 3, 32, 32}, 0, 1, rng));  // BN statistics
-  m.eval();
-  m.switch_to_deploy();
-  auto train = data::open_cifar10(data.string(), true);
+  // the integer tests' small model, deployed and calibrated by ./ptq's functions: its blocks at W3/A8
+  const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false, "stage?.*=3/8");
+  models::RepVGG& m = *q.model;
+  auto train = data::open_cifar10(small_cifar().string(), true);
   data::Loader loader(*train, 16, /*train=*/false, 0, 1);
-  const quant::Calibration cal = quant::calibrate(m, loader, 2, quant::CalibMethod::minmax, engine::Device::cpu);
-  quant::QuantConfig c;
-  c.weight_bits = 3;
-  c.act_bits = 8;
-  c.granularity = quant::Granularity::channel;
-  quant::attach_quantizers(m, c, cal);
   const std::vector<models::QuantLayer> layers = m.quant_layers();
   std::vector<std::vector<float>> before;
   for (const models::QuantLayer& l : layers) before.push_back(l.weight.to_vector());
@@ -124,18 +114,13 @@ TEST_CASE("adaround: on a small RepVGG every weight lands on floor or ceil of W/
                std::fabs(orig) > 3.f));  // up or down, or clipped
     }
   }
-  fs::remove_all(root);
 }
 
 TEST_CASE("adaround: ./ptq --method adaround writes each layer's errors; bad values named") {
   const fs::path root = fresh_temp_dir("adaround_ptq");
   const fs::path data = make_cifar(root / "cifar", 4, 12);
-  engine::Rng rng(9);
-  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
-  m.forward(engine::rand_normal({4, 3, 32, 32}, 0, 1, rng));
-  m.eval();
   const fs::path ckpt = root / "m.safetensors";
-  layers::save_checkpoint(ckpt.string(), m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
+  save_random_repvgg_cifar(ckpt);
   const fs::path json = root / "ptq.json";
   const std::vector<std::string> base = {"--ckpt", ckpt.string(), "--data", data.string(), "--threads", "2", "--bits", "4",
                                          "--act-bits", "8", "--limit-val", "12", "--batch-size", "6", "--calib-batches", "2"};

@@ -10,13 +10,13 @@
 #include "datasets/loader.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "layers/checkpoint.h"
 #include "models/repvgg.h"
 #include "deploy/int8_model.h"
 #include "models/layer_bits.h"
 #include "quant/export.h"
 #include "quant/ptq.h"
 #include "quant/sensitivity.h"
+#include "tests/int8_testing.h"
 #include "tests/testing.h"
 
 namespace fs = std::filesystem;
@@ -83,19 +83,10 @@ TEST_CASE("sensitivity: each layer's two measures are those of the model quantiz
   fs::remove_all(root);
 }
 
-// A full-width repvgg-cifar of random weights and BN statistics, in train form, as ./train writes one.
-static void save_random_model(const fs::path& path) {
-  engine::Rng rng(3);
-  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
-  m.forward(engine::rand_normal({4, 3, 32, 32}, 0, 1, rng));
-  m.eval();
-  layers::save_checkpoint(path.string(), m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
-}
-
 TEST_CASE("ptq --sensitivity: a sorted table per bit width, JSON and a plot; --sensitivity-check ranks by top-1 too") {
   const fs::path root = fresh_temp_dir("sensitivity_program");
   const fs::path data = make_cifar(root / "cifar", 4, 12);
-  save_random_model(root / "fp.safetensors");
+  save_random_repvgg_cifar(root / "fp.safetensors");
   const std::string json = (root / "s.json").string(), png = (root / "s.png").string();
   REQUIRE(quant::run_ptq({"--ckpt", (root / "fp.safetensors").string(), "--data", data.string(), "--bits", "4,6", "--sensitivity-check",
                           "--sensitivity-images", "12", "--limit-val", "12", "--batch-size", "6", "--calib-batches", "2",
@@ -145,7 +136,7 @@ TEST_CASE("--layer-bits: globs, fp32 and widths, later entries win; bad entries 
 TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not quantized; the int8 export holds them") {
   const fs::path root = fresh_temp_dir("mixed_program");
   const fs::path data = make_cifar(root / "cifar", 4, 12);
-  save_random_model(root / "fp.safetensors");
+  save_random_repvgg_cifar(root / "fp.safetensors");
   const std::string json = (root / "p.json").string();
   const std::vector<std::string> common = {"--ckpt", (root / "fp.safetensors").string(), "--data", data.string(), "--limit-val", "12",
                                            "--batch-size", "6", "--calib-batches", "2", "--threads", "2", "--json", json,
