@@ -77,6 +77,24 @@ Tensor layer_output(const models::QuantLayer& l, const Tensor& x, const Tensor& 
   return l.fc ? linear(x, w, b) : relu(conv2d(x, w, b, l.stride, 1, l.groups));
 }
 
+// f_a(W x + b) of every kept image x (`images` of `shape`, contiguous on the host), in batches, without a
+// gradient; out_shape: one output's.
+std::vector<float> layer_outputs(const models::QuantLayer& l, const std::vector<float>& x, int64_t images, const Shape& shape,
+                                 const Tensor& w, const Tensor& b, Device device, Shape& out_shape) {
+  NoGradGuard no_grad;
+  std::vector<float> out;
+  const int64_t chunk = 128, size = shape.numel();
+  for (int64_t start = 0; start < images; start += chunk) {
+    const int64_t n = std::min(chunk, images - start);
+    std::vector<float> xs(x.begin() + start * size, x.begin() + (start + n) * size);
+    const Tensor y = layer_output(l, Tensor::from_vector(xs, batch_shape(n, shape)).to(device), w, b);
+    out_shape = image_shape(y);
+    const std::vector<float> v = y.to_vector();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
 void set_fake_quant(const std::vector<models::QuantLayer>& layers, bool on) {
   for (const models::QuantLayer& l : layers)
     for (layers::Quantizer* q : {l.quant->act.get(), l.quant->weight.get()})
@@ -117,17 +135,7 @@ LayerData layer_data(models::RepVGG& model, const std::vector<models::QuantLayer
   const layers::Quantizer& act = *l.quant->act;  // x̂ through the layer's own input quantizer
   const float s = act.step.to_vector()[0], z = (float)act.zero_point, lo = (float)act.q_min, hi = (float)act.q_max;
   for (float& e : d.input) e = fake_quant_value(e, s, z, lo, hi);
-
-  NoGradGuard no_grad;
-  const int64_t chunk = 128;
-  for (int64_t start = 0; start < d.images; start += chunk) {
-    const int64_t n = std::min(chunk, d.images - start);
-    std::vector<float> xs(x.begin() + start * d.input_size(), x.begin() + (start + n) * d.input_size());
-    const Tensor y = layer_output(l, Tensor::from_vector(xs, batch_shape(n, d.input_shape)).to(device), l.weight, l.bias);
-    d.target_shape = image_shape(y);
-    const std::vector<float> v = y.to_vector();
-    d.target.insert(d.target.end(), v.begin(), v.end());
-  }
+  d.target = layer_outputs(l, x, d.images, d.input_shape, l.weight, l.bias, device, d.target_shape);
   return d;
 }
 
@@ -149,17 +157,12 @@ struct Adam {
 
 // Eq. 25's first term for weight w on all kept images, summed over channels, averaged over images and positions.
 double reconstruction_error(const models::QuantLayer& l, const LayerData& d, const Tensor& w, const Tensor& b, Device device) {
-  NoGradGuard no_grad;
+  Shape shape;
+  const std::vector<float> y = layer_outputs(l, d.input, d.images, d.input_shape, w, b, device, shape);
   double sum = 0;
-  const int64_t chunk = 128;
-  for (int64_t start = 0; start < d.images; start += chunk) {
-    const int64_t n = std::min(chunk, d.images - start);
-    std::vector<float> xs(d.input.begin() + start * d.input_size(), d.input.begin() + (start + n) * d.input_size());
-    const std::vector<float> y = layer_output(l, Tensor::from_vector(xs, batch_shape(n, d.input_shape)).to(device), w, b).to_vector();
-    for (size_t k = 0; k < y.size(); k++) {
-      const double e = (double)y[k] - d.target[start * d.target_size() + k];
-      sum += e * e;
-    }
+  for (size_t k = 0; k < y.size(); k++) {
+    const double e = (double)y[k] - d.target[k];
+    sum += e * e;
   }
   const int64_t channels = d.target_shape[0];
   return sum / ((double)d.images * (double)d.target_size() / (double)channels);
@@ -176,7 +179,7 @@ AdaRoundLayer adaround_layer(const models::QuantLayer& l, const LayerData& d, co
     const float s = steps[k / per_row], q = w[k] / s;
     floor_w[k] = std::floor(q);
     v[k] = initial_v(q - floor_w[k]);
-    nearest[k] = std::clamp(std::nearbyint(q), (float)wq.q_min, (float)wq.q_max) * s;
+    nearest[k] = fake_quant_value(w[k], s, 0.f, (float)wq.q_min, (float)wq.q_max);  // what the quantizer computes
   }
   std::vector<int64_t> s_shape(l.weight.dim(), 1);
   s_shape[0] = rows;

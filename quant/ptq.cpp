@@ -539,19 +539,19 @@ int run_ptq(const std::vector<std::string>& args) {
     t0 = std::chrono::steady_clock::now();
     const std::vector<Range> ranges = attach_quantizers(*model, c, cal);
     std::vector<Tensor> weights;  // AdaRound moves them onto its grid points: restored for the next bit width
-    nlohmann::json rounding;
+    nlohmann::json rounding;  // null without AdaRound
     if (o.adaround) {
       for (const models::QuantLayer& l : model->quant_layers()) weights.push_back(l.weight.clone());
       rounding = run_adaround(o, s, *model, c, batch);
     }
     const Accuracy acc = train::evaluate(*model, val_loader, s.device);
-    rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges)});
-    if (o.adaround) rows.back().adaround = rounding;
+    rows.push_back({c.weight_bits, c.act_bits, acc, layers_json(*model, c, ranges), rounding});
     std::printf("W%d/A%d: top-1 %.2f%% (%.1f s)\n", c.weight_bits, c.act_bits, acc.top1, seconds_since(t0));
     if (!o.export_path.empty())
       export_model(o.export_path, *model, s, std::string("ptq-") + calib_name(o.calib) + (o.adaround ? "-adaround" : ""),
                    granularity_name(o.granularity));
-    for (size_t i = 0; i < weights.size(); i++) Tensor(model->quant_layers()[i].weight).copy_(weights[i]);
+    const std::vector<models::QuantLayer> layers = model->quant_layers();
+    for (size_t i = 0; i < weights.size(); i++) Tensor(layers[i].weight).copy_(weights[i]);
   }
 
   print_ptq_header(o, fp32.images);
