@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <stdexcept>
 
 #include <charconv>
+
+#include "engine/safetensors.h"
 
 namespace models {
 
@@ -60,6 +63,32 @@ std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vect
     }
   }
   return base;
+}
+
+std::string layer_widths(const std::vector<LayerBits>& layers) {
+  std::string s;
+  for (const LayerBits& l : layers) {
+    if (!s.empty()) s += ',';
+    s += l.weight == 0 ? "fp32" : fmt::format("{}/{}", l.weight, l.act);
+  }
+  return s;
+}
+
+std::vector<LayerBits> parse_layer_widths(const std::string& s, const std::string& where) {
+  std::vector<LayerBits> layers;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const std::string w = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? s.size() + 1 : comma + 1;
+    LayerBits l;
+    char tail = 0;
+    if (w != "fp32" && (std::sscanf(w.c_str(), "%d/%d%c", &l.weight, &l.act, &tail) != 2 || l.weight < 1 || l.act < 1 ||
+                        l.weight > 16 || l.act > 16))
+      throw std::runtime_error(fmt::format("{} holds '{}', expected fp32 or W/A (e.g. 4/8)", where, st::cut(w)));
+    layers.push_back(l);
+  }
+  return layers;
 }
 
 }  // namespace models

@@ -26,4 +26,11 @@ bool glob_match(const std::string& pattern, const std::string& name);
 std::vector<LayerBits> apply_layer_spec(const std::string& spec, const std::vector<std::string>& names,
                                         std::vector<LayerBits> base, int default_act, const std::string& option = "--layer-bits");
 
+// The widths of every layer in order as files keep them (metadata "layer_bits" of a QAT checkpoint, a compressed
+// ClusterQAT file and an int8 file): "fp32,4/8,4/8,...,fp32", W/A for a quantized layer.
+std::string layer_widths(const std::vector<LayerBits>& layers);
+// Its inverse; throws "WHERE holds 'ENTRY', expected fp32 or W/A (e.g. 4/8)" for an entry that is neither (widths
+// 1..16; the ranges of a use are checked by that use).
+std::vector<LayerBits> parse_layer_widths(const std::string& s, const std::string& where);
+
 }  // namespace models

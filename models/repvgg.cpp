@@ -145,16 +145,6 @@ LayerBits QatConfig::layer(size_t i, size_t n) const {
   return quantize_first_last || (i != 0 && i + 1 != n) ? LayerBits{bits, act_bits} : LayerBits{};
 }
 
-// "fp32,4/8,4/8,...": each layer's widths in quant_layers() order
-static std::string layer_widths(const std::vector<LayerBits>& layers) {
-  std::string s;
-  for (const LayerBits& l : layers) {
-    if (!s.empty()) s += ',';
-    s += l.weight == 0 ? "fp32" : fmt::format("{}/{}", l.weight, l.act);
-  }
-  return s;
-}
-
 std::map<std::string, std::string> qat_metadata(const QatConfig& c) {
   std::map<std::string, std::string> md = {
       {"qat", qat_method_name(c.method)}, {"bits", std::to_string(c.bits)}, {"act_bits", std::to_string(c.act_bits)},
@@ -195,19 +185,7 @@ std::optional<QatConfig> qat_from_metadata(const std::map<std::string, std::stri
   const std::string& q = get("quantize_first_last");
   if (q != "0" && q != "1") fail(file + ": metadata 'quantize_first_last' is '" + st::cut(q) + "', expected 0 or 1");
   c.quantize_first_last = q == "1";
-  if (auto lb = md.find("layer_bits"); lb != md.end()) {
-    size_t start = 0;
-    while (start <= lb->second.size()) {
-      const size_t comma = lb->second.find(',', start);
-      const std::string w = lb->second.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      start = comma == std::string::npos ? lb->second.size() + 1 : comma + 1;
-      LayerBits l;
-      char tail = 0;
-      if (w != "fp32" && (std::sscanf(w.c_str(), "%d/%d%c", &l.weight, &l.act, &tail) != 2 || l.weight < 1 || l.act < 1))
-        fail(file + ": metadata 'layer_bits' holds '" + st::cut(w) + "', expected fp32 or W/A (e.g. 4/8)");
-      c.layers.push_back(l);
-    }
-  }
+  if (auto lb = md.find("layer_bits"); lb != md.end()) c.layers = parse_layer_widths(lb->second, file + ": metadata 'layer_bits'");
   check_qat_bits(c, file + ": metadata");
   return c;
 }
