@@ -181,26 +181,16 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
     fail(fmt::format("file {}: metadata \"arch\": {}", path, e.what()));
   }
   m.arch.num_classes = (int)st::metadata_int(md, path, "num_classes", 1, 1 << 20);
-  int act_bits = (int)st::metadata_int(md, path, "act_bits", 1, 16);
-  // per-layer widths ("fp32,4/8,..."): the quantized layers' input widths, which one integer model shares
+  // each quantized layer's input width: metadata "layer_bits" ("fp32,4/8,...": codebook/input) or "act_bits"
+  const int act_bits = (int)st::metadata_int(md, path, "act_bits", 1, 16);
+  std::vector<models::LayerBits> widths;
   if (auto lb = md.find("layer_bits"); lb != md.end()) {
-    std::set<int> acts;
-    size_t start = 0;
-    while (start <= lb->second.size()) {
-      const size_t comma = lb->second.find(',', start);
-      const std::string w = lb->second.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      start = comma == std::string::npos ? lb->second.size() + 1 : comma + 1;
-      const size_t slash = w.find('/');
-      if (w == "fp32") continue;
-      if (slash == std::string::npos) fail(fmt::format("file {}: metadata \"layer_bits\" holds '{}', expected fp32 or W/A", path, st::cut(w)));
-      acts.insert(std::atoi(w.c_str() + slash + 1));
+    try {
+      widths = models::parse_layer_widths(lb->second, fmt::format("file {}: metadata \"layer_bits\"", path));
+    } catch (const std::runtime_error& e) {
+      fail(e.what());
     }
-    if (acts.size() > 1)
-      fail(fmt::format("file {}: its layers quantize their inputs at {} different widths (metadata \"layer_bits\"): an integer "
-                       "model holds one", path, acts.size()));
-    if (acts.size() == 1) act_bits = *acts.begin();
   }
-  m.bits = 8, m.act_bits = act_bits;  // the codes span the s8 range whatever the codebooks' bits
   m.method = "qat-cluster", m.granularity = "channel";
   for (const char* key : {"dataset", "data", "synsets", "image_size", "resize_size"})
     if (md.count(key)) m.metadata[key] = md.at(key);
@@ -211,6 +201,8 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
 
   std::set<std::string> used;
   m.layers = int8_layers(m.arch);
+  if (!widths.empty() && widths.size() != m.layers.size())
+    fail(fmt::format("file {}: metadata \"layer_bits\" has {} entries for the {} layers", path, widths.size(), m.layers.size()));
   bool any = false;
   for (size_t i = 0; i < m.layers.size(); i++) {
     Int8Layer& l = m.layers[i];
@@ -223,7 +215,8 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
       l.weight = std::move(w), l.bias = std::move(b);
       continue;
     }
-    if (act_bits > 8) fail(fmt::format("file {}: layer {}: {}-bit activations: integer inference takes at most 8 bits", path, l.name, act_bits));
+    const int a = widths.empty() ? act_bits : widths[i].act;
+    if (a < 2 || a > 8) fail(fmt::format("file {}: layer {}: {}-bit activations: integer inference takes 2..8 bits", path, l.name, a));
     const float s_x = finite_f32(state, act + ".step", {1}, path, used)[0];
     if (!(s_x > 0)) fail(fmt::format("file {}: tensor '{}.step' is {}, expected a step > 0", path, act, s_x));
     const std::string cb = codebook_name(conv);
@@ -233,7 +226,8 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
     used.insert(cb);
     if (!f.tensors.count(conv + ".weight_codes")) fail(fmt::format("file {}: layer {} has an input step but no '{}.weight_codes'", path, l.name, conv));
     // the image's codes are signed (z = 0 in [−2^(A−1), 2^(A−1) − 1]), those after a ReLU unsigned
-    set_input(l, s_x, 0, i == 0 ? -(1 << (act_bits - 1)) : 0);
+    set_input(l, s_x, 0, i == 0 ? -(1 << (a - 1)) : 0);
+    l.widths = {8, a};  // the codes span the s8 range whatever the codebook's bits
     const auto mean = means.find(l.name);
     try {
       set_cluster_codes(l, w, b, mean == means.end() ? nullptr : &mean->second);

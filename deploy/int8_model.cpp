@@ -15,7 +15,8 @@
 namespace deploy {
 
 static const char* const kFormat = "repq-int8";
-static const char* const kFormatVersion = "1";
+// 2: each layer's widths (metadata "layer_bits"); 1, still read: one "bits" and "act_bits" for every quantized layer
+static const char* const kFormatVersion = "2";
 
 std::vector<int64_t> Int8Layer::weight_shape() const {
   if (fc) return {out, in};
@@ -105,8 +106,10 @@ void save_int8(const std::string& path, const Int8Model& m) {
   // the widths too: models made at other widths (models::cifar_config) share their arch's name
   const auto& a = m.arch.width_multiplier;
   f.metadata["width_multiplier"] = fmt::format("{:.17g},{:.17g},{:.17g},{:.17g}", a[0], a[1], a[2], a[3]);
-  f.metadata["bits"] = std::to_string(m.bits);
-  f.metadata["act_bits"] = std::to_string(m.act_bits);
+  f.metadata.erase("bits"), f.metadata.erase("act_bits");  // a version 1 file's, read into m.metadata
+  std::vector<models::LayerBits> widths;
+  for (const Int8Layer& l : m.layers) widths.push_back(l.quantized ? l.widths : models::LayerBits{});
+  f.metadata["layer_bits"] = models::layer_widths(widths);
   f.metadata["method"] = m.method;
   f.metadata["granularity"] = m.granularity;
   for (const Int8Layer& l : m.layers) {
@@ -151,6 +154,29 @@ const std::string& metadata_string(const std::map<std::string, std::string>& md,
   return it->second;
 }
 
+// Each layer's widths: version 2's "layer_bits" (one entry per layer, 2..8 where quantized), or version 1's
+// "bits" and "act_bits" for every layer (which of them is quantized, its weight's dtype says).
+std::vector<models::LayerBits> layer_widths(const std::map<std::string, std::string>& md, const std::string& path,
+                                            const std::string& version, const std::vector<Int8Layer>& layers) {
+  if (version == "1") {
+    const models::LayerBits all{(int)st::metadata_int(md, path, "bits", 2, 8), (int)st::metadata_int(md, path, "act_bits", 2, 8)};
+    return std::vector<models::LayerBits>(layers.size(), all);
+  }
+  const std::string where = fmt::format("file {}: metadata \"layer_bits\"", path);
+  std::vector<models::LayerBits> w;
+  try {
+    w = models::parse_layer_widths(metadata_string(md, path, "layer_bits"), where);
+  } catch (const std::runtime_error& e) {
+    engine::fail(e.what());
+  }
+  if (w.size() != layers.size()) engine::fail(fmt::format("{} has {} entries for the {} layers", where, w.size(), layers.size()));
+  for (size_t i = 0; i < w.size(); i++)
+    if (w[i].weight != 0 && (w[i].weight < 2 || w[i].weight > 8 || w[i].act < 2 || w[i].act > 8))
+      engine::fail(fmt::format("{}: layer {} is {}/{}, an integer layer takes 2..8 bits each", where, layers[i].name, w[i].weight,
+                               w[i].act));
+  return w;
+}
+
 }  // namespace
 
 Int8Model load_int8(const std::string& path) { return load_int8(st::load(path), path); }
@@ -161,9 +187,9 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
   if (format == md.end() || format->second != kFormat)
     engine::fail(fmt::format("file {}: not a quantized model (metadata \"format\" is not \"{}\"; write one with "
                              "./ptq --export)", path, kFormat));
-  if (metadata_string(md, path, "format_version") != kFormatVersion)
-    engine::fail(fmt::format("file {}: format_version {}, this program reads {}", path, md.at("format_version"),
-                             kFormatVersion));
+  const std::string& version = metadata_string(md, path, "format_version");
+  if (version != "1" && version != kFormatVersion)
+    engine::fail(fmt::format("file {}: format_version {}, this program reads 1 and {}", path, st::cut(version), kFormatVersion));
   Int8Model m;
   m.metadata = md;
   try {
@@ -172,26 +198,23 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
     engine::fail(fmt::format("file {}: {}", path, e.what()));
   }
   m.arch.num_classes = (int)st::metadata_int(md, path, "num_classes", 1, 1 << 20);
-  const std::string& widths = metadata_string(md, path, "width_multiplier");
+  const std::string& multipliers = metadata_string(md, path, "width_multiplier");
   auto& a = m.arch.width_multiplier;
-  if (std::sscanf(widths.c_str(), "%lf,%lf,%lf,%lf", &a[0], &a[1], &a[2], &a[3]) != 4 ||
+  if (std::sscanf(multipliers.c_str(), "%lf,%lf,%lf,%lf", &a[0], &a[1], &a[2], &a[3]) != 4 ||
       !(a[0] > 0 && a[1] > 0 && a[2] > 0 && a[3] > 0 && a[0] <= 16 && a[1] <= 16 && a[2] <= 16 && a[3] <= 16))
     engine::fail(fmt::format("file {}: metadata \"width_multiplier\" is '{}', expected 4 numbers in (0, 16]", path,
-                             st::cut(widths)));
-  m.bits = (int)st::metadata_int(md, path, "bits", 2, 8);
-  m.act_bits = (int)st::metadata_int(md, path, "act_bits", 2, 8);
+                             st::cut(multipliers)));
   m.method = metadata_string(md, path, "method");
   m.granularity = metadata_string(md, path, "granularity");
   if (m.granularity != "layer" && m.granularity != "channel")
     engine::fail(fmt::format("file {}: metadata \"granularity\" is '{}', expected layer or channel", path, m.granularity));
-  const int q_w = (1 << (m.bits - 1)) - 1, q_x = (1 << m.act_bits) - 1;
-
   std::set<std::string> used;
   auto get = [&](const std::string& name, st::DType dtype, const std::vector<int64_t>& shape) -> const st::Entry& {
     used.insert(name);
     return st::require(f, name, dtype, shape, path);
   };
   m.layers = int8_layers(m.arch);
+  const std::vector<models::LayerBits> widths = layer_widths(md, path, version, m.layers);
   bool any = false;
   for (size_t i = 0; i < m.layers.size(); i++) {
     Int8Layer& l = m.layers[i];
@@ -199,6 +222,8 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
     auto it = f.tensors.find(w_name);
     if (it == f.tensors.end()) bad(path, w_name, "is missing");
     if (it->second.dtype == st::DType::F32) {  // an FP32 layer
+      if (version != "1" && widths[i].weight != 0)
+        bad(path, w_name, fmt::format("is F32 where metadata \"layer_bits\" gives the layer {}/{}", widths[i].weight, widths[i].act));
       l.weight = get(w_name, st::DType::F32, l.weight_shape()).to_vector<float>();
       l.bias = get(l.name + ".bias", st::DType::F32, {l.out}).to_vector<float>();
       check_finite(l.weight, path, w_name);
@@ -207,12 +232,16 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
     }
     if (it->second.dtype != st::DType::I8)
       bad(path, w_name, fmt::format("has dtype {}, expected I8 (a quantized layer) or F32", st::dtype_name(it->second.dtype)));
+    if (widths[i].weight == 0)
+      bad(path, w_name, "is I8 where metadata \"layer_bits\" gives the layer fp32");
     l.quantized = any = true;
+    l.widths = widths[i];
+    const int q_w = (1 << (l.widths.weight - 1)) - 1, q_x = (1 << l.widths.act) - 1;
     l.weight_codes = get(w_name, st::DType::I8, l.weight_shape()).to_vector<int8_t>();
     for (size_t k = 0; k < l.weight_codes.size(); k++)
       if (std::abs((int)l.weight_codes[k]) > q_w)
         bad(path, w_name, fmt::format("holds the code {} at [{}], outside [-{}, {}] of {}-bit weights", l.weight_codes[k],
-                                      k, q_w, q_w, m.bits));
+                                      k, q_w, q_w, l.widths.weight));
     const std::string s_name = l.name + ".weight_scale";
     auto s = f.tensors.find(s_name);
     const int64_t n_scales = m.granularity == "channel" ? l.out : 1;
@@ -244,6 +273,20 @@ int64_t weight_bytes(const Int8Model& m) {
     bytes += l.quantized ? (int64_t)(l.weight_codes.size() + 4 * (l.bias_codes.size() + l.weight_scale.size() + 2))
                          : (int64_t)(4 * (l.weight.size() + l.bias.size()));
   return bytes;
+}
+
+std::string width_summary(const Int8Model& m) {
+  std::vector<std::pair<models::LayerBits, int>> counts;  // in order of first use
+  for (const Int8Layer& l : m.layers) {
+    if (!l.quantized) continue;
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return c.first == l.widths; });
+    if (it == counts.end()) counts.push_back({l.widths, 1});
+    else it->second++;
+  }
+  std::string s;
+  for (const auto& [w, n] : counts)
+    s += fmt::format("{}W{}/A{}{}", s.empty() ? "" : ", ", w.weight, w.act, counts.size() > 1 ? fmt::format(" x{}", n) : "");
+  return s;
 }
 
 }  // namespace deploy

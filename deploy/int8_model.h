@@ -7,6 +7,7 @@
 //               ./ptq's fake-quantized ReLU(conv(Q_a(x), Q_w(W), b)) but for the bias, rounded to q_b
 //               q_x = clamp(round(x / s_x) + z_x, 0, 2^A − 1)         u8 codes of the layer's input
 //               q_w ∈ [−(2^(B−1) − 1), 2^(B−1) − 1]                  s8 codes, s_w per layer [1] or channel [O]
+//               B and A the layer's own (--layer-bits): a block writes the codes of the next one's range
 //               q_b = round(b / (s_x s_w[o]))                         s32
 //   FP32:       the deploy conv's (or FC's) float weight and bias as they are
 //
@@ -20,6 +21,7 @@
 
 #include "engine/safetensors.h"
 #include "models/arch.h"
+#include "models/layer_bits.h"
 
 namespace deploy {
 
@@ -29,6 +31,7 @@ struct Int8Layer {
   int kernel = 3, stride = 1, groups = 1;  // 3x3 with padding 1; the FC: 1x1 (a conv of [N, I, 1, 1])
   bool fc = false;            // the FC: no ReLU, weight [O, I]
   bool quantized = false;
+  models::LayerBits widths;   // quantized: its weights' bits B and its input's A, each 2..8; FP32: {0, 0}
   std::vector<float> weight, bias;      // FP32 layer: [O, I/g, 3, 3] (the FC [O, I]), [O]
   std::vector<int8_t> weight_codes;     // quantized layer: q_w, the shape of `weight`
   std::vector<float> weight_scale;      // s_w, [1] or [O]
@@ -41,7 +44,6 @@ struct Int8Layer {
 
 struct Int8Model {
   models::ArchConfig arch;
-  int bits = 8, act_bits = 8;           // weight and activation bits of the quantized layers (2..8)
   std::string method;                   // "ptq-minmax", ..., or the QAT method ("qat-repq-bn", ...)
   std::string granularity;              // "layer" | "channel"
   std::map<std::string, std::string> metadata;  // all of the file's (dataset, image_size, source, ...)
@@ -71,6 +73,9 @@ Int8Model load_int8(const std::string& path);
 Int8Model load_int8(const st::File& f, const std::string& path);  // f read from path
 
 int64_t weight_bytes(const Int8Model& m);
+// The quantized layers' widths for a reader: "W4/A8" when they share one, else each with its count in order of
+// first use, e.g. "W8/A8 x2, W4/A8 x20".
+std::string width_summary(const Int8Model& m);
 
 // A ClusterQAT layer's weights (codebook entries: 2^b arbitrary floats, on no uniform grid) in s8: one scale
 // per output channel, s_w[o] = max |w[o, ...]| / 127, each weight rounded to round(w / s_w[o]) (half to even),

@@ -40,11 +40,11 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
     const bool gpu = device_ == engine::Device::cuda && l.quantized && !layer.quantize_input && i < fc;
     if (l.quantized) {
       q.src_zero_point = l.input_zero_point;
-      q.src_max = (1 << m_.act_bits) - 1;
+      q.src_max = (1 << l.widths.act) - 1;
       const float next_scale = codes_out ? m_.layers[i + 1].input_scale : 1.0f;
       for (size_t k = 0; k < l.weight_scale.size(); k++)
         q.scales.push_back((float)((double)l.input_scale * l.weight_scale[k] / next_scale));
-      if (codes_out) q.dst_max = (1 << m_.act_bits) - 1;
+      if (codes_out) q.dst_max = (1 << m_.layers[i + 1].widths.act) - 1;  // the next layer's codes, at its width
       if (gpu) {
         layer.weight = Tensor::empty({(int64_t)l.weight_codes.size()}, DType::i8, engine::Device::cuda);
         layer.bias = Tensor::empty({l.out}, DType::i32, engine::Device::cuda);
@@ -88,7 +88,7 @@ Tensor IntegerModel::forward(const Tensor& x) {
   int next = 0;  // the buffer the next result goes to (never the one `cur` is in)
   auto quantize = [&](const Int8Layer& l, int64_t values) {
     engine::cpu::quantize_u8((const float*)cur, (uint8_t*)bufs[next], values, l.input_scale, l.input_zero_point,
-                             (1 << m_.act_bits) - 1);
+                             (1 << l.widths.act) - 1);
     cur = bufs[next];
     next ^= 1;
   };
@@ -144,8 +144,11 @@ std::vector<std::string> IntegerModel::describe() const {
   auto name = [](DType d) { return d == DType::u8 ? "u8" : d == DType::f32 ? "f32" : "i32"; };
   for (size_t i = 0; i < last_->layers.size(); i++) {
     const Layer& l = last_->layers[i];
-    out.push_back(fmt::format("{:<10} {:>3} -> {:<3}  {}", m_.layers[i].name, l.quantize_input ? "f32" : name(l.spec.src),
-                              name(l.spec.dst), l.conv ? l.conv->impl() : "cuda:im2col+cublasGemmEx"));
+    const models::LayerBits& w = m_.layers[i].widths;
+    out.push_back(fmt::format("{:<10} {:<5} {:>3} -> {:<3}  {}", m_.layers[i].name,
+                              m_.layers[i].quantized ? fmt::format("W{}/A{}", w.weight, w.act) : "fp32",
+                              l.quantize_input ? "f32" : name(l.spec.src), name(l.spec.dst),
+                              l.conv ? l.conv->impl() : "cuda:im2col+cublasGemmEx"));
   }
   return out;
 }

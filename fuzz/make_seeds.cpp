@@ -48,22 +48,31 @@ static void checkpoints(const fs::path& out) {
   layers::save_checkpoint((out / "qat.safetensors").string(), q, models::qat_metadata(c));
 }
 
-// The tiny model quantized as ./ptq --export writes it: 8-bit per layer, and 4-bit per channel with stage0 and
-// the FC quantized too (a signed image input: a zero point of 8), calibrated on CIFAR-10 test images.
+// The tiny model quantized as ./ptq --export writes it: 8-bit per layer, 4-bit per channel with stage0 and
+// the FC quantized too (a signed image input: a zero point of 8), and 8-bit with one block at W6/A5 (--layer-bits:
+// each layer's widths in the file), calibrated on CIFAR-10 test images. (w8-version1.safetensors beside them is
+// the 8-bit one as format version 1 wrote it: one "bits" and "act_bits", which load_int8 still reads.)
 static void int8_models(const fs::path& cifar, const fs::path& out) {
   auto test = data::open_cifar10(cifar.string(), false, 16);
   data::Loader loader(*test, 16, /*train=*/false, 0, 1);
-  for (int bits : {8, 4}) {
+  for (int bits : {8, 4, 6}) {
     engine::Rng rng(2);
     models::RepVGG m(fuzz::tiny_arch(), rng, 0.5f);
     m.eval();
     m.switch_to_deploy();
     quant::QuantConfig c;
-    c.weight_bits = c.act_bits = bits;
-    c.granularity = bits == 8 ? quant::Granularity::layer : quant::Granularity::channel;
+    c.weight_bits = c.act_bits = bits == 6 ? 8 : bits;
+    c.granularity = bits == 4 ? quant::Granularity::channel : quant::Granularity::layer;
     c.quantize_first_last = bits == 4;
+    if (bits == 6) {
+      const size_t n = m.quant_layers().size();
+      std::vector<models::LayerBits> layers;
+      for (size_t i = 0; i < n; i++) layers.push_back(quant::bits_of(i, n, c));
+      layers[2] = {6, 5};
+      c.layers = layers;
+    }
     quant::attach_quantizers(m, c, quant::calibrate(m, loader, 1, quant::CalibMethod::minmax, engine::Device::cpu));
-    deploy::save_int8((out / ("w" + std::to_string(bits) + ".safetensors")).string(),
+    deploy::save_int8((out / ((bits == 6 ? std::string("mixed") : "w" + std::to_string(bits)) + ".safetensors")).string(),
                      quant::export_int8(m, "ptq-minmax", quant::granularity_name(c.granularity), {{"dataset", "cifar10"}}));
   }
 }

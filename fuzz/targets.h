@@ -121,12 +121,12 @@ inline std::string int8(const uint8_t* data, size_t size) {
   } catch (const std::exception& e) {
     return std::string("a loaded model does not save and load again: ") + e.what();
   }
-  if (g.arch.width_multiplier != m.arch.width_multiplier || g.arch.num_classes != m.arch.num_classes || g.bits != m.bits ||
-      g.act_bits != m.act_bits || g.granularity != m.granularity || g.layers.size() != m.layers.size())
+  if (g.arch.width_multiplier != m.arch.width_multiplier || g.arch.num_classes != m.arch.num_classes ||
+      g.granularity != m.granularity || g.layers.size() != m.layers.size())
     return "the model's settings changed by a save and load";
   for (size_t i = 0; i < m.layers.size(); i++) {
     const deploy::Int8Layer &a = m.layers[i], &b = g.layers[i];
-    if (a.quantized != b.quantized || a.weight != b.weight || a.bias != b.bias || a.weight_codes != b.weight_codes ||
+    if (a.quantized != b.quantized || a.widths != b.widths || a.weight != b.weight || a.bias != b.bias || a.weight_codes != b.weight_codes ||
         a.weight_scale != b.weight_scale || a.bias_codes != b.bias_codes || a.input_scale != b.input_scale ||
         a.input_zero_point != b.input_zero_point)
       return "layer " + a.name + " changed by a save and load";

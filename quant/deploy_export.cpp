@@ -64,11 +64,8 @@ Int8Model export_int8(models::RepVGG& model, const std::string& method, const st
     const auto mean = input_means.find(l.name);
     if (quant.cluster) quantize_cluster_layer(l, q, mean == input_means.end() ? nullptr : &mean->second);
     else quantize_layer(l, q);
-    if (any && (m.bits != bits || m.act_bits != quant.act->bits))
-      engine::fail(fmt::format("layer {}: W{}/A{} where the layers before it are W{}/A{}: an int8 file holds one bit width "
-                               "(layers may stay FP32 among them: --layer-bits NAME=fp32)", l.name, bits, quant.act->bits,
-                               m.bits, m.act_bits));
-    m.bits = bits, m.act_bits = quant.act->bits, any = true;
+    l.widths = {bits, quant.act->bits};
+    any = true;
   }
   ENGINE_CHECK(any, "no layer of the model is quantized: attach quantizers first");
   return m;

@@ -139,8 +139,8 @@ int run_infer(const std::vector<std::string>& args) {
     return b;
   }();
   const std::string cluster = md(m, "cluster_bits", "");
-  std::printf("infer: %s: %s, W%d/A%d, %s, %s weight scales; stage0 %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
-              m.arch.name.c_str(), m.bits, m.act_bits, m.method.c_str(), m.granularity.c_str(),
+  std::printf("infer: %s: %s, %s, %s, %s weight scales; stage0 %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
+              m.arch.name.c_str(), width_summary(m).c_str(), m.method.c_str(), m.granularity.c_str(),
               m.layers.front().quantized ? "int8" : "FP32", m.layers.back().quantized ? "int8" : "FP32", load_s,
               cluster.empty() ? "" : fmt::format(" ({}-bit codebooks put on the s8 grid; the biases of {} layers corrected "
                                                  "for its mean error)", cluster, md(m, "cluster_corrected", "0")).c_str());
@@ -180,8 +180,8 @@ int run_infer(const std::vector<std::string>& args) {
       for (const std::string& line : im.describe()) std::printf("  %s\n", line.c_str());
       if (const int split = im.split_layers())
         std::printf("exact int8 without VNNI: %d of %zu layers run the exact split (two convolutions each: their "
-                    "W%d/A%d codes would saturate vpmaddubsw's s16 sums; W7/A8 runs one; docs/int8.md)\n",
-                    split, m.layers.size(), m.bits, m.act_bits);
+                    "codes would saturate vpmaddubsw's s16 sums; W7/A8 runs one; docs/int8.md)\n",
+                    split, m.layers.size());
       described = true;
     }
   }

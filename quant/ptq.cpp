@@ -310,7 +310,7 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
     if (!l.quantized) continue;
     quantized++;
     const int max_w = engine::cpu::max_abs_code(l.weight_codes.data(), (int64_t)l.weight_codes.size());
-    split += !engine::cpu::int8_single_conv_exact((1 << m.act_bits) - 1, max_w);
+    split += !engine::cpu::int8_single_conv_exact((1 << l.widths.act) - 1, max_w);
   }
   if (split > 0)
     std::printf("note: this CPU has no VNNI: %d of its %d int8 layers will run ./infer's exact split (two convolutions "

@@ -20,8 +20,11 @@ const std::map<std::string, int> kFloors = {{"engine", 0}, {"layers", 1},  {"mod
 std::string refusal(const std::string& file, const std::string& header) {
   const std::string from = file.substr(0, file.find('/')), to = header.substr(0, header.find('/'));
   if (from == to || !kFloors.count(to)) return "";  // its own floor, or not ours (tests/, a system header)
-  // deploy/ runs without a model: the arch table (a description, no layers) and the engine alone
-  if (from == "deploy") return to == "engine" || header == "models/arch.h" ? "" : "deploy/ includes only engine/ and models/arch.h";
+  // deploy/ runs without a model: the descriptions (the arch table, the per-layer widths; no layers) and the engine
+  if (from == "deploy")
+    return to == "engine" || header == "models/arch.h" || header == "models/layer_bits.h"
+               ? ""
+               : "deploy/ includes only engine/, models/arch.h and models/layer_bits.h";
   return kFloors.at(to) < kFloors.at(from) ? "" : to + "/ is not below " + from + "/";
 }
 
@@ -32,10 +35,11 @@ TEST_CASE("floors: the rule refuses an include from above, or deploy/ reaching f
   CHECK(refusal("layers/quantizer.h", "engine/ops.h").empty());
   CHECK(refusal("engine/cpu/conv.cpp", "engine/layout.h").empty());
   CHECK(refusal("deploy/int8_model.h", "models/arch.h").empty());
+  CHECK(refusal("deploy/int8_model.h", "models/layer_bits.h").empty());
   CHECK(refusal("trainer/step.h", "quant/ptq.h") == "quant/ is not below trainer/");
   CHECK(refusal("models/repvgg.h", "datasets/loader.h") == "datasets/ is not below models/");
-  CHECK(refusal("deploy/cluster_file.cpp", "models/repvgg.h") == "deploy/ includes only engine/ and models/arch.h");
-  CHECK(refusal("deploy/cluster_file.cpp", "layers/quantizer.h") == "deploy/ includes only engine/ and models/arch.h");
+  CHECK(refusal("deploy/cluster_file.cpp", "models/repvgg.h") == "deploy/ includes only engine/, models/arch.h and models/layer_bits.h");
+  CHECK(refusal("deploy/cluster_file.cpp", "layers/quantizer.h") == "deploy/ includes only engine/, models/arch.h and models/layer_bits.h");
 }
 
 TEST_CASE("floors: every include of the library and the programs goes down a floor or stays on its own") {

@@ -293,6 +293,34 @@ TEST_CASE("int8 model: FP32 layers among the quantized ones (--layer-bits NAME=f
   }
 }
 
+// Several widths in one model: each layer quantizes at its own W/A, and a block writes the codes of the next
+// one's range (here 8-bit codes into stage2's 4-bit-weight blocks, 6-bit codes into stage3.0, 5-bit ones into
+// the block after it), an FP32 block among them; the same bounds against the fake-quantized forward.
+TEST_CASE("int8 model: layers at different widths (--layer-bits stage2.*=4,stage3.0=6/6,...) against the fake-quantized forward") {
+  for (quant::Granularity g : {quant::Granularity::layer, quant::Granularity::channel}) {
+    CAPTURE((int)g);
+    const QuantizedSmall q = quantized_small(8, g, false, "stage1.1=fp32,stage2.*=4,stage3.0=6/6,stage3.1=3/5,stage3.2=7/2");
+    const int64_t n = q.images.size(0);
+    const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", quant::granularity_name(g), {});
+    auto widths = [&](const std::string& name) {
+      for (const deploy::Int8Layer& l : m.layers)
+        if (l.name == name) return l.widths;
+      return models::LayerBits{-1, -1};
+    };
+    CHECK(widths("stage1.0") == models::LayerBits{8, 8});
+    CHECK(widths("stage1.1") == models::LayerBits{});
+    CHECK(widths("stage2.3") == models::LayerBits{4, 8});
+    CHECK(widths("stage3.0") == models::LayerBits{6, 6});
+    CHECK(widths("stage3.1") == models::LayerBits{3, 5});
+    CHECK(widths("stage3.2") == models::LayerBits{7, 2});
+    deploy::IntegerModel im(m);
+    const LogitDiff d = compare(im.forward(q.images).to_vector(), forward(*q.model, q.images), n);
+    MESSAGE(deploy::width_summary(m), ": median relative logit difference ", d.median(), "; argmax agree ", d.agree, " of ", n);
+    CHECK(d.median() < 1e-5);
+    CHECK(d.agree == n);
+  }
+}
+
 TEST_CASE("int8 model: the steady-state forward creates no primitive and allocates nothing") {
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false);
   deploy::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));
@@ -310,7 +338,8 @@ TEST_CASE("int8 model: the steady-state forward creates no primitive and allocat
 TEST_CASE("int8 cluster: each weight is its codebook entry rounded on s_w[o] = max |w[o, ...]| / 127") {
   const QuantizedSmall q = cluster_small(3, 3, false);
   const deploy::Int8Model m = quant::export_int8(*q.model, "qat-cluster", "channel", {});
-  CHECK(m.bits == 8);
+  for (const deploy::Int8Layer& l : m.layers)
+    CHECK(l.widths == (l.quantized ? models::LayerBits{8, 3} : models::LayerBits{}));  // the s8 grid
   int checked = 0;
   for (size_t i = 0; i + 1 < m.layers.size(); i++) {
     const layers::RepBlock& b = *q.model->blocks()[i];

@@ -1,5 +1,7 @@
 // The quantized deploy model file (deploy/int8_model.h, docs/int8.md): ./ptq's export from a calibrated
 // model, its round trip, and a clear error naming the file and the tensor for each kind of corrupt file.
+#include <fmt/format.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -83,7 +85,7 @@ TEST_CASE("int8 export: save and load give the same model; --quantize-first-last
   deploy::save_int8(path, m);
   const deploy::Int8Model r = deploy::load_int8(path);
   CHECK(r.arch.name == m.arch.name);
-  CHECK(r.bits == 8);
+  for (const deploy::Int8Layer& l : r.layers) CHECK(l.widths == models::LayerBits{8, 8});
   CHECK(r.method == "ptq-minmax");
   CHECK(r.metadata.at("dataset") == "cifar10");
   REQUIRE(r.layers.size() == m.layers.size());
@@ -158,8 +160,51 @@ TEST_CASE("int8 export: a corrupt file gives an error naming the file and the te
          "tensor 'stage1.0.input_zero_point' is 3, expected 0 (the input follows a ReLU)");
   expect([](st::File& f) { f.tensors["stage9.weight"] = st::Entry::of({1}, std::vector<float>{1}); },
          "tensor 'stage9.weight' is not part of a quantized repvgg-cifar");
-  expect([](st::File& f) { f.metadata["bits"] = "12"; }, "metadata \"bits\" is '12'");
+  // each layer's widths: metadata "layer_bits", one entry per layer, fp32 where the weight is F32
+  auto set_width = [](st::File& f, size_t layer, const std::string& w) {
+    std::vector<models::LayerBits> l = models::parse_layer_widths(f.metadata.at("layer_bits"), "test");
+    std::string s;
+    for (size_t i = 0; i < l.size(); i++)
+      s += (i ? "," : "") + (i == layer ? w : l[i].weight ? fmt::format("{}/{}", l[i].weight, l[i].act) : "fp32");
+    f.metadata["layer_bits"] = s;
+  };
+  expect([&](st::File& f) { set_width(f, 1, "12/8"); }, "metadata \"layer_bits\": layer stage1.0 is 12/8, an integer layer takes 2..8 bits each");
+  expect([&](st::File& f) { set_width(f, 1, "4"); }, "metadata \"layer_bits\" holds '4', expected fp32 or W/A (e.g. 4/8)");
+  expect([&](st::File& f) { set_width(f, 1, "fp32"); }, "tensor 'stage1.0.weight' is I8 where metadata \"layer_bits\" gives the layer fp32");
+  expect([&](st::File& f) { set_width(f, 0, "8/8"); }, "tensor 'stage0.weight' is F32 where metadata \"layer_bits\" gives the layer 8/8");
+  expect([&](st::File& f) { set_width(f, 2, "3/8"); }, "outside [-3, 3] of 3-bit weights");  // 4-bit codes, 3 bits said
+  expect([](st::File& f) { f.metadata["layer_bits"] = "fp32,4/4"; }, "metadata \"layer_bits\" has 2 entries for the 27 layers");
+  expect([](st::File& f) { f.metadata.erase("layer_bits"); }, "metadata \"layer_bits\" is missing");
+  expect([](st::File& f) { f.metadata["format_version"] = "3"; }, "format_version 3, this program reads 1 and 2");
   expect([](st::File& f) { f.metadata.erase("format"); }, "not a quantized model");
+}
+
+// Version 1 files (before per-layer widths) held one "bits" and "act_bits" for every quantized layer: still read.
+TEST_CASE("int8 export: a version 1 file (one bits and act_bits) reads as the same model") {
+  const fs::path dir = fresh_temp_dir("int8_version1");
+  fs::create_directories(dir);
+  const QuantizedSmall q = quantized_small(6, quant::Granularity::channel, false, "stage2.*=fp32");
+  const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", "channel", {});
+  const std::string path = edited(m, dir, [](st::File& f) {
+    f.metadata.erase("layer_bits");
+    f.metadata["format_version"] = "1", f.metadata["bits"] = "6", f.metadata["act_bits"] = "6";
+  });
+  const deploy::Int8Model r = deploy::load_int8(path);
+  REQUIRE(r.layers.size() == m.layers.size());
+  for (size_t i = 0; i < m.layers.size(); i++) {
+    CAPTURE(m.layers[i].name);
+    CHECK(r.layers[i].quantized == m.layers[i].quantized);
+    CHECK(r.layers[i].widths == m.layers[i].widths);
+    CHECK(r.layers[i].weight_codes == m.layers[i].weight_codes);
+  }
+  // saved again, it is a version 2 file without the old keys
+  deploy::save_int8(path, r);
+  const st::File f = st::load(path);
+  CHECK(f.metadata.at("format_version") == "2");
+  CHECK_FALSE(f.metadata.count("bits"));
+  CHECK(f.metadata.at("layer_bits").rfind("fp32,6/6,6/6,6/6,6/6,fp32,", 0) == 0);
+  CHECK(deploy::load_int8(path).layers[1].widths == models::LayerBits{6, 6});
+  fs::remove_all(dir);
 }
 
 TEST_CASE("int8 export: ./ptq's --export option") {
@@ -280,11 +325,12 @@ TEST_CASE("int8 export: a compressed ClusterQAT file with stage0 and the FC quan
   st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
   const deploy::Int8Model loaded = deploy::load_deploy_model(path);
   const deploy::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
-  CHECK(loaded.act_bits == 6);
   REQUIRE(loaded.layers.size() == direct.layers.size());
   for (size_t i = 0; i < loaded.layers.size(); i++) {
     CAPTURE(loaded.layers[i].name);
     CHECK(loaded.layers[i].quantized);
+    CHECK(loaded.layers[i].widths == models::LayerBits{8, 6});
+    CHECK(direct.layers[i].widths == models::LayerBits{8, 6});
     CHECK(loaded.layers[i].weight_codes == direct.layers[i].weight_codes);
     CHECK(loaded.layers[i].weight_scale == direct.layers[i].weight_scale);
     CHECK(loaded.layers[i].bias_codes == direct.layers[i].bias_codes);

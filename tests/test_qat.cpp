@@ -232,10 +232,10 @@ TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the
     a.insert(a.end(), more.begin(), more.end());
     return run(args_for(data, out, a));
   };
-  REQUIRE(qat(root / "repq", {"--qat", "repq-bn", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage1.*=fp32,stage4.0=8"}) == 0);
+  REQUIRE(qat(root / "repq", {"--qat", "repq-bn", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage1.*=fp32,stage4.0=8/6"}) == 0);
   const st::File f = st::load((root / "repq" / "last.safetensors").string());
   CHECK(f.metadata.at("layer_bits").rfind("fp32,fp32,fp32,fp32,fp32,4/8,", 0) == 0);
-  CHECK(f.metadata.at("layer_bits").substr(f.metadata.at("layer_bits").size() - 9) == ",8/8,fp32");
+  CHECK(f.metadata.at("layer_bits").substr(f.metadata.at("layer_bits").size() - 9) == ",8/6,fp32");
   CHECK(!f.tensors.count("stage1.0.act_quant.step"));
   CHECK(f.tensors.count("stage2.0.act_quant.step"));
   quant::SourceOptions so;
@@ -247,8 +247,13 @@ TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the
   REQUIRE(layers[25].quant->weight);
   CHECK(layers[25].quant->weight->bits == 8);  // stage4.0
   const std::string int8 = (root / "m.int8.safetensors").string();
-  CHECK_THROWS_WITH_AS(quant::run_ptq({"--ckpt", so.ckpt, "--limit-val", "8", "--export", int8}),
-                       doctest::Contains("layer stage4.0: W8/A8 where the layers before it are W4/A8"), std::runtime_error);
+  CHECK(layers[25].quant->act->bits == 6);
+  // several widths in one int8 file: stage3's last block writes stage4.0's 6-bit codes
+  REQUIRE(quant::run_ptq({"--ckpt", so.ckpt, "--limit-val", "8", "--export", int8}) == 0);
+  const deploy::Int8Model w = deploy::load_int8(int8);
+  CHECK(w.layers[5].widths == models::LayerBits{4, 8});
+  CHECK(w.layers[25].widths == models::LayerBits{8, 6});
+  CHECK(deploy::width_summary(w) == "W4/A8 x20, W8/A6 x1");
 
   REQUIRE(qat(root / "float", {"--qat", "repq-bn", "--bits", "6", "--layer-bits", "stage2.*=fp32"}) == 0);
   REQUIRE(quant::run_ptq({"--ckpt", (root / "float" / "last.safetensors").string(), "--limit-val", "8", "--export", int8}) == 0);
@@ -256,7 +261,7 @@ TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the
   CHECK_FALSE(m.layers[5].quantized);  // stage2.0
   CHECK(m.layers[4].quantized);        // stage1.3
 
-  REQUIRE(qat(root / "cluster", {"--qat", "cluster", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage2.*=2,stage1.0=fp32"}) == 0);
+  REQUIRE(qat(root / "cluster", {"--qat", "cluster", "--bits", "4", "--act-bits", "8", "--layer-bits", "stage2.*=2/6,stage1.0=fp32"}) == 0);
   const std::string packed = (root / "c.safetensors").string();
   REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--limit-val", "8", "--export", packed}) == 0);
   const st::File c = st::load(packed);
@@ -265,7 +270,8 @@ TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the
   const deploy::Int8Model cm = deploy::load_deploy_model(packed);
   CHECK_FALSE(cm.layers[1].quantized);
   CHECK(cm.layers[5].quantized);
-  CHECK(cm.act_bits == 8);
+  CHECK(cm.layers[4].widths == models::LayerBits{8, 8});  // stage1.3: its codes on the s8 grid
+  CHECK(cm.layers[5].widths == models::LayerBits{8, 6});  // stage2.0
 
   const fs::path out = root / "out";
   CHECK_THROWS_WITH_AS(qat(out, {"--qat", "repq-bn", "--layer-bits", "stage7.*=4"}), doctest::Contains("'stage7.*' names no layer"),

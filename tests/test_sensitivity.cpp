@@ -14,6 +14,7 @@
 #include "deploy/int8_model.h"
 #include "models/layer_bits.h"
 #include "quant/export.h"
+#include "quant/infer.h"
 #include "quant/ptq.h"
 #include "quant/sensitivity.h"
 #include "tests/int8_testing.h"
@@ -163,9 +164,11 @@ TEST_CASE("ptq --layer-bits and --keep-fp32: the layers left in float are not qu
   int fp32 = 0;
   for (const deploy::Int8Layer& l : m.layers) fp32 += !l.quantized;
   CHECK(fp32 == 2 + 3);
-  // one int8 file, one width
-  CHECK_THROWS_WITH(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage4.0=6", "--export", file})),
-                    doctest::Contains("layer stage4.0: W6/A8 where the layers before it are W8/A8: an int8 file holds one bit width"));
+  // several widths in one int8 file, which ./infer runs
+  REQUIRE(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage2.*=4,stage4.0=6/5,stage3.0=fp32", "--export", file})) == 0);
+  const deploy::Int8Model widths = deploy::load_int8(file);
+  CHECK(deploy::width_summary(widths) == "W8/A8 x15, W4/A8 x8, W6/A5 x1");
+  CHECK(quant::run_infer({"--model", file, "--data", data.string(), "--limit-val", "12", "--batch-size", "6", "--threads", "2"}) == 0);
   CHECK_THROWS_WITH(quant::run_ptq(with({"--bits", "8", "--layer-bits", "stage4.0=1"})), doctest::Contains("1-bit widths are ClusterQAT's"));
   CHECK_THROWS_WITH(quant::parse_ptq_options({"--bits", "8", "--keep-fp32", "2", "--sensitivity"}), doctest::Contains("--keep-fp32 quantizes a model"));
 
