@@ -40,6 +40,47 @@ std::string edited(const deploy::Int8Model& m, const fs::path& dir, const std::f
   return path;
 }
 
+// A full-width repvgg-cifar ClusterQAT model (codebooks and steps set by one training forward) in deploy form,
+// saved as ./ptq --export writes it, read back by load_deploy_model, and export_int8 of the model itself.
+struct ClusterFile {
+  std::shared_ptr<models::RepVGG> model;
+  std::string path;
+  deploy::Int8Model loaded, direct;
+};
+ClusterFile cluster_file(const models::QatConfig& c, uint64_t seed, const std::string& dir_name) {
+  engine::Rng rng(seed);
+  ClusterFile r;
+  r.model = std::make_shared<models::RepVGG>(models::arch_config("repvgg-cifar"), rng);  // full width: the file names only the arch
+  r.model->set_qat(c);
+  r.model->forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));
+  r.model->eval();
+  r.model->switch_to_deploy();
+  const fs::path dir = fresh_temp_dir(dir_name);
+  fs::create_directories(dir);
+  r.path = (dir / "model.cluster.safetensors").string();
+  st::save(r.path, quant::compress_cluster(*r.model, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
+  r.loaded = deploy::load_deploy_model(r.path);
+  r.direct = quant::export_int8(*r.model, "qat-cluster", "channel", {});
+  return r;
+}
+
+// Every layer of `loaded` as `direct` has it.
+void check_same_layers(const deploy::Int8Model& loaded, const deploy::Int8Model& direct) {
+  REQUIRE(loaded.layers.size() == direct.layers.size());
+  for (size_t i = 0; i < loaded.layers.size(); i++) {
+    const deploy::Int8Layer &a = loaded.layers[i], &b = direct.layers[i];
+    CAPTURE(a.name);
+    CHECK(a.quantized == b.quantized);
+    CHECK(a.widths == b.widths);
+    CHECK(a.weight_codes == b.weight_codes);
+    CHECK(a.weight_scale == b.weight_scale);
+    CHECK(a.bias_codes == b.bias_codes);
+    CHECK(a.input_scale == b.input_scale);
+    CHECK(a.input_zero_point == b.input_zero_point);
+    CHECK(a.weight == b.weight);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("int8 export: codes, scales and int32 biases of each quantized layer, FP32 layers as they are") {
@@ -224,30 +265,13 @@ TEST_CASE("int8 export: more than 8 bits is refused") {
 // load_deploy_model makes the integer model from it alone (no model, no run folder), the same as export_int8
 // of the QAT model itself.
 TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is export_int8 of its QAT model") {
-  engine::Rng rng(3);
-  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);  // full width: the file names only the arch
-  m.set_qat({models::QatMethod::cluster, 4, 8, false, false, layers::StepInit::min_error});
-  m.forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));  // training: codebooks and steps set
-  m.eval();
-  m.switch_to_deploy();
-  const fs::path dir = fresh_temp_dir("int8_cluster_file");
-  fs::create_directories(dir);
-  const std::string path = (dir / "model.cluster.safetensors").string();
-  st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
-  const deploy::Int8Model loaded = deploy::load_deploy_model(path);
-  const deploy::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
+  const ClusterFile c = cluster_file({models::QatMethod::cluster, 4, 8, false, false, layers::StepInit::min_error}, 3, "int8_cluster_file");
+  models::RepVGG& m = *c.model;
+  const std::string& path = c.path;
+  const deploy::Int8Model &loaded = c.loaded, &direct = c.direct;
   CHECK(loaded.method == "qat-cluster");
   CHECK(loaded.metadata.at("cluster_bits") == "4");
-  REQUIRE(loaded.layers.size() == direct.layers.size());
-  for (size_t i = 0; i < loaded.layers.size(); i++) {
-    CAPTURE(loaded.layers[i].name);
-    CHECK(loaded.layers[i].quantized == direct.layers[i].quantized);
-    CHECK(loaded.layers[i].weight_codes == direct.layers[i].weight_codes);
-    CHECK(loaded.layers[i].weight_scale == direct.layers[i].weight_scale);
-    CHECK(loaded.layers[i].bias_codes == direct.layers[i].bias_codes);
-    CHECK(loaded.layers[i].input_scale == direct.layers[i].input_scale);
-    CHECK(loaded.layers[i].weight == direct.layers[i].weight);
-  }
+  check_same_layers(loaded, direct);
 
   // with each coded layer's input means (as ./ptq --export writes them): the bias correction of the same
   // means, and it moves biases
@@ -313,29 +337,13 @@ TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is exp
 // stage0 and the FC quantized too: the image's signed codes (z_x = 2^(A−1)) and the FC's codebook, as
 // export_int8 reads them off the model's quantizers
 TEST_CASE("int8 export: a compressed ClusterQAT file with stage0 and the FC quantized reads as export_int8 makes it") {
-  engine::Rng rng(5);
-  models::RepVGG m(models::arch_config("repvgg-cifar"), rng);
-  m.set_qat({models::QatMethod::cluster, 3, 6, false, true, layers::StepInit::min_error});
-  m.forward(engine::rand_uniform({2, 3, 32, 32}, -1, 1, rng));
-  m.eval();
-  m.switch_to_deploy();
-  const fs::path dir = fresh_temp_dir("int8_cluster_first_last");
-  fs::create_directories(dir);
-  const std::string path = (dir / "model.cluster.safetensors").string();
-  st::save(path, quant::compress_cluster(m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}, {"num_classes", "10"}}));
-  const deploy::Int8Model loaded = deploy::load_deploy_model(path);
-  const deploy::Int8Model direct = quant::export_int8(m, "qat-cluster", "channel", {});
-  REQUIRE(loaded.layers.size() == direct.layers.size());
-  for (size_t i = 0; i < loaded.layers.size(); i++) {
-    CAPTURE(loaded.layers[i].name);
-    CHECK(loaded.layers[i].quantized);
-    CHECK(loaded.layers[i].widths == models::LayerBits{8, 6});
-    CHECK(direct.layers[i].widths == models::LayerBits{8, 6});
-    CHECK(loaded.layers[i].weight_codes == direct.layers[i].weight_codes);
-    CHECK(loaded.layers[i].weight_scale == direct.layers[i].weight_scale);
-    CHECK(loaded.layers[i].bias_codes == direct.layers[i].bias_codes);
-    CHECK(loaded.layers[i].input_scale == direct.layers[i].input_scale);
-    CHECK(loaded.layers[i].input_zero_point == direct.layers[i].input_zero_point);
+  const ClusterFile c = cluster_file({models::QatMethod::cluster, 3, 6, false, true, layers::StepInit::min_error}, 5, "int8_cluster_first_last");
+  const deploy::Int8Model& loaded = c.loaded;
+  check_same_layers(loaded, c.direct);
+  for (const deploy::Int8Layer& l : loaded.layers) {
+    CAPTURE(l.name);
+    CHECK(l.quantized);
+    CHECK(l.widths == models::LayerBits{8, 6});  // the codes on the s8 grid, the inputs at 6 bits
   }
   CHECK(loaded.layers[0].input_zero_point == 32);
 }
