@@ -315,6 +315,12 @@ TEST_CASE("cuda: pad2d and the RepVGG merge it serves match the CPU" * gpu_or_sk
        [](const Inputs& in) { return pad2d(in[0], 1); }},
       {"pad2d 2", [](Rng& r) { return Inputs{rand_grad({2, 3, 5, 4}, -1, 1, r)}; },
        [](const Inputs& in) { return pad2d(in[0], 2); }},
+      {"pad2d 1, 0 (ACNet's 1x3 kernel)", [](Rng& r) { return Inputs{rand_grad({6, 4, 1, 3}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 1, 0); }},
+      {"pad2d 0, 1 (ACNet's 3x1 kernel)", [](Rng& r) { return Inputs{rand_grad({6, 4, 3, 1}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 0, 1); }},
+      {"pad2d 2, 1", [](Rng& r) { return Inputs{rand_grad({2, 3, 5, 4}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 2, 1); }},
       {"3x3 + pad(1x1) * scale", [](Rng& r) {
          return Inputs{rand_grad({8, 4, 3, 3}, -1, 1, r), rand_grad({8, 4, 1, 1}, -1, 1, r),
                        rand_grad({8, 1, 1, 1}, -1, 1, r)};
