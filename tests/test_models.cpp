@@ -1,4 +1,4 @@
-// RepVGG and QARepVGG blocks and models: sizes against the paper and tests/reference/model_stats.txt,
+// RepVGG, QARepVGG and ACB blocks and models: sizes against the paper and tests/reference/model_stats.txt,
 // training forward, loss, gradients, running statistics, eval, deploy weights and deploy output against
 // PyTorch (tests/reference/*.safetensors), and deploy == eval for every arch.
 #include <cmath>
