@@ -106,9 +106,9 @@ struct BnSum {
   void binary_forward(BinaryOp op, const Broadcast& b, const float* x, const float* z, float* y);    \
   void axpy(float* y, float alpha, const float* x, int64_t n); /* y += alpha x */                   \
   void scale(float* x, float s, int64_t n);                                                         \
-  /* x [planes, h, w] -> y [planes, h + 2 pad, w + 2 pad], zeros around; the backward crops gy back */ \
-  void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad, const float* x, float* y);       \
-  void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad, const float* gy, float* gx);    \
+  /* x [planes, h, w] -> y [planes, h + 2 pad_h, w + 2 pad_w], zeros around; the backward crops gy */ \
+  void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* x, float* y); \
+  void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* gy, float* gx); \
   void reduce_sum(const Reduce3& r, const float* x, float* y); /* y[outer, inner] */                \
   /* gx[outer, mid, inner] = gy[outer, inner] * s, the gradient of a sum (s = 1) or mean */          \
   void reduce_sum_backward(const Reduce3& r, const float* gy, float* gx, float s);                  \

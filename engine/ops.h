@@ -41,7 +41,11 @@ void scale_(const Tensor& x, float s);                   // x *= s
 // --- shape.cpp ---------------------------------------------------------------------------------------
 Tensor reshape(const Tensor& x, const Shape& shape);     // same storage; -1 is not supported
 Tensor flatten(const Tensor& x);                         // [N, ...] -> [N, rest]
-Tensor pad2d(const Tensor& x, int pad);                  // zero-pad the last two dims by `pad` on each side
+// Zero padding of the last two dims: pad_h rows above and below, pad_w columns left and right
+// ([..., H, W] -> [..., H + 2 pad_h, W + 2 pad_w]); pad2d(x, p) pads both by p. ACNet's 1x3 kernel into a
+// 3x3 one's middle row is pad2d(k, 1, 0), its 3x1 into the middle column pad2d(k, 0, 1).
+Tensor pad2d(const Tensor& x, int pad_h, int pad_w);
+inline Tensor pad2d(const Tensor& x, int pad) { return pad2d(x, pad, pad); }
 Tensor detach(const Tensor& x);                          // x.detach()
 
 // --- reduce.cpp --------------------------------------------------------------------------------------

@@ -22,21 +22,22 @@ Tensor flatten(const Tensor& x) {
 
 Tensor detach(const Tensor& x) { return x.detach(); }
 
-// x [..., H, W] -> [..., H + 2p, W + 2p]; the backward crops.
-Tensor pad2d(const Tensor& x_in, int pad) {
+// x [..., H, W] -> [..., H + 2 pad_h, W + 2 pad_w]; the backward crops.
+Tensor pad2d(const Tensor& x_in, int pad_h, int pad_w) {
   const Tensor x = to_plain(x_in);
-  ENGINE_CHECK(x.dim() >= 2 && pad >= 0, "pad2d of " + x.shape().str());
+  ENGINE_CHECK(x.dim() >= 2 && pad_h >= 0 && pad_w >= 0,
+               "pad2d of " + x.shape().str() + " by " + std::to_string(pad_h) + ", " + std::to_string(pad_w));
   const int64_t h = x.size(-2), w = x.size(-1);
   const int64_t planes = x.numel() / std::max<int64_t>(h * w, 1);
   Shape out = x.shape();
-  out[-2] = h + 2 * pad;
-  out[-1] = w + 2 * pad;
+  out[-2] = h + 2 * pad_h;
+  out[-1] = w + 2 * pad_w;
   Tensor y = Tensor::empty(out, DType::f32, x.device());
-  DISPATCH(x.device(), pad2d_forward, planes, h, w, pad, x.f32(), y.f32());
+  DISPATCH(x.device(), pad2d_forward, planes, h, w, pad_h, pad_w, x.f32(), y.f32());
   record(y, "pad2d", {x}, [=](const Tensor& o, const Tensor& g) {
     const Tensor& x = o.grad_fn()->inputs[0];
     Tensor gx = Tensor::empty(x.shape(), DType::f32, x.device());
-    DISPATCH(x.device(), pad2d_backward, planes, h, w, pad, g.f32(), gx.f32());
+    DISPATCH(x.device(), pad2d_backward, planes, h, w, pad_h, pad_w, g.f32(), gx.f32());
     accumulate_grad(x, gx);
   });
   return y;

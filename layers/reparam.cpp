@@ -63,6 +63,22 @@ KernelBias merge_repvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1
   return {kernel, bias};
 }
 
+Tensor pad_to_3x3(const Tensor& k) {
+  ENGINE_CHECK(k.dim() == 4 && (k.size(2) == 1 || k.size(2) == 3) && (k.size(3) == 1 || k.size(3) == 3),
+               "a kernel of 1 or 3 rows and columns to pad to 3x3, got " + k.str());
+  return pad2d(k, (3 - (int)k.size(2)) / 2, (3 - (int)k.size(3)) / 2);
+}
+
+KernelBias merge_acb(const Tensor& square, const BnTensors& square_bn, const Tensor& hor, const BnTensors& hor_bn,
+                     const Tensor& ver, const BnTensors& ver_bn) {
+  ENGINE_CHECK(square.dim() == 4 && square.size(2) == 3 && square.size(3) == 3, "3x3 kernel " + square.str());
+  const int64_t o = square.size(0), i = square.size(1);
+  ENGINE_CHECK(hor.shape() == (Shape{o, i, 1, 3}), "1x3 kernel " + hor.str() + " beside " + square.str());
+  ENGINE_CHECK(ver.shape() == (Shape{o, i, 3, 1}), "3x1 kernel " + ver.str() + " beside " + square.str());
+  const KernelBias s = fold_bn(square, square_bn), h = fold_bn(hor, hor_bn), v = fold_bn(ver, ver_bn);  // BN fusion
+  return {add(add(s.kernel, pad_to_3x3(h.kernel)), pad_to_3x3(v.kernel)), add(add(s.bias, h.bias), v.bias)};  // branch fusion
+}
+
 KernelBias qarepvgg_sum(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups) {
   ENGINE_CHECK(k3.dim() == 4 && k3.size(2) == 3 && k3.size(3) == 3, "3x3 kernel " + k3.str());
   ENGINE_CHECK(k1.shape() == (Shape{k3.size(0), k3.size(1), 1, 1}), "1x1 kernel " + k1.str() + " beside " + k3.str());

@@ -43,6 +43,23 @@ Tensor identity_kernel(int64_t channels, int groups, engine::Device device = eng
 KernelBias merge_repvgg(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, const BnTensors& bn1,
                         const BnTensors* identity, int groups);
 
+// A kernel [O, I, kh, kw] (kh, kw each 1 or 3) zero-padded, centred, to [O, I, 3, 3]: a 1x1 into the centre
+// tap, ACNet's 1x3 into the middle row, its 3x1 into the middle column. Convolving x with the result and
+// padding 1 is the kh x kw conv with padding ((kh − 1)/2, (kw − 1)/2), any stride: the added taps are zeros.
+Tensor pad_to_3x3(const Tensor& kernel);
+
+// ACNet (Ding et al., ICCV 2019) Sec. 3.3, the ACB (Asymmetric Convolution Block): a 3x3, a 1x3 and a 3x1
+// conv, each with its BN, on the same input, summed. Converted to one 3x3 conv with bias in two steps:
+//   BN fusion     each BN folds into the conv before it (fold_bn, RepVGG Eq. (3)-(4); ACNet writes the same
+//                 fold per output channel j: K'⁽ʲ⁾ = γⱼ/σⱼ · K⁽ʲ⁾, b'ⱼ = βⱼ − μⱼγⱼ/σⱼ)
+//   branch fusion by the additivity of convolution for kernels on compatible sliding windows, the thin
+//                 kernels add onto the square kernel's skeleton (its middle row and column):
+//     W = W'₃ₓ₃ + pad_to_3x3(W'₁ₓ₃) + pad_to_3x3(W'₃ₓ₁),   b = b'₃ₓ₃ + b'₁ₓ₃ + b'₃ₓ₁
+// (official DingXiaoH/ACNet acb.py, get_equivalent_kernel_bias / _add_to_square_kernel).
+// square [O, I/g, 3, 3], hor [O, I/g, 1, 3], ver [O, I/g, 3, 1]; differentiable in all of them and the BNs.
+KernelBias merge_acb(const Tensor& square, const BnTensors& square_bn, const Tensor& hor, const BnTensors& hor_bn,
+                     const Tensor& ver, const BnTensors& ver_bn);
+
 // QARepVGG (Chu et al. 2023) S4 block: bn(x ∗ W'₃ + b'₃ + x ∗ K₁ + x) with no BN on the 1x1 and identity.
 // The kernel and bias of the branch sum, the post-sum BN's input:  W = W'₃ + pad(K₁) + I,  b = b'₃
 KernelBias qarepvgg_sum(const Tensor& k3, const BnTensors& bn3, const Tensor& k1, bool identity, int groups);

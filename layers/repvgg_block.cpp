@@ -69,23 +69,17 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
-Tensor RepVGGBlock::forward_branches(const Tensor& x) {
-  std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
-  if (rbr_identity) bns.push_back(rbr_identity.get());
-  bool fusable = true;  // one mode, momentum and eps for the three BNs (as always, unless set otherwise)
+Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns) {
+  ENGINE_CHECK(!xs.empty() && xs.size() == bns.size(), std::to_string(xs.size()) + " branch outputs for " +
+                                                           std::to_string(bns.size()) + " BNs");
+  bool fusable = true;  // one mode, momentum and eps for the BNs (as always, unless set otherwise)
   for (BatchNorm2d* bn : bns)
     fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
   if (!fusable) {  // the composed ops
-    Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
-    if (rbr_identity) sum = engine::add(sum, rbr_identity->forward(x));
+    Tensor sum = bns[0]->forward(xs[0]);
+    for (size_t i = 1; i < xs.size(); i++) sum = engine::add(sum, bns[i]->forward(xs[i]));
     return engine::relu(sum);
   }
-  // relu(bn(dense(x)) + bn(1x1(x)) + bn(x)) with the BNs, the sum and the ReLU in one op (ops.h bn_add_relu)
-  auto conv = [&](const Conv2d& c) {
-    return engine::conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups);
-  };
-  std::vector<Tensor> xs = {conv(*rbr_dense->conv), conv(*rbr_1x1->conv)};
-  if (rbr_identity) xs.push_back(x);
   std::vector<engine::BnParams> params;
   for (BatchNorm2d* bn : bns) {
     // gamma_used reads running_var before the op updates it (OABN: the bound of this step)
@@ -93,6 +87,20 @@ Tensor RepVGGBlock::forward_branches(const Tensor& x) {
     bn->track_batch();
   }
   return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps);
+}
+
+// relu(bn(dense(x)) + bn(1x1(x)) + bn(x))
+Tensor RepVGGBlock::forward_branches(const Tensor& x) {
+  auto conv = [&](const Conv2d& c) {
+    return engine::conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups);
+  };
+  std::vector<Tensor> xs = {conv(*rbr_dense->conv), conv(*rbr_1x1->conv)};
+  std::vector<BatchNorm2d*> bns = {rbr_dense->bn.get(), rbr_1x1->bn.get()};
+  if (rbr_identity) {
+    xs.push_back(x);
+    bns.push_back(rbr_identity.get());
+  }
+  return bn_sum_relu(xs, bns);
 }
 
 KernelBias RepVGGBlock::kernel_bias(BnStatistics& stats) {

@@ -32,9 +32,15 @@ class ConvBN : public Module {
   std::shared_ptr<BatchNorm2d> bn;
 };
 
+// relu(Σᵢ bns[i](xs[i])): the training form's tail of a block whose branches each end in a BN. The BNs, the
+// sum and the ReLU run as one op (engine::bn_add_relu) when the BNs share mode, momentum and eps (as always,
+// unless set otherwise), else as the composed ops.
+Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns);
+
 enum class BlockMode { branches, merged, deploy };
 
-// What the two blocks share: shape, the modes, the quantizers.
+// What the blocks share (RepVGGBlock, QARepVGGBlock here, ACBlock in layers/acnet_block.h): shape, the modes,
+// the quantizers.
 class RepBlock : public Module {
  public:
   RepBlock(int in, int out, int stride, int groups);

@@ -28,14 +28,23 @@ const Entry kImagenet[] = {
     {"b3g4", {4, 6, 16, 1}, {3, 3, 3, 5}, 4},
 };
 
-const char* prefix(BlockType b) { return b == BlockType::repvgg ? "repvgg-" : "qarepvgg-"; }
+const BlockType kBlocks[] = {BlockType::repvgg, BlockType::qarepvgg, BlockType::acb};
+
+const char* prefix(BlockType b) {
+  switch (b) {
+    case BlockType::repvgg: return "repvgg-";
+    case BlockType::qarepvgg: return "qarepvgg-";
+    case BlockType::acb: return "acb-";
+  }
+  fail("unknown block type " + std::to_string((int)b));
+}
 
 }  // namespace
 
 const std::vector<std::string>& arch_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> v;
-    for (BlockType b : {BlockType::repvgg, BlockType::qarepvgg}) {
+    for (BlockType b : kBlocks) {
       for (const Entry& e : kImagenet) v.push_back(std::string(prefix(b)) + e.name);
       v.push_back(std::string(prefix(b)) + "cifar");
     }
@@ -59,7 +68,7 @@ ArchConfig cifar_config(BlockType block, int width) {
 }
 
 ArchConfig arch_config(const std::string& name) {
-  for (BlockType b : {BlockType::repvgg, BlockType::qarepvgg}) {
+  for (BlockType b : kBlocks) {
     const std::string p = prefix(b);
     if (name.rfind(p, 0) != 0) continue;
     const std::string rest = name.substr(p.size());
@@ -95,7 +104,7 @@ ModelSize model_size(const ArchConfig& a, bool deploy, int resolution) {
   int last = 0;
   for (auto& stage : block_specs(a)) {
     for (const BlockSpec& b : stage) {
-      h = (h - 1) / b.stride + 1;  // 3x3 with padding 1 and 1x1 with padding 0 give the same size
+      h = (h - 1) / b.stride + 1;  // 3x3 with padding 1, 1x1 with 0, 1x3 with (0, 1), 3x1 with (1, 0): the same size
       w = (w - 1) / b.stride + 1;
       const int64_t k3 = (int64_t)b.out * (b.in / b.groups) * 9, k1 = (int64_t)b.out * (b.in / b.groups);
       const bool identity = b.in == b.out && b.stride == 1;
@@ -103,9 +112,12 @@ ModelSize model_size(const ArchConfig& a, bool deploy, int resolution) {
         s.params += k3 + b.out;
         s.macs += h * w * k3;
       } else {
-        s.macs += h * w * (k3 + k1);
-        if (a.block == BlockType::repvgg) s.params += k3 + 2 * b.out + k1 + 2 * b.out + (identity ? 2 * b.in : 0);
-        else s.params += k3 + 2 * b.out + k1 + 2 * b.out;
+        s.macs += h * w * (k3 + (a.block == BlockType::acb ? 6 * k1 : k1));  // the thin convs as PyTorch runs them
+        switch (a.block) {
+          case BlockType::repvgg: s.params += k3 + 2 * b.out + k1 + 2 * b.out + (identity ? 2 * b.in : 0); break;
+          case BlockType::qarepvgg: s.params += k3 + 2 * b.out + k1 + 2 * b.out; break;
+          case BlockType::acb: s.params += k3 + 2 * (3 * k1) + 3 * 2 * b.out; break;  // 3x3, 1x3, 3x1, three BNs
+        }
       }
       last = b.out;
     }

@@ -1,5 +1,5 @@
-// RepVGG and QARepVGG models (official DingXiaoH/RepVGG RepVGG class) of the archs models/arch.h lists, their
-// QAT set-up, and RepVGG's custom L2.
+// RepVGG, QARepVGG and ACB models (official DingXiaoH/RepVGG RepVGG class, its blocks RepVGG's, QARepVGG's or
+// ACNet's ACB) of the archs models/arch.h lists, their QAT set-up, and RepVGG's custom L2.
 #pragma once
 #include <array>
 #include <map>
@@ -11,6 +11,7 @@
 #include "engine/random.h"
 #include "models/arch.h"
 #include "models/layer_bits.h"
+#include "layers/acnet_block.h"
 #include "layers/repvgg_block.h"
 
 namespace models {

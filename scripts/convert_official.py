@@ -15,7 +15,8 @@ the file is one of our archs, tensor for tensor. Writes every floating tensor as
 The arch is --arch, else inferred from the shapes: blocks per stage, stage widths, groups of layer 2.
 A deploy-form file does not say whether it was RepVGG or QARepVGG (both are one 3x3 conv per block);
 it is named repvgg-* unless --arch says qarepvgg-*: the deploy models are the same either way.
-Not convertible (refused with the reason): SE blocks (use_se), QARepVGGBlockV1 (a BN on the 1x1 branch).
+Not convertible (refused with the reason): SE blocks (use_se), QARepVGGBlockV1 (a BN on the 1x1 branch),
+training-form ACB models (our acb-* archs: no official checkpoint has that layout).
 YOLOv6's QARepVGGBlockV2 adds a parameter-free avg-pool branch that no key shows: do not convert those.
 
 The official structure is tests/reference/repvgg_torch.py (a port of DingXiaoH/RepVGG repvgg.py).
@@ -64,6 +65,10 @@ def form_and_block(sd, path):
         return "train", "repvgg"
     if "stage0.rbr_1x1.weight" in sd and "stage0.bn.weight" in sd:
         return "train", "qarepvgg"
+    if "stage0.square_conv.weight" in sd:
+        raise ConvertError(f"{path}: ACNet ACB blocks (square_conv, hor_conv, ver_conv): only official RepVGG and "
+                           "QARepVGG checkpoints are convertible (an acb-* deploy-form file converts as repvgg-*, "
+                           "or with --arch acb-*)")
     raise ConvertError(f"{path}: no stage0.rbr_reparam.weight, stage0.rbr_1x1.conv.weight (RepVGG) or "
                        "stage0.rbr_1x1.weight + stage0.bn.weight (QARepVGG): not a RepVGG-family state dict")
 

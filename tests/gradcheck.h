@@ -7,6 +7,7 @@
 // mean's backward at half its value has relative error 0.5 (test_elementwise.cpp keeps such a case).
 // Points within a non-differentiable kink can be skipped.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -88,6 +89,25 @@ inline void check_gradients(const GradFn& f, std::vector<Tensor> inputs, const G
     INFO("input " << k << " (" << inputs[k].str() << "): relative gradient error " << errors[k]);
     CHECK(errors[k] <= opt.tolerance);
   }
+}
+
+// pad2d(x, pad_h, pad_w) whose backward crops gy at the wrong rows (offset pad_w, not pad_h: the columns'
+// pad for the rows), for tests that the checker sees such a mistake, in the op (test_elementwise.cpp) and in
+// the ACB merge built on it (test_acb.cpp).
+inline Tensor pad2d_with_wrong_backward(const Tensor& x, int pad_h, int pad_w) {
+  Tensor y = engine::pad2d(x.detach(), pad_h, pad_w);
+  engine::record(y, "wrong_pad2d", {x}, [pad_w](const Tensor& out, const Tensor& g) {
+    const Tensor& in = out.grad_fn()->inputs[0];
+    const int64_t h = in.size(-2), w = in.size(-1), planes = in.numel() / (h * w);
+    const int64_t gh = g.size(-2), gw = g.size(-1), rows = std::min<int64_t>(pad_w, gh - h);
+    const std::vector<float> gv = g.to_vector();
+    std::vector<float> gx(in.numel());
+    for (int64_t p = 0; p < planes; p++)
+      for (int64_t i = 0; i < h; i++)
+        for (int64_t j = 0; j < w; j++) gx[(p * h + i) * w + j] = gv[(p * gh + i + rows) * gw + j + pad_w];
+    engine::accumulate_grad(in, Tensor::from_vector(gx, in.shape()).to(in.device()));
+  });
+  return y;
 }
 
 // Max |a - b| / (atol + rtol |b|) <= 1 element-wise; reports the worst element.

@@ -309,17 +309,34 @@ TEST_CASE("cuda: sums, means, pooling and sum_to match the CPU" * gpu_or_skip("r
   run_cases(cases);
 }
 
-TEST_CASE("cuda: pad2d and the RepVGG merge it serves match the CPU" * gpu_or_skip("pad2d")) {
+TEST_CASE("cuda: pad2d and the RepVGG and ACNet merges it serves match the CPU" * gpu_or_skip("pad2d")) {
   run_cases({
       {"pad2d 1", [](Rng& r) { return Inputs{rand_grad({6, 4, 1, 1}, -1, 1, r)}; },
        [](const Inputs& in) { return pad2d(in[0], 1); }},
       {"pad2d 2", [](Rng& r) { return Inputs{rand_grad({2, 3, 5, 4}, -1, 1, r)}; },
        [](const Inputs& in) { return pad2d(in[0], 2); }},
+      {"pad2d 1, 0 (ACNet's 1x3 kernel)", [](Rng& r) { return Inputs{rand_grad({6, 4, 1, 3}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 1, 0); }},
+      {"pad2d 0, 1 (ACNet's 3x1 kernel)", [](Rng& r) { return Inputs{rand_grad({6, 4, 3, 1}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 0, 1); }},
+      {"pad2d 2, 1", [](Rng& r) { return Inputs{rand_grad({2, 3, 5, 4}, -1, 1, r)}; },
+       [](const Inputs& in) { return pad2d(in[0], 2, 1); }},
       {"3x3 + pad(1x1) * scale", [](Rng& r) {
          return Inputs{rand_grad({8, 4, 3, 3}, -1, 1, r), rand_grad({8, 4, 1, 1}, -1, 1, r),
                        rand_grad({8, 1, 1, 1}, -1, 1, r)};
        },
        [](const Inputs& in) { return add(in[0], mul(pad2d(in[1], 1), in[2])); }},
+      {"merge_acb (ACNet: 3x3 + 1x3 + 3x1, each BN folded)", [](Rng& r) {
+         Inputs in = {rand_grad({8, 4, 3, 3}, -1, 1, r), rand_grad({8, 4, 1, 3}, -1, 1, r), rand_grad({8, 4, 3, 1}, -1, 1, r)};
+         for (int i = 0; i < 3; i++)  // γ, β, μ, σ² of each branch's BN
+           for (auto [lo, hi] : {std::pair{0.5f, 1.5f}, {-0.3f, 0.3f}, {-0.3f, 0.3f}, {0.5f, 1.5f}}) in.push_back(rand_grad({8}, lo, hi, r));
+         return in;
+       },
+       [](const Inputs& in) {
+         auto bn = [&](int i) { return layers::BnTensors{in[3 + 4 * i], in[4 + 4 * i], in[5 + 4 * i], in[6 + 4 * i], 1e-5f}; };
+         const layers::KernelBias kb = layers::merge_acb(in[0], bn(0), in[1], bn(1), in[2], bn(2));
+         return add(kb.kernel, reshape(kb.bias, {8, 1, 1, 1}));
+       }},
   });
 }
 

@@ -168,7 +168,17 @@ TEST_CASE("sum and mean over chosen dims, and global average pooling") {
   check_gradients([](auto& in) { return mean_all(in[0]); }, {x});
 }
 
-TEST_CASE("reshape, flatten and pad2d") {
+// pad2d against a plain loop: y[p, i, j] = x[p, i - pad_h, j - pad_w] inside, 0 around.
+static std::vector<double> ref_pad2d(const Tensor& x, int pad_h, int pad_w) {
+  const int64_t h = x.size(-2), w = x.size(-1), planes = x.numel() / (h * w), ph = h + 2 * pad_h, pw = w + 2 * pad_w;
+  std::vector<double> y(planes * ph * pw, 0.0);
+  for (int64_t p = 0; p < planes; p++)
+    for (int64_t i = 0; i < h; i++)
+      for (int64_t j = 0; j < w; j++) y[(p * ph + i + pad_h) * pw + j + pad_w] = x.f32()[(p * h + i) * w + j];
+  return y;
+}
+
+TEST_CASE("reshape, flatten and pad2d (symmetric and separate pad_h, pad_w) against plain loops, and their gradients") {
   Rng rng(5);
   Tensor k = rand_uniform({4, 2, 1, 1}, -1, 1, rng);
   Tensor p = pad2d(k, 1);
@@ -176,12 +186,44 @@ TEST_CASE("reshape, flatten and pad2d") {
   auto v = p.to_vector(), kv = k.to_vector();
   for (int i = 0; i < 8; i++)
     for (int t = 0; t < 9; t++) CHECK(v[i * 9 + t] == (t == 4 ? kv[i] : 0.f));
-  check_gradients([](auto& in) { return pad2d(in[0], 1); }, {k});
-  check_gradients([](auto& in) { return pad2d(in[0], 2); }, {rand_uniform({2, 3, 4}, -1, 1, rng)});
+  // ACNet's thin kernels: 1x3 into the middle row (pad_h 1), 3x1 into the middle column (pad_w 1)
+  Tensor hor = rand_uniform({4, 2, 1, 3}, -1, 1, rng), ver = rand_uniform({4, 2, 3, 1}, -1, 1, rng);
+  REQUIRE(pad2d(hor, 1, 0).shape() == Shape{4, 2, 3, 3});
+  REQUIRE(pad2d(ver, 0, 1).shape() == Shape{4, 2, 3, 3});
+  const auto ph = pad2d(hor, 1, 0).to_vector(), pv = pad2d(ver, 0, 1).to_vector();
+  for (int i = 0; i < 8; i++)
+    for (int t = 0; t < 9; t++) {
+      CHECK(ph[i * 9 + t] == (t / 3 == 1 ? hor.f32()[i * 3 + t % 3] : 0.f));
+      CHECK(pv[i * 9 + t] == (t % 3 == 1 ? ver.f32()[i * 3 + t / 3] : 0.f));
+    }
+  struct Case { Shape shape; int pad_h, pad_w; };
+  for (const Case& c : {Case{{2, 3, 4}, 2, 2}, Case{{4, 2, 1, 3}, 1, 0}, Case{{4, 2, 3, 1}, 0, 1},
+                        Case{{2, 3, 5, 4}, 2, 1}, Case{{3, 2, 7}, 0, 3}, Case{{5, 6}, 0, 0}}) {
+    INFO(c.shape.str() << " by " << c.pad_h << ", " << c.pad_w);
+    Tensor x = rand_uniform(c.shape, -1, 1, rng);
+    Tensor y = pad2d(x, c.pad_h, c.pad_w);
+    Shape expected = c.shape;
+    expected[-2] += 2 * c.pad_h;
+    expected[-1] += 2 * c.pad_w;
+    CHECK(y.shape() == expected);
+    check_close(y.to_vector(), ref_pad2d(x, c.pad_h, c.pad_w), 0, 0, "pad2d");
+    check_gradients([c](auto& in) { return pad2d(in[0], c.pad_h, c.pad_w); }, {x});
+  }
+  CHECK_THROWS_WITH_AS(pad2d(k, -1, 0), doctest::Contains("pad2d of"), std::runtime_error);
   Tensor x = rand_uniform({2, 3, 4, 5}, -1, 1, rng);
   CHECK(flatten(x).shape() == Shape{2, 60});
   CHECK(flatten(x).to_vector() == x.to_vector());
   check_gradients([](auto& in) { return reshape(in[0], {6, 20}); }, {x});
+}
+
+TEST_CASE("gradient check: a pad2d backward that crops the wrong rows fails the checker") {
+  Rng rng(10);
+  const Tensor hor = rand_uniform({4, 2, 1, 3}, -1, 1, rng);
+  using testing_util::gradient_errors;
+  CHECK(gradient_errors([](auto& in) { return pad2d(in[0], 1, 0); }, {hor})[0] <= testing_util::GradCheck{}.tolerance);
+  const double wrong = gradient_errors([](auto& in) { return testing_util::pad2d_with_wrong_backward(in[0], 1, 0); }, {hor})[0];
+  INFO("relative gradient error of the wrong backward: " << wrong);
+  CHECK(wrong > 0.5);
 }
 
 TEST_CASE("autograd: shared inputs accumulate, no-grad records nothing, detach cuts the graph") {

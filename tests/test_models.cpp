@@ -1,4 +1,4 @@
-// RepVGG and QARepVGG blocks and models: sizes against the paper and tests/reference/model_stats.txt,
+// RepVGG, QARepVGG and ACB blocks and models: sizes against the paper and tests/reference/model_stats.txt,
 // training forward, loss, gradients, running statistics, eval, deploy weights and deploy output against
 // PyTorch (tests/reference/*.safetensors), and deploy == eval for every arch.
 #include <cmath>
@@ -19,8 +19,12 @@ using testing_util::check_ref;
 using testing_util::ref_tensor;
 using testing_util::reference_path;
 
-TEST_CASE("archs: the official list plus the CIFAR model, with both blocks; an unknown name lists the known") {
-  CHECK(arch_names().size() == 28);
+TEST_CASE("archs: the official list plus the CIFAR model, with each of the three blocks; an unknown name lists the known") {
+  CHECK(arch_names().size() == 42);
+  CHECK(arch_names()[28] == "acb-a0");
+  CHECK(arch_names().back() == "acb-cifar");
+  CHECK(arch_config("acb-b1g2").block == BlockType::acb);
+  CHECK(arch_config("acb-b1g2").groups == 2);
   CHECK(arch_names().front() == "repvgg-a0");
   ArchConfig b1g4 = arch_config("repvgg-b1g4");
   CHECK(b1g4.groups == 4);
@@ -237,8 +241,8 @@ static void check_deploy_equals_eval(const ArchConfig& arch, int resolution) {
   CHECK(rel_err(model.forward(x).to_vector(), eval) <= 1e-5);
 }
 
-TEST_CASE("deploy output equals the eval output (1e-5): repvgg-a0, qarepvgg-a0 and the CIFAR models, full size") {
-  for (const char* name : {"repvgg-a0", "qarepvgg-a0", "repvgg-cifar", "qarepvgg-cifar"}) {
+TEST_CASE("deploy output equals the eval output (1e-5): repvgg-a0, qarepvgg-a0, acb-a0 and the CIFAR models, full size") {
+  for (const char* name : {"repvgg-a0", "qarepvgg-a0", "acb-a0", "repvgg-cifar", "qarepvgg-cifar", "acb-cifar"}) {
     INFO(name);
     check_deploy_equals_eval(arch_config(name), 32);
   }

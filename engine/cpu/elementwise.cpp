@@ -126,24 +126,24 @@ void scale(float* x, float s, int64_t n) {
   for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
-void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad, const float* x, float* y) {
-  const int64_t ph = h + 2 * pad, pw = w + 2 * pad;
+void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* x, float* y) {
+  const int64_t ph = h + 2 * pad_h, pw = w + 2 * pad_w;
 #pragma omp parallel for schedule(static) if (planes * ph * pw > 32768)
   for (int64_t p = 0; p < planes; p++)
     for (int64_t i = 0; i < ph; i++)
       for (int64_t j = 0; j < pw; j++) {
-        const int64_t si = i - pad, sj = j - pad;
+        const int64_t si = i - pad_h, sj = j - pad_w;
         const bool inside = si >= 0 && si < h && sj >= 0 && sj < w;
         y[(p * ph + i) * pw + j] = inside ? x[(p * h + si) * w + sj] : 0.f;
       }
 }
 
-void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad, const float* gy, float* gx) {
-  const int64_t ph = h + 2 * pad, pw = w + 2 * pad;
+void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* gy, float* gx) {
+  const int64_t ph = h + 2 * pad_h, pw = w + 2 * pad_w;
 #pragma omp parallel for schedule(static) if (planes * h * w > 32768)
   for (int64_t p = 0; p < planes; p++)
     for (int64_t i = 0; i < h; i++)
-      for (int64_t j = 0; j < w; j++) gx[(p * h + i) * w + j] = gy[(p * ph + i + pad) * pw + j + pad];
+      for (int64_t j = 0; j < w; j++) gx[(p * h + i) * w + j] = gy[(p * ph + i + pad_h) * pw + j + pad_w];
 }
 
 }  // namespace engine::cpu

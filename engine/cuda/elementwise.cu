@@ -106,32 +106,33 @@ void scale(float* x, float s, int64_t n) {
   if (n > 0) LAUNCH(scale_kernel, blocks_for(n), kThreads, x, s, n);
 }
 
-// One thread per output element of y [planes, h + 2 pad, w + 2 pad].
-__global__ void pad2d_forward_kernel(int64_t total, int64_t h, int64_t w, int pad, const float* x, float* y) {
-  const int64_t ph = h + 2 * pad, pw = w + 2 * pad;
+// One thread per output element of y [planes, h + 2 pad_h, w + 2 pad_w].
+__global__ void pad2d_forward_kernel(int64_t total, int64_t h, int64_t w, int pad_h, int pad_w, const float* x, float* y) {
+  const int64_t ph = h + 2 * pad_h, pw = w + 2 * pad_w;
   GRID_STRIDE(k, total) {
-    const int64_t j = k % pw, i = (k / pw) % ph, p = k / (pw * ph), si = i - pad, sj = j - pad;
+    const int64_t j = k % pw, i = (k / pw) % ph, p = k / (pw * ph), si = i - pad_h, sj = j - pad_w;
     y[k] = (si >= 0 && si < h && sj >= 0 && sj < w) ? x[(p * h + si) * w + sj] : 0.f;
   }
 }
 
-void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad, const float* x, float* y) {
-  const int64_t total = planes * (h + 2 * pad) * (w + 2 * pad);
-  if (total > 0) LAUNCH(pad2d_forward_kernel, blocks_for(total), kThreads, total, h, w, pad, x, y);
+void pad2d_forward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* x, float* y) {
+  const int64_t total = planes * (h + 2 * pad_h) * (w + 2 * pad_w);
+  if (total > 0) LAUNCH(pad2d_forward_kernel, blocks_for(total), kThreads, total, h, w, pad_h, pad_w, x, y);
 }
 
 // One thread per element of gx [planes, h, w].
-__global__ void pad2d_backward_kernel(int64_t total, int64_t h, int64_t w, int pad, const float* gy, float* gx) {
-  const int64_t ph = h + 2 * pad, pw = w + 2 * pad;
+__global__ void pad2d_backward_kernel(int64_t total, int64_t h, int64_t w, int pad_h, int pad_w, const float* gy,
+                                      float* gx) {
+  const int64_t ph = h + 2 * pad_h, pw = w + 2 * pad_w;
   GRID_STRIDE(k, total) {
     const int64_t j = k % w, i = (k / w) % h, p = k / (w * h);
-    gx[k] = gy[(p * ph + i + pad) * pw + j + pad];
+    gx[k] = gy[(p * ph + i + pad_h) * pw + j + pad_w];
   }
 }
 
-void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad, const float* gy, float* gx) {
+void pad2d_backward(int64_t planes, int64_t h, int64_t w, int pad_h, int pad_w, const float* gy, float* gx) {
   const int64_t total = planes * h * w;
-  if (total > 0) LAUNCH(pad2d_backward_kernel, blocks_for(total), kThreads, total, h, w, pad, gy, gx);
+  if (total > 0) LAUNCH(pad2d_backward_kernel, blocks_for(total), kThreads, total, h, w, pad_h, pad_w, gy, gx);
 }
 
 }  // namespace engine::cuda

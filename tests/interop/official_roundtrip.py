@@ -88,7 +88,8 @@ def expect_error(fn, text):
 
 def archs():
     n = 0
-    for i, arch in enumerate(repvgg_torch.ARCHS):
+    # the official RepVGG and QARepVGG archs (the acb-* ones have no official checkpoints: refused below)
+    for i, arch in enumerate(a for a in repvgg_torch.ARCHS if not a.startswith("acb-")):
         for deploy in (False, True):
             sd = meta_state_dict(arch, deploy)
             tensors, got, classes, form = co.convert(wrap(sd, WRAPPERS[(2 * i + deploy) % 4]), arch + ".pth")
@@ -105,6 +106,8 @@ def archs():
     one = sd["linear.bias"]
     expect_error(lambda: co.convert(dict(sd, **{"stage0.se.down.weight": one}), "se.pth"), "SE blocks")
     expect_error(lambda: co.convert(dict(sd, **{"stage0.bn.weight": one}), "v1.pth"), "QARepVGGBlockV1")
+    expect_error(lambda: co.convert(meta_state_dict("acb-cifar", False), "acb.pth"), "ACNet ACB blocks")
+    assert co.convert(meta_state_dict("acb-cifar", True), "x.pth", "acb-cifar")[1] == "acb-cifar"
     expect_error(lambda: co.convert(sd, "a.pth", "repvgg-a1"), "not a train-form repvgg-a1")
     expect_error(lambda: co.convert(sd, "a.pth", "qarepvgg-a0"), "holds repvgg blocks but --arch is qarepvgg-a0")
     expect_error(lambda: co.convert(sd, "a.pth", "repvgg-z9"), "--arch repvgg-z9: not one of")
@@ -116,7 +119,7 @@ def archs():
         raise AssertionError("no error for a missing file")
     except SystemExit as e:
         assert "/nonexistent.pth: no such file" in str(e), e
-    print(f"archs: {n} arch/form pairs convert with the official names and shapes, arch and form inferred; 8 refusals")
+    print(f"archs: {n} arch/form pairs convert with the official names and shapes, arch and form inferred; 9 refusals")
 
 
 def reverse(ckpt, io):

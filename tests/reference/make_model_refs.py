@@ -210,7 +210,7 @@ def block_case(path, cls, cin, cout, stride, groups, input_shape, seed, custom_l
     loss_w = torch.randn(out_shape)
     meta = dict(kind='block', arch=cls.__name__, in_channels=str(cin), out_channels=str(cout),
                 stride=str(stride), groups=str(groups), seed=str(seed),
-                has_identity=str(cin == cout and stride == 1).lower(),
+                has_identity=str(cin == cout and stride == 1 and getattr(cls, 'has_identity_branch', True)).lower(),
                 loss='sum(out_train * loss_w)')
     make_case(path, blk, x, 'weighted', loss_w, meta, custom_l2)
 
@@ -317,6 +317,8 @@ def main():
                seed=2)
     block_case(o('qarepvgg_block_s1.safetensors'), R.QARepVGGBlock, 8, 8, 1, 1, (2, 8, 7, 7),
                seed=3)
+    block_case(o('acb_block_s1.safetensors'), R.ACBlock, 8, 8, 1, 1, (2, 8, 7, 7), seed=6)
+    block_case(o('acb_block_s2g2.safetensors'), R.ACBlock, 8, 16, 2, 2, (2, 8, 9, 9), seed=7)
     kinks = w != 16   # the checked-in width must be kink-free; others only warn
     model_case(o('repvgg_cifar_w%d.safetensors' % w), 'repvgg-cifar', w, seed=4, allow_kinks=kinks)
     model_case(o('qarepvgg_cifar_w%d.safetensors' % w), 'qarepvgg-cifar', w, seed=5,

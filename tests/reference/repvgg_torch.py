@@ -1,5 +1,6 @@
-"""PyTorch port of the official RepVGG (DingXiaoH/RepVGG, repvgg.py) and of the
-QARepVGG S4 block as defined for this project.  Oracle code for the checked-in
+"""PyTorch port of the official RepVGG (DingXiaoH/RepVGG, repvgg.py), of the
+QARepVGG S4 block as defined for this project, and of ACNet's ACBlock
+(DingXiaoH/ACNet, acnet/acb.py) as a block of the same plain nets.  Oracle code for the checked-in
 reference files only: the engine never imports PyTorch.
 
 Faithful to the official code in everything that changes numbers or state-dict
@@ -7,8 +8,8 @@ names: RepVGGBlock, conv_bn, _fuse_bn_tensor, get_equivalent_kernel_bias,
 switch_to_deploy, get_custom_L2, RepVGG (layer-index group map, stage layout),
 the model list.  Left out: the SE option (use_se, off in every listed model),
 gradient checkpointing (use_checkpoint) and the print in RepVGGBlock.__init__.
-Added: `block_cls` (RepVGGBlock or QARepVGGBlock) and `stage0_stride` (1 for the
-CIFAR model) as keyword arguments of RepVGG, with the official defaults.
+Added: `block_cls` (RepVGGBlock, QARepVGGBlock or ACBlock) and `stage0_stride` (1 for
+the CIFAR model) as keyword arguments of RepVGG, with the official defaults.
 
 Run with /usr/bin/python3 (Debian's python3-torch, 1.13, CPU).
 """
@@ -236,6 +237,90 @@ class QARepVGGBlock(nn.Module):
         self.deploy = True
 
 
+class ACBlock(nn.Module):
+    # ACNet (Ding et al., ICCV 2019), the official acnet/acb.py ACBlock for kernel_size 3 and padding 1
+    # (its crop 0), use_affine, no gamma init, line by line where it computes:
+    #   square_conv 3x3 padding 1, ver_conv 3x1 padding (1, 0), hor_conv 1x3 padding (0, 1), all with the
+    #   block's stride and groups and no bias; square_bn, ver_bn, hor_bn; out = square + ver + hor
+    # Added for this project: the ReLU after the sum (a block of the plain nets, as RepVGGBlock; ACNet puts
+    # its ACB before a ReLU in conv_bn_relu) and the deploy conv named rbr_reparam (official: fused_conv).
+    has_identity_branch = False
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
+                 dilation=1, groups=1, padding_mode='zeros', deploy=False):
+        super(ACBlock, self).__init__()
+        assert kernel_size == 3
+        assert padding == 1
+        self.nonlinearity = nn.ReLU()
+        if deploy:
+            self.rbr_reparam = nn.Conv2d(in_channels=in_channels, out_channels=out_channels,
+                                         kernel_size=kernel_size, stride=stride, padding=padding,
+                                         dilation=dilation, groups=groups, bias=True,
+                                         padding_mode=padding_mode)
+            return
+        self.square_conv = nn.Conv2d(in_channels=in_channels, out_channels=out_channels,
+                                     kernel_size=(kernel_size, kernel_size), stride=stride,
+                                     padding=padding, dilation=dilation, groups=groups, bias=False,
+                                     padding_mode=padding_mode)
+        self.square_bn = nn.BatchNorm2d(num_features=out_channels)
+        # the 1xK and Kx1 sliding windows aligned with the KxK one's middle row and column (official)
+        hor_padding = [padding - kernel_size // 2, padding]
+        ver_padding = [padding, padding - kernel_size // 2]
+        self.ver_conv = nn.Conv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=(kernel_size, 1),
+                                  stride=stride, padding=ver_padding, dilation=dilation, groups=groups,
+                                  bias=False, padding_mode=padding_mode)
+        self.hor_conv = nn.Conv2d(in_channels=in_channels, out_channels=out_channels, kernel_size=(1, kernel_size),
+                                  stride=stride, padding=hor_padding, dilation=dilation, groups=groups,
+                                  bias=False, padding_mode=padding_mode)
+        self.ver_bn = nn.BatchNorm2d(num_features=out_channels)
+        self.hor_bn = nn.BatchNorm2d(num_features=out_channels)
+
+    def _fuse_bn_tensor(self, conv, bn):
+        std = (bn.running_var + bn.eps).sqrt()
+        t = (bn.weight / std).reshape(-1, 1, 1, 1)
+        return conv.weight * t, bn.bias - bn.running_mean * bn.weight / std
+
+    def _add_to_square_kernel(self, square_kernel, asym_kernel):
+        asym_h = asym_kernel.size(2)
+        asym_w = asym_kernel.size(3)
+        square_h = square_kernel.size(2)
+        square_w = square_kernel.size(3)
+        square_kernel[:, :, square_h // 2 - asym_h // 2: square_h // 2 - asym_h // 2 + asym_h,
+                      square_w // 2 - asym_w // 2: square_w // 2 - asym_w // 2 + asym_w] += asym_kernel
+
+    def get_equivalent_kernel_bias(self):
+        hor_k, hor_b = self._fuse_bn_tensor(self.hor_conv, self.hor_bn)
+        ver_k, ver_b = self._fuse_bn_tensor(self.ver_conv, self.ver_bn)
+        square_k, square_b = self._fuse_bn_tensor(self.square_conv, self.square_bn)
+        self._add_to_square_kernel(square_k, hor_k)
+        self._add_to_square_kernel(square_k, ver_k)
+        return square_k, hor_b + ver_b + square_b
+
+    def forward(self, inputs):
+        if hasattr(self, 'rbr_reparam'):
+            return self.nonlinearity(self.rbr_reparam(inputs))
+        square_outputs = self.square_bn(self.square_conv(inputs))
+        vertical_outputs = self.ver_bn(self.ver_conv(inputs))
+        horizontal_outputs = self.hor_bn(self.hor_conv(inputs))
+        return self.nonlinearity(square_outputs + vertical_outputs + horizontal_outputs)
+
+    def switch_to_deploy(self):
+        if hasattr(self, 'rbr_reparam'):
+            return
+        kernel, bias = self.get_equivalent_kernel_bias()
+        c = self.square_conv
+        self.rbr_reparam = nn.Conv2d(in_channels=c.in_channels, out_channels=c.out_channels,
+                                     kernel_size=c.kernel_size, stride=c.stride, padding=c.padding,
+                                     dilation=c.dilation, groups=c.groups, bias=True)
+        self.rbr_reparam.to(dtype=kernel.dtype, device=kernel.device)
+        self.rbr_reparam.weight.data = kernel.detach()
+        self.rbr_reparam.bias.data = bias.detach()
+        for para in self.parameters():
+            para.detach_()
+        for name in ('square_conv', 'square_bn', 'hor_conv', 'hor_bn', 'ver_conv', 'ver_bn'):
+            self.__delattr__(name)
+
+
 class RepVGG(nn.Module):
     # stage0: block 3 -> min(64, int(64 a)), stride `stage0_stride` (official: 2), layer index 0
     # stage1..4: int(64 a), int(128 a), int(256 a), int(512 b) wide, first block of each
@@ -313,15 +398,16 @@ def cifar_width_multiplier(width=64):
 
 
 # name -> keyword arguments of RepVGG
+BLOCKS = (('repvgg', RepVGGBlock), ('qarepvgg', QARepVGGBlock), ('acb', ACBlock))
 ARCHS = {}
 for _k, (_nb, _wm, _gm) in _IMAGENET.items():
-    for _prefix, _cls in (('repvgg', RepVGGBlock), ('qarepvgg', QARepVGGBlock)):
+    for _prefix, _cls in BLOCKS:
         ARCHS[_prefix + '-' + _k] = dict(num_blocks=_nb, width_multiplier=_wm,
                                          override_groups_map=_gm, num_classes=1000,
                                          block_cls=_cls, stage0_stride=2)
 # The OABN paper's CIFAR-10 model: stage0 block 3->64 stride 1, stages of 4, 8, 12, 1
 # blocks all 64 wide (first block of each stride 2), 10 classes.
-for _prefix, _cls in (('repvgg', RepVGGBlock), ('qarepvgg', QARepVGGBlock)):
+for _prefix, _cls in BLOCKS:
     ARCHS[_prefix + '-cifar'] = dict(num_blocks=[4, 8, 12, 1],
                                      width_multiplier=cifar_width_multiplier(64),
                                      override_groups_map=None, num_classes=10,

@@ -1,0 +1,417 @@
+// ACNet's ACB (layers/acnet_block.h, layers::merge_acb): the merge against plain loops and its gradient
+// check; the block's three modes (branches, merged, deploy) against each other in eval and in training,
+// stride 1 and 2, groups 1 and 2; against its PyTorch twin (tests/reference/acb_block_*.safetensors); the
+// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train.
+#include <cmath>
+#include <filesystem>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "layers/acnet_block.h"
+#include "layers/checkpoint.h"
+#include "layers/quantizer.h"
+#include "models/repvgg.h"
+#include "quant/export.h"
+#include "quant/infer.h"
+#include "quant/inspect.h"
+#include "quant/ptq.h"
+#include "tests/gradcheck.h"
+#include "tests/model_refs.h"
+#include "tests/testing.h"
+#include "trainer/options.h"
+#include "trainer/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace engine;
+using namespace layers;
+using testing_util::check_close;
+using testing_util::check_gradients;
+using testing_util::check_ref;
+using testing_util::ref_tensor;
+
+namespace {
+
+BnTensors random_bn(int64_t c, Rng& rng) {
+  return {rand_uniform({c}, 0.5f, 1.5f, rng), rand_uniform({c}, -0.3f, 0.3f, rng), rand_uniform({c}, -0.3f, 0.3f, rng),
+          rand_uniform({c}, 0.5f, 1.5f, rng), 1e-5f};
+}
+double scale_of(const BnTensors& bn, int64_t o) { return bn.gamma.f32()[o] / std::sqrt((double)bn.var.f32()[o] + bn.eps); }
+double shift_of(const BnTensors& bn, int64_t o) { return bn.beta.f32()[o] - bn.mean.f32()[o] * scale_of(bn, o); }
+
+// BN parameters and running statistics away from their defaults, the same for equal seeds.
+void randomize_bns(Module& m, uint64_t seed) {
+  Rng rng(seed);
+  for (auto& [name, mod] : m.modules())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
+      const Shape s = bn->weight.shape();
+      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
+      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
+      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
+      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
+    }
+}
+
+std::shared_ptr<ACBlock> make_acb(int in, int out, int stride, int groups, uint64_t seed) {
+  Rng rng(seed);
+  auto b = std::make_shared<ACBlock>(in, out, stride, groups, rng);
+  randomize_bns(*b, seed + 1);
+  return b;
+}
+
+// max |a − b| / max |b|
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double d = 0, m = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    const double e = std::fabs((double)a[i] - b[i]);
+    if (!(e <= d)) d = e;
+    m = std::max(m, (double)std::fabs(b[i]));
+  }
+  return d / m;
+}
+
+struct Case {
+  const char* name;
+  int in, out, stride, groups;
+};
+const Case kCases[] = {{"8->8 stride 1", 8, 8, 1, 1}, {"8->16 stride 2", 8, 16, 2, 1}, {"8->8 groups 2", 8, 8, 1, 2},
+                       {"8->16 stride 2 groups 2", 8, 16, 2, 2}};
+
+// y, x's gradient and every parameter's gradient of loss = Σ y · w.
+struct Run {
+  Tensor y, gx;
+  std::vector<Tensor> grads;
+};
+Run run_block(RepBlock& b, const Tensor& x0, const Tensor& w) {
+  Tensor x = x0.clone();
+  x.requires_grad_(true);
+  Run r;
+  r.y = b.forward(x);
+  sum_all(mul(r.y, w)).backward();
+  r.gx = x.grad();
+  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
+  return r;
+}
+
+}  // namespace
+
+// --- the merge ------------------------------------------------------------------------------------------
+
+TEST_CASE("merge_acb: the folded kernels, 1x3 on the middle row and 3x1 on the middle column, against plain loops") {
+  Rng rng(4);
+  const int64_t O = 6, I = 3;  // e.g. 6 -> 6 in 2 groups
+  Tensor sq = rand_uniform({O, I, 3, 3}, -1, 1, rng), hor = rand_uniform({O, I, 1, 3}, -1, 1, rng),
+         ver = rand_uniform({O, I, 3, 1}, -1, 1, rng);
+  BnTensors bs = random_bn(O, rng), bh = random_bn(O, rng), bv = random_bn(O, rng);
+  KernelBias kb = merge_acb(sq, bs, hor, bh, ver, bv);
+  REQUIRE(kb.kernel.shape() == Shape{O, I, 3, 3});
+  std::vector<double> kernel(O * I * 9), bias(O);
+  for (int64_t o = 0; o < O; o++) {
+    bias[o] = shift_of(bs, o) + shift_of(bh, o) + shift_of(bv, o);
+    for (int64_t i = 0; i < I; i++)
+      for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 3; c++) {
+          double v = sq.f32()[((o * I + i) * 3 + r) * 3 + c] * scale_of(bs, o);
+          if (r == 1) v += hor.f32()[(o * I + i) * 3 + c] * scale_of(bh, o);
+          if (c == 1) v += ver.f32()[(o * I + i) * 3 + r] * scale_of(bv, o);
+          kernel[((o * I + i) * 3 + r) * 3 + c] = v;
+        }
+  }
+  check_close(kb.kernel.to_vector(), kernel, 1e-6, 1e-7, "kernel");
+  check_close(kb.bias.to_vector(), bias, 1e-6, 1e-7, "bias");
+  // the branches given in the wrong slots are refused, naming the kernel
+  CHECK_THROWS_WITH_AS(merge_acb(sq, bs, ver, bh, hor, bv), doctest::Contains("1x3 kernel"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(merge_acb(sq, bs, hor, bh, hor, bv), doctest::Contains("3x1 kernel"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(pad_to_3x3(Tensor::zeros({2, 2, 2, 3})), doctest::Contains("1 or 3 rows and columns"),
+                       std::runtime_error);
+  CHECK(pad_to_3x3(Tensor::zeros({2, 2, 1, 1})).shape() == Shape{2, 2, 3, 3});
+}
+
+// The deploy conv's output on a fixed input, as a function of the 15 branch tensors (3 kernels, 3 BNs' γ, β, μ, σ²).
+static KernelBias merge_of(const std::vector<Tensor>& in, bool wrong_hor_backward) {
+  const BnTensors bs{in[1], in[2], in[3], in[4], 1e-5f}, bh{in[6], in[7], in[8], in[9], 1e-5f},
+      bv{in[11], in[12], in[13], in[14], 1e-5f};
+  if (!wrong_hor_backward) return merge_acb(in[0], bs, in[5], bh, in[10], bv);
+  // the same merge, its 1x3 kernel padded by a pad2d whose backward takes the wrong rows
+  const KernelBias s = fold_bn(in[0], bs), h = fold_bn(in[5], bh), v = fold_bn(in[10], bv);
+  return {add(add(s.kernel, testing_util::pad2d_with_wrong_backward(h.kernel, 1, 0)), pad_to_3x3(v.kernel)),
+          add(add(s.bias, h.bias), v.bias)};
+}
+
+TEST_CASE("merge_acb is differentiable: a gradient check over every branch parameter, which a wrong pad backward fails") {
+  Rng rng(5);
+  const int64_t O = 4, I = 2;  // 4 -> 4 in groups of 2
+  std::vector<Tensor> inputs;
+  for (const Shape& k : {Shape{O, I, 3, 3}, Shape{O, I, 1, 3}, Shape{O, I, 3, 1}}) {
+    inputs.push_back(rand_uniform(k, -1, 1, rng));
+    const BnTensors bn = random_bn(O, rng);
+    for (const Tensor& t : {bn.gamma, bn.beta, bn.mean, bn.var}) inputs.push_back(t);
+  }
+  const Tensor x = rand_uniform({1, O, 5, 5}, -1, 1, rng);
+  auto deploy_conv = [&](bool wrong) {
+    return [&x, wrong](const std::vector<Tensor>& in) {
+      const KernelBias kb = merge_of(in, wrong);
+      return conv2d(x, kb.kernel, kb.bias, 1, 1, 2);
+    };
+  };
+  check_gradients(deploy_conv(false), inputs);
+  const std::vector<double> e = testing_util::gradient_errors(deploy_conv(true), inputs);
+  INFO("relative gradient error of the 1x3 kernel through the wrong pad backward: " << e[5]);
+  CHECK(e[5] > 0.5);
+  CHECK(e[0] <= testing_util::GradCheck{}.tolerance);  // the others untouched
+  CHECK(e[10] <= testing_util::GradCheck{}.tolerance);
+}
+
+// --- the block ------------------------------------------------------------------------------------------
+
+TEST_CASE("ACBlock: the official state-dict names and order, PyTorch's init bounds, deploy leaves rbr_reparam") {
+  Rng rng(1);
+  ACBlock b(8, 16, 2, 2, rng);
+  std::vector<std::string> names;
+  for (auto& t : b.state_dict()) names.push_back(t.name);
+  CHECK(names == std::vector<std::string>{"square_conv.weight", "square_bn.weight", "square_bn.bias", "square_bn.running_mean",
+                                          "square_bn.running_var", "ver_conv.weight", "hor_conv.weight", "ver_bn.weight",
+                                          "ver_bn.bias", "ver_bn.running_mean", "ver_bn.running_var", "hor_bn.weight",
+                                          "hor_bn.bias", "hor_bn.running_mean", "hor_bn.running_var"});
+  CHECK(b.square_conv->weight.shape() == Shape{16, 4, 3, 3});
+  CHECK(b.hor_conv->weight.shape() == Shape{16, 4, 1, 3});
+  CHECK(b.ver_conv->weight.shape() == Shape{16, 4, 3, 1});
+  float most = 0;
+  for (float v : b.hor_conv->weight.to_vector()) most = std::max(most, std::fabs(v));
+  CHECK(most <= 1.0f / std::sqrt(12.0f));  // U(±1/sqrt(fan_in)), fan_in 4 · 1 · 3
+  CHECK(most > 0.8f / std::sqrt(12.0f));
+  for (auto& p : b.parameters()) CHECK(p.kind == (p.name.ends_with("conv.weight") ? ParamKind::weight : ParamKind::bn));
+  b.switch_to_deploy();
+  names.clear();
+  for (auto& t : b.state_dict()) names.push_back(t.name);
+  CHECK(names == std::vector<std::string>{"rbr_reparam.weight", "rbr_reparam.bias"});
+  CHECK(b.square_conv == nullptr);
+  CHECK(b.hor_bn == nullptr);
+}
+
+TEST_CASE("ACBlock in eval: the branches with running statistics, merged mode and the deploy conv agree") {
+  double worst_deploy = 0, worst_merged = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make_acb(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make_acb(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(BnFold::batch);  // eval folds the running statistics whatever the training fold
+    branches->eval();
+    merged->eval();
+    Rng rng(3);
+    const Tensor x = rand_uniform({2, c.in, 7, 7}, -1, 2, rng);
+    NoGradGuard no_grad;
+    const std::vector<float> y = branches->forward(x).to_vector();
+    const double e_merged = rel_err(merged->forward(x).to_vector(), y);
+    branches->switch_to_deploy();
+    REQUIRE(branches->deployed());
+    const Tensor yd = branches->forward(x);
+    CHECK(yd.shape() == (Shape{2, c.out, (7 - 1) / c.stride + 1, (7 - 1) / c.stride + 1}));
+    const double e_deploy = rel_err(yd.to_vector(), y);
+    CHECK(e_merged <= 1e-5);
+    CHECK(e_deploy <= 1e-5);
+    worst_merged = std::max(worst_merged, e_merged);
+    worst_deploy = std::max(worst_deploy, e_deploy);
+  }
+  MESSAGE("ACB eval, max |y − y_branches| / max |y_branches|: deploy " << worst_deploy << ", merged " << worst_merged);
+}
+
+TEST_CASE("ACBlock in training: merged mode with batch folding is the branches: output, every gradient, running statistics") {
+  double worst_y = 0, worst_g = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make_acb(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make_acb(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(BnFold::batch);
+    Rng rng(3);
+    const int64_t side = (7 - 1) / c.stride + 1;
+    const Tensor x = rand_uniform({4, c.in, 7, 7}, -1, 2, rng), w = rand_uniform({4, c.out, side, side}, -1, 1, rng);
+    const Run a = run_block(*branches, x, w), b = run_block(*merged, x, w);
+    check_close(b.y.to_vector(), a.y.to_vector(), 1e-4, 1e-5, "output");
+    check_close(b.gx.to_vector(), a.gx.to_vector(), 1e-3, 1e-5, "input gradient");
+    worst_y = std::max(worst_y, rel_err(b.y.to_vector(), a.y.to_vector()));
+    worst_g = std::max(worst_g, rel_err(b.gx.to_vector(), a.gx.to_vector()));
+    const auto params = branches->parameters();
+    REQUIRE(a.grads.size() == 9);
+    REQUIRE(b.grads.size() == 9);
+    for (size_t i = 0; i < a.grads.size(); i++) {
+      REQUIRE_MESSAGE(b.grads[i].defined(), params[i].name);
+      check_close(b.grads[i].to_vector(), a.grads[i].to_vector(), 1e-3, 1e-5, params[i].name);
+      worst_g = std::max(worst_g, rel_err(b.grads[i].to_vector(), a.grads[i].to_vector()));
+    }
+    const auto bufs_a = branches->buffers(), bufs_b = merged->buffers();
+    REQUIRE(bufs_a.size() == 6);
+    for (size_t i = 0; i < bufs_a.size(); i++)
+      check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
+    CHECK(merged->hor_bn->num_batches_tracked == 1);
+  }
+  MESSAGE("ACB training, merged (RepQ-BN) against the branches, max relative error: output " << worst_y
+                                                                                           << ", gradients " << worst_g);
+}
+
+TEST_CASE("ACBlock, RepQ-BNEst: the thin kernels' Eq. 5-6 estimate is the padded kernels' (zero taps add nothing)") {
+  auto b = make_acb(8, 8, 1, 2, 7);
+  b->switch_to_merged(BnFold::estimated);
+  Rng rng(2);
+  const Tensor x = rand_uniform({2, 8, 6, 6}, 0, 2, rng);
+  const std::vector<float> before = b->hor_bn->running_mean.to_vector();
+  const Run r = run_block(*b, x, rand_uniform({2, 8, 6, 6}, -1, 1, rng));
+  for (const Tensor& g : r.grads) CHECK(g.defined());
+  const Moments thin = estimate_moments(channel_moments(x), b->hor_conv->weight, Tensor(), 2);
+  std::vector<double> expected(8);  // running = 0.9 running + 0.1 estimate
+  for (int i = 0; i < 8; i++) expected[i] = 0.9 * before[i] + 0.1 * thin.mean.f32()[i];
+  check_close(b->hor_bn->running_mean.to_vector(), expected, 1e-5, 1e-6, "hor_bn running mean");
+}
+
+// --- against PyTorch ------------------------------------------------------------------------------------
+
+// tests/reference/acb_block_*.safetensors (make_model_refs.py, the twin repvgg_torch.ACBlock): training forward,
+// loss, every gradient, running statistics, eval output, deploy kernel and output; the block run in `mode`
+// for the training part (branches, or merged with batch folding: RepQ-BN without quantizers).
+static double check_acb_reference(const std::string& file, bool merged_mode) {
+  const std::string path = testing_util::reference_path(file);
+  const st::File f = st::load(path);
+  auto md = [&](const char* k) { return std::stoi(f.metadata.at(k)); };
+  double worst = 0;  // max |ours − ref| / max |ref| over the tensors (whose reference is not zero)
+  auto compare = [&](const Tensor& got, const std::string& key) {
+    check_ref(got, f, key, 1e-5);
+    const std::vector<float> r = ref_tensor(f, key).to_vector();
+    double most = 0;
+    for (float v : r) most = std::max(most, (double)std::fabs(v));
+    if (got.defined() && most >= 1e-6) worst = std::max(worst, rel_err(got.to_vector(), r));
+  };
+  Rng rng(0);
+  ACBlock b(md("in_channels"), md("out_channels"), md("stride"), md("groups"), rng);
+  CHECK(f.metadata.at("has_identity") == "false");
+  load_state_dict(b, f, "param.", path);
+  if (merged_mode) b.switch_to_merged(BnFold::batch);
+  const Tensor x = ref_tensor(f, "input");
+  Tensor out = b.forward(x);
+  Tensor loss = sum_all(mul(out, ref_tensor(f, "loss_w")));
+  loss.backward();
+  compare(out, "out_train");
+  compare(loss, "loss");
+  for (auto& p : b.parameters()) compare(p.tensor.grad(), "grad." + p.name);
+  for (auto& t : b.buffers()) compare(t.tensor, "after." + t.name);
+  b.eval();
+  NoGradGuard no_grad;
+  compare(b.forward(x), "out_eval");
+  b.switch_to_deploy();
+  for (auto& t : b.state_dict()) compare(t.tensor, "deploy." + t.name);
+  compare(b.forward(x), "out_deploy");
+  return worst;
+}
+
+TEST_CASE("ACBlock matches its PyTorch twin (official ACNet names): 8->8 stride 1, and 8->16 stride 2 groups 2") {
+  for (const char* file : {"acb_block_s1.safetensors", "acb_block_s2g2.safetensors"})
+    for (bool merged : {false, true}) {
+      const std::string what = std::string(file) + (merged ? ", merged mode (RepQ-BN fold)" : ", branches");
+      INFO(what);
+      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << check_acb_reference(file, merged));
+    }
+}
+
+// --- the model ------------------------------------------------------------------------------------------
+
+TEST_CASE("acb-cifar at width 8: parameter counts, and its deploy form gives the train form's eval output") {
+  const models::ArchConfig arch = models::cifar_config(models::BlockType::acb, 8);
+  CHECK(arch.name == "acb-cifar");
+  CHECK(models::arch_config("acb-a0").block == models::BlockType::acb);
+  Rng rng(6);
+  models::RepVGG model(arch, rng);
+  randomize_bns(model, 7);
+  auto count = [](const Module& m) {
+    int64_t n = 0;
+    for (auto& p : m.parameters()) n += p.tensor.numel();
+    return n;
+  };
+  CHECK(count(model) == models::model_size(arch, false, 32).params);
+  model.eval();
+  NoGradGuard no_grad;
+  const Tensor x = rand_normal({2, 3, 32, 32}, 0.0f, 1.0f, rng);
+  const std::vector<float> eval = model.forward(x).to_vector();
+  model.switch_to_deploy();
+  CHECK(count(model) == models::model_size(arch, true, 32).params);
+  const double e = rel_err(model.forward(x).to_vector(), eval);
+  MESSAGE("acb-cifar width 8, deploy against train-form eval logits: " << e);
+  CHECK(e <= 1e-5);
+  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("QARepVGG and ACB blocks do not have"),
+                       std::runtime_error);
+}
+
+TEST_CASE("acb-cifar at width 8: a RepQ-BN step reaches every branch and step; eval logits equal the deploy form's") {
+  const models::ArchConfig arch = models::cifar_config(models::BlockType::acb, 8);
+  Rng r1(4);
+  models::RepVGG m(arch, r1);
+  randomize_bns(m, 9);
+  m.set_qat({models::QatMethod::repq_bn, 4, 8, true, false, StepInit::min_error});
+  Rng rng(8);
+  const Tensor x = rand_uniform({4, 3, 32, 32}, -1, 1, rng);
+  Tensor labels = Tensor::empty({4}, DType::i32);
+  for (int i = 0; i < 4; i++) labels.data<int32_t>()[i] = i;
+  std::vector<Tensor> ps;
+  for (auto& p : m.parameters()) ps.push_back(p.tensor);
+  SGD sgd({ParamGroup{ps, 0.0f}}, 0.01f, 0.9f);
+  Tensor loss = cross_entropy(m.forward(x), labels);
+  CHECK(std::isfinite(loss.item()));
+  loss.backward();
+  for (auto& p : m.parameters()) {
+    INFO(p.name);
+    REQUIRE(p.tensor.grad().defined());
+    double norm = 0;
+    for (float g : p.tensor.grad().to_vector()) norm += (double)g * g;
+    // stage0 and the FC have no quantizers; every block has its branches; stage1.1's hor kernel is one of them
+    if (p.name.find("conv.weight") != std::string::npos || p.name.ends_with("weight_quant.step")) CHECK(norm > 0);
+  }
+  sgd.step();
+  m.eval();
+  NoGradGuard no_grad;
+  const Tensor eval_logits = m.forward(x);
+  m.switch_to_deploy();
+  check_close(m.forward(x).to_vector(), eval_logits.to_vector(), 1e-4, 1e-5, "deploy");
+}
+
+// ./train --arch acb-cifar, a run of each QAT method from it, ./ptq's int8 and compressed exports, ./infer,
+// ./inspect and ./export: the programs take the arch unchanged (one epoch of 8 made-up images each). --oabn-k is
+// refused (no identity BN), and --custom-l2 (RepVGG's).
+TEST_CASE("acb-cifar through ./train, every --qat method, ./ptq --export, ./infer, ./inspect, ./export --onnx and --qdq") {
+  const fs::path root = fresh_temp_dir("acb_programs");
+  const fs::path data = make_cifar(root / "cifar", 2, 8);
+  auto train = [&](const fs::path& out, std::vector<std::string> more) {
+    std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--arch", "acb-cifar",
+                                  "--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--threads", "2", "--seed", "3"};
+    a.insert(a.end(), more.begin(), more.end());
+    return train::run_training(train::parse_options(a), a);
+  };
+  CHECK_THROWS_WITH_AS(train(root / "oabn", {"--oabn-k", "3"}), doctest::Contains("acb-cifar has no identity-branch BN"),
+                       std::runtime_error);
+  REQUIRE(train(root / "fp", {}) == 0);
+  const std::string fp = (root / "fp" / "last.safetensors").string();
+  CHECK(st::load(fp).tensors.count("stage1.0.hor_conv.weight"));
+  REQUIRE(train(root / "qat", {"--qat", "repq-bn", "--bits", "8", "--granularity", "channel", "--init", fp, "--lr", "0.001"}) == 0);
+  const std::string qat = (root / "qat" / "last.safetensors").string();
+  CHECK(st::load(qat).metadata.at("arch") == "acb-cifar");
+  const std::string int8 = (root / "m.int8.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", qat, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--export", int8}) == 0);
+  CHECK(quant::run_infer({"--model", int8, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
+  CHECK(quant::run_inspect({"--ckpt", qat, "--data", data.string(), "--batch-size", "4", "--threads", "2"}) == 0);
+  REQUIRE(quant::run_export({"--ckpt", fp, "--onnx", (root / "fp.onnx").string()}) == 0);
+  CHECK(fs::file_size(root / "fp.onnx") > 1000);
+  REQUIRE(quant::run_export({"--ckpt", qat, "--onnx", (root / "qat.onnx").string(), "--qdq"}) == 0);
+  CHECK(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "8"}) == 0);
+  // the other QAT methods, one epoch each; the compressed ClusterQAT file into ./infer
+  for (const char* method : {"repq-bnest", "merged", "bnest", "cluster"}) {
+    INFO(method);
+    const fs::path out = root / method;
+    REQUIRE(train(out, {"--qat", method, "--bits", "4", "--init", fp, "--lr", "0.001"}) == 0);
+    CHECK(st::load((out / "last.safetensors").string()).metadata.at("qat") == method);
+  }
+  const std::string packed = (root / "c.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--data", data.string(), "--limit-val",
+                          "8", "--threads", "2", "--export", packed}) == 0);
+  CHECK(quant::run_infer({"--model", packed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
+  CHECK_THROWS_WITH_AS(train(root / "l2", {"--custom-l2"}), doctest::Contains("--custom-l2 is RepVGG's"), std::runtime_error);
+  fs::remove_all(root);
+}
