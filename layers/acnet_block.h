@@ -38,6 +38,7 @@ class ACBlock : public RepBlock {
  public:
   ACBlock(int in, int out, int stride, int groups, engine::Rng& rng);
   KernelBias kernel_bias(BnStatistics& stats) override;
+  bool has_identity() const override { return false; }
 
   std::shared_ptr<Conv2d> square_conv;
   std::shared_ptr<BatchNorm2d> square_bn;

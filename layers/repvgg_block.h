@@ -48,7 +48,9 @@ class RepBlock : public Module {
 
   BlockMode mode() const;
   bool deployed() const { return mode() == BlockMode::deploy; }
-  bool has_identity() const { return in_channels == out_channels && stride == 1; }
+  // Whether the block has an identity branch (RepVGG's and QARepVGG's when in == out and stride 1; ACB's
+  // never): the taps where OABN's outliers live.
+  virtual bool has_identity() const = 0;
 
   // The equivalent 3x3 kernel [O, I/g, 3, 3] and bias [O] of the branches, differentiable in the branch
   // parameters, each BN folded with what `stats` gives (which may update running statistics).
@@ -84,6 +86,7 @@ class RepVGGBlock : public RepBlock {
  public:
   RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng);
   KernelBias kernel_bias(BnStatistics& stats) override;
+  bool has_identity() const override { return in_channels == out_channels && stride == 1; }
 
   std::shared_ptr<ConvBN> rbr_dense, rbr_1x1;
   std::shared_ptr<BatchNorm2d> rbr_identity;  // null without an identity branch
@@ -100,6 +103,7 @@ class QARepVGGBlock : public RepBlock {
  public:
   QARepVGGBlock(int in, int out, int stride, int groups, engine::Rng& rng);
   KernelBias kernel_bias(BnStatistics& stats) override;
+  bool has_identity() const override { return in_channels == out_channels && stride == 1; }
 
   std::shared_ptr<ConvBN> rbr_dense;
   std::shared_ptr<Conv2d> rbr_1x1;

@@ -54,12 +54,12 @@ std::vector<QuantLayer> RepVGG::quant_layers() {
   for (auto& stage : block_specs(arch))
     for (const BlockSpec& spec : stage) {
       layers::RepBlock& b = *blocks_[i++];
-      QuantLayer l{spec.name, false, spec.in, spec.out, spec.stride, spec.groups, &b.quant};
+      QuantLayer l{spec.name, false, spec.in, spec.out, spec.stride, spec.groups, &b.quant, b.has_identity()};
       if (b.deployed()) l.weight = b.rbr_reparam->weight, l.bias = b.rbr_reparam->bias;
       layers.push_back(l);
     }
-  layers.push_back({"linear", true, (int)linear_->weight.size(1), (int)linear_->weight.size(0), 1, 1, &fc_quant_, linear_->weight,
-                    linear_->bias});
+  layers.push_back({"linear", true, (int)linear_->weight.size(1), (int)linear_->weight.size(0), 1, 1, &fc_quant_, false,
+                    linear_->weight, linear_->bias});
   return layers;
 }
 

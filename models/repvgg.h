@@ -69,6 +69,7 @@ struct QuantLayer {
   bool fc = false;                // the FC: weight [O, I], no ReLU
   int in = 0, out = 0, stride = 1, groups = 1;  // channels (the FC: features), the conv's stride and groups
   layers::LayerQuantizers* quant = nullptr;
+  bool identity = false;          // a block with an identity branch (layers::RepBlock::has_identity)
   Tensor weight = {}, bias = {};  // the deploy conv's [O, I/g, 3, 3], [O] (a block in deploy form) or the FC's
 };
 

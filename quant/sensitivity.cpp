@@ -77,7 +77,7 @@ std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& m, const Calibra
   std::vector<LayerSensitivity> out;
   for (size_t i = 0; i < layers.size(); i++) {
     const models::QuantLayer& l = layers[i];
-    LayerSensitivity s{l.name, !l.fc && l.in == l.out && l.stride == 1};
+    LayerSensitivity s{l.name, l.identity};
     for (bool alone : {true, false}) {
       const LayerBits on{c.weight_bits, c.act_bits}, off{};
       c.layers.assign(layers.size(), alone ? off : on);

@@ -28,7 +28,7 @@ double spearman(const std::vector<double>& a, const std::vector<double>& b);
 
 struct LayerSensitivity {
   std::string name;          // "stage1.0", ..., "linear"
-  bool identity = false;     // a block with an identity branch (in == out, stride 1): OABN's outliers live there
+  bool identity = false;     // a block with an identity branch (QuantLayer::identity): OABN's outliers live there
   double alone = 0, kept = 0;  // logit KL, above
   double alone_top1 = -1;    // --sensitivity-check: validation top-1 with this layer alone quantized (-1: not run)
 };

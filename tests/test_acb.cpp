@@ -1,10 +1,15 @@
 // ACNet's ACB (layers/acnet_block.h, layers::merge_acb): the merge against plain loops and its gradient
 // check; the block's three modes (branches, merged, deploy) against each other in eval and in training,
 // stride 1 and 2, groups 1 and 2; against its PyTorch twin (tests/reference/acb_block_*.safetensors); the
-// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train.
+// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train (with the sensitivity
+// table and mixed widths of issue 26).
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
+#include <nlohmann/json.hpp>
+
+#include "deploy/int8_model.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -328,6 +333,7 @@ TEST_CASE("acb-cifar at width 8: parameter counts, and its deploy form gives the
     return n;
   };
   CHECK(count(model) == models::model_size(arch, false, 32).params);
+  for (const models::QuantLayer& l : model.quant_layers()) CHECK_FALSE(l.identity);  // ACB has no identity branch
   model.eval();
   NoGradGuard no_grad;
   const Tensor x = rand_normal({2, 3, 32, 32}, 0.0f, 1.0f, rng);
@@ -401,6 +407,23 @@ TEST_CASE("acb-cifar through ./train, every --qat method, ./ptq --export, ./infe
   CHECK(fs::file_size(root / "fp.onnx") > 1000);
   REQUIRE(quant::run_export({"--ckpt", qat, "--onnx", (root / "qat.onnx").string(), "--qdq"}) == 0);
   CHECK(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "8"}) == 0);
+  // issue 26 on ACB: the sensitivity table (no layer has an identity branch) and two integer widths in one file
+  const fs::path sens = root / "sens.json";
+  REQUIRE(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "4",
+                          "--sensitivity", "--sensitivity-images", "8", "--json", sens.string()}) == 0);
+  const nlohmann::json table = nlohmann::json::parse(std::ifstream(sens));
+  CHECK(table.dump().find("\"identity\":true") == std::string::npos);
+  CHECK(table.dump().find("\"identity\":false") != std::string::npos);
+  const std::string mixed = (root / "mixed.int8.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "4",
+                          "--act-bits", "8", "--layer-bits", "stage1.*=8,stage2.0=fp32", "--export", mixed}) == 0);
+  for (const deploy::Int8Layer& l : deploy::load_int8(mixed).layers) {
+    CAPTURE(l.name);
+    const bool fp32 = l.name == "stage0" || l.name == "linear" || l.name == "stage2.0";  // stage0, FC: FP32 by default
+    const int want = fp32 ? 0 : l.name.rfind("stage1.", 0) == 0 ? 8 : 4;
+    CHECK(l.widths.weight == want);
+  }
+  CHECK(quant::run_infer({"--model", mixed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
   // the other QAT methods, one epoch each; the compressed ClusterQAT file into ./infer
   for (const char* method : {"repq-bnest", "merged", "bnest", "cluster"}) {
     INFO(method);
