@@ -120,14 +120,6 @@ st::File decompress_cluster(const st::File& f, const std::string& path) {
   return out;
 }
 
-ModelBytes model_bytes(const models::ArchConfig& arch, int bits, bool quantize_first_last) {
-  std::vector<int> widths;
-  for (auto& stage : models::block_specs(arch)) widths.insert(widths.end(), stage.size(), bits);
-  widths.push_back(bits);
-  if (!quantize_first_last) widths.front() = widths.back() = 0;
-  return model_bytes(arch, widths);
-}
-
 ModelBytes model_bytes(const models::ArchConfig& arch, const std::vector<int>& widths) {
   std::vector<std::pair<int64_t, int64_t>> layers;  // (weights, biases), stage0 ... the FC
   int last = 0;

@@ -45,12 +45,10 @@ st::File decompress_cluster(const st::File& f, const std::string& path);
 // Bytes to store the deploy model's weights and biases: FP32 (4 a value); uniform B-bit (each quantized
 // layer's weights packed at B bits, one f32 step, its bias as int32, its input's f32 step; FP32 layers at 4
 // a value); cluster B-bit (the same with a 2^B-entry f32 codebook for the step and a float bias).
-// quantize_first_last: stage0 and the FC count as quantized too.
 struct ModelBytes {
   int64_t fp32 = 0, uniform = 0, cluster = 0;
 };
-ModelBytes model_bytes(const models::ArchConfig& arch, int bits, bool quantize_first_last);
-// The same with each layer's width (stage0 ... the FC; 0: FP32).
+// From each layer's weight width (stage0 ... the FC; 0: FP32).
 ModelBytes model_bytes(const models::ArchConfig& arch, const std::vector<int>& widths);
 
 }  // namespace deploy

@@ -346,14 +346,16 @@ TEST_CASE("a compressed ClusterQAT file holds codes and codebooks; loading it gi
 
 TEST_CASE("model sizes in bytes: FP32, uniform and cluster B-bit, from the structure") {
   const models::ArchConfig a = models::cifar_config(models::BlockType::repvgg, 16);
-  const deploy::ModelBytes fl = deploy::model_bytes(a, 4, true);
   // stage0 3->16, 25 blocks 16->16, FC 16->10: 27 layers
+  std::vector<int> widths(27, 4);
+  const deploy::ModelBytes fl = deploy::model_bytes(a, widths);
   const int64_t weights = 432 + 25 * 2304 + 160, biases = 16 + 25 * 16 + 10;
   CHECK(fl.fp32 == 4 * (weights + biases));
   const int64_t codes = (432 * 4 + 7) / 8 + 25 * (2304 * 4 / 8) + 160 * 4 / 8;
   CHECK(fl.uniform == codes + 27 * (4 + 4) + 4 * biases);        // a weight step and an input step a layer
   CHECK(fl.cluster == codes + 27 * (16 * 4 + 4) + 4 * biases);   // a 16-entry codebook and an input step
-  const deploy::ModelBytes mid = deploy::model_bytes(a, 4, false);  // stage0 and the FC in FP32
+  widths.front() = widths.back() = 0;  // stage0 and the FC in FP32
+  const deploy::ModelBytes mid = deploy::model_bytes(a, widths);
   CHECK(mid.fp32 == fl.fp32);
   CHECK(mid.cluster == 25 * (2304 * 4 / 8 + 16 * 4 + 4 + 4 * 16) + 4 * (432 + 16 + 160 + 10));
 }

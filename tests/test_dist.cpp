@@ -374,6 +374,18 @@ struct Ended {
   double seconds = 1e9;  // from the signal to mpirun's exit
   std::string log;
 };
+// The tail of a fault test: `script` has started mpirun in the background as $m, struck and set t0; this waits
+// for mpirun, runs `then` and -> mpirun's status, the seconds from t0 to its exit, and `log`.
+Ended wait_for_mpirun(const std::string& script, const fs::path& root, const fs::path& log, const std::string& then) {
+  run_shell(script + "wait $m; rc=$?; echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " +
+            (root / "result").string() + "; " + then);
+  Ended e;
+  const std::string result = slurp(root / "result");
+  e.log = slurp(log);
+  REQUIRE_MESSAGE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &e.rc, &e.seconds) == 2, result);
+  return e;
+}
+
 // Starts a 2-rank training run, sends `signal` to one rank once the run has started, and waits (at most
 // 60 s) for mpirun to end.
 Ended signal_a_rank(const std::string& name, const std::string& signal, const std::string& more) {
@@ -385,14 +397,8 @@ Ended signal_a_rank(const std::string& name, const std::string& signal, const st
       "t0=$(date +%s.%N); "
       // the first child of this test's mpirun, a rank
       "mp=$(pgrep -f -- '^mpirun .*--out " + (root / "run").string() + "'); r=$(pgrep -P $mp | head -1); kill -" + signal +
-      " $r; wait $m; rc=$?; kill -CONT $r 2>/dev/null; "
-      "echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " + (root / "result").string();
-  run_shell(script);
-  Ended e;
-  const std::string result = slurp(root / "result");
-  e.log = slurp(log);
-  REQUIRE_MESSAGE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &e.rc, &e.seconds) == 2, result);
-  return e;
+      " $r; ";
+  return wait_for_mpirun(script, root, log, "kill -CONT $r 2>/dev/null");
 }
 }  // namespace
 
@@ -664,14 +670,8 @@ Ended strike_a_host(const Hosts& hosts, const fs::path& root, const std::string&
       "(timeout 120 sh -c \"" + hosts.mpirun(args, log) + "\") & m=$!; "
       "for i in $(seq 600); do grep -q 'epoch 2/100' " + log.string() + " && break; sleep 0.1; done; "
       "H2=" + hosts.h2 + "; R=$(for p in $(ip netns pids $H2); do grep -qa -- --train /proc/$p/cmdline && echo $p; done | head -1); "
-      "t0=$(date +%s.%N); " + fault + "; wait $m; rc=$?; "
-      "echo \"rc=$rc seconds=$(echo \"$(date +%s.%N) - $t0\" | bc)\" > " + (root / "result").string();
-  run_shell(script);
-  Ended e;
-  const std::string result = slurp(root / "result");
-  e.log = slurp(log);
-  REQUIRE_MESSAGE(std::sscanf(result.c_str(), "rc=%d seconds=%lf", &e.rc, &e.seconds) == 2, result);
-  return e;
+      "t0=$(date +%s.%N); " + fault + "; ";
+  return wait_for_mpirun(script, root, log, "");
 }
 }  // namespace
 
