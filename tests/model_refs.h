@@ -1,15 +1,32 @@
 // Helpers for the tests against tests/reference/*.safetensors (see tests/reference/README.md):
-// tensors from a reference file, and comparisons as the README measures errors.
+// tensors from a reference file, and comparisons as the README measures errors; and the blocks' tests'
+// randomized BNs.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "engine/random.h"
 #include "engine/safetensors.h"
 #include "layers/checkpoint.h"
+#include "layers/layers.h"
 #include "tests/testing.h"
 
 namespace testing_util {
+
+// BN parameters and running statistics away from their defaults (so that a fold has something to fold), the
+// same for equal seeds.
+inline void randomize_bns(layers::Module& m, uint64_t seed) {
+  engine::Rng rng(seed);
+  for (auto& [name, mod] : m.modules())
+    if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(mod)) {
+      const engine::Shape s = bn->weight.shape();
+      bn->weight.copy_(engine::rand_uniform(s, 0.5f, 1.5f, rng));
+      bn->bias.copy_(engine::rand_uniform(s, -0.3f, 0.3f, rng));
+      bn->running_mean.copy_(engine::rand_uniform(s, -0.2f, 0.2f, rng));
+      bn->running_var.copy_(engine::rand_uniform(s, 0.5f, 2.0f, rng));
+    }
+}
 
 inline std::string reference_path(const std::string& name) { return "tests/reference/" + name; }
 

@@ -34,6 +34,7 @@ using namespace layers;
 using testing_util::check_close;
 using testing_util::check_gradients;
 using testing_util::check_ref;
+using testing_util::randomize_bns;
 using testing_util::ref_tensor;
 
 namespace {
@@ -44,19 +45,6 @@ BnTensors random_bn(int64_t c, Rng& rng) {
 }
 double scale_of(const BnTensors& bn, int64_t o) { return bn.gamma.f32()[o] / std::sqrt((double)bn.var.f32()[o] + bn.eps); }
 double shift_of(const BnTensors& bn, int64_t o) { return bn.beta.f32()[o] - bn.mean.f32()[o] * scale_of(bn, o); }
-
-// BN parameters and running statistics away from their defaults, the same for equal seeds.
-void randomize_bns(Module& m, uint64_t seed) {
-  Rng rng(seed);
-  for (auto& [name, mod] : m.modules())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
-      const Shape s = bn->weight.shape();
-      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
-      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
-      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
-      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
-    }
-}
 
 std::shared_ptr<ACBlock> make_acb(int in, int out, int stride, int groups, uint64_t seed) {
   Rng rng(seed);

@@ -14,25 +14,14 @@
 #include "layers/repvgg_block.h"
 #include "models/repvgg.h"
 #include "tests/gradcheck.h"
+#include "tests/model_refs.h"
 #include "tests/testing.h"
 
 using namespace engine;
 using namespace layers;
 using testing_util::check_close;
 using testing_util::check_gradients;
-
-// BN parameters and running statistics away from their defaults, the same for equal seeds.
-static void randomize_bns(Module& m, uint64_t seed) {
-  Rng rng(seed);
-  for (auto& [name, mod] : m.modules())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
-      const Shape s = bn->weight.shape();
-      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
-      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
-      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
-      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
-    }
-}
+using testing_util::randomize_bns;
 
 static std::shared_ptr<RepBlock> make_block(bool qa, int in, int out, int stride, int groups, uint64_t seed) {
   Rng rng(seed);
