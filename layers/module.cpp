@@ -85,6 +85,18 @@ void Module::remove_module(const std::string& name) {
   children_.erase(it);
 }
 
+void Module::remove_parameter(const std::string& name) {
+  auto it = std::find_if(params_.begin(), params_.end(), [&](auto& p) { return p.name == name; });
+  ENGINE_CHECK(it != params_.end(), "no parameter '" + name + "'");
+  params_.erase(it);
+}
+
+void Module::remove_buffer(const std::string& name) {
+  auto it = std::find_if(buffers_.begin(), buffers_.end(), [&](auto& b) { return b.name == name; });
+  ENGINE_CHECK(it != buffers_.end(), "no buffer '" + name + "'");
+  buffers_.erase(it);
+}
+
 void Sequential::push_back(std::shared_ptr<Module> m) {
   register_module(std::to_string(items_.size()), m);
   items_.push_back(std::move(m));

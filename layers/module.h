@@ -65,6 +65,9 @@ class Module {
     return m;
   }
   void remove_module(const std::string& name);
+  // Drop an own parameter or buffer (a block whose branch tensors are its own, not a child's: OREPA).
+  void remove_parameter(const std::string& name);
+  void remove_buffer(const std::string& name);
 
  private:
   friend class LayerQuantizers;  // registers a layer's quantizers on its owner

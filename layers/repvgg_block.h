@@ -39,8 +39,8 @@ Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*
 
 enum class BlockMode { branches, merged, deploy };
 
-// What the blocks share (RepVGGBlock, QARepVGGBlock here, ACBlock in layers/acnet_block.h): shape, the modes,
-// the quantizers.
+// What the blocks share (RepVGGBlock, QARepVGGBlock here, ACBlock in layers/acnet_block.h, OREPABlock in
+// layers/orepa_block.h): shape, the modes, the quantizers.
 class RepBlock : public Module {
  public:
   RepBlock(int in, int out, int stride, int groups);

@@ -28,13 +28,14 @@ const Entry kImagenet[] = {
     {"b3g4", {4, 6, 16, 1}, {3, 3, 3, 5}, 4},
 };
 
-const BlockType kBlocks[] = {BlockType::repvgg, BlockType::qarepvgg, BlockType::acb};
+const BlockType kBlocks[] = {BlockType::repvgg, BlockType::qarepvgg, BlockType::acb, BlockType::orepa};
 
 const char* prefix(BlockType b) {
   switch (b) {
     case BlockType::repvgg: return "repvgg-";
     case BlockType::qarepvgg: return "qarepvgg-";
     case BlockType::acb: return "acb-";
+    case BlockType::orepa: return "orepa-";
   }
   fail("unknown block type " + std::to_string((int)b));
 }
@@ -112,11 +113,19 @@ ModelSize model_size(const ArchConfig& a, bool deploy, int resolution) {
         s.params += k3 + b.out;
         s.macs += h * w * k3;
       } else {
-        s.macs += h * w * (k3 + (a.block == BlockType::acb ? 6 * k1 : k1));  // the thin convs as PyTorch runs them
+        // the convs as PyTorch runs them: ACB's thin ones beside the 3x3; OREPA's one conv on the merged kernel
+        // (its merge is per step, not per image)
+        s.macs += h * w * (k3 + (a.block == BlockType::acb ? 6 * k1 : a.block == BlockType::orepa ? 0 : k1));
+        // OREPA's 1x1-kxk internal channels and dws expansion (layers::OREPABlock; the layers are not linked here)
+        const int64_t t = b.groups <= 4 ? b.in : 2 * b.in, e = 8;
         switch (a.block) {
           case BlockType::repvgg: s.params += k3 + 2 * b.out + k1 + 2 * b.out + (identity ? 2 * b.in : 0); break;
           case BlockType::qarepvgg: s.params += k3 + 2 * b.out + k1 + 2 * b.out; break;
           case BlockType::acb: s.params += k3 + 2 * (3 * k1) + 3 * 2 * b.out; break;  // 3x3, 1x3, 3x1, three BNs
+          case BlockType::orepa:  // origin, avg, prior and 1x1 convs; 1x1-kxk; dws; vector; the BN
+            s.params += k3 + 3 * k1 + t * (b.in / b.groups) + (int64_t)b.out * (t / b.groups) * 9 + (int64_t)b.in * e * 9 +
+                        (int64_t)b.out * (b.in * e / b.groups) + 6 * b.out + 2 * b.out;
+            break;
         }
       }
       last = b.out;

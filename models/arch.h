@@ -1,6 +1,6 @@
 // The RepVGG family as a description, with no layers (official DingXiaoH/RepVGG model list, the OABN paper's
-// CIFAR-10 model), in each of three blocks (RepVGG, QARepVGG, ACNet's ACB): each block's shape and name, and
-// the sizes computed from them. models/repvgg.h builds
+// CIFAR-10 model), in each of four blocks (RepVGG, QARepVGG, ACNet's ACB, OREPA's): each block's shape and name,
+// and the sizes computed from them. models/repvgg.h builds
 // the models from it; deploy/ lays out an integer model's layers by it without building one.
 //
 //   stage0: one block 3 -> min(64, int(64 a)), stride 2 (1 for cifar)
@@ -15,12 +15,14 @@
 
 namespace models {
 
-// The block of every layer: RepVGGBlock, QARepVGGBlock (layers/repvgg_block.h) or ACBlock
-// (layers/acnet_block.h: ACNet's 3x3 + 1x3 + 3x1, each with a BN; the plain stack ACNet evaluates on CIFAR).
-enum class BlockType { repvgg, qarepvgg, acb };
+// The block of every layer: RepVGGBlock, QARepVGGBlock (layers/repvgg_block.h), ACBlock
+// (layers/acnet_block.h: ACNet's 3x3 + 1x3 + 3x1, each with a BN; the plain stack ACNet evaluates on CIFAR) or
+// OREPABlock (layers/orepa_block.h: OREPA's six linear branches merged online into one conv, then one BN; the
+// official code's RepVGG models with CONV_BN_IMPL = 'OREPA').
+enum class BlockType { repvgg, qarepvgg, acb, orepa };
 
 struct ArchConfig {
-  std::string name;  // "repvgg-a0", ..., "qarepvgg-cifar", ..., "acb-cifar"
+  std::string name;  // "repvgg-a0", ..., "qarepvgg-cifar", ..., "acb-cifar", "orepa-cifar"
   BlockType block = BlockType::repvgg;
   std::array<int, 4> num_blocks{};
   std::array<double, 4> width_multiplier{};  // a, a, a, b (the CIFAR model: width / 64, / 128, / 256, / 512)
@@ -31,7 +33,7 @@ struct ArchConfig {
 };
 
 // The names of all archs, in the official list's order: repvgg-a0 ... repvgg-b3g4, repvgg-cifar, then
-// the same with qarepvgg- and with acb-.
+// the same with qarepvgg-, with acb- and with orepa-.
 const std::vector<std::string>& arch_names();
 ArchConfig arch_config(const std::string& name);  // throws for an unknown name, listing the known ones
 // The CIFAR model at another width (every stage `width` channels), e.g. for small reference tests.

@@ -12,13 +12,15 @@ using namespace engine;
 
 RepVGG::RepVGG(const ArchConfig& a, Rng& rng, float oabn_k) : arch(a), oabn_k(oabn_k) {
   ENGINE_CHECK(oabn_k <= 0 || a.block == BlockType::repvgg,
-               a.name + ": OABN clips the identity-branch BN, which QARepVGG and ACB blocks do not have");
+               a.name + ": OABN clips the identity-branch BN, which QARepVGG, ACB and OREPA blocks do not have");
   auto make = [&](const BlockSpec& b) {
     std::shared_ptr<layers::RepBlock> block;
     if (a.block == BlockType::qarepvgg) {
       block = std::make_shared<layers::QARepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
     } else if (a.block == BlockType::acb) {
       block = std::make_shared<layers::ACBlock>(b.in, b.out, b.stride, b.groups, rng);
+    } else if (a.block == BlockType::orepa) {
+      block = std::make_shared<layers::OREPABlock>(b.in, b.out, b.stride, b.groups, rng);
     } else {
       auto r = std::make_shared<layers::RepVGGBlock>(b.in, b.out, b.stride, b.groups, rng);
       if (r->rbr_identity && oabn_k > 0) r->rbr_identity->oabn_k = oabn_k;

@@ -1,5 +1,5 @@
-// RepVGG, QARepVGG and ACB models (official DingXiaoH/RepVGG RepVGG class, its blocks RepVGG's, QARepVGG's or
-// ACNet's ACB) of the archs models/arch.h lists, their QAT set-up, and RepVGG's custom L2.
+// RepVGG, QARepVGG, ACB and OREPA models (official DingXiaoH/RepVGG RepVGG class, its blocks RepVGG's,
+// QARepVGG's, ACNet's ACB or OREPA's) of the archs models/arch.h lists, their QAT set-up, and RepVGG's custom L2.
 #pragma once
 #include <array>
 #include <map>
@@ -12,6 +12,7 @@
 #include "models/arch.h"
 #include "models/layer_bits.h"
 #include "layers/acnet_block.h"
+#include "layers/orepa_block.h"
 #include "layers/repvgg_block.h"
 
 namespace models {

@@ -16,7 +16,9 @@ The arch is --arch, else inferred from the shapes: blocks per stage, stage width
 A deploy-form file does not say whether it was RepVGG or QARepVGG (both are one 3x3 conv per block);
 it is named repvgg-* unless --arch says qarepvgg-*: the deploy models are the same either way.
 Not convertible (refused with the reason): SE blocks (use_se), QARepVGGBlockV1 (a BN on the 1x1 branch),
-training-form ACB models (our acb-* archs: no official checkpoint has that layout).
+training-form ACB models (our acb-* archs: no official checkpoint has that layout), training-form OREPA
+models (our orepa-* archs; the OREPA_CVPR2022 code's RepVGG with CONV_BN_IMPL 'OREPA' uses the same tensor
+names, but no official checkpoint of it was at hand to check a conversion against).
 YOLOv6's QARepVGGBlockV2 adds a parameter-free avg-pool branch that no key shows: do not convert those.
 
 The official structure is tests/reference/repvgg_torch.py (a port of DingXiaoH/RepVGG repvgg.py).
@@ -65,6 +67,10 @@ def form_and_block(sd, path):
         return "train", "repvgg"
     if "stage0.rbr_1x1.weight" in sd and "stage0.bn.weight" in sd:
         return "train", "qarepvgg"
+    if "stage0.weight_orepa_origin" in sd:
+        raise ConvertError(f"{path}: OREPA blocks (weight_orepa_origin, ..., vector): only official RepVGG and "
+                           "QARepVGG checkpoints are convertible (an orepa-* deploy-form file in our names converts "
+                           "as repvgg-*, or with --arch orepa-*)")
     if "stage0.square_conv.weight" in sd:
         raise ConvertError(f"{path}: ACNet ACB blocks (square_conv, hor_conv, ver_conv): only official RepVGG and "
                            "QARepVGG checkpoints are convertible (an acb-* deploy-form file converts as repvgg-*, "

@@ -331,7 +331,7 @@ TEST_CASE("acb-cifar at width 8: parameter counts, and its deploy form gives the
   const double e = rel_err(model.forward(x).to_vector(), eval);
   MESSAGE("acb-cifar width 8, deploy against train-form eval logits: " << e);
   CHECK(e <= 1e-5);
-  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("QARepVGG and ACB blocks do not have"),
+  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("QARepVGG, ACB and OREPA blocks do not have"),
                        std::runtime_error);
 }
 

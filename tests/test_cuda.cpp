@@ -14,6 +14,7 @@
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "layers/bn_fold.h"
+#include "layers/orepa_merge.h"
 #include "layers/quantizer.h"
 #include "quant/deploy_export.h"
 #include "deploy/integer_model.h"
@@ -309,7 +310,7 @@ TEST_CASE("cuda: sums, means, pooling and sum_to match the CPU" * gpu_or_skip("r
   run_cases(cases);
 }
 
-TEST_CASE("cuda: pad2d and the RepVGG and ACNet merges it serves match the CPU" * gpu_or_skip("pad2d")) {
+TEST_CASE("cuda: pad2d and the RepVGG, ACNet and OREPA merges it serves match the CPU" * gpu_or_skip("pad2d")) {
   run_cases({
       {"pad2d 1", [](Rng& r) { return Inputs{rand_grad({6, 4, 1, 1}, -1, 1, r)}; },
        [](const Inputs& in) { return pad2d(in[0], 1); }},
@@ -336,6 +337,16 @@ TEST_CASE("cuda: pad2d and the RepVGG and ACNet merges it serves match the CPU" 
          auto bn = [&](int i) { return layers::BnTensors{in[3 + 4 * i], in[4 + 4 * i], in[5 + 4 * i], in[6 + 4 * i], 1e-5f}; };
          const layers::KernelBias kb = layers::merge_acb(in[0], bn(0), in[1], bn(1), in[2], bn(2));
          return add(kb.kernel, reshape(kb.bias, {8, 1, 1, 1}));
+       }},
+      {"merge_orepa (OREPA: six scaled branches, groups 2)", [](Rng& r) {
+         // 4 -> 8 in 2 groups: T = 4 internal channels, expansion 8
+         return Inputs{rand_grad({8, 2, 3, 3}, -1, 1, r), rand_grad({8, 2, 1, 1}, -1, 1, r), rand_grad({3, 3}, 0, 1, r),
+                       rand_grad({8, 2, 1, 1}, -1, 1, r), rand_grad({8, 3, 3}, -1, 1, r), rand_grad({4, 2, 1, 1}, -1, 1, r),
+                       rand_grad({4, 2, 1, 1}, 0, 1, r),  rand_grad({8, 2, 3, 3}, -1, 1, r), rand_grad({8, 2, 1, 1}, -1, 1, r),
+                       rand_grad({32, 1, 3, 3}, -1, 1, r), rand_grad({8, 16, 1, 1}, -1, 1, r), rand_grad({6, 8}, -1, 1, r)};
+       },
+       [](const Inputs& in) {
+         return layers::merge_orepa({in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[11]}, 2);
        }},
   });
 }

@@ -1,4 +1,4 @@
-// RepVGG, QARepVGG and ACB blocks and models: sizes against the paper and tests/reference/model_stats.txt,
+// RepVGG, QARepVGG, ACB and OREPA blocks and models: sizes against the paper and tests/reference/model_stats.txt,
 // training forward, loss, gradients, running statistics, eval, deploy weights and deploy output against
 // PyTorch (tests/reference/*.safetensors), and deploy == eval for every arch.
 #include <cmath>
@@ -19,10 +19,13 @@ using testing_util::check_ref;
 using testing_util::ref_tensor;
 using testing_util::reference_path;
 
-TEST_CASE("archs: the official list plus the CIFAR model, with each of the three blocks; an unknown name lists the known") {
-  CHECK(arch_names().size() == 42);
+TEST_CASE("archs: the official list plus the CIFAR model, with each of the four blocks; an unknown name lists the known") {
+  CHECK(arch_names().size() == 56);
   CHECK(arch_names()[28] == "acb-a0");
-  CHECK(arch_names().back() == "acb-cifar");
+  CHECK(arch_names()[41] == "acb-cifar");
+  CHECK(arch_names()[42] == "orepa-a0");
+  CHECK(arch_names().back() == "orepa-cifar");
+  CHECK(arch_config("orepa-b2g4").block == BlockType::orepa);
   CHECK(arch_config("acb-b1g2").block == BlockType::acb);
   CHECK(arch_config("acb-b1g2").groups == 2);
   CHECK(arch_names().front() == "repvgg-a0");
@@ -241,8 +244,9 @@ static void check_deploy_equals_eval(const ArchConfig& arch, int resolution) {
   CHECK(rel_err(model.forward(x).to_vector(), eval) <= 1e-5);
 }
 
-TEST_CASE("deploy output equals the eval output (1e-5): repvgg-a0, qarepvgg-a0, acb-a0 and the CIFAR models, full size") {
-  for (const char* name : {"repvgg-a0", "qarepvgg-a0", "acb-a0", "repvgg-cifar", "qarepvgg-cifar", "acb-cifar"}) {
+TEST_CASE("deploy output equals the eval output (1e-5): repvgg-a0, qarepvgg-a0, acb-a0, orepa-a0 and the CIFAR models, full size") {
+  for (const char* name :
+       {"repvgg-a0", "qarepvgg-a0", "acb-a0", "orepa-a0", "repvgg-cifar", "qarepvgg-cifar", "acb-cifar", "orepa-cifar"}) {
     INFO(name);
     check_deploy_equals_eval(arch_config(name), 32);
   }

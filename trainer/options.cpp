@@ -74,7 +74,7 @@ struct Spec {
 
 const std::vector<Spec>& specs() {
   static const std::vector<Spec> s = {
-      {"--arch", "NAME", "model: repvgg-cifar (cifar10 default), repvgg-a0 (imagenet default), repvgg-a1 … repvgg-b3g4, qarepvgg-*, acb-* (ACNet blocks)",
+      {"--arch", "NAME", "model: repvgg-cifar (cifar10 default), repvgg-a0 (imagenet default), repvgg-a1 … repvgg-b3g4, qarepvgg-*, acb-* (ACNet blocks), orepa-* (OREPA blocks)",
        [](Options& o, const std::string& v) { o.arch = v; }},
       {"--data", "DIR", "dataset folder (default: data/ or ../shared/data; CIFAR-10 is downloaded when missing)",
        [](Options& o, const std::string& v) { o.data = v; }},

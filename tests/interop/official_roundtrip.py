@@ -88,8 +88,8 @@ def expect_error(fn, text):
 
 def archs():
     n = 0
-    # the official RepVGG and QARepVGG archs (the acb-* ones have no official checkpoints: refused below)
-    for i, arch in enumerate(a for a in repvgg_torch.ARCHS if not a.startswith("acb-")):
+    # the official RepVGG and QARepVGG archs (the acb-* and orepa-* ones: refused below)
+    for i, arch in enumerate(a for a in repvgg_torch.ARCHS if not a.startswith(("acb-", "orepa-"))):
         for deploy in (False, True):
             sd = meta_state_dict(arch, deploy)
             tensors, got, classes, form = co.convert(wrap(sd, WRAPPERS[(2 * i + deploy) % 4]), arch + ".pth")
@@ -108,6 +108,8 @@ def archs():
     expect_error(lambda: co.convert(dict(sd, **{"stage0.bn.weight": one}), "v1.pth"), "QARepVGGBlockV1")
     expect_error(lambda: co.convert(meta_state_dict("acb-cifar", False), "acb.pth"), "ACNet ACB blocks")
     assert co.convert(meta_state_dict("acb-cifar", True), "x.pth", "acb-cifar")[1] == "acb-cifar"
+    expect_error(lambda: co.convert(meta_state_dict("orepa-cifar", False), "orepa.pth"), "OREPA blocks")
+    assert co.convert(meta_state_dict("orepa-cifar", True), "x.pth", "orepa-cifar")[1] == "orepa-cifar"
     expect_error(lambda: co.convert(sd, "a.pth", "repvgg-a1"), "not a train-form repvgg-a1")
     expect_error(lambda: co.convert(sd, "a.pth", "qarepvgg-a0"), "holds repvgg blocks but --arch is qarepvgg-a0")
     expect_error(lambda: co.convert(sd, "a.pth", "repvgg-z9"), "--arch repvgg-z9: not one of")
@@ -119,7 +121,7 @@ def archs():
         raise AssertionError("no error for a missing file")
     except SystemExit as e:
         assert "/nonexistent.pth: no such file" in str(e), e
-    print(f"archs: {n} arch/form pairs convert with the official names and shapes, arch and form inferred; 9 refusals")
+    print(f"archs: {n} arch/form pairs convert with the official names and shapes, arch and form inferred; 10 refusals")
 
 
 def reverse(ckpt, io):

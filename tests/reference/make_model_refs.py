@@ -199,11 +199,22 @@ def make_case(path, model32, x32, loss_kind, aux, meta, custom_l2=False, allow_k
                                                   os.path.getsize(path)))
 
 
-def block_case(path, cls, cin, cout, stride, groups, input_shape, seed, custom_l2=False):
+def orepa_live(blk, seed):
+    """Every OREPA branch live: the official init zeroes idconv1 and the prior branch's row of vector."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        k = blk.weight_orepa_1x1_kxk_idconv1
+        k.copy_(0.3 * torch.randn(k.shape, generator=g))
+        blk.vector.copy_(0.2 + 0.8 * torch.rand(blk.vector.shape, generator=g))
+
+
+def block_case(path, cls, cin, cout, stride, groups, input_shape, seed, custom_l2=False, live=None):
     print(path)
     torch.manual_seed(seed)
     blk = cls(cin, cout, kernel_size=3, stride=stride, padding=1, groups=groups)
     randomize_bn(blk, seed + 1)
+    if live:
+        live(blk, seed + 2)
     x = torch.randn(*input_shape)
     with torch.no_grad():
         out_shape = copy.deepcopy(blk).train()(x).shape
@@ -319,6 +330,8 @@ def main():
                seed=3)
     block_case(o('acb_block_s1.safetensors'), R.ACBlock, 8, 8, 1, 1, (2, 8, 7, 7), seed=6)
     block_case(o('acb_block_s2g2.safetensors'), R.ACBlock, 8, 16, 2, 2, (2, 8, 9, 9), seed=7)
+    block_case(o('orepa_block_s1.safetensors'), R.OREPABlock, 8, 8, 1, 1, (2, 8, 7, 7), seed=8, live=orepa_live)
+    block_case(o('orepa_block_s2g2.safetensors'), R.OREPABlock, 8, 16, 2, 2, (2, 8, 9, 9), seed=9, live=orepa_live)
     kinks = w != 16   # the checked-in width must be kink-free; others only warn
     model_case(o('repvgg_cifar_w%d.safetensors' % w), 'repvgg-cifar', w, seed=4, allow_kinks=kinks)
     model_case(o('qarepvgg_cifar_w%d.safetensors' % w), 'qarepvgg-cifar', w, seed=5,

@@ -5,8 +5,8 @@ training form and deploy form, checked against the RepVGG paper (Table 4).
 
 params: every learnable parameter (conv weights, BN gamma/beta, conv biases,
 linear); BN running statistics are buffers and not counted.
-MACs: per image, conv (out_elems * in_ch/groups * kh * kw) and linear
-(in * out) only; BN, ReLU, branch adds and pooling are not counted.  Taken at
+MACs: per image, conv (out_elems * in_ch/groups * kh * kw, OREPA's functional conv on its
+merged kernel included) and linear (in * out) only; BN, ReLU, branch adds and pooling are not counted.  Taken at
 224x224 for the ImageNet archs and at 32x32 for the CIFAR ones.
 """
 import math
@@ -43,10 +43,15 @@ def count_macs(model, res):
     def linear_hook(m, inp, out):
         macs[0] += m.in_features * m.out_features
 
+    def orepa_hook(m, inp, out):   # its one F.conv2d on the merged kernel (the merge is per step, not per image)
+        macs[0] += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size * m.kernel_size
+
     hooks = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, R.OREPABlock) and not hasattr(m, 'rbr_reparam'):
+            hooks.append(m.register_forward_hook(orepa_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
     model.eval()

@@ -1,6 +1,7 @@
 """PyTorch port of the official RepVGG (DingXiaoH/RepVGG, repvgg.py), of the
-QARepVGG S4 block as defined for this project, and of ACNet's ACBlock
-(DingXiaoH/ACNet, acnet/acb.py) as a block of the same plain nets.  Oracle code for the checked-in
+QARepVGG S4 block as defined for this project, of ACNet's ACBlock
+(DingXiaoH/ACNet, acnet/acb.py) and of OREPA's block (JUGGHM/OREPA_CVPR2022, blocks.py OREPA) as blocks
+of the same plain nets.  Oracle code for the checked-in
 reference files only: the engine never imports PyTorch.
 
 Faithful to the official code in everything that changes numbers or state-dict
@@ -8,12 +9,13 @@ names: RepVGGBlock, conv_bn, _fuse_bn_tensor, get_equivalent_kernel_bias,
 switch_to_deploy, get_custom_L2, RepVGG (layer-index group map, stage layout),
 the model list.  Left out: the SE option (use_se, off in every listed model),
 gradient checkpointing (use_checkpoint) and the print in RepVGGBlock.__init__.
-Added: `block_cls` (RepVGGBlock, QARepVGGBlock or ACBlock) and `stage0_stride` (1 for
+Added: `block_cls` (RepVGGBlock, QARepVGGBlock, ACBlock or OREPABlock) and `stage0_stride` (1 for
 the CIFAR model) as keyword arguments of RepVGG, with the official defaults.
 
 Run with /usr/bin/python3 (Debian's python3-torch, 1.13, CPU).
 """
 import copy
+import math
 
 import numpy as np
 import torch
@@ -321,6 +323,139 @@ class ACBlock(nn.Module):
             self.__delattr__(name)
 
 
+class OREPABlock(nn.Module):
+    # OREPA (Hu et al., CVPR 2022), the official JUGGHM/OREPA_CVPR2022 blocks.py OREPA class for kernel_size 3
+    # and padding 1 with its defaults (internal_channels_1x1_3x3 None, init_hyper_para = init_hyper_gamma = 1,
+    # weight_only and single_init off), line by line where it computes: the same parameters, buffers and
+    # init, fre_init, weight_gen, dwsc2full, get_equivalent_kernel_bias (transI_fusebn) and forward
+    # (bn(conv(x, weight_gen()))).  Added for this project: the ReLU (official conv_bn_relu passes
+    # nonlinear=nn.ReLU()) and the deploy conv named rbr_reparam (official: orepa_reparam).
+    has_identity_branch = False
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
+                 dilation=1, groups=1, deploy=False):
+        super(OREPABlock, self).__init__()
+        assert kernel_size == 3 and padding == 1
+        self.nonlinear = nn.ReLU()
+        self.kernel_size, self.in_channels, self.out_channels = kernel_size, in_channels, out_channels
+        self.groups, self.stride, self.padding, self.dilation = groups, stride, padding, dilation
+        if deploy:
+            self.rbr_reparam = nn.Conv2d(in_channels=in_channels, out_channels=out_channels,
+                                         kernel_size=kernel_size, stride=stride, padding=padding,
+                                         dilation=dilation, groups=groups, bias=True)
+            return
+        ig = int(in_channels / groups)
+        self.weight_orepa_origin = nn.Parameter(torch.Tensor(out_channels, ig, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight_orepa_origin, a=0.0)
+        self.weight_orepa_avg_conv = nn.Parameter(torch.Tensor(out_channels, ig, 1, 1))
+        self.weight_orepa_pfir_conv = nn.Parameter(torch.Tensor(out_channels, ig, 1, 1))
+        nn.init.kaiming_uniform_(self.weight_orepa_avg_conv, a=0.0)
+        nn.init.kaiming_uniform_(self.weight_orepa_pfir_conv, a=0.0)
+        self.register_buffer('weight_orepa_avg_avg',
+                             torch.ones(kernel_size, kernel_size).mul(1.0 / kernel_size / kernel_size))
+        self.weight_orepa_1x1 = nn.Parameter(torch.Tensor(out_channels, ig, 1, 1))
+        nn.init.kaiming_uniform_(self.weight_orepa_1x1, a=0.0)
+        internal = in_channels if groups <= 4 else 2 * in_channels
+        self.weight_orepa_1x1_kxk_idconv1 = nn.Parameter(torch.zeros(internal, ig, 1, 1))
+        id_value = np.zeros((internal, ig, 1, 1))
+        for i in range(internal):
+            id_value[i, i % ig, 0, 0] = 1
+        self.register_buffer('id_tensor', torch.from_numpy(id_value).type_as(self.weight_orepa_1x1_kxk_idconv1))
+        self.weight_orepa_1x1_kxk_conv2 = nn.Parameter(
+            torch.Tensor(out_channels, int(internal / groups), kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight_orepa_1x1_kxk_conv2, a=0.0)
+        expand_ratio = 8
+        self.weight_orepa_gconv_dw = nn.Parameter(torch.Tensor(in_channels * expand_ratio, 1, kernel_size, kernel_size))
+        self.weight_orepa_gconv_pw = nn.Parameter(torch.Tensor(out_channels, int(in_channels * expand_ratio / groups), 1, 1))
+        nn.init.kaiming_uniform_(self.weight_orepa_gconv_dw, a=0.0)
+        nn.init.kaiming_uniform_(self.weight_orepa_gconv_pw, a=0.0)
+        self.vector = nn.Parameter(torch.Tensor(6, out_channels))
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.fre_init()
+        for row, value in enumerate((0.25, 0.25, 0.0, 0.5, 1.0, 0.5)):  # origin, avg, prior, 1x1_kxk, 1x1, dws
+            nn.init.constant_(self.vector[row, :], value)
+
+    def fre_init(self):
+        prior_tensor = torch.Tensor(self.out_channels, self.kernel_size, self.kernel_size)
+        half_fg = self.out_channels / 2
+        for i in range(self.out_channels):
+            for h in range(3):
+                for w in range(3):
+                    if i < half_fg:
+                        prior_tensor[i, h, w] = math.cos(math.pi * (h + 0.5) * (i + 1) / 3)
+                    else:
+                        prior_tensor[i, h, w] = math.cos(math.pi * (w + 0.5) * (i + 1 - half_fg) / 3)
+        self.register_buffer('weight_orepa_prior', prior_tensor)
+
+    def weight_gen(self):
+        weight_orepa_origin = torch.einsum('oihw,o->oihw', self.weight_orepa_origin, self.vector[0, :])
+        weight_orepa_avg = torch.einsum('oihw,o->oihw', torch.einsum(
+            'oi,hw->oihw', self.weight_orepa_avg_conv.squeeze(3).squeeze(2), self.weight_orepa_avg_avg),
+            self.vector[1, :])
+        weight_orepa_pfir = torch.einsum('oihw,o->oihw', torch.einsum(
+            'oi,ohw->oihw', self.weight_orepa_pfir_conv.squeeze(3).squeeze(2), self.weight_orepa_prior),
+            self.vector[2, :])
+        conv1 = (self.weight_orepa_1x1_kxk_idconv1 + self.id_tensor).squeeze(3).squeeze(2)
+        conv2 = self.weight_orepa_1x1_kxk_conv2
+        if self.groups > 1:
+            g = self.groups
+            t, ig = conv1.size()
+            o, tg, h, w = conv2.size()
+            weight_orepa_1x1_kxk = torch.einsum('gti,gothw->goihw', conv1.view(g, int(t / g), ig),
+                                                conv2.view(g, int(o / g), tg, h, w)).reshape(o, ig, h, w)
+        else:
+            weight_orepa_1x1_kxk = torch.einsum('ti,othw->oihw', conv1, conv2)
+        weight_orepa_1x1_kxk = torch.einsum('oihw,o->oihw', weight_orepa_1x1_kxk, self.vector[3, :])
+        weight_orepa_1x1 = torch.einsum('oihw,o->oihw', F.pad(self.weight_orepa_1x1, [1, 1, 1, 1]), self.vector[4, :])
+        weight_orepa_gconv = self.dwsc2full(self.weight_orepa_gconv_dw, self.weight_orepa_gconv_pw,
+                                            self.in_channels, self.groups)
+        weight_orepa_gconv = torch.einsum('oihw,o->oihw', weight_orepa_gconv, self.vector[5, :])
+        return (weight_orepa_origin + weight_orepa_avg + weight_orepa_1x1 + weight_orepa_1x1_kxk +
+                weight_orepa_pfir + weight_orepa_gconv)
+
+    def dwsc2full(self, weight_dw, weight_pw, groups, groups_conv=1):
+        t, ig, h, w = weight_dw.size()
+        o, _, _, _ = weight_pw.size()
+        tg = int(t / groups)
+        i = int(ig * groups)
+        ogc = int(o / groups_conv)
+        groups_gc = int(groups / groups_conv)
+        weight_dw = weight_dw.view(groups_conv, groups_gc, tg, ig, h, w)
+        weight_pw = weight_pw.squeeze().view(ogc, groups_conv, groups_gc, tg)
+        weight_dsc = torch.einsum('cgtihw,ocgt->cogihw', weight_dw, weight_pw)
+        return weight_dsc.reshape(o, int(i / groups_conv), h, w)
+
+    def get_equivalent_kernel_bias(self):
+        std = (self.bn.running_var + self.bn.eps).sqrt()
+        t = (self.bn.weight / std).reshape(-1, 1, 1, 1)
+        return self.weight_gen() * t, self.bn.bias - self.bn.running_mean * self.bn.weight / std
+
+    def forward(self, inputs):
+        if hasattr(self, 'rbr_reparam'):
+            return self.nonlinear(self.rbr_reparam(inputs))
+        out = F.conv2d(inputs, self.weight_gen(), bias=None, stride=self.stride, padding=self.padding,
+                       dilation=self.dilation, groups=self.groups)
+        return self.nonlinear(self.bn(out))
+
+    def switch_to_deploy(self):
+        if hasattr(self, 'rbr_reparam'):
+            return
+        kernel, bias = self.get_equivalent_kernel_bias()
+        self.rbr_reparam = nn.Conv2d(in_channels=self.in_channels, out_channels=self.out_channels,
+                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                                     dilation=self.dilation, groups=self.groups, bias=True)
+        self.rbr_reparam.to(dtype=kernel.dtype, device=kernel.device)
+        self.rbr_reparam.weight.data = kernel.detach()
+        self.rbr_reparam.bias.data = bias.detach()
+        for para in self.parameters():
+            para.detach_()
+        for name in ('weight_orepa_origin', 'weight_orepa_1x1', 'weight_orepa_1x1_kxk_conv2',
+                     'weight_orepa_1x1_kxk_idconv1', 'id_tensor', 'weight_orepa_avg_avg', 'weight_orepa_avg_conv',
+                     'weight_orepa_pfir_conv', 'weight_orepa_prior', 'weight_orepa_gconv_dw',
+                     'weight_orepa_gconv_pw', 'bn', 'vector'):
+            self.__delattr__(name)
+
+
 class RepVGG(nn.Module):
     # stage0: block 3 -> min(64, int(64 a)), stride `stage0_stride` (official: 2), layer index 0
     # stage1..4: int(64 a), int(128 a), int(256 a), int(512 b) wide, first block of each
@@ -398,7 +533,7 @@ def cifar_width_multiplier(width=64):
 
 
 # name -> keyword arguments of RepVGG
-BLOCKS = (('repvgg', RepVGGBlock), ('qarepvgg', QARepVGGBlock), ('acb', ACBlock))
+BLOCKS = (('repvgg', RepVGGBlock), ('qarepvgg', QARepVGGBlock), ('acb', ACBlock), ('orepa', OREPABlock))
 ARCHS = {}
 for _k, (_nb, _wm, _gm) in _IMAGENET.items():
     for _prefix, _cls in BLOCKS:

@@ -1,0 +1,567 @@
+// OREPA (layers/orepa_block.h, layers::merge_orepa): the merge against the official formulas as plain loops,
+// and the block against its six branches run one by one on the feature maps, as the paper draws them (train
+// and eval, stride 1 and 2, groups 1 and 2); the merge's gradient check; the block's three modes (branches,
+// merged, deploy); against its PyTorch twin (tests/reference/orepa_block_*.safetensors); the orepa-cifar model
+// through deploy, one QAT step, and the programs downstream of ./train.
+#include <cmath>
+#include <filesystem>
+#include <numbers>
+#include <numeric>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "layers/checkpoint.h"
+#include "layers/orepa_block.h"
+#include "layers/quantizer.h"
+#include "models/repvgg.h"
+#include "quant/export.h"
+#include "quant/infer.h"
+#include "quant/inspect.h"
+#include "quant/ptq.h"
+#include "tests/gradcheck.h"
+#include "tests/model_refs.h"
+#include "tests/testing.h"
+#include "trainer/options.h"
+#include "trainer/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace engine;
+using namespace layers;
+using testing_util::check_close;
+using testing_util::check_gradients;
+using testing_util::check_ref;
+using testing_util::ref_tensor;
+
+namespace {
+
+constexpr int kE = OREPABlock::kExpand;
+
+// Every branch tensor random (idconv1 too, which the official init zeroes), the fixed ones as the block's.
+OrepaWeights random_weights(int64_t in, int64_t out, int groups, Rng& rng) {
+  const int64_t ig = in / groups, t = groups <= 4 ? in : 2 * in;
+  auto u = [&](const Shape& s) { return rand_uniform(s, -1, 1, rng); };
+  return {u({out, ig, 3, 3}), u({out, ig, 1, 1}), orepa_avg(), u({out, ig, 1, 1}), orepa_prior(out),
+          u({t, ig, 1, 1}),   orepa_id_tensor(t, ig), u({out, t / groups, 3, 3}), u({out, ig, 1, 1}),
+          u({in * kE, 1, 3, 3}), u({out, in * kE / groups, 1, 1}), u({6, out})};
+}
+
+// The official weight_gen's einsums as loops: kernel [O, I/g, 3, 3] in double.
+std::vector<double> loop_merge(const OrepaWeights& w, int64_t in, int g) {
+  const int64_t O = w.origin.size(0), I = in / g, T = w.idconv1.size(0), Tg = T / g, Og = O / g;
+  auto at = [](const Tensor& t, std::initializer_list<int64_t> idx) {
+    int64_t flat = 0, d = 0;
+    for (int64_t i : idx) flat = flat * t.size(d++) + i;
+    return (double)t.f32()[flat];
+  };
+  std::vector<double> k(O * I * 9);
+  for (int64_t o = 0; o < O; o++) {
+    const int64_t c = o / Og, op = o % Og;
+    auto v = [&](int b) { return at(w.vector, {b, o}); };
+    for (int64_t i = 0; i < I; i++)
+      for (int64_t h = 0; h < 3; h++)
+        for (int64_t x = 0; x < 3; x++) {
+          double s = v(0) * at(w.origin, {o, i, h, x});
+          s += v(1) * at(w.avg_conv, {o, i, 0, 0}) * at(w.avg_avg, {h, x});
+          s += v(2) * at(w.pfir_conv, {o, i, 0, 0}) * at(w.prior, {o, h, x});
+          double kxk = 0;
+          for (int64_t t = 0; t < Tg; t++)
+            kxk += at(w.conv2, {o, t, h, x}) * (at(w.idconv1, {c * Tg + t, i, 0, 0}) + at(w.id_tensor, {c * Tg + t, i, 0, 0}));
+          s += v(3) * kxk;
+          if (h == 1 && x == 1) s += v(4) * at(w.conv_1x1, {o, i, 0, 0});
+          double dws = 0;
+          for (int64_t e = 0; e < kE; e++)
+            dws += at(w.gconv_pw, {op * g + c, i * kE + e, 0, 0}) * at(w.gconv_dw, {(c * I + i) * kE + e, 0, h, x});
+          s += v(5) * dws;
+          k[((o * I + i) * 3 + h) * 3 + x] = s;
+        }
+  }
+  return k;
+}
+
+// max |a − b| / max |b|
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double d = 0, m = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    const double e = std::fabs((double)a[i] - b[i]);
+    if (!(e <= d)) d = e;
+    m = std::max(m, (double)std::fabs(b[i]));
+  }
+  return d / m;
+}
+
+// BN parameters and running statistics away from their defaults, the same for equal seeds.
+void randomize_bns(Module& m, uint64_t seed) {
+  Rng rng(seed);
+  for (auto& [name, mod] : m.modules())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
+      const Shape s = bn->weight.shape();
+      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
+      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
+      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
+      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
+    }
+}
+
+// A block with every branch live: the official init zeroes idconv1 and the prior's row of `vector`.
+std::shared_ptr<OREPABlock> make_orepa(int in, int out, int stride, int groups, uint64_t seed) {
+  Rng rng(seed);
+  auto b = std::make_shared<OREPABlock>(in, out, stride, groups, rng);
+  b->weight_orepa_1x1_kxk_idconv1.copy_(rand_uniform(b->weight_orepa_1x1_kxk_idconv1.shape(), -0.3f, 0.3f, rng));
+  b->vector.copy_(rand_uniform(b->vector.shape(), 0.2f, 1.0f, rng));
+  randomize_bns(*b, seed + 1);
+  return b;
+}
+
+struct Case {
+  const char* name;
+  int in, out, stride, groups;
+};
+const Case kCases[] = {{"8->8 stride 1", 8, 8, 1, 1}, {"8->16 stride 2", 8, 16, 2, 1}, {"8->8 groups 2", 8, 8, 1, 2},
+                       {"8->16 stride 2 groups 2", 8, 16, 2, 2}};
+
+// The block's branch sum before its BN, each branch run on the feature maps as the paper draws it:
+//   origin   3x3 conv                          avg      1x1 conv, then 3x3 average pooling (padding 1)
+//   prior    1x1 conv, then each channel's     1x1-kxk  1x1 conv (idconv1 + id_tensor), then 3x3 conv
+//            prior filter (depthwise 3x3)      1x1      1x1 conv
+//   dws      depthwise 3x3, E filters per channel, then the 1x1 conv, its rows in the official order
+// each times its row of `vector` [O], summed. The stride is the last spatial op's.
+Tensor branch_sum(const OREPABlock& b, const Tensor& x) {
+  const int s = b.stride, g = b.groups, O = b.out_channels, I = b.in_channels;
+  const Tensor avg = Tensor::full({O, 1, 3, 3}, 1.0f / 9.0f), prior = reshape(b.weight_orepa_prior, {O, 1, 3, 3});
+  const Tensor kxk1 = add(b.weight_orepa_1x1_kxk_idconv1, b.id_tensor);
+  // pw row c O/g + o' is the official o' g + c
+  const Tensor& pw = b.weight_orepa_gconv_pw;
+  const int64_t k = pw.size(1), Og = O / g;
+  std::vector<float> perm(pw.numel());
+  const std::vector<float> pv = pw.to_vector();
+  for (int64_t c = 0; c < g; c++)
+    for (int64_t op = 0; op < Og; op++)
+      for (int64_t j = 0; j < k; j++) perm[(c * Og + op) * k + j] = pv[(op * g + c) * k + j];
+  const Tensor pw_rows = Tensor::from_vector(perm, pw.shape());
+  const std::vector<Tensor> ys = {
+      conv2d(x, b.weight_orepa_origin, Tensor(), s, 1, g),
+      conv2d(conv2d(x, b.weight_orepa_avg_conv, Tensor(), 1, 0, g), avg, Tensor(), s, 1, O),
+      conv2d(conv2d(x, b.weight_orepa_pfir_conv, Tensor(), 1, 0, g), prior, Tensor(), s, 1, O),
+      conv2d(conv2d(x, kxk1, Tensor(), 1, 0, g), b.weight_orepa_1x1_kxk_conv2, Tensor(), s, 1, g),
+      conv2d(x, b.weight_orepa_1x1, Tensor(), s, 0, g),
+      conv2d(conv2d(x, b.weight_orepa_gconv_dw, Tensor(), s, 1, I), pw_rows, Tensor(), 1, 0, g)};
+  const std::vector<float> v = b.vector.to_vector();
+  Tensor sum;
+  for (int br = 0; br < 6; br++) {
+    const Tensor scale = Tensor::from_vector(std::vector<float>(v.begin() + br * O, v.begin() + (br + 1) * O), {1, O, 1, 1});
+    const Tensor y = mul(to_plain(ys[br]), scale);
+    sum = br == 0 ? y : add(sum, y);
+  }
+  return sum;
+}
+
+// ReLU(BN(z)) with batch statistics (biased variance) or the running ones, in double.
+std::vector<double> bn_relu(const Tensor& z, const BatchNorm2d& bn, bool batch) {
+  const int64_t n = z.size(0), c = z.size(1), hw = z.size(2) * z.size(3);
+  const std::vector<float> zv = z.to_vector(), g = bn.weight.to_vector(), be = bn.bias.to_vector(),
+                           rm = bn.running_mean.to_vector(), rv = bn.running_var.to_vector();
+  std::vector<double> y(zv.size());
+  for (int64_t ch = 0; ch < c; ch++) {
+    double mean = rm[ch], var = rv[ch];
+    if (batch) {
+      double s = 0, s2 = 0;
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t p = 0; p < hw; p++) s += zv[(i * c + ch) * hw + p];
+      mean = s / (n * hw);
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t p = 0; p < hw; p++) s2 += std::pow(zv[(i * c + ch) * hw + p] - mean, 2);
+      var = s2 / (n * hw);
+    }
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t p = 0; p < hw; p++) {
+        const int64_t at = (i * c + ch) * hw + p;
+        y[at] = std::max(0.0, (zv[at] - mean) / std::sqrt(var + bn.eps) * g[ch] + be[ch]);
+      }
+  }
+  return y;
+}
+
+// y, x's gradient and every parameter's gradient of loss = Σ y · w.
+struct Run {
+  Tensor y, gx;
+  std::vector<Tensor> grads;
+};
+Run run_block(RepBlock& b, const Tensor& x0, const Tensor& w) {
+  Tensor x = x0.clone();
+  x.requires_grad_(true);
+  Run r;
+  r.y = b.forward(x);
+  sum_all(mul(r.y, w)).backward();
+  r.gx = x.grad();
+  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
+  return r;
+}
+
+}  // namespace
+
+// --- the merge ------------------------------------------------------------------------------------------
+
+TEST_CASE("merge_orepa: the six scaled branches against the official einsums as plain loops, groups 1 and 2") {
+  for (int g : {1, 2}) {
+    INFO("groups " << g);
+    Rng rng(4 + g);
+    const int64_t in = 4, out = 6;
+    const OrepaWeights w = random_weights(in, out, g, rng);
+    const Tensor k = merge_orepa(w, g);
+    REQUIRE(k.shape() == Shape{out, in / g, 3, 3});
+    const std::vector<double> loops = loop_merge(w, in, g);
+    check_close(k.to_vector(), loops, 1e-5, 1e-6, "kernel");
+    MESSAGE("merge_orepa against the loops, groups " << g << ": max relative error "
+                                                     << rel_err(k.to_vector(), std::vector<float>(loops.begin(), loops.end())));
+  }
+  // the fixed tensors as the official constructor makes them
+  const std::vector<float> prior = orepa_prior(4).to_vector();
+  CHECK(prior[0] == doctest::Approx(std::cos(std::numbers::pi * 0.5 / 3)));                // channel 0 (first half): along h
+  CHECK(prior[(3 * 3 + 0) * 3 + 2] == doctest::Approx(std::cos(std::numbers::pi * 2.5 * 2 / 3)));  // channel 3: along w, i + 1 − 2
+  const std::vector<float> id = orepa_id_tensor(8, 4).to_vector();
+  CHECK(id[5 * 4 + 1] == 1.0f);
+  CHECK(std::accumulate(id.begin(), id.end(), 0.0f) == 8.0f);
+  // shapes that do not fit are refused, naming the tensor
+  Rng rng(1);
+  OrepaWeights w = random_weights(4, 6, 1, rng);
+  w.gconv_pw = rand_uniform({6, 3, 1, 1}, -1, 1, rng);
+  CHECK_THROWS_WITH_AS(merge_orepa(w, 1), doctest::Contains("pointwise kernel"), std::runtime_error);
+  w = random_weights(4, 6, 1, rng);
+  w.vector = rand_uniform({5, 6}, -1, 1, rng);
+  CHECK_THROWS_WITH_AS(merge_orepa(w, 1), doctest::Contains("scaling vectors"), std::runtime_error);
+}
+
+// The tensors of OrepaWeights as a list (the fixed ones included: the check sees their gradients too).
+static std::vector<Tensor> as_list(const OrepaWeights& w) {
+  return {w.origin, w.avg_conv, w.avg_avg, w.pfir_conv, w.prior, w.idconv1, w.id_tensor,
+          w.conv2,  w.conv_1x1, w.gconv_dw, w.gconv_pw, w.vector};
+}
+static OrepaWeights from_list(const std::vector<Tensor>& in) {
+  return {in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[11]};
+}
+
+TEST_CASE("merge_orepa is differentiable: a gradient check over every branch tensor, which a wrong pad backward fails") {
+  const char* names[] = {"origin", "avg_conv", "avg_avg", "pfir_conv", "prior", "idconv1", "id_tensor",
+                         "conv2",  "1x1",      "gconv_dw", "gconv_pw", "vector"};
+  for (int g : {1, 2}) {
+    INFO("groups " << g);
+    Rng rng(5);
+    const OrepaWeights w = random_weights(4, 4, g, rng);
+    const Tensor x = rand_uniform({1, 4, 5, 5}, -1, 1, rng);
+    auto deploy_conv = [&x, g](bool wrong) {
+      return [&x, g, wrong](const std::vector<Tensor>& in) {
+        OrepaWeights v = from_list(in);
+        if (!wrong) return conv2d(x, merge_orepa(v, g), Tensor(), 1, 1, g);
+        // the same kernel, the 1x1 branch padded by a pad2d whose backward takes the wrong rows
+        const Tensor one_hot = Tensor::from_vector({0, 0, 0, 0, 1, 0}, {6, 1});
+        const Tensor scale = reshape(sum(mul(v.vector, one_hot), {0}), {4, 1, 1, 1});
+        const Tensor wrong_1x1 = mul(testing_util::pad2d_with_wrong_backward(v.conv_1x1, 1, 0), scale);
+        v.conv_1x1 = mul(v.conv_1x1, Tensor::zeros({1}));
+        return conv2d(x, add(merge_orepa(v, g), wrong_1x1), Tensor(), 1, 1, g);
+      };
+    };
+    const std::vector<double> e = testing_util::gradient_errors(deploy_conv(false), as_list(w));
+    double worst = 0;
+    for (size_t i = 0; i < e.size(); i++) {
+      INFO(names[i] << ": relative gradient error " << e[i]);
+      CHECK(e[i] <= testing_util::GradCheck{}.tolerance);
+      worst = std::max(worst, e[i]);
+    }
+    const std::vector<double> bad = testing_util::gradient_errors(deploy_conv(true), as_list(w));
+    MESSAGE("merge_orepa gradient check, groups " << g << ": worst relative error over the 12 tensors " << worst
+                                                  << "; the 1x1 kernel through a wrong pad backward " << bad[8]);
+    CHECK(bad[8] > 0.5);
+    CHECK(bad[0] <= testing_util::GradCheck{}.tolerance);  // the others untouched
+    CHECK(bad[10] <= testing_util::GradCheck{}.tolerance);
+  }
+}
+
+// --- the block ------------------------------------------------------------------------------------------
+
+TEST_CASE("OREPABlock: the official state-dict names and order, init, deploy leaves rbr_reparam") {
+  Rng rng(1);
+  OREPABlock b(8, 16, 2, 2, rng);
+  std::vector<std::string> names;
+  for (auto& t : b.state_dict()) names.push_back(t.name);
+  CHECK(names == std::vector<std::string>{"weight_orepa_origin", "weight_orepa_avg_conv", "weight_orepa_pfir_conv",
+                                          "weight_orepa_1x1", "weight_orepa_1x1_kxk_idconv1", "weight_orepa_1x1_kxk_conv2",
+                                          "weight_orepa_gconv_dw", "weight_orepa_gconv_pw", "vector",
+                                          "weight_orepa_avg_avg", "id_tensor", "weight_orepa_prior", "bn.weight",
+                                          "bn.bias", "bn.running_mean", "bn.running_var"});
+  CHECK(b.weight_orepa_1x1_kxk_conv2.shape() == Shape{16, 4, 3, 3});
+  CHECK(b.weight_orepa_gconv_dw.shape() == Shape{64, 1, 3, 3});
+  CHECK(b.weight_orepa_gconv_pw.shape() == Shape{16, 32, 1, 1});
+  float most = 0;
+  for (float v : b.weight_orepa_origin.to_vector()) most = std::max(most, std::fabs(v));
+  CHECK(most <= std::sqrt(6.0f / 36));  // kaiming_uniform_(a=0): U(±sqrt(6 / fan_in)), fan_in 4 · 9
+  CHECK(most > 0.8f * std::sqrt(6.0f / 36));
+  for (float v : b.weight_orepa_1x1_kxk_idconv1.to_vector()) CHECK(v == 0.0f);
+  const std::vector<float> v = b.vector.to_vector();
+  CHECK(std::vector<float>{v[0], v[16], v[32], v[48], v[64], v[80]} == std::vector<float>{0.25f, 0.25f, 0, 0.5f, 1, 0.5f});
+  CHECK(OREPABlock(8, 8, 1, 8, rng).weight_orepa_1x1_kxk_conv2.shape() == Shape{8, 2, 3, 3});  // T = 2 I past 4 groups
+  b.switch_to_deploy();
+  names.clear();
+  for (auto& t : b.state_dict()) names.push_back(t.name);
+  CHECK(names == std::vector<std::string>{"rbr_reparam.weight", "rbr_reparam.bias"});
+  CHECK(b.bn == nullptr);
+  CHECK_FALSE(b.vector.defined());
+}
+
+TEST_CASE("OREPABlock against its six branches run one by one on the feature maps, then the BN: training and eval") {
+  double worst = 0;
+  for (const Case& c : kCases)
+    for (bool training : {true, false}) {
+      INFO(c.name << (training ? ", training" : ", eval"));
+      auto b = make_orepa(c.in, c.out, c.stride, c.groups, 11);
+      b->train(training);
+      Rng rng(3);
+      const Tensor x = rand_uniform({2, c.in, 7, 7}, -1, 2, rng);
+      NoGradGuard no_grad;
+      const std::vector<double> expected = bn_relu(branch_sum(*b, x), *b->bn, training);
+      const std::vector<float> y = b->forward(x).to_vector();
+      check_close(y, expected, 1e-4, 1e-5, "output");
+      worst = std::max(worst, rel_err(y, std::vector<float>(expected.begin(), expected.end())));
+    }
+  MESSAGE("OREPA block against its branches one by one, max |y − y_branches| / max |y_branches|: " << worst);
+}
+
+TEST_CASE("OREPABlock in eval: the training form, merged mode and the deploy conv agree") {
+  double worst_deploy = 0, worst_merged = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make_orepa(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make_orepa(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(BnFold::batch);  // eval folds the running statistics whatever the training fold
+    branches->eval();
+    merged->eval();
+    Rng rng(3);
+    const Tensor x = rand_uniform({2, c.in, 7, 7}, -1, 2, rng);
+    NoGradGuard no_grad;
+    const std::vector<float> y = branches->forward(x).to_vector();
+    const double e_merged = rel_err(merged->forward(x).to_vector(), y);
+    branches->switch_to_deploy();
+    REQUIRE(branches->deployed());
+    const Tensor yd = branches->forward(x);
+    CHECK(yd.shape() == (Shape{2, c.out, (7 - 1) / c.stride + 1, (7 - 1) / c.stride + 1}));
+    const double e_deploy = rel_err(yd.to_vector(), y);
+    CHECK(e_merged <= 1e-5);
+    CHECK(e_deploy <= 1e-5);
+    worst_merged = std::max(worst_merged, e_merged);
+    worst_deploy = std::max(worst_deploy, e_deploy);
+  }
+  MESSAGE("OREPA eval, max |y − y_train_form| / max |y_train_form|: deploy " << worst_deploy << ", merged " << worst_merged);
+}
+
+TEST_CASE("OREPABlock in training: merged mode with batch folding is the training form: output, every gradient, running statistics") {
+  double worst_y = 0, worst_g = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make_orepa(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make_orepa(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(BnFold::batch);
+    Rng rng(3);
+    const int64_t side = (7 - 1) / c.stride + 1;
+    const Tensor x = rand_uniform({4, c.in, 7, 7}, -1, 2, rng), w = rand_uniform({4, c.out, side, side}, -1, 1, rng);
+    const Run a = run_block(*branches, x, w), b = run_block(*merged, x, w);
+    check_close(b.y.to_vector(), a.y.to_vector(), 1e-4, 1e-5, "output");
+    check_close(b.gx.to_vector(), a.gx.to_vector(), 1e-3, 1e-5, "input gradient");
+    worst_y = std::max(worst_y, rel_err(b.y.to_vector(), a.y.to_vector()));
+    worst_g = std::max(worst_g, rel_err(b.gx.to_vector(), a.gx.to_vector()));
+    const auto params = branches->parameters();
+    REQUIRE(a.grads.size() == 11);  // 8 kernels, vector, the BN's γ and β
+    REQUIRE(b.grads.size() == 11);
+    for (size_t i = 0; i < a.grads.size(); i++) {
+      REQUIRE_MESSAGE(a.grads[i].defined(), params[i].name);
+      REQUIRE_MESSAGE(b.grads[i].defined(), params[i].name);
+      check_close(b.grads[i].to_vector(), a.grads[i].to_vector(), 1e-3, 1e-5, params[i].name);
+      worst_g = std::max(worst_g, rel_err(b.grads[i].to_vector(), a.grads[i].to_vector()));
+    }
+    const auto bufs_a = branches->buffers(), bufs_b = merged->buffers();
+    REQUIRE(bufs_a.size() == 5);  // the three fixed tensors, the BN's running statistics
+    for (size_t i = 0; i < bufs_a.size(); i++)
+      check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
+    CHECK(merged->bn->num_batches_tracked == 1);
+  }
+  MESSAGE("OREPA training, merged (RepQ-BN) against the training form, max relative error: output "
+          << worst_y << ", gradients " << worst_g);
+}
+
+TEST_CASE("OREPABlock, RepQ-BNEst: the BN's running mean moves by the Eq. 5 estimate of the merged kernel") {
+  auto b = make_orepa(8, 8, 1, 2, 7);
+  b->switch_to_merged(BnFold::estimated);
+  Rng rng(2);
+  const Tensor x = rand_uniform({2, 8, 6, 6}, 0, 2, rng);
+  const std::vector<float> before = b->bn->running_mean.to_vector();
+  const Run r = run_block(*b, x, rand_uniform({2, 8, 6, 6}, -1, 1, rng));
+  for (const Tensor& g : r.grads) CHECK(g.defined());
+  Moments m;
+  {
+    NoGradGuard no_grad;
+    m = estimate_moments(channel_moments(x), b->merged_kernel(), Tensor(), 2);
+  }
+  std::vector<double> expected(8);  // running = 0.9 running + 0.1 estimate
+  for (int i = 0; i < 8; i++) expected[i] = 0.9 * before[i] + 0.1 * m.mean.f32()[i];
+  check_close(b->bn->running_mean.to_vector(), expected, 1e-5, 1e-6, "bn running mean");
+}
+
+// --- against PyTorch ------------------------------------------------------------------------------------
+
+// tests/reference/orepa_block_*.safetensors (make_model_refs.py, the twin repvgg_torch.OREPABlock: the official
+// OREPA line by line, every branch made live): training forward, loss, every gradient, running statistics,
+// eval output, deploy kernel and output; the block run in `mode` for the training part (its training form, or
+// merged with batch folding: RepQ-BN without quantizers).
+static double check_orepa_reference(const std::string& file, bool merged_mode) {
+  const std::string path = testing_util::reference_path(file);
+  const st::File f = st::load(path);
+  auto md = [&](const char* k) { return std::stoi(f.metadata.at(k)); };
+  double worst = 0;  // max |ours − ref| / max |ref| over the tensors (whose reference is not zero)
+  auto compare = [&](const Tensor& got, const std::string& key) {
+    check_ref(got, f, key, 1e-5);
+    const std::vector<float> r = ref_tensor(f, key).to_vector();
+    double most = 0;
+    for (float v : r) most = std::max(most, (double)std::fabs(v));
+    if (got.defined() && most >= 1e-6) worst = std::max(worst, rel_err(got.to_vector(), r));
+  };
+  Rng rng(0);
+  OREPABlock b(md("in_channels"), md("out_channels"), md("stride"), md("groups"), rng);
+  CHECK(f.metadata.at("arch") == "OREPABlock");
+  CHECK(f.metadata.at("has_identity") == "false");
+  load_state_dict(b, f, "param.", path);
+  if (merged_mode) b.switch_to_merged(BnFold::batch);
+  const Tensor x = ref_tensor(f, "input");
+  Tensor out = b.forward(x);
+  Tensor loss = sum_all(mul(out, ref_tensor(f, "loss_w")));
+  loss.backward();
+  compare(out, "out_train");
+  compare(loss, "loss");
+  for (auto& p : b.parameters()) compare(p.tensor.grad(), "grad." + p.name);
+  for (auto& t : b.buffers()) compare(t.tensor, "after." + t.name);
+  b.eval();
+  NoGradGuard no_grad;
+  compare(b.forward(x), "out_eval");
+  b.switch_to_deploy();
+  for (auto& t : b.state_dict()) compare(t.tensor, "deploy." + t.name);
+  compare(b.forward(x), "out_deploy");
+  return worst;
+}
+
+TEST_CASE("OREPABlock matches its PyTorch twin (the official OREPA): 8->8 stride 1, and 8->16 stride 2 groups 2") {
+  for (const char* file : {"orepa_block_s1.safetensors", "orepa_block_s2g2.safetensors"})
+    for (bool merged : {false, true}) {
+      const std::string what = std::string(file) + (merged ? ", merged mode (RepQ-BN fold)" : ", training form");
+      INFO(what);
+      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << check_orepa_reference(file, merged));
+    }
+}
+
+// --- the model ------------------------------------------------------------------------------------------
+
+TEST_CASE("orepa-cifar at width 8: parameter counts, and its deploy form gives the train form's eval output") {
+  const models::ArchConfig arch = models::cifar_config(models::BlockType::orepa, 8);
+  CHECK(arch.name == "orepa-cifar");
+  CHECK(models::arch_config("orepa-a0").block == models::BlockType::orepa);
+  Rng rng(6);
+  models::RepVGG model(arch, rng);
+  randomize_bns(model, 7);
+  auto count = [](const Module& m) {
+    int64_t n = 0;
+    for (auto& p : m.parameters()) n += p.tensor.numel();
+    return n;
+  };
+  CHECK(count(model) == models::model_size(arch, false, 32).params);
+  model.eval();
+  NoGradGuard no_grad;
+  const Tensor x = rand_normal({2, 3, 32, 32}, 0.0f, 1.0f, rng);
+  const std::vector<float> eval = model.forward(x).to_vector();
+  model.switch_to_deploy();
+  CHECK(count(model) == models::model_size(arch, true, 32).params);
+  const double e = rel_err(model.forward(x).to_vector(), eval);
+  MESSAGE("orepa-cifar width 8, deploy against train-form eval logits: " << e);
+  CHECK(e <= 1e-5);
+  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("ACB and OREPA blocks do not have"),
+                       std::runtime_error);
+}
+
+TEST_CASE("orepa-cifar at width 8: a RepQ-BN step reaches every branch and step; eval logits equal the deploy form's") {
+  const models::ArchConfig arch = models::cifar_config(models::BlockType::orepa, 8);
+  Rng r1(4);
+  models::RepVGG m(arch, r1);
+  randomize_bns(m, 9);
+  m.set_qat({models::QatMethod::repq_bn, 4, 8, true, false, StepInit::min_error});
+  Rng rng(8);
+  const Tensor x = rand_uniform({4, 3, 32, 32}, -1, 1, rng);
+  Tensor labels = Tensor::empty({4}, DType::i32);
+  for (int i = 0; i < 4; i++) labels.data<int32_t>()[i] = i;
+  std::vector<Tensor> ps;
+  for (auto& p : m.parameters()) ps.push_back(p.tensor);
+  SGD sgd({ParamGroup{ps, 0.0f}}, 0.01f, 0.9f);
+  Tensor loss = cross_entropy(m.forward(x), labels);
+  CHECK(std::isfinite(loss.item()));
+  loss.backward();
+  int branch_tensors = 0;
+  for (auto& p : m.parameters()) {
+    INFO(p.name);
+    REQUIRE(p.tensor.grad().defined());
+    double norm = 0;
+    for (float g : p.tensor.grad().to_vector()) norm += (double)g * g;
+    // every block's branch tensors (the prior's row of vector is 0 at init: its pfir_conv gets no gradient)
+    if ((p.name.find("weight_orepa_") != std::string::npos && !p.name.ends_with("pfir_conv")) ||
+        p.name.ends_with(".vector") || p.name.ends_with("weight_quant.step")) {
+      CHECK(norm > 0);
+      branch_tensors++;
+    }
+  }
+  CHECK(branch_tensors == 26 * 8 + 25);  // 26 blocks' 7 branch kernels and vector; the 25 quantized ones' weight step
+  sgd.step();
+  m.eval();
+  NoGradGuard no_grad;
+  const Tensor eval_logits = m.forward(x);
+  m.switch_to_deploy();
+  check_close(m.forward(x).to_vector(), eval_logits.to_vector(), 1e-4, 1e-5, "deploy");
+}
+
+// ./train --arch orepa-cifar, a run of each QAT method from it, ./ptq's int8 and compressed exports, ./infer,
+// ./inspect and ./export: the programs take the arch unchanged (one epoch of 8 made-up images each). --oabn-k
+// is refused (no identity BN), and --custom-l2 (RepVGG's).
+TEST_CASE("orepa-cifar through ./train, every --qat method, ./ptq --export, ./infer, ./inspect, ./export --onnx and --qdq") {
+  const fs::path root = fresh_temp_dir("orepa_programs");
+  const fs::path data = make_cifar(root / "cifar", 2, 8);
+  auto train = [&](const fs::path& out, std::vector<std::string> more) {
+    std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--arch", "orepa-cifar",
+                                  "--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--threads", "2", "--seed", "3"};
+    a.insert(a.end(), more.begin(), more.end());
+    return train::run_training(train::parse_options(a), a);
+  };
+  CHECK_THROWS_WITH_AS(train(root / "oabn", {"--oabn-k", "3"}), doctest::Contains("orepa-cifar has no identity-branch BN"),
+                       std::runtime_error);
+  REQUIRE(train(root / "fp", {}) == 0);
+  const std::string fp = (root / "fp" / "last.safetensors").string();
+  CHECK(st::load(fp).tensors.count("stage1.0.weight_orepa_gconv_pw"));
+  REQUIRE(train(root / "qat", {"--qat", "repq-bn", "--bits", "8", "--granularity", "channel", "--init", fp, "--lr", "0.001"}) == 0);
+  const std::string qat = (root / "qat" / "last.safetensors").string();
+  CHECK(st::load(qat).metadata.at("arch") == "orepa-cifar");
+  const std::string int8 = (root / "m.int8.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", qat, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--export", int8}) == 0);
+  CHECK(quant::run_infer({"--model", int8, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
+  CHECK(quant::run_inspect({"--ckpt", qat, "--data", data.string(), "--batch-size", "4", "--threads", "2"}) == 0);
+  REQUIRE(quant::run_export({"--ckpt", fp, "--onnx", (root / "fp.onnx").string()}) == 0);
+  CHECK(fs::file_size(root / "fp.onnx") > 1000);
+  REQUIRE(quant::run_export({"--ckpt", qat, "--onnx", (root / "qat.onnx").string(), "--qdq"}) == 0);
+  CHECK(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "8"}) == 0);
+  // the other QAT methods, one epoch each; the compressed ClusterQAT file into ./infer
+  for (const char* method : {"repq-bnest", "merged", "bnest", "cluster"}) {
+    INFO(method);
+    const fs::path out = root / method;
+    REQUIRE(train(out, {"--qat", method, "--bits", "4", "--init", fp, "--lr", "0.001"}) == 0);
+    CHECK(st::load((out / "last.safetensors").string()).metadata.at("qat") == method);
+  }
+  const std::string packed = (root / "c.safetensors").string();
+  REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--data", data.string(), "--limit-val",
+                          "8", "--threads", "2", "--export", packed}) == 0);
+  CHECK(quant::run_infer({"--model", packed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
+  CHECK_THROWS_WITH_AS(train(root / "l2", {"--custom-l2"}), doctest::Contains("--custom-l2 is RepVGG's"), std::runtime_error);
+  fs::remove_all(root);
+}
