@@ -26,6 +26,7 @@ class OREPABlock : public RepBlock {
  public:
   OREPABlock(int in, int out, int stride, int groups, engine::Rng& rng);
   KernelBias kernel_bias(BnStatistics& stats) override;
+  bool has_identity() const override { return false; }  // id_tensor is idconv1's init, not an identity branch
   Tensor merged_kernel() const;  // M [O, I/g, 3, 3] before the BN (official weight_gen)
 
   static constexpr int kExpand = 8;  // the dws branch's expand_ratio

@@ -1,15 +1,10 @@
 // ACNet's ACB (layers/acnet_block.h, layers::merge_acb): the merge against plain loops and its gradient
 // check; the block's three modes (branches, merged, deploy) against each other in eval and in training,
 // stride 1 and 2, groups 1 and 2; against its PyTorch twin (tests/reference/acb_block_*.safetensors); the
-// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train (with the sensitivity
-// table and mixed widths of issue 26).
+// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train (shared with every block:
+// tests/block_testing.h).
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 
-#include <nlohmann/json.hpp>
-
-#include "deploy/int8_model.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -18,19 +13,14 @@
 #include "layers/checkpoint.h"
 #include "layers/quantizer.h"
 #include "models/repvgg.h"
-#include "quant/export.h"
-#include "quant/infer.h"
-#include "quant/inspect.h"
-#include "quant/ptq.h"
+#include "tests/block_testing.h"
 #include "tests/gradcheck.h"
 #include "tests/model_refs.h"
 #include "tests/testing.h"
-#include "trainer/options.h"
-#include "trainer/trainer.h"
 
-namespace fs = std::filesystem;
 using namespace engine;
 using namespace layers;
+using block_testing::rel_err;
 using testing_util::check_close;
 using testing_util::check_gradients;
 using testing_util::check_ref;
@@ -51,18 +41,6 @@ std::shared_ptr<ACBlock> make_acb(int in, int out, int stride, int groups, uint6
   auto b = std::make_shared<ACBlock>(in, out, stride, groups, rng);
   randomize_bns(*b, seed + 1);
   return b;
-}
-
-// max |a − b| / max |b|
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double d = 0, m = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    const double e = std::fabs((double)a[i] - b[i]);
-    if (!(e <= d)) d = e;
-    m = std::max(m, (double)std::fabs(b[i]));
-  }
-  return d / m;
 }
 
 struct Case {
@@ -260,79 +238,27 @@ TEST_CASE("ACBlock, RepQ-BNEst: the thin kernels' Eq. 5-6 estimate is the padded
 
 // --- against PyTorch ------------------------------------------------------------------------------------
 
-// tests/reference/acb_block_*.safetensors (make_model_refs.py, the twin repvgg_torch.ACBlock): training forward,
-// loss, every gradient, running statistics, eval output, deploy kernel and output; the block run in `mode`
-// for the training part (branches, or merged with batch folding: RepQ-BN without quantizers).
-static double check_acb_reference(const std::string& file, bool merged_mode) {
-  const std::string path = testing_util::reference_path(file);
-  const st::File f = st::load(path);
-  auto md = [&](const char* k) { return std::stoi(f.metadata.at(k)); };
-  double worst = 0;  // max |ours − ref| / max |ref| over the tensors (whose reference is not zero)
-  auto compare = [&](const Tensor& got, const std::string& key) {
-    check_ref(got, f, key, 1e-5);
-    const std::vector<float> r = ref_tensor(f, key).to_vector();
-    double most = 0;
-    for (float v : r) most = std::max(most, (double)std::fabs(v));
-    if (got.defined() && most >= 1e-6) worst = std::max(worst, rel_err(got.to_vector(), r));
-  };
-  Rng rng(0);
-  ACBlock b(md("in_channels"), md("out_channels"), md("stride"), md("groups"), rng);
-  CHECK(f.metadata.at("has_identity") == "false");
-  load_state_dict(b, f, "param.", path);
-  if (merged_mode) b.switch_to_merged(BnFold::batch);
-  const Tensor x = ref_tensor(f, "input");
-  Tensor out = b.forward(x);
-  Tensor loss = sum_all(mul(out, ref_tensor(f, "loss_w")));
-  loss.backward();
-  compare(out, "out_train");
-  compare(loss, "loss");
-  for (auto& p : b.parameters()) compare(p.tensor.grad(), "grad." + p.name);
-  for (auto& t : b.buffers()) compare(t.tensor, "after." + t.name);
-  b.eval();
-  NoGradGuard no_grad;
-  compare(b.forward(x), "out_eval");
-  b.switch_to_deploy();
-  for (auto& t : b.state_dict()) compare(t.tensor, "deploy." + t.name);
-  compare(b.forward(x), "out_deploy");
-  return worst;
-}
-
 TEST_CASE("ACBlock matches its PyTorch twin (official ACNet names): 8->8 stride 1, and 8->16 stride 2 groups 2") {
+  const auto make_block = [](int in, int out, int stride, int groups) {
+    Rng rng(0);
+    return std::make_unique<ACBlock>(in, out, stride, groups, rng);
+  };
   for (const char* file : {"acb_block_s1.safetensors", "acb_block_s2g2.safetensors"})
     for (bool merged : {false, true}) {
       const std::string what = std::string(file) + (merged ? ", merged mode (RepQ-BN fold)" : ", branches");
       INFO(what);
-      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << check_acb_reference(file, merged));
+      const double worst = block_testing::check_against_twin(file, merged, make_block);
+      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << worst);
     }
 }
 
 // --- the model ------------------------------------------------------------------------------------------
 
 TEST_CASE("acb-cifar at width 8: parameter counts, and its deploy form gives the train form's eval output") {
-  const models::ArchConfig arch = models::cifar_config(models::BlockType::acb, 8);
-  CHECK(arch.name == "acb-cifar");
+  CHECK(models::cifar_config(models::BlockType::acb, 8).name == "acb-cifar");
   CHECK(models::arch_config("acb-a0").block == models::BlockType::acb);
-  Rng rng(6);
-  models::RepVGG model(arch, rng);
-  randomize_bns(model, 7);
-  auto count = [](const Module& m) {
-    int64_t n = 0;
-    for (auto& p : m.parameters()) n += p.tensor.numel();
-    return n;
-  };
-  CHECK(count(model) == models::model_size(arch, false, 32).params);
-  for (const models::QuantLayer& l : model.quant_layers()) CHECK_FALSE(l.identity);  // ACB has no identity branch
-  model.eval();
-  NoGradGuard no_grad;
-  const Tensor x = rand_normal({2, 3, 32, 32}, 0.0f, 1.0f, rng);
-  const std::vector<float> eval = model.forward(x).to_vector();
-  model.switch_to_deploy();
-  CHECK(count(model) == models::model_size(arch, true, 32).params);
-  const double e = rel_err(model.forward(x).to_vector(), eval);
+  const double e = block_testing::check_cifar_deploy(models::BlockType::acb);
   MESSAGE("acb-cifar width 8, deploy against train-form eval logits: " << e);
-  CHECK(e <= 1e-5);
-  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("QARepVGG, ACB and OREPA blocks do not have"),
-                       std::runtime_error);
 }
 
 TEST_CASE("acb-cifar at width 8: a RepQ-BN step reaches every branch and step; eval logits equal the deploy form's") {
@@ -367,62 +293,7 @@ TEST_CASE("acb-cifar at width 8: a RepQ-BN step reaches every branch and step; e
   check_close(m.forward(x).to_vector(), eval_logits.to_vector(), 1e-4, 1e-5, "deploy");
 }
 
-// ./train --arch acb-cifar, a run of each QAT method from it, ./ptq's int8 and compressed exports, ./infer,
-// ./inspect and ./export: the programs take the arch unchanged (one epoch of 8 made-up images each). --oabn-k is
-// refused (no identity BN), and --custom-l2 (RepVGG's).
+// The programs take the arch unchanged (tests/block_testing.h).
 TEST_CASE("acb-cifar through ./train, every --qat method, ./ptq --export, ./infer, ./inspect, ./export --onnx and --qdq") {
-  const fs::path root = fresh_temp_dir("acb_programs");
-  const fs::path data = make_cifar(root / "cifar", 2, 8);
-  auto train = [&](const fs::path& out, std::vector<std::string> more) {
-    std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--arch", "acb-cifar",
-                                  "--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--threads", "2", "--seed", "3"};
-    a.insert(a.end(), more.begin(), more.end());
-    return train::run_training(train::parse_options(a), a);
-  };
-  CHECK_THROWS_WITH_AS(train(root / "oabn", {"--oabn-k", "3"}), doctest::Contains("acb-cifar has no identity-branch BN"),
-                       std::runtime_error);
-  REQUIRE(train(root / "fp", {}) == 0);
-  const std::string fp = (root / "fp" / "last.safetensors").string();
-  CHECK(st::load(fp).tensors.count("stage1.0.hor_conv.weight"));
-  REQUIRE(train(root / "qat", {"--qat", "repq-bn", "--bits", "8", "--granularity", "channel", "--init", fp, "--lr", "0.001"}) == 0);
-  const std::string qat = (root / "qat" / "last.safetensors").string();
-  CHECK(st::load(qat).metadata.at("arch") == "acb-cifar");
-  const std::string int8 = (root / "m.int8.safetensors").string();
-  REQUIRE(quant::run_ptq({"--ckpt", qat, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--export", int8}) == 0);
-  CHECK(quant::run_infer({"--model", int8, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
-  CHECK(quant::run_inspect({"--ckpt", qat, "--data", data.string(), "--batch-size", "4", "--threads", "2"}) == 0);
-  REQUIRE(quant::run_export({"--ckpt", fp, "--onnx", (root / "fp.onnx").string()}) == 0);
-  CHECK(fs::file_size(root / "fp.onnx") > 1000);
-  REQUIRE(quant::run_export({"--ckpt", qat, "--onnx", (root / "qat.onnx").string(), "--qdq"}) == 0);
-  CHECK(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "8"}) == 0);
-  // issue 26 on ACB: the sensitivity table (no layer has an identity branch) and two integer widths in one file
-  const fs::path sens = root / "sens.json";
-  REQUIRE(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "4",
-                          "--sensitivity", "--sensitivity-images", "8", "--json", sens.string()}) == 0);
-  const nlohmann::json table = nlohmann::json::parse(std::ifstream(sens));
-  CHECK(table.dump().find("\"identity\":true") == std::string::npos);
-  CHECK(table.dump().find("\"identity\":false") != std::string::npos);
-  const std::string mixed = (root / "mixed.int8.safetensors").string();
-  REQUIRE(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "4",
-                          "--act-bits", "8", "--layer-bits", "stage1.*=8,stage2.0=fp32", "--export", mixed}) == 0);
-  for (const deploy::Int8Layer& l : deploy::load_int8(mixed).layers) {
-    CAPTURE(l.name);
-    const bool fp32 = l.name == "stage0" || l.name == "linear" || l.name == "stage2.0";  // stage0, FC: FP32 by default
-    const int want = fp32 ? 0 : l.name.rfind("stage1.", 0) == 0 ? 8 : 4;
-    CHECK(l.widths.weight == want);
-  }
-  CHECK(quant::run_infer({"--model", mixed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
-  // the other QAT methods, one epoch each; the compressed ClusterQAT file into ./infer
-  for (const char* method : {"repq-bnest", "merged", "bnest", "cluster"}) {
-    INFO(method);
-    const fs::path out = root / method;
-    REQUIRE(train(out, {"--qat", method, "--bits", "4", "--init", fp, "--lr", "0.001"}) == 0);
-    CHECK(st::load((out / "last.safetensors").string()).metadata.at("qat") == method);
-  }
-  const std::string packed = (root / "c.safetensors").string();
-  REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--data", data.string(), "--limit-val",
-                          "8", "--threads", "2", "--export", packed}) == 0);
-  CHECK(quant::run_infer({"--model", packed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
-  CHECK_THROWS_WITH_AS(train(root / "l2", {"--custom-l2"}), doctest::Contains("--custom-l2 is RepVGG's"), std::runtime_error);
-  fs::remove_all(root);
+  block_testing::check_programs("acb-cifar", "stage1.0.hor_conv.weight");
 }

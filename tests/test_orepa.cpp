@@ -2,9 +2,9 @@
 // and the block against its six branches run one by one on the feature maps, as the paper draws them (train
 // and eval, stride 1 and 2, groups 1 and 2); the merge's gradient check; the block's three modes (branches,
 // merged, deploy); against its PyTorch twin (tests/reference/orepa_block_*.safetensors); the orepa-cifar model
-// through deploy, one QAT step, and the programs downstream of ./train.
+// through deploy, one QAT step, and the programs downstream of ./train (shared with every block:
+// tests/block_testing.h).
 #include <cmath>
-#include <filesystem>
 #include <numbers>
 #include <numeric>
 
@@ -16,22 +16,18 @@
 #include "layers/orepa_block.h"
 #include "layers/quantizer.h"
 #include "models/repvgg.h"
-#include "quant/export.h"
-#include "quant/infer.h"
-#include "quant/inspect.h"
-#include "quant/ptq.h"
+#include "tests/block_testing.h"
 #include "tests/gradcheck.h"
 #include "tests/model_refs.h"
 #include "tests/testing.h"
-#include "trainer/options.h"
-#include "trainer/trainer.h"
 
-namespace fs = std::filesystem;
 using namespace engine;
 using namespace layers;
+using block_testing::rel_err;
 using testing_util::check_close;
 using testing_util::check_gradients;
 using testing_util::check_ref;
+using testing_util::randomize_bns;
 using testing_util::ref_tensor;
 
 namespace {
@@ -78,31 +74,6 @@ std::vector<double> loop_merge(const OrepaWeights& w, int64_t in, int g) {
         }
   }
   return k;
-}
-
-// max |a − b| / max |b|
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double d = 0, m = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    const double e = std::fabs((double)a[i] - b[i]);
-    if (!(e <= d)) d = e;
-    m = std::max(m, (double)std::fabs(b[i]));
-  }
-  return d / m;
-}
-
-// BN parameters and running statistics away from their defaults, the same for equal seeds.
-void randomize_bns(Module& m, uint64_t seed) {
-  Rng rng(seed);
-  for (auto& [name, mod] : m.modules())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(mod)) {
-      const Shape s = bn->weight.shape();
-      bn->weight.copy_(rand_uniform(s, 0.5f, 1.5f, rng));
-      bn->bias.copy_(rand_uniform(s, -0.3f, 0.3f, rng));
-      bn->running_mean.copy_(rand_uniform(s, -0.2f, 0.2f, rng));
-      bn->running_var.copy_(rand_uniform(s, 0.5f, 2.0f, rng));
-    }
 }
 
 // A block with every branch live: the official init zeroes idconv1 and the prior's row of `vector`.
@@ -409,80 +380,27 @@ TEST_CASE("OREPABlock, RepQ-BNEst: the BN's running mean moves by the Eq. 5 esti
 
 // --- against PyTorch ------------------------------------------------------------------------------------
 
-// tests/reference/orepa_block_*.safetensors (make_model_refs.py, the twin repvgg_torch.OREPABlock: the official
-// OREPA line by line, every branch made live): training forward, loss, every gradient, running statistics,
-// eval output, deploy kernel and output; the block run in `mode` for the training part (its training form, or
-// merged with batch folding: RepQ-BN without quantizers).
-static double check_orepa_reference(const std::string& file, bool merged_mode) {
-  const std::string path = testing_util::reference_path(file);
-  const st::File f = st::load(path);
-  auto md = [&](const char* k) { return std::stoi(f.metadata.at(k)); };
-  double worst = 0;  // max |ours − ref| / max |ref| over the tensors (whose reference is not zero)
-  auto compare = [&](const Tensor& got, const std::string& key) {
-    check_ref(got, f, key, 1e-5);
-    const std::vector<float> r = ref_tensor(f, key).to_vector();
-    double most = 0;
-    for (float v : r) most = std::max(most, (double)std::fabs(v));
-    if (got.defined() && most >= 1e-6) worst = std::max(worst, rel_err(got.to_vector(), r));
-  };
-  Rng rng(0);
-  OREPABlock b(md("in_channels"), md("out_channels"), md("stride"), md("groups"), rng);
-  CHECK(f.metadata.at("arch") == "OREPABlock");
-  CHECK(f.metadata.at("has_identity") == "false");
-  load_state_dict(b, f, "param.", path);
-  if (merged_mode) b.switch_to_merged(BnFold::batch);
-  const Tensor x = ref_tensor(f, "input");
-  Tensor out = b.forward(x);
-  Tensor loss = sum_all(mul(out, ref_tensor(f, "loss_w")));
-  loss.backward();
-  compare(out, "out_train");
-  compare(loss, "loss");
-  for (auto& p : b.parameters()) compare(p.tensor.grad(), "grad." + p.name);
-  for (auto& t : b.buffers()) compare(t.tensor, "after." + t.name);
-  b.eval();
-  NoGradGuard no_grad;
-  compare(b.forward(x), "out_eval");
-  b.switch_to_deploy();
-  for (auto& t : b.state_dict()) compare(t.tensor, "deploy." + t.name);
-  compare(b.forward(x), "out_deploy");
-  return worst;
-}
-
 TEST_CASE("OREPABlock matches its PyTorch twin (the official OREPA): 8->8 stride 1, and 8->16 stride 2 groups 2") {
+  const auto make_block = [](int in, int out, int stride, int groups) {
+    Rng rng(0);
+    return std::make_unique<OREPABlock>(in, out, stride, groups, rng);
+  };
   for (const char* file : {"orepa_block_s1.safetensors", "orepa_block_s2g2.safetensors"})
     for (bool merged : {false, true}) {
       const std::string what = std::string(file) + (merged ? ", merged mode (RepQ-BN fold)" : ", training form");
       INFO(what);
-      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << check_orepa_reference(file, merged));
+      const double worst = block_testing::check_against_twin(file, merged, make_block);
+      MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << worst);
     }
 }
 
 // --- the model ------------------------------------------------------------------------------------------
 
 TEST_CASE("orepa-cifar at width 8: parameter counts, and its deploy form gives the train form's eval output") {
-  const models::ArchConfig arch = models::cifar_config(models::BlockType::orepa, 8);
-  CHECK(arch.name == "orepa-cifar");
+  CHECK(models::cifar_config(models::BlockType::orepa, 8).name == "orepa-cifar");
   CHECK(models::arch_config("orepa-a0").block == models::BlockType::orepa);
-  Rng rng(6);
-  models::RepVGG model(arch, rng);
-  randomize_bns(model, 7);
-  auto count = [](const Module& m) {
-    int64_t n = 0;
-    for (auto& p : m.parameters()) n += p.tensor.numel();
-    return n;
-  };
-  CHECK(count(model) == models::model_size(arch, false, 32).params);
-  model.eval();
-  NoGradGuard no_grad;
-  const Tensor x = rand_normal({2, 3, 32, 32}, 0.0f, 1.0f, rng);
-  const std::vector<float> eval = model.forward(x).to_vector();
-  model.switch_to_deploy();
-  CHECK(count(model) == models::model_size(arch, true, 32).params);
-  const double e = rel_err(model.forward(x).to_vector(), eval);
+  const double e = block_testing::check_cifar_deploy(models::BlockType::orepa);
   MESSAGE("orepa-cifar width 8, deploy against train-form eval logits: " << e);
-  CHECK(e <= 1e-5);
-  CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("ACB and OREPA blocks do not have"),
-                       std::runtime_error);
 }
 
 TEST_CASE("orepa-cifar at width 8: a RepQ-BN step reaches every branch and step; eval logits equal the deploy form's") {
@@ -523,45 +441,7 @@ TEST_CASE("orepa-cifar at width 8: a RepQ-BN step reaches every branch and step;
   check_close(m.forward(x).to_vector(), eval_logits.to_vector(), 1e-4, 1e-5, "deploy");
 }
 
-// ./train --arch orepa-cifar, a run of each QAT method from it, ./ptq's int8 and compressed exports, ./infer,
-// ./inspect and ./export: the programs take the arch unchanged (one epoch of 8 made-up images each). --oabn-k
-// is refused (no identity BN), and --custom-l2 (RepVGG's).
+// The programs take the arch unchanged (tests/block_testing.h).
 TEST_CASE("orepa-cifar through ./train, every --qat method, ./ptq --export, ./infer, ./inspect, ./export --onnx and --qdq") {
-  const fs::path root = fresh_temp_dir("orepa_programs");
-  const fs::path data = make_cifar(root / "cifar", 2, 8);
-  auto train = [&](const fs::path& out, std::vector<std::string> more) {
-    std::vector<std::string> a = {"cifar10", "--data", data.string(), "--out", out.string(), "--arch", "orepa-cifar",
-                                  "--epochs", "1", "--limit-train", "8", "--batch-size", "4", "--threads", "2", "--seed", "3"};
-    a.insert(a.end(), more.begin(), more.end());
-    return train::run_training(train::parse_options(a), a);
-  };
-  CHECK_THROWS_WITH_AS(train(root / "oabn", {"--oabn-k", "3"}), doctest::Contains("orepa-cifar has no identity-branch BN"),
-                       std::runtime_error);
-  REQUIRE(train(root / "fp", {}) == 0);
-  const std::string fp = (root / "fp" / "last.safetensors").string();
-  CHECK(st::load(fp).tensors.count("stage1.0.weight_orepa_gconv_pw"));
-  REQUIRE(train(root / "qat", {"--qat", "repq-bn", "--bits", "8", "--granularity", "channel", "--init", fp, "--lr", "0.001"}) == 0);
-  const std::string qat = (root / "qat" / "last.safetensors").string();
-  CHECK(st::load(qat).metadata.at("arch") == "orepa-cifar");
-  const std::string int8 = (root / "m.int8.safetensors").string();
-  REQUIRE(quant::run_ptq({"--ckpt", qat, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--export", int8}) == 0);
-  CHECK(quant::run_infer({"--model", int8, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
-  CHECK(quant::run_inspect({"--ckpt", qat, "--data", data.string(), "--batch-size", "4", "--threads", "2"}) == 0);
-  REQUIRE(quant::run_export({"--ckpt", fp, "--onnx", (root / "fp.onnx").string()}) == 0);
-  CHECK(fs::file_size(root / "fp.onnx") > 1000);
-  REQUIRE(quant::run_export({"--ckpt", qat, "--onnx", (root / "qat.onnx").string(), "--qdq"}) == 0);
-  CHECK(quant::run_ptq({"--ckpt", fp, "--data", data.string(), "--limit-val", "8", "--threads", "2", "--bits", "8"}) == 0);
-  // the other QAT methods, one epoch each; the compressed ClusterQAT file into ./infer
-  for (const char* method : {"repq-bnest", "merged", "bnest", "cluster"}) {
-    INFO(method);
-    const fs::path out = root / method;
-    REQUIRE(train(out, {"--qat", method, "--bits", "4", "--init", fp, "--lr", "0.001"}) == 0);
-    CHECK(st::load((out / "last.safetensors").string()).metadata.at("qat") == method);
-  }
-  const std::string packed = (root / "c.safetensors").string();
-  REQUIRE(quant::run_ptq({"--ckpt", (root / "cluster" / "last.safetensors").string(), "--data", data.string(), "--limit-val",
-                          "8", "--threads", "2", "--export", packed}) == 0);
-  CHECK(quant::run_infer({"--model", packed, "--data", data.string(), "--limit-val", "8", "--threads", "2"}) == 0);
-  CHECK_THROWS_WITH_AS(train(root / "l2", {"--custom-l2"}), doctest::Contains("--custom-l2 is RepVGG's"), std::runtime_error);
-  fs::remove_all(root);
+  block_testing::check_programs("orepa-cifar", "stage1.0.weight_orepa_gconv_pw");
 }
