@@ -514,7 +514,8 @@ int run_ptq(const std::vector<std::string>& args) {
   const bool top5 = s.dataset == "imagenet";
 
   auto model = load_model(s);
-  if (model->qat()) return evaluate_qat(o, s, *model, batch, threads, top5);
+  // a QAT run is evaluated at its learned quantizers; a --qat bnest run trained the full-precision model
+  if (model->qat() && !model->qat()->traits().full_precision) return evaluate_qat(o, s, *model, batch, threads, top5);
   if (o.bits.empty()) throw std::runtime_error(fmt::format("--bits B[,B...] is required for {} (e.g. --bits 8,6,4)", s.ckpt));
   if (!s.deploy_form()) model->switch_to_deploy();  // one 3x3 conv with bias per block
   s.file = {};                                      // the model holds the weights now

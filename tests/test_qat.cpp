@@ -11,6 +11,7 @@
 #include "engine/safetensors.h"
 #include "layers/checkpoint.h"
 #include "models/repvgg.h"
+#include "quant/infer.h"
 #include "quant/ptq.h"
 #include "tests/testing.h"
 #include "trainer/options.h"
@@ -143,6 +144,14 @@ TEST_CASE("qat: --init of a missing, corrupt, other-arch or QAT checkpoint, a ba
   for (const auto& [name, e] : started.tensors)
     if (name.rfind("optim.", 0) != 0 && ended.tensors.count(name)) branch_tensors++;
   CHECK(branch_tensors > 100);
+  // ... and ./ptq quantizes it as the full-precision model it is (the pipeline's PTQ column), through ./infer
+  const fs::path json = root / "ptq.json", int8 = root / "bnest.int8.safetensors";
+  REQUIRE(quant::run_ptq({"--ckpt", (bnest / "last.safetensors").string(), "--data", data.string(), "--limit-val", "8",
+                          "--bits", "8", "--granularity", "channel", "--json", json.string(), "--export", int8.string()}) == 0);
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(json));
+  CHECK(j.at("results").at(0).at("bits") == 8);
+  CHECK(deploy::load_int8(int8.string()).method == "ptq-minmax");
+  CHECK(quant::run_infer({"--model", int8.string(), "--data", data.string(), "--limit-val", "8"}) == 0);
   fs::remove_all(root);
 }
 
