@@ -37,7 +37,7 @@
 //   --python PY: the python that runs bench/torch_peer.py (bench/run.sh: build/peers-venv's when present)
 //   --vs BIN: the peer is another build of this program (e.g. of an older commit) instead of torch_peer.py,
 //   for before/after ratios on a busy machine ("vs=" then reports BIN's rate).
-//   --serve: be such a peer (as torch_peer.py --serve: "ready vs" after the warm-up, then one timed call per
+//   --serve: be such a peer (as torch_peer.py --serve: "ready" after the warm-up, then one timed call per
 //   line of stdin, its seconds printed).
 #include <fcntl.h>
 #include <omp.h>
@@ -157,6 +157,7 @@ class Peer {
       entries_.push_back(eq == std::string::npos ? Entry{t, ""} : Entry{t.substr(0, eq), t.substr(eq + 1)});
       if (eq == std::string::npos) timed_++;
     }
+    if (entries_.empty()) entries_ = {{"vs", ""}}, timed_ = 1;  // another build of this program, of any commit
   }
   ~Peer() {
     if (in_) std::fclose(in_);  // the peer exits at the end of its input
@@ -439,7 +440,7 @@ int main(int argc, char** argv) {
   if (serve) {
     Ours ours = make_case(base, gpu);
     for (int i = 0; i < warmup; i++) ours.call();
-    std::printf("ready vs\n");
+    std::printf("ready\n");
     std::fflush(stdout);
     char line[64];
     while (std::fgets(line, sizeof line, stdin)) {
