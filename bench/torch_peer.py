@@ -132,7 +132,7 @@ def quantize_int8(torch, deployed, x, reduce_range=False):
     import warnings
     from torch.ao import quantization as tq
     torch.backends.quantized.engine = 'onednn'
-    warnings.filterwarnings('ignore', module='torch')   # torch 2 deprecates this API; still what it has
+    warnings.simplefilter('ignore')   # torch 2 deprecates this API at every call; it is still what it has
 
     class Int8(nn.Module):
         def __init__(self, m):
@@ -230,8 +230,15 @@ def compiled_case(torch, name, device, channels_last):
     Raises ImportError under PyTorch 1.x (no torch._dynamo): the peer is absent there."""
     import logging
     import torch._dynamo
+    from torch._inductor import cpp_builder
     # inductor's C++ build warns that the CUDA wheel finds no CUDA runtime: not used on the CPU
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
+    # Debian's python3-torch (1.13, the tests' oracle) keeps its libtorch_cpu.so in python's LIBDIR
+    # (/usr/lib/x86_64-linux-gnu), which inductor puts before torch's own lib dir when it links its C++
+    # kernels: they then miss torch 2's SLEEF symbols, its ISA probe fails (pick_vec_isa() says
+    # INVALID_VEC_ISA) and it generates scalar code. Linking libpython is not needed on Linux: drop LIBDIR.
+    python_args = cpp_builder._get_python_related_args
+    cpp_builder._get_python_related_args = lambda: (python_args()[0], [])
     # two compiled models of one class in a process: more recompiles than the default limit allows
     for limit in ('cache_size_limit', 'recompile_limit'):
         if hasattr(torch._dynamo.config, limit):
