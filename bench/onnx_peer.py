@@ -5,8 +5,8 @@ for the int8 cases), so both run exactly our graph and weights. Used by bench/to
 Each function returns a callable that runs one batch of x (float32 NCHW) and waits for the result.
 Both get the bench's thread count. onnxruntime: one inter-op thread, every graph optimization, and its
 intra-op threads' spinning off under OMP_WAIT_POLICY=passive, the policy the other sides run under
-(bench/run.sh). OpenVINO: one stream, the latency hint, f32 precision (on CPUs with bf16 it would
-otherwise compute FP32 layers in bf16), the batch made static.
+(bench/run.sh). OpenVINO: one stream, the latency hint, f32 precision (its default on a CPU with AVX-512
+bf16 is bf16), the batch made static.
 """
 import os
 
