@@ -5,8 +5,8 @@
 //   bench CASE ours=X torch=.. torch_cl=.. compile=.. compile_cl=.. ort=.. ov=.. vs_best=V best=NAME unit=img/s
 //         gflops=G allocs=A primitives=P isa=I convs=C
 // Each rate is the median over --reps calls, after --warmup untimed calls each; a peer that does not apply
-// says "-", one whose package is missing "absent", one that raised "failed:REASON"; vs_best is ours over
-// the fastest peer. The infer cases write our deploy model as ONNX (interop/onnx.h, as ./export does; QDQ
+// says "-", one whose package is missing "absent", one that raised "failed:REASON" (failed:signal_N: its
+// process crashed; each peer runs in its own); vs_best is ours over the fastest peer. The infer cases write our deploy model as ONNX (interop/onnx.h, as ./export does; QDQ
 // for the int8 cases) to a temporary file, which onnxruntime and OpenVINO run. gflops is ours' achieved
 // rate by the convention 2 x MACs per image (models::model_size, the form that runs: training form for the
 // train cases, deploy form for the infer cases) x 3 for a training step (forward, backward-data,
@@ -111,27 +111,17 @@ static double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// The peers in --serve mode: a child process (bench/torch_peer.py, or another build of this program) that warms
-// up, names its peers on its "ready" line, then times one call of each timed peer per line we send it.
+// A peer in --serve mode: a child process (bench/torch_peer.py --peer NAME, or another build of this program)
+// that warms up, names its peer on its "ready" line (NAME, or NAME=VALUE for one not timed), then times one
+// call per line we send it. Each peer has its own process: one that crashes takes only itself down.
 class Peer {
  public:
-  // A program ending in model_bench is run as such a peer; anything else is the python that runs
-  // bench/torch_peer.py, given `onnx` (our model as ONNX, for onnxruntime and OpenVINO) where not empty.
-  Peer(const std::string& program, const std::string& name, int threads, int warmup, const std::string& onnx) {
-    const bool ours = program.size() >= 11 && program.compare(program.size() - 11, 11, "model_bench") == 0;
-    std::vector<std::string> args = {program};
-    if (!ours) args.push_back("bench/torch_peer.py");
-    for (const char* a : {"--case", name.c_str(), "--threads"}) args.push_back(a);
-    args.push_back(std::to_string(threads));
-    args.push_back("--warmup");
-    args.push_back(std::to_string(warmup));
-    args.push_back("--serve");
-    if (!ours && !onnx.empty()) {
-      args.push_back("--onnx");
-      args.push_back(onnx);
-    }
+  // Runs `args`; `name` is the peer's name where the process does not say it (another build of this
+  // program, of any commit, prints a bare "ready"), or where it never gets ready.
+  Peer(std::vector<std::string> args, const std::string& name) {
+    // close-on-exec: a later peer must not inherit this one's pipe ends (its stdin would never see EOF)
     int to_child[2], from_child[2];
-    if (pipe(to_child) || pipe(from_child)) return;
+    if (pipe2(to_child, O_CLOEXEC) || pipe2(from_child, O_CLOEXEC)) return;
     pid_ = fork();
     if (pid_ == 0) {
       dup2(to_child[0], 0);
@@ -150,48 +140,64 @@ class Peer {
     out_ = fdopen(from_child[0], "r");
     char line[4096];
     ready_ = pid_ > 0 && std::fgets(line, sizeof line, out_) && std::strncmp(line, "ready", 5) == 0;
-    if (!ready_) return;
+    if (!ready_) {
+      entries_ = {{name, why_not()}};
+      return;
+    }
     std::istringstream tokens(line + 5);
     for (std::string t; tokens >> t;) {
       const size_t eq = t.find('=');
       entries_.push_back(eq == std::string::npos ? Entry{t, ""} : Entry{t.substr(0, eq), t.substr(eq + 1)});
-      if (eq == std::string::npos) timed_++;
     }
-    if (entries_.empty()) entries_ = {{"vs", ""}}, timed_ = 1;  // another build of this program, of any commit
+    if (entries_.empty()) entries_ = {{name, ""}};
+    for (const Entry& e : entries_)
+      if (e.value.empty()) times_.emplace_back();
   }
   ~Peer() {
     if (in_) std::fclose(in_);  // the peer exits at the end of its input
     if (out_) std::fclose(out_);
     if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
-  bool ready() const { return ready_; }
-  // The peers in the order named: a timed one has an empty value; the others say why not ("-", "absent",
+  // What the process names: a timed peer has an empty value; the others say why not ("-", "absent",
   // "failed:...").
   struct Entry {
     std::string name, value;
   };
   const std::vector<Entry>& entries() const { return entries_; }
-  // Seconds of one call of each timed peer, in order (negative for a call that raised); empty once the
-  // process is gone.
-  std::vector<double> time_one() {
+  // Seconds of each timed entry's calls, in order (negative for a call that raised).
+  const std::vector<std::vector<double>>& times() const { return times_; }
+  // Times one call of each timed entry; nothing once the process is gone.
+  void time_one() {
     char line[4096];
     if (!ready_ || std::fputs("rep\n", in_) < 0 || std::fflush(in_) || !std::fgets(line, sizeof line, out_)) {
       ready_ = false;
-      return {};
+      return;
     }
     std::vector<double> t;
     std::istringstream in(line);
     for (double v; in >> v;) t.push_back(v);
-    if (t.size() != timed_) ready_ = false;
-    return ready_ ? t : std::vector<double>{};
+    if (t.size() != times_.size()) ready_ = false;
+    for (size_t k = 0; ready_ && k < t.size(); k++) times_[k].push_back(t[k]);
   }
 
  private:
+  // Why a process never got ready: torch_peer.py exits 2 when it cannot import PyTorch, 127 is a failed exec.
+  std::string why_not() {
+    if (in_) std::fclose(in_);
+    in_ = nullptr;
+    int status = 0;
+    if (pid_ <= 0 || waitpid(pid_, &status, 0) != pid_) return "failed:start";
+    pid_ = -1;
+    if (WIFSIGNALED(status)) return "failed:signal_" + std::to_string(WTERMSIG(status));
+    if (WEXITSTATUS(status) == 2 || WEXITSTATUS(status) == 127) return "absent";  // 127: no such program
+    return "failed:exit_" + std::to_string(WEXITSTATUS(status));
+  }
+
   pid_t pid_ = -1;
   FILE *in_ = nullptr, *out_ = nullptr;
   bool ready_ = false;
   std::vector<Entry> entries_;
-  size_t timed_ = 0;
+  std::vector<std::vector<double>> times_;
 };
 
 // Our side of a case: the call to time and the work units (images, or FLOP for the ceiling) per call.
@@ -452,13 +458,26 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // Ours is built first (the peers may need its ONNX file), then the peers warm up alone, then ours.
+  // Ours is built first (the peers may need its ONNX file), then the peers warm up alone, one after the
+  // other, then ours.
   Ours ours = make_case(base, gpu);
   TempFile onnx(ours.onnx);
-  std::unique_ptr<Peer> peer;
-  if (torch) peer = std::make_unique<Peer>(peer_program, name, threads, warmup, onnx.path);
-  const bool peer_started = peer && peer->ready();
-  bool have_peer = peer_started;
+  std::vector<std::unique_ptr<Peer>> peers;
+  const bool vs = peer_program.size() >= 11 && peer_program.compare(peer_program.size() - 11, 11, "model_bench") == 0;
+  const std::vector<std::string> common = {"--case", name, "--threads", std::to_string(threads), "--warmup",
+                                           std::to_string(warmup), "--serve"};
+  if (torch && vs) {
+    std::vector<std::string> args = {peer_program};
+    args.insert(args.end(), common.begin(), common.end());
+    peers.push_back(std::make_unique<Peer>(args, "vs"));
+  } else if (torch) {
+    for (const char* p : {"torch", "torch_cl", "compile", "compile_cl", "ort", "ov"}) {
+      std::vector<std::string> args = {peer_program, "bench/torch_peer.py", "--peer", p};
+      args.insert(args.end(), common.begin(), common.end());
+      if (!onnx.path.empty()) args.insert(args.end(), {"--onnx", onnx.path});
+      peers.push_back(std::make_unique<Peer>(args, p));
+    }
+  }
   for (int i = 0; i < warmup; i++) ours.call();
 
   if (ours.fp32)
@@ -466,10 +485,6 @@ int main(int argc, char** argv) {
   const Device device = gpu ? Device::cuda : Device::cpu;
   const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
   std::vector<double> t_ours, t_fp32;
-  std::vector<std::vector<double>> t_peers;  // per timed peer, in the order of peer->entries()
-  if (peer_started)
-    for (const Peer::Entry& e : peer->entries())
-      if (e.value.empty()) t_peers.emplace_back();
   for (int i = 0; i < reps; i++) {
     double t0 = now();
     ours.call();
@@ -479,11 +494,7 @@ int main(int argc, char** argv) {
       ours.fp32();
       t_fp32.push_back(now() - t0);
     }
-    if (have_peer) {
-      const std::vector<double> t = peer->time_one();
-      have_peer = !t.empty();
-      for (size_t k = 0; k < t.size(); k++) t_peers[k].push_back(t[k]);
-    }
+    for (auto& peer : peers) peer->time_one();
   }
   const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
   std::vector<double> t_quant, t_assign;  // the cluster case, after the counted calls
@@ -508,14 +519,14 @@ int main(int argc, char** argv) {
   // over the fastest.
   double best = 0;
   std::string best_name;
-  if (peer_started) {
+  for (const auto& peer : peers) {
     size_t k = 0;
     for (const Peer::Entry& e : peer->entries()) {
       if (!e.value.empty()) {
         peer_part += " " + e.name + "=" + e.value;
         continue;
       }
-      const std::vector<double>& t = t_peers[k++];
+      const std::vector<double>& t = peer->times()[k++];
       if ((int)t.size() != reps || *std::min_element(t.begin(), t.end()) < 0) {
         peer_part += " " + e.name + "=failed:call";
         continue;
@@ -529,9 +540,8 @@ int main(int argc, char** argv) {
       }
       if (rate > best) best = rate, best_name = e.name;
     }
-  } else {
-    peer_part = " torch=absent";
   }
+  if (peers.empty()) peer_part = " torch=absent";
   if (best > 0) {
     std::snprintf(buf, sizeof buf, " vs_best=%.2f best=%s", ours_rate / best, best_name.c_str());
     peer_part += buf;

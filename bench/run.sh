@@ -11,7 +11,8 @@
 # reference kernel).
 # The peers come from build/peers-venv when it exists (`make bench-peers` makes it: PyPI's torch 2,
 # onnxruntime, OpenVINO); without it from Debian's /usr/bin/python3 (PyTorch 1.13, no torch.compile).
-# Ours and the peers run in the same invocation, alternating one call at a time (bench/model_bench.cpp), and
+# Ours and the peers (each in its own process) run in the same invocation, alternating one call at a time
+# (bench/model_bench.cpp), and
 # each is the median of the timed calls: the ratios hold on a shared machine whose load changes; the bare
 # rates do not.
 #
@@ -75,9 +76,9 @@ reps_for() {
 echo "bench machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg), threads=$THREADS," \
      "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-default} (both sides)"
-if [ -x "$VENV_PYTHON" ]; then
+if [ "$PYTHON" = "$VENV_PYTHON" ]; then
   echo "bench peers: from $VENV_PYTHON (make bench-peers)"
-else
+elif [ ! -x "$VENV_PYTHON" ]; then
   echo "bench peers: $VENV_PYTHON absent (make bench-peers makes it): the modern peers (torch 2, torch.compile," \
        "OpenVINO) are absent; peers from $PYTHON"
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The peers' side of `make bench`: PyTorch (eager and torch.compile), onnxruntime and OpenVINO, timed
-on one case, in one process.
+on one case; all of them, or one (--peer NAME).
 
-    build/peers-venv/bin/python bench/torch_peer.py --case infer-cifar-deploy --onnx M.onnx [--threads 2 --warmup 2 --reps 5]
+    build/peers-venv/bin/python bench/torch_peer.py --case infer-cifar-deploy --onnx M.onnx [--peer ort --threads 2 --warmup 2 --reps 5]
     -> peers infer-cifar-deploy torch=X torch_cl=X compile=X compile_cl=X ort=X ov=X unit=img/s
     bench/torch_peer.py --versions
     -> torch 2.x onnxruntime 1.x openvino 2025.x
@@ -46,12 +46,14 @@ over --reps after --warmup untimed calls):
   gpu-<case>          each of the above on the GPU (model, data and optimizer on cuda, each call ends
                       with torch.cuda.synchronize()); exits 2 when PyTorch has no usable CUDA
 
---serve (used by `make bench`, which alternates ours and the peers one call at a time): after the warm-up,
+--serve (used by `make bench`, which alternates ours and the peers one call at a time, each peer in its own
+process, --peer NAME: one that crashes takes only itself down, and torch.compile's two models do not
+share dynamo's caches, where a recompile would make its shapes dynamic): after the warm-up,
 print "ready" and the peers, each a name (timed) or NAME=VALUE (not timed: "-", "absent", "failed:..."),
 then for every line read from stdin time one call of each timed peer, in that order, and print their
 seconds (-1 for a call that raised; its error goes to stderr).
 
-Exits 2 with a message on stderr when PyTorch cannot be imported (the C++ side prints torch=absent).
+Exits 2 with a message on stderr when PyTorch cannot be imported (model_bench then prints NAME=absent).
 The peers are peers here, never dependencies of the engine.
 """
 import argparse
@@ -239,7 +241,8 @@ def compiled_case(torch, name, device, channels_last):
     # INVALID_VEC_ISA) and it generates scalar code. Linking libpython is not needed on Linux: drop LIBDIR.
     python_args = cpp_builder._get_python_related_args
     cpp_builder._get_python_related_args = lambda: (python_args()[0], [])
-    # two compiled models of one class in a process: more recompiles than the default limit allows
+    # all peers in one process (without --peer): two compiled models of one class, more recompiles than
+    # the default limit allows
     for limit in ('cache_size_limit', 'recompile_limit'):
         if hasattr(torch._dynamo.config, limit):
             setattr(torch._dynamo.config, limit, 64)
@@ -248,33 +251,36 @@ def compiled_case(torch, name, device, channels_last):
     return fn, batch
 
 
-def build_peers(torch, case, device, onnx, threads):
-    """name -> a callable timing one call, or its value in the bench line; and the images per call."""
+PEERS = ('torch', 'torch_cl', 'compile', 'compile_cl', 'ort', 'ov')
+
+
+def build_peer(torch, name, case, device, onnx, threads):
+    """One peer of a model case: a callable timing one call, or its value in the bench line."""
     mode = CASES[case][3]
-    fn, batch = build_case(torch, case, device, False)
-    peers = {'torch': fn}
-    for name, build in (('torch_cl', lambda: build_case(torch, case, device, True)),
-                        ('compile', lambda: compiled_case(torch, case, device, False)),
-                        ('compile_cl', lambda: compiled_case(torch, case, device, True))):
-        if name.startswith('compile') and 'int8' in mode:
-            peers[name] = '-'   # torch.ao's eager int8 modules: nothing for torch.compile to lower
-            continue
+    if name in ('torch', 'torch_cl'):
+        return build_case(torch, case, device, name == 'torch_cl')[0]
+    if name in ('compile', 'compile_cl'):
+        if 'int8' in mode:
+            return '-'   # torch.ao's eager int8 modules: nothing for torch.compile to lower
+        return compiled_case(torch, case, device, name == 'compile_cl')[0]
+    if not (onnx and device == 'cpu' and mode.startswith('infer')):
+        return '-'
+    import numpy as np
+    import onnx_peer
+    _, batch, res, _, _ = CASES[case]
+    x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
+    return (onnx_peer.ort_runner if name == 'ort' else onnx_peer.ov_runner)(onnx, x, threads)
+
+
+def build_peers(torch, names, case, device, onnx, threads):
+    """name -> build_peer's answer, failed(e) for one that raised."""
+    peers = {}
+    for name in names:
         try:
-            peers[name] = build()[0]
+            peers[name] = build_peer(torch, name, case, device, onnx, threads)
         except Exception as e:
             peers[name] = failed(e)
-    for name in ('ort', 'ov'):
-        peers[name] = '-'
-        if onnx and device == 'cpu' and mode.startswith('infer'):
-            import numpy as np
-            import onnx_peer
-            _, batch, res, _, _ = CASES[case]
-            x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
-            try:
-                peers[name] = (onnx_peer.ort_runner if name == 'ort' else onnx_peer.ov_runner)(onnx, x, threads)
-            except Exception as e:
-                peers[name] = failed(e)
-    return peers, batch
+    return peers
 
 
 def versions():
@@ -295,6 +301,7 @@ def main():
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--reps', type=int, default=5)
     ap.add_argument('--onnx', help='our model as ONNX, for onnxruntime and OpenVINO (the infer cases)')
+    ap.add_argument('--peer', choices=PEERS, help='only this peer (default: all)')
     ap.add_argument('--serve', action='store_true', help='time one call per stdin line (see above)')
     ap.add_argument('--versions', action='store_true', help="print the peers' versions and exit")
     args = ap.parse_args()
@@ -320,6 +327,7 @@ def main():
             print(f'torch_peer: this PyTorch ({torch.__version__}) has no usable CUDA', file=sys.stderr)
             sys.exit(2)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    peer_names = [args.peer] if args.peer else PEERS
 
     if case == 'ceiling':
         import torch.nn.functional as F
@@ -332,9 +340,10 @@ def main():
             with torch.no_grad():
                 F.conv2d(x, w, padding=1)
             sync()
-        peers, units, unit = {'torch': conv}, 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9 / 1e9, 'GFLOP/s'
+        peers = {n: conv if n == 'torch' else '-' for n in peer_names}
+        units, unit = 2.0 * c['n'] * c['hw'] * c['hw'] * c['k'] * c['c'] * 9 / 1e9, 'GFLOP/s'
     else:
-        (peers, units), unit = build_peers(torch, case, device, args.onnx, args.threads), 'img/s'
+        peers, units, unit = build_peers(torch, peer_names, case, device, args.onnx, args.threads), CASES[case][1], 'img/s'
     if args.serve:
         return serve(peers, args.warmup)
     warm(peers, args.warmup)
