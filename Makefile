@@ -208,6 +208,11 @@ bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH)
 	bash bench/run.sh
 
+# The modern peers for `make bench` (PyPI's torch 2, onnxruntime, OpenVINO) in build/peers-venv, made once
+# (bench/peers.sh). Nothing else depends on it: `make bench` falls back to Debian's torch without it.
+bench-peers:
+	@bash bench/peers.sh
+
 # Data-parallel throughput: mpirun -np 2 against 1 process (bench/dist.sh).
 bench-dist: deps
 	@$(MAKE) --no-print-directory all
@@ -216,6 +221,6 @@ bench-dist: deps
 clean:
 	rm -rf build build-san build-fuzz $(PROGRAMS)
 
-.PHONY: build all dev deps deps-build test bench bench-dist clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
+.PHONY: build all dev deps deps-build test bench bench-peers bench-dist clean fuzz fuzz-deps fuzz-seeds qdq-reference FORCE
 FORCE:
 -include $(shell find $(B) build-fuzz -name '*.d' 2>/dev/null)

@@ -1,23 +1,30 @@
-// Model speed against the PyTorch peer (bench/torch_peer.py), one case per run, ours and torch timed
-// alternately one call at a time in the same run (ours, torch, ours, torch, ...), so that the ratio holds
-// on a machine whose load changes. Prints one line:
-//   bench CASE ours=X torch=Y ratio=X/Y [torch_cl=Z] unit=img/s gflops=G allocs=A primitives=P
-// (torch_cl: PyTorch with model and input in channels_last, where the peer times it too)
-// ours and torch are medians over --reps calls, after --warmup untimed calls each. gflops is ours' achieved
+// Model speed against the peers (bench/torch_peer.py: PyTorch eager and torch.compile, onnxruntime, OpenVINO),
+// one case per run, ours and each peer timed alternately one call at a time in the same run (ours, torch,
+// torch_cl, compile, compile_cl, ort, ov, ours, ...), so that the ratios hold on a machine whose load changes.
+// Prints one line:
+//   bench CASE ours=X torch=.. torch_cl=.. compile=.. compile_cl=.. ort=.. ov=.. vs_best=V best=NAME unit=img/s
+//         gflops=G allocs=A primitives=P isa=I convs=C
+// Each rate is the median over --reps calls, after --warmup untimed calls each; a peer that does not apply
+// says "-", one whose package is missing "absent", one that raised "failed:REASON" (failed:signal_N: its
+// process crashed; each peer runs in its own); vs_best is ours over the fastest peer. The infer cases write our deploy model as ONNX (interop/onnx.h, as ./export does; QDQ
+// for the int8 cases) to a temporary file, which onnxruntime and OpenVINO run. gflops is ours' achieved
 // rate by the convention 2 x MACs per image (models::model_size, the form that runs: training form for the
 // train cases, deploy form for the infer cases) x 3 for a training step (forward, backward-data,
 // backward-weights), times img/s. allocs and primitives are the system allocations (alloc_stats) and
-// oneDNN primitives created during the timed calls: 0 in a steady state.
+// oneDNN primitives created during the timed calls: 0 in a steady state. Batch-1 cases also print each
+// side's milliseconds per call (lat_ms_NAME=).
 //
-// Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy,
+// Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy and
+// infer-a0-deploy-b1 (batch 1),
 // the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
 // train-cifar-repq-bnest, train-cifar-cluster (4 bits; set_qat, make_optimizer and train_step of
 // trainer/step.h, steps and codebooks initialized before the warm-up; the cluster case also times its
 // quantizers alone on the merged kernels: quant_ms= every layer's ClusterQuantizer forward, assign_ms= its
 // nearest-entry assignment (Algorithm 2 line 5) alone, share= quant_ms over the step's milliseconds), the integer models infer-cifar-int8, infer-a0-int8 and infer-a0-int8-b1
-// (batch 1), whose peer is PyTorch's int8 path and which also time our FP32 deploy forward of the same
-// model in the same run: fp32= its rate, vs_fp32= ours over it, lat_ms_*= per-call milliseconds at batch 1,
-// impl= the oneDNN implementations of the int8 layers,
+// (batch 1), whose peers are PyTorch's int8 path (torch, torch_cl) and onnxruntime and OpenVINO on the
+// QDQ export of our quantized model (ort, ov), and which also time our FP32 deploy forward of the same
+// model in the same run: fp32= its rate, vs_fp32= ours over it, impl= the oneDNN implementations of the int8
+// layers,
 // and ceiling: one 3x3 convolution [32, 256, 56, 56] -> 256 channels, pad 1, no bias, through a oneDNN
 // primitive in its preferred (blocked) layouts with no reorder timed: the FP32 conv rate this machine
 // gives; unit GFLOP/s.
@@ -27,8 +34,9 @@
 // GPU a gpu-* case prints "bench gpu-CASE skipped: REASON" and exits 0.
 //
 // Usage: model_bench --case NAME [--warmup W] [--reps R] [--threads T] [--python PY | --no-torch | --vs BIN]
-//   --vs BIN: the peer is another build of this program (e.g. of an older commit) instead of PyTorch, for
-//   before/after ratios on a busy machine ("torch=" then reports BIN's rate).
+//   --python PY: the python that runs bench/torch_peer.py (bench/run.sh: build/peers-venv's when present)
+//   --vs BIN: the peer is another build of this program (e.g. of an older commit) instead of torch_peer.py,
+//   for before/after ratios on a busy machine ("vs=" then reports BIN's rate).
 //   --serve: be such a peer (as torch_peer.py --serve: "ready" after the warm-up, then one timed call per
 //   line of stdin, its seconds printed).
 #include <fcntl.h>
@@ -44,6 +52,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -56,6 +65,7 @@
 #include "engine/random.h"
 #include "models/repvgg.h"
 #include "deploy/integer_model.h"
+#include "interop/onnx.h"
 #include "quant/deploy_export.h"
 #include "quant/ptq_model.h"
 #include "trainer/step.h"
@@ -78,6 +88,7 @@ static const std::map<std::string, Case> kCases = {
     {"infer-cifar-deploy", {"repvgg-cifar", 128, 32, false, 0.f}},
     {"train-a0", {"repvgg-a0", 32, 224, true, 0.f}},
     {"infer-a0-deploy", {"repvgg-a0", 32, 224, false, 0.f}},
+    {"infer-a0-deploy-b1", {"repvgg-a0", 1, 224, false, 0.f}},
     {"train-cifar-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "bnest"}},
     {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
     {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
@@ -100,59 +111,93 @@ static double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// The PyTorch peer in --serve mode: a child process that times one call per line we send it.
+// A peer in --serve mode: a child process (bench/torch_peer.py --peer NAME, or another build of this program)
+// that warms up, names its peer on its "ready" line (NAME, or NAME=VALUE for one not timed), then times one
+// call per line we send it. Each peer has its own process: one that crashes takes only itself down.
 class Peer {
  public:
-  // argv0 "PY" runs PY bench/torch_peer.py; a path ending in model_bench runs that program.
-  Peer(const std::string& program, const std::string& name, int threads, int warmup) {
+  // Runs `args`; `name` is the peer's name where the process does not say it (another build of this
+  // program, of any commit, prints a bare "ready"), or where it never gets ready.
+  Peer(std::vector<std::string> args, const std::string& name) {
+    // close-on-exec: a later peer must not inherit this one's pipe ends (its stdin would never see EOF)
     int to_child[2], from_child[2];
-    if (pipe(to_child) || pipe(from_child)) return;
+    if (pipe2(to_child, O_CLOEXEC) || pipe2(from_child, O_CLOEXEC)) return;
     pid_ = fork();
     if (pid_ == 0) {
       dup2(to_child[0], 0);
       dup2(from_child[1], 1);
       close(to_child[1]);
       close(from_child[0]);
-      std::string t = std::to_string(threads), w = std::to_string(warmup);
-      if (program.size() >= 11 && program.compare(program.size() - 11, 11, "model_bench") == 0)
-        execl(program.c_str(), program.c_str(), "--case", name.c_str(), "--threads", t.c_str(), "--warmup", w.c_str(),
-              "--serve", (char*)nullptr);
-      else
-        execlp(program.c_str(), program.c_str(), "bench/torch_peer.py", "--case", name.c_str(), "--threads",
-               t.c_str(), "--warmup", w.c_str(), "--serve", (char*)nullptr);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execvp(argv[0], argv.data());
       _exit(127);
     }
     close(to_child[0]);
     close(from_child[1]);
     in_ = fdopen(to_child[1], "w");
     out_ = fdopen(from_child[0], "r");
-    char line[256];
+    char line[4096];
     ready_ = pid_ > 0 && std::fgets(line, sizeof line, out_) && std::strncmp(line, "ready", 5) == 0;
+    if (!ready_) {
+      entries_ = {{name, why_not()}};
+      return;
+    }
+    std::istringstream tokens(line + 5);
+    for (std::string t; tokens >> t;) {
+      const size_t eq = t.find('=');
+      entries_.push_back(eq == std::string::npos ? Entry{t, ""} : Entry{t.substr(0, eq), t.substr(eq + 1)});
+    }
+    if (entries_.empty()) entries_ = {{name, ""}};
+    for (const Entry& e : entries_)
+      if (e.value.empty()) times_.emplace_back();
   }
   ~Peer() {
     if (in_) std::fclose(in_);  // the peer exits at the end of its input
     if (out_) std::fclose(out_);
     if (pid_ > 0) waitpid(pid_, nullptr, 0);
   }
-  bool ready() const { return ready_; }
-  // Seconds of one call, or a negative number when the peer is gone; `cl` gets the seconds of the peer's
-  // channels_last call where it times one too (torch_peer.py's model cases), else a negative number.
-  double time_one(double& cl) {
-    char line[256];
-    cl = -1;
+  // What the process names: a timed peer has an empty value; the others say why not ("-", "absent",
+  // "failed:...").
+  struct Entry {
+    std::string name, value;
+  };
+  const std::vector<Entry>& entries() const { return entries_; }
+  // Seconds of each timed entry's calls, in order (negative for a call that raised).
+  const std::vector<std::vector<double>>& times() const { return times_; }
+  // Times one call of each timed entry; nothing once the process is gone.
+  void time_one() {
+    char line[4096];
     if (!ready_ || std::fputs("rep\n", in_) < 0 || std::fflush(in_) || !std::fgets(line, sizeof line, out_)) {
       ready_ = false;
-      return -1;
+      return;
     }
-    double t = -1;
-    if (std::sscanf(line, "%lf %lf", &t, &cl) < 1) ready_ = false;
-    return t;
+    std::vector<double> t;
+    std::istringstream in(line);
+    for (double v; in >> v;) t.push_back(v);
+    if (t.size() != times_.size()) ready_ = false;
+    for (size_t k = 0; ready_ && k < t.size(); k++) times_[k].push_back(t[k]);
   }
 
  private:
+  // Why a process never got ready: torch_peer.py exits 2 when it cannot import PyTorch, 127 is a failed exec.
+  std::string why_not() {
+    if (in_) std::fclose(in_);
+    in_ = nullptr;
+    int status = 0;
+    if (pid_ <= 0 || waitpid(pid_, &status, 0) != pid_) return "failed:start";
+    pid_ = -1;
+    if (WIFSIGNALED(status)) return "failed:signal_" + std::to_string(WTERMSIG(status));
+    if (WEXITSTATUS(status) == 2 || WEXITSTATUS(status) == 127) return "absent";  // 127: no such program
+    return "failed:exit_" + std::to_string(WEXITSTATUS(status));
+  }
+
   pid_t pid_ = -1;
   FILE *in_ = nullptr, *out_ = nullptr;
   bool ready_ = false;
+  std::vector<Entry> entries_;
+  std::vector<std::vector<double>> times_;
 };
 
 // Our side of a case: the call to time and the work units (images, or FLOP for the ceiling) per call.
@@ -163,7 +208,16 @@ struct Ours {
   std::function<void()> fp32 = nullptr;  // int8 cases: our FP32 deploy forward, timed alternately too
   std::string impl = "";                 // int8 cases: the oneDNN implementations of the int8 layers
   std::function<void()> quantizers = nullptr, assign = nullptr;  // the cluster case: its quantizers alone
+  std::string onnx = "";  // the infer cases: the model as ./export writes it (QDQ for int8), for onnxruntime and OpenVINO
 };
+
+// Our deploy model as ONNX (interop/onnx.h, the graph ./export writes; QDQ at its quantizers if `qdq`).
+static std::string onnx_of(models::RepVGG& model, int image_size, bool qdq) {
+  interop::OnnxOptions opt;
+  opt.image_size = image_size;
+  opt.qdq = qdq;
+  return interop::repvgg_to_onnx(model, opt);
+}
 
 // The cluster case's quantizers on the model's merged kernels (running statistics, as they fold in
 // training): every layer's forward (lines 5-10, host copies included), and the assignment (line 5) alone.
@@ -182,6 +236,23 @@ static void time_cluster_quantizers(models::RepVGG& model, Ours& ours) {
   };
 }
 
+// A file of `contents` under /tmp for the peers, removed at the end of the run; no file for empty contents.
+struct TempFile {
+  std::string path;
+  explicit TempFile(const std::string& contents) {
+    if (contents.empty()) return;
+    char name[] = "/tmp/model_bench_XXXXXX.onnx";
+    const int fd = mkstemps(name, 5);
+    if (fd < 0) return;
+    if (write(fd, contents.data(), contents.size()) == (ssize_t)contents.size()) path = name;
+    else unlink(name);
+    close(fd);
+  }
+  ~TempFile() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
+
 // Ends a timed call: the GPU's queued work is part of it.
 static void finish(Device device) {
   if (device == Device::cuda) cuda::synchronize();
@@ -189,7 +260,8 @@ static void finish(Device device) {
 
 // The deployed model quantized as ./ptq's default (8 bits, per-channel weight scales, stage0 and the FC FP32;
 // every activation step 0.05: speed does not depend on the values; the -a7 cases: 7-bit activations),
-// exported and run on the integer kernels; beside it the same deployed model's FP32 forward.
+// exported and run on the integer kernels; beside it the same deployed model's FP32 forward, and the same
+// quantized model in QDQ form for the ONNX peers.
 static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, double flop_per_image, int act_bits) {
   const auto& blocks = model->blocks();
   for (size_t i = 1; i < blocks.size(); i++) {
@@ -201,6 +273,7 @@ static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, do
     blocks[i]->quant.set(act, weight);
   }
   auto im = std::make_shared<deploy::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
+  const std::string qdq = onnx_of(*model, (int)x.size(3), true);
   quant::remove_quantizers(*model);  // the FP32 deploy model again
   im->forward(x);
   std::string impl;
@@ -213,7 +286,7 @@ static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, do
             NoGradGuard no_grad;
             model->forward(x);
           },
-          impl};
+          impl, nullptr, nullptr, qdq};
 }
 
 static Ours model_case(const Case& c, Device device) {
@@ -232,12 +305,14 @@ static Ours model_case(const Case& c, Device device) {
     model->eval();
     model->to(device);
     if (c.int8) return int8_case(model, x, 2 * macs, c.act_bits);
-    return {[model, x, device] {
-              NoGradGuard no_grad;
-              model->forward(x);
-              finish(device);
-            },
-            (double)c.batch, 2 * macs};
+    Ours ours{[model, x, device] {
+                NoGradGuard no_grad;
+                model->forward(x);
+                finish(device);
+              },
+              (double)c.batch, 2 * macs};
+    if (device == Device::cpu) ours.onnx = onnx_of(*model, c.resolution, false);
+    return ours;
   }
   model->train();
   if (!c.qat.empty()) {
@@ -383,18 +458,33 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // The peer warms up first and alone, then ours.
-  std::unique_ptr<Peer> peer;
-  if (torch) peer = std::make_unique<Peer>(peer_program, name, threads, warmup);
-  bool have_torch = peer && peer->ready();
+  // Ours is built first (the peers may need its ONNX file), then the peers warm up alone, one after the
+  // other, then ours.
   Ours ours = make_case(base, gpu);
+  TempFile onnx(ours.onnx);
+  std::vector<std::unique_ptr<Peer>> peers;
+  const bool vs = peer_program.size() >= 11 && peer_program.compare(peer_program.size() - 11, 11, "model_bench") == 0;
+  const std::vector<std::string> common = {"--case", name, "--threads", std::to_string(threads), "--warmup",
+                                           std::to_string(warmup), "--serve"};
+  if (torch && vs) {
+    std::vector<std::string> args = {peer_program};
+    args.insert(args.end(), common.begin(), common.end());
+    peers.push_back(std::make_unique<Peer>(args, "vs"));
+  } else if (torch) {
+    for (const char* p : {"torch", "torch_cl", "compile", "compile_cl", "ort", "ov"}) {
+      std::vector<std::string> args = {peer_program, "bench/torch_peer.py", "--peer", p};
+      args.insert(args.end(), common.begin(), common.end());
+      if (!onnx.path.empty()) args.insert(args.end(), {"--onnx", onnx.path});
+      peers.push_back(std::make_unique<Peer>(args, p));
+    }
+  }
   for (int i = 0; i < warmup; i++) ours.call();
 
   if (ours.fp32)
     for (int i = 0; i < warmup; i++) ours.fp32();
   const Device device = gpu ? Device::cuda : Device::cpu;
   const uint64_t allocs0 = alloc_stats(device).system_allocs, prims0 = cpu::dnnl_primitives_created();
-  std::vector<double> t_ours, t_torch, t_torch_cl, t_fp32;
+  std::vector<double> t_ours, t_fp32;
   for (int i = 0; i < reps; i++) {
     double t0 = now();
     ours.call();
@@ -404,13 +494,7 @@ int main(int argc, char** argv) {
       ours.fp32();
       t_fp32.push_back(now() - t0);
     }
-    if (have_torch) {
-      double cl;
-      double t = peer->time_one(cl);
-      if (t < 0) have_torch = false;
-      else t_torch.push_back(t);
-      if (cl >= 0) t_torch_cl.push_back(cl);
-    }
+    for (auto& peer : peers) peer->time_one();
   }
   const uint64_t allocs = alloc_stats(device).system_allocs - allocs0, prims = cpu::dnnl_primitives_created() - prims0;
   std::vector<double> t_quant, t_assign;  // the cluster case, after the counted calls
@@ -423,43 +507,61 @@ int main(int argc, char** argv) {
     t_assign.push_back(now() - t0);
   }
 
-  double ours_rate = ours.units_per_call / median(t_ours);
-  std::string torch_part = "torch=absent";
-  if (have_torch && (int)t_torch.size() == reps) {
-    double torch_rate = ours.units_per_call / median(t_torch);
-    char buf[128];
-    std::snprintf(buf, sizeof buf, "torch=%.2f ratio=%.2f", torch_rate, ours_rate / torch_rate);
-    torch_part = buf;
-    if ((int)t_torch_cl.size() == reps) {
-      std::snprintf(buf, sizeof buf, " torch_cl=%.2f", ours.units_per_call / median(t_torch_cl));
-      torch_part += buf;
+  const double ours_rate = ours.units_per_call / median(t_ours);
+  const bool latency = !ceiling && ours.units_per_call == 1;  // batch 1: milliseconds per call too
+  std::string peer_part, latency_part;
+  char buf[256];
+  if (latency) {
+    std::snprintf(buf, sizeof buf, " lat_ms_ours=%.2f", 1e3 * median(t_ours));
+    latency_part = buf;
+  }
+  // Each peer's rate, or why it has none (failed:call: a call raised, or the process died); vs_best is ours
+  // over the fastest.
+  double best = 0;
+  std::string best_name;
+  for (const auto& peer : peers) {
+    size_t k = 0;
+    for (const Peer::Entry& e : peer->entries()) {
+      if (!e.value.empty()) {
+        peer_part += " " + e.name + "=" + e.value;
+        continue;
+      }
+      const std::vector<double>& t = peer->times()[k++];
+      if ((int)t.size() != reps || *std::min_element(t.begin(), t.end()) < 0) {
+        peer_part += " " + e.name + "=failed:call";
+        continue;
+      }
+      const double rate = ours.units_per_call / median(t);
+      std::snprintf(buf, sizeof buf, " %s=%.2f", e.name.c_str(), rate);
+      peer_part += buf;
+      if (latency) {
+        std::snprintf(buf, sizeof buf, " lat_ms_%s=%.2f", e.name.c_str(), 1e3 * median(t));
+        latency_part += buf;
+      }
+      if (rate > best) best = rate, best_name = e.name;
     }
+  }
+  if (peers.empty()) peer_part = " torch=absent";
+  if (best > 0) {
+    std::snprintf(buf, sizeof buf, " vs_best=%.2f best=%s", ours_rate / best, best_name.c_str());
+    peer_part += buf;
   }
   const std::string prim_part = gpu ? "n/a" : std::to_string(prims);
-  if (ours.fp32) {  // the int8 cases: our FP32 deploy forward in the same run, and batch-1 latency
+  if (ours.fp32) {  // the int8 cases: our FP32 deploy forward in the same run
     const double fp32_rate = ours.units_per_call / median(t_fp32);
-    char buf[256];
     std::snprintf(buf, sizeof buf, " fp32=%.2f vs_fp32=%.2f", fp32_rate, ours_rate / fp32_rate);
-    torch_part += buf;
-    if (ours.units_per_call == 1) {
-      std::snprintf(buf, sizeof buf, " lat_ms_ours=%.2f lat_ms_fp32=%.2f", 1e3 * median(t_ours), 1e3 * median(t_fp32));
-      torch_part += buf;
-      if (!t_torch.empty()) {
-        std::snprintf(buf, sizeof buf, " lat_ms_torch=%.2f", 1e3 * median(t_torch));
-        torch_part += buf;
-        if (!t_torch_cl.empty()) {
-          std::snprintf(buf, sizeof buf, " lat_ms_torch_cl=%.2f", 1e3 * median(t_torch_cl));
-          torch_part += buf;
-        }
-      }
+    peer_part += buf;
+    if (latency) {
+      std::snprintf(buf, sizeof buf, " lat_ms_fp32=%.2f", 1e3 * median(t_fp32));
+      latency_part += buf;
     }
-    torch_part += " impl=" + ours.impl;
   }
+  peer_part += latency_part;
+  if (ours.fp32) peer_part += " impl=" + ours.impl;
   if (ours.quantizers) {
-    char buf[160];
     std::snprintf(buf, sizeof buf, " quant_ms=%.2f assign_ms=%.2f share=%.1f%%", 1e3 * median(t_quant), 1e3 * median(t_assign),
                   100 * median(t_quant) / median(t_ours));
-    torch_part += buf;
+    peer_part += buf;
   }
   // the ISA oneDNN dispatched to and every convolution implementation this case made (one case a process)
   std::string convs;
@@ -467,10 +569,10 @@ int main(int argc, char** argv) {
     if (impl.rfind("convolution ", 0) == 0) convs += (convs.empty() ? "" : ",") + impl.substr(12);
   const std::string machine = " isa=" + cpu::dnnl_isa() + " convs=" + (convs.empty() ? "none" : convs);
   if (ceiling)
-    std::printf("bench %s ours=%.2f %s unit=GFLOP/s%s\n", name.c_str(), ours_rate, torch_part.c_str(), machine.c_str());
+    std::printf("bench %s ours=%.2f%s unit=GFLOP/s%s\n", name.c_str(), ours_rate, peer_part.c_str(), machine.c_str());
   else
-    std::printf("bench %s ours=%.2f %s unit=img/s gflops=%.1f allocs=%llu primitives=%s%s\n", name.c_str(), ours_rate,
-                torch_part.c_str(), ours_rate * ours.flop_per_unit / 1e9, (unsigned long long)allocs,
+    std::printf("bench %s ours=%.2f%s unit=img/s gflops=%.1f allocs=%llu primitives=%s%s\n", name.c_str(), ours_rate,
+                peer_part.c_str(), ours_rate * ours.flop_per_unit / 1e9, (unsigned long long)allocs,
                 prim_part.c_str(), machine.c_str());
   std::fflush(stdout);
 }

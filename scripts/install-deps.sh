@@ -2,7 +2,8 @@
 # Installs the Debian packages the engine needs, only those missing, then the interop tests' PyPI
 # packages. Run by `make test` and `make bench`; `install-deps.sh build` (run by `make`) the Debian
 # packages alone; `install-deps.sh fuzz` (run by `make fuzz`) installs
-# clang, its libFuzzer and sanitizer runtimes and its OpenMP instead.
+# clang, its libFuzzer and sanitizer runtimes and its OpenMP instead; `install-deps.sh bench-peers` (run by
+# `make bench-peers`) only python3-venv, which bench/peers.sh needs for the peers' virtual environment.
 set -euo pipefail
 # libjpeg62-turbo-dev and libpng-dev decode the images (datasets/decode.cpp); libstb-dev's stb_image_write
 # writes PNGs and JPEGs (./inspect --hist, the tests, the fuzz seeds).
@@ -13,6 +14,7 @@ pkgs=(g++ make libdnnl-dev doctest-dev libfmt-dev libjpeg62-turbo-dev libpng-dev
       python3-torch python3-numpy python3-pip libopenmpi-dev openmpi-bin)
 [ "${1:-}" = fuzz ] && pkgs=(clang libclang-rt-dev libomp-dev make libdnnl-dev libfmt-dev libjpeg62-turbo-dev libpng-dev
                             libstb-dev nlohmann-json3-dev)
+[ "${1:-}" = bench-peers ] && pkgs=(python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,7 +31,7 @@ if [ ${#missing[@]} -ne 0 ]; then
   apt-get install -y -qq "${missing[@]}"
 fi
 
-[ "${1:-}" = fuzz ] || [ "${1:-}" = build ] && exit 0
+[ "${1:-}" = fuzz ] || [ "${1:-}" = build ] || [ "${1:-}" = bench-peers ] && exit 0
 
 # The interop tests' Python side (ONNX checker and runtime, TensorBoard's event reader), for Debian's
 # /usr/bin/python3 (the one with python3-torch). Optional: without them those tests report SKIPPED.
