@@ -4,12 +4,12 @@
 # OpenVINO. Run it on a quiet machine (pause other jobs first): about 20 minutes on 2 cores. Writes the
 # bench lines to build/bench_quiet.log, then prints them as the markdown table the docs take.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 make -j1 all build/bench/model_bench
 [ -x build/peers-venv/bin/python ] || make bench-peers
 BENCH_CASES="ceiling train-cifar train-cifar-repq-bn infer-cifar-deploy infer-a0-deploy infer-a0-deploy-b1 infer-cifar-int8" \
   bash bench/run.sh 2>&1 | grep --line-buffered -v '^W[0-9]' | tee build/bench_quiet.log ||
-  echo "bench_quiet: a case failed (above); the table has the rest"
+  echo "bench/quiet.sh: a case failed (above); the table has the rest"
 
 # One row per case and ISA. target: issue 24's (training >= 1.5x the best torch 2 setting; FP32 inference
 # >= 1.2x the best of onnxruntime, OpenVINO and torch.compile; int8 >= 1.5x the best peer on our QDQ
