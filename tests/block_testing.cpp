@@ -15,11 +15,13 @@
 #include "engine/random.h"
 #include "engine/safetensors.h"
 #include "layers/checkpoint.h"
+#include "layers/layers.h"
 #include "models/repvgg.h"
 #include "quant/export.h"
 #include "quant/infer.h"
 #include "quant/inspect.h"
 #include "quant/ptq.h"
+#include "tests/gradcheck.h"
 #include "tests/model_refs.h"
 #include "tests/testing.h"
 #include "trainer/options.h"
@@ -39,6 +41,79 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
     m = std::max(m, (double)std::fabs(b[i]));
   }
   return d / m;
+}
+
+Run run_block(layers::RepBlock& b, const Tensor& x0, const Tensor& w) {
+  Tensor x = x0.clone();
+  x.requires_grad_(true);
+  Run r;
+  r.y = b.forward(x);
+  engine::sum_all(engine::mul(r.y, w)).backward();
+  r.gx = x.grad();
+  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
+  return r;
+}
+
+std::pair<double, double> check_eval_modes(const MakeSeeded& make) {
+  double worst_deploy = 0, worst_merged = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(layers::BnFold::batch);  // eval folds the running statistics whatever the training fold
+    branches->eval();
+    merged->eval();
+    engine::Rng rng(3);
+    const Tensor x = engine::rand_uniform({2, c.in, 7, 7}, -1, 2, rng);
+    engine::NoGradGuard no_grad;
+    const std::vector<float> y = branches->forward(x).to_vector();
+    const double e_merged = rel_err(merged->forward(x).to_vector(), y);
+    branches->switch_to_deploy();
+    REQUIRE(branches->deployed());
+    const Tensor yd = branches->forward(x);
+    CHECK(yd.shape() == (engine::Shape{2, c.out, (7 - 1) / c.stride + 1, (7 - 1) / c.stride + 1}));
+    const double e_deploy = rel_err(yd.to_vector(), y);
+    CHECK(e_merged <= 1e-5);
+    CHECK(e_deploy <= 1e-5);
+    worst_merged = std::max(worst_merged, e_merged);
+    worst_deploy = std::max(worst_deploy, e_deploy);
+  }
+  return {worst_deploy, worst_merged};
+}
+
+std::pair<double, double> check_merged_training(const MakeSeeded& make, size_t params, size_t buffers) {
+  double worst_y = 0, worst_g = 0;
+  for (const Case& c : kCases) {
+    INFO(c.name);
+    auto branches = make(c.in, c.out, c.stride, c.groups, 11);
+    auto merged = make(c.in, c.out, c.stride, c.groups, 11);
+    merged->switch_to_merged(layers::BnFold::batch);
+    engine::Rng rng(3);
+    const int64_t side = (7 - 1) / c.stride + 1;
+    const Tensor x = engine::rand_uniform({4, c.in, 7, 7}, -1, 2, rng),
+                 w = engine::rand_uniform({4, c.out, side, side}, -1, 1, rng);
+    const Run a = run_block(*branches, x, w), b = run_block(*merged, x, w);
+    testing_util::check_close(b.y.to_vector(), a.y.to_vector(), 1e-4, 1e-5, "output");
+    testing_util::check_close(b.gx.to_vector(), a.gx.to_vector(), 1e-3, 1e-5, "input gradient");
+    worst_y = std::max(worst_y, rel_err(b.y.to_vector(), a.y.to_vector()));
+    worst_g = std::max(worst_g, rel_err(b.gx.to_vector(), a.gx.to_vector()));
+    const auto ps = branches->parameters();
+    REQUIRE(a.grads.size() == params);
+    REQUIRE(b.grads.size() == params);
+    for (size_t i = 0; i < a.grads.size(); i++) {
+      REQUIRE_MESSAGE(a.grads[i].defined(), ps[i].name);
+      REQUIRE_MESSAGE(b.grads[i].defined(), ps[i].name);
+      testing_util::check_close(b.grads[i].to_vector(), a.grads[i].to_vector(), 1e-3, 1e-5, ps[i].name);
+      worst_g = std::max(worst_g, rel_err(b.grads[i].to_vector(), a.grads[i].to_vector()));
+    }
+    const auto bufs_a = branches->buffers(), bufs_b = merged->buffers();
+    REQUIRE(bufs_a.size() == buffers);
+    for (size_t i = 0; i < bufs_a.size(); i++)
+      testing_util::check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
+    for (auto& [name, m] : merged->modules())
+      if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(m)) CHECK_MESSAGE(bn->num_batches_tracked == 1, name);
+  }
+  return {worst_y, worst_g};
 }
 
 double check_against_twin(const std::string& file, bool merged_mode, const MakeBlock& make) {

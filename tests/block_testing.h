@@ -12,6 +12,31 @@
 
 namespace block_testing {
 
+// The shapes every block is tested at: stride 1 and 2, groups 1 and 2.
+struct Case {
+  const char* name;
+  int in, out, stride, groups;
+};
+inline constexpr Case kCases[] = {{"8->8 stride 1", 8, 8, 1, 1}, {"8->16 stride 2", 8, 16, 2, 1},
+                                  {"8->8 groups 2", 8, 8, 1, 2}, {"8->16 stride 2 groups 2", 8, 16, 2, 2}};
+
+// y, x's gradient and every parameter's gradient of loss = Σ y · w.
+struct Run {
+  engine::Tensor y, gx;
+  std::vector<engine::Tensor> grads;
+};
+Run run_block(layers::RepBlock& b, const engine::Tensor& x0, const engine::Tensor& w);
+
+// A block of the given shape in its training form, BNs randomized, the same for equal seeds.
+using MakeSeeded = std::function<std::shared_ptr<layers::RepBlock>(int in, int out, int stride, int groups, uint64_t seed)>;
+// In eval, at every kCases shape: the training form, merged mode (running statistics) and the deploy conv give
+// the same output within 1e-5. -> the worst relative errors of deploy and merged.
+std::pair<double, double> check_eval_modes(const MakeSeeded& make);
+// In training, at every kCases shape: merged mode with batch folding (RepQ-BN without quantizers) is the training
+// form: output, input gradient and each of the `params` parameters' gradients, the `buffers` buffers after the
+// step, every BN's step count. -> the worst relative errors of the output and of the gradients.
+std::pair<double, double> check_merged_training(const MakeSeeded& make, size_t params, size_t buffers);
+
 // max |a − b| / max |b| (a NaN in a counts as the worst)
 double rel_err(const std::vector<float>& a, const std::vector<float>& b);
 

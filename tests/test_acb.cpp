@@ -20,7 +20,11 @@
 
 using namespace engine;
 using namespace layers;
+using block_testing::kCases;
 using block_testing::rel_err;
+using block_testing::Case;
+using block_testing::Run;
+using block_testing::run_block;
 using testing_util::check_close;
 using testing_util::check_gradients;
 using testing_util::check_ref;
@@ -41,29 +45,6 @@ std::shared_ptr<ACBlock> make_acb(int in, int out, int stride, int groups, uint6
   auto b = std::make_shared<ACBlock>(in, out, stride, groups, rng);
   randomize_bns(*b, seed + 1);
   return b;
-}
-
-struct Case {
-  const char* name;
-  int in, out, stride, groups;
-};
-const Case kCases[] = {{"8->8 stride 1", 8, 8, 1, 1}, {"8->16 stride 2", 8, 16, 2, 1}, {"8->8 groups 2", 8, 8, 1, 2},
-                       {"8->16 stride 2 groups 2", 8, 16, 2, 2}};
-
-// y, x's gradient and every parameter's gradient of loss = Σ y · w.
-struct Run {
-  Tensor y, gx;
-  std::vector<Tensor> grads;
-};
-Run run_block(RepBlock& b, const Tensor& x0, const Tensor& w) {
-  Tensor x = x0.clone();
-  x.requires_grad_(true);
-  Run r;
-  r.y = b.forward(x);
-  sum_all(mul(r.y, w)).backward();
-  r.gx = x.grad();
-  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
-  return r;
 }
 
 }  // namespace
@@ -163,64 +144,13 @@ TEST_CASE("ACBlock: the official state-dict names and order, PyTorch's init boun
 }
 
 TEST_CASE("ACBlock in eval: the branches with running statistics, merged mode and the deploy conv agree") {
-  double worst_deploy = 0, worst_merged = 0;
-  for (const Case& c : kCases) {
-    INFO(c.name);
-    auto branches = make_acb(c.in, c.out, c.stride, c.groups, 11);
-    auto merged = make_acb(c.in, c.out, c.stride, c.groups, 11);
-    merged->switch_to_merged(BnFold::batch);  // eval folds the running statistics whatever the training fold
-    branches->eval();
-    merged->eval();
-    Rng rng(3);
-    const Tensor x = rand_uniform({2, c.in, 7, 7}, -1, 2, rng);
-    NoGradGuard no_grad;
-    const std::vector<float> y = branches->forward(x).to_vector();
-    const double e_merged = rel_err(merged->forward(x).to_vector(), y);
-    branches->switch_to_deploy();
-    REQUIRE(branches->deployed());
-    const Tensor yd = branches->forward(x);
-    CHECK(yd.shape() == (Shape{2, c.out, (7 - 1) / c.stride + 1, (7 - 1) / c.stride + 1}));
-    const double e_deploy = rel_err(yd.to_vector(), y);
-    CHECK(e_merged <= 1e-5);
-    CHECK(e_deploy <= 1e-5);
-    worst_merged = std::max(worst_merged, e_merged);
-    worst_deploy = std::max(worst_deploy, e_deploy);
-  }
-  MESSAGE("ACB eval, max |y − y_branches| / max |y_branches|: deploy " << worst_deploy << ", merged " << worst_merged);
-}
+  const auto [deploy, merged] = block_testing::check_eval_modes(make_acb);
+  MESSAGE("ACB eval, max |y − y_branches| / max |y_branches|: deploy " << deploy << ", merged " << merged);}
 
 TEST_CASE("ACBlock in training: merged mode with batch folding is the branches: output, every gradient, running statistics") {
-  double worst_y = 0, worst_g = 0;
-  for (const Case& c : kCases) {
-    INFO(c.name);
-    auto branches = make_acb(c.in, c.out, c.stride, c.groups, 11);
-    auto merged = make_acb(c.in, c.out, c.stride, c.groups, 11);
-    merged->switch_to_merged(BnFold::batch);
-    Rng rng(3);
-    const int64_t side = (7 - 1) / c.stride + 1;
-    const Tensor x = rand_uniform({4, c.in, 7, 7}, -1, 2, rng), w = rand_uniform({4, c.out, side, side}, -1, 1, rng);
-    const Run a = run_block(*branches, x, w), b = run_block(*merged, x, w);
-    check_close(b.y.to_vector(), a.y.to_vector(), 1e-4, 1e-5, "output");
-    check_close(b.gx.to_vector(), a.gx.to_vector(), 1e-3, 1e-5, "input gradient");
-    worst_y = std::max(worst_y, rel_err(b.y.to_vector(), a.y.to_vector()));
-    worst_g = std::max(worst_g, rel_err(b.gx.to_vector(), a.gx.to_vector()));
-    const auto params = branches->parameters();
-    REQUIRE(a.grads.size() == 9);
-    REQUIRE(b.grads.size() == 9);
-    for (size_t i = 0; i < a.grads.size(); i++) {
-      REQUIRE_MESSAGE(b.grads[i].defined(), params[i].name);
-      check_close(b.grads[i].to_vector(), a.grads[i].to_vector(), 1e-3, 1e-5, params[i].name);
-      worst_g = std::max(worst_g, rel_err(b.grads[i].to_vector(), a.grads[i].to_vector()));
-    }
-    const auto bufs_a = branches->buffers(), bufs_b = merged->buffers();
-    REQUIRE(bufs_a.size() == 6);
-    for (size_t i = 0; i < bufs_a.size(); i++)
-      check_close(bufs_b[i].tensor.to_vector(), bufs_a[i].tensor.to_vector(), 1e-5, 1e-6, bufs_a[i].name);
-    CHECK(merged->hor_bn->num_batches_tracked == 1);
-  }
-  MESSAGE("ACB training, merged (RepQ-BN) against the branches, max relative error: output " << worst_y
-                                                                                           << ", gradients " << worst_g);
-}
+  // 3 convs, 3 BNs' γ and β; their running statistics
+  const auto [y, g] = block_testing::check_merged_training(make_acb, 9, 6);
+  MESSAGE("ACB training, merged (RepQ-BN) against the branches, max relative error: output " << y << ", gradients " << g);}
 
 TEST_CASE("ACBlock, RepQ-BNEst: the thin kernels' Eq. 5-6 estimate is the padded kernels' (zero taps add nothing)") {
   auto b = make_acb(8, 8, 1, 2, 7);

@@ -13,6 +13,7 @@
 #include "layers/quantizer.h"
 #include "layers/repvgg_block.h"
 #include "models/repvgg.h"
+#include "tests/block_testing.h"
 #include "tests/gradcheck.h"
 #include "tests/model_refs.h"
 #include "tests/testing.h"
@@ -21,6 +22,8 @@ using namespace engine;
 using namespace layers;
 using testing_util::check_close;
 using testing_util::check_gradients;
+using block_testing::Run;
+using block_testing::run_block;
 using testing_util::randomize_bns;
 
 static std::shared_ptr<RepBlock> make_block(bool qa, int in, int out, int stride, int groups, uint64_t seed) {
@@ -30,22 +33,6 @@ static std::shared_ptr<RepBlock> make_block(bool qa, int in, int out, int stride
   else b = std::make_shared<RepVGGBlock>(in, out, stride, groups, rng);
   randomize_bns(*b, seed + 1);
   return b;
-}
-
-// y, x's gradient and every parameter's gradient of loss = Σ y · w.
-struct Run {
-  Tensor y, gx;
-  std::vector<Tensor> grads;
-};
-static Run run_block(RepBlock& b, const Tensor& x0, const Tensor& w) {
-  Tensor x = x0.clone();
-  x.requires_grad_(true);
-  Run r;
-  r.y = b.forward(x);
-  sum_all(mul(r.y, w)).backward();
-  r.gx = x.grad();
-  for (auto& p : b.parameters()) r.grads.push_back(p.tensor.grad());
-  return r;
 }
 
 TEST_CASE("merged mode with batch folding is the 3-branch block: output, every gradient, running statistics") {
