@@ -212,16 +212,16 @@ struct Ours {
 };
 
 // Our deploy model as ONNX (interop/onnx.h, the graph ./export writes; QDQ at its quantizers if `qdq`).
-static std::string onnx_of(models::RepVGG& model, int image_size, bool qdq) {
+static std::string onnx_of(models::Model& model, int image_size, bool qdq) {
   interop::OnnxOptions opt;
   opt.image_size = image_size;
   opt.qdq = qdq;
-  return interop::repvgg_to_onnx(model, opt);
+  return interop::to_onnx(model, opt);
 }
 
 // The cluster case's quantizers on the model's merged kernels (running statistics, as they fold in
 // training): every layer's forward (lines 5-10, host copies included), and the assignment (line 5) alone.
-static void time_cluster_quantizers(models::RepVGG& model, Ours& ours) {
+static void time_cluster_quantizers(models::Model& model, Ours& ours) {
   std::vector<std::pair<layers::ClusterQuantizer*, Tensor>> coded;
   {
     NoGradGuard no_grad;
@@ -262,7 +262,7 @@ static void finish(Device device) {
 // every activation step 0.05: speed does not depend on the values; the -a7 cases: 7-bit activations),
 // exported and run on the integer kernels; beside it the same deployed model's FP32 forward, and the same
 // quantized model in QDQ form for the ONNX peers.
-static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, double flop_per_image, int act_bits) {
+static Ours int8_case(std::shared_ptr<models::Model> model, const Tensor& x, double flop_per_image, int act_bits) {
   const auto& blocks = model->blocks();
   for (size_t i = 1; i < blocks.size(); i++) {
     auto act = std::make_shared<layers::Quantizer>(act_bits, layers::Codes::unsigned_act);
@@ -292,7 +292,7 @@ static Ours int8_case(std::shared_ptr<models::RepVGG> model, const Tensor& x, do
 static Ours model_case(const Case& c, Device device) {
   models::ArchConfig arch = models::arch_config(c.arch);
   Rng rng(0);
-  auto model = std::make_shared<models::RepVGG>(arch, rng, c.oabn_k);
+  std::shared_ptr<models::Model> model = models::make_model(arch, rng, c.oabn_k);
   Tensor x = rand_normal({c.batch, 3, c.resolution, c.resolution}, 0.f, 1.f, rng);
   Tensor labels = Tensor::empty({c.batch}, DType::i32);
   for (int i = 0; i < c.batch; i++) labels.data<int32_t>()[i] = (int32_t)rng.below(arch.num_classes);

@@ -44,7 +44,7 @@ std::vector<uint8_t> unpack_codes(const std::vector<uint8_t>& packed, int bits, 
 const char* const kClusterFormat = "cluster-codes";
 
 std::string codebook_name(const std::string& layer) {
-  if (layer == "linear") return "linear_weight_quant.codebook";
+  if (layer == "linear" || layer == "fc") return layer + "_weight_quant.codebook";
   const std::string suffix = ".rbr_reparam";
   ENGINE_CHECK(layer.size() > suffix.size() && layer.compare(layer.size() - suffix.size(), suffix.size(), suffix) == 0,
                "'" + layer + "' is not a block's rbr_reparam nor the FC");
@@ -121,14 +121,9 @@ st::File decompress_cluster(const st::File& f, const std::string& path) {
 }
 
 ModelBytes model_bytes(const models::ArchConfig& arch, const std::vector<int>& widths) {
-  std::vector<std::pair<int64_t, int64_t>> layers;  // (weights, biases), stage0 ... the FC
-  int last = 0;
-  for (auto& stage : models::block_specs(arch))
-    for (const models::BlockSpec& b : stage) {
-      layers.push_back({(int64_t)b.out * (b.in / b.groups) * 9, b.out});
-      last = b.out;
-    }
-  layers.push_back({(int64_t)last * arch.num_classes, arch.num_classes});
+  std::vector<std::pair<int64_t, int64_t>> layers;  // (weights, biases), the first layer ... the FC
+  for (const models::LayerSpec& b : models::layer_specs(arch))
+    layers.push_back({(int64_t)b.out * (b.in / b.groups) * b.kernel * b.kernel, b.out});
   ENGINE_CHECK(widths.size() == layers.size(), std::to_string(widths.size()) + " widths for " + std::to_string(layers.size()) + " layers");
   ModelBytes s;
   for (size_t i = 0; i < layers.size(); i++) {
@@ -199,8 +194,8 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
   for (size_t i = 0; i < m.layers.size(); i++) {
     Int8Layer& l = m.layers[i];
     // the state-dict names of the deploy conv (the FC) and of its quantizers, models/repvgg.h
-    const std::string conv = l.fc ? "linear" : l.name + ".rbr_reparam";
-    const std::string act = l.fc ? "linear_act_quant" : l.name + ".act_quant";
+    const std::string conv = l.fc ? l.name : l.name + ".rbr_reparam";
+    const std::string act = l.fc ? l.name + "_act_quant" : l.name + ".act_quant";
     std::vector<float> w = finite_f32(state, conv + ".weight", l.weight_shape(), path, used);
     std::vector<float> b = finite_f32(state, conv + ".bias", {l.out}, path, used);
     if (!state.tensors.count(act + ".step")) {  // an FP32 layer

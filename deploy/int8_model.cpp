@@ -25,19 +25,11 @@ std::vector<int64_t> Int8Layer::weight_shape() const {
 
 std::vector<Int8Layer> int8_layers(const models::ArchConfig& arch) {
   std::vector<Int8Layer> layers;
-  const auto stages = models::block_specs(arch);
-  for (size_t s = 0; s < stages.size(); s++)
-    for (size_t i = 0; i < stages[s].size(); i++) {
-      const models::BlockSpec& b = stages[s][i];
-      Int8Layer l;
-      l.name = b.name;
-      l.in = b.in, l.out = b.out, l.stride = b.stride, l.groups = b.groups;
-      layers.push_back(l);
-    }
-  Int8Layer fc;
-  fc.name = "linear";
-  fc.in = stages.back().back().out, fc.out = arch.num_classes, fc.kernel = 1, fc.fc = true;
-  layers.push_back(fc);
+  for (const models::LayerSpec& s : models::layer_specs(arch)) {
+    Int8Layer l;
+    static_cast<models::LayerSpec&>(l) = s;
+    layers.push_back(l);
+  }
   return layers;
 }
 
@@ -254,12 +246,14 @@ Int8Model load_int8(const st::File& f, const std::string& path) {
     l.input_scale = get(l.name + ".input_scale", st::DType::F32, {1}).to_vector<float>()[0];
     check_scales({l.input_scale}, path, l.name + ".input_scale");
     l.input_zero_point = get(l.name + ".input_zero_point", st::DType::I32, {1}).to_vector<int32_t>()[0];
-    // after a ReLU (every layer but stage0) the range starts at 0: z = 0, which the integer kernels assume
-    const int z_max = i == 0 ? q_x : 0;
+    // after a ReLU (every layer's input but the image) the range starts at 0: z = 0, which the integer kernels
+    // assume
+    const bool image = l.source < 0;
+    const int z_max = image ? q_x : 0;
     if (l.input_zero_point < 0 || l.input_zero_point > z_max)
       bad(path, l.name + ".input_zero_point",
           fmt::format("is {}, expected {}", l.input_zero_point,
-                      i == 0 ? fmt::format("a code in [0, {}]", q_x) : std::string("0 (the input follows a ReLU)")));
+                      image ? fmt::format("a code in [0, {}]", q_x) : std::string("0 (the input follows a ReLU)")));
   }
   if (!any) engine::fail(fmt::format("file {}: no layer is quantized (every weight is F32)", path));
   for (const auto& [name, e] : f.tensors)

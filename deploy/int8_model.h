@@ -1,7 +1,8 @@
 // The quantized deploy model as a file: what `./ptq --export FILE` writes from a model with its quantizers
 // attached (./ptq's calibrated ones, or a QAT run's learned ones: quant/deploy_export.h) and `./infer` runs
 // with integer kernels (deploy/integer_model.h).
-// The layout is docs/int8.md's. One layer per deploy conv ("stage0", "stage1.0", ...) and the FC ("linear"):
+// The layout is docs/int8.md's. One layer per deploy conv ("stage0", "stage1.0", ... | "conv1", "layer1.0.conv1", ...)
+// and the FC ("linear" | "fc"):
 //
 //   quantized:  y = s_x s_w[o] (Σ (q_x − z_x) q_w + q_b[o])          then ReLU (blocks) — the same function as
 //               ./ptq's fake-quantized ReLU(conv(Q_a(x), Q_w(W), b)) but for the bias, rounded to q_b
@@ -25,14 +26,12 @@
 
 namespace deploy {
 
-struct Int8Layer {
-  std::string name;           // "stage0", "stage1.0", ..., "linear"
-  int in = 0, out = 0;        // channels (the FC: features)
-  int kernel = 3, stride = 1, groups = 1;  // 3x3 with padding 1; the FC: 1x1 (a conv of [N, I, 1, 1])
-  bool fc = false;            // the FC: no ReLU, weight [O, I]
+// A layer: its spec (models/arch.h: name, shape, k x k with padding (k − 1) / 2, ReLU, source, residual, max
+// pool; the FC a 1x1 conv of [N, I, 1, 1], weight [O, I], no ReLU) and its values.
+struct Int8Layer : models::LayerSpec {
   bool quantized = false;
   models::LayerBits widths;   // quantized: its weights' bits B and its input's A, each 2..8; FP32: {0, 0}
-  std::vector<float> weight, bias;      // FP32 layer: [O, I/g, 3, 3] (the FC [O, I]), [O]
+  std::vector<float> weight, bias;      // FP32 layer: [O, I/g, k, k] (the FC [O, I]), [O]
   std::vector<int8_t> weight_codes;     // quantized layer: q_w, the shape of `weight`
   std::vector<float> weight_scale;      // s_w, [1] or [O]
   std::vector<int32_t> bias_codes;      // q_b [O]
@@ -50,8 +49,7 @@ struct Int8Model {
   std::vector<Int8Layer> layers;        // the blocks in order, then the FC
 };
 
-// The layers of an arch, without their values: the blocks of models::block_specs, named as the model names
-// them ("stage0", "stage1.0", ...), then the FC ("linear").
+// The layers of an arch, without their values: models::layer_specs, the FC last.
 std::vector<Int8Layer> int8_layers(const models::ArchConfig& arch);
 
 // A quantized layer's input side: s_x, and the zero point of codes [q_min, q_max] moved onto the unsigned

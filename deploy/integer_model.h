@@ -1,17 +1,27 @@
 // The quantized deploy model (deploy/int8_model.h) run with integer kernels on the CPU (engine/cpu/int8.h):
-// the deploy model's structure, layer by layer, each layer one oneDNN convolution (the FC a 1x1 one):
+// the deploy model's layers (models/arch.h LayerSpec) in order, each one oneDNN convolution (the FC a 1x1 one)
+// writing its own output buffer, which the layers that read it (its source or its residual) find there:
 //
-//   image f32 [N, 3, H, W] ─ stage0 ─ stage1.0 ─ ... ─ stage4.0 ─ avg pool ─ linear ─ logits f32 [N, K]
+//   RepVGG:    image f32 [N, 3, H, W] ─ stage0 ─ stage1.0 ─ ... ─ stage4.0 ─ avg pool ─ linear ─ logits f32 [N, K]
+//   ResNet-18: image ─ conv1 ─ max pool ─ layer1.0.conv1 ─ layer1.0.conv2 (+ the block's input) ─ ...
+//              ─ layer2.0.conv1, layer2.0.downsample ─ layer2.0.conv2 (+ the downsample's output) ─ ... ─ fc
 //
-// A quantized layer whose input comes from a quantized block reads that block's u8 codes (NHWC): the block
-// requantized its accumulator to them in its own epilogue, s_x s_w[o] / s_x' with the ReLU and the code
-// range as a clip. Where a quantized layer's input is float (the image, an FP32 stage0's output, the pooled
-// features), quantize_u8 makes its codes first. The last block writes f32 for the pooling.
+// A quantized layer whose input comes from a quantized layer reads that layer's u8 codes (NHWC): the writer
+// requantized its accumulator to them in its own epilogue, s_x s_w[o] / s_x' with the ReLU and the code range
+// as a clip, s_x' its readers' input scale (one for all: a tensor has one quantizer, models/resnet.h). Where a
+// quantized layer's input is float (the image, an FP32 layer's output, the pooled features), quantize_u8 makes
+// its codes first. A layer read by the FC (through the pooling) writes f32.
 //
-// On CUDA (device cuda), the quantized blocks whose input is a block's u8 codes run on the GPU
-// (engine/cuda/int8.cu: im2col, cuBLAS's int8 GEMM, the same epilogue); the layers around them (the FP32
-// stage0, the image's and the FC's quantize_u8, the pooling, the FC) stay on the host, the codes copied to the
-// GPU before the first such block and the last one's f32 output back after it.
+// ResNet's shortcut: a layer with a residual writes its conv as f32 (s_x s_w[o] (acc + q_b), no ReLU), then
+// add_shortcut adds the residual (f32, or the codes it holds, dequantized), applies the ReLU and the result is
+// quantized to its readers' codes: the fake-quantized model's ReLU(conv + Q_a(x)) then Q_a', in two passes. The
+// downsample's output is f32 (the training model does not quantize it either). The stem's max pool pools the
+// codes (max commutes with the monotone dequantization: exact).
+//
+// On CUDA (device cuda), the quantized layers with no residual, no pool, not read as a residual, whose input is a
+// layer's u8 codes run on the GPU (engine/cuda/int8.cu: im2col, cuBLAS's int8 GEMM, the same epilogue): all of
+// RepVGG's but stage0; in ResNet-18 the blocks' conv1 and downsample. The others stay on the host, outputs
+// copied across where a reader runs on the other side.
 //
 // Against ./ptq's fake-quantized forward the codes differ in rounding only: the bias is rounded to the
 // accumulator's units (q_b), and the requantized value s_x s_w (acc + q_b) / s_x' is not the fake path's
@@ -51,15 +61,21 @@ class IntegerModel {
     engine::cpu::QConvSpec spec;
     std::unique_ptr<engine::cpu::QConv> conv;  // a host layer
     Tensor weight, bias;          // a GPU layer: s8 codes and s32 bias on the device
+    bool gpu = false;
     bool quantize_input = false;  // its input is float: quantize_u8 first
-    int64_t in_bytes = 0, out_bytes = 0;
+    bool copy_back = false;       // a GPU layer that a host layer reads
+    bool codes_out = false;       // its output is its readers' u8 codes, else f32
+    float out_scale = 1;          // codes_out: its readers' s_x
+    int out_max = 255;            // codes_out: their largest code
+    Tensor conv_out;              // the conv's output before the shortcut add (f32) or the max pool
+    Tensor out, gpu_out;          // the layer's output, NHWC [N, OH, OW, O] (after its pool)
+    int64_t in_values = 0, out_values = 0;  // its input's values; its output's
   };
   struct Plan {
-    std::vector<Layer> layers;
-    Tensor a, b;                  // ping-pong activation buffers (bytes), the largest layer's size
-    Tensor gpu_a, gpu_b;          // the same on the GPU, where a layer runs there
+    std::vector<Layer> layers;    // the FC last
+    Tensor codes;                 // a float input's codes (quantize_input), the largest such
+    Tensor gpu_in;                // a GPU layer's input copied from the host, the largest such
     Tensor pooled;                // f32 [N, C]
-    engine::Shape out_shape;      // the last block's output [N, C, OH, OW]
   };
   Plan build(const engine::Shape& x) const;
 

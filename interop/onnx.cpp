@@ -146,12 +146,13 @@ static std::string bias_dq(Message& graph, const std::string& name, const engine
 
 // The inputs of a conv or Gemm: x, weight and bias, each through its QDQ nodes where `opt.qdq` and the layer
 // has the quantizer (the bias where it has both).
+// A layer whose Q_a is another's (layers::LayerQuantizers::share_input) takes x as that one's QDQ output.
 static std::vector<std::string> layer_inputs(Message& graph, const OnnxOptions& opt, const std::string& prefix,
                                              const layers::LayerQuantizers& quant, std::string x, const std::string& w_name,
                                              const engine::Tensor& w, const std::string& b_name, const engine::Tensor& b) {
   const layers::Quantizer* act = opt.qdq ? quant.act.get() : nullptr;
   const layers::Quantizer* weight = opt.qdq ? quant.weight.get() : nullptr;
-  if (act) x = act_qdq(graph, prefix + ".act_quant", *act, x);
+  if (act && !quant.input_shared()) x = act_qdq(graph, prefix + ".act_quant", *act, x);
   const std::string wq = weight ? weight_dq(graph, prefix + ".weight_quant", *weight, w) : w_name;
   if (!weight) graph.message(f::initializer, initializer(w_name, w));
   const std::string bq = act && weight ? bias_dq(graph, prefix + ".bias_quant", b, *act, *weight) : b_name;
@@ -170,31 +171,50 @@ static Message value_info(const std::string& name, const std::vector<std::pair<i
   return Message().bytes(f::vi_name, name).message(f::vi_type, Message().message(f::tensor_type, tensor)).bytes(f::vi_doc, doc);
 }
 
-std::string repvgg_to_onnx(models::RepVGG& model, const OnnxOptions& opt) {
+std::string to_onnx(models::Model& model, const OnnxOptions& opt) {
   Message graph;
   graph.bytes(f::graph_name, model.arch.name);
 
-  // The blocks in order, named as their state-dict prefixes ("stage0", "stage1.0", ...), then the FC
+  // The layers in order, named as their state-dict prefixes ("stage0", "stage1.0", ... | "conv1",
+  // "layer1.0.conv1", ...): Conv [Add of the shortcut] [Relu] [MaxPool], each reading its source's output; then
+  // the pooling and the FC. out[i]: layer i's output; read[i]: what its readers' convs take (after their QDQ).
   const std::vector<models::QuantLayer> layers = model.quant_layers();
-  std::string x = "input";
-  for (const models::QuantLayer& l : layers) {
-    if (l.fc) break;
+  std::vector<std::string> out(layers.size()), read(layers.size());
+  for (size_t i = 0; i + 1 < layers.size(); i++) {
+    const models::QuantLayer& l = layers[i];
     if (!l.weight.defined()) throw std::runtime_error(fmt::format("ONNX export of {}: block {} is not in deploy form", model.arch.name, l.name));
-    const int64_t k = l.weight.size(2), s = l.stride, p = 1;
-    const std::vector<std::string> in = layer_inputs(graph, opt, l.name, *l.quant, x, l.name + ".rbr_reparam.weight", l.weight,
-                                                     l.name + ".rbr_reparam.bias", l.bias);
-    graph.message(f::node, node("Conv", l.name + ".conv", in, l.name + ".conv",
+    const std::string x = l.source < 0 ? "input" : out[l.source];
+    const int64_t k = l.weight.size(2), s = l.stride, p = (k - 1) / 2;
+    std::vector<std::string> in = layer_inputs(graph, opt, l.name, *l.quant, x, l.name + ".rbr_reparam.weight", l.weight,
+                                               l.name + ".rbr_reparam.bias", l.bias);
+    if (l.quant->input_shared() && opt.qdq) in[0] = read[l.source];  // the first reader's QDQ of x
+    if (l.source >= 0 && read[l.source].empty()) read[l.source] = in[0];
+    std::string y = l.name + ".conv";
+    graph.message(f::node, node("Conv", y, in, y,
                                 {attr_ints("kernel_shape", {k, k}), attr_ints("strides", {s, s}), attr_ints("pads", {p, p, p, p}),
                                  attr_ints("dilations", {1, 1}), attr_int("group", l.groups)}));
-    graph.message(f::node, node("Relu", l.name + ".relu", {l.name + ".conv"}, l.name + ".relu"));
-    x = l.name + ".relu";
+    if (l.residual >= 0) {  // the shortcut as the model adds it: its writer's output as its readers take it
+      const std::string r = read[l.residual].empty() ? out[l.residual] : read[l.residual];
+      graph.message(f::node, node("Add", l.name + ".add", {y, r}, l.name + ".add"));
+      y = l.name + ".add";
+    }
+    if (l.relu) {
+      graph.message(f::node, node("Relu", l.name + ".relu", {y}, l.name + ".relu"));
+      y = l.name + ".relu";
+    }
+    if (l.max_pool) {
+      graph.message(f::node, node("MaxPool", l.name + ".maxpool", {y}, l.name + ".maxpool",
+                                  {attr_ints("kernel_shape", {3, 3}), attr_ints("strides", {2, 2}), attr_ints("pads", {1, 1, 1, 1})}));
+      y = l.name + ".maxpool";
+    }
+    out[i] = y;
   }
-  graph.message(f::node, node("GlobalAveragePool", "gap", {x}, "gap"));
-  graph.message(f::node, node("Flatten", "flatten", {"gap"}, "flatten", {attr_int("axis", 1)}));
   const models::QuantLayer& fc = layers.back();
-  const std::vector<std::string> in = layer_inputs(graph, opt, "linear", *fc.quant, "flatten", "linear.weight", fc.weight,
-                                                   "linear.bias", fc.bias);
-  graph.message(f::node, node("Gemm", "linear", in, "logits", {attr_int("transB", 1)}));
+  graph.message(f::node, node("GlobalAveragePool", "gap", {out[fc.source]}, "gap"));
+  graph.message(f::node, node("Flatten", "flatten", {"gap"}, "flatten", {attr_int("axis", 1)}));
+  const std::vector<std::string> in = layer_inputs(graph, opt, fc.name, *fc.quant, "flatten", fc.name + ".weight", fc.weight,
+                                                   fc.name + ".bias", fc.bias);
+  graph.message(f::node, node("Gemm", fc.name, in, "logits", {attr_int("transB", 1)}));
 
   const data::Normalize& n = opt.norm;
   const std::string norm = fmt::format("mean [{}, {}, {}], std [{}, {}, {}]", n.mean[0], n.mean[1], n.mean[2], n.std[0], n.std[1], n.std[2]);

@@ -31,6 +31,6 @@ struct OnnxOptions {
 };
 
 // The serialized ModelProto. Throws when the model is not in deploy form.
-std::string repvgg_to_onnx(models::RepVGG& model, const OnnxOptions& opt);
+std::string to_onnx(models::Model& model, const OnnxOptions& opt);
 
 }  // namespace interop

@@ -35,7 +35,7 @@ ACBlock::ACBlock(int in, int out, int stride, int groups, engine::Rng& rng) : Re
 
 Tensor ACBlock::forward_branches(const Tensor& x) {
   return bn_sum_relu({square_conv->forward(x), hor_conv->forward(x), ver_conv->forward(x)},
-                     {square_bn.get(), hor_bn.get(), ver_bn.get()});
+                     {square_bn.get(), hor_bn.get(), ver_bn.get()}, relu);
 }
 
 // Each BN's statistics are those of its branch's output, here conv(x, K padded to 3x3, padding 1) (what

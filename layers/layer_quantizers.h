@@ -24,6 +24,11 @@ class LayerQuantizers {
   // Replaces the layer's quantizers; at most one of weight and cluster.
   void set(std::shared_ptr<Quantizer> act, std::shared_ptr<Quantizer> weight,
            std::shared_ptr<ClusterQuantizer> cluster = nullptr);
+  // Q_a as another layer's, not registered here: a tensor read by two layers (ResNet's block input, read by
+  // conv1 and the downsample shortcut) has one quantizer, the first reader's, as integer kernels hold one set
+  // of codes for it. Call after set().
+  void share_input(std::shared_ptr<Quantizer> first_readers);
+  bool input_shared() const { return act_shared_; }
 
   Tensor quantize_input(const Tensor& x) const;                   // Q_a(x), x without one
   Tensor quantize_weight(const Tensor& w) const;                  // Q_w(w), w without one
@@ -36,6 +41,7 @@ class LayerQuantizers {
  private:
   Module& owner_;
   const std::string prefix_;
+  bool act_shared_ = false;
 };
 
 }  // namespace layers

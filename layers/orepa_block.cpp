@@ -59,7 +59,7 @@ Tensor OREPABlock::merged_kernel() const {
 
 // relu(bn(conv(x, M))): the official forward, one conv on the merged kernel
 Tensor OREPABlock::forward_branches(const Tensor& x) {
-  return bn_sum_relu({engine::conv2d(x, merged_kernel(), Tensor(), stride, 1, groups)}, {bn.get()});
+  return bn_sum_relu({engine::conv2d(x, merged_kernel(), Tensor(), stride, 1, groups)}, {bn.get()}, relu);
 }
 
 // The BN's input is conv(x, M): BnStatistics convolves M itself for RepQ-BN (exact) and estimates from M's

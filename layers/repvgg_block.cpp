@@ -13,8 +13,8 @@ ConvBN::ConvBN(int in, int out, int kernel, int stride, int padding, int groups,
 
 Tensor ConvBN::forward(const Tensor& x) { return bn->forward(conv->forward(x)); }
 
-RepBlock::RepBlock(int in, int out, int stride, int groups)
-    : in_channels(in), out_channels(out), stride(stride), groups(groups) {}
+RepBlock::RepBlock(int in, int out, int stride, int groups, int kernel)
+    : in_channels(in), out_channels(out), stride(stride), groups(groups), kernel(kernel) {}
 
 BlockMode RepBlock::mode() const {
   return rbr_reparam ? BlockMode::deploy : merged_ ? BlockMode::merged : BlockMode::branches;
@@ -43,12 +43,12 @@ void RepBlock::switch_to_deploy() {
   drop_branches();
   merged_ = false;
   rbr_reparam = register_module("rbr_reparam",
-                                std::make_shared<Conv2d>(kb.kernel.detach(), kb.bias.detach(), stride, 1, groups));
+                                std::make_shared<Conv2d>(kb.kernel.detach(), kb.bias.detach(), stride, kernel / 2, groups));
 }
 
 Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b) {
-  return engine::conv2d_relu(quant.quantize_input(x), quant.quantize_weight(w), quant.quantized_bias(b, training()), stride,
-                             1, groups);
+  const Tensor xq = quant.quantize_input(x), wq = quant.quantize_weight(w), bq = quant.quantized_bias(b, training());
+  return relu ? engine::conv2d_relu(xq, wq, bq, stride, kernel / 2, groups) : engine::conv2d(xq, wq, bq, stride, kernel / 2, groups);
 }
 
 Tensor RepBlock::forward(const Tensor& x) {
@@ -69,16 +69,16 @@ RepVGGBlock::RepVGGBlock(int in, int out, int stride, int groups, engine::Rng& r
   rbr_1x1 = register_module("rbr_1x1", std::make_shared<ConvBN>(in, out, 1, stride, 0, groups, rng));
 }
 
-Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns) {
+Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns, bool relu) {
   ENGINE_CHECK(!xs.empty() && xs.size() == bns.size(), std::to_string(xs.size()) + " branch outputs for " +
                                                            std::to_string(bns.size()) + " BNs");
   bool fusable = true;  // one mode, momentum and eps for the BNs (as always, unless set otherwise)
   for (BatchNorm2d* bn : bns)
     fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
-  if (!fusable) {  // the composed ops
+  if (!fusable || !relu) {  // the composed ops
     Tensor sum = bns[0]->forward(xs[0]);
     for (size_t i = 1; i < xs.size(); i++) sum = engine::add(sum, bns[i]->forward(xs[i]));
-    return engine::relu(sum);
+    return relu ? engine::relu(sum) : sum;
   }
   std::vector<engine::BnParams> params;
   for (BatchNorm2d* bn : bns) {
@@ -100,7 +100,7 @@ Tensor RepVGGBlock::forward_branches(const Tensor& x) {
     xs.push_back(x);
     bns.push_back(rbr_identity.get());
   }
-  return bn_sum_relu(xs, bns);
+  return bn_sum_relu(xs, bns, relu);
 }
 
 KernelBias RepVGGBlock::kernel_bias(BnStatistics& stats) {
@@ -130,7 +130,7 @@ QARepVGGBlock::QARepVGGBlock(int in, int out, int stride, int groups, engine::Rn
 Tensor QARepVGGBlock::forward_branches(const Tensor& x) {
   Tensor sum = engine::add(rbr_dense->forward(x), rbr_1x1->forward(x));
   if (has_identity()) sum = engine::add(sum, x);
-  return engine::relu(bn->forward(sum));
+  return relu ? engine::relu(bn->forward(sum)) : bn->forward(sum);
 }
 
 // The dense BN folds first; the post-sum BN's input is then conv(x, W) + b of the branch sum.

@@ -32,18 +32,20 @@ class ConvBN : public Module {
   std::shared_ptr<BatchNorm2d> bn;
 };
 
-// relu(Σᵢ bns[i](xs[i])): the training form's tail of a block whose branches each end in a BN. The BNs, the
-// sum and the ReLU run as one op (engine::bn_add_relu) when the BNs share mode, momentum and eps (as always,
-// unless set otherwise), else as the composed ops.
-Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns);
+// relu(Σᵢ bns[i](xs[i])) (without the ReLU where relu is false): the training form's tail of a block whose
+// branches each end in a BN. The BNs, the sum and the ReLU run as one op (engine::bn_add_relu) when the BNs
+// share mode, momentum and eps (as always, unless set otherwise), else as the composed ops.
+Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*>& bns, bool relu = true);
 
 enum class BlockMode { branches, merged, deploy };
 
 // What the blocks share (RepVGGBlock, QARepVGGBlock here, ACBlock in layers/acnet_block.h, OREPABlock in
-// layers/orepa_block.h): shape, the modes, the quantizers.
+// layers/orepa_block.h, ConvBNBlock in layers/conv_bn_block.h): shape, the modes, the quantizers. Every block
+// is one k x k conv with padding (k − 1) / 2 in deploy form (k = 3 but for ConvBNBlock), ReLU last unless
+// `relu` is off (ResNet's conv2, whose ReLU follows the shortcut's add, and its 1x1 shortcut).
 class RepBlock : public Module {
  public:
-  RepBlock(int in, int out, int stride, int groups);
+  RepBlock(int in, int out, int stride, int groups, int kernel = 3);
   Tensor forward(const Tensor& x) override;
 
   BlockMode mode() const;
@@ -52,7 +54,7 @@ class RepBlock : public Module {
   // never): the taps where OABN's outliers live.
   virtual bool has_identity() const = 0;
 
-  // The equivalent 3x3 kernel [O, I/g, 3, 3] and bias [O] of the branches, differentiable in the branch
+  // The equivalent k x k kernel [O, I/g, k, k] and bias [O] of the branches, differentiable in the branch
   // parameters, each BN folded with what `stats` gives (which may update running statistics).
   virtual KernelBias kernel_bias(BnStatistics& stats) = 0;
   KernelBias equivalent_kernel_bias();  // with the running statistics, as eval mode
@@ -64,7 +66,8 @@ class RepBlock : public Module {
   // the quantizers stay. Idempotent.
   void switch_to_deploy() override;
 
-  const int in_channels, out_channels, stride, groups;
+  const int in_channels, out_channels, stride, groups, kernel;
+  bool relu = true;
   std::shared_ptr<Conv2d> rbr_reparam;
   LayerQuantizers quant{*this, ""};  // Q_a and Q_w of the conv: "act_quant", "weight_quant"
   BnFold fold = BnFold::batch;  // merged mode, in training
@@ -74,7 +77,7 @@ class RepBlock : public Module {
   virtual void drop_branches() = 0;
 
  private:
-  // RepQ Eq. 1: ReLU(conv(Q_a(x), Q_w(w), b)), 3x3 with padding 1
+  // RepQ Eq. 1: ReLU(conv(Q_a(x), Q_w(w), b)), k x k with padding (k − 1) / 2 (no ReLU where relu is off)
   Tensor quantized_conv_relu(const Tensor& x, const Tensor& w, const Tensor& b);
   bool merged_ = false;
 };

@@ -72,9 +72,11 @@ Shape batch_shape(int64_t n, const Shape& image) {
   return Shape(d);
 }
 
-// f_a(W x + b): the block's conv and ReLU, or the FC.
+// f_a(W x + b): the block's conv and its ReLU (none where the layer has none before a shortcut add), or the FC.
 Tensor layer_output(const models::QuantLayer& l, const Tensor& x, const Tensor& w, const Tensor& b) {
-  return l.fc ? linear(x, w, b) : relu(conv2d(x, w, b, l.stride, 1, l.groups));
+  if (l.fc) return linear(x, w, b);
+  const Tensor y = conv2d(x, w, b, l.stride, (l.kernel - 1) / 2, l.groups);
+  return l.relu && l.residual < 0 ? relu(y) : y;
 }
 
 // f_a(W x + b) of every kept image x (`images` of `shape`, contiguous on the host), in batches, without a
@@ -102,7 +104,7 @@ void set_fake_quant(const std::vector<models::QuantLayer>& layers, bool on) {
 }
 
 // The input of layer i on the first `images` images of loader, with the model's quantizers on or off.
-std::vector<float> observe_input(models::RepVGG& model, const std::vector<models::QuantLayer>& layers, size_t i,
+std::vector<float> observe_input(models::Model& model, const std::vector<models::QuantLayer>& layers, size_t i,
                                  data::Loader& loader, int64_t images, bool quantized, Device device, Shape& shape) {
   std::vector<float> kept;
   int64_t n = 0;
@@ -122,7 +124,7 @@ std::vector<float> observe_input(models::RepVGG& model, const std::vector<models
   return kept;
 }
 
-LayerData layer_data(models::RepVGG& model, const std::vector<models::QuantLayer>& layers, size_t i, data::Loader& loader,
+LayerData layer_data(models::Model& model, const std::vector<models::QuantLayer>& layers, size_t i, data::Loader& loader,
                      int64_t images, AdaRoundTarget target, Device device) {
   const models::QuantLayer& l = layers[i];
   LayerData d;
@@ -226,7 +228,7 @@ AdaRoundLayer adaround_layer(const models::QuantLayer& l, const LayerData& d, co
 
 }  // namespace
 
-std::vector<AdaRoundLayer> adaround(models::RepVGG& model, data::Loader& loader, const AdaRoundOptions& o, Device device) {
+std::vector<AdaRoundLayer> adaround(models::Model& model, data::Loader& loader, const AdaRoundOptions& o, Device device) {
   ENGINE_CHECK(o.iters > 0 && o.images > 0 && o.batch > 0, "AdaRound needs iterations, images and a batch size above 0");
   const std::vector<models::QuantLayer> layers = model.quant_layers();
   Rng rng(o.seed);

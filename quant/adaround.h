@@ -72,7 +72,7 @@ struct AdaRoundLayer {
 // quantizer, in order, gets the weight W̃ of its learned rounding (on its quantizer's grid, so that the
 // quantizer reproduces its codes). The inputs x and x̂ of each layer come from the first o.images images of
 // an epoch of `loader` (eval transform). Returns a line per layer.
-std::vector<AdaRoundLayer> adaround(models::RepVGG& model, data::Loader& loader, const AdaRoundOptions& o,
+std::vector<AdaRoundLayer> adaround(models::Model& model, data::Loader& loader, const AdaRoundOptions& o,
                                     engine::Device device);
 
 }  // namespace quant

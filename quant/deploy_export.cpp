@@ -36,7 +36,7 @@ static void quantize_cluster_layer(Int8Layer& l, const models::QuantLayer& q, co
   deploy::set_cluster_codes(l, q.quant->quantize_weight(q.weight).to_vector(), q.bias.to_vector(), mean);
 }
 
-Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
+Int8Model export_int8(models::Model& model, const std::string& method, const std::string& granularity,
                       const std::map<std::string, std::string>& metadata, const InputMeans& input_means) {
   Int8Model m;
   m.arch = model.arch;
@@ -71,12 +71,12 @@ Int8Model export_int8(models::RepVGG& model, const std::string& method, const st
   return m;
 }
 
-st::File compress_cluster(models::RepVGG& m, const std::map<std::string, std::string>& metadata,
+st::File compress_cluster(models::Model& m, const std::map<std::string, std::string>& metadata,
                           const std::map<std::string, std::vector<float>>& input_means) {
   ENGINE_CHECK(m.qat() && m.qat()->traits().cluster, "compress_cluster: not a ClusterQAT model");
   for (auto& b : m.blocks()) ENGINE_CHECK(b->deployed(), "compress_cluster: the model is not in deploy form");
   std::map<std::string, layers::ClusterQuantizer*> coded;  // weight name -> its quantizer
-  for (auto& [name, q] : m.cluster_quantizers()) coded[name == "linear" ? "linear.weight" : name + ".rbr_reparam.weight"] = q;
+  for (auto& [name, q] : m.cluster_quantizers()) coded[name == m.specs.back().name ? name + ".weight" : name + ".rbr_reparam.weight"] = q;
   st::File f;
   f.metadata = metadata;
   f.metadata.merge(models::qat_metadata(*m.qat()));

@@ -20,13 +20,13 @@ using deploy::Int8Model;
 // `input_means` (quant::input_means, keyed "stage1.0", ..., "linear") corrects the bias of each ClusterQAT
 // layer it names for the mean error of the s8 rounding (deploy::cluster_bias_correction).
 using InputMeans = std::map<std::string, std::vector<float>>;
-Int8Model export_int8(models::RepVGG& model, const std::string& method, const std::string& granularity,
+Int8Model export_int8(models::Model& model, const std::string& method, const std::string& granularity,
                       const std::map<std::string, std::string>& metadata, const InputMeans& input_means = {});
 
 // A ClusterQAT model as a compressed file (deploy/cluster_file.h), `metadata` added to its own. `input_means`
 // go in as "<layer>.input_mean" for the coded layers: the E[x] of the integer model's bias correction,
 // measured at export.
-st::File compress_cluster(models::RepVGG& deployed, const std::map<std::string, std::string>& metadata,
+st::File compress_cluster(models::Model& deployed, const std::map<std::string, std::string>& metadata,
                           const InputMeans& input_means = {});
 
 }  // namespace quant

@@ -11,7 +11,7 @@
 namespace quant {
 
 using interop::OnnxOptions;
-using interop::repvgg_to_onnx;
+using interop::to_onnx;
 
 static const char* const kHelp =
     "usage: ./export [--ckpt FILE] --onnx OUT.onnx [--qdq [--bits B ...]] [options]\n"
@@ -101,7 +101,7 @@ int run_export(const std::vector<std::string>& args) {
   opt.norm_name = s.dataset == "cifar10" ? "CIFAR-10" : "ImageNet";
   opt.source = s.ckpt;
   opt.qdq = qdq;
-  st::write_file_atomic(out, repvgg_to_onnx(*model, opt));
+  st::write_file_atomic(out, to_onnx(*model, opt));
   std::printf("export: wrote %s%s (input [batch, 3, %d, %d], %s normalization, %d classes)\n", out.c_str(), qdq ? " in QDQ form" : "", s.image_size,
               s.image_size, opt.norm_name.c_str(), s.num_classes);
   return 0;

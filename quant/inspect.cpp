@@ -23,21 +23,23 @@ namespace quant {
 
 namespace fs = std::filesystem;
 
-std::vector<TapClass> tap_classes(int64_t out, int64_t in_per_group, bool identity) {
-  std::vector<TapClass> c((size_t)(out * in_per_group * 9), TapClass::C);
+std::vector<TapClass> tap_classes(int64_t out, int64_t in_per_group, bool identity, int k) {
+  const int64_t taps = k * k;
+  std::vector<TapClass> c((size_t)(out * in_per_group * taps), TapClass::C);
   for (int64_t o = 0; o < out; o++)
     for (int64_t i = 0; i < in_per_group; i++) {
-      // [o, i, 1, 1]: the centre tap; with an identity branch [o, o % (I/g), 1, 1] is its tap
+      // [o, i, k/2, k/2]: the centre tap; with an identity branch [o, o % (I/g), 1, 1] is its tap
       const bool a = identity && i == o % in_per_group;
-      c[(size_t)((o * in_per_group + i) * 9 + 4)] = a ? TapClass::A : TapClass::B;
+      c[(size_t)((o * in_per_group + i) * taps + taps / 2)] = a ? TapClass::A : TapClass::B;
     }
   return c;
 }
 
 KernelStats kernel_stats(const Tensor& kernel, bool identity) {
-  ENGINE_CHECK(kernel.dim() == 4 && kernel.size(2) == 3 && kernel.size(3) == 3, "a 3x3 kernel, got " + kernel.str());
+  ENGINE_CHECK(kernel.dim() == 4 && kernel.size(2) == kernel.size(3) && kernel.size(2) % 2 == 1,
+               "a k x k kernel of odd k, got " + kernel.str());
   const std::vector<float> w = kernel.to_vector();
-  const std::vector<TapClass> cls = tap_classes(kernel.size(0), kernel.size(1), identity);
+  const std::vector<TapClass> cls = tap_classes(kernel.size(0), kernel.size(1), identity, (int)kernel.size(2));
   KernelStats s;
   double sum = 0, sum_abs[3] = {0, 0, 0};
   for (size_t k = 0; k < w.size(); k++) {
@@ -134,7 +136,7 @@ struct Inspection {
 
 // Every block's statistics. A training-form model (x defined) is switched to deploy form block by block,
 // each block's two forms compared on the training-form activations that reach it.
-Inspection inspect_blocks(models::RepVGG& model, const Tensor& x) {
+Inspection inspect_blocks(models::Model& model, const Tensor& x) {
   std::map<const layers::Module*, std::string> names;
   for (auto& [name, m] : model.modules()) names[m] = name;
   engine::NoGradGuard no_grad;
@@ -208,7 +210,7 @@ nlohmann::json inspection_json(const Inspection& in, const Source& s, const std:
 }
 
 // A ClusterQAT model in deploy form: each layer's codebook, each entry with the number of weights it holds.
-void print_codebooks(models::RepVGG& model) {
+void print_codebooks(models::Model& model) {
   std::printf("\ncodebooks (ClusterQAT, %d bits): entry value [weights assigned to it]\n", model.qat()->bits);
   for (const models::QuantLayer& l : model.quant_layers()) {
     if (!l.quant->cluster) continue;
@@ -221,7 +223,7 @@ void print_codebooks(models::RepVGG& model) {
   }
 }
 
-void print_sizes(const models::RepVGG& model) {
+void print_sizes(const models::Model& model) {
   const models::QatConfig& q = *model.qat();
   const deploy::ModelBytes b = deploy::model_bytes(model.arch, quant::layer_widths(model));
   if (!q.layers.empty()) {  // --layer-bits

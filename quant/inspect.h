@@ -21,8 +21,9 @@ using engine::Tensor;
 //   B  the other centre taps [:, :, 1, 1]: 3x3 and 1x1
 //   C  the 8 non-centre taps of every [o, i]: 3x3 only
 enum class TapClass : uint8_t { A = 0, B = 1, C = 2 };
-// One class per kernel element, in the kernel's row-major order ([O, I/g, 3, 3] with I/g = in_per_group).
-std::vector<TapClass> tap_classes(int64_t out, int64_t in_per_group, bool identity);
+// One class per kernel element, in the kernel's row-major order ([O, I/g, k, k] with I/g = in_per_group; a
+// ResNet's 7x7 stem and 1x1 shortcuts have their centre tap as class B, the others C).
+std::vector<TapClass> tap_classes(int64_t out, int64_t in_per_group, bool identity, int k = 3);
 
 struct KernelStats {
   float max_abs = 0;
@@ -31,7 +32,7 @@ struct KernelStats {
   std::array<double, 3> mean_abs{};   // per class A, B, C (0 where a class has no position)
   std::array<int64_t, 3> count{};
 };
-// kernel [O, I/g, 3, 3]; identity: the block has an identity branch.
+// kernel [O, I/g, k, k], k odd; identity: the block has an identity branch.
 KernelStats kernel_stats(const Tensor& kernel, bool identity);
 
 // max over channels of |γ| / sqrt(σ² + ε) of the block's identity BN (the OABN-clipped γ where OABN is on);

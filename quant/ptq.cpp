@@ -142,7 +142,7 @@ PtqOptions parse_ptq_options(const std::vector<std::string>& args) {
   return o;
 }
 
-Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const PtqOptions& o, int batch) {
+Calibration calibrate_source(const Source& s, models::Model& deployed, const PtqOptions& o, int batch) {
   auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
   data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());  // training images, eval transform
   Calibration cal = calibrate(deployed, loader, o.calib_batches, o.calib, s.device);
@@ -157,7 +157,7 @@ Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const Pt
   return cal;
 }
 
-QuantConfig quant_config(const PtqOptions& o, size_t k, models::RepVGG& model) {
+QuantConfig quant_config(const PtqOptions& o, size_t k, models::Model& model) {
   QuantConfig c;
   c.weight_bits = o.bits.at(k);
   c.act_bits = o.act_bits.empty() ? o.bits[k] : o.act_bits.size() == 1 ? o.act_bits[0] : o.act_bits[k];
@@ -194,7 +194,7 @@ struct Row {
 };
 
 // --method adaround on the model c quantized (its quantizers attached): prints and returns each layer's line.
-nlohmann::json run_adaround(const PtqOptions& o, const Source& s, models::RepVGG& model, const QuantConfig& c, int batch) {
+nlohmann::json run_adaround(const PtqOptions& o, const Source& s, models::Model& model, const QuantConfig& c, int batch) {
   auto train = open_split(s, true, (size_t)o.adaround_images);  // spread over the training set
   data::Loader loader(*train, batch, /*train=*/false, 0, omp_get_max_threads());
   AdaRoundOptions a;
@@ -216,7 +216,7 @@ nlohmann::json run_adaround(const PtqOptions& o, const Source& s, models::RepVGG
   return j;
 }
 
-nlohmann::json layers_json(models::RepVGG& model, const QuantConfig& c, const std::vector<Range>& ranges) {
+nlohmann::json layers_json(models::Model& model, const QuantConfig& c, const std::vector<Range>& ranges) {
   const std::vector<models::QuantLayer> quant_layers = model.quant_layers();
   nlohmann::json layers = nlohmann::json::array();
   for (size_t i = 0; i < ranges.size(); i++) {
@@ -293,7 +293,7 @@ nlohmann::json results_json(const PtqOptions& o, const Source& s, const Calibrat
 }
 
 // --export: the model as it is now (deploy form, quantizers attached) as integer codes.
-void export_model(const std::string& path, models::RepVGG& model, const Source& s, const std::string& method,
+void export_model(const std::string& path, models::Model& model, const Source& s, const std::string& method,
                   const std::string& granularity) {
   std::map<std::string, std::string> md = {{"dataset", s.dataset}, {"source", s.ckpt}, {"image_size", std::to_string(s.image_size)},
                                            {"resize_size", std::to_string(s.resize_size)}};
@@ -320,7 +320,7 @@ void export_model(const std::string& path, models::RepVGG& model, const Source& 
 
 // --export of a ClusterQAT run: packed codes and codebooks (deploy/cluster_file.h), the sizes beside, and
 // each coded layer's input means on the calibration images (the integer model's bias correction).
-void export_compressed(const std::string& path, models::RepVGG& model, const Source& s, const PtqOptions& o, int batch) {
+void export_compressed(const std::string& path, models::Model& model, const Source& s, const PtqOptions& o, int batch) {
   std::map<std::string, std::string> md = {{"arch", s.arch}, {"dataset", s.dataset}, {"source", s.ckpt},
                                            {"oabn_k", fmt::format("{}", s.oabn_k)}, {"num_classes", std::to_string(s.num_classes)}};
   auto train = open_split(s, true, (size_t)o.calib_batches * batch);  // spread over the training set
@@ -337,7 +337,7 @@ void export_compressed(const std::string& path, models::RepVGG& model, const Sou
 }
 
 // A QAT run: its deploy form at the learned quantizers, against the same deploy model without them.
-int evaluate_qat(const PtqOptions& o, const Source& s, models::RepVGG& model, int batch, int threads, bool top5) {
+int evaluate_qat(const PtqOptions& o, const Source& s, models::Model& model, int batch, int threads, bool top5) {
   if (!o.first_quant_option.empty())
     throw std::runtime_error(fmt::format("option {}: {} is a QAT checkpoint ({}): it is evaluated at its learned quantizers; "
                                          "the quantization options are for full-precision checkpoints",
@@ -406,7 +406,7 @@ std::vector<Tensor> sensitivity_images(const PtqOptions& o, const Source& s, int
 // --keep-fp32 N: of c's quantized layers, the N whose float version brings the otherwise quantized model's
 // logits closest to FP32 (the smallest "all but it" KL of the sensitivity measure at c's widths) stay FP32.
 // Not the largest "alone" KL: measured on repvgg-cifar at W4/A8, keeping those did not help (docs/sensitivity.md).
-void keep_most_sensitive_fp32(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
+void keep_most_sensitive_fp32(const PtqOptions& o, const Source& s, models::Model& model, const Calibration& cal,
                               QuantConfig& c, int batch) {
   size_t n = 0;
   const std::vector<Tensor> images = sensitivity_images(o, s, batch, n);
@@ -428,7 +428,7 @@ void keep_most_sensitive_fp32(const PtqOptions& o, const Source& s, models::RepV
               c.act_bits, o.keep_fp32, n, kept.c_str());
 }
 
-int run_sensitivity(const PtqOptions& o, const Source& s, models::RepVGG& model, const Calibration& cal,
+int run_sensitivity(const PtqOptions& o, const Source& s, models::Model& model, const Calibration& cal,
                     data::Loader& val_loader, int batch) {
   size_t n = 0;
   const std::vector<Tensor> images = sensitivity_images(o, s, batch, n);

@@ -49,9 +49,9 @@ extern const char* const kQuantHelp;
 // ./ptq's calibration: o.calib_batches batches of `batch` training images spread evenly over the training
 // split (eval transform, no augmentation), observed on the FP32 `deployed` model. Throws naming s.data when
 // there are no training images.
-Calibration calibrate_source(const Source& s, models::RepVGG& deployed, const PtqOptions& o, int batch);
+Calibration calibrate_source(const Source& s, models::Model& deployed, const PtqOptions& o, int batch);
 // The configuration of o.bits[k] for `model`'s layers, --layer-bits applied.
-QuantConfig quant_config(const PtqOptions& o, size_t k, models::RepVGG& model);
+QuantConfig quant_config(const PtqOptions& o, size_t k, models::Model& model);
 
 // The program: parses, runs, prints the table (and writes --json). Returns 0; errors throw
 // std::runtime_error (a missing or corrupt checkpoint, one of another arch: the message names the file).

@@ -1,5 +1,6 @@
 #include "quant/ptq_model.h"
 
+#include <functional>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -20,14 +21,14 @@ LayerBits bits_of(size_t layer, size_t n, const QuantConfig& c) {
 }
 
 // The model's quantized layers, each block in deploy form.
-static std::vector<models::QuantLayer> deployed_layers(models::RepVGG& m) {
+static std::vector<models::QuantLayer> deployed_layers(models::Model& m) {
   std::vector<models::QuantLayer> layers = m.quant_layers();
   for (const models::QuantLayer& l : layers)
     ENGINE_CHECK(l.weight.defined(), "block " + l.name + " is not in deploy form: call switch_to_deploy() first");
   return layers;
 }
 
-std::vector<int> layer_widths(const models::RepVGG& m) {
+std::vector<int> layer_widths(const models::Model& m) {
   ENGINE_CHECK(m.qat().has_value(), "not a QAT model");
   const size_t n = m.blocks().size() + 1;
   std::vector<int> widths;
@@ -35,11 +36,11 @@ std::vector<int> layer_widths(const models::RepVGG& m) {
   return widths;
 }
 
-void remove_quantizers(models::RepVGG& m) {
+void remove_quantizers(models::Model& m) {
   for (const models::QuantLayer& l : m.quant_layers()) l.quant->set(nullptr, nullptr);
 }
 
-std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device) {
+std::pair<int, size_t> forward_batches(models::Model& m, data::Loader& loader, int batches, engine::Device device) {
   // In training mode a ClusterQAT layer would move its codebook a k-means step each batch (and an LSQ
   // quantizer could initialize): statistics are taken of the model as it stands.
   ENGINE_CHECK(!m.training(), "the model must be in eval mode to observe its activations");
@@ -58,7 +59,7 @@ std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, 
   return run;
 }
 
-Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, CalibMethod method, engine::Device device) {
+Calibration calibrate(models::Model& m, data::Loader& loader, int batches, CalibMethod method, engine::Device device) {
   const std::vector<models::QuantLayer> layers = deployed_layers(m);
   Calibration c;
   const size_t draws = method == CalibMethod::minmax ? 0 : 16384;  // min-max needs no sample
@@ -75,32 +76,37 @@ Calibration calibrate(models::RepVGG& m, data::Loader& loader, int batches, Cali
   return c;
 }
 
-// sum[kh * 3 + kw] += Σ over the output positions (oh, ow) of x[oh·s + kh − 1, ow·s + kw − 1], 0 outside:
-// what tap (kh, kw) of a 3x3, padding-1, stride-s conv reads from one plane x [h, w]. rows: 3·w scratch.
-static void add_tap_sums(const float* x, int64_t h, int64_t w, int stride, double* sum, std::vector<double>& rows) {
+// sum[kh * k + kw] += Σ over the output positions (oh, ow) of x[oh·s + kh − p, ow·s + kw − p], 0 outside:
+// what tap (kh, kw) of a k x k, padding-p (p = (k − 1) / 2), stride-s conv reads from one plane x [h, w].
+// rows: k·w scratch.
+static void add_tap_sums(const float* x, int64_t h, int64_t w, int k, int stride, double* sum, std::vector<double>& rows) {
+  const int p = (k - 1) / 2;
   const int64_t oh = (h - 1) / stride + 1, ow = (w - 1) / stride + 1;
-  rows.assign(3 * w, 0.0);  // rows[kh][iw]: Σ over oh of x[oh·s + kh − 1, iw]
-  for (int kh = 0; kh < 3; kh++)
+  rows.assign(k * w, 0.0);  // rows[kh][iw]: Σ over oh of x[oh·s + kh − p, iw]
+  for (int kh = 0; kh < k; kh++)
     for (int64_t o = 0; o < oh; o++)
-      if (const int64_t ih = o * stride + kh - 1; ih >= 0 && ih < h)
+      if (const int64_t ih = o * stride + kh - p; ih >= 0 && ih < h)
         for (int64_t iw = 0; iw < w; iw++) rows[kh * w + iw] += x[ih * w + iw];
-  for (int kh = 0; kh < 3; kh++)
-    for (int kw = 0; kw < 3; kw++)
+  for (int kh = 0; kh < k; kh++)
+    for (int kw = 0; kw < k; kw++)
       for (int64_t o = 0; o < ow; o++)
-        if (const int64_t iw = o * stride + kw - 1; iw >= 0 && iw < w) sum[kh * 3 + kw] += rows[kh * w + iw];
+        if (const int64_t iw = o * stride + kw - p; iw >= 0 && iw < w) sum[kh * k + kw] += rows[kh * w + iw];
 }
 
-std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::Loader& loader, int batches,
+std::map<std::string, std::vector<float>> input_means(models::Model& m, data::Loader& loader, int batches,
                                                       engine::Device device) {
   const std::vector<models::QuantLayer> layers = deployed_layers(m);
   const size_t n = layers.size();
   std::vector<std::vector<double>> sums(n);
   std::vector<int64_t> counts(n, 0);  // products summed into each entry: images × output positions
+  // each quantizer's watchers: a shared one (ResNet's block input) serves its readers, each with its conv's taps
+  // (and sees the input once per reader: every watcher counts it that often, so the means stay)
+  std::map<Quantizer*, std::vector<std::function<void(const Tensor&)>>> watchers;
   for (size_t i = 0; i < n; i++) {
     Quantizer* q = layers[i].quant->act.get();
     if (!q) continue;
-    const int stride = layers[i].fc ? 0 : layers[i].stride;  // 0: the FC
-    q->observer = [&sum = sums[i], &count = counts[i], q, stride](const Tensor& x) {
+    const int stride = layers[i].fc ? 0 : layers[i].stride, k = layers[i].kernel;  // stride 0: the FC
+    watchers[q].push_back([&sum = sums[i], &count = counts[i], q, stride, k](const Tensor& x) {
       std::vector<float> v = x.to_vector();  // NCHW order, whatever the layout
       const float s = q->step.to_vector()[0], z = (float)q->zero_point, lo = (float)q->q_min, hi = (float)q->q_max;
       for (float& e : v) e = engine::fake_quant_value(e, s, z, lo, hi);
@@ -112,13 +118,17 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::L
         return;
       }
       const int64_t h = x.size(2), w = x.size(3);
-      sum.resize(channels * 9, 0.0);
+      sum.resize(channels * k * k, 0.0);
       std::vector<double> rows;
       for (int64_t b = 0; b < batch; b++)
-        for (int64_t c = 0; c < channels; c++) add_tap_sums(&v[(b * channels + c) * h * w], h, w, stride, &sum[c * 9], rows);
+        for (int64_t c = 0; c < channels; c++) add_tap_sums(&v[(b * channels + c) * h * w], h, w, k, stride, &sum[c * k * k], rows);
       count += batch * ((h - 1) / stride + 1) * ((w - 1) / stride + 1);
-    };
+    });
   }
+  for (auto& [q, fns] : watchers)
+    q->observer = [&fns](const Tensor& x) {
+      for (auto& f : fns) f(x);
+    };
   forward_batches(m, loader, batches, device);
   std::map<std::string, std::vector<float>> means;
   for (size_t i = 0; i < n; i++) {
@@ -131,7 +141,7 @@ std::map<std::string, std::vector<float>> input_means(models::RepVGG& m, data::L
   return means;
 }
 
-std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, const Calibration& cal) {
+std::vector<Range> attach_quantizers(models::Model& m, const QuantConfig& c, const Calibration& cal) {
   const std::vector<models::QuantLayer> layers = deployed_layers(m);
   const size_t n = layers.size();
   ENGINE_CHECK(cal.observers.size() == n, std::to_string(cal.observers.size()) + " observers for " + std::to_string(n) + " layers");
@@ -154,6 +164,12 @@ std::vector<Range> attach_quantizers(models::RepVGG& m, const QuantConfig& c, co
     weight->set_step(scales);
     for (auto* q : {act.get(), weight.get()}) q->to(w.device());
     layers[i].quant->set(act, weight);
+    if (const size_t first = models::input_owner(layers, i); first < i) {  // the input's quantizer is its first reader's
+      ENGINE_CHECK(layers[first].quant->act && bits_of(first, n, c).act == b.act,
+                   "layer " + layers[i].name + " reads the input of " + layers[first].name + ", which must be quantized at its width");
+      layers[i].quant->share_input(layers[first].quant->act);
+      ranges[i] = ranges[first];
+    }
   }
   return ranges;
 }

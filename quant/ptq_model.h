@@ -45,27 +45,27 @@ struct Calibration {
   int batches = 0;
   size_t images = 0;
 };
-Calibration calibrate(models::RepVGG& deployed, data::Loader& loader, int batches, CalibMethod method,
+Calibration calibrate(models::Model& deployed, data::Loader& loader, int batches, CalibMethod method,
                       engine::Device device);
 
 // What each weight of a layer multiplies on average: the mean, over the batches' images and the layer's
 // output positions, of the quantized input Q_a(x) that weight [o, c, kh, kw] reads, the padding reading 0
-// (a block: [C, 3, 3] for its 3x3, padding-1 conv at its stride; the FC: [C]), in double over up to
+// (a block: [C, k, k] for its k x k, padding-(k − 1) / 2 conv at its stride; the FC: [C]), in double over up to
 // `batches` batches of `loader`, on a model whose activation quantizers are attached (a QAT model in deploy
 // form): the E[x] of the ClusterQAT layers' bias correction (deploy/int8_model.h). Keyed by layer name
 // (RepVGG::quant_layers); a layer without an input quantizer has none.
-std::map<std::string, std::vector<float>> input_means(models::RepVGG& deployed, data::Loader& loader, int batches,
+std::map<std::string, std::vector<float>> input_means(models::Model& deployed, data::Loader& loader, int batches,
                                                       engine::Device device);
 
 // Up to `batches` batches of `loader` from its epoch 0 through m, in eval mode, recording no gradient (the
 // quantizers' observers see them). -> the batches and images run.
-std::pair<int, size_t> forward_batches(models::RepVGG& m, data::Loader& loader, int batches, engine::Device device);
+std::pair<int, size_t> forward_batches(models::Model& m, data::Loader& loader, int batches, engine::Device device);
 
 // Gives each layer `c` quantizes its input and weight quantizers, the others none (FP32). Returns each
 // layer's activation range ([0, 0] for an FP32 layer).
-std::vector<Range> attach_quantizers(models::RepVGG& deployed, const QuantConfig& c, const Calibration& cal);
-void remove_quantizers(models::RepVGG& model);
+std::vector<Range> attach_quantizers(models::Model& deployed, const QuantConfig& c, const Calibration& cal);
+void remove_quantizers(models::Model& model);
 // A QAT model's weight width per layer (stage0 ... the FC; 0: FP32), as deploy::model_bytes takes them.
-std::vector<int> layer_widths(const models::RepVGG& model);  // FP32: forward is the deploy model's again
+std::vector<int> layer_widths(const models::Model& model);  // FP32: forward is the deploy model's again
 
 }  // namespace quant

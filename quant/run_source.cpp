@@ -182,12 +182,12 @@ std::string describe(const Source& s) {
                      s.config.empty() ? "the command line and the checkpoint's metadata" : s.config);
 }
 
-std::unique_ptr<models::RepVGG> load_model(const Source& s) {
+std::unique_ptr<models::Model> load_model(const Source& s) {
   models::ArchConfig arch = models::arch_config(s.arch);
   arch.num_classes = s.num_classes;
   engine::Rng rng(0);
   const float k = arch.block == models::BlockType::repvgg ? s.oabn_k : 0.0f;
-  auto model = std::make_unique<models::RepVGG>(arch, rng, k);
+  auto model = models::make_model(arch, rng, k);
   if (auto qat = models::qat_from_metadata(s.file.metadata, s.ckpt)) model->set_qat(*qat);  // its quantizers
   if (s.deploy_form()) model->switch_to_deploy();
   layers::load_state_dict(*model, s.file, "", s.ckpt);  // throws "file <ckpt>: tensor ..." on a mismatch

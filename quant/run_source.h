@@ -57,7 +57,7 @@ std::string describe(const Source& s);  // "checkpoint X (arch, dataset; setting
 // The model of the checkpoint, loaded (and in deploy form if the file is), on s.device, in eval mode; a
 // QAT checkpoint's model set up as its run trained it (RepVGG::set_qat), learned steps included.
 // Throws naming the file when a tensor is missing, extra or of another shape (e.g. another arch's file).
-std::unique_ptr<models::RepVGG> load_model(const Source& s);
+std::unique_ptr<models::Model> load_model(const Source& s);
 
 // The evaluation (train = false) or training split; limit > 0 keeps that many images, spread evenly.
 std::unique_ptr<data::Dataset> open_split(const Source& s, bool train, size_t limit);

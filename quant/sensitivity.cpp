@@ -59,7 +59,7 @@ double spearman(const std::vector<double>& a, const std::vector<double>& b) {
   return va > 0 && vb > 0 ? cov / std::sqrt(va * vb) : NAN;
 }
 
-std::vector<float> logits_of(models::RepVGG& model, const std::vector<Tensor>& images) {
+std::vector<float> logits_of(models::Model& model, const std::vector<Tensor>& images) {
   engine::NoGradGuard no_grad;
   std::vector<float> out;
   for (const Tensor& x : images) {
@@ -69,7 +69,7 @@ std::vector<float> logits_of(models::RepVGG& model, const std::vector<Tensor>& i
   return out;
 }
 
-std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& m, const Calibration& cal, QuantConfig c,
+std::vector<LayerSensitivity> layer_sensitivity(models::Model& m, const Calibration& cal, QuantConfig c,
                                                 const std::vector<Tensor>& images,
                                                 const std::vector<float>& reference) {
   const std::vector<models::QuantLayer> layers = m.quant_layers();

@@ -35,11 +35,11 @@ struct LayerSensitivity {
 
 // Every layer of `deployed` (deploy form, no quantizers) at c's bits and calibration `cal`: the two measures
 // on `images` (batches [n, 3, H, W]) against `reference`, the FP32 model's logits of them. Leaves the model FP32.
-std::vector<LayerSensitivity> layer_sensitivity(models::RepVGG& deployed, const Calibration& cal, QuantConfig c,
+std::vector<LayerSensitivity> layer_sensitivity(models::Model& deployed, const Calibration& cal, QuantConfig c,
                                                 const std::vector<Tensor>& images, const std::vector<float>& reference);
 
 // The logits of `model` on the batches `images`, in order, without gradients.
-std::vector<float> logits_of(models::RepVGG& model, const std::vector<Tensor>& images);
+std::vector<float> logits_of(models::Model& model, const std::vector<Tensor>& images);
 
 
 }  // namespace quant

@@ -10,7 +10,7 @@
 #include "quant/ptq_model.h"
 
 struct QuantizedSmall {
-  std::shared_ptr<models::RepVGG> model;  // deploy form, quantizers attached
+  std::shared_ptr<models::Model> model;  // deploy form, quantizers attached
   engine::Tensor images;                  // [32, 3, 32, 32], normalized as the evaluation does
 };
 // layer_spec: --layer-bits over those widths (quant/layer_spec.h), e.g. "stage2.*=fp32"

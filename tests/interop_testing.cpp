@@ -67,7 +67,7 @@ TempDir::TempDir() {
 
 TempDir::~TempDir() { std::filesystem::remove_all(path); }
 
-void randomize_bn(models::RepVGG& model, uint64_t seed) {
+void randomize_bn(models::Model& model, uint64_t seed) {
   engine::Rng rng(seed);
   for (auto& [name, m] : model.modules())
     if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(m))

@@ -32,7 +32,7 @@ struct TempDir {
 
 // Every BN's state away from its default (gamma ~ 1 + 0.3 N, beta ~ 0.2 N, mean ~ 0.2 N, var ~ U(0.5, 1.5)),
 // so that the deploy merge has something to fold.
-void randomize_bn(models::RepVGG& model, uint64_t seed);
+void randomize_bn(models::Model& model, uint64_t seed);
 
 // max |a - b| / max |b| over the whole tensor.
 float max_rel(const engine::Tensor& a, const engine::Tensor& b);

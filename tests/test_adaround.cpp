@@ -70,7 +70,7 @@ TEST_CASE("adaround: V starts where h(V) = W/s - floor(W/s), and beta anneals fr
 TEST_CASE("adaround: on a small RepVGG every weight lands on floor or ceil of W/s, and the layers reconstruct better than nearest") {
   // the integer tests' small model, deployed and calibrated by ./ptq's functions: its blocks at W3/A8
   const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false, "stage?.*=3/8");
-  models::RepVGG& m = *q.model;
+  models::Model& m = *q.model;
   auto train = data::open_cifar10(small_cifar().string(), true);
   data::Loader loader(*train, 16, /*train=*/false, 0, 1);
   const std::vector<models::QuantLayer> layers = m.quant_layers();

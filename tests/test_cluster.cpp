@@ -156,7 +156,7 @@ TEST_CASE("cluster: a requested reset (each epoch start) runs in the next traini
   CHECK(q.codebook.to_vector() == next);
 }
 
-static std::unique_ptr<models::RepVGG> cluster_model(models::BlockType block, float oabn_k, int bits, bool first_last, uint64_t seed) {
+static std::unique_ptr<models::Model> cluster_model(models::BlockType block, float oabn_k, int bits, bool first_last, uint64_t seed) {
   Rng rng(seed);
   auto m = std::make_unique<models::RepVGG>(models::cifar_config(block, 16), rng, oabn_k);
   m->set_qat({models::QatMethod::cluster, bits, bits, false, first_last, layers::StepInit::min_error});
@@ -174,7 +174,7 @@ TEST_CASE("a ClusterQAT model: each layer at most 2^b weight values; eval logits
                         Case{models::BlockType::qarepvgg, 0.0f, 3, false}, Case{models::BlockType::repvgg, 0.0f, 1, false}}) {
     INFO(c.bits);
     const auto model = cluster_model(c.block, c.oabn_k, c.bits, c.first_last, 4);
-    models::RepVGG& m = *model;
+    models::Model& m = *model;
     const auto quantizers = m.cluster_quantizers();
     CHECK(quantizers.size() == m.blocks().size() - (c.first_last ? 0 : 1) + (c.first_last ? 1 : 0));
     CHECK(quantizers[0].first == (c.first_last ? "stage0" : "stage1.0"));

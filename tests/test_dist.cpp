@@ -185,7 +185,7 @@ Tensor rows(const data::Batch& b, int from, int count, Tensor& labels) {
 
 // The largest absolute difference between `file`'s tensors and the model's (the count of BN forwards
 // aside), and where.
-double worst_difference(const st::File& file, const models::RepVGG& model) {
+double worst_difference(const st::File& file, const models::Model& model) {
   double worst = 0;
   std::string where;
   for (const layers::NamedTensor& t : model.state_dict()) {

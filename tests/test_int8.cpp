@@ -241,7 +241,7 @@ LogitDiff compare(const std::vector<float>& a, const std::vector<float>& b, int6
   return d;
 }
 
-std::vector<float> forward(models::RepVGG& m, const engine::Tensor& x) {
+std::vector<float> forward(models::Model& m, const engine::Tensor& x) {
   engine::NoGradGuard no_grad;
   return m.forward(x).to_vector();
 }

@@ -43,7 +43,7 @@ std::string edited(const deploy::Int8Model& m, const fs::path& dir, const std::f
 // A full-width repvgg-cifar ClusterQAT model (codebooks and steps set by one training forward) in deploy form,
 // saved as ./ptq --export writes it, read back by load_deploy_model, and export_int8 of the model itself.
 struct ClusterFile {
-  std::shared_ptr<models::RepVGG> model;
+  std::shared_ptr<models::Model> model;
   std::string path;
   deploy::Int8Model loaded, direct;
 };
@@ -266,7 +266,7 @@ TEST_CASE("int8 export: more than 8 bits is refused") {
 // of the QAT model itself.
 TEST_CASE("int8 export: ./infer's model from a compressed ClusterQAT file is export_int8 of its QAT model") {
   const ClusterFile c = cluster_file({models::QatMethod::cluster, 4, 8, false, false, layers::StepInit::min_error}, 3, "int8_cluster_file");
-  models::RepVGG& m = *c.model;
+  models::Model& m = *c.model;
   const std::string& path = c.path;
   const deploy::Int8Model &loaded = c.loaded, &direct = c.direct;
   CHECK(loaded.method == "qat-cluster");

@@ -58,7 +58,7 @@ TEST_CASE("protobuf writer: the encoding guide's examples and bytes that Python'
 
 // Exports `model` (its checkpoint with `metadata`) with ./export's code, and has check_onnx.py compare
 // onnxruntime's logits on x with the engine's deploy model's.
-static void check_export(models::RepVGG& model, const layers::Metadata& metadata, const Tensor& x) {
+static void check_export(models::Model& model, const layers::Metadata& metadata, const Tensor& x) {
   TempDir dir;
   layers::save_checkpoint(dir / "ckpt.safetensors", model, metadata);
   REQUIRE(quant::run_export({"--ckpt", dir / "ckpt.safetensors", "--onnx", dir / "model.onnx"}) == 0);

@@ -21,7 +21,7 @@ struct Small {
   SGD sgd;
   explicit Small(uint64_t seed, float oabn_k = 0, float lr = 0.05f)
       : rng(seed), model(models::cifar_config(models::BlockType::repvgg, 16), rng, oabn_k), sgd(groups(model), lr, 0.9f) {}
-  static std::vector<ParamGroup> groups(const models::RepVGG& m) {
+  static std::vector<ParamGroup> groups(const models::Model& m) {
     ParamGroup g;
     g.weight_decay = 1e-4f;
     for (auto& p : m.parameters()) g.params.push_back(p.tensor);

@@ -19,12 +19,20 @@ using testing_util::check_ref;
 using testing_util::ref_tensor;
 using testing_util::reference_path;
 
-TEST_CASE("archs: the official list plus the CIFAR model, with each of the four blocks; an unknown name lists the known") {
-  CHECK(arch_names().size() == 56);
+TEST_CASE("archs: the official list plus the CIFAR model, with each of the four blocks, then ResNet-18 with three; an unknown name lists the known") {
+  CHECK(arch_names().size() == 56 + 6);
   CHECK(arch_names()[28] == "acb-a0");
   CHECK(arch_names()[41] == "acb-cifar");
   CHECK(arch_names()[42] == "orepa-a0");
-  CHECK(arch_names().back() == "orepa-cifar");
+  CHECK(arch_names()[55] == "orepa-cifar");
+  CHECK(arch_names()[56] == "resnet18");
+  CHECK(arch_names().back() == "orepa-resnet18-cifar");
+  CHECK(arch_config("acb-resnet18-cifar-w16").width_multiplier[0] == 0.25);
+  CHECK(arch_config("acb-resnet18-cifar-w16").block == BlockType::acb);
+  CHECK(arch_config("resnet18").block == BlockType::plain);
+  CHECK(arch_config("resnet18").family == Family::resnet);
+  for (const char* bad : {"resnet18-w", "resnet18-w0", "resnet18-cifarx", "plain-resnet18", "acb-resnet18-w16-cifar"})
+    CHECK_THROWS_WITH_AS(arch_config(bad), doctest::Contains("unknown arch"), std::runtime_error);
   CHECK(arch_config("orepa-b2g4").block == BlockType::orepa);
   CHECK(arch_config("acb-b1g2").block == BlockType::acb);
   CHECK(arch_config("acb-b1g2").groups == 2);
@@ -32,22 +40,30 @@ TEST_CASE("archs: the official list plus the CIFAR model, with each of the four 
   ArchConfig b1g4 = arch_config("repvgg-b1g4");
   CHECK(b1g4.groups == 4);
   CHECK(b1g4.num_classes == 1000);
-  auto specs = block_specs(b1g4);
-  REQUIRE(specs.size() == 5);
-  CHECK(specs[0][0].out == 64);
-  CHECK(specs[1].size() == 4);
-  CHECK(specs[1][0].groups == 1);  // layer 1
-  CHECK(specs[1][1].groups == 4);  // layer 2
-  CHECK(specs[1][1].stride == 1);
-  CHECK(specs[2][0].stride == 2);
-  CHECK(specs[4][0].groups == 1);  // layer 27
-  CHECK(specs[4][0].out == 2048);
+  auto specs = layer_specs(b1g4);
+  REQUIRE(specs.size() == 1 + 4 + 6 + 16 + 1 + 1);
+  CHECK(specs[0].out == 64);
+  CHECK(specs[0].source == -1);
+  CHECK(specs[1].name == "stage1.0");
+  CHECK(specs[1].source == 0);
+  CHECK(specs[1].groups == 1);  // layer 1
+  CHECK(specs[2].groups == 4);  // layer 2
+  CHECK(specs[2].stride == 1);
+  CHECK(specs[5].name == "stage2.0");
+  CHECK(specs[5].stride == 2);
+  CHECK(specs[27].name == "stage4.0");
+  CHECK(specs[27].groups == 1);  // layer 27
+  CHECK(specs[27].out == 2048);
+  CHECK(specs[28].fc);
+  CHECK(specs[28].name == "linear");
+  CHECK(specs[28].source == 27);
+  for (const LayerSpec& l : specs) CHECK((l.residual == -1 && l.kernel == (l.fc ? 1 : 3) && l.relu != l.fc));
   ArchConfig cifar = arch_config("qarepvgg-cifar");
   CHECK(cifar.block == BlockType::qarepvgg);
   CHECK(cifar.stage0_stride == 1);
   CHECK(cifar.num_classes == 10);
-  for (auto& stage : block_specs(cifar))
-    for (auto& b : stage) CHECK(b.out == 64);
+  for (auto& b : layer_specs(cifar))
+    if (!b.fc) CHECK(b.out == 64);
   CHECK_THROWS_WITH_AS(arch_config("repvgg-b9"), doctest::Contains("known: repvgg-a0, repvgg-a1"), std::runtime_error);
 }
 
@@ -230,7 +246,8 @@ static double rel_err(const std::vector<float>& a, const std::vector<float>& b) 
 // model_size, on a model built from `arch` with random BN state.
 static void check_deploy_equals_eval(const ArchConfig& arch, int resolution) {
   Rng rng(6);
-  RepVGG model(arch, rng);
+  auto m = make_model(arch, rng);
+  Model& model = *m;
   randomize_bn(model, rng);
   CHECK(count_params(model) == model_size(arch, false, resolution).params);
   model.eval();
@@ -258,7 +275,8 @@ TEST_CASE("deploy output equals the eval output (1e-5): every arch at 1/8 width"
   for (const std::string& name : arch_names()) {
     INFO(name);
     ArchConfig arch = arch_config(name);
-    if (name.ends_with("cifar")) arch = cifar_config(arch.block, 8);
+    if (arch.family == Family::resnet) arch = resnet18_config(arch.block, name.ends_with("cifar"), 8);
+    else if (name.ends_with("cifar")) arch = cifar_config(arch.block, 8);
     else
       for (double& m : arch.width_multiplier) m /= 8;
     check_deploy_equals_eval(arch, 32);

@@ -43,7 +43,7 @@ const char* const kTrained = "tests/reference/qdq_cifar_w8.safetensors";
 
 std::string cifar_dir() { return shared_data_dir() + "/cifar-10-batches-bin"; }
 
-std::unique_ptr<models::RepVGG> trained_model() {
+std::unique_ptr<models::Model> trained_model() {
   engine::Rng rng(0);
   auto model = std::make_unique<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
   layers::load_checkpoint(kTrained, *model);
@@ -60,11 +60,11 @@ struct Bounds {
 
 // Checks `model` (deploy form, quantizers set) in QDQ ONNX form with check_qdq.py on the images `x` against
 // our fake-quantized logits, within `b`.
-void check_qdq(models::RepVGG& model, const std::string& what, const Tensor& x, const std::vector<float>& labels, const Bounds& b) {
+void check_qdq(models::Model& model, const std::string& what, const Tensor& x, const std::vector<float>& labels, const Bounds& b) {
   TempDir dir;
   interop::OnnxOptions opt;
   opt.qdq = true;
-  st::write_file_atomic(dir / "model.onnx", interop::repvgg_to_onnx(model, opt));
+  st::write_file_atomic(dir / "model.onnx", interop::to_onnx(model, opt));
   model.eval();
   Tensor logits;
   {
@@ -92,7 +92,7 @@ struct TestSet {
   }
 };
 
-double top1(models::RepVGG& model, const TestSet& t) {
+double top1(models::Model& model, const TestSet& t) {
   engine::NoGradGuard no_grad;
   model.eval();
   const std::vector<float> logits = model.forward(t.x).to_vector();
@@ -209,7 +209,7 @@ TEST_CASE("./export --qdq: a QAT checkpoint exports as the model it was saved fr
   std::ifstream in(dir / "model.onnx", std::ios::binary);
   const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(file.size() > 100000);
-  CHECK(file == interop::repvgg_to_onnx(model, opt));
+  CHECK(file == interop::to_onnx(model, opt));
 }
 
 // The command on a full-precision checkpoint: ./ptq's calibration (its --json has the same activation steps
@@ -255,7 +255,7 @@ TEST_CASE("./export --qdq --bits: a full-precision checkpoint quantized as ./ptq
   std::ifstream in(dir / "model.onnx", std::ios::binary);
   const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(file.size() > 100000);
-  CHECK(file == interop::repvgg_to_onnx(*model, opt));
+  CHECK(file == interop::to_onnx(*model, opt));
 }
 
 TEST_CASE("./export --qdq --bits: options that do not make one quantized model, or without training images, are refused naming the option") {

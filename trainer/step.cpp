@@ -10,7 +10,7 @@ namespace train {
 
 using engine::Tensor;
 
-Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2) {
+Optimizer make_optimizer(const models::Model& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2) {
   std::vector<engine::ParamGroup> groups(3);  // decayed; covered by the custom L2; steps
   std::vector<std::string> names[3];
   groups[0].weight_decay = wd;
@@ -27,7 +27,7 @@ Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, 
 
 // A CUDA tensor goes through a host copy: MPI is not told about device memory (Open MPI may not be built
 // CUDA-aware). Once at the start (and once after QAT's first step): not worth an NCCL path of its own.
-void broadcast_state(const models::RepVGG& model) {
+void broadcast_state(const models::Model& model) {
   for (const layers::NamedTensor& t : model.state_dict()) {
     if (t.tensor.device() == engine::Device::cpu) {
       dist::broadcast(t.tensor.raw(), t.tensor.nbytes());
@@ -40,7 +40,7 @@ void broadcast_state(const models::RepVGG& model) {
   }
 }
 
-std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb) {
+std::unique_ptr<engine::GradReducer> make_reducer(const models::Model& model, float bucket_mb) {
   std::vector<Tensor> params, stats;
   for (const layers::Param& p : model.parameters()) params.push_back(p.tensor);
   auto ends_with = [](const std::string& s, const std::string& tail) {
@@ -51,7 +51,7 @@ std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, f
   return std::make_unique<engine::GradReducer>(params, stats, size_t(double(bucket_mb) * (1 << 20)));
 }
 
-StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, const Tensor& labels,
+StepResult train_step(models::Model& model, engine::SGD& sgd, const Tensor& x, const Tensor& labels,
                       float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer, bool interrupted,
                       const Distillation* distill) {
   Tensor logits = model(x);
@@ -97,7 +97,7 @@ StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const Tensor& x, 
   return r;
 }
 
-EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device) {
+EvalResult evaluate(models::Model& model, data::Loader& loader, engine::Device device) {
   engine::NoGradGuard no_grad;
   const bool was_training = model.training();
   model.eval();

@@ -20,20 +20,20 @@ struct Optimizer {
   engine::SGD sgd;
   std::vector<std::string> names;
 };
-Optimizer make_optimizer(const models::RepVGG& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2);
+Optimizer make_optimizer(const models::Model& model, float lr, float momentum, bool nesterov, float wd, bool custom_l2);
 
 // Of the global batch (all ranks' shards, when distributed).
 // Data-parallel training: every parameter and buffer from rank 0, as torch DDP does at its start (the
 // ranks start equal whatever each initialized or loaded); and the gradient averaging of a run, over
 // every parameter and the BN running statistics (engine/reducer.h).
-void broadcast_state(const models::RepVGG& model);
-std::unique_ptr<engine::GradReducer> make_reducer(const models::RepVGG& model, float bucket_mb);
+void broadcast_state(const models::Model& model);
+std::unique_ptr<engine::GradReducer> make_reducer(const models::Model& model, float bucket_mb);
 
 // Knowledge distillation (Hinton et al. 2015, ./train --distill): a full-precision teacher's logits as soft
 // targets. The step's loss is (1 − w) CE + w · engine::distillation_loss(student, teacher, T), the teacher run
 // in eval without gradients on the same batch (under mpirun, each rank on its shard).
 struct Distillation {
-  models::RepVGG* teacher = nullptr;
+  models::Model* teacher = nullptr;
   float temperature = 4, weight = 0.5;  // T, w
 };
 
@@ -48,7 +48,7 @@ struct StepResult {
 // Distributed (reducer given): the ranks first agree on the batch's loss, hits and the stop flags (a
 // non-finite loss anywhere stops all, before any starts the gradients' all-reduce), then the backward
 // hands each gradient to the reducer, which averages them over the ranks before the SGD step.
-StepResult train_step(models::RepVGG& model, engine::SGD& sgd, const engine::Tensor& x, const engine::Tensor& labels,
+StepResult train_step(models::Model& model, engine::SGD& sgd, const engine::Tensor& x, const engine::Tensor& labels,
                       float label_smoothing, float custom_l2_wd, engine::GradReducer* reducer = nullptr,
                       bool interrupted = false, const Distillation* distill = nullptr);
 
@@ -58,6 +58,6 @@ struct EvalResult {
 };
 // The model in eval mode over one pass of `loader` (then back in the mode it was in), without gradients;
 // distributed, each rank evaluates its shard and the sums are all-reduced (every rank gets the result).
-EvalResult evaluate(models::RepVGG& model, data::Loader& loader, engine::Device device);
+EvalResult evaluate(models::Model& model, data::Loader& loader, engine::Device device);
 
 }  // namespace train

@@ -22,7 +22,7 @@ void TensorBoardLog::epoch(int epoch, double train_loss, double train_top1, cons
   writer_.scalar("epoch/images_per_s", epoch, float(images_per_s));
 }
 
-void TensorBoardLog::quantizer_steps(int epoch, const models::RepVGG& model) {
+void TensorBoardLog::quantizer_steps(int epoch, const models::Model& model) {
   const std::string suffix = ".step";
   for (const layers::Param& p : model.parameters()) {
     if (p.kind != layers::ParamKind::step) continue;

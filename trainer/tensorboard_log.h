@@ -24,7 +24,7 @@ class TensorBoardLog {
   void step(int64_t step, double loss, double top1, double lr);
   // `val` null where the epoch did not evaluate; top-5 only with `top5`.
   void epoch(int epoch, double train_loss, double train_top1, const EvalResult* val, bool top5, double images_per_s);
-  void quantizer_steps(int epoch, const models::RepVGG& model);
+  void quantizer_steps(int epoch, const models::Model& model);
 
  private:
   interop::EventWriter writer_;

@@ -118,9 +118,7 @@ static models::QatConfig qat_config(const Options& o) {
   models::QatConfig c{*o.qat, o.bits, o.act_bits, o.granularity == "channel", o.quantize_first_last, layers::parse_step_init(o.step_init)};
   if (!o.layer_bits.empty()) {
     std::vector<std::string> names;
-    for (const auto& stage : models::block_specs(models::arch_config(o.arch)))
-      for (const models::BlockSpec& b : stage) names.push_back(b.name);
-    names.push_back("linear");
+    for (const models::LayerSpec& l : models::layer_specs(models::arch_config(o.arch))) names.push_back(l.name);
     std::vector<models::LayerBits> base;
     for (size_t i = 0; i < names.size(); i++) base.push_back(c.layer(i, names.size()));
     c.layers = models::apply_layer_spec(o.layer_bits, names, base, o.act_bits);
@@ -131,7 +129,7 @@ static models::QatConfig qat_config(const Options& o) {
 
 // --init: a trained full-precision checkpoint's weights into the new model (before set_qat), checked
 // against the run's arch, classes and OABN setting first. Nothing is written before this runs.
-static void load_init(const Options& o, models::RepVGG& model) {
+static void load_init(const Options& o, models::Model& model) {
   if (!fs::is_regular_file(o.init)) throw std::runtime_error(fmt::format("--init {}: no such checkpoint file", o.init));
   const st::File file = st::load(o.init);
   auto meta = [&](const std::string& key) {  // quoted in messages: cut
@@ -161,7 +159,7 @@ static void load_init(const Options& o, models::RepVGG& model) {
 
 // --distill: the full-precision teacher, of the run's arch and classes (its own OABN k), in deploy form (its
 // eval function, one conv per block) and eval mode on the run's device. Nothing is written before this runs.
-static std::unique_ptr<models::RepVGG> load_teacher(const Options& o, const models::ArchConfig& arch, Device device) {
+static std::unique_ptr<models::Model> load_teacher(const Options& o, const models::ArchConfig& arch, Device device) {
   if (!fs::is_regular_file(o.distill)) throw std::runtime_error(fmt::format("--distill {}: no such checkpoint file", o.distill));
   const st::File file = st::load(o.distill);
   auto meta = [&](const std::string& key) {
@@ -174,13 +172,14 @@ static std::unique_ptr<models::RepVGG> load_teacher(const Options& o, const mode
   if (!meta("qat").empty())
     throw std::runtime_error(fmt::format("--distill {}: a QAT checkpoint ({}); the teacher is a full-precision one", o.distill,
                                          meta("qat")));
-  auto fc = file.tensors.find("linear.weight");
+  const std::string fc_weight = models::layer_specs(arch).back().name + ".weight";
+  auto fc = file.tensors.find(fc_weight);
   if (fc != file.tensors.end() && (fc->second.shape.size() != 2 || fc->second.shape[0] != arch.num_classes))
-    throw std::runtime_error(fmt::format("--distill {}: tensor 'linear.weight' has shape {}, the student has {} classes",
-                                         o.distill, st::shape_str(fc->second.shape), arch.num_classes));
+    throw std::runtime_error(fmt::format("--distill {}: tensor '{}' has shape {}, the student has {} classes",
+                                         o.distill, fc_weight, st::shape_str(fc->second.shape), arch.num_classes));
   const float oabn_k = meta("oabn_k").empty() ? 0.0f : (float)st::metadata_double(file.metadata, o.distill, "oabn_k", 0, HUGE_VAL);
   engine::Rng rng(0);
-  auto teacher = std::make_unique<models::RepVGG>(arch, rng, arch.block == models::BlockType::repvgg ? oabn_k : 0.0f);
+  auto teacher = models::make_model(arch, rng, arch.block == models::BlockType::repvgg ? oabn_k : 0.0f);
   const bool deploy = layers::deploy_form(file);
   if (deploy) teacher->switch_to_deploy();
   layers::load_state_dict(*teacher, file, "", o.distill);
@@ -375,7 +374,8 @@ struct Run {
   models::ArchConfig arch;
   Data d;
   engine::Rng init_rng;
-  models::RepVGG model;
+  std::unique_ptr<models::Model> model_;
+  models::Model& model;
   Optimizer optimizer;  // built after set_qat: it holds the parameter tensors (the steps among them) it is given
   engine::Schedule sched;
   data::Loader train_loader, val_loader;
@@ -383,7 +383,7 @@ struct Run {
   Log log;
   std::optional<TensorBoardLog> tb;
   std::unique_ptr<engine::GradReducer> reducer;
-  std::unique_ptr<models::RepVGG> teacher;  // --distill
+  std::unique_ptr<models::Model> teacher;  // --distill
   Distillation distill;
   int start_epoch = 0;
   size_t start_batch = 0;
@@ -392,7 +392,7 @@ struct Run {
 
   Run(const Options& o, Device dev, bool resuming)
       : opt(o), device(dev), arch(checked_arch(o)), d(open_data(o)), init_rng(o.seed),
-        model(with_classes(arch, d), init_rng, o.oabn_k),
+        model_(models::make_model(with_classes(arch, d), init_rng, o.oabn_k)), model(*model_),
         optimizer((prepare(resuming), make_optimizer(model, o.lr, o.momentum, o.nesterov, o.wd, o.custom_l2))),
         sched(schedule(o)), train_loader(*d.train, o.batch_size, true, o.seed, threads, 4, shard(o)),
         val_loader(*d.val, o.batch_size, false, o.seed, threads, 4, shard(o)), folder(folder_of(o)),

@@ -171,6 +171,23 @@ void quantize_u8(const float* x, uint8_t* y, int64_t n, float s, int z, int q_ma
   for (int64_t i = 0; i < n; i++) y[i] = (uint8_t)fake_quant_code(x[i], s, zf, 0.0f, hi);
 }
 
+void add_shortcut(const float* a, const float* r, float* y, int64_t n, bool relu) {
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) {
+    const float v = a[i] + r[i];
+    y[i] = relu && v < 0 ? 0.0f : v;  // NaN stays NaN
+  }
+}
+
+void add_shortcut(const float* a, const uint8_t* r, float s_r, int z_r, float* y, int64_t n, bool relu) {
+  const float z = (float)z_r;
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; i++) {
+    const float v = a[i] + s_r * ((float)r[i] - z);
+    y[i] = relu && v < 0 ? 0.0f : v;
+  }
+}
+
 void avg_pool_nhwc(int64_t n, int64_t hw, int64_t c, const float* x, float* y) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {

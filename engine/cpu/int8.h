@@ -69,6 +69,11 @@ int max_abs_code(const int8_t* w, int64_t n);
 // y = clamp(round(x / s) + z, 0, q_max) for n values (any layout): an activation's codes, as the fake
 // quantizer computes them (x / s, round half to even).
 void quantize_u8(const float* x, uint8_t* y, int64_t n, float s, int z, int q_max);
+// ResNet's shortcut add (deploy/integer_model.h): y = a + r, then max(0, y) where relu, for n values of one
+// layout (NHWC). a: the conv's f32 output (its scales and bias applied); r: the shortcut, f32 (the downsample
+// conv's output), or u8 codes, r = s_r (q − z_r) (the block's input as its first reader holds it).
+void add_shortcut(const float* a, const float* r, float* y, int64_t n, bool relu);
+void add_shortcut(const float* a, const uint8_t* r, float s_r, int z_r, float* y, int64_t n, bool relu);
 // x [N, HW, C] (NHWC) -> y [N, C], the mean over HW.
 void avg_pool_nhwc(int64_t n, int64_t hw, int64_t c, const float* x, float* y);
 
