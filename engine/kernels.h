@@ -86,12 +86,13 @@ struct BnBranch {
   float* gbeta = nullptr;
 };
 
-// y = relu(Σ_b BN_b(x_b)) over `count` branches, all x_b and y [N, C, HW], or [N, C/B, HW, B] when
-// blocked by B = block (channel c at [., c / B, ., c % B]).
+// y = relu(Σ_b BN_b(x_b)) over `count` branches (without the relu when relu is false), all x_b and y
+// [N, C, HW], or [N, C/B, HW, B] when blocked by B = block (channel c at [., c / B, ., c % B]).
 struct BnSum {
   int64_t n = 0, c = 0, hw = 0;
   int64_t block = 0;
   int count = 0;  // 1 to 3
+  bool relu = true;
   BnBranch b[3];
 };
 
@@ -143,7 +144,8 @@ struct BnSum {
   /* training: the batch statistics into each branch's mean, var and its running ones updated in place; \
      eval: normalizes with each branch's mean, var as given */                                     \
   void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \
-  /* the gradients of bn_sum_relu_forward (from its y and gy) into each branch's gx, ggamma, gbeta */   \
+  /* the gradients of bn_sum_relu_forward (from its y, for the ReLU, and gy) into each branch's gx,   \
+     ggamma, gbeta */                                                                               \
   void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy); \
   /* y = (clamp(round(x / s) + z, q_min, q_max) - z) s, s = step[row]; round half to even */          \
   void fake_quant_forward(const FakeQuant& q, const float* x, const float* step, float* y);          \

@@ -94,9 +94,11 @@ struct BnParams {
 // relu(Σ_b batch_norm2d(x_b, bn_b...)) for 1 to 3 branches x_b of one shape [N, C, H, W] (y in x_0's
 // layout, the others converted to it): a RepVGG block's BNs, branch sum and ReLU in two passes over memory
 // each way, with the same values, running-statistics updates and gradients as the composed ops (training
-// and eval as batch_norm2d).
+// and eval as batch_norm2d). relu false: the sum alone, Σ_b batch_norm2d(x_b, bn_b...), for a ReLU that
+// comes later (ResNet's, after the residual add of an identity shortcut). relu is the last argument so
+// that the callers' positional momentum and eps keep their meaning.
 Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training,
-                   float momentum = 0.1f, float eps = 1e-5f);
+                   float momentum = 0.1f, float eps = 1e-5f, bool relu = true);
 
 // --- linear.cpp --------------------------------------------------------------------------------------
 // x [N, I], w [O, I], bias [O] or undefined -> [N, O]  (y = x wᵀ + b, as torch.nn.functional.linear)

@@ -158,9 +158,10 @@ OpCase bn_case(int64_t n, int64_t c, int64_t h, int64_t w, bool training) {
           1e-4, 1e-4};
 }
 
-// bn_add_relu of 1 to 3 branches x_k [4, 6, 5, 5], each with its BN (gamma, beta, running mean and var).
-OpCase bn_add_relu_case(int branches, bool training) {
-  return {"bn_add_relu " + std::to_string(branches) + (training ? " train" : " eval"),
+// bn_add_relu of 1 to 3 branches x_k [4, 6, 5, 5], each with its BN (gamma, beta, running mean and var),
+// with or without the ReLU.
+OpCase bn_add_relu_case(int branches, bool training, bool relu) {
+  return {"bn_add_relu " + std::to_string(branches) + (training ? " train" : " eval") + (relu ? "" : " no relu"),
           [=](Rng& r) {
             Inputs in;
             for (int k = 0; k < branches; k++) in.push_back(rand_grad({4, 6, 5, 5}, -2, 2, r));
@@ -177,7 +178,7 @@ OpCase bn_add_relu_case(int branches, bool training) {
               const Tensor* p = &in[branches + 4 * k];
               bns.push_back({p[0], p[1], p[2], p[3]});
             }
-            return bn_add_relu(xs, bns, training);
+            return bn_add_relu(xs, bns, training, 0.1f, 1e-5f, relu);
           },
           1e-4, 1e-4};
 }
@@ -414,11 +415,12 @@ TEST_CASE("cuda: batch_norm2d training and eval match the CPU: outputs, gradient
   run_cases(cases);
 }
 
-TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu) match the CPU" *
+TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu with and without the ReLU, conv2d_relu) match the CPU" *
           gpu_or_skip("fused ops")) {
   std::vector<OpCase> cases;
   for (bool training : {true, false})
-    for (int branches : {1, 2, 3}) cases.push_back(bn_add_relu_case(branches, training));
+    for (bool relu : {true, false})
+      for (int branches : {1, 2, 3}) cases.push_back(bn_add_relu_case(branches, training, relu));
   cases.push_back({"conv2d_relu (inference: no input requires grad)",
                    [](Rng& r) {
                      return Inputs{rand_uniform({2, 4, 9, 9}, -1, 1, r), rand_uniform({8, 2, 3, 3}, -0.5f, 0.5f, r),
