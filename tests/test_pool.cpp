@@ -1,10 +1,12 @@
 // max_pool2d (engine/pool.cpp) against a plain loop: the values and the gradient's routing exactly, plain and
 // blocked, with ties, −inf and NaN broken as PyTorch's CPU kernel breaks them; a finite-difference check on
-// inputs without ties, which a wrong backward fails.
+// inputs without ties, which a wrong backward fails; and the int8 runtime's NHWC loops (engine/cpu/int8.h)
+// against the same loop.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "engine/cpu/int8.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "tests/gradcheck.h"
@@ -216,4 +218,34 @@ TEST_CASE("max_pool2d: refuses a padding beyond half the kernel, empty windows a
   CHECK_THROWS_WITH_AS(max_pool2d(x, 8, 1, 1), doctest::Contains("larger than the padded input"), std::runtime_error);
   CHECK_THROWS_WITH_AS(max_pool2d(Tensor::zeros({2, 5, 5}), 3, 2, 1), doctest::Contains("[N, C, H, W]"),
                        std::runtime_error);
+}
+
+TEST_CASE("int8 max_pool_nhwc_u8 and max_pool_nhwc_f32 equal max_pool2d's plain loop") {
+  Rng rng(45);
+  for (const Case& c : cases) {
+    const int64_t n = c.x[0], ch = c.x[1], h = c.x[2], w = c.x[3];
+    // NCHW values of [n, ch, hh, ww] in NHWC order
+    auto to_nhwc = [&](const std::vector<float>& v, int64_t hh, int64_t ww) {
+      std::vector<float> r(v.size());
+      for (int64_t b = 0; b < n; b++)
+        for (int64_t k = 0; k < ch; k++)
+          for (int64_t i = 0; i < hh * ww; i++) r[(b * hh * ww + i) * ch + k] = v[(b * ch + k) * hh * ww + i];
+      return r;
+    };
+    const std::string what = std::string(c.what) + " " + c.x.str() + ", " + c.q.str();
+    // u8 codes: every value in [0, 255], many ties
+    std::vector<float> codes(c.x.numel());
+    for (float& v : codes) v = (float)rng.below(256);
+    const PoolRef ref_u8 = ref_max_pool(codes, c.x, c.q);
+    const std::vector<float> codes_nhwc = to_nhwc(codes, h, w);
+    std::vector<uint8_t> xu(codes_nhwc.begin(), codes_nhwc.end()), yu(ref_u8.y.size());
+    cpu::max_pool_nhwc_u8(n, h, w, ch, c.q.k, c.q.s, c.q.p, xu.data(), yu.data());
+    check_same(std::vector<float>(yu.begin(), yu.end()), to_nhwc(ref_u8.y, ref_u8.oh, ref_u8.ow), "u8 " + what);
+    // f32, with ties, -inf and NaN
+    const std::vector<float> xf = make_values(c.x, Values::special, rng), xf_nhwc = to_nhwc(xf, h, w);
+    const PoolRef ref_f32 = ref_max_pool(xf, c.x, c.q);
+    std::vector<float> yf(ref_f32.y.size());
+    cpu::max_pool_nhwc_f32(n, h, w, ch, c.q.k, c.q.s, c.q.p, xf_nhwc.data(), yf.data());
+    check_same(yf, to_nhwc(ref_f32.y, ref_f32.oh, ref_f32.ow), "f32 " + what);
+  }
 }
