@@ -11,7 +11,7 @@ static float* f32_or_null(const Tensor& t) { return t.defined() ? t.storage_f32(
 // An f32 tensor of t's shape and layout when t needs a gradient, else undefined.
 static Tensor grad_buffer(const Tensor& t) { return t.requires_grad() ? empty_like(t) : Tensor(); }
 
-// --- y = relu(Σ_b BN_b(x_b)) ---------------------------------------------------------------------------
+// --- y = relu(Σ_b BN_b(x_b)), or the sum alone -------------------------------------------------------
 
 static void check_param(const Tensor& p, const char* name, int64_t c, Device device) {
   ENGINE_CHECK(p.defined() && p.dtype() == DType::f32 && p.shape() == Shape{c} && p.device() == device,
@@ -21,7 +21,7 @@ static void check_param(const Tensor& p, const char* name, int64_t c, Device dev
 
 // xs[b] [N, C, H, W], each BN's tensors [C] -> y [N, C, H, W] in xs[0]'s layout.
 Tensor bn_add_relu(const std::vector<Tensor>& xs_in, const std::vector<BnParams>& bns, bool training, float momentum,
-                   float eps) {
+                   float eps, bool relu) {
   const int count = (int)xs_in.size();
   ENGINE_CHECK(count >= 1 && count <= 3 && bns.size() == xs_in.size(),
                "1 to 3 branches, each with its BN; got " + std::to_string(xs_in.size()) + " inputs and " +
@@ -38,6 +38,7 @@ Tensor bn_add_relu(const std::vector<Tensor>& xs_in, const std::vector<BnParams>
   s.hw = x0.size(2) * x0.size(3);
   s.block = x0.channel_block();
   s.count = count;
+  s.relu = relu;
   ENGINE_CHECK(!training || s.n * s.hw > 1, "training needs more than one value per channel, got x " + x0.str());
   ENGINE_CHECK(!training || !batch_norm_sync() || x0.device() == Device::cpu, "sync-BN is CPU only, got x " + x0.str());
   Tensor y = empty_like(x0);

@@ -57,6 +57,14 @@ struct LinearShape {
   bool bias;
 };
 
+// Max pooling (ops.h max_pool2d): x [N, C, H, W] -> y [N, C, OH, OW], kernel x kernel windows.
+struct PoolShape {
+  int64_t n, c, h, w;  // x
+  int64_t oh, ow;      // y
+  int kernel, stride, padding;
+  int64_t block = 0;   // x, y, their gradients and the indices as [N, C/B, ., ., B], B = block (CPU only); 0: NCHW
+};
+
 // A fake quantizer (ops.h fake_quantize): x viewed as [rows, per_row], one step per row (rows 1: one step).
 struct FakeQuant {
   int64_t rows = 1, per_row = 0;
@@ -86,12 +94,13 @@ struct BnBranch {
   float* gbeta = nullptr;
 };
 
-// y = relu(Σ_b BN_b(x_b)) over `count` branches, all x_b and y [N, C, HW], or [N, C/B, HW, B] when
-// blocked by B = block (channel c at [., c / B, ., c % B]).
+// y = relu(Σ_b BN_b(x_b)) over `count` branches (without the relu when relu is false), all x_b and y
+// [N, C, HW], or [N, C/B, HW, B] when blocked by B = block (channel c at [., c / B, ., c % B]).
 struct BnSum {
   int64_t n = 0, c = 0, hw = 0;
   int64_t block = 0;
   int count = 0;  // 1 to 3
+  bool relu = true;
   BnBranch b[3];
 };
 
@@ -143,8 +152,14 @@ struct BnSum {
   /* training: the batch statistics into each branch's mean, var and its running ones updated in place; \
      eval: normalizes with each branch's mean, var as given */                                     \
   void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \
-  /* the gradients of bn_sum_relu_forward (from its y and gy) into each branch's gx, ggamma, gbeta */   \
+  /* the gradients of bn_sum_relu_forward (from its y, for the ReLU, and gy) into each branch's gx,   \
+     ggamma, gbeta */                                                                               \
   void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy); \
+  /* y = the max of each window (scalar_math.h pool_takes); indices (i32, y's layout; null: not kept)  \
+     its argmax i * W + j within x's plane */                                                       \
+  void max_pool_forward(const PoolShape& s, const float* x, float* y, int32_t* indices);             \
+  /* gx (overwritten) = Σ gy of the outputs whose argmax it is, added in the outputs' row-major order */ \
+  void max_pool_backward(const PoolShape& s, const int32_t* indices, const float* gy, float* gx);    \
   /* y = (clamp(round(x / s) + z, q_min, q_max) - z) s, s = step[row]; round half to even */          \
   void fake_quant_forward(const FakeQuant& q, const float* x, const float* step, float* y);          \
   /* gx = gy inside the code range, else 0; terms = gy d y / d s per element (summed per row by the op) */ \

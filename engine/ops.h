@@ -74,7 +74,8 @@ Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int str
 // take it without reordering; the ops a RepVGG block runs between its convolutions keep it (element-wise
 // ops of operands of one shape, bn_add_relu, channel_var, fake_quantize, straight_through; sum and mean
 // over H and W, and N, such as global_avg_pool, read it and return NCHW), so that a network runs blocked
-// from its first convolution to its pooling. Any other op takes either layout and computes on NCHW (a
+// from its first convolution to its pooling; max_pool2d keeps it too (ResNet's stem pools between its first
+// convolution and the next). Any other op takes either layout and computes on NCHW (a
 // recorded to_plain first): batch_norm2d (QARepVGG's BN of the branch sum), reshape, pad2d, a broadcast.
 // The block: 16 on AVX-512, 8 on AVX2 (asked of oneDNN once), 0 (NCHW everywhere) where it wants neither.
 int64_t activation_block();
@@ -94,9 +95,19 @@ struct BnParams {
 // relu(Σ_b batch_norm2d(x_b, bn_b...)) for 1 to 3 branches x_b of one shape [N, C, H, W] (y in x_0's
 // layout, the others converted to it): a RepVGG block's BNs, branch sum and ReLU in two passes over memory
 // each way, with the same values, running-statistics updates and gradients as the composed ops (training
-// and eval as batch_norm2d).
+// and eval as batch_norm2d). relu false: the sum alone, Σ_b batch_norm2d(x_b, bn_b...), for a ReLU that
+// comes later (ResNet's, after the residual add of an identity shortcut). relu is the last argument so
+// that the callers' positional momentum and eps keep their meaning.
 Tensor bn_add_relu(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training,
-                   float momentum = 0.1f, float eps = 1e-5f);
+                   float momentum = 0.1f, float eps = 1e-5f, bool relu = true);
+
+// --- pool.cpp ----------------------------------------------------------------------------------------
+// x [N, C, H, W] -> [N, C, H', W'], H' = (H + 2 padding − kernel) / stride + 1 (floor; W' likewise): each
+// output the largest value of its kernel x kernel window, the padding −inf, as torch's nn.MaxPool2d(kernel,
+// stride, padding) (padding ≤ kernel / 2, as torch asks). The window's argmax is its first largest value in
+// row-major order, as PyTorch's CPU kernel (a NaN makes the output NaN, the argmax the window's last NaN);
+// the backward routes each output's gradient to it. A blocked x stays blocked (y in x's layout).
+Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding = 0);
 
 // --- linear.cpp --------------------------------------------------------------------------------------
 // x [N, I], w [O, I], bias [O] or undefined -> [N, O]  (y = x wᵀ + b, as torch.nn.functional.linear)

@@ -150,4 +150,19 @@ ENGINE_HD void fake_quant_grad(float x, float s, float z, float q_min, float q_m
   term = gy * (inside ? nearbyintf(v) - v : clamp_nan(r, q_min, q_max) - z);
 }
 
+// --- max pooling (ops.h max_pool2d): windows of k inputs from o * s − p along each spatial dim -------------
+ENGINE_HD int64_t pool_out_size(int64_t in, int k, int s, int p) { return (in + 2 * p - k) / s + 1; }  // in + 2p >= k
+// Output o's window along one dim, the padding cut off: inputs [lo, hi).
+struct PoolWindow {
+  int64_t lo, hi;
+};
+ENGINE_HD PoolWindow pool_window(int64_t o, int64_t in, int k, int s, int p) {
+  const int64_t start = o * s - p, end = start + k;
+  return {start < 0 ? 0 : start, end < in ? end : in};
+}
+// Whether v takes the place of m, the window's max so far (from −inf, scanned in row-major order): it is
+// larger, or NaN. The first largest value wins, and a NaN over any number (the last NaN over another), as
+// in PyTorch's CPU kernel.
+ENGINE_HD bool pool_takes(float v, float m) { return v > m || isnan(v); }
+
 }  // namespace engine

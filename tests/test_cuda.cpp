@@ -4,6 +4,7 @@
 // after the run (ops that update one in place: batch norm's running statistics).
 // Without a GPU each op family is a doctest case skipped with a SKIPPED line, never passed. The checks that
 // run everywhere: asking for CUDA memory without a usable GPU fails at once, with the reason.
+#include <cmath>
 #include <cstring>
 #include <functional>
 
@@ -158,9 +159,10 @@ OpCase bn_case(int64_t n, int64_t c, int64_t h, int64_t w, bool training) {
           1e-4, 1e-4};
 }
 
-// bn_add_relu of 1 to 3 branches x_k [4, 6, 5, 5], each with its BN (gamma, beta, running mean and var).
-OpCase bn_add_relu_case(int branches, bool training) {
-  return {"bn_add_relu " + std::to_string(branches) + (training ? " train" : " eval"),
+// bn_add_relu of 1 to 3 branches x_k [4, 6, 5, 5], each with its BN (gamma, beta, running mean and var),
+// with or without the ReLU.
+OpCase bn_add_relu_case(int branches, bool training, bool relu) {
+  return {"bn_add_relu " + std::to_string(branches) + (training ? " train" : " eval") + (relu ? "" : " no relu"),
           [=](Rng& r) {
             Inputs in;
             for (int k = 0; k < branches; k++) in.push_back(rand_grad({4, 6, 5, 5}, -2, 2, r));
@@ -177,9 +179,23 @@ OpCase bn_add_relu_case(int branches, bool training) {
               const Tensor* p = &in[branches + 4 * k];
               bns.push_back({p[0], p[1], p[2], p[3]});
             }
-            return bn_add_relu(xs, bns, training);
+            return bn_add_relu(xs, bns, training, 0.1f, 1e-5f, relu);
           },
           1e-4, 1e-4};
+}
+
+// max_pool2d of x; with ties, x of integers in [-2, 1], whose argmaxes (the first largest, in row-major
+// order) route the gradient. Exact: the values are copies and the gradients sums in the same order.
+OpCase max_pool_case(const Shape& x, int k, int s, int p, bool ties) {
+  return {"max_pool2d " + x.str() + " " + std::to_string(k) + "x" + std::to_string(k) + " s" + std::to_string(s) +
+              " p" + std::to_string(p) + (ties ? " ties" : ""),
+          [=](Rng& r) {
+            Tensor t = rand_uniform(x, -2, 2, r);
+            if (ties)
+              for (int64_t i = 0; i < t.numel(); i++) t.f32()[i] = std::floor(t.f32()[i]);
+            return Inputs{t.requires_grad_(true)};
+          },
+          [=](const Inputs& in) { return max_pool2d(in[0], k, s, p); }, 0, 0};
 }
 
 OpCase ce_case(int64_t n, int64_t k, float smoothing) {
@@ -414,11 +430,12 @@ TEST_CASE("cuda: batch_norm2d training and eval match the CPU: outputs, gradient
   run_cases(cases);
 }
 
-TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu) match the CPU" *
+TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu with and without the ReLU, conv2d_relu) match the CPU" *
           gpu_or_skip("fused ops")) {
   std::vector<OpCase> cases;
   for (bool training : {true, false})
-    for (int branches : {1, 2, 3}) cases.push_back(bn_add_relu_case(branches, training));
+    for (bool relu : {true, false})
+      for (int branches : {1, 2, 3}) cases.push_back(bn_add_relu_case(branches, training, relu));
   cases.push_back({"conv2d_relu (inference: no input requires grad)",
                    [](Rng& r) {
                      return Inputs{rand_uniform({2, 4, 9, 9}, -1, 1, r), rand_uniform({8, 2, 3, 3}, -0.5f, 0.5f, r),
@@ -426,6 +443,17 @@ TEST_CASE("cuda: the fused RepVGG ops (bn_add_relu, conv2d_relu) match the CPU" 
                    },
                    [](const Inputs& in) { return conv2d_relu(in[0], in[1], in[2], 2, 1, 2); }, 1e-4, 1e-4});
   run_cases(cases);
+}
+
+TEST_CASE("cuda: max_pool2d matches the CPU exactly: values, argmax ties, routed gradients" * gpu_or_skip("max_pool2d")) {
+  run_cases({
+      max_pool_case({2, 4, 9, 9}, 3, 2, 1, false),    // ResNet's stem
+      max_pool_case({2, 4, 8, 8}, 3, 2, 1, true),     // the stem, ties; the last window in the padding
+      max_pool_case({3, 5, 7, 10}, 2, 2, 0, false),   // 2x2, the last column left out
+      max_pool_case({2, 3, 6, 5}, 3, 1, 1, true),     // overlapping windows, ties
+      max_pool_case({2, 3, 5, 7}, 2, 3, 1, false),    // stride beyond the kernel
+      max_pool_case({8, 16, 32, 32}, 3, 2, 1, true),  // a real layer's size
+  });
 }
 
 TEST_CASE("cuda: cross_entropy and topk_correct match the CPU" * gpu_or_skip("cross_entropy")) {

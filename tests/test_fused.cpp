@@ -51,10 +51,11 @@ std::vector<Branch> random_branches(const Shape& shape, int count, Rng& rng) {
   return b;
 }
 
-// relu(Σ_b BN_b(x_b)) in double; training: the batch statistics (two-pass), and the running statistics
-// updated as batch_norm2d's into rm, rv.
+// relu(Σ_b BN_b(x_b)) (the sum alone when !relu) in double; training: the batch statistics (two-pass), and
+// the running statistics updated as batch_norm2d's into rm, rv.
 std::vector<double> ref_bn_add_relu(const std::vector<Branch>& bs, bool training, double momentum, double eps,
-                                    std::vector<std::vector<double>>& rm, std::vector<std::vector<double>>& rv) {
+                                    std::vector<std::vector<double>>& rm, std::vector<std::vector<double>>& rv,
+                                    bool relu) {
   const Shape& s = bs[0].x.shape();
   const int64_t n = s[0], c = s[1], hw = s[2] * s[3];
   const double m = (double)(n * hw);
@@ -86,18 +87,19 @@ std::vector<double> ref_bn_add_relu(const std::vector<Branch>& bs, bool training
         }
     }
   }
-  for (double& v : y) v = std::max(v, 0.0);
+  if (relu)
+    for (double& v : y) v = std::max(v, 0.0);
   return y;
 }
 
 // The same with the engine's composed ops (batch_norm2d, add, relu): the reference for the gradients.
-Tensor composed(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training) {
+Tensor composed(const std::vector<Tensor>& xs, const std::vector<BnParams>& bns, bool training, bool with_relu) {
   Tensor sum;
   for (size_t k = 0; k < xs.size(); k++) {
     Tensor y = batch_norm2d(xs[k], bns[k].gamma, bns[k].beta, bns[k].running_mean, bns[k].running_var, training);
     sum = sum.defined() ? add(sum, y) : y;
   }
-  return relu(sum);
+  return with_relu ? relu(sum) : sum;
 }
 
 BnParams copy(const BnParams& p) {
@@ -121,104 +123,158 @@ const std::vector<Case> cases = {
 
 }  // namespace
 
-TEST_CASE("bn_add_relu: output and running statistics against double loops, plain and blocked, 1-3 branches") {
+// A bn_add_relu case's name: "small [2, 3, 4, 5], 2 branches, training, no ReLU, blocks of 8".
+std::string bn_case_name(const Case& k, int count, bool training, bool relu, int64_t blocked) {
+  return std::string(k.what) + " " + k.shape.str() + ", " + std::to_string(count) + " branches, " +
+         (training ? "training" : "eval") + (relu ? "" : ", no ReLU") + layout_name(blocked);
+}
+
+TEST_CASE("bn_add_relu: output and running statistics against double loops, plain and blocked, 1-3 branches, "
+          "with and without the ReLU") {
   Rng rng(21);
   for (const Case& k : cases)
     for (int count = 1; count <= 3; count++)
       for (bool training : {true, false})
-        for (int64_t blocked : {0, 8, 16}) {
-          if (blocked && k.shape[1] % blocked != 0) continue;
-          std::vector<Branch> bs = random_branches(k.shape, count, rng);
-          std::vector<std::vector<double>> want_rm, want_rv;
-          std::vector<double> want = ref_bn_add_relu(bs, training, 0.1, 1e-5, want_rm, want_rv);
-          std::vector<Tensor> xs;
-          std::vector<BnParams> bns;
-          for (const Branch& b : bs) {
-            xs.push_back(to_layout(b.x, blocked));
-            bns.push_back(copy(b.bn));
+        for (bool relu : {true, false})
+          for (int64_t blocked : {0, 8, 16}) {
+            if (blocked && k.shape[1] % blocked != 0) continue;
+            std::vector<Branch> bs = random_branches(k.shape, count, rng);
+            std::vector<std::vector<double>> want_rm, want_rv;
+            std::vector<double> want = ref_bn_add_relu(bs, training, 0.1, 1e-5, want_rm, want_rv, relu);
+            std::vector<Tensor> xs;
+            std::vector<BnParams> bns;
+            for (const Branch& b : bs) {
+              xs.push_back(to_layout(b.x, blocked));
+              bns.push_back(copy(b.bn));
+            }
+            Tensor y = bn_add_relu(xs, bns, training, 0.1f, 1e-5f, relu);
+            CHECK(y.shape() == xs[0].shape());
+            CHECK(y.channel_block() == blocked);
+            if (blocked) y = to_plain(y);
+            const std::string what = bn_case_name(k, count, training, relu, blocked);
+            check_close(y.to_vector(), want, 1e-5, 1e-5, "y " + what);
+            for (int b = 0; b < count; b++) {
+              check_close(bns[b].running_mean.to_vector(), want_rm[b], 1e-6, 1e-6, "running mean " + what);
+              check_close(bns[b].running_var.to_vector(), want_rv[b], 1e-5, 1e-6, "running var " + what);
+            }
           }
-          Tensor y = bn_add_relu(xs, bns, training);
-          CHECK(y.shape() == xs[0].shape());
-          CHECK(y.channel_block() == blocked);
-          if (blocked) y = to_plain(y);
-          const std::string what = std::string(k.what) + " " + k.shape.str() + ", " + std::to_string(count) +
-                                   " branches, " + (training ? "training" : "eval") + layout_name(blocked);
-          check_close(y.to_vector(), want, 1e-5, 1e-5, "y " + what);
-          for (int b = 0; b < count; b++) {
-            check_close(bns[b].running_mean.to_vector(), want_rm[b], 1e-6, 1e-6, "running mean " + what);
-            check_close(bns[b].running_var.to_vector(), want_rv[b], 1e-5, 1e-6, "running var " + what);
-          }
-        }
 }
 
-TEST_CASE("bn_add_relu: gradients equal the composed ops' (batch_norm2d, add, relu), plain and blocked") {
+TEST_CASE("bn_add_relu: gradients equal the composed ops' (batch_norm2d, add, relu), plain and blocked, with and "
+          "without the ReLU") {
   Rng rng(22);
   for (const Case& k : cases)
     for (int count = 1; count <= 3; count++)
       for (bool training : {true, false})
-        for (int64_t blocked : {0, 8, 16}) {
-          if (blocked && k.shape[1] % blocked != 0) continue;
-          std::vector<Branch> bs = random_branches(k.shape, count, rng);
-          Tensor gy = rand_uniform(k.shape, -1, 1, rng);
-          // the composed reference, plain
-          std::vector<Tensor> rx;
-          std::vector<BnParams> rb;
-          for (const Branch& b : bs) {
-            rx.push_back(b.x.clone().requires_grad_());
-            rb.push_back(copy(b.bn));
-            rb.back().gamma.requires_grad_();
-            rb.back().beta.requires_grad_();
+        for (bool relu : {true, false})
+          for (int64_t blocked : {0, 8, 16}) {
+            if (blocked && k.shape[1] % blocked != 0) continue;
+            std::vector<Branch> bs = random_branches(k.shape, count, rng);
+            Tensor gy = rand_uniform(k.shape, -1, 1, rng);
+            // the composed reference, plain
+            std::vector<Tensor> rx;
+            std::vector<BnParams> rb;
+            for (const Branch& b : bs) {
+              rx.push_back(b.x.clone().requires_grad_());
+              rb.push_back(copy(b.bn));
+              rb.back().gamma.requires_grad_();
+              rb.back().beta.requires_grad_();
+            }
+            Tensor ry = composed(rx, rb, training, relu);
+            sum_all(mul(ry, gy)).backward();
+            // the fused op, its inputs leaves of the layout tested
+            std::vector<Tensor> leaves, xs;
+            std::vector<BnParams> fb;
+            for (const Branch& b : bs) {
+              leaves.push_back(b.x.clone().requires_grad_());
+              xs.push_back(to_layout(leaves.back(), blocked));
+              fb.push_back(copy(b.bn));
+              fb.back().gamma.requires_grad_();
+              fb.back().beta.requires_grad_();
+            }
+            Tensor y = bn_add_relu(xs, fb, training, 0.1f, 1e-5f, relu);
+            sum_all(mul(blocked ? to_plain(y) : y, gy)).backward();
+            const std::string what = bn_case_name(k, count, training, relu, blocked);
+            for (int b = 0; b < count; b++) {
+              check_close(leaves[b].grad().to_vector(), as_double(rx[b].grad()), 1e-4, 1e-5, "gx " + what);
+              check_close(fb[b].gamma.grad().to_vector(), as_double(rb[b].gamma.grad()), 1e-4, 1e-4, "ggamma " + what);
+              check_close(fb[b].beta.grad().to_vector(), as_double(rb[b].beta.grad()), 1e-4, 1e-4, "gbeta " + what);
+            }
           }
-          Tensor ry = composed(rx, rb, training);
-          sum_all(mul(ry, gy)).backward();
-          // the fused op, its inputs leaves of the layout tested
-          std::vector<Tensor> leaves, xs;
-          std::vector<BnParams> fb;
-          for (const Branch& b : bs) {
-            leaves.push_back(b.x.clone().requires_grad_());
-            xs.push_back(to_layout(leaves.back(), blocked));
-            fb.push_back(copy(b.bn));
-            fb.back().gamma.requires_grad_();
-            fb.back().beta.requires_grad_();
-          }
-          Tensor y = bn_add_relu(xs, fb, training);
-          sum_all(mul(blocked ? to_plain(y) : y, gy)).backward();
-          const std::string what = std::string(k.what) + " " + k.shape.str() + ", " + std::to_string(count) +
-                                   " branches, " + (training ? "training" : "eval") + layout_name(blocked);
-          for (int b = 0; b < count; b++) {
-            check_close(leaves[b].grad().to_vector(), as_double(rx[b].grad()), 1e-4, 1e-5, "gx " + what);
-            check_close(fb[b].gamma.grad().to_vector(), as_double(rb[b].gamma.grad()), 1e-4, 1e-4, "ggamma " + what);
-            check_close(fb[b].beta.grad().to_vector(), as_double(rb[b].beta.grad()), 1e-4, 1e-4, "gbeta " + what);
-          }
-        }
 }
 
-TEST_CASE("bn_add_relu: finite-difference gradient check, training and eval, plain and blocked") {
+namespace {
+
+// The gradient check of bn_add_relu over 3 branches of `shape`: f of the inputs x_0..2, gamma_0..2, beta_0..2
+// (the running statistics copied per call: training updates them), y in NCHW. With wrong_backward, y is the
+// same op's but its gradient the op's of the other relu (straight_through): a backward that ignores the
+// flag, masking where there is no ReLU or not masking where there is one.
+struct BnAddReluCheck {
+  std::vector<Branch> bs;
+  std::vector<Tensor> inputs;
+  testing_util::GradFn f;
+};
+BnAddReluCheck bn_add_relu_check(const Shape& shape, bool training, bool relu, int64_t blocked, bool wrong_backward,
+                                 Rng& rng) {
+  BnAddReluCheck c{random_branches(shape, 3, rng), {}, {}};
+  for (auto& b : c.bs) c.inputs.push_back(b.x);
+  for (auto& b : c.bs) c.inputs.push_back(b.bn.gamma);
+  for (auto& b : c.bs) c.inputs.push_back(b.bn.beta);
+  const std::vector<Branch> bs = c.bs;
+  c.f = [bs, training, relu, blocked, wrong_backward](const std::vector<Tensor>& in) {
+    auto op = [&](bool with_relu) {
+      std::vector<Tensor> xs;
+      std::vector<BnParams> bns;
+      for (int b = 0; b < 3; b++) {
+        xs.push_back(to_layout(in[b], blocked));
+        bns.push_back({in[3 + b], in[6 + b], bs[b].bn.running_mean.clone(), bs[b].bn.running_var.clone()});
+      }
+      return bn_add_relu(xs, bns, training, 0.1f, 1e-5f, with_relu);
+    };
+    Tensor y = wrong_backward ? straight_through(op(!relu), op(relu)) : op(relu);
+    return blocked ? to_plain(y) : y;
+  };
+  return c;
+}
+
+testing_util::GradCheck bn_add_relu_opt() {
+  testing_util::GradCheck opt;
+  opt.step = 1e-3;
+  opt.tolerance = 3e-2;
+  return opt;
+}
+
+}  // namespace
+
+TEST_CASE("bn_add_relu: finite-difference gradient check, training and eval, plain and blocked, with and without "
+          "the ReLU") {
   Rng rng(23);
   for (bool training : {true, false})
-    for (int64_t blocked : {0, 8, 16}) {
-      const Shape shape = blocked ? Shape{2, blocked, 2, 3} : Shape{2, 3, 3, 2};
-      std::vector<Branch> bs = random_branches(shape, 3, rng);
-      // inputs: x_0..2, gamma_0..2, beta_0..2; the running statistics are copied per call (training updates them)
-      std::vector<Tensor> inputs;
-      for (auto& b : bs) inputs.push_back(b.x);
-      for (auto& b : bs) inputs.push_back(b.bn.gamma);
-      for (auto& b : bs) inputs.push_back(b.bn.beta);
-      auto f = [&](const std::vector<Tensor>& in) {
-        std::vector<Tensor> xs;
-        std::vector<BnParams> bns;
-        for (int b = 0; b < 3; b++) {
-          xs.push_back(to_layout(in[b], blocked));
-          bns.push_back({in[3 + b], in[6 + b], bs[b].bn.running_mean.clone(), bs[b].bn.running_var.clone()});
+    for (bool relu : {true, false})
+      for (int64_t blocked : {0, 8, 16}) {
+        const Shape shape = blocked ? Shape{2, blocked, 2, 3} : Shape{2, 3, 3, 2};
+        BnAddReluCheck c = bn_add_relu_check(shape, training, relu, blocked, false, rng);
+        INFO((training ? "training" : "eval") << (relu ? "" : ", no ReLU") << layout_name(blocked));
+        check_gradients(c.f, c.inputs, bn_add_relu_opt());
+      }
+}
+
+TEST_CASE("bn_add_relu: the gradient check fails a backward that ignores the relu flag") {
+  // The right backward passes (gradient_errors <= the tolerance, 0.03), the other relu's fails on every x,
+  // gamma and beta: about half of the sums are negative, so the ReLU's mask drops or keeps about half the
+  // gradient (errors from 0.19 to 3.5 here, and above 0.1, three times the tolerance, is asked).
+  Rng rng(31);
+  for (bool training : {true, false})
+    for (bool relu : {true, false}) {
+      INFO((training ? "training" : "eval") << (relu ? "" : ", no ReLU"));
+      for (bool wrong : {false, true}) {
+        BnAddReluCheck c = bn_add_relu_check({2, 3, 3, 2}, training, relu, 0, wrong, rng);
+        const std::vector<double> e = testing_util::gradient_errors(c.f, c.inputs, bn_add_relu_opt());
+        for (size_t k = 0; k < e.size(); k++) {
+          INFO((wrong ? "wrong" : "right") << " backward, input " << k << ": relative gradient error " << e[k]);
+          CHECK(wrong ? e[k] > 0.1 : e[k] <= bn_add_relu_opt().tolerance);
         }
-        Tensor y = bn_add_relu(xs, bns, training);
-        return blocked ? to_plain(y) : y;
-      };
-      testing_util::GradCheck opt;
-      opt.step = 1e-3;
-      opt.tolerance = 3e-2;
-      INFO((training ? "training" : "eval") << layout_name(blocked));
-      check_gradients(f, inputs, opt);
+      }
     }
 }
 

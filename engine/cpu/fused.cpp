@@ -1,5 +1,7 @@
-// CPU kernels of the fused RepVGG block tail y = relu(Σ_b BN_b(x_b)) (ops.h, bn_add_relu). The forward reads each branch twice (its batch statistics, then y); the
-// backward reads y, gy and the branches once for the per-channel sums and once more for the gradients.
+// CPU kernels of the fused RepVGG block tail y = relu(Σ_b BN_b(x_b)) (ops.h, bn_add_relu), or the sum alone
+// (BnSum::relu false; the kernels are instantiated for both, as for each channel block). The forward reads
+// each branch twice (its batch statistics, then y); the backward reads y, gy and the branches once for the
+// per-channel sums and once more for the gradients.
 // As in batchnorm.cpp, sums are kept per plane in double and added per channel in plane order (results do
 // not depend on the thread count), and the per-element math is engine/scalar_math.h's.
 //
@@ -74,15 +76,17 @@ void sum_moments(const float* __restrict x, const float* __restrict shift, int64
   }
 }
 
-// g = 0 where y <= 0 (the ReLU's gradient), else gy, a NaN y too, as PyTorch; as a bit mask, so that GCC
-// vectorizes the loops
-inline float relu_grad(float y, float gy) {
+// The gradient at the sum, g: with the ReLU, 0 where y <= 0, else gy, a NaN y too, as PyTorch (as a bit
+// mask, so that GCC vectorizes the loops); without it, gy.
+template <bool Relu>
+inline float sum_grad(float y, float gy) {
+  if constexpr (!Relu) return gy;
   const uint32_t mask = y <= 0.f ? 0u : 0xffffffffu;
   return std::bit_cast<float>(std::bit_cast<uint32_t>(gy) & mask);
 }
 
 // sg[j] += Σ g, sgx[j] += Σ g (x - mu[j])
-template <int B>
+template <int B, bool Relu>
 void sum_grads(const float* __restrict y, const float* __restrict gy, const float* __restrict x,
                const float* __restrict mu, int64_t i0, int64_t i1, double* __restrict sg, double* __restrict sgx) {
   if constexpr (B == 1) {
@@ -90,7 +94,7 @@ void sum_grads(const float* __restrict y, const float* __restrict gy, const floa
     double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t e = i0; e < i1; e++) {
-      const float g = relu_grad(y[e], gy[e]);
+      const float g = sum_grad<Relu>(y[e], gy[e]);
       a += g;
       b += (double)g * (x[e] - m);
     }
@@ -101,7 +105,7 @@ void sum_grads(const float* __restrict y, const float* __restrict gy, const floa
     for (int64_t i = i0; i < i1; i++)
 #pragma omp simd
       for (int j = 0; j < B; j++) {
-        const float g = relu_grad(y[i * B + j], gy[i * B + j]);
+        const float g = sum_grad<Relu>(y[i * B + j], gy[i * B + j]);
         a[j] += g;
         b[j] += (double)g * (x[i * B + j] - mu[j]);
       }
@@ -123,7 +127,7 @@ void channel_sums(const BnSum& s, int q, std::vector<double>& out, F plane_sums)
       for (int j = 0; j < B; j++) out[k * s.c + pl.first_channel(p) + j] += part[(p * q + k) * B + j];
 }
 
-template <int B>
+template <int B, bool Relu>
 void forward(const BnSum& s, bool training, float momentum, float eps, float* y) {
   const Planes<B> pl(s);
   const int nb = s.count;
@@ -160,7 +164,7 @@ void forward(const BnSum& s, bool training, float momentum, float eps, float* y)
   for (int k = 0; k < nb; k++)
     for (int64_t c = 0; c < s.c; c++) scale[k * s.c + c] = s.b[k].gamma[c] * bn_invstd(s.b[k].var[c], eps);
 
-  // y = relu(((bn_0 + bn_1) + bn_2)), the order of the composed ops
+  // y = relu(((bn_0 + bn_1) + bn_2)) (or the sum alone), the order of the composed ops
 #pragma omp parallel for schedule(static) if (parallel(s))
   for (int64_t p = 0; p < pl.count; p++) {
     const int64_t c0 = pl.first_channel(p);
@@ -174,18 +178,18 @@ void forward(const BnSum& s, bool training, float momentum, float eps, float* y)
         for_rows<B>(i0, i1, [&](int64_t e, int j) {
           float v = bn_normalize(x[e], mu[j], sc[j], beta[j]);
           if (!first) v += yp[e];
-          yp[e] = last ? (v <= 0.f ? 0.f : v) : v;  // the ReLU; NaN stays NaN
+          yp[e] = Relu && last && v <= 0.f ? 0.f : v;  // the ReLU; NaN stays NaN
         });
       }
     }
   }
 }
 
-template <int B>
+template <int B, bool Relu>
 void backward(const BnSum& s, bool training, float eps, const float* y, const float* gy) {
   const Planes<B> pl(s);
   const int nb = s.count;
-  // g = gy where y > 0 (the ReLU), else 0. Sums: [0] Σg, [1 + k] Σ g (x_k - mean_k).
+  // g = sum_grad (gy, where y > 0 with the ReLU). Sums: [0] Σg, [1 + k] Σ g (x_k - mean_k).
   std::vector<double> sums;
   channel_sums<B>(s, 1 + nb, sums, [&](int64_t p, double* acc) {
     const int64_t c0 = pl.first_channel(p);
@@ -196,7 +200,7 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
         const float* x = s.b[k].x + pl.offset(p);
         const float* mu = s.b[k].mean + c0;
         double scratch[B] = {};  // Σg is kept from branch 0 only
-        sum_grads<B>(yp, gp, x, mu, i0, i1, k == 0 ? acc : scratch, acc + (1 + k) * B);
+        sum_grads<B, Relu>(yp, gp, x, mu, i0, i1, k == 0 ? acc : scratch, acc + (1 + k) * B);
       }
     }
   });
@@ -243,7 +247,7 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
         float* gx = s.b[k].gx + pl.offset(p);
         const float *mu = s.b[k].mean + c0, *kc = kk.data() + k * s.c + c0, *qc = qq.data() + k * s.c + c0;
         for_rows<B>(i0, i1, [&](int64_t e, int j) {
-          gx[e] = bn_train_grad_x(relu_grad(yp[e], gp[e]), x[e], mu[j], kc[j], ac[j], qc[j]);
+          gx[e] = bn_train_grad_x(sum_grad<Relu>(yp[e], gp[e]), x[e], mu[j], kc[j], ac[j], qc[j]);
         });
       }
     }
@@ -254,13 +258,18 @@ void backward(const BnSum& s, bool training, float eps, const float* y, const fl
 
 void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y) {
   if (s.n * s.c * s.hw == 0) return;
-  with_channel_block(s.block, "bn_sum_relu_forward",
-                     [&](auto b) { forward<decltype(b)::value>(s, training, momentum, eps, y); });
+  with_channel_block(s.block, "bn_sum_relu_forward", [&](auto b) {
+    constexpr int B = decltype(b)::value;
+    s.relu ? forward<B, true>(s, training, momentum, eps, y) : forward<B, false>(s, training, momentum, eps, y);
+  });
 }
 
 void bn_sum_relu_backward(const BnSum& s, bool training, float eps, const float* y, const float* gy) {
   if (s.n * s.c * s.hw == 0) return;
-  with_channel_block(s.block, "bn_sum_relu_backward", [&](auto b) { backward<decltype(b)::value>(s, training, eps, y, gy); });
+  with_channel_block(s.block, "bn_sum_relu_backward", [&](auto b) {
+    constexpr int B = decltype(b)::value;
+    s.relu ? backward<B, true>(s, training, eps, y, gy) : backward<B, false>(s, training, eps, y, gy);
+  });
 }
 
 }  // namespace engine::cpu

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "engine/scalar_math.h"
 
@@ -197,6 +198,40 @@ void avg_pool_nhwc(int64_t n, int64_t hw, int64_t c, const float* x, float* y) {
       for (int64_t k = 0; k < c; k++) yi[k] += x[(i * hw + p) * c + k];
     for (int64_t k = 0; k < c; k++) yi[k] /= (float)hw;
   }
+}
+
+// The max of each window per channel, the channels of a pixel contiguous (vectorized); f32 by pool_takes (a
+// NaN wins), u8 by std::max.
+template <class T>
+static void max_pool_nhwc(int64_t n, int64_t h, int64_t w, int64_t c, int k, int s, int p, const T* x, T* y) {
+  const int64_t oh = pool_out_size(h, k, s, p), ow = pool_out_size(w, k, s, p);
+#pragma omp parallel for schedule(static) if (n * oh * ow * c * k * k > 32768)
+  for (int64_t row = 0; row < n * oh; row++) {
+    const int64_t b = row / oh, oi = row % oh;
+    const PoolWindow wi = pool_window(oi, h, k, s, p);
+    for (int64_t oj = 0; oj < ow; oj++) {
+      const PoolWindow wj = pool_window(oj, w, k, s, p);
+      T* out = y + (row * ow + oj) * c;
+      std::copy_n(x + ((b * h + wi.lo) * w + wj.lo) * c, c, out);  // the window's first pixel
+      for (int64_t i = wi.lo; i < wi.hi; i++)
+        for (int64_t j = wj.lo; j < wj.hi; j++) {
+          const T* v = x + ((b * h + i) * w + j) * c;
+#pragma omp simd
+          for (int64_t ch = 0; ch < c; ch++) {
+            if constexpr (std::is_same_v<T, float>) out[ch] = pool_takes(v[ch], out[ch]) ? v[ch] : out[ch];
+            else out[ch] = std::max(out[ch], v[ch]);
+          }
+        }
+    }
+  }
+}
+
+void max_pool_nhwc_u8(int64_t n, int64_t h, int64_t w, int64_t c, int k, int s, int p, const uint8_t* x, uint8_t* y) {
+  max_pool_nhwc(n, h, w, c, k, s, p, x, y);
+}
+
+void max_pool_nhwc_f32(int64_t n, int64_t h, int64_t w, int64_t c, int k, int s, int p, const float* x, float* y) {
+  max_pool_nhwc(n, h, w, c, k, s, p, x, y);
 }
 
 }  // namespace engine::cpu

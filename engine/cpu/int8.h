@@ -76,5 +76,10 @@ void add_shortcut(const float* a, const float* r, float* y, int64_t n, bool relu
 void add_shortcut(const float* a, const uint8_t* r, float s_r, int z_r, float* y, int64_t n, bool relu);
 // x [N, HW, C] (NHWC) -> y [N, C], the mean over HW.
 void avg_pool_nhwc(int64_t n, int64_t hw, int64_t c, const float* x, float* y);
+// x [N, H, W, C] (NHWC) -> y [N, H', W', C], H' = (H + 2p − k) / s + 1 (W' likewise): ops.h max_pool2d's
+// values (p <= k / 2; the padding never the max). On u8 codes this is exact: the dequantization s (q − z) is
+// monotone, so the max of the codes is the code of the max.
+void max_pool_nhwc_u8(int64_t n, int64_t h, int64_t w, int64_t c, int k, int s, int p, const uint8_t* x, uint8_t* y);
+void max_pool_nhwc_f32(int64_t n, int64_t h, int64_t w, int64_t c, int k, int s, int p, const float* x, float* y);
 
 }  // namespace engine::cpu

@@ -1,5 +1,5 @@
-// The fused RepVGG block tail on CUDA, y = relu(Σ_b BN_b(x_b)) for 1 to 3 branches (ops.h, bn_add_relu;
-// the CPU one: engine/cpu/fused.cpp). The per-element math is
+// The fused RepVGG block tail on CUDA, y = relu(Σ_b BN_b(x_b)) for 1 to 3 branches, or the sum alone
+// (BnSum::relu false) (ops.h, bn_add_relu; the CPU one: engine/cpu/fused.cpp). The per-element math is
 // engine/scalar_math.h's; per-channel sums run one block per channel in a fixed order (deterministic).
 // The fused op takes the plain layout [N, C, HW] on CUDA (the blocked one is the CPU's).
 #include "engine/cuda/common.cuh"
@@ -9,7 +9,8 @@ namespace engine::cuda {
 
 constexpr int kFusedThreads = 512;
 
-// y = relu(((bn_0 + bn_1) + bn_2)), the order of the composed ops; scale [count, C] = gamma invstd.
+// y = relu(((bn_0 + bn_1) + bn_2)) (or the sum alone), the order of the composed ops; scale [count, C] =
+// gamma invstd.
 struct SumRelu {
   BnSum s;
   const float* scale;
@@ -21,7 +22,7 @@ struct SumRelu {
       const float u = bn_normalize(b.x[i], b.mean[c], scale[k * s.c + c], b.beta[c]);
       v = k == 0 ? u : u + v;
     }
-    y[i] = v <= 0.f ? 0.f : v;  // the ReLU; NaN stays NaN
+    y[i] = s.relu && v <= 0.f ? 0.f : v;  // the ReLU; NaN stays NaN
   }
 };
 
@@ -41,7 +42,7 @@ void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float ep
   channel_map(s.n, s.c, s.hw, SumRelu{s, scale.as<float>(), y});
 }
 
-// Channel blockIdx.x, with g = gy where y > 0 (the ReLU) else 0: Σg and per branch Σ g (x_k - mean_k), then
+// Channel blockIdx.x, with g = gy (where y > 0 with the ReLU, else 0): Σg and per branch Σ g (x_k - mean_k), then
 // ggamma_k = Σ g x̂_k and gbeta_k = Σg where asked for, and coef [count, 3, C] = the k, a, b of
 // bn_train_grad_x (a = b = 0 in eval, where the statistics are constants).
 __global__ void bn_sum_relu_sums_kernel(BnSum s, bool training, float eps, const float* y, const float* gy,
@@ -50,7 +51,7 @@ __global__ void bn_sum_relu_sums_kernel(BnSum s, bool training, float eps, const
   const int64_t c = blockIdx.x;
   double sum_g = 0, sum_gx[3] = {0, 0, 0};
   for_channel(s.n, s.c, s.hw, c, [&](int64_t i) {
-    const float g = y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
+    const float g = s.relu && y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
     sum_g += g;
     for (int k = 0; k < s.count; k++) sum_gx[k] += (double)g * (s.b[k].x[i] - s.b[k].mean[c]);  // as the CPU
   });
@@ -75,7 +76,7 @@ struct SumReluGradX {  // gx_k = bn_train_grad_x(g, x_k, mean_k, k, a, b) for th
   BnSum s;
   const float *y, *gy, *coef;
   template <class I> __device__ void operator()(I c, int64_t i) const {
-    const float g = y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
+    const float g = s.relu && y[i] <= 0.f ? 0.f : gy[i];  // NaN passes gy, as the CPU
     for (int k = 0; k < s.count; k++) {
       const BnBranch& b = s.b[k];
       if (!b.gx) continue;
