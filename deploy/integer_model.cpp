@@ -126,21 +126,25 @@ Tensor IntegerModel::forward(const Tensor& x) {
     layer.conv->run(in, conv_out);
     if (l.residual >= 0) {  // ReLU(conv + shortcut), then its readers' codes
       const Layer& r = p.layers[l.residual];
-      float* y = layer.codes_out ? (float*)layer.conv_out.raw() : layer.out.f32();  // in place: same index read and written
+      float* y = layer.codes_out ? (float*)layer.conv_out.raw() : (float*)layer.out.raw();  // in place: same index read and written
       if (r.codes_out) {  // zero point 0: every code but the image's follows a ReLU (load_int8 checks)
         engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), r.out.data<uint8_t>(), r.out_scale, 0, y,
                                   layer.out_values, l.relu);
       } else {
-        engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), r.out.f32(), y, layer.out_values, l.relu);
+        engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), (const float*)r.out.raw(), y, layer.out_values, l.relu);
       }
       if (layer.codes_out) engine::cpu::quantize_u8(y, layer.out.data<uint8_t>(), layer.out_values, layer.out_scale, 0, layer.out_max);
     }
-    if (l.max_pool) engine::fail("max pool pending");  // TODO(merge pool)
+    if (l.max_pool) {  // the conv's output (codes or f32) pooled into the layer's
+      const engine::ConvShape& s = layer.spec.s;
+      if (layer.codes_out) engine::cpu::max_pool_nhwc_u8(s.n, s.oh, s.ow, s.o, 3, 2, 1, layer.conv_out.data<uint8_t>(), layer.out.data<uint8_t>());
+      else engine::cpu::max_pool_nhwc_f32(s.n, s.oh, s.ow, s.o, 3, 2, 1, (const float*)layer.conv_out.raw(), (float*)layer.out.raw());
+    }
   }
   const Int8Layer& head = ls[fc];
   const Int8Layer& last = ls[head.source];
   const Layer& features = p.layers[head.source];
-  engine::cpu::avg_pool_nhwc(x.size(0), features.out_values / (x.size(0) * last.out), last.out, features.out.f32(), p.pooled.f32());
+  engine::cpu::avg_pool_nhwc(x.size(0), features.out_values / (x.size(0) * last.out), last.out, (const float*)features.out.raw(), p.pooled.f32());
   const void* in = p.pooled.raw();
   if (p.layers[fc].quantize_input) {
     engine::cpu::quantize_u8(p.pooled.f32(), p.codes.data<uint8_t>(), p.pooled.numel(), head.input_scale, head.input_zero_point,

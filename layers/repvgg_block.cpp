@@ -75,7 +75,7 @@ Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*
   bool fusable = true;  // one mode, momentum and eps for the BNs (as always, unless set otherwise)
   for (BatchNorm2d* bn : bns)
     fusable &= bn->training() == bns[0]->training() && bn->momentum == bns[0]->momentum && bn->eps == bns[0]->eps;
-  if (!fusable || !relu) {  // the composed ops
+  if (!fusable) {  // the composed ops
     Tensor sum = bns[0]->forward(xs[0]);
     for (size_t i = 1; i < xs.size(); i++) sum = engine::add(sum, bns[i]->forward(xs[i]));
     return relu ? engine::relu(sum) : sum;
@@ -86,7 +86,7 @@ Tensor bn_sum_relu(const std::vector<Tensor>& xs, const std::vector<BatchNorm2d*
     params.push_back({bn->gamma_used(), bn->bias, bn->running_mean, bn->running_var});
     bn->track_batch();
   }
-  return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps);
+  return engine::bn_add_relu(xs, params, bns[0]->training(), bns[0]->momentum, bns[0]->eps, relu);
 }
 
 // relu(bn(dense(x)) + bn(1x1(x)) + bn(x))

@@ -38,7 +38,7 @@ ResNet::ResNet(const ArchConfig& a, Rng& rng, float oabn_k) : Model(a, oabn_k) {
 
 Tensor ResNet::forward(const Tensor& x) {
   Tensor y = stem->forward(x);
-  if (specs[0].max_pool) fail("max pool pending");  // TODO(merge pool)
+  if (specs[0].max_pool) y = max_pool2d(y, 3, 2, 1);
   for (const auto& b : basic_blocks) y = b->forward(y);
   return classify(y);
 }

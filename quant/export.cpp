@@ -89,7 +89,7 @@ int run_export(const std::vector<std::string>& args) {
     }
     const QuantConfig c = quant_config(q, 0, *model);
     attach_quantizers(*model, c, cal);
-    std::printf("export: W%d/A%d per %s, %s calibration on %zu training images (%d batches), stage0 and the FC %s\n", c.weight_bits,
+    std::printf("export: W%d/A%d per %s, %s calibration on %zu training images (%d batches), the first layer and the FC %s\n", c.weight_bits,
                 c.act_bits, granularity_name(c.granularity), calib_name(c.calib), cal.images, cal.batches,
                 c.quantize_first_last ? "quantized" : "FP32");
     if (!q.layer_bits.empty()) std::printf("export: per layer, --layer-bits %s\n", q.layer_bits.c_str());

@@ -139,9 +139,9 @@ int run_infer(const std::vector<std::string>& args) {
     return b;
   }();
   const std::string cluster = md(m, "cluster_bits", "");
-  std::printf("infer: %s: %s, %s, %s, %s weight scales; stage0 %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
+  std::printf("infer: %s: %s, %s, %s, %s weight scales; %s %s, FC %s; loaded in %.2f s%s\n", o.model.c_str(),
               m.arch.name.c_str(), width_summary(m).c_str(), m.method.c_str(), m.granularity.c_str(),
-              m.layers.front().quantized ? "int8" : "FP32", m.layers.back().quantized ? "int8" : "FP32", load_s,
+              m.layers.front().name.c_str(), m.layers.front().quantized ? "int8" : "FP32", m.layers.back().quantized ? "int8" : "FP32", load_s,
               cluster.empty() ? "" : fmt::format(" ({}-bit codebooks put on the s8 grid; the biases of {} layers corrected "
                                                  "for its mean error)", cluster, md(m, "cluster_corrected", "0")).c_str());
   std::printf("model size: %.2f MB on disk, %.2f MB of weights and biases (FP32 deploy model: %.2f MB, %.2fx)\n",

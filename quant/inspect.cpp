@@ -232,7 +232,7 @@ void print_sizes(const models::Model& model) {
                 (long long)b.uniform, (double)b.fp32 / (double)b.uniform, (long long)b.cluster, (double)b.fp32 / (double)b.cluster);
     return;
   }
-  std::printf("\nmodel size (deploy weights and biases; stage0 and the FC %s): FP32 %lld bytes, uniform %d-bit %lld "
+  std::printf("\nmodel size (deploy weights and biases; the first layer and the FC %s): FP32 %lld bytes, uniform %d-bit %lld "
               "bytes (%.2fx smaller), cluster %d-bit %lld bytes (%.2fx smaller)\n",
               q.quantize_first_last ? "quantized" : "FP32", (long long)b.fp32, q.bits, (long long)b.uniform,
               (double)b.fp32 / (double)b.uniform, q.bits, (long long)b.cluster, (double)b.fp32 / (double)b.cluster);

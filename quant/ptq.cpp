@@ -32,7 +32,7 @@ const char* const kQuantHelp =
     "  --calib minmax|percentile|mse activation ranges: min-max (default), 0.01/99.99 percentiles, or the\n"
     "                         range alpha*[min, max] (alpha = 0.01 ... 1) of least quantization MSE\n"
     "  --calib-batches N      calibration batches (default 16, of --batch-size images, default 128)\n"
-    "  --quantize-first-last  also quantize stage0 and the FC\n"
+    "  --quantize-first-last  also quantize the first layer (stage0, conv1) and the FC\n"
     "  --layer-bits SPEC      per layer: NAME=B or NAME=fp32, comma-separated, * and ? in names, later entries\n"
     "                         win (e.g. stage0=8,stage2.*=fp32); over the widths above\n";
 
@@ -41,7 +41,7 @@ std::string ptq_help() {
              "usage: ./ptq [--ckpt FILE] --bits B[,B...] [options]\n"
              "Post-training quantization of the merged (deploy-form) model, simulated in float32 (fake quantization):\n"
              "weights symmetric uniform, activations (each quantized conv's input) asymmetric uniform per layer,\n"
-             "calibrated on training batches without augmentation; stage0 and the FC stay FP32. Prints top-1\n"
+             "calibrated on training batches without augmentation; the first layer and the FC stay FP32. Prints top-1\n"
              "(and top-5 for imagenet) of the FP32 deploy model and of each bit width, and the drop.\n"
              "A QAT checkpoint (./train --qat) is evaluated instead at its learned quantizers, in deploy form, with\n"
              "no calibration and no --bits.\n\n") +
@@ -235,7 +235,7 @@ void print_ptq_header(const PtqOptions& o, size_t images) {
   std::printf("  weights: symmetric uniform, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]\n", granularity_name(o.granularity));
   std::printf("  activations (each quantized conv's input): asymmetric uniform, per layer, codes [0, 2^B-1], %s calibration\n",
               calib_name(o.calib));
-  std::printf("  rounding %s; stage0 and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
+  std::printf("  rounding %s; the first layer and the FC: %s; biases int32 codes of step s_x*s_w; %zu validation images\n",
               o.adaround ? "of the weights by AdaRound, of the activations half to even" : "half to even",
               o.quantize_first_last ? "quantized" : "FP32", images);
   if (!o.layer_bits.empty()) std::printf("  per layer, over the above: --layer-bits %s\n", o.layer_bits.c_str());
@@ -364,7 +364,7 @@ int evaluate_qat(const PtqOptions& o, const Source& s, models::Model& model, int
   else
     std::printf("  weights: LSQ, symmetric, per %s, codes [-(2^(B-1)-1), 2^(B-1)-1]; activations: LSQ, codes [0, 2^B-1]\n",
                 q.per_channel ? "channel" : "layer");
-  std::printf("  learned %s, no calibration; stage0 and the FC: %s; fp32 is the same deploy model without its\n"
+  std::printf("  learned %s, no calibration; the first layer and the FC: %s; fp32 is the same deploy model without its\n"
               "  quantizers; %zu validation images\n\n", cluster ? "codebooks" : "steps", q.quantize_first_last ? "quantized" : "FP32", fp32.images);
   const std::vector<Row> rows = {{q.bits, q.act_bits, quantized, nlohmann::json::array()}};
   print_table(fp32, rows, top5);

@@ -148,7 +148,7 @@ const std::vector<Spec>& specs() {
       {"--step-init", "min-error|lsq", "--qat: first-batch step initialization: least quantization error "
                                        "(default) or LSQ's 2 mean|x| / sqrt(Q_P)",
        [](Options& o, const std::string& v) { o.step_init = one_of("--step-init", v, {"min-error", "lsq"}); }},
-      {"--quantize-first-last", nullptr, "--qat: quantize stage0 and the FC too (default: they stay FP32)",
+      {"--quantize-first-last", nullptr, "--qat: quantize the first layer (stage0, conv1) and the FC too (default: they stay FP32)",
        [](Options& o, const std::string&) { o.quantize_first_last = true; }},
       {"--layer-bits", "SPEC", "--qat: per layer NAME=B or NAME=fp32, comma-separated, * and ? in names, later entries win "
                                "(e.g. stage0=8,stage2.*=fp32); B sets the weight (cluster: codebook) and input bits",
