@@ -22,15 +22,16 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
   const size_t fc = ls.size() - 1;
   Plan p;
   p.layers.resize(ls.size());
+  p.readers.resize(ls.size());
   const int64_t n = x[0];
   std::vector<int64_t> h(ls.size()), w(ls.size());  // each layer's output size
-  std::vector<std::vector<size_t>> readers(ls.size());  // the layers that read each layer's output as their input
+  std::vector<std::vector<size_t>>& readers = p.readers;
   std::vector<bool> residual_source(ls.size());           // ... and whether one reads it as its residual
   for (size_t i = 0; i < ls.size(); i++) {
     if (ls[i].source >= 0) readers[ls[i].source].push_back(i);
     if (ls[i].residual >= 0) residual_source[ls[i].residual] = true;
   }
-  int64_t biggest_codes = 0, biggest_gpu_in = 0;
+  int64_t biggest_gpu_in = 0;
   for (size_t i = 0; i < ls.size(); i++) {
     const Int8Layer& l = ls[i];
     Layer& layer = p.layers[i];
@@ -60,7 +61,7 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
     layer.out_values = n * l.out * h[i] * w[i];
     // its input is float: the image, the FC's pooled features, or an FP32 layer's output
     layer.quantize_input = l.quantized && (l.fc || l.source < 0 || !p.layers[l.source].codes_out);
-    if (layer.quantize_input) biggest_codes = std::max(biggest_codes, layer.in_values);
+    if (layer.quantize_input) layer.codes = Tensor::empty({layer.in_values}, DType::u8);
     layer.gpu = device_ == engine::Device::cuda && l.quantized && !layer.quantize_input && !l.fc && !shortcut && !l.max_pool &&
                 !residual_source[i];
     if (l.quantized) {
@@ -89,7 +90,6 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
     if (layer.gpu) layer.gpu_out = Tensor::empty({layer.out_values}, DType::u8, engine::Device::cuda);
     if (l.source >= 0 && p.layers[l.source].gpu && !layer.gpu) p.layers[l.source].copy_back = true;
   }
-  if (biggest_codes) p.codes = Tensor::empty({biggest_codes}, DType::u8);
   if (biggest_gpu_in) p.gpu_in = Tensor::empty({biggest_gpu_in}, DType::u8, engine::Device::cuda);
   p.pooled = Tensor::empty({n, ls[fc].in});
   return p;
@@ -103,15 +103,16 @@ Tensor IntegerModel::forward(const Tensor& x) {
   Plan& p = it->second;
   last_ = &p;
   const std::vector<Int8Layer>& ls = m_.layers;
+  const std::vector<std::vector<size_t>>& readers = p.readers;
   const size_t fc = ls.size() - 1;
   for (size_t i = 0; i < fc; i++) {
     const Int8Layer& l = ls[i];
     Layer& layer = p.layers[i];
     const void* in = l.source < 0 ? x.raw() : p.layers[l.source].out.raw();
     if (layer.quantize_input) {
-      engine::cpu::quantize_u8((const float*)in, p.codes.data<uint8_t>(), layer.in_values, l.input_scale, l.input_zero_point,
+      engine::cpu::quantize_u8((const float*)in, layer.codes.data<uint8_t>(), layer.in_values, l.input_scale, l.input_zero_point,
                                (1 << l.widths.act) - 1);
-      in = p.codes.raw();
+      in = layer.codes.raw();
     }
     if (layer.gpu) {
       const Layer& src = p.layers[l.source];
@@ -126,10 +127,17 @@ Tensor IntegerModel::forward(const Tensor& x) {
     layer.conv->run(in, conv_out);
     if (l.residual >= 0) {  // ReLU(conv + shortcut), then its readers' codes
       const Layer& r = p.layers[l.residual];
+      // the shortcut's first reader (the block's conv1; a downsample's output has none)
+      const std::vector<size_t>& rr = readers[l.residual];
+      const size_t owner = rr.empty() ? i : rr.front();
+      const Layer& o = p.layers[owner];
       float* y = layer.codes_out ? (float*)layer.conv_out.raw() : (float*)layer.out.raw();  // in place: same index read and written
       if (r.codes_out) {  // zero point 0: every code but the image's follows a ReLU (load_int8 checks)
         engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), r.out.data<uint8_t>(), r.out_scale, 0, y,
                                   layer.out_values, l.relu);
+      } else if (owner != i && o.quantize_input) {  // a float output its reader quantized
+        engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), o.codes.data<uint8_t>(), ls[owner].input_scale,
+                                  ls[owner].input_zero_point, y, layer.out_values, l.relu);
       } else {
         engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), (const float*)r.out.raw(), y, layer.out_values, l.relu);
       }
@@ -147,9 +155,9 @@ Tensor IntegerModel::forward(const Tensor& x) {
   engine::cpu::avg_pool_nhwc(x.size(0), features.out_values / (x.size(0) * last.out), last.out, (const float*)features.out.raw(), p.pooled.f32());
   const void* in = p.pooled.raw();
   if (p.layers[fc].quantize_input) {
-    engine::cpu::quantize_u8(p.pooled.f32(), p.codes.data<uint8_t>(), p.pooled.numel(), head.input_scale, head.input_zero_point,
+    engine::cpu::quantize_u8(p.pooled.f32(), p.layers[fc].codes.data<uint8_t>(), p.pooled.numel(), head.input_scale, head.input_zero_point,
                              (1 << head.widths.act) - 1);
-    in = p.codes.raw();
+    in = p.layers[fc].codes.raw();
   }
   Tensor logits = Tensor::empty({x.size(0), head.out});
   p.layers[fc].conv->run(in, logits.raw());

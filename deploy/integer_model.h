@@ -13,7 +13,9 @@
 // its codes first. A layer read by the FC (through the pooling) writes f32.
 //
 // ResNet's shortcut: a layer with a residual writes its conv as f32 (s_x s_w[o] (acc + q_b), no ReLU), then
-// add_shortcut adds the residual (f32, or the codes it holds, dequantized), applies the ReLU and the result is
+// add_shortcut adds the residual as its first reader takes it (the codes, dequantized, where that reader is
+// quantized: the writer's codes, or the reader's own quantize_u8 of a float output; else f32), applies the
+// ReLU and the result is
 // quantized to its readers' codes: the fake-quantized model's ReLU(conv + Q_a(x)) then Q_a', in two passes. The
 // downsample's output is f32 (the training model does not quantize it either). The stem's max pool pools the
 // codes (max commutes with the monotone dequantization: exact).
@@ -62,18 +64,19 @@ class IntegerModel {
     std::unique_ptr<engine::cpu::QConv> conv;  // a host layer
     Tensor weight, bias;          // a GPU layer: s8 codes and s32 bias on the device
     bool gpu = false;
-    bool quantize_input = false;  // its input is float: quantize_u8 first
+    bool quantize_input = false;  // its input is float: quantize_u8 first, into `codes`
     bool copy_back = false;       // a GPU layer that a host layer reads
     bool codes_out = false;       // its output is its readers' u8 codes, else f32
     float out_scale = 1;          // codes_out: its readers' s_x
     int out_max = 255;            // codes_out: their largest code
+    Tensor codes;                 // quantize_input: its input's codes (a shortcut may read them too)
     Tensor conv_out;              // the conv's output before the shortcut add (f32) or the max pool
     Tensor out, gpu_out;          // the layer's output, NHWC [N, OH, OW, O] (after its pool)
     int64_t in_values = 0, out_values = 0;  // its input's values; its output's
   };
   struct Plan {
     std::vector<Layer> layers;    // the FC last
-    Tensor codes;                 // a float input's codes (quantize_input), the largest such
+    std::vector<std::vector<size_t>> readers;  // the layers that read each layer's output as their input
     Tensor gpu_in;                // a GPU layer's input copied from the host, the largest such
     Tensor pooled;                // f32 [N, C]
   };

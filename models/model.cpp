@@ -35,7 +35,7 @@ std::shared_ptr<layers::RepBlock> Model::make_block(size_t i, Rng& rng) {
   }
   ENGINE_CHECK(block->kernel == b.kernel, "layer " + b.name + ": a " + std::to_string(b.kernel) + "x" + std::to_string(b.kernel) +
                                               " conv needs a plain block");
-  block->relu = b.relu;
+  block->relu = b.relu && b.residual < 0;  // a shortcut's ReLU follows the add (the family's forward)
   block->quant.layer = b.name;
   blocks_.push_back(block);
   return block;
@@ -139,9 +139,9 @@ void Model::set_qat(const QatConfig& c) {
     if (w.weight == 0) continue;
     auto weight = m.cluster ? nullptr : std::make_shared<Quantizer>(w.weight, Codes::weight, c.per_channel ? layers[i].out : 1, c.init);
     auto cluster = m.cluster ? std::make_shared<layers::ClusterQuantizer>(w.weight) : nullptr;
-    if (const size_t first = input_owner(layers, i); first < i) {
-      ENGINE_CHECK(layers[first].quant->act && c.layer(first, n).act == w.act,
-                   "layer " + layers[i].name + " reads the input of " + layers[first].name + ", which must be quantized at its width");
+    if (const size_t first = input_owner(layers, i); first < i && layers[first].quant->act) {
+      ENGINE_CHECK(c.layer(first, n).act == w.act, "layer " + layers[i].name + " reads the input of " + layers[first].name +
+                                                        ", which has one quantizer: give both the same activation bits");
       layers[i].quant->set(nullptr, weight, cluster);
       layers[i].quant->share_input(layers[first].quant->act);
       continue;

@@ -80,8 +80,8 @@ class Model : public layers::Module {
 
   // Switches the model to the QAT form `c` describes (see QatConfig). Call it once, on a model in
   // training form, before the optimizer is built: it adds parameters (the steps) and, for `merged`,
-  // replaces the branches by their merged convs. A layer that reads another's input shares its Q_a
-  // (layers::LayerQuantizers::share_input).
+  // replaces the branches by their merged convs. A layer that reads a quantized layer's input shares its Q_a
+  // (layers::LayerQuantizers::share_input; models::input_owner), at the same activation bits.
   void set_qat(const QatConfig& c);
   const std::optional<QatConfig>& qat() const { return qat_; }
   // The layers quantization acts on, in layer_specs order (the FC last), with their quantizers. The one list

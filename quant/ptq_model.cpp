@@ -164,9 +164,10 @@ std::vector<Range> attach_quantizers(models::Model& m, const QuantConfig& c, con
     weight->set_step(scales);
     for (auto* q : {act.get(), weight.get()}) q->to(w.device());
     layers[i].quant->set(act, weight);
-    if (const size_t first = models::input_owner(layers, i); first < i) {  // the input's quantizer is its first reader's
-      ENGINE_CHECK(layers[first].quant->act && bits_of(first, n, c).act == b.act,
-                   "layer " + layers[i].name + " reads the input of " + layers[first].name + ", which must be quantized at its width");
+    // the input's quantizer is its first reader's where that one is quantized
+    if (const size_t first = models::input_owner(layers, i); first < i && layers[first].quant->act) {
+      ENGINE_CHECK(bits_of(first, n, c).act == b.act, "layer " + layers[i].name + " reads the input of " + layers[first].name +
+                                                          ", which has one quantizer: give both the same activation bits");
       layers[i].quant->share_input(layers[first].quant->act);
       ranges[i] = ranges[first];
     }

@@ -24,11 +24,12 @@ void save_random_repvgg_cifar(const std::filesystem::path& path) {
   layers::save_checkpoint(path.string(), m, {{"arch", "repvgg-cifar"}, {"dataset", "cifar10"}});
 }
 
-QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec) {
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec,
+                               const std::string& arch) {
   const std::filesystem::path data = small_cifar();
   engine::Rng rng(5);
   QuantizedSmall q;
-  q.model = std::make_shared<models::RepVGG>(models::cifar_config(models::BlockType::repvgg, 8), rng);
+  q.model = models::make_model(arch.empty() ? models::cifar_config(models::BlockType::repvgg, 8) : models::arch_config(arch), rng);
   q.model->forward(engine::rand_normal({16, 3, 32, 32}, 0.0f, 1.0f, rng));  // BN statistics
   q.model->eval();
   q.model->switch_to_deploy();

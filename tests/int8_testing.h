@@ -13,8 +13,10 @@ struct QuantizedSmall {
   std::shared_ptr<models::Model> model;  // deploy form, quantizers attached
   engine::Tensor images;                  // [32, 3, 32, 32], normalized as the evaluation does
 };
-// layer_spec: --layer-bits over those widths (quant/layer_spec.h), e.g. "stage2.*=fp32"
-QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec = "");
+// layer_spec: --layer-bits over those widths (quant/layer_spec.h), e.g. "stage2.*=fp32"; arch: another model
+// than repvgg-cifar at width 8 (e.g. "resnet18-cifar-w8"), on the same 32x32 images.
+QuantizedSmall quantized_small(int bits, quant::Granularity g, bool quantize_first_last, const std::string& layer_spec = "",
+                               const std::string& arch = "");
 // The same model as a ClusterQAT one (models::QatConfig "cluster"): a few training steps on the made-up
 // folder set its codebooks and LSQ steps, then eval and deploy form; small_cifar() is that folder.
 QuantizedSmall cluster_small(int bits, int act_bits, bool quantize_first_last);

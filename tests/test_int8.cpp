@@ -321,15 +321,63 @@ TEST_CASE("int8 model: layers at different widths (--layer-bits stage2.*=4,stage
   }
 }
 
+// ResNet-18's graph in the integer model: the shortcut added in f32 to the conv's dequantized output before the
+// ReLU and the readers' requantization, the block input read as codes by conv1, the downsample and the identity
+// shortcut at one scale, the downsample writing f32, the ImageNet stem's max pool over its output; the same bounds
+// as RepVGG's against the fake-quantized forward. Also with an FP32 conv1 before a quantized downsample (the
+// downsample then quantizes the input itself) and before an identity shortcut (which adds the float input).
+TEST_CASE("int8 model: ResNet-18 (shortcut adds, 1x1 downsamples, the ImageNet stem's max pool) against the fake-quantized forward") {
+  struct Run {
+    const char* arch;
+    int bits;
+    quant::Granularity g;
+    bool first_last;
+    const char* spec;
+  };
+  const quant::Granularity layer = quant::Granularity::layer, channel = quant::Granularity::channel;
+  const Run runs[] = {{"resnet18-cifar-w8", 8, channel, false, ""},
+                      {"resnet18-cifar-w8", 4, layer, true, ""},
+                      {"resnet18-w8", 8, channel, true, ""},
+                      {"resnet18-w8", 4, channel, false, ""},
+                      {"acb-resnet18-cifar-w8", 8, layer, false, ""},
+                      {"orepa-resnet18-cifar-w8", 4, channel, false, ""},
+                      {"resnet18-cifar-w8", 8, channel, false, "layer1.0.conv1=fp32,layer2.0.conv1=fp32,layer3.*=6/6"}};
+  for (const Run& r : runs) {
+    CAPTURE(r.arch); CAPTURE(r.bits); CAPTURE((int)r.g); CAPTURE(r.first_last); CAPTURE(r.spec);
+    const QuantizedSmall q = quantized_small(r.bits, r.g, r.first_last, r.spec, r.arch);
+    const int64_t n = q.images.size(0);
+    const deploy::Int8Model m = quant::export_int8(*q.model, "ptq-minmax", quant::granularity_name(r.g), {});
+    deploy::IntegerModel im(m);
+    const LogitDiff d = compare(im.forward(q.images).to_vector(), forward(*q.model, q.images), n);
+    MESSAGE(std::string(r.arch), " ", deploy::width_summary(m), std::string(r.first_last ? ", first/last quantized " : " "), std::string(r.spec),
+            ": median relative logit difference ", d.median(), "; argmax agree ", d.agree, " of ", n);
+    CHECK(d.median() < 1e-5);
+    CHECK(d.agree == n);
+    const std::vector<std::string> layers = im.describe();
+    REQUIRE(layers.size() == m.layers.size());
+    for (size_t i = 0; i < layers.size(); i++) {
+      CAPTURE(layers[i]);
+      const deploy::Int8Layer& l = m.layers[i];
+      if (l.name.ends_with("downsample")) CHECK(layers[i].find("-> f32") != std::string::npos);
+      if (l.residual >= 0) CHECK(layers[i].find(" + " + m.layers[l.residual].name) != std::string::npos);
+      CHECK((layers[i].find("max pool") != std::string::npos) == l.max_pool);
+    }
+  }
+}
+
+// The steady state of a graph with shortcuts and a max pool as well.
 TEST_CASE("int8 model: the steady-state forward creates no primitive and allocates nothing") {
-  const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false);
-  deploy::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));
-  const std::vector<float> first = im.forward(q.images).to_vector();
-  const uint64_t prims = engine::cpu::dnnl_primitives_created();
-  const uint64_t allocs = engine::alloc_stats(engine::Device::cpu).system_allocs;
-  for (int i = 0; i < 3; i++) CHECK(im.forward(q.images).to_vector() == first);
-  CHECK(engine::cpu::dnnl_primitives_created() == prims);
-  CHECK(engine::alloc_stats(engine::Device::cpu).system_allocs == allocs);
+  for (const char* arch : {"", "resnet18-w8"}) {
+    CAPTURE(arch);
+    const QuantizedSmall q = quantized_small(8, quant::Granularity::channel, false, "", arch);
+    deploy::IntegerModel im(quant::export_int8(*q.model, "ptq-minmax", "channel", {}));
+    const std::vector<float> first = im.forward(q.images).to_vector();
+    const uint64_t prims = engine::cpu::dnnl_primitives_created();
+    const uint64_t allocs = engine::alloc_stats(engine::Device::cpu).system_allocs;
+    for (int i = 0; i < 3; i++) CHECK(im.forward(q.images).to_vector() == first);
+    CHECK(engine::cpu::dnnl_primitives_created() == prims);
+    CHECK(engine::alloc_stats(engine::Device::cpu).system_allocs == allocs);
+  }
 }
 
 // A ClusterQAT layer in s8: the export's codes are the codebook entries rounded on their output channel's
