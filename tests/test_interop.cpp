@@ -89,6 +89,21 @@ TEST_CASE("./export: RepVGG and QARepVGG CIFAR models in ONNX match ours on CIFA
   }
 }
 
+// ResNet-18's graph in ONNX: Add of the shortcut before the Relu, the 1x1 downsamples, the ImageNet stem's
+// MaxPool; plain, ACB and OREPA blocks (their deploy convs), at width 8 on CIFAR-10 images.
+TEST_CASE("./export: ResNet-18 (CIFAR and ImageNet stems; plain, ACB, OREPA) in ONNX matches ours on CIFAR-10 test images" *
+          skip_unless(python_has(kOnnxModules) && have_path(shared_data_dir() + "/cifar-10-batches-bin"),
+                      "export ResNet: " + python_needs(kOnnxModules, kPipHint) + " and ../shared/data/cifar-10-batches-bin")) {
+  auto test = data::open_cifar10(shared_data_dir() + "/cifar-10-batches-bin", /*train=*/false, 16);
+  const Tensor x = images(*test, 16);
+  for (const char* arch : {"resnet18-w8", "acb-resnet18-cifar-w8", "orepa-resnet18-cifar-w8"}) {
+    engine::Rng rng(7);
+    auto model = models::make_model(models::arch_config(arch), rng);
+    randomize_bn(*model, 8);
+    check_export(*model, {{"arch", arch}, {"dataset", "cifar10"}}, x);
+  }
+}
+
 TEST_CASE("./export: repvgg-a0 at 224 in ONNX matches ours on imagenette images" *
           skip_unless(python_has(kOnnxModules) && have_path(shared_data_dir() + "/imagenette/val"),
                       "export A0: " + python_needs(kOnnxModules, kPipHint) + " and ../shared/data/imagenette")) {

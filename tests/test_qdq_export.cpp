@@ -11,6 +11,7 @@
 
 #include "datasets/cifar10.h"
 #include "engine/autograd.h"
+#include "engine/ops.h"
 #include "engine/safetensors.h"
 #include "quant/export.h"
 #include "interop/onnx.h"
@@ -158,6 +159,39 @@ TEST_CASE("./export --qdq of ./ptq's models: onnxruntime's top-1 equals ours wit
     c.quantize_first_last = true;
     quant::attach_quantizers(*model, c, cal);
     check_qdq(*model, fmt::format("ptq {}/{} bits", r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
+  }
+}
+
+// ResNet-18's graph in QDQ form: a block input's one quantizer (conv1's, which the downsample and the identity
+// shortcut share: one QuantizeLinear/DequantizeLinear pair read three times), the shortcut Add before the Relu,
+// the ImageNet stem's MaxPool. Random weights with BN statistics from one training forward, ./ptq's calibration
+// (first and last layers quantized too), the same bounds as RepVGG's but for the QLinearConv count (onnxruntime
+// fuses no conv followed by the float Add).
+TEST_CASE("./export --qdq of ./ptq's ResNet-18 (plain, ACB; CIFAR and ImageNet stems): onnxruntime equals ours on the 10,000 CIFAR-10 test images" *
+          skip_unless(python_has(kOnnxModules) && have_path(cifar_dir()),
+                      "export --qdq ResNet: " + python_needs(kOnnxModules, "make test installs them with pip") + kNeeds)) {
+  const TestSet t;
+  auto train_set = data::open_cifar10(cifar_dir(), /*train=*/true, 4 * 128);
+  const bool exact8 = onnxruntime_exact_at_8_bits();
+  for (const char* arch : {"resnet18-cifar-w8", "acb-resnet18-cifar-w8", "resnet18-w8"}) {
+    engine::Rng rng(3);
+    auto model = models::make_model(models::arch_config(arch), rng);
+    model->forward(engine::rand_normal({64, 3, 32, 32}, 0.0f, 1.0f, rng));  // BN statistics
+    model->eval();
+    model->switch_to_deploy();
+    data::Loader loader(*train_set, 128, /*train=*/false, 0, 2);
+    const quant::Calibration cal = quant::calibrate(*model, loader, 4, quant::CalibMethod::minmax, engine::Device::cpu);
+    struct Run { int weight_bits, act_bits; Bounds bounds; };
+    std::vector<Run> runs = {{exact8 ? 8 : 7, 8, {1e-5, 0.995, 0.2, 0}}, {4, 4, {1e-5, 0.98, 0.2, 0}}};
+    for (const Run& r : runs) {
+      quant::QuantConfig c;
+      c.weight_bits = r.weight_bits;
+      c.act_bits = r.act_bits;
+      c.granularity = quant::Granularity::channel;
+      c.quantize_first_last = true;
+      quant::attach_quantizers(*model, c, cal);
+      check_qdq(*model, fmt::format("{} ptq {}/{} bits", arch, r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
+    }
   }
 }
 
