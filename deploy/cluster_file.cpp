@@ -195,7 +195,10 @@ Int8Model int8_from_cluster_file(const st::File& f, const std::string& path) {
     Int8Layer& l = m.layers[i];
     // the state-dict names of the deploy conv (the FC) and of its quantizers, models/repvgg.h
     const std::string conv = l.fc ? l.name : l.name + ".rbr_reparam";
-    const std::string act = l.fc ? l.name + "_act_quant" : l.name + ".act_quant";
+    auto act_of = [](const Int8Layer& k) { return k.fc ? k.name + "_act_quant" : k.name + ".act_quant"; };
+    // a coded layer that reads another's input (ResNet's downsample) quantizes it with that one's quantizer
+    const size_t owner = models::input_owner(m.layers, i);
+    const std::string act = act_of(m.layers[owner < i && state.tensors.count(codebook_name(conv)) ? owner : i]);
     std::vector<float> w = finite_f32(state, conv + ".weight", l.weight_shape(), path, used);
     std::vector<float> b = finite_f32(state, conv + ".bias", {l.out}, path, used);
     if (!state.tensors.count(act + ".step")) {  // an FP32 layer

@@ -52,6 +52,7 @@ Tensor RepBlock::quantized_conv_relu(const Tensor& x, const Tensor& w, const Ten
 }
 
 Tensor RepBlock::forward(const Tensor& x) {
+  if (input_observer) input_observer(x);
   switch (mode()) {
     case BlockMode::deploy: return quantized_conv_relu(x, rbr_reparam->weight, rbr_reparam->bias);
     case BlockMode::branches: return forward_branches(x);

@@ -11,6 +11,7 @@
 // in eval (layers::eval_bias), as integer kernels and ./export --qdq hold it, and stays float in training. Without quantizers, merged mode with batch folding is the branches'
 // function in training, and with running statistics the deploy conv's in eval.
 #pragma once
+#include <functional>
 #include <memory>
 
 #include "engine/random.h"
@@ -68,6 +69,9 @@ class RepBlock : public Module {
 
   const int in_channels, out_channels, stride, groups, kernel;
   bool relu = true;
+  // Called with the block's input at each forward where set (./inspect takes each block's input in the model's
+  // own forward).
+  std::function<void(const Tensor& x)> input_observer;
   std::shared_ptr<Conv2d> rbr_reparam;
   LayerQuantizers quant{*this, ""};  // Q_a and Q_w of the conv: "act_quant", "weight_quant"
   BnFold fold = BnFold::batch;  // merged mode, in training

@@ -135,25 +135,30 @@ struct Inspection {
 };
 
 // Every block's statistics. A training-form model (x defined) is switched to deploy form block by block,
-// each block's two forms compared on the training-form activations that reach it.
+// each block's two forms compared on the training-form activations that reach it (taken in the model's forward).
 Inspection inspect_blocks(models::Model& model, const Tensor& x) {
   std::map<const layers::Module*, std::string> names;
   for (auto& [name, m] : model.modules()) names[m] = name;
   engine::NoGradGuard no_grad;
   Inspection in;
   const bool train_form = x.defined();
-  Tensor logits_train, y = x;
-  if (train_form) logits_train = model.forward(x);
-  for (auto& b : model.blocks()) {
-    BlockRow r{names[b.get()], b->in_channels, b->out_channels, b->stride, b->groups, b->has_identity(), {}, {}, {}, {}};
+  Tensor logits_train;
+  std::vector<Tensor> inputs(model.blocks().size());
+  if (train_form) {
+    for (size_t i = 0; i < inputs.size(); i++) model.blocks()[i]->input_observer = [&y = inputs[i]](const Tensor& t) { y = t; };
+    logits_train = model.forward(x);
+    for (auto& b : model.blocks()) b->input_observer = nullptr;
+  }
+  for (size_t i = 0; i < inputs.size(); i++) {
+    layers::RepBlock* b = model.blocks()[i].get();
+    BlockRow r{names[b], b->in_channels, b->out_channels, b->stride, b->groups, b->has_identity(), {}, {}, {}, {}};
     r.id_scale = identity_bn_max_scale(*b);
     if (train_form) {
-      Tensor t = b->forward(y);  // training form
+      Tensor t = b->forward(inputs[i]);  // training form
       b->switch_to_deploy();
-      r.diff = max_abs_diff(t, b->forward(y));
+      r.diff = max_abs_diff(t, b->forward(inputs[i]));
       const float peak = max_abs(t);
       r.rel_diff = peak > 0 ? *r.diff / peak : 0.0f;
-      y = t;
     }
     r.k = kernel_stats(b->rbr_reparam->weight, r.identity);
     in.rows.push_back(r);

@@ -209,12 +209,16 @@ void check_programs(const std::string& arch, const std::string& tensor) {
   CHECK(table.find("\"identity\":true") == std::string::npos);
   CHECK(table.find("\"identity\":false") != std::string::npos);
   const std::string mixed = (root / "mixed.int8.safetensors").string();
+  const bool resnet = models::arch_config(arch).family == models::Family::resnet;
+  const std::string first_stage = resnet ? "layer1." : "stage1.", fp32_layer = resnet ? "layer2.0.conv2" : "stage2.0";
   REQUIRE(quant::run_ptq({"--ckpt", fp, "--data", d, "--limit-val", "8", "--threads", "2", "--bits", "4", "--act-bits", "8",
-                          "--layer-bits", "stage1.*=8,stage2.0=fp32", "--export", mixed}) == 0);
-  for (const deploy::Int8Layer& l : deploy::load_int8(mixed).layers) {
+                          "--layer-bits", first_stage + "*=8," + fp32_layer + "=fp32", "--export", mixed}) == 0);
+  const deploy::Int8Model m = deploy::load_int8(mixed);
+  for (const deploy::Int8Layer& l : m.layers) {
     CAPTURE(l.name);
-    const bool fp32 = l.name == "stage0" || l.name == "linear" || l.name == "stage2.0";  // stage0, FC: FP32 by default
-    CHECK(l.widths.weight == (fp32 ? 0 : l.name.starts_with("stage1.") ? 8 : 4));
+    // the first layer and the FC: FP32 by default
+    const bool fp32 = &l == &m.layers.front() || l.fc || l.name == fp32_layer;
+    CHECK(l.widths.weight == (fp32 ? 0 : l.name.starts_with(first_stage) ? 8 : 4));
   }
   CHECK(quant::run_infer({"--model", mixed, "--data", d, "--limit-val", "8", "--threads", "2"}) == 0);
 

@@ -53,8 +53,8 @@ double check_against_twin(const std::string& file, bool merged_mode, const MakeB
 // -> the deploy form's max |logit difference| / max |logit|.
 double check_cifar_deploy(models::BlockType block);
 
-// ./train --arch `arch` (full precision; `tensor` must be in its checkpoint), a run of each QAT method from
-// it, ./ptq's int8 and compressed exports, ./ptq --sensitivity (no identity-branch layer), two integer widths
+// ./train --arch `arch` (a RepVGG-family or a ResNet arch; full precision; `tensor` must be in its checkpoint), a
+// run of each QAT method from it, ./ptq's int8 and compressed exports, ./ptq --sensitivity (no identity-branch layer), two integer widths
 // in one int8 file, ./infer of each file, ./inspect, ./export --onnx and --qdq; one epoch of 8 made-up images
 // each. --oabn-k (no identity BN) and --custom-l2 (RepVGG's) are refused.
 void check_programs(const std::string& arch, const std::string& tensor);
