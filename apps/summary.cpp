@@ -12,7 +12,7 @@
 static void print_row(const std::string& name) {
   const models::ArchConfig a = models::arch_config(name);
   const models::ModelSize t = models::model_size(a, false, a.resolution), d = models::model_size(a, true, a.resolution);
-  std::printf("%-16s %4d %12.3f %12.3f %12.3f %12.3f\n", name.c_str(), a.resolution, t.params / 1e6, d.params / 1e6,
+  std::printf("%-24s %4d %12.3f %12.3f %12.3f %12.3f\n", name.c_str(), a.resolution, t.params / 1e6, d.params / 1e6,
               t.macs / 1e9, d.macs / 1e9);
 }
 
@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s --arch NAME | --all\n", argv[0]);
     return 2;
   }
-  std::printf("%-16s %4s %12s %12s %12s %12s\n", "arch", "res", "train_Mparam", "deploy_Mparam", "train_GMAC",
+  std::printf("%-24s %4s %12s %12s %12s %12s\n", "arch", "res", "train_Mparam", "deploy_Mparam", "train_GMAC",
               "deploy_GMAC");
   try {
     for (auto& name : archs) print_row(name);

@@ -1,9 +1,12 @@
-// ONNX export of a deploy-form RepVGG / QARepVGG model (https://onnx.ai, onnx/onnx.proto), written with
-// our wire-format writer (interop/protobuf.h). Opset 13, IR version 7. The graph:
+// ONNX export of a deploy-form model (https://onnx.ai, onnx/onnx.proto), written with our wire-format writer
+// (interop/protobuf.h). Opset 13, IR version 7. The graph, one node group per layer of models/arch.h's list:
 //
 //   input [batch, 3, H, W] float32 NCHW, normalized: (RGB / 255 - mean) / std per channel
-//   per block:  Conv(x, stage*.rbr_reparam.weight, .bias; 3x3, stride, pads 1, group) -> Relu
-//   GlobalAveragePool -> Flatten(axis 1) -> Gemm(linear.weight, linear.bias, transB 1)
+//   per layer:  Conv(its source's output, <layer>.rbr_reparam.weight, .bias; k x k, stride, pads (k − 1) / 2,
+//               group) [-> Add(its shortcut's output)] [-> Relu] [-> MaxPool(3, stride 2, pads 1)]
+//               (RepVGG: Conv -> Relu from block to block; ResNet-18: the shortcut Add in conv2, none in the
+//               downsample, the max pool in the ImageNet stem)
+//   GlobalAveragePool -> Flatten(axis 1) -> Gemm(<fc>.weight, <fc>.bias, transB 1)  (<fc>: linear | fc)
 //   (in QDQ form, see OnnxOptions::qdq, the quantized layers' inputs come through QDQ nodes)
 //   logits [batch, num_classes] float32
 //
@@ -13,7 +16,7 @@
 #include <string>
 
 #include "datasets/transforms.h"
-#include "models/repvgg.h"
+#include "models/model.h"
 
 namespace interop {
 

@@ -10,13 +10,14 @@
 # Every QAT run: Table 2's budget, one epoch of 5,000 training images, lr 0.001 cosine to 0, weights per output
 # channel. W8A8 and W4A4; top-1 on all 10,000 test images. Each quantized QAT model is also exported
 # (./ptq --export) and run with integer kernels (./infer), its top-1 beside the fake-quantized one.
-# usage: scripts/resnet_table2.sh [OUT]     (OUT: runs/resnet-table2; its *.log hold every run)
+# usage: [BLOCKS="plain acb orepa"] scripts/resnet_table2.sh [OUT]     (OUT: runs/resnet-table2; its *.log hold
+# every run; a finished run is not run again)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/resnet-table2}
 mkdir -p "$out"
 top1() { grep -E '^done' "$1" | grep -oE '[0-9.]+%' | head -1; }
-for block in plain acb orepa; do
+for block in ${BLOCKS:-plain acb orepa}; do
   arch=resnet18-cifar-w16
   [ "$block" != plain ] && arch=$block-$arch
   fp=$out/$arch-fp
@@ -34,7 +35,8 @@ for block in plain acb orepa; do
     for m in $methods; do
       run=$out/$arch-$m-w$b
       if [ ! -f "$run/last.safetensors" ]; then
-        ./train cifar10 --init "$ckpt" --qat "$m" --bits "$b" --granularity channel --epochs 1 --tmax 1 \
+        rm -rf "$run"
+        ./train cifar10 --arch "$arch" --init "$ckpt" --qat "$m" --bits "$b" --granularity channel --epochs 1 --tmax 1 \
           --limit-train 5000 --lr 0.001 --threads 1 --out "$run" > "$run.log" 2>&1
       fi
       ./ptq --ckpt "$run/last.safetensors" --threads 1 --export "$run.int8.safetensors" > "$run.export.log" 2>&1

@@ -83,6 +83,31 @@ TEST_CASE("sizes: deploy params and MACs of the RepVGG paper's table; A0 8.309 M
   CHECK(model_size(arch_config("repvgg-cifar"), false, 32).params == 1035914);
 }
 
+// torchvision's resnet18: 11,689,512 parameters, 1.814 G MACs (its documentation's "GFLOPS 1.81"); the layer
+// list in torchvision's order: conv1, then per BasicBlock conv1, [downsample], conv2, each conv2 adding the
+// downsample's output or the block's input.
+TEST_CASE("sizes and layers: resnet18 has torchvision's counts; its layer list wires torchvision's BasicBlocks") {
+  const ModelSize t = model_size(arch_config("resnet18"), false, 224);
+  CHECK(t.params == 11689512);
+  CHECK(std::fabs(t.macs / 1e9 - 1.814) < 0.0005);
+  const std::vector<LayerSpec> s = layer_specs(arch_config("resnet18"));
+  REQUIRE(s.size() == 1 + 16 + 3 + 1);
+  CHECK((s[0].name == "conv1" && s[0].kernel == 7 && s[0].stride == 2 && s[0].max_pool && s[0].block == BlockType::plain));
+  CHECK((s[1].name == "layer1.0.conv1" && s[1].source == 0 && s[1].residual == -1 && s[1].relu));
+  CHECK((s[2].name == "layer1.0.conv2" && s[2].source == 1 && s[2].residual == 0 && s[2].relu));
+  CHECK((s[5].name == "layer2.0.conv1" && s[5].stride == 2 && s[5].source == 4 && s[5].in == 64 && s[5].out == 128));
+  CHECK((s[6].name == "layer2.0.downsample" && s[6].kernel == 1 && s[6].stride == 2 && s[6].source == 4 && !s[6].relu));
+  CHECK((s[7].name == "layer2.0.conv2" && s[7].source == 5 && s[7].residual == 6));
+  CHECK((s[8].name == "layer2.1.conv1" && s[8].source == 7));
+  CHECK((s[9].residual == 7 && s[19].name == "layer4.1.conv2" && s[19].out == 512));
+  CHECK((s[20].name == "fc" && s[20].fc && s[20].source == 19 && s[20].in == 512 && s[20].out == 1000));
+  CHECK(input_owner(s, 6) == 5);  // the downsample reads layer2.0.conv1's input
+  CHECK(input_owner(s, 5) == 5);
+  const std::vector<LayerSpec> c = layer_specs(arch_config("orepa-resnet18-cifar-w16"));
+  CHECK((c[0].kernel == 3 && c[0].stride == 1 && !c[0].max_pool && c[0].block == BlockType::orepa && c[0].out == 16));
+  CHECK((c[6].block == BlockType::plain && c[7].block == BlockType::orepa && c[20].out == 10));
+}
+
 TEST_CASE("sizes: every arch, both forms, equal PyTorch's counts (tests/reference/model_stats.txt)") {
   std::ifstream in(reference_path("model_stats.txt"));
   REQUIRE(in.good());
