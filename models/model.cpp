@@ -35,7 +35,7 @@ std::shared_ptr<layers::RepBlock> Model::make_block(size_t i, Rng& rng) {
   }
   ENGINE_CHECK(block->kernel == b.kernel, "layer " + b.name + ": a " + std::to_string(b.kernel) + "x" + std::to_string(b.kernel) +
                                               " conv needs a plain block");
-  block->relu = b.relu && b.residual < 0;  // a shortcut's ReLU follows the add (the family's forward)
+  block->relu = b.relu && b.residual < 0;  // a shortcut's ReLU follows the add (ResNet::BasicBlock::forward)
   block->quant.layer = b.name;
   blocks_.push_back(block);
   return block;

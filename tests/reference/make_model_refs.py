@@ -3,6 +3,8 @@
     /usr/bin/python3 tests/reference/make_model_refs.py                  # the checked-in files
     /usr/bin/python3 tests/reference/make_model_refs.py --cifar-width 64 --out /tmp/refs
                                                            # full-width CIFAR models (~12 MB each)
+    /usr/bin/python3 tests/reference/make_model_refs.py --resnet-width 8 --out /tmp/refs
+                                                           # the ResNet-18 files at base width 8 (2-6 MB each)
 
 Every case is built in float32 with fixed seeds (torch.manual_seed), its BN state
 randomised, and stored in float32.  The stored outputs, gradients and running stats
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import repvgg_torch as R  # noqa: E402
+import resnet_torch as RN  # noqa: E402
 from safetensors_io import save_file, load_file  # noqa: E402
 
 FORMAT_VERSION = '1'
@@ -151,7 +154,7 @@ def train_forward_relu_inputs(model32, x32, dtype):
 ERRORS = {}   # (group, kind of tensor) -> largest float32-vs-float64 error over the cases
 
 
-def make_case(path, model32, x32, loss_kind, aux, meta, custom_l2=False, allow_kinks=False):
+def make_case(path, model32, x32, loss_kind, aux, meta, custom_l2=False, allow_kinks=False, group=None):
     r64, pre64 = run_case(model32, x32, torch.float64, loss_kind, aux, custom_l2)
     r32, pre32 = run_case(model32, x32, torch.float32, loss_kind, aux, custom_l2)
     # A ReLU input so near 0 that float32 and float64 disagree on its sign changes the
@@ -172,7 +175,7 @@ def make_case(path, model32, x32, loss_kind, aux, meta, custom_l2=False, allow_k
     assert e64 <= 1e-12, '%s: float64 out_deploy vs out_eval rel err %.3g' % (path, e64)
     print('  out_deploy vs out_eval: float32 %.2e, float64 %.2e' % (e, e64))
     for k in r64:
-        note_error(meta['kind'], k, r32[k], r64[k])
+        note_error(group or meta['kind'], k, r32[k], r64[k])
 
     tensors = {'input': x32}
     if loss_kind == 'weighted':
@@ -258,6 +261,79 @@ def model_case(path, arch, width, seed, batch=2, res=32, allow_kinks=False, trie
     make_case(path, model, x, 'ce', labels, meta, allow_kinks=allow_kinks)
 
 
+def pool_tie_safety(model32, x32):
+    """The max pools' analogue of kink_safety: a window whose two largest inputs are so close that float32
+    and float64 disagree on which is larger sends the gradient to another input.  Returns min over the
+    windows whose max is > 0 (an all-zero window after a ReLU passes nothing back: its ReLUs are off) of
+    (largest - second largest) / max |float32 - float64 error| of the pool's input, and the number of
+    such windows whose argmax differs between float32 and float64."""
+    def pool_inputs(dtype):
+        model = copy.deepcopy(model32).to(dtype).train()
+        got = []
+        for m in model.modules():
+            if isinstance(m, nn.MaxPool2d):
+                m.register_forward_hook(lambda mod, inp, out: got.append((mod, inp[0].detach().clone())))
+        with torch.no_grad():
+            model(x32.to(dtype))
+        return got
+
+    def windows(m, x):   # [N, C, k*k, L], the padding -inf as max_pool2d's
+        p = m.padding
+        n, c = x.shape[:2]
+        cols = F.unfold(F.pad(x, [p, p, p, p], value=float('-inf')), m.kernel_size, stride=m.stride)
+        return cols.reshape(n, c, m.kernel_size * m.kernel_size, -1)
+
+    ratio, flips = float('inf'), 0
+    for (m, a), (_, b) in zip(pool_inputs(torch.float64), pool_inputs(torch.float32)):
+        err = max((b.double() - a).abs().max().item(), 1e-12)
+        wa, wb = windows(m, a), windows(m, b.double())
+        top = wa.topk(2, dim=2).values
+        live = top[:, :, 0] > 0
+        gap = (top[:, :, 0] - top[:, :, 1])[live]
+        if gap.numel():
+            ratio = min(ratio, gap.min().item() / err)
+        flips += (wa.argmax(2) != wb.argmax(2))[live].sum().item()
+    return ratio, flips
+
+
+def resnet_case(path, arch, seed, batch=2, res=32, num_classes=None, tries=200):
+    """torchvision's ResNet-18 twin (resnet_torch.py) of `arch`, e.g. 'acb-resnet18-cifar-w2'.  Seeds seed,
+    seed + 1000, ... are tried until both the ReLUs (kink_safety) and the max pool (pool_tie_safety) are
+    safe; every OREPA block made live (orepa_live)."""
+    print(path)
+    kw = RN.arch_kwargs(arch)
+    classes = num_classes or kw['num_classes']
+    for attempt in range(tries):
+        s = seed + 1000 * attempt
+        torch.manual_seed(s)
+        model = RN.create_model(arch, num_classes=classes)
+        randomize_bn(model, s + 1)
+        orepa = [m for m in model.modules() if isinstance(m, R.OREPABlock)]
+        for i, blk in enumerate(orepa):
+            orepa_live(blk, s + 2 + i)
+        x = torch.randn(batch, 3, res, res)
+        labels = torch.randint(0, classes, (batch,), dtype=torch.int64)
+        relu, _ = kink_safety(train_forward_relu_inputs(model, x, torch.float64),
+                              train_forward_relu_inputs(model, x, torch.float32))
+        pool, pool_flips = pool_tie_safety(model, x)
+        if relu >= KINK_SAFETY and pool >= KINK_SAFETY and pool_flips == 0:
+            break
+    else:
+        raise AssertionError('%s: no kink-safe seed in %d tries' % (path, tries))
+    print('  seed %d (attempt %d), max-pool tie safety %s' % (s, attempt + 1,
+                                                               'n/a' if pool == float('inf') else '%.1f' % pool))
+    w = kw['width']
+    meta = dict(kind='model', family='resnet', arch=arch, block=kw['block_cls'].__name__, seed=str(s),
+                num_blocks=json.dumps([2, 2, 2, 2]), width=str(w), widths=json.dumps([w, w, 2 * w, 4 * w, 8 * w]),
+                stem='cifar: 3x3 stride 1 block, no pool' if kw['cifar'] else
+                     'imagenet: plain 7x7 stride 2 block, max_pool(3, 2, 1)',
+                stage0_stride=str(1 if kw['cifar'] else 2), num_classes=str(classes),
+                maxpool_tie_safety='n/a' if pool == float('inf') else '%.1f' % pool,
+                orepa_live=str(bool(orepa)).lower(),
+                loss='cross_entropy(out_train, labels), mean over the batch')
+    make_case(path, model, x, 'ce', labels, meta, group=arch)
+
+
 def oabn_clip_case(path, k=3.0, seed=7):
     """OABN identity-BN clip: gamma clipped to [-k var, k var] (var = running_var before the
     forward), train-mode BN, straight-through gradient to the unclipped gamma."""
@@ -317,6 +393,8 @@ def main():
     ap.add_argument('--out', default=HERE, help='output folder (default: tests/reference)')
     ap.add_argument('--cifar-width', type=int, default=16,
                     help='channel width of the CIFAR models (paper: 64; checked in: 16)')
+    ap.add_argument('--resnet-width', type=int, default=2,
+                    help='base width of the ResNet-18 models (torchvision: 64; checked in: 2)')
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)   # deterministic reductions
@@ -337,10 +415,16 @@ def main():
     model_case(o('qarepvgg_cifar_w%d.safetensors' % w), 'qarepvgg-cifar', w, seed=5,
                allow_kinks=kinks)
     oabn_clip_case(o('oabn_clip.safetensors'))
+    rw = args.resnet_width
+    # the ImageNet stem (plain 7x7 stride 2, max pool) at 64x64 and 10 classes (a 1000-class fc would be
+    # most of the file); the CIFAR stem with each re-parameterized block
+    resnet_case(o('resnet18_w%d.safetensors' % rw), 'resnet18-w%d' % rw, seed=10, res=64, num_classes=10)
+    resnet_case(o('acb_resnet18_cifar_w%d.safetensors' % rw), 'acb-resnet18-cifar-w%d' % rw, seed=11)
+    resnet_case(o('orepa_resnet18_cifar_w%d.safetensors' % rw), 'orepa-resnet18-cifar-w%d' % rw, seed=12)
     print('largest float32-vs-float64 error per kind of tensor: max|d| / max|ref|, or max|d|')
     print('where the reference is zero (max|ref| < %g):' % ZERO)
     for group, kind in sorted(ERRORS):
-        print('  %-10s %-26s %.2e' % (group, kind, ERRORS[(group, kind)]))
+        print('  %-24s %-26s %.2e' % (group, kind, ERRORS[(group, kind)]))
 
 
 if __name__ == '__main__':

@@ -1,13 +1,14 @@
-"""Parameter counts and multiply-accumulates of every arch in repvgg_torch.ARCHS,
-training form and deploy form, checked against the RepVGG paper (Table 4).
+"""Parameter counts and multiply-accumulates of every arch in repvgg_torch.ARCHS and
+resnet_torch.ARCHS (every name of models::arch_names()), training form and deploy form, checked
+against the RepVGG paper (Table 4) and torchvision's published ResNet-18 numbers.
 
     /usr/bin/python3 tests/reference/model_stats.py > tests/reference/model_stats.txt
 
 params: every learnable parameter (conv weights, BN gamma/beta, conv biases,
 linear); BN running statistics are buffers and not counted.
 MACs: per image, conv (out_elems * in_ch/groups * kh * kw, OREPA's functional conv on its
-merged kernel included) and linear (in * out) only; BN, ReLU, branch adds and pooling are not counted.  Taken at
-224x224 for the ImageNet archs and at 32x32 for the CIFAR ones.
+merged kernel included) and linear (in * out) only; BN, ReLU, branch adds and pooling (ResNet's max pool
+included) are not counted.  Taken at 224x224 for the ImageNet archs and at 32x32 for the CIFAR ones.
 """
 import math
 import os
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import repvgg_torch as R  # noqa: E402
+import resnet_torch as RN  # noqa: E402
 
 # RepVGG paper, Table 4: params (M) and theoretical FLOPs (G; these are MACs) of the deploy form.
 # The paper's params are truncated (not rounded) to 2 decimals, its FLOPs rounded to 1.
@@ -27,6 +29,11 @@ PAPER = {
     'repvgg-b1g4': (36.12, 7.3), 'repvgg-b2': (80.31, 18.4), 'repvgg-b2g4': (55.77, 11.3),
     'repvgg-b3': (110.96, 26.2),
 }
+
+# torchvision's ResNet18_Weights.IMAGENET1K_V1 meta: num_params 11,689,512 (the training form: convs, BN
+# gamma and beta, fc) and _ops 1.814 "GFLOPS", which are conv + linear MACs at 224x224 rounded to 3 decimals
+# (this script: 1,814,073,344).
+TORCHVISION = {'resnet18': (11689512, 1.814)}
 
 
 def count_params(model):
@@ -68,19 +75,21 @@ def main():
     print('# MACs: conv + linear multiply-accumulates for one image at the given resolution')
     print('# paper: RepVGG (Ding et al., CVPR 2021) Table 4, deploy params (M, truncated to 2 decimals)')
     print('#        and FLOPs (G, = MACs, rounded to 1 decimal)')
-    hdr = '%-16s %4s %13s %15s %13s %15s  %s' % ('arch', 'res', 'train_params', 'train_MACs',
+    print('# torchvision: resnet18 training-form params (exact) and GFLOPS (= MACs, rounded to 3 decimals)')
+    hdr = '%-20s %4s %13s %15s %13s %15s  %s' % ('arch', 'res', 'train_params', 'train_MACs',
                                                  'deploy_params', 'deploy_MACs', 'paper check')
     print(hdr)
     all_ok = True
-    for name in R.ARCHS:
-        res = R.ARCH_RESOLUTION[name]
+    archs = [(name, R, R.ARCH_RESOLUTION[name]) for name in R.ARCHS]
+    archs += [(name, RN, RN.ARCH_RESOLUTION[name]) for name in RN.ARCHS]
+    for name, family, res in archs:
         torch.manual_seed(0)
-        train = R.create_model(name)
+        train = family.create_model(name)
         tp, tm = count_params(train), count_macs(train, res)
         deploy = R.repvgg_model_convert(train, do_copy=False)
         dp, dm = count_params(deploy), count_macs(deploy, res)
         del train, deploy
-        built = R.create_model(name, deploy=True)   # the deploy form built directly
+        built = family.create_model(name, deploy=True)   # the deploy form built directly
         assert count_params(built) == dp, name
         del built
         check = ''
@@ -91,9 +100,14 @@ def main():
             ok = math.floor(dp / 1e4) == round(pp * 100) and round(dm / 1e9, 1) == pm
             all_ok &= ok
             check = '%s (paper %.2fM %.1fG)' % ('MATCH' if ok else 'MISMATCH', pp, pm)
-        print('%-16s %4d %13d %15d %13d %15d  %s' % (name, res, tp, tm, dp, dm, check))
+        if name in TORCHVISION:
+            tvp, tvm = TORCHVISION[name]
+            ok = tp == tvp and round(tm / 1e9, 3) == tvm
+            all_ok &= ok
+            check = '%s (torchvision %d params %.3fG)' % ('MATCH' if ok else 'MISMATCH', tvp, tvm)
+        print('%-20s %4d %13d %15d %13d %15d  %s' % (name, res, tp, tm, dp, dm, check))
         sys.stdout.flush()
-    print('# all paper entries match: %s' % ('yes' if all_ok else 'NO'))
+    print('# all paper and torchvision entries match: %s' % ('yes' if all_ok else 'NO'))
     return 0 if all_ok else 1
 
 

@@ -245,15 +245,17 @@ class ACBlock(nn.Module):
     #   square_conv 3x3 padding 1, ver_conv 3x1 padding (1, 0), hor_conv 1x3 padding (0, 1), all with the
     #   block's stride and groups and no bias; square_bn, ver_bn, hor_bn; out = square + ver + hor
     # Added for this project: the ReLU after the sum (a block of the plain nets, as RepVGGBlock; ACNet puts
-    # its ACB before a ReLU in conv_bn_relu) and the deploy conv named rbr_reparam (official: fused_conv).
+    # its ACB before a ReLU in conv_bn_relu; relu=False leaves it out) and the deploy conv named rbr_reparam
+    # (official: fused_conv).
     has_identity_branch = False
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
-                 dilation=1, groups=1, padding_mode='zeros', deploy=False):
+                 dilation=1, groups=1, padding_mode='zeros', deploy=False, relu=True):
         super(ACBlock, self).__init__()
         assert kernel_size == 3
         assert padding == 1
-        self.nonlinearity = nn.ReLU()
+        # relu=False: the official ACB itself, a conv replacement (ResNet's conv2, whose ReLU follows the add)
+        self.nonlinearity = nn.ReLU() if relu else nn.Identity()
         if deploy:
             self.rbr_reparam = nn.Conv2d(in_channels=in_channels, out_channels=out_channels,
                                          kernel_size=kernel_size, stride=stride, padding=padding,
@@ -329,14 +331,16 @@ class OREPABlock(nn.Module):
     # weight_only and single_init off), line by line where it computes: the same parameters, buffers and
     # init, fre_init, weight_gen, dwsc2full, get_equivalent_kernel_bias (transI_fusebn) and forward
     # (bn(conv(x, weight_gen()))).  Added for this project: the ReLU (official conv_bn_relu passes
-    # nonlinear=nn.ReLU()) and the deploy conv named rbr_reparam (official: orepa_reparam).
+    # nonlinear=nn.ReLU(); relu=False leaves it out) and the deploy conv named rbr_reparam (official:
+    # orepa_reparam).
     has_identity_branch = False
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
-                 dilation=1, groups=1, deploy=False):
+                 dilation=1, groups=1, deploy=False, relu=True):
         super(OREPABlock, self).__init__()
         assert kernel_size == 3 and padding == 1
-        self.nonlinear = nn.ReLU()
+        # relu=False: official nonlinear=None (its default), nn.Identity (ResNet's conv2)
+        self.nonlinear = nn.ReLU() if relu else nn.Identity()
         self.kernel_size, self.in_channels, self.out_channels = kernel_size, in_channels, out_channels
         self.groups, self.stride, self.padding, self.dilation = groups, stride, padding, dilation
         if deploy:
