@@ -17,9 +17,10 @@
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy and
 // infer-a0-deploy-b1 (batch 1),
 // the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
-// train-cifar-repq-bnest, train-cifar-cluster (4 bits; set_qat, make_optimizer and train_step of
-// trainer/step.h, steps and codebooks initialized before the warm-up; the cluster case also times its
-// quantizers alone on the merged kernels: quant_ms= every layer's ClusterQuantizer forward, assign_ms= its
+// train-cifar-repq-bnest, train-cifar-cluster, train-cifar-acb-repq-bn (RepQ-BN of acb-cifar, ACNet's blocks;
+// the others repvgg-cifar) (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps and
+// codebooks initialized before the warm-up; the cluster case also times its quantizers alone on the merged
+// kernels: quant_ms= every layer's ClusterQuantizer forward, assign_ms= its
 // nearest-entry assignment (Algorithm 2 line 5) alone, share= quant_ms over the step's milliseconds), the integer models infer-cifar-int8, infer-a0-int8 and infer-a0-int8-b1
 // (batch 1), whose peers are PyTorch's int8 path (torch, torch_cl) and onnxruntime and OpenVINO on the
 // QDQ export of our quantized model (ort, ov), and which also time our FP32 deploy forward of the same
@@ -92,6 +93,7 @@ static const std::map<std::string, Case> kCases = {
     {"train-cifar-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "bnest"}},
     {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
     {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},
+    {"train-cifar-acb-repq-bn", {"acb-cifar", 128, 32, true, 0.f, "repq-bn"}},
     {"train-cifar-repq-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bnest"}},
     {"train-cifar-cluster", {"repvgg-cifar", 128, 32, true, 0.f, "cluster"}},
     {"infer-cifar-int8", {"repvgg-cifar", 128, 32, false, 0.f, "", true}},

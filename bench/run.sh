@@ -46,8 +46,9 @@ set -u
 cd "$(dirname "$0")/.."
 
 MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy infer-a0-deploy-b1"
-# QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's); CPU only
-QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest train-cifar-cluster"
+# QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's; the last, RepQ-BN of
+# acb-cifar, ACNet's blocks); CPU only
+QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest train-cifar-cluster train-cifar-acb-repq-bn"
 # integer inference (quant/int8_runtime.h) against PyTorch's int8 path, onnxruntime and OpenVINO on our QDQ
 # export, and our FP32 forward; CPU only
 INT8="infer-cifar-int8 infer-a0-int8 infer-a0-int8-b1 infer-cifar-int8-a7 infer-a0-int8-a7"

@@ -32,6 +32,9 @@ over --reps after --warmup untimed calls):
                       k-means codebook per layer, repq_torch.ClusterQuantizer); the steps (and codebooks)
                       initialized by an untimed forward first and kept out of the weight decay
                       (trainer/step.cpp make_optimizer)
+  train-cifar-acb-repq-bn  the repq-bn step of acb-cifar (ACNet's blocks: repq_torch.QACBlock, each BN
+                      folded with the batch statistics of its own 3x3, 1x3 or 3x1 conv, run with its own
+                      padding)
   infer-*-int8        PyTorch's own int8 path on the deployed model: torch.ao.quantization eager-mode
                       static quantization with the 'onednn' engine (Debian's torch 1.13 has onednn and
                       qnnpack, no fbgemm), each rbr_reparam conv fused with its ReLU (ConvReLU2d),
@@ -73,6 +76,7 @@ CASES = {
     'train-cifar-bnest': ('repvgg-cifar', 128, 32, 'train-bnest', 0.0),
     'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
     'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
+    'train-cifar-acb-repq-bn': ('acb-cifar', 128, 32, 'train-repq-bn', 0.0),
     'train-cifar-repq-bnest': ('repvgg-cifar', 128, 32, 'train-repq-bnest', 0.0),
     'train-cifar-cluster': ('repvgg-cifar', 128, 32, 'train-cluster', 0.0),
     'infer-cifar-int8': ('repvgg-cifar', 128, 32, 'infer-int8', 0.0),

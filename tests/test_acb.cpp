@@ -1,8 +1,8 @@
 // ACNet's ACB (layers/acnet_block.h, layers::merge_acb): the merge against plain loops and its gradient
 // check; the block's three modes (branches, merged, deploy) against each other in eval and in training,
-// stride 1 and 2, groups 1 and 2; against its PyTorch twin (tests/reference/acb_block_*.safetensors); the
-// acb-cifar model through deploy, one QAT step, and the programs downstream of ./train (shared with every block:
-// tests/block_testing.h).
+// stride 1 and 2, groups 1 and 2; against its PyTorch twin (tests/reference/acb_block_*.safetensors); the twin's
+// RepQ merged mode against its own branch form (tests/interop/check_repq_twin.py); the acb-cifar model through
+// deploy, one QAT step, and the programs downstream of ./train (shared with every block: tests/block_testing.h).
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -15,6 +15,7 @@
 #include "models/repvgg.h"
 #include "tests/block_testing.h"
 #include "tests/gradcheck.h"
+#include "tests/interop_testing.h"
 #include "tests/model_refs.h"
 #include "tests/testing.h"
 
@@ -180,6 +181,16 @@ TEST_CASE("ACBlock matches its PyTorch twin (official ACNet names): 8->8 stride 
       const double worst = block_testing::check_against_twin(file, merged, make_block);
       MESSAGE(what << ": worst tensor max|ours − PyTorch| / max|PyTorch| " << worst);
     }
+}
+
+// The twin's RepQ-BN merged mode (tests/reference/repq_torch.py QACBlock, set_qat on a model of ACBlocks; the
+// PyTorch peer of `make bench`'s train-cifar-acb-repq-bn) is its branch form without quantizers, in float64:
+// each BN folded with the batch statistics of its own conv's output, as ours (tests/interop/check_repq_twin.py).
+TEST_CASE("the PyTorch twin's merged ACB (repq_torch.QACBlock) is its branch form: block and acb-cifar, float64" *
+          skip_unless(python_has({"torch"}), "repq twin: " + python_needs({"torch"}, "apt-get install python3-torch"))) {
+  const PythonRun r = run_python({"tests/interop/check_repq_twin.py"});
+  MESSAGE(r.output);
+  CHECK(r.rc == 0);
 }
 
 // --- the model ------------------------------------------------------------------------------------------

@@ -9,10 +9,14 @@ state-dict names. Oracle code for tests/reference/make_repq_refs.py and bench/to
                                        running ones in eval, then ReLU(conv(Q_a(x), Q_w(M), b)) (Eq. 1),
                                        b rounded to its integer grid in eval (eval_bias)
     QBlock(deployed, None, act, weight) a deployed block (rbr_reparam): ReLU(conv(Q_a(x), Q_w(W), b))
-    set_qat(model, method, bits)       models/repvgg.cpp RepVGG::set_qat for a repvgg_torch.RepVGG
-                                       (stage0 and the FC FP32, 8 bit or `bits` activations)
+    QACBlock(block, fold, act, weight) the same for an ACBlock (repvgg_torch.py, ACNet's 3x3 + 1x3 + 3x1):
+                                       each BN folded with the statistics of its own conv's output, the
+                                       kernels padded to 3x3 and summed (layers/reparam.cpp merge_acb)
+    set_qat(model, method, bits)       models/model.cpp Model::set_qat for a repvgg_torch.RepVGG of
+                                       RepVGGBlocks or ACBlocks (stage0 and the FC FP32, `bits` activations)
 
-Run with /usr/bin/python3 (Debian's python3-torch, 1.13, CPU). The QARepVGG block is not twinned.
+Run with /usr/bin/python3 (Debian's python3-torch, 1.13, CPU). The QARepVGG and OREPA blocks are not
+twinned.
 """
 import math
 
@@ -170,16 +174,26 @@ class QBlock(nn.Module):
     def __init__(self, block, fold, act=None, weight=None):
         super().__init__()
         self.fold = fold
-        self.groups = block.groups
-        self.stride = (block.rbr_reparam if fold is None else block.rbr_dense.conv).stride[0]
+        conv = block.rbr_reparam if fold is None else self.branch_conv(block)
+        self.groups = conv.groups
+        self.stride = conv.stride[0]
         if fold is None:
             self.rbr_reparam = block.rbr_reparam
         else:
-            self.rbr_identity = block.rbr_identity
-            self.rbr_dense = block.rbr_dense
-            self.rbr_1x1 = block.rbr_1x1
+            self.take_branches(block)
         self.act_quant = act
         self.weight_quant = weight
+
+    @staticmethod
+    def branch_conv(block):
+        """the branch conv whose stride, groups and output channels are the block's"""
+        return block.rbr_dense.conv
+
+    def take_branches(self, block):
+        """the block's branch modules under their state-dict names, in the engine's order"""
+        self.rbr_identity = block.rbr_identity
+        self.rbr_dense = block.rbr_dense
+        self.rbr_1x1 = block.rbr_1x1
 
     def bn_of(self, bn, x, kernel, moments):
         """bn's fold tensors for input conv(x, kernel) (kernel None: x itself), updating its running stats"""
@@ -190,8 +204,9 @@ class QBlock(nn.Module):
             mean, var = moments()
         elif fold == 'estimated':
             mean, var = estimate_moments(*moments(), kernel, self.groups)
-        else:
-            mean, var = channel_moments(F.conv2d(x, kernel, None, self.stride, kernel.shape[2] // 2, 1, self.groups))
+        else:  # padding (kh // 2, kw // 2): 1 for a 3x3, 0 for a 1x1, ACNet's (1, 0) and (0, 1) for 3x1 and 1x3
+            padding = (kernel.shape[2] // 2, kernel.shape[3] // 2)
+            mean, var = channel_moments(F.conv2d(x, kernel, None, self.stride, padding, 1, self.groups))
         h, w = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
         count = x.shape[0] * h * w
         update_running(bn, mean, var, count)
@@ -227,11 +242,58 @@ class QBlock(nn.Module):
         return F.relu(F.conv2d(xq, wq, bias, self.stride, 1, 1, self.groups))
 
 
+def pad_to_3x3(kernel):
+    """layers/reparam.cpp pad_to_3x3: a kernel [O, I, kh, kw] (kh, kw each 1 or 3) zero-padded, centred, to 3x3"""
+    ph, pw = (3 - kernel.shape[2]) // 2, (3 - kernel.shape[3]) // 2
+    return F.pad(kernel, [pw, pw, ph, ph])
+
+
+class QACBlock(QBlock):
+    """An ACBlock's branches in merged mode (fold 'batch', 'estimated' or 'running'), or its rbr_reparam (fold
+    None), as QBlock; the engine's layers/acnet_block.cpp ACBlock::kernel_bias. Each BN's batch statistics
+    are those of its own conv's output (the 1x3 and 3x1 convs with their paddings (0, 1) and (1, 0): the
+    same output as the engine's conv of the kernel padded to 3x3 with padding 1); the estimated ones
+    sum the thin kernel's taps (the padding's zeros add nothing)."""
+
+    @staticmethod
+    def branch_conv(block):
+        return block.square_conv
+
+    def take_branches(self, block):
+        # the official module order (square_conv, square_bn, ver_conv, hor_conv, ver_bn, hor_bn), as the engine
+        for name in ('square_conv', 'square_bn', 'ver_conv', 'hor_conv', 'ver_bn', 'hor_bn'):
+            setattr(self, name, getattr(block, name))
+
+    def kernel_bias(self, x):
+        """layers/reparam.cpp merge_acb with the statistics of bn_of:
+        W = W'_3x3 + pad(W'_1x3) + pad(W'_3x1), b = b'_3x3 + b'_1x3 + b'_3x1"""
+        cache = []
+
+        def moments():
+            if not cache:
+                cache.append(channel_moments(x))
+            return cache[0]
+        ks, kh, kv = self.square_conv.weight, self.hor_conv.weight, self.ver_conv.weight
+        sk, sb = fold(ks, *self.bn_of(self.square_bn, x, ks, moments))
+        hk, hb = fold(kh, *self.bn_of(self.hor_bn, x, kh, moments))
+        vk, vb = fold(kv, *self.bn_of(self.ver_bn, x, kv, moments))
+        return sk + pad_to_3x3(hk) + pad_to_3x3(vk), sb + hb + vb
+
+
+def qblock_class(block):
+    """QBlock for a RepVGGBlock, QACBlock for an ACBlock (training or deploy form)"""
+    if isinstance(block, R.RepVGGBlock):
+        return QBlock
+    if isinstance(block, R.ACBlock):
+        return QACBlock
+    raise TypeError(f'repq_torch twins RepVGGBlock and ACBlock, not {type(block).__name__}')
+
+
 METHODS = ('repq-bn', 'repq-bnest', 'merged', 'bnest', 'cluster')
 
 
 def set_qat(model, method, bits, per_channel=False):
-    """RepVGG::set_qat (models/repvgg.cpp) on a repvgg_torch.RepVGG of RepVGGBlocks in training form:
+    """Model::set_qat (models/model.cpp) on a repvgg_torch.RepVGG of RepVGGBlocks or ACBlocks in training form:
     'merged' deploys every block, the others merge it ('repq-bn' batch, 'repq-bnest' / 'bnest' estimated,
     'cluster' running statistics); every block but stage0 gets an unsigned activation and a weight quantizer of `bits`
     (not 'bnest'); the FC stays FP32."""
@@ -240,15 +302,16 @@ def set_qat(model, method, bits, per_channel=False):
                                                                    model.stage4) for i in range(len(stage))]
     for i, (parent, name) in enumerate(blocks):
         block = getattr(parent, name) if name == 'stage0' else parent[int(name)]
+        cls = qblock_class(block)
         if method == 'merged':
             block.switch_to_deploy()
         f = {'merged': None, 'repq-bn': 'batch', 'cluster': 'running'}.get(method, 'estimated')
         act = weight = None
         if method != 'bnest' and i > 0:
-            out = block.rbr_reparam.out_channels if f is None else block.rbr_dense.conv.out_channels
+            out = (block.rbr_reparam if f is None else cls.branch_conv(block)).out_channels
             act = Quantizer(bits, 'unsigned')
             weight = ClusterQuantizer(bits) if method == 'cluster' else Quantizer(bits, 'weight', out if per_channel else 1)
-        q = QBlock(block, f, act, weight)
+        q = cls(block, f, act, weight)
         if name == 'stage0':
             parent.stage0 = q
         else:
