@@ -124,12 +124,13 @@ def check_methods(arch, seed):
         loss.backward()
         named = list(model.named_parameters())
         # 'merged': repvgg_torch's switch_to_deploy (the official code's) ends with detach_() on every parameter
-        # of the block, its new rbr_reparam included, so the deployed convs train no weights (only the steps)
+        # of the block, its new rbr_reparam included; set_qat gives them their gradients back, as the engine trains
+        # the deploy convs' weights: no parameter may be frozen
         frozen = [n for n, p in named if not p.requires_grad]
         bad = [n for n, p in named if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
         steps = sum(n.endswith(".step") for n, _ in named)
-        ok = torch.isfinite(loss).item() and not bad
-        note = f"; NOTE {len(frozen)} parameters frozen (requires_grad False)" if frozen else ""
+        ok = torch.isfinite(loss).item() and not bad and not frozen
+        note = f"; {len(frozen)} parameters frozen (requires_grad False)" if frozen else ""
         print(f"{'ok  ' if ok else 'FAIL'} {arch} (width 16) set_qat {method}, 4 bits: one step, loss {loss.item():.3f}, "
               f"{steps} LSQ steps, trainable parameters without a finite gradient: {bad or 'none'}{note}")
         if not ok:

@@ -305,6 +305,10 @@ def set_qat(model, method, bits, per_channel=False):
         cls = qblock_class(block)
         if method == 'merged':
             block.switch_to_deploy()
+            # the official switch_to_deploy ends with detach_() on every parameter, the new conv's too: QAT of the
+            # deploy form trains its weights (as Model::set_qat), so they take gradients again
+            for p in block.rbr_reparam.parameters():
+                p.requires_grad_(True)
         f = {'merged': None, 'repq-bn': 'batch', 'cluster': 'running'}.get(method, 'estimated')
         act = weight = None
         if method != 'bnest' and i > 0:
