@@ -106,6 +106,21 @@ double top1(models::Model& model, const TestSet& t) {
   return 100.0 * (double)hits / (double)n;
 }
 
+// ./ptq's quantizers at r's widths (per channel, the first and last layers too) on `model`, then check_qdq.
+struct PtqRun {
+  int weight_bits, act_bits;
+  Bounds bounds;
+};
+void check_ptq_qdq(models::Model& model, const quant::Calibration& cal, const PtqRun& r, const std::string& what, const TestSet& t) {
+  quant::QuantConfig c;
+  c.weight_bits = r.weight_bits;
+  c.act_bits = r.act_bits;
+  c.granularity = quant::Granularity::channel;
+  c.quantize_first_last = true;
+  quant::attach_quantizers(model, c, cal);
+  check_qdq(model, fmt::format("{}ptq {}/{} bits", what, r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
+}
+
 }  // namespace
 
 // onnxruntime's QLinearConv accumulates the codes in int32 and requantizes its output straight to the next
@@ -148,18 +163,9 @@ TEST_CASE("./export --qdq of ./ptq's models: onnxruntime's top-1 equals ours wit
   const bool exact8 = onnxruntime_exact_at_8_bits();
   MESSAGE("onnxruntime's u8 x s8 products: "
           << std::string(exact8 ? "VNNI, exact at 8 bits" : "vpmaddubsw, saturating at 8 bits"));
-  struct Run { int weight_bits, act_bits; Bounds bounds; };
-  std::vector<Run> runs = {{8, 8, exact8 ? k8Bits : k8BitsSaturating}, {4, 4, k4Bits}};
+  std::vector<PtqRun> runs = {{8, 8, exact8 ? k8Bits : k8BitsSaturating}, {4, 4, k4Bits}};
   if (!exact8) runs.push_back({7, 8, k8Bits});  // onnxruntime's reduce_range: exact there
-  for (const Run& r : runs) {
-    quant::QuantConfig c;
-    c.weight_bits = r.weight_bits;
-    c.act_bits = r.act_bits;
-    c.granularity = quant::Granularity::channel;
-    c.quantize_first_last = true;
-    quant::attach_quantizers(*model, c, cal);
-    check_qdq(*model, fmt::format("ptq {}/{} bits", r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
-  }
+  for (const PtqRun& r : runs) check_ptq_qdq(*model, cal, r, "", t);
 }
 
 // ResNet-18's graph in QDQ form: a block input's one quantizer (conv1's, which the downsample and the identity
@@ -181,17 +187,8 @@ TEST_CASE("./export --qdq of ./ptq's ResNet-18 (plain, ACB; CIFAR and ImageNet s
     model->switch_to_deploy();
     data::Loader loader(*train_set, 128, /*train=*/false, 0, 2);
     const quant::Calibration cal = quant::calibrate(*model, loader, 4, quant::CalibMethod::minmax, engine::Device::cpu);
-    struct Run { int weight_bits, act_bits; Bounds bounds; };
-    std::vector<Run> runs = {{exact8 ? 8 : 7, 8, {1e-5, 0.995, 0.2, 0}}, {4, 4, {1e-5, 0.98, 0.2, 0}}};
-    for (const Run& r : runs) {
-      quant::QuantConfig c;
-      c.weight_bits = r.weight_bits;
-      c.act_bits = r.act_bits;
-      c.granularity = quant::Granularity::channel;
-      c.quantize_first_last = true;
-      quant::attach_quantizers(*model, c, cal);
-      check_qdq(*model, fmt::format("{} ptq {}/{} bits", arch, r.weight_bits, r.act_bits), t.x, t.labels, r.bounds);
-    }
+    for (const PtqRun& r : {PtqRun{exact8 ? 8 : 7, 8, {1e-5, 0.995, 0.2, 0}}, PtqRun{4, 4, {1e-5, 0.98, 0.2, 0}}})
+      check_ptq_qdq(*model, cal, r, std::string(arch) + " ", t);
   }
 }
 

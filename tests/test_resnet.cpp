@@ -14,6 +14,7 @@
 #include "engine/ops.h"
 #include "layers/orepa_block.h"
 #include "models/resnet.h"
+#include "tests/block_testing.h"
 #include "tests/model_refs.h"
 
 using namespace engine;
@@ -29,17 +30,7 @@ struct Tolerances {
   double out_train = 1e-4, grad = 1e-3, other = 2e-5;
 };
 
-// max |a − b| / max |b| (a NaN in a counts as the worst)
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double d = 0, m = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    const double e = std::fabs((double)a[i] - b[i]);
-    if (!(e <= d)) d = e;
-    m = std::max(m, (double)std::fabs(b[i]));
-  }
-  return d / m;
-}
+using block_testing::rel_err;  // max |a − b| / max |b| (a NaN in a counts as the worst)
 
 Tensor labels_of(const std::vector<int64_t>& labels) {
   Tensor l = Tensor::empty({(int64_t)labels.size()}, DType::i32);
