@@ -15,7 +15,7 @@
 // side's milliseconds per call (lat_ms_NAME=).
 //
 // Cases (as torch_peer.py): train-cifar, train-cifar-oabn, infer-cifar-deploy, train-a0, infer-a0-deploy and
-// infer-a0-deploy-b1 (batch 1),
+// infer-a0-deploy-b1 (batch 1), infer-resnet18-deploy (torchvision ResNet-18 deployed, batch 32),
 // the QAT steps train-cifar-bnest (FP, merged, estimated BN), train-cifar-merged-qat, train-cifar-repq-bn,
 // train-cifar-repq-bnest, train-cifar-cluster, train-cifar-acb-repq-bn (RepQ-BN of acb-cifar, ACNet's blocks;
 // the others repvgg-cifar) (4 bits; set_qat, make_optimizer and train_step of trainer/step.h, steps and
@@ -90,6 +90,7 @@ static const std::map<std::string, Case> kCases = {
     {"train-a0", {"repvgg-a0", 32, 224, true, 0.f}},
     {"infer-a0-deploy", {"repvgg-a0", 32, 224, false, 0.f}},
     {"infer-a0-deploy-b1", {"repvgg-a0", 1, 224, false, 0.f}},
+    {"infer-resnet18-deploy", {"resnet18", 32, 224, false, 0.f}},
     {"train-cifar-bnest", {"repvgg-cifar", 128, 32, true, 0.f, "bnest"}},
     {"train-cifar-merged-qat", {"repvgg-cifar", 128, 32, true, 0.f, "merged"}},
     {"train-cifar-repq-bn", {"repvgg-cifar", 128, 32, true, 0.f, "repq-bn"}},

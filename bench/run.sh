@@ -45,7 +45,7 @@
 set -u
 cd "$(dirname "$0")/.."
 
-MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy infer-a0-deploy-b1"
+MODELS="ceiling train-cifar train-cifar-oabn infer-cifar-deploy train-a0 infer-a0-deploy infer-a0-deploy-b1 infer-resnet18-deploy"
 # QAT training steps, 4 bits (RepQ Table 4: their times relative to train-cifar's; the last, RepQ-BN of
 # acb-cifar, ACNet's blocks); CPU only
 QAT="train-cifar-bnest train-cifar-merged-qat train-cifar-repq-bn train-cifar-repq-bnest train-cifar-cluster train-cifar-acb-repq-bn"
@@ -68,7 +68,7 @@ reps_for() {
   case $1 in
     gpu-*) echo 20 ;;
     train-a0) echo 3 ;;
-    infer-a0-deploy | infer-a0-int8 | infer-a0-int8-a7) echo 5 ;;
+    infer-a0-deploy | infer-a0-int8 | infer-a0-int8-a7 | infer-resnet18-deploy) echo 5 ;;
     infer-a0-int8-b1 | infer-a0-deploy-b1) echo 21 ;;
     *) echo 7 ;;
   esac

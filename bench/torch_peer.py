@@ -26,6 +26,7 @@ over --reps after --warmup untimed calls):
   train-a0            one SGD step of repvgg-a0 in training form, batch 32, 224x224
   infer-a0-deploy     forward of the deployed repvgg-a0, eval, no_grad, batch 32, 224x224
   infer-a0-deploy-b1  the same at batch 1 (latency)
+  infer-resnet18-deploy  forward of the deployed torchvision ResNet-18 (resnet_torch twin), batch 32, 224x224
   train-cifar-<qat>   one SGD step of repvgg-cifar after tests/reference/repq_torch.py set_qat(model,
                       qat, 4 bits), qat one of bnest (FP, merged, estimated BN), merged (deployed blocks,
                       QAT), repq-bn, repq-bnest, cluster (ClusterQAT: running-statistics fold, a 4-bit
@@ -73,6 +74,7 @@ CASES = {
     'train-a0': ('repvgg-a0', 32, 224, 'train', 0.0),
     'infer-a0-deploy': ('repvgg-a0', 32, 224, 'infer-deploy', 0.0),
     'infer-a0-deploy-b1': ('repvgg-a0', 1, 224, 'infer-deploy', 0.0),
+    'infer-resnet18-deploy': ('resnet18', 32, 224, 'infer-deploy', 0.0),
     'train-cifar-bnest': ('repvgg-cifar', 128, 32, 'train-bnest', 0.0),
     'train-cifar-merged-qat': ('repvgg-cifar', 128, 32, 'train-merged', 0.0),
     'train-cifar-repq-bn': ('repvgg-cifar', 128, 32, 'train-repq-bn', 0.0),
@@ -175,12 +177,14 @@ def build_case(torch, name, device, channels_last, compiled=False):
     sys.path.insert(0, here)
     import repvgg_torch
     import repq_torch
+    import resnet_torch
     from train_twin import apply_oabn
 
     arch, batch, res, mode, oabn_k = CASES[name]
     torch.manual_seed(0)
-    model = repvgg_torch.create_model(arch)
-    num_classes = model.linear.out_features
+    resnet = 'resnet' in arch
+    model = (resnet_torch if resnet else repvgg_torch).create_model(arch)
+    num_classes = (model.fc if resnet else model.linear).out_features
     x = torch.randn(batch, 3, res, res).to(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = x.to(memory_format=layout)
