@@ -10,6 +10,8 @@
 # Every QAT run: Table 2's budget, one epoch of 5,000 training images, lr 0.001 cosine to 0, weights per output
 # channel. W8A8 and W4A4; top-1 on all 10,000 test images. Each quantized QAT model is also exported
 # (./ptq --export) and run with integer kernels (./infer), its top-1 beside the fake-quantized one.
+# One thread per run: the AC-ResNet FP stage took 40 minutes, the plain and OREPA ones 12-20; BLOCKS=acb and
+# BLOCKS=orepa in two shells run side by side.
 # usage: [BLOCKS="plain acb orepa"] scripts/resnet_table2.sh [OUT]     (OUT: runs/resnet-table2; its *.log hold
 # every run; a finished run is not run again)
 set -uo pipefail
