@@ -24,7 +24,7 @@ using engine::Tensor;
 
 const char* const kSourceHelp =
     "  --ckpt FILE            checkpoint (default runs/latest/best.safetensors); settings from the config.json beside it\n"
-    "  --arch NAME            arch, when no config.json or metadata says (repvgg-cifar, repvgg-a0, qarepvgg-*, acb-*, orepa-*, ...)\n"
+    "  --arch NAME            arch, when no config.json or metadata says (repvgg-cifar, repvgg-a0, qarepvgg-*, acb-*, orepa-*, [acb-|orepa-]resnet18[-cifar][-wN], ...)\n"
     "  --dataset NAME         cifar10 | imagenet, when no config.json or metadata says\n"
     "  --data DIR             dataset folder (default: the run's; CIFAR-10 is also looked for in data/ and ../shared/data)\n"
     "  --oabn-k K             the OABN k the model was trained with (default: the run's, else 0)\n"

@@ -74,7 +74,7 @@ struct Spec {
 
 const std::vector<Spec>& specs() {
   static const std::vector<Spec> s = {
-      {"--arch", "NAME", "model: repvgg-cifar (cifar10 default), repvgg-a0 (imagenet default), repvgg-a1 … repvgg-b3g4, qarepvgg-*, acb-* (ACNet blocks), orepa-* (OREPA blocks)",
+      {"--arch", "NAME", "model: repvgg-cifar (cifar10 default), repvgg-a0 (imagenet default), repvgg-a1 … repvgg-b3g4, qarepvgg-*, acb-* (ACNet blocks), orepa-* (OREPA blocks), resnet18[-cifar][-wN] and its acb- / orepa- forms (torchvision ResNet-18)",
        [](Options& o, const std::string& v) { o.arch = v; }},
       {"--data", "DIR", "dataset folder (default: data/ or ../shared/data; CIFAR-10 is downloaded when missing)",
        [](Options& o, const std::string& v) { o.data = v; }},
@@ -232,7 +232,7 @@ Options parse_options(const std::vector<std::string>& args) {
 std::string help_text() {
   std::string s =
       "usage: ./train DATASET [options]   DATASET: cifar10 | imagenet\n"
-      "Trains a RepVGG-family model and writes a run folder (config.json, log.csv, last/best.safetensors).\n\n";
+      "Trains a RepVGG-family model or a ResNet-18 and writes a run folder (config.json, log.csv, last/best.safetensors).\n\n";
   for (const Spec& sp : specs()) {
     std::string left = std::string(sp.name) + (sp.arg ? std::string(" ") + sp.arg : "");
     s += fmt::format("  {:<26} {}\n", left, sp.help);
