@@ -125,8 +125,8 @@ std::map<std::string, std::vector<float>> input_means(models::Model& m, data::Lo
       count += batch * ((h - 1) / stride + 1) * ((w - 1) / stride + 1);
     });
   }
-  for (auto& [q, fns] : watchers)
-    q->observer = [&fns](const Tensor& x) {
+  for (auto& w : watchers)
+    w.first->observer = [&fns = w.second](const Tensor& x) {
       for (auto& f : fns) f(x);
     };
   forward_batches(m, loader, batches, device);
