@@ -22,10 +22,9 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
   const size_t fc = ls.size() - 1;
   Plan p;
   p.layers.resize(ls.size());
-  p.readers.resize(ls.size());
   const int64_t n = x[0];
   std::vector<int64_t> h(ls.size()), w(ls.size());  // each layer's output size
-  std::vector<std::vector<size_t>>& readers = p.readers;
+  std::vector<std::vector<size_t>> readers(ls.size());  // the layers that read each layer's output as their input
   std::vector<bool> residual_source(ls.size());           // ... and whether one reads it as its residual
   for (size_t i = 0; i < ls.size(); i++) {
     if (ls[i].source >= 0) readers[ls[i].source].push_back(i);
@@ -51,6 +50,10 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
       layer.out_max = (1 << first.widths.act) - 1;
     }
     const bool shortcut = l.residual >= 0;
+    // a shortcut whose float output its first reader (the block's conv1) quantized: it adds that reader's codes
+    if (shortcut && !p.layers[l.residual].codes_out && !readers[l.residual].empty() &&
+        p.layers[readers[l.residual][0]].quantize_input)
+      layer.shortcut_codes = (int)readers[l.residual][0];
     QConvSpec q;
     q.s = {n, l.in, ih, iw, l.out, l.kernel, l.kernel, oh, ow, l.stride, (l.kernel - 1) / 2, l.groups, true};
     q.src = l.quantized ? DType::u8 : DType::f32;
@@ -103,7 +106,6 @@ Tensor IntegerModel::forward(const Tensor& x) {
   Plan& p = it->second;
   last_ = &p;
   const std::vector<Int8Layer>& ls = m_.layers;
-  const std::vector<std::vector<size_t>>& readers = p.readers;
   const size_t fc = ls.size() - 1;
   for (size_t i = 0; i < fc; i++) {
     const Int8Layer& l = ls[i];
@@ -127,17 +129,14 @@ Tensor IntegerModel::forward(const Tensor& x) {
     layer.conv->run(in, conv_out);
     if (l.residual >= 0) {  // ReLU(conv + shortcut), then its readers' codes
       const Layer& r = p.layers[l.residual];
-      // the shortcut's first reader (the block's conv1; a downsample's output has none)
-      const std::vector<size_t>& rr = readers[l.residual];
-      const size_t owner = rr.empty() ? i : rr.front();
-      const Layer& o = p.layers[owner];
       float* y = layer.codes_out ? (float*)layer.conv_out.raw() : (float*)layer.out.raw();  // in place: same index read and written
       if (r.codes_out) {  // zero point 0: every code but the image's follows a ReLU (load_int8 checks)
         engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), r.out.data<uint8_t>(), r.out_scale, 0, y,
                                   layer.out_values, l.relu);
-      } else if (owner != i && o.quantize_input) {  // a float output its reader quantized
-        engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), o.codes.data<uint8_t>(), ls[owner].input_scale,
-                                  ls[owner].input_zero_point, y, layer.out_values, l.relu);
+      } else if (layer.shortcut_codes >= 0) {  // a float output its reader quantized
+        const Int8Layer& reader = ls[layer.shortcut_codes];
+        engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), p.layers[layer.shortcut_codes].codes.data<uint8_t>(),
+                                  reader.input_scale, reader.input_zero_point, y, layer.out_values, l.relu);
       } else {
         engine::cpu::add_shortcut((const float*)layer.conv_out.raw(), (const float*)r.out.raw(), y, layer.out_values, l.relu);
       }

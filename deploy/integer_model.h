@@ -70,13 +70,13 @@ class IntegerModel {
     float out_scale = 1;          // codes_out: its readers' s_x
     int out_max = 255;            // codes_out: their largest code
     Tensor codes;                 // quantize_input: its input's codes (a shortcut may read them too)
+    int shortcut_codes = -1;      // a shortcut layer adding the codes another layer made of a float output: that one
     Tensor conv_out;              // the conv's output before the shortcut add (f32) or the max pool
     Tensor out, gpu_out;          // the layer's output, NHWC [N, OH, OW, O] (after its pool)
     int64_t in_values = 0, out_values = 0;  // its input's values; its output's
   };
   struct Plan {
     std::vector<Layer> layers;    // the FC last
-    std::vector<std::vector<size_t>> readers;  // the layers that read each layer's output as their input
     Tensor gpu_in;                // a GPU layer's input copied from the host, the largest such
     Tensor pooled;                // f32 [N, C]
   };

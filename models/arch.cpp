@@ -91,7 +91,7 @@ ArchConfig resnet18_config(BlockType block, bool cifar, int width) {
 static std::optional<ArchConfig> parse_resnet(const std::string& name) {
   for (BlockType b : kResNetBlocks) {
     const std::string p = prefix(b) + std::string("resnet18");
-    if (name.rfind(p, 0) != 0 || (b == BlockType::plain && name.rfind("resnet18", 0) != 0)) continue;
+    if (name.rfind(p, 0) != 0) continue;
     std::string rest = name.substr(p.size());
     const bool cifar = rest.rfind("-cifar", 0) == 0;
     if (cifar) rest = rest.substr(6);

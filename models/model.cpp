@@ -117,6 +117,15 @@ void check_qat_bits(const QatConfig& c, const std::string& what) {
   if (cluster && c.per_channel) fail(what + ": --qat cluster has one codebook per layer; --granularity channel is for the uniform methods");
 }
 
+std::shared_ptr<layers::Quantizer> shared_input(const std::vector<QuantLayer>& layers, size_t i, int act_bits) {
+  const size_t first = input_owner(layers, i);
+  if (first == i || !layers[first].quant->act) return nullptr;
+  const std::shared_ptr<layers::Quantizer>& q = layers[first].quant->act;
+  ENGINE_CHECK(q->bits == act_bits, "layer " + layers[i].name + " reads the input of " + layers[first].name +
+                                        ", which has one quantizer: give both the same activation bits");
+  return q;
+}
+
 void Model::set_qat(const QatConfig& c) {
   const QatMethodTraits& m = c.traits();
   check_qat_bits(c, std::string("QAT ") + m.name);
@@ -139,11 +148,9 @@ void Model::set_qat(const QatConfig& c) {
     if (w.weight == 0) continue;
     auto weight = m.cluster ? nullptr : std::make_shared<Quantizer>(w.weight, Codes::weight, c.per_channel ? layers[i].out : 1, c.init);
     auto cluster = m.cluster ? std::make_shared<layers::ClusterQuantizer>(w.weight) : nullptr;
-    if (const size_t first = input_owner(layers, i); first < i && layers[first].quant->act) {
-      ENGINE_CHECK(c.layer(first, n).act == w.act, "layer " + layers[i].name + " reads the input of " + layers[first].name +
-                                                        ", which has one quantizer: give both the same activation bits");
+    if (auto shared = shared_input(layers, i, w.act)) {
       layers[i].quant->set(nullptr, weight, cluster);
-      layers[i].quant->share_input(layers[first].quant->act);
+      layers[i].quant->share_input(shared);
       continue;
     }
     auto act = std::make_shared<Quantizer>(w.act, layers[i].source < 0 ? Codes::signed_act : Codes::unsigned_act, 1, c.init);

@@ -71,6 +71,11 @@ struct QuantLayer : LayerSpec {
   Tensor weight = {}, bias = {};  // the deploy conv's [O, I/g, k, k], [O] (a block in deploy form) or the FC's
 };
 
+// The input quantizer layer i shares: its input's first reader's (input_owner), where that is another layer and
+// quantized; null where layer i quantizes its input itself. Throws where that quantizer has other bits than
+// act_bits: one tensor, one quantizer. Model::set_qat and quant::attach_quantizers attach by it.
+std::shared_ptr<layers::Quantizer> shared_input(const std::vector<QuantLayer>& layers, size_t i, int act_bits);
+
 // A network of RepBlocks (one per layer spec but the FC's, in layer_specs order), global average pooling and
 // the FC. The families' constructors build and name the modules; everything else is here.
 class Model : public layers::Module {

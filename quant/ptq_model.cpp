@@ -153,24 +153,24 @@ std::vector<Range> attach_quantizers(models::Model& m, const QuantConfig& c, con
       continue;
     }
     ENGINE_CHECK(!cal.observers[i].empty(), "layer " + layers[i].name + ": no calibration activations observed");
+    const Tensor& w = layers[i].weight;
+    const std::vector<float> scales = weight_scales(w, b.weight, c.granularity);
+    auto weight = std::make_shared<Quantizer>(b.weight, Codes::weight, (int64_t)scales.size());
+    weight->set_step(scales);
+    weight->to(w.device());
+    if (auto shared = models::shared_input(layers, i, b.act)) {  // its input's quantizer is its first reader's
+      layers[i].quant->set(nullptr, weight);
+      layers[i].quant->share_input(shared);
+      ranges[i] = ranges[models::input_owner(layers, i)];
+      continue;
+    }
     ranges[i] = calibrate(cal.observers[i], c.calib, b.act);
     const AffineQuant a = asymmetric_params(ranges[i].lo, ranges[i].hi, b.act);
     auto act = std::make_shared<Quantizer>(b.act, Codes::unsigned_act);  // codes [0, 2^B - 1], and z
     act->set_step({a.scale});
     act->zero_point = a.zero_point;
-    const Tensor& w = layers[i].weight;
-    const std::vector<float> scales = weight_scales(w, b.weight, c.granularity);
-    auto weight = std::make_shared<Quantizer>(b.weight, Codes::weight, (int64_t)scales.size());
-    weight->set_step(scales);
-    for (auto* q : {act.get(), weight.get()}) q->to(w.device());
+    act->to(w.device());
     layers[i].quant->set(act, weight);
-    // the input's quantizer is its first reader's where that one is quantized
-    if (const size_t first = models::input_owner(layers, i); first < i && layers[first].quant->act) {
-      ENGINE_CHECK(bits_of(first, n, c).act == b.act, "layer " + layers[i].name + " reads the input of " + layers[first].name +
-                                                          ", which has one quantizer: give both the same activation bits");
-      layers[i].quant->share_input(layers[first].quant->act);
-      ranges[i] = ranges[first];
-    }
   }
   return ranges;
 }
