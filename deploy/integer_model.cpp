@@ -55,7 +55,7 @@ IntegerModel::Plan IntegerModel::build(const Shape& x) const {
         p.layers[readers[l.residual][0]].quantize_input)
       layer.shortcut_codes = (int)readers[l.residual][0];
     QConvSpec q;
-    q.s = {n, l.in, ih, iw, l.out, l.kernel, l.kernel, oh, ow, l.stride, (l.kernel - 1) / 2, l.groups, true};
+    q.s = {n, l.in, ih, iw, l.out, l.kernel, l.kernel, oh, ow, l.stride, (l.kernel - 1) / 2, (l.kernel - 1) / 2, l.groups, true};
     q.src = l.quantized ? DType::u8 : DType::f32;
     q.src_nchw = l.source < 0;
     q.relu = l.relu && !shortcut;  // a shortcut's ReLU follows the add

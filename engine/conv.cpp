@@ -23,28 +23,28 @@ static Tensor input_in_layout(const Tensor& x, int64_t y_block) {
 }
 
 // x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> y [N, O, OH, OW],
-// OH = (H + 2 padding - kh) / stride + 1 (rounded down), OW likewise.
-static ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int padding, int groups,
-                            int64_t y_block) {
+// OH = (H + 2 padding.h - kh) / stride + 1 (rounded down), OW likewise.
+static ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& bias, int stride, Padding padding,
+                            int groups, int64_t y_block) {
   ENGINE_CHECK(x.dim() == 4, "x must be [N, C, H, W], got " + x.shape().str());
   ENGINE_CHECK(w.dim() == 4, "weight must be [O, C/groups, kh, kw], got " + w.shape().str());
-  ENGINE_CHECK(stride >= 1 && padding >= 0 && groups >= 1,
-               "stride " + std::to_string(stride) + ", padding " + std::to_string(padding) + ", groups " +
-                   std::to_string(groups));
+  const std::string pad = std::to_string(padding.h) + "x" + std::to_string(padding.w);
+  ENGINE_CHECK(stride >= 1 && padding.h >= 0 && padding.w >= 0 && groups >= 1,
+               "stride " + std::to_string(stride) + ", padding " + pad + ", groups " + std::to_string(groups));
   ConvShape s{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), 0, 0,
-              stride, padding, groups, bias.defined(), x.channel_block(), y_block};
+              stride, padding.h, padding.w, groups, bias.defined(), x.channel_block(), y_block};
   std::string what = "x " + x.shape().str() + ", weight " + w.shape().str() + ", groups " + std::to_string(groups);
   ENGINE_CHECK(s.c % groups == 0 && s.o % groups == 0,
                "channels not divisible by groups: " + what);
   ENGINE_CHECK(w.size(1) == s.c / groups, "weight must be [O, C/groups, kh, kw]: " + what);
-  ENGINE_CHECK(s.h + 2 * padding >= s.kh && s.w + 2 * padding >= s.kw,
-               "kernel larger than the padded input: " + what + ", padding " + std::to_string(padding));
+  ENGINE_CHECK(s.h + 2 * s.ph >= s.kh && s.w + 2 * s.pw >= s.kw,
+               "kernel larger than the padded input: " + what + ", padding " + pad);
   ENGINE_CHECK(!bias.defined() || bias.shape() == Shape{s.o},
                "bias must be [" + std::to_string(s.o) + "], got " + bias.shape().str());
   ENGINE_CHECK(w.device() == x.device() && (!bias.defined() || bias.device() == x.device()),
                "x, weight and bias on different devices");
-  s.oh = (s.h + 2 * padding - s.kh) / stride + 1;
-  s.ow = (s.w + 2 * padding - s.kw) / stride + 1;
+  s.oh = (s.h + 2 * s.ph - s.kh) / stride + 1;
+  s.ow = (s.w + 2 * s.pw - s.kw) / stride + 1;
   return s;
 }
 
@@ -53,7 +53,7 @@ struct ConvInput {
   Tensor x;
   ConvShape s;
 };
-static ConvInput conv_input(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding,
+static ConvInput conv_input(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, Padding padding,
                             int groups) {
   const int64_t y_block = output_block(input, w, groups);
   const Tensor x = input.dim() == 4 ? input_in_layout(input, y_block) : input;
@@ -66,7 +66,7 @@ static Tensor conv_output(const Tensor& x, const ConvShape& s) {
   return y;
 }
 
-Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding, int groups) {
+Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, Padding padding, int groups) {
   const ConvInput in = conv_input(input, w, bias, stride, padding, groups);
   const Tensor& x = in.x;
   const ConvShape s = in.s;
@@ -94,7 +94,7 @@ Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stri
 }
 
 // relu(conv2d(...)): without a gradient to record, one call; with one, the composition.
-Tensor conv2d_relu(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, int padding, int groups) {
+Tensor conv2d_relu(const Tensor& input, const Tensor& w, const Tensor& bias, int stride, Padding padding, int groups) {
   if (any_requires_grad({input, w, bias})) return relu(conv2d(input, w, bias, stride, padding, groups));
   const ConvInput in = conv_input(input, w, bias, stride, padding, groups);
   const Tensor& x = in.x;

@@ -31,7 +31,9 @@ struct ConvShape {
   int64_t n, c, h, w;   // input
   int64_t o, kh, kw;    // weight [o, c / groups, kh, kw]
   int64_t oh, ow;       // output
-  int stride, padding, groups;
+  int stride;
+  int ph, pw;           // zero padding: ph rows above and below, pw columns left and right
+  int groups;
   bool bias;
   int64_t x_block = 0;      // x (and gx) in the blocked layout [N, C/B, H, W, B], B = x_block (CPU only;
   int64_t y_block = 0;      //   ops.h, the activation layout); y (and gy) likewise; 0: NCHW
@@ -40,7 +42,7 @@ struct ConvShape {
 // An inference convolution of integer inference (engine/cpu/int8.h QConv, which says what it computes;
 // engine::cuda::qconv_forward below).
 struct QConvSpec {
-  ConvShape s;                 // padding (kh - 1) / 2; s.bias and the blocks are ignored (always a bias, plain)
+  ConvShape s;                 // padding (kh - 1) / 2 each way; s.bias and the blocks are ignored (always a bias, plain)
   DType src = DType::u8;       // u8 codes, or f32 (an FP32 layer; CPU only)
   DType dst = DType::u8;       // u8 codes, f32, or i32 (u8 src only)
   bool src_nchw = false;       // the src layout NCHW (the image), else NHWC; the dst is NHWC

@@ -57,13 +57,21 @@ Tensor global_avg_pool(const Tensor& x);                 // [N, C, H, W] -> [N, 
 Tensor sum_to(const Tensor& x, const Shape& shape);      // sums a broadcast result back to `shape`
 
 // --- conv.cpp (oneDNN on the CPU, cuDNN on CUDA) ------------------------------------------------------
-// x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'].
+// Zero padding of a convolution: h rows above and below, w columns left and right. An int pads both
+// alike; {0, 1} centres a 1x3 kernel where a 3x3 with padding 1 would sit (ACNet's thin branches).
+struct Padding {
+  int h, w;
+  Padding(int both) : h(both), w(both) {}
+  Padding(int h, int w) : h(h), w(w) {}
+};
+// x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'],
+// H' = (H + 2 padding.h - kh) / stride + 1 (rounded down), W' likewise.
 // On the CPU, y is in the blocked layout where its channels allow (see "the activation layout" below).
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, Padding padding = 0,
               int groups = 1);
 // relu(conv2d(x, w, bias, ...)) without recording a gradient: the deployed RepVGG block. Layouts as
 // conv2d. NaN stays NaN, as in PyTorch.
-Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
+Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, Padding padding = 0,
                    int groups = 1);
 
 // --- layout.cpp: the activation layout -------------------------------------------------------------

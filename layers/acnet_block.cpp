@@ -20,7 +20,9 @@ CentredConv::CentredConv(int in, int out, int kh, int kw, int stride, int groups
                               ParamKind::weight);
 }
 
-Tensor CentredConv::forward(const Tensor& x) { return engine::conv2d(x, padded_weight(), Tensor(), stride, 1, groups); }
+Tensor CentredConv::forward(const Tensor& x) {
+  return engine::conv2d(x, weight, Tensor(), stride, {(int)weight.size(2) / 2, (int)weight.size(3) / 2}, groups);
+}
 
 // Registered in the official module order (square_conv, square_bn, ver_conv, hor_conv, ver_bn, hor_bn), so the
 // state dict lists its tensors as PyTorch's does.
@@ -38,16 +40,15 @@ Tensor ACBlock::forward_branches(const Tensor& x) {
                      {square_bn.get(), hor_bn.get(), ver_bn.get()}, relu);
 }
 
-// Each BN's statistics are those of its branch's output, here conv(x, K padded to 3x3, padding 1) (what
-// BnStatistics::of convolves: padding kernel/2 of a 3x3): the same output as the thin conv with its own
-// padding, so RepQ-BN's batch statistics are exact; RepQ-BNEst's Eq. 5-6 sum the taps of W and W², to which
-// the zero taps add nothing, so its estimate is the thin kernel's.
+// Each BN's statistics are those of its branch's output (BnStatistics::of convolves the thin kernels with
+// their own centred padding, as the branches do), so RepQ-BN's batch statistics are exact; RepQ-BNEst's
+// Eq. 5-6 sum the taps of W and W², which the padding does not change.
 KernelBias ACBlock::kernel_bias(BnStatistics& stats) {
   ENGINE_CHECK(!deployed(), "the block is in deploy form already");
   const Tensor& square = square_conv->weight;
   const BnTensors s = stats.of(*square_bn, square);
-  const BnTensors h = stats.of(*hor_bn, hor_conv->padded_weight());
-  const BnTensors v = stats.of(*ver_bn, ver_conv->padded_weight());
+  const BnTensors h = stats.of(*hor_bn, hor_conv->weight);
+  const BnTensors v = stats.of(*ver_bn, ver_conv->weight);
   return merge_acb(square, s, hor_conv->weight, h, ver_conv->weight, v);
 }
 

@@ -19,16 +19,13 @@
 
 namespace layers {
 
-// A conv without bias whose kernel [O, I/g, kh, kw] (kh, kw each 1 or 3) sits centred in a 3x3 window. Its
-// forward is conv(x, pad_to_3x3(weight), stride, padding 1), which is the kh x kw conv with padding
-// ((kh − 1)/2, (kw − 1)/2) (ACNet's hor_conv: (0, 1), ver_conv: (1, 0)), the added taps being zeros: our
-// conv2d has one padding for both dims, so the thin convs run as 3x3 ones (3x the multiplications of the
-// thin conv; simplest correct, and the same kernels the merge adds). State dict: "weight", PyTorch's init.
+// A conv without bias whose kernel [O, I/g, kh, kw] (kh, kw each 1 or 3) sits centred in a 3x3 window:
+// padding ((kh − 1)/2, (kw − 1)/2) (ACNet's hor_conv: (0, 1), ver_conv: (1, 0)), so its output has the 3x3
+// conv's size and equals conv(x, pad_to_3x3(weight), padding 1). State dict: "weight", PyTorch's init.
 class CentredConv : public Module {
  public:
   CentredConv(int in, int out, int kh, int kw, int stride, int groups, engine::Rng& rng);
   Tensor forward(const Tensor& x) override;
-  Tensor padded_weight() const { return pad_to_3x3(weight); }  // [O, I/g, 3, 3]
 
   Tensor weight;
   const int stride, groups;

@@ -41,7 +41,7 @@ void update_running(BatchNorm2d& bn, const Moments& batch, int64_t count);
 class BnStatistics {
  public:
   BnStatistics(BnFold fold, const Tensor& x, int stride, int groups);
-  // The tensors to fold `bn`, whose input is conv(x, kernel, stride, padding kernel/2) + bias (bias may be
+  // The tensors to fold `bn`, whose input is conv(x, kernel, stride, padding (kh/2, kw/2)) + bias (bias may be
   // undefined). batch and estimated also update bn's running statistics and count the batch.
   BnTensors of(BatchNorm2d& bn, const Tensor& kernel, const Tensor& bias = {});
   // The same for a BN whose input is x itself (RepVGG's identity branch).

@@ -16,10 +16,13 @@ namespace {
 
 struct ConvCase {
   int64_t n, c, h, w, o, kh, kw;
-  int stride, pad, groups;
+  int stride, pad, groups;  // pad: rows above and below (and columns, unless pad_w says otherwise)
   bool bias;
+  int pad_w = -1;           // columns left and right; -1: pad
+  int pw() const { return pad_w < 0 ? pad : pad_w; }
+  Padding padding() const { return {pad, pw()}; }
   int64_t oh() const { return (h + 2 * pad - kh) / stride + 1; }
-  int64_t ow() const { return (w + 2 * pad - kw) / stride + 1; }
+  int64_t ow() const { return (w + 2 * pw() - kw) / stride + 1; }
   std::string str() const {
     return "x [" + std::to_string(n) + ", " + std::to_string(c) + ", " + std::to_string(h) + ", " + std::to_string(w) +
            "] o " + std::to_string(o) + " k " + std::to_string(kh) + "x" + std::to_string(kw) + " stride " +
@@ -40,7 +43,7 @@ void ref_conv_loops(const ConvCase& k, F f) {
           for (int64_t ci = 0; ci < cg; ci++)
             for (int64_t ky = 0; ky < k.kh; ky++)
               for (int64_t kx = 0; kx < k.kw; kx++) {
-                int64_t iy = oy * k.stride - k.pad + ky, ix = ox * k.stride - k.pad + kx;
+                int64_t iy = oy * k.stride - k.pad + ky, ix = ox * k.stride - k.pw() + kx;
                 if (iy < 0 || iy >= k.h || ix < 0 || ix >= k.w) continue;
                 int64_t c = o / og * cg + ci;
                 f(yi, ((n * k.c + c) * k.h + iy) * k.w + ix, ((o * cg + ci) * k.kh + ky) * k.kw + kx);
@@ -83,6 +86,9 @@ const std::vector<ConvCase> cases = {
     {2, 64, 7, 6, 64, 3, 3, 2, 1, 2, true},   // blocked, grouped, strided
     {1, 32, 5, 5, 16, 1, 1, 1, 0, 1, false},  // 1x1 with many channels
     {2, 3, 11, 11, 16, 3, 3, 2, 1, 1, true},  // a stem: 3 channels in, stride 2
+    {2, 4, 6, 7, 4, 1, 3, 1, 0, 1, true, 1},       // 1x3, padding (0, 1): ACNet's hor_conv
+    {2, 32, 9, 8, 32, 3, 1, 2, 1, 2, false, 0},    // 3x1, padding (1, 0): ver_conv, blocked, strided, grouped
+    {1, 16, 5, 4, 16, 3, 3, 1, 2, 1, true, 0},     // 3x3 padded rows only
 };
 
 struct ConvInputs {
@@ -100,7 +106,7 @@ TEST_CASE("conv2d forward against plain loops") {
   Rng rng(11);
   for (const ConvCase& k : cases) {
     auto [x, w, b] = random_inputs(k, rng);
-    Tensor y = conv2d(x, w, b, k.stride, k.pad, k.groups);
+    Tensor y = conv2d(x, w, b, k.stride, k.padding(), k.groups);
     REQUIRE(y.shape() == Shape{k.n, k.o, k.oh(), k.ow()});
     check_close(y.to_vector(), ref_conv_forward(k, x, w, b), 1e-4, 1e-4, "forward " + k.str());
   }
@@ -114,7 +120,7 @@ TEST_CASE("conv2d gradients of x, weight and bias against plain loops") {
     w.requires_grad_();
     if (k.bias) b.requires_grad_();
     Tensor gy = rand_uniform({k.n, k.o, k.oh(), k.ow()}, -1, 1, rng);
-    sum_all(mul(conv2d(x, w, b, k.stride, k.pad, k.groups), gy)).backward();  // d loss / d y = gy
+    sum_all(mul(conv2d(x, w, b, k.stride, k.padding(), k.groups), gy)).backward();  // d loss / d y = gy
     RefGrads ref = ref_conv_backward(k, x, w, gy);
     check_close(x.grad().to_vector(), ref.gx, 1e-4, 1e-4, "backward data " + k.str());
     check_close(w.grad().to_vector(), ref.gw, 1e-4, 1e-4, "backward weight " + k.str());
@@ -129,13 +135,13 @@ TEST_CASE("conv2d gradients reach only the inputs that require them") {
   Tensor gy = rand_uniform({k.n, k.o, k.oh(), k.ow()}, -1, 1, rng);
   RefGrads ref = ref_conv_backward(k, x, w, gy);
   b.requires_grad_();  // a trained bias on a frozen weight and input
-  sum_all(mul(conv2d(x, w, b, k.stride, k.pad, k.groups), gy)).backward();
+  sum_all(mul(conv2d(x, w, b, k.stride, k.padding(), k.groups), gy)).backward();
   check_close(b.grad().to_vector(), ref.gb, 1e-4, 1e-4, "bias alone");
   CHECK_FALSE(w.grad().defined());
   CHECK_FALSE(x.grad().defined());
   b.requires_grad_(false);
   x.requires_grad_();
-  sum_all(mul(conv2d(x, w, b, k.stride, k.pad, k.groups), gy)).backward();
+  sum_all(mul(conv2d(x, w, b, k.stride, k.padding(), k.groups), gy)).backward();
   check_close(x.grad().to_vector(), ref.gx, 1e-4, 1e-4, "x alone");
   CHECK_FALSE(w.grad().defined());
 }
@@ -143,12 +149,13 @@ TEST_CASE("conv2d gradients reach only the inputs that require them") {
 TEST_CASE("conv2d gradients by central differences") {
   Rng rng(14);
   for (ConvCase k : {ConvCase{2, 4, 5, 4, 4, 3, 3, 2, 1, 2, true}, ConvCase{1, 3, 4, 3, 2, 1, 1, 1, 0, 1, false},
-                     ConvCase{1, 2, 3, 4, 2, 3, 3, 1, 0, 1, true}}) {
+                     ConvCase{1, 2, 3, 4, 2, 3, 3, 1, 0, 1, true}, ConvCase{1, 2, 4, 5, 2, 1, 3, 2, 0, 1, true, 1},
+                     ConvCase{2, 2, 5, 3, 2, 3, 1, 1, 1, 2, false, 0}}) {
     auto [x, w, b] = random_inputs(k, rng);
     if (k.bias)
-      check_gradients([k](auto& in) { return conv2d(in[0], in[1], in[2], k.stride, k.pad, k.groups); }, {x, w, b});
+      check_gradients([k](auto& in) { return conv2d(in[0], in[1], in[2], k.stride, k.padding(), k.groups); }, {x, w, b});
     else
-      check_gradients([k](auto& in) { return conv2d(in[0], in[1], Tensor(), k.stride, k.pad, k.groups); }, {x, w});
+      check_gradients([k](auto& in) { return conv2d(in[0], in[1], Tensor(), k.stride, k.padding(), k.groups); }, {x, w});
   }
 }
 
@@ -207,7 +214,7 @@ TEST_CASE("conv2d repeats its results bit for bit") {
       x.set_grad(Tensor());
       w.set_grad(Tensor());
       b.set_grad(Tensor());
-      Tensor y = conv2d(x, w, b, k.stride, k.pad, k.groups);
+      Tensor y = conv2d(x, w, b, k.stride, k.padding(), k.groups);
       sum_all(mul(y, gy)).backward();
       return std::vector<std::vector<float>>{y.to_vector(), x.grad().to_vector(), w.grad().to_vector(),
                                              b.grad().to_vector()};

@@ -121,20 +121,22 @@ OpCase unary_case(const std::string& name, Tensor (*op)(const Tensor&), float lo
           [op](const Inputs& in) { return op(in[0]); }, tol, tol};
 }
 
-// conv2d of x [n, c, h, w] with w [o, c / groups, k, k].
-OpCase conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int stride, int pad, int groups,
-                 bool bias) {
+// conv2d of x [n, c, h, w] with w [o, c / groups, kh, kw], padding ph rows and pw columns.
+OpCase conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int stride, int ph,
+                 int pw, int groups, bool bias) {
   std::string name = "conv2d x [" + std::to_string(n) + ", " + std::to_string(c) + ", " + std::to_string(h) + ", " +
-                     std::to_string(w) + "] " + std::to_string(o) + " " + std::to_string(k) + "x" +
-                     std::to_string(k) + " s" + std::to_string(stride) + " p" + std::to_string(pad) + " g" +
-                     std::to_string(groups) + (bias ? " bias" : "");
+                     std::to_string(w) + "] " + std::to_string(o) + " " + std::to_string(kh) + "x" +
+                     std::to_string(kw) + " s" + std::to_string(stride) + " p" + std::to_string(ph) + "x" +
+                     std::to_string(pw) + " g" + std::to_string(groups) + (bias ? " bias" : "");
   return {name,
           [=](Rng& r) {
-            Inputs in{rand_grad({n, c, h, w}, -1, 1, r), rand_grad({o, c / groups, k, k}, -0.5f, 0.5f, r)};
+            Inputs in{rand_grad({n, c, h, w}, -1, 1, r), rand_grad({o, c / groups, kh, kw}, -0.5f, 0.5f, r)};
             if (bias) in.push_back(rand_grad({o}, -1, 1, r));
             return in;
           },
-          [=](const Inputs& in) { return conv2d(in[0], in[1], bias ? in[2] : Tensor(), stride, pad, groups); },
+          [=](const Inputs& in) {
+            return conv2d(in[0], in[1], bias ? in[2] : Tensor(), stride, {ph, pw}, groups);
+          },
           1e-4, 1e-4};
 }
 
@@ -402,14 +404,16 @@ TEST_CASE("cuda: the LSQ fake quantizer and BN folding (RepQ-BN, RepQ-BNEst) mat
 
 TEST_CASE("cuda: conv2d through cuDNN matches the CPU (oneDNN), with its gradients" * gpu_or_skip("conv2d")) {
   run_cases({
-      conv_case(2, 3, 8, 8, 4, 3, 1, 1, 1, true),     // 3x3, padding 1, bias
-      conv_case(2, 4, 9, 9, 6, 3, 2, 1, 1, false),    // stride 2, odd size
-      conv_case(3, 8, 5, 5, 8, 1, 1, 0, 1, true),     // 1x1
-      conv_case(2, 4, 8, 8, 8, 1, 2, 0, 1, false),    // 1x1 stride 2 (RepVGG's downsampling branch)
-      conv_case(2, 4, 8, 8, 6, 3, 2, 1, 2, true),     // groups 2
-      conv_case(2, 6, 7, 7, 6, 3, 1, 1, 6, false),    // depthwise
-      conv_case(1, 3, 11, 13, 5, 5, 1, 2, 1, true),   // 5x5, non-square input
-      conv_case(8, 16, 16, 16, 32, 3, 1, 1, 1, true), // a real layer's size
+      conv_case(2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1, true),     // 3x3, padding 1, bias
+      conv_case(2, 4, 9, 9, 6, 3, 3, 2, 1, 1, 1, false),    // stride 2, odd size
+      conv_case(3, 8, 5, 5, 8, 1, 1, 1, 0, 0, 1, true),     // 1x1
+      conv_case(2, 4, 8, 8, 8, 1, 1, 2, 0, 0, 1, false),    // 1x1 stride 2 (RepVGG's downsampling branch)
+      conv_case(2, 4, 8, 8, 6, 3, 3, 2, 1, 1, 2, true),     // groups 2
+      conv_case(2, 6, 7, 7, 6, 3, 3, 1, 1, 1, 6, false),    // depthwise
+      conv_case(1, 3, 11, 13, 5, 5, 5, 1, 2, 2, 1, true),   // 5x5, non-square input
+      conv_case(8, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, true), // a real layer's size
+      conv_case(2, 8, 9, 8, 8, 1, 3, 2, 0, 1, 2, false),    // 1x3, padding (0, 1): ACNet's hor_conv
+      conv_case(2, 8, 7, 9, 8, 3, 1, 1, 1, 0, 1, true),     // 3x1, padding (1, 0): ver_conv
   });
 }
 
@@ -553,7 +557,7 @@ TEST_CASE("cuda: the int8 convolution matches the CPU's exactly" * gpu_or_skip("
     CAPTURE(t.groups);
     const int64_t oh = (t.h - 1) / t.stride + 1, ow = (t.w - 1) / t.stride + 1;
     QConvSpec q;
-    q.s = {t.n, t.c, t.h, t.w, t.o, t.k, t.k, oh, ow, t.stride, (t.k - 1) / 2, t.groups, true};
+    q.s = {t.n, t.c, t.h, t.w, t.o, t.k, t.k, oh, ow, t.stride, (t.k - 1) / 2, (t.k - 1) / 2, t.groups, true};
     q.src_zero_point = t.z;
     Tensor x = Tensor::empty({t.n * t.h * t.w * t.c}, DType::u8), w = Tensor::empty({t.o * t.c / t.groups * t.k * t.k}, DType::i8);
     Tensor b = Tensor::empty({t.o}, DType::i32);

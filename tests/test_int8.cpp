@@ -37,7 +37,7 @@ struct Case {
 
 ConvShape shape_of(const Case& t) {
   const int64_t oh = (t.h - 1) / t.stride + 1, ow = (t.w - 1) / t.stride + 1;
-  return {t.n, t.c, t.h, t.w, t.o, t.k, t.k, oh, ow, t.stride, (t.k - 1) / 2, t.groups, true};
+  return {t.n, t.c, t.h, t.w, t.o, t.k, t.k, oh, ow, t.stride, (t.k - 1) / 2, (t.k - 1) / 2, t.groups, true};
 }
 
 // acc[n, oh, ow, o] (NHWC) = Σ (x − z) w + b in int64, the padding the code z (real 0); x NHWC or NCHW.
@@ -55,7 +55,7 @@ std::vector<Acc> reference(const ConvShape& s, bool nchw, const std::vector<X>& 
           for (int64_t c = 0; c < cg; c++)
             for (int64_t ki = 0; ki < s.kh; ki++)
               for (int64_t kj = 0; kj < s.kw; kj++) {
-                const int64_t hi = i * s.stride + ki - s.padding, wj = j * s.stride + kj - s.padding;
+                const int64_t hi = i * s.stride + ki - s.ph, wj = j * s.stride + kj - s.pw;
                 if (hi < 0 || hi >= s.h || wj < 0 || wj >= s.w) continue;
                 const int64_t ch = g * cg + c;
                 const X v = nchw ? x[((n * s.c + ch) * s.h + hi) * s.w + wj] : x[((n * s.h + hi) * s.w + wj) * s.c + ch];

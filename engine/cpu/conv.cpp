@@ -31,7 +31,7 @@ using tag = memory::format_tag;
 enum ConvOp : int64_t { conv_forward_op = 1, conv_backward_data_op, conv_backward_weight_op };
 
 static DnnlKey conv_key(ConvOp op, const ConvShape& s) {
-  return {op, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.padding, s.groups, s.bias, s.x_block, s.y_block};
+  return {op, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.ph, s.pw, s.groups, s.bias, s.x_block, s.y_block};
 }
 
 struct ConvDescs {
@@ -57,7 +57,7 @@ static ConvDescs conv_descs(const ConvShape& s, Layouts layouts) {
                                  : md({s.groups, s.o / s.groups, s.c / s.groups, s.kh, s.kw}, tag::goihw);
   memory::desc b = s.bias ? memory::desc({s.o}, memory::data_type::f32, tag::x) : memory::desc();
   return {act({s.n, s.c, s.h, s.w}, s.x_block), w, b, act({s.n, s.o, s.oh, s.ow}, s.y_block),
-          {s.stride, s.stride}, {s.padding, s.padding}};
+          {s.stride, s.stride}, {s.ph, s.pw}};
 }
 
 static bool winograd_fits(const ConvShape& s, ConvOp op) {
@@ -65,7 +65,7 @@ static bool winograd_fits(const ConvShape& s, ConvOp op) {
     const char* e = std::getenv("REPQ_WINOGRAD");
     return !e || std::strcmp(e, "0") != 0;
   }();
-  return enabled && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.padding == 1 && s.groups == 1 && s.c % 16 == 0 &&
+  return enabled && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.c % 16 == 0 &&
          s.o % 16 == 0 && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
 }
 
@@ -163,7 +163,7 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy,
 // batch 32, training): nChw16c where the AVX-512 kernels run, nChw8c on AVX2, else 0 (plain NCHW).
 int64_t conv_channel_block() {
   static const int64_t block = [] {
-    ConvShape s{32, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, true};
+    ConvShape s{32, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, true};
     const dnnl_memory_desc_t& md = forward_pd(s, dnnl::algorithm::convolution_direct).src_desc().data;
     if (md.format_kind != dnnl_blocked) return int64_t{0};
     const auto& blk = md.format_desc.blocking;

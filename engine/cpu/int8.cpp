@@ -64,11 +64,10 @@ dnnl::convolution_forward::primitive_desc qconv_pd(const QConvSpec& q, dt dst, i
   if (epilogue && q.dst == DType::u8) po.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, 0.f, (float)q.dst_max);
   else if (epilogue && q.relu && q.dst == DType::f32) po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   attr.set_post_ops(po);
-  const int64_t pad = (q.s.kh - 1) / 2;
   auto any = [](const memory::desc& m) { return memory::desc(m.dims(), m.data_type(), tag::any); };
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                       any(d.x), any(d.w), d.b, any(d.y), {q.s.stride, q.s.stride}, {pad, pad},
-                                       {pad, pad});
+                                       any(d.x), any(d.w), d.b, any(d.y), {q.s.stride, q.s.stride}, {q.s.ph, q.s.pw},
+                                       {q.s.ph, q.s.pw});
   dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl_engine());
   dnnl_note(pd);
   return pd;

@@ -34,14 +34,14 @@ std::string shape_str(const ConvShape& s) {
   return "x [" + std::to_string(s.n) + ", " + std::to_string(s.c) + ", " + std::to_string(s.h) + ", " +
          std::to_string(s.w) + "], w [" + std::to_string(s.o) + ", " + std::to_string(s.c / s.groups) + ", " +
          std::to_string(s.kh) + ", " + std::to_string(s.kw) + "], stride " + std::to_string(s.stride) +
-         ", padding " + std::to_string(s.padding) + ", groups " + std::to_string(s.groups);
+         ", padding " + std::to_string(s.ph) + "x" + std::to_string(s.pw) + ", groups " + std::to_string(s.groups);
 }
 
 ConvPlan& plan_for(const ConvShape& s) {
   ENGINE_CHECK(!s.x_block && !s.y_block, "the blocked layout is the CPU's; CUDA convolutions take NCHW");
-  using Key = std::array<int64_t, 12>;
+  using Key = std::array<int64_t, 13>;
   static auto* plans = new std::map<Key, ConvPlan>;  // never destroyed, as the handles they use
-  const Key key{s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.oh, s.ow, s.stride, s.padding, s.groups};
+  const Key key{s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.oh, s.ow, s.stride, s.ph, s.pw, s.groups};
   auto it = plans->find(key);
   if (it != plans->end()) return it->second;
   ConvPlan p;
@@ -53,7 +53,7 @@ ConvPlan& plan_for(const ConvShape& s) {
                                          to_int(s.h), to_int(s.w)));
   CUDNN_CHECK(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, to_int(s.o),
                                          to_int(s.c / s.groups), to_int(s.kh), to_int(s.kw)));
-  CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p.conv, s.padding, s.padding, s.stride, s.stride, 1, 1,
+  CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p.conv, s.ph, s.pw, s.stride, s.stride, 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   CUDNN_CHECK(cudnnSetConvolutionGroupCount(p.conv, s.groups));
   // Plain fp32 FMA kernels: no TF32 tensor cores, so results match the CPU's to fp32 rounding.

@@ -34,7 +34,7 @@ __global__ void im2col_s8_kernel(ConvShape s, int64_t kp, int z, const uint8_t* 
     if (k < k_taps) {
       const int64_t c = k / (s.kh * s.kw), ki = k / s.kw % s.kh, kj = k % s.kw;
       const int64_t ow = p % s.ow, oh = p / s.ow % s.oh, n = p / (s.ow * s.oh);
-      const int64_t hi = oh * s.stride + ki - s.padding, wj = ow * s.stride + kj - s.padding;
+      const int64_t hi = oh * s.stride + ki - s.ph, wj = ow * s.stride + kj - s.pw;
       const bool inside = hi >= 0 && hi < s.h && wj >= 0 && wj < s.w;
       v = (inside ? (int)x[((n * s.h + hi) * s.w + wj) * s.c + g * cg + c] : z) - 128;
     }
