@@ -14,7 +14,8 @@
 // Algorithm: Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3) where oneDNN has it: 3x3 stride-1 convolutions
 // without groups whose channel counts are multiples of 16. On RepVGG's shapes it runs up to 1.9x faster
 // than the direct kernels (dev/conv_algorithms.cpp, docs/performance.md); backward-weights on planes under
-// 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one). Its
+// 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one), and so does
+// every convolution of fewer than kWinogradMinPixels output pixels (batch 1 on small planes). Its
 // results differ from the direct ones by ~1e-6 rms (relative): float32 rounding.
 // REPQ_WINOGRAD=0 in the environment keeps every convolution direct.
 #include <cstdlib>
@@ -60,13 +61,19 @@ static ConvDescs conv_descs(const ConvShape& s, Layouts layouts) {
           {s.stride, s.stride}, {s.ph, s.pw}};
 }
 
+// Below this many output pixels (N x OH x OW) Winograd has too few 4x4 tiles to pay for its transforms: at
+// batch 1, RepVGG-A0's 14x14 and 7x7 layers ran slower than the direct kernel (the whole forward 45-47 img/s
+// with Winograd there, 52-61 without; AMD EPYC, AVX-512, 2 threads, docs/performance.md). Batched shapes
+// (batch 32 at 7x7, CIFAR's batch 128 at 2x2) stay above it.
+constexpr int64_t kWinogradMinPixels = 200;
+
 static bool winograd_fits(const ConvShape& s, ConvOp op) {
   static const bool enabled = [] {
     const char* e = std::getenv("REPQ_WINOGRAD");
     return !e || std::strcmp(e, "0") != 0;
   }();
   return enabled && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.c % 16 == 0 &&
-         s.o % 16 == 0 && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
+         s.o % 16 == 0 && s.n * s.oh * s.ow >= kWinogradMinPixels && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
 }
 
 static bool is_reference(const dnnl::primitive_desc& pd) { return std::strncmp(pd.impl_info_str(), "ref", 3) == 0; }
