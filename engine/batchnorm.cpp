@@ -73,25 +73,20 @@ Tensor batch_norm2d(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
   return y;
 }
 
-Tensor channel_var(const Tensor& x, const Tensor& mean) {
+Tensor channel_mean_var(const Tensor& x) {
   ENGINE_CHECK(x.defined() && x.dtype() == DType::f32 && x.dim() == 4,
                "expects x f32 [N, C, H, W], got " + (x.defined() ? x.str() : "undefined"));
-  const int64_t c = x.size(1);
-  ENGINE_CHECK(mean.defined() && mean.dtype() == DType::f32 && mean.shape() == Shape{c} && mean.device() == x.device(),
-               "mean must be f32 [" + std::to_string(c) + "] on " + device_name(x.device()) + " for x " + x.str() +
-                   ", got " + mean.str());
-  const BnShape s{x.size(0), c, x.size(2) * x.size(3), x.channel_block()};
-  Tensor var = Tensor::empty(Shape{s.c}, DType::f32, x.device());
-  DISPATCH(x.device(), channel_var_forward, s, x.storage_f32(), mean.f32(), var.f32());
-  record(var, "channel_var", {x, mean}, [s](const Tensor& out, const Tensor& gvar) {
+  const BnShape s{x.size(0), x.size(1), x.size(2) * x.size(3), x.channel_block()};
+  Tensor moments = Tensor::empty(Shape{2, s.c}, DType::f32, x.device());  // mean, var
+  DISPATCH(x.device(), channel_mean_var_forward, s, x.storage_f32(), moments.f32(), moments.f32() + s.c);
+  record(moments, "channel_mean_var", {x}, [s](const Tensor& out, const Tensor& g) {
     const Tensor& x = out.grad_fn()->inputs[0];
-    const Tensor& mean = out.grad_fn()->inputs[1];
-    Tensor gx = grad_buffer(x), gmean = grad_buffer(mean);
-    DISPATCH(x.device(), channel_var_backward, s, x.storage_f32(), mean.f32(), gvar.f32(), f32_or_null(gx), f32_or_null(gmean));
-    if (gx.defined()) accumulate_grad(x, gx);
-    if (gmean.defined()) accumulate_grad(mean, gmean);
+    Tensor gx = grad_buffer(x);
+    if (!gx.defined()) return;
+    DISPATCH(x.device(), channel_mean_var_backward, s, x.storage_f32(), out.f32(), g.f32(), g.f32() + s.c, gx.storage_f32());
+    accumulate_grad(x, gx);
   });
-  return var;
+  return moments;
 }
 
 }  // namespace engine

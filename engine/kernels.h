@@ -79,7 +79,7 @@ BatchSumFn batch_norm_sync();
 
 struct BnShape {
   int64_t n, c, hw;
-  int64_t block = 0;  // x [N, C/B, HW, B], B = block (ops.h, the activation layout; CPU, channel_var only); 0: [N, C, HW]
+  int64_t block = 0;  // x [N, C/B, HW, B], B = block (ops.h, the activation layout; CPU, channel_mean_var only); 0: [N, C, HW]
 };
 
 // One batch norm of a fused sum (bn_add_relu in ops.h): x [N, C, HW] (or blocked), the rest [C].
@@ -146,11 +146,11 @@ struct BnSum {
   void bn_eval_backward(const BnShape& s, const float* x, const float* gamma,                        \
                         const float* running_mean, const float* running_var, float eps,              \
                         const float* gy, float* gx, float* ggamma, float* gbeta);                    \
-  /* var[c] = mean over n, hw of (x - mean[c])^2, in double */                                      \
-  void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var);         \
-  /* gx = gvar[c] 2 (x - mean[c]) / M, gmean[c] = -2 gvar[c] mean(x - mean[c]) (M = N HW; null: skip) */ \
-  void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx, \
-                            float* gmean);                                                          \
+  /* mean[c] = (1/M) sum over n, hw of x; var[c] = (1/M) sum of (x - mean[c])^2 (M = N HW), in double */ \
+  void channel_mean_var_forward(const BnShape& s, const float* x, float* mean, float* var);           \
+  /* gx = gmean[c] / M + 2 gvar[c] (x - mean[c]) / M (gmean, gvar null: zeros) */                   \
+  void channel_mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean, \
+                                const float* gvar, float* gx);                                      \
   /* training: the batch statistics into each branch's mean, var and its running ones updated in place; \
      eval: normalizes with each branch's mean, var as given */                                     \
   void bn_sum_relu_forward(const BnSum& s, bool training, float momentum, float eps, float* y);       \

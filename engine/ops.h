@@ -47,6 +47,7 @@ Tensor flatten(const Tensor& x);                         // [N, ...] -> [N, rest
 Tensor pad2d(const Tensor& x, int pad_h, int pad_w);
 inline Tensor pad2d(const Tensor& x, int pad) { return pad2d(x, pad, pad); }
 Tensor detach(const Tensor& x);                          // x.detach()
+Tensor select(const Tensor& x, int64_t i);               // x [R, ...] -> x[i] [...], a copy
 
 // --- reduce.cpp --------------------------------------------------------------------------------------
 Tensor sum(const Tensor& x, const std::vector<int>& dims, bool keepdim = false);
@@ -80,7 +81,7 @@ Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, int str
 // every op computes on it are those of the NCHW tensor; only the storage differs (torch's memory_format).
 // Convolutions write it where the channels allow, with the block oneDNN's kernels want on this CPU, and
 // take it without reordering; the ops a RepVGG block runs between its convolutions keep it (element-wise
-// ops of operands of one shape, bn_add_relu, channel_var, fake_quantize, straight_through; sum and mean
+// ops of operands of one shape, bn_add_relu, channel_mean_var, fake_quantize, straight_through; sum and mean
 // over H and W, and N, such as global_avg_pool, read it and return NCHW), so that a network runs blocked
 // from its first convolution to its pooling; max_pool2d keeps it too (ResNet's stem pools between its first
 // convolution and the next). Any other op takes either layout and computes on NCHW (a
@@ -165,10 +166,10 @@ BiasCodes bias_codes(const std::vector<float>& b, float s_x, const std::vector<f
 // bit for bit.
 Tensor straight_through(const Tensor& x, const Tensor& values);
 
-// x [N, C, H, W], mean [C] -> [C]: the biased variance about `mean`,
-// (1/M) Σ_{n,h,w} (x − mean)², M = N·H·W, in one pass (RepQ-BN's batch statistics, layers/bn_fold.h);
-// differentiable in x and mean.
-Tensor channel_var(const Tensor& x, const Tensor& mean);
+// x [N, C, H, W] (either layout) -> [2, C]: row 0 each channel's mean μ = (1/M) Σ_{n,h,w} x, row 1 its biased
+// variance (1/M) Σ_{n,h,w} (x − μ)², M = N·H·W (RepQ-BN's batch statistics, layers/bn_fold.h; select splits
+// them). The backward is one pass: dx = g_μ / M + 2 g_var (x − μ) / M.
+Tensor channel_mean_var(const Tensor& x);
 
 // --- loss.cpp ----------------------------------------------------------------------------------------
 // logits [N, K], labels i32 [N] -> [] mean softmax cross-entropy, with optional label smoothing ε:

@@ -1,5 +1,8 @@
-// Shape ops: reshape and flatten (views of the same storage), zero padding, detach.
+// Shape ops: reshape and flatten (views of the same storage), zero padding, detach, select.
+#include <cstring>
+
 #include "engine/autograd.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/kernels.h"
 #include "engine/ops.h"
 
@@ -21,6 +24,31 @@ Tensor flatten(const Tensor& x) {
 }
 
 Tensor detach(const Tensor& x) { return x.detach(); }
+
+// Copies n floats on x's device.
+static void copy_floats(Device device, const float* from, float* to, int64_t n) {
+  if (device == Device::cpu) std::memcpy(to, from, n * sizeof(float));
+  else cuda::copy_on_device(to, from, n * sizeof(float));
+}
+
+// x [R, ...] -> x[i] [...]; the backward writes the gradient into row i of zeros.
+Tensor select(const Tensor& x_in, int64_t i) {
+  const Tensor x = to_plain(x_in);
+  ENGINE_CHECK(x.dim() >= 1 && i >= 0 && i < x.size(0) && x.dtype() == DType::f32,
+               "select of row " + std::to_string(i) + " of " + x.str());
+  Shape row;
+  for (int d = 1; d < x.dim(); d++) row.d[row.n++] = x.size(d);
+  const int64_t n = row.numel();
+  Tensor y = Tensor::empty(row, DType::f32, x.device());
+  copy_floats(x.device(), x.f32() + i * n, y.f32(), n);
+  record(y, "select", {x}, [i, n](const Tensor& out, const Tensor& g) {
+    const Tensor& x = out.grad_fn()->inputs[0];
+    Tensor gx = Tensor::zeros(x.shape(), DType::f32, x.device());
+    copy_floats(x.device(), g.f32(), gx.f32() + i * n, n);
+    accumulate_grad(x, gx);
+  });
+  return y;
+}
 
 // x [..., H, W] -> [..., H + 2 pad_h, W + 2 pad_w]; the backward crops.
 Tensor pad2d(const Tensor& x_in, int pad_h, int pad_w) {

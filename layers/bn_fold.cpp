@@ -13,8 +13,8 @@ BnTensors bn_tensors(const BatchNorm2d& bn) {
 
 Moments channel_moments(const Tensor& x) {
   ENGINE_CHECK(x.dim() == 4, "expects [N, C, H, W], got " + x.str());
-  Tensor mean = engine::mean(x, {0, 2, 3}, false);  // [C]
-  return {mean, channel_var(x, mean)};
+  const Tensor m = engine::channel_mean_var(x);  // [2, C]
+  return {select(m, 0), select(m, 1)};
 }
 
 Moments estimate_moments(const Moments& x, const Tensor& kernel, const Tensor& bias, int groups) {

@@ -2,6 +2,8 @@
 // finite-difference gradient checks, and PyTorch's numbers from tests/reference/ops_bn_ce.safetensors.
 #include <cmath>
 
+#include "engine/autograd.h"
+#include "engine/kernels.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
@@ -309,31 +311,69 @@ TEST_CASE("batch_norm2d batch variance stays accurate far from zero (1e4 ± 0.01
   check_close(stats.var.to_vector(), var, 1e-5, 0, "batch var");
 }
 
-TEST_CASE("channel_var: the biased variance about a given mean against double loops, and its gradients") {
+// The mean and biased variance of each channel of x [N, C, H, W] in double loops: {mean..., var...}.
+static std::vector<double> ref_moments(const Tensor& x) {
+  const int64_t c = x.size(1), hw = x.size(2) * x.size(3), m = x.size(0) * hw;
+  std::vector<double> ref(2 * c, 0);
+  const std::vector<float> v = x.to_vector();
+  for (size_t i = 0; i < v.size(); i++) ref[i / hw % c] += v[i] / (double)m;
+  for (size_t i = 0; i < v.size(); i++) ref[c + i / hw % c] += std::pow(v[i] - ref[i / hw % c], 2) / (double)m;
+  return ref;
+}
+
+TEST_CASE("channel_mean_var: each channel's mean and biased variance against double loops, and their gradients") {
   Rng rng(31);
   for (Shape shape : {Shape{3, 5, 4, 6}, Shape{1, 2, 1, 1}, Shape{4, 3, 7, 5}}) {
-    Tensor x = rand_uniform(shape, -1, 3, rng), mean = rand_uniform({shape[1]}, -0.5f, 1.5f, rng);
-    const int64_t c = shape[1], hw = shape[2] * shape[3], m = shape[0] * hw;
-    std::vector<double> ref(c, 0);
-    const float* p = x.f32();
-    for (int64_t i = 0; i < x.numel(); i++) {
-      const int64_t ch = i / hw % c;
-      ref[ch] += std::pow((double)p[i] - mean.f32()[ch], 2) / (double)m;
-    }
-    check_close(channel_var(x, mean).to_vector(), ref, 1e-5, 1e-7, "var");
-    testing_util::check_gradients([](auto& in) { return channel_var(in[0], in[1]); }, {x, mean});
+    Tensor x = rand_uniform(shape, -1, 3, rng);
+    const Tensor m = channel_mean_var(x);
+    REQUIRE(m.shape() == Shape{2, shape[1]});
+    check_close(m.to_vector(), ref_moments(x), 1e-5, 1e-7, "moments");
+    testing_util::check_gradients([](auto& in) { return channel_mean_var(in[0]); }, {x});
+  }
+  Tensor far = add_scalar(rand_uniform({4, 3, 8, 8}, -0.01f, 0.01f, rng), 1e4f);  // no E[x²] − E[x]² cancellation
+  check_close(channel_mean_var(far).to_vector(), ref_moments(far), 1e-5, 1e-12, "moments of 1e4 ± 0.01");
+  CHECK_THROWS_WITH(channel_mean_var(Tensor::zeros({3, 4})), doctest::Contains("expects x f32 [N, C, H, W]"));
+}
+
+TEST_CASE("channel_mean_var in blocks of 8 and 16: the NCHW moments and gradients") {
+  Rng rng(32);
+  Tensor x = rand_uniform({3, 32, 3, 5}, -1, 3, rng);
+  for (int64_t block : {8, 16}) {
+    INFO("block " << block);
+    check_close(channel_mean_var(to_layout(x, block)).to_vector(), ref_moments(x), 1e-5, 1e-7, "moments");
+    testing_util::check_gradients([block](auto& in) { return channel_mean_var(to_layout(in[0], block)); }, {x});
   }
 }
 
-TEST_CASE("channel_var in blocks of 8 and 16: the NCHW variance and gradients") {
-  Rng rng(32);
-  Tensor x = rand_uniform({3, 32, 3, 5}, -1, 3, rng), mean = rand_uniform({32}, -0.5f, 1.5f, rng);
-  for (int64_t block : {8, 16}) {
-    INFO("block " << block);
-    check_close(channel_var(to_layout(x, block), mean).to_vector(), channel_var(x, mean).to_vector(), 1e-6, 1e-7, "var");
-    testing_util::check_gradients([block](auto& in) { return channel_var(to_layout(in[0], block), in[1]); }, {x, mean});
-    CHECK_THROWS_WITH(channel_var(to_layout(x, block), Tensor::zeros({16})), doctest::Contains("mean must be f32 [32]"));
+TEST_CASE("channel_mean_var: a backward that drops the mean's term fails the gradient check") {
+  Rng rng(34);
+  Tensor x = rand_uniform({2, 3, 4, 4}, -1, 3, rng);
+  auto wrong = [](const std::vector<Tensor>& in) {
+    Tensor y = channel_mean_var(in[0].detach());
+    engine::record(y, "wrong_mean_var", {in[0]}, [](const Tensor& out, const Tensor& g) {
+      const Tensor& x = out.grad_fn()->inputs[0];
+      const engine::BnShape s{x.size(0), x.size(1), x.size(2) * x.size(3), 0};
+      Tensor gx = Tensor::empty(x.shape());
+      engine::cpu::channel_mean_var_backward(s, x.f32(), out.f32(), nullptr, g.f32() + s.c, gx.f32());
+      engine::accumulate_grad(x, gx);
+    });
+    return y;
+  };
+  CHECK(testing_util::gradient_errors(wrong, {x})[0] > 0.1);
+  CHECK(testing_util::gradient_errors([](auto& in) { return channel_mean_var(in[0]); }, {x})[0] < 1e-2);
+}
+
+TEST_CASE("select: row i of x, and the gradient into that row only") {
+  Rng rng(35);
+  Tensor x = rand_uniform({3, 2, 4}, -1, 1, rng);
+  const std::vector<float> v = x.to_vector();
+  for (int64_t i = 0; i < 3; i++) {
+    const Tensor y = select(x, i);
+    REQUIRE(y.shape() == Shape{2, 4});
+    CHECK(y.to_vector() == std::vector<float>(v.begin() + 8 * i, v.begin() + 8 * (i + 1)));
+    testing_util::check_gradients([i](auto& in) { return select(in[0], i); }, {x});
   }
+  CHECK_THROWS_WITH(select(x, 3), doctest::Contains("select of row 3 of"));
 }
 
 TEST_CASE("batch_norm2d of a blocked x: the NCHW values and gradients") {

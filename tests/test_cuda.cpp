@@ -385,8 +385,10 @@ TEST_CASE("cuda: the LSQ fake quantizer and BN folding (RepQ-BN, RepQ-BNEst) mat
        lsq(4, layers::Codes::weight, 6, 0.1f)},
       {"LSQ activation 8 bits", [](Rng& r) { return Inputs{rand_grad({2, 4, 5, 5}, 0, 3, r)}; },
        lsq(8, layers::Codes::unsigned_act, 1, 0.02f)},
-      {"channel_var", [](Rng& r) { return Inputs{rand_grad({3, 5, 6, 6}, -1, 2, r), rand_grad({5}, -1, 1, r)}; },
-       [](const Inputs& in) { return channel_var(in[0], in[1]); }},
+      {"channel_mean_var", [](Rng& r) { return Inputs{rand_grad({3, 5, 6, 6}, -1, 2, r)}; },
+       [](const Inputs& in) { return channel_mean_var(in[0]); }},
+      {"select", [](Rng& r) { return Inputs{rand_grad({3, 5, 6}, -1, 2, r)}; },
+       [](const Inputs& in) { return select(in[0], 1); }},
       {"channel moments", [](Rng& r) { return Inputs{rand_grad({3, 5, 6, 6}, -1, 2, r)}; },
        [](const Inputs& in) {
          layers::Moments m = layers::channel_moments(in[0]);

@@ -215,7 +215,9 @@ TEST_CASE("./export --qdq of a QAT model: onnxruntime's top-1 equals ours within
   model->switch_to_deploy();
   const double quantized = top1(*model, t);
   MESSAGE("QAT " << weight_bits << "/8 bits, deploy form: top-1 " << quantized << "%");
-  CHECK(quantized > 30.0);
+  // A model, not noise (10% is chance): 30 steps at this rate diverge with float rounding, measured 29.5-37.6%
+  // over ISAs and builds; the check that matters is onnxruntime's agreement below.
+  CHECK(quantized > 20.0);
   check_qdq(*model, fmt::format("qat {}/8 bits", weight_bits), t.x, t.labels, k8Bits);
 }
 

@@ -170,83 +170,81 @@ void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, cons
   }
 }
 
-// channel_var in the plain layout (B = 1) or a blocked one (B = 8 or 16: planes [HW, B] of B channels, the
-// loops vectorized over them); each channel's sum in double, in plane order.
+// channel_mean_var in the plain layout (B = 1) or a blocked one (B = 8 or 16: planes [HW, B] of B channels, the
+// loops vectorized over them); each channel's sums in double, in plane order. Two passes: the mean, then the
+// variance about it (no E[x²] − E[x]² cancellation).
 template <int B>
-static void var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
+static void moments_forward(const BnShape& s, const float* x, float* mean, float* var) {
   const int64_t blocks = s.c / B;
   const double m = (double)(s.n * s.hw);
-#pragma omp parallel for schedule(static) if (parallel(s))
-  for (int64_t cb = 0; cb < blocks; cb++) {
-    const float* mu = mean + cb * B;
-    double acc[B] = {};
+  // acc[j] += f(value, j) over channel block cb's values
+  auto sum_over = [&](int64_t cb, double* acc, auto f) {
     for (int64_t n = 0; n < s.n; n++) {
       const float* p = x + (n * blocks + cb) * s.hw * B;
       if constexpr (B == 1) {
         double a = 0;
 #pragma omp simd reduction(+ : a)
-        for (int64_t i = 0; i < s.hw; i++) a += ((double)p[i] - mu[0]) * ((double)p[i] - mu[0]);
+        for (int64_t i = 0; i < s.hw; i++) a += f((double)p[i], 0);
         acc[0] += a;
       } else {
         for (int64_t i = 0; i < s.hw; i++)
 #pragma omp simd
-          for (int j = 0; j < B; j++) acc[j] += ((double)p[i * B + j] - mu[j]) * ((double)p[i * B + j] - mu[j]);
+          for (int j = 0; j < B; j++) acc[j] += f((double)p[i * B + j], j);
       }
     }
-    for (int j = 0; j < B; j++) var[cb * B + j] = m > 0 ? (float)(acc[j] / m) : 0.f;
+  };
+#pragma omp parallel for schedule(static) if (parallel(s))
+  for (int64_t cb = 0; cb < blocks; cb++) {
+    double sum[B] = {}, mu[B], sq[B] = {};
+    sum_over(cb, sum, [](double v, int) { return v; });
+    for (int j = 0; j < B; j++) mu[j] = m > 0 ? sum[j] / m : 0.0;
+    sum_over(cb, sq, [&](double v, int j) { return (v - mu[j]) * (v - mu[j]); });
+    for (int j = 0; j < B; j++) {
+      mean[cb * B + j] = (float)mu[j];
+      var[cb * B + j] = m > 0 ? (float)(sq[j] / m) : 0.f;
+    }
   }
 }
 
+// gx = gmean[c] / M + 2 gvar[c] (x − mean[c]) / M, one pass (a null gmean or gvar counts as zeros).
 template <int B>
-static void var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
-                         float* gmean) {
+static void moments_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
+                             const float* gvar, float* gx) {
   const int64_t blocks = s.c / B;
-  const double m = (double)(s.n * s.hw);
+  const float m = (float)(s.n * s.hw);
 #pragma omp parallel for schedule(static) if (parallel(s))
   for (int64_t cb = 0; cb < blocks; cb++) {
-    const float* mu = mean + cb * B;
-    float k[B];
-    for (int j = 0; j < B; j++) k[j] = (float)(2.0 * gvar[cb * B + j] / m);
-    double centred[B] = {};
+    float mu[B], a[B], k[B];  // gx = a + k (x − mu)
+    for (int j = 0; j < B; j++) {
+      mu[j] = mean[cb * B + j];
+      a[j] = gmean ? gmean[cb * B + j] / m : 0.f;
+      k[j] = gvar ? 2.f * gvar[cb * B + j] / m : 0.f;
+    }
     for (int64_t n = 0; n < s.n; n++) {
       const int64_t o = (n * blocks + cb) * s.hw * B;
       const float* p = x + o;
-      if (gx) {
-        float* g = gx + o;
-        if constexpr (B == 1) {
-#pragma omp simd
-          for (int64_t i = 0; i < s.hw; i++) g[i] = k[0] * (p[i] - mu[0]);
-        } else {
-          for (int64_t i = 0; i < s.hw; i++)
-#pragma omp simd
-            for (int j = 0; j < B; j++) g[i * B + j] = k[j] * (p[i * B + j] - mu[j]);
-        }
-      }
-      if (!gmean) continue;
+      float* g = gx + o;
       if constexpr (B == 1) {
-        double a = 0;
-#pragma omp simd reduction(+ : a)
-        for (int64_t i = 0; i < s.hw; i++) a += (double)p[i] - mu[0];
-        centred[0] += a;
+#pragma omp simd
+        for (int64_t i = 0; i < s.hw; i++) g[i] = a[0] + k[0] * (p[i] - mu[0]);
       } else {
         for (int64_t i = 0; i < s.hw; i++)
 #pragma omp simd
-          for (int j = 0; j < B; j++) centred[j] += (double)p[i * B + j] - mu[j];
+          for (int j = 0; j < B; j++) g[i * B + j] = a[j] + k[j] * (p[i * B + j] - mu[j]);
       }
     }
-    if (gmean)
-      for (int j = 0; j < B; j++) gmean[cb * B + j] = (float)(-2.0 * gvar[cb * B + j] * centred[j] / m);
   }
 }
 
-void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
-  with_channel_block(s.block, "channel_var_forward", [&](auto b) { var_forward<decltype(b)::value>(s, x, mean, var); });
+void channel_mean_var_forward(const BnShape& s, const float* x, float* mean, float* var) {
+  with_channel_block(s.block, "channel_mean_var_forward",
+                     [&](auto b) { moments_forward<decltype(b)::value>(s, x, mean, var); });
 }
 
-void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
-                          float* gmean) {
-  with_channel_block(s.block, "channel_var_backward",
-                     [&](auto b) { var_backward<decltype(b)::value>(s, x, mean, gvar, gx, gmean); });
+void channel_mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
+                              const float* gvar, float* gx) {
+  with_channel_block(s.block, "channel_mean_var_backward",
+                     [&](auto b) { moments_backward<decltype(b)::value>(s, x, mean, gmean, gvar, gx); });
 }
 
 }  // namespace engine::cpu

@@ -144,42 +144,40 @@ void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, cons
   channel_map(s.n, s.c, s.hw, EvalGradX{gy, k.as<float>(), gx});
 }
 
-// One block per channel; the sums in double, in a fixed order (deterministic).
-__global__ void channel_var_kernel(BnShape s, const float* x, const float* mean, float* var) {
+// One block per channel; the sums in double, in a fixed order (deterministic): the mean, then the variance
+// about it.
+__global__ void channel_mean_var_kernel(BnShape s, float* mean, float* var, const float* x) {
   __shared__ double shared[kThreads];
   const int64_t c = blockIdx.x;
-  const double mu = mean[c];
+  const double m = (double)(s.n * s.hw);
   double a = 0;
-  for_channel(s.n, s.c, s.hw, c, [&](int64_t i) { a += ((double)x[i] - mu) * ((double)x[i] - mu); });
-  a = block_sum(a, shared);
-  if (threadIdx.x == 0) var[c] = (float)(a / (double)(s.n * s.hw));
+  for_channel(s.n, s.c, s.hw, c, [&](int64_t i) { a += (double)x[i]; });
+  const double mu = m > 0 ? block_sum(a, shared) / m : 0.0;  // block_sum leaves shared free to reuse
+  double q = 0;
+  for_channel(s.n, s.c, s.hw, c, [&](int64_t i) { q += ((double)x[i] - mu) * ((double)x[i] - mu); });
+  q = block_sum(q, shared);
+  if (threadIdx.x == 0) {
+    mean[c] = (float)mu;
+    var[c] = m > 0 ? (float)(q / m) : 0.f;
+  }
 }
 
-void channel_var_forward(const BnShape& s, const float* x, const float* mean, float* var) {
-  if (s.c > 0) LAUNCH(channel_var_kernel, (unsigned)s.c, kThreads, s, x, mean, var);
+void channel_mean_var_forward(const BnShape& s, const float* x, float* mean, float* var) {
+  if (s.c > 0) LAUNCH(channel_mean_var_kernel, (unsigned)s.c, kThreads, s, mean, var, x);
 }
 
-__global__ void channel_var_gmean_kernel(BnShape s, const float* x, const float* mean, const float* gvar, float* gmean) {
-  __shared__ double shared[kThreads];
-  const int64_t c = blockIdx.x;
-  const double mu = mean[c];
-  double a = 0;
-  for_channel(s.n, s.c, s.hw, c, [&](int64_t i) { a += (double)x[i] - mu; });
-  a = block_sum(a, shared);
-  if (threadIdx.x == 0) gmean[c] = (float)(-2.0 * gvar[c] * a / (double)(s.n * s.hw));
-}
-
-struct VarGradX {  // gx = 2 gvar (x - mean) / M
-  const float *x, *mean, *gvar;
+struct MomentsGradX {  // gx = gmean / M + 2 gvar (x - mean) / M
+  const float *x, *mean, *gmean, *gvar;
   float m;
   float* gx;
-  template <class I> __device__ void operator()(I c, int64_t i) const { gx[i] = 2.f * gvar[c] / m * (x[i] - mean[c]); }
+  template <class I> __device__ void operator()(I c, int64_t i) const {
+    gx[i] = (gmean ? gmean[c] / m : 0.f) + (gvar ? 2.f * gvar[c] / m : 0.f) * (x[i] - mean[c]);
+  }
 };
 
-void channel_var_backward(const BnShape& s, const float* x, const float* mean, const float* gvar, float* gx,
-                          float* gmean) {
-  if (gx) channel_map(s.n, s.c, s.hw, VarGradX{x, mean, gvar, (float)(s.n * s.hw), gx});
-  if (gmean && s.c > 0) LAUNCH(channel_var_gmean_kernel, (unsigned)s.c, kThreads, s, x, mean, gvar, gmean);
+void channel_mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
+                              const float* gvar, float* gx) {
+  channel_map(s.n, s.c, s.hw, MomentsGradX{x, mean, gmean, gvar, (float)(s.n * s.hw), gx});
 }
 
 }  // namespace engine::cuda
