@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/nccl.h"
@@ -59,8 +58,7 @@ void GradReducer::wait(size_t slot) {
 }
 
 void GradReducer::copy_into(float* dst, const float* src, size_t bytes) {
-  if (device_ == Device::cuda) cuda::copy_on_device(dst, src, bytes);
-  else std::memcpy(dst, src, bytes);
+  copy_bytes(device_, dst, src, bytes);
 }
 
 void GradReducer::scale_into(float* dst, const float* src, size_t n, float scale) {

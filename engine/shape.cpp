@@ -1,8 +1,5 @@
 // Shape ops: reshape and flatten (views of the same storage), zero padding, detach, select.
-#include <cstring>
-
 #include "engine/autograd.h"
-#include "engine/cuda/cuda_backend.h"
 #include "engine/kernels.h"
 #include "engine/ops.h"
 
@@ -25,12 +22,6 @@ Tensor flatten(const Tensor& x) {
 
 Tensor detach(const Tensor& x) { return x.detach(); }
 
-// Copies n floats on x's device.
-static void copy_floats(Device device, const float* from, float* to, int64_t n) {
-  if (device == Device::cpu) std::memcpy(to, from, n * sizeof(float));
-  else cuda::copy_on_device(to, from, n * sizeof(float));
-}
-
 // x [R, ...] -> x[i] [...]; the backward writes the gradient into row i of zeros.
 Tensor select(const Tensor& x_in, int64_t i) {
   const Tensor x = to_plain(x_in);
@@ -40,11 +31,11 @@ Tensor select(const Tensor& x_in, int64_t i) {
   for (int d = 1; d < x.dim(); d++) row.d[row.n++] = x.size(d);
   const int64_t n = row.numel();
   Tensor y = Tensor::empty(row, DType::f32, x.device());
-  copy_floats(x.device(), x.f32() + i * n, y.f32(), n);
+  copy_bytes(x.device(), y.f32(), x.f32() + i * n, n * sizeof(float));
   record(y, "select", {x}, [i, n](const Tensor& out, const Tensor& g) {
     const Tensor& x = out.grad_fn()->inputs[0];
     Tensor gx = Tensor::zeros(x.shape(), DType::f32, x.device());
-    copy_floats(x.device(), g.f32(), gx.f32() + i * n, n);
+    copy_bytes(x.device(), gx.f32() + i * n, g.f32(), n * sizeof(float));
     accumulate_grad(x, gx);
   });
   return y;

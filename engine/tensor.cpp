@@ -190,10 +190,14 @@ void Tensor::copy_(const Tensor& src) {
     else copy_(clone_plain(src));
     return;
   }
-  if (device() == Device::cpu && src.device() == Device::cpu) std::memcpy(raw(), src.raw(), nbytes());
-  else if (device() == Device::cuda && src.device() == Device::cuda) cuda::copy_on_device(raw(), src.raw(), nbytes());
+  if (device() == src.device()) copy_bytes(device(), raw(), src.raw(), nbytes());
   else if (device() == Device::cuda) cuda::copy_to_device(raw(), src.raw(), nbytes());
   else cuda::copy_to_host(raw(), src.raw(), nbytes());
+}
+
+void copy_bytes(Device device, void* dst, const void* src, size_t bytes) {
+  if (device == Device::cpu) std::memcpy(dst, src, bytes);
+  else cuda::copy_on_device(dst, src, bytes);
 }
 
 Tensor view_as_shape(const Tensor& t, const Shape& shape) {

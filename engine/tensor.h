@@ -127,6 +127,8 @@ class Tensor {
 Tensor view_as_shape(const Tensor& t, const Shape& shape);
 // An uninitialized f32 tensor of x's shape, device and layout.
 Tensor empty_like(const Tensor& x);
+// Copies `bytes` from src to dst, both on `device` (memcpy, or on the CUDA stream).
+void copy_bytes(Device device, void* dst, const void* src, size_t bytes);
 
 [[noreturn]] void fail(const std::string& message);  // throws std::runtime_error
 #define ENGINE_CHECK(cond, msg)                                         \
