@@ -64,6 +64,8 @@ struct Padding {
   int h, w;
   Padding(int both) : h(both), w(both) {}
   Padding(int h, int w) : h(h), w(w) {}
+  // (kh/2, kw/2) of a kernel [O, I/g, kh, kw]: odd kernels centred on the output pixel
+  static Padding centred(const Tensor& kernel) { return {(int)kernel.size(2) / 2, (int)kernel.size(3) / 2}; }
 };
 // x [N, C, H, W], w [O, C/groups, kh, kw], bias [O] or undefined -> [N, O, H', W'],
 // H' = (H + 2 padding.h - kh) / stride + 1 (rounded down), W' likewise.

@@ -21,7 +21,7 @@ CentredConv::CentredConv(int in, int out, int kh, int kw, int stride, int groups
 }
 
 Tensor CentredConv::forward(const Tensor& x) {
-  return engine::conv2d(x, weight, Tensor(), stride, {(int)weight.size(2) / 2, (int)weight.size(3) / 2}, groups);
+  return engine::conv2d(x, weight, Tensor(), stride, engine::Padding::centred(weight), groups);
 }
 
 // Registered in the official module order (square_conv, square_bn, ver_conv, hor_conv, ver_bn, hor_bn), so the

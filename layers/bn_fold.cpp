@@ -63,7 +63,7 @@ BnTensors BnStatistics::of(BatchNorm2d& bn, const Tensor& kernel, const Tensor& 
   const int64_t n = x_.size(0), h = (x_.size(2) - 1) / stride_ + 1, w = (x_.size(3) - 1) / stride_ + 1;
   if (fold == BnFold::estimated) return folded(bn, estimate_moments(input_moments(), kernel, bias, groups_), n * h * w);
   // RepQ-BN (Eq. 2): Y = X ∗ W, then μ and V of Y
-  Tensor y = conv2d(x_, kernel, bias, stride_, {(int)kernel.size(2) / 2, (int)kernel.size(3) / 2}, groups_);
+  Tensor y = conv2d(x_, kernel, bias, stride_, Padding::centred(kernel), groups_);
   return folded(bn, channel_moments(y), n * h * w);
 }
 
