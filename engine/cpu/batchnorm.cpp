@@ -174,7 +174,7 @@ void bn_eval_backward(const BnShape& s, const float* x, const float* gamma, cons
 // loops vectorized over them); each channel's sums in double, in plane order. Two passes: the mean, then the
 // variance about it (no E[x²] − E[x]² cancellation).
 template <int B>
-static void moments_forward(const BnShape& s, const float* x, float* mean, float* var) {
+static void mean_var_forward(const BnShape& s, const float* x, float* mean, float* var) {
   const int64_t blocks = s.c / B;
   const double m = (double)(s.n * s.hw);
   // acc[j] += f(value, j) over channel block cb's values
@@ -208,7 +208,7 @@ static void moments_forward(const BnShape& s, const float* x, float* mean, float
 
 // gx = gmean[c] / M + 2 gvar[c] (x − mean[c]) / M, one pass (a null gmean or gvar counts as zeros).
 template <int B>
-static void moments_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
+static void mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
                              const float* gvar, float* gx) {
   const int64_t blocks = s.c / B;
   const float m = (float)(s.n * s.hw);
@@ -238,13 +238,13 @@ static void moments_backward(const BnShape& s, const float* x, const float* mean
 
 void channel_mean_var_forward(const BnShape& s, const float* x, float* mean, float* var) {
   with_channel_block(s.block, "channel_mean_var_forward",
-                     [&](auto b) { moments_forward<decltype(b)::value>(s, x, mean, var); });
+                     [&](auto b) { mean_var_forward<decltype(b)::value>(s, x, mean, var); });
 }
 
 void channel_mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
                               const float* gvar, float* gx) {
   with_channel_block(s.block, "channel_mean_var_backward",
-                     [&](auto b) { moments_backward<decltype(b)::value>(s, x, mean, gmean, gvar, gx); });
+                     [&](auto b) { mean_var_backward<decltype(b)::value>(s, x, mean, gmean, gvar, gx); });
 }
 
 }  // namespace engine::cpu

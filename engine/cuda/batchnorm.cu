@@ -166,7 +166,7 @@ void channel_mean_var_forward(const BnShape& s, const float* x, float* mean, flo
   if (s.c > 0) LAUNCH(channel_mean_var_kernel, (unsigned)s.c, kThreads, s, mean, var, x);
 }
 
-struct MomentsGradX {  // gx = gmean / M + 2 gvar (x - mean) / M
+struct MeanVarGradX {  // gx = gmean / M + 2 gvar (x - mean) / M
   const float *x, *mean, *gmean, *gvar;
   float m;
   float* gx;
@@ -177,7 +177,7 @@ struct MomentsGradX {  // gx = gmean / M + 2 gvar (x - mean) / M
 
 void channel_mean_var_backward(const BnShape& s, const float* x, const float* mean, const float* gmean,
                               const float* gvar, float* gx) {
-  channel_map(s.n, s.c, s.hw, MomentsGradX{x, mean, gmean, gvar, (float)(s.n * s.hw), gx});
+  channel_map(s.n, s.c, s.hw, MeanVarGradX{x, mean, gmean, gvar, (float)(s.n * s.hw), gx});
 }
 
 }  // namespace engine::cuda
