@@ -192,6 +192,9 @@ void channels_from_blocked(int64_t n, int64_t c, int64_t hw, int64_t block, cons
 // The channel block oneDNN's convolutions want on this CPU: 16 (AVX-512), 8 (AVX2), 0 (plain; asked once,
 // engine/cpu/conv.cpp).
 int64_t conv_channel_block();
+// Whether 3x3 stride-1 convolutions in nChw8c run our Winograd here (engine/cpu/winograd.h: where oneDNN has
+// none of its own, unless REPQ_WINOGRAD=0): then a network's blocked and NCHW runs differ by float rounding.
+bool conv_own_winograd();
 // engine/cpu/dnnl.h's, for the engine's ops.
 std::string dnnl_isa();
 bool dnnl_has_vnni();

@@ -4,6 +4,7 @@
 
 #include "engine/allocator.h"
 #include "engine/cpu/dnnl.h"
+#include "engine/cpu/winograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "tests/gradcheck.h"
@@ -89,6 +90,7 @@ const std::vector<ConvCase> cases = {
     {2, 4, 6, 7, 4, 1, 3, 1, 0, 1, true, 1},       // 1x3, padding (0, 1): ACNet's hor_conv
     {2, 32, 9, 8, 32, 3, 1, 2, 1, 2, false, 0},    // 3x1, padding (1, 0): ver_conv, blocked, strided, grouped
     {1, 16, 5, 4, 16, 3, 3, 1, 2, 1, true, 0},     // 3x3 padded rows only
+    {2, 16, 12, 10, 24, 3, 3, 1, 1, 1, true},      // 240 output pixels: our Winograd where oneDNN has none (AVX2)
 };
 
 struct ConvInputs {
@@ -174,19 +176,20 @@ TEST_CASE("conv2d matches PyTorch on a grouped, strided, padded case") {
 TEST_CASE("conv2d creates its primitives once per shape") {
   using engine::cpu::dnnl_primitives_created;
   Rng rng(15);
-  ConvCase k{3, 16, 13, 11, 16, 3, 3, 1, 1, 1, true};  // a shape no other test uses
+  // A shape no other test uses; stride 2, so that no CPU runs it with our Winograd, which makes no primitives.
+  ConvCase k{3, 16, 13, 11, 16, 3, 3, 2, 1, 1, true};
   auto [x, w, b] = random_inputs(k, rng);
   x.requires_grad_();
   w.requires_grad_();
   b.requires_grad_();
   Tensor gy = rand_uniform({k.n, k.o, k.oh(), k.ow()}, -1, 1, rng);
-  auto step = [&] { sum_all(mul(conv2d(x, w, b, 1, 1, 1), gy)).backward(); };
+  auto step = [&] { sum_all(mul(conv2d(x, w, b, 2, 1, 1), gy)).backward(); };
 
   uint64_t before = dnnl_primitives_created();
-  { NoGradGuard g; conv2d(x, w, b, 1, 1, 1); }
+  { NoGradGuard g; conv2d(x, w, b, 2, 1, 1); }
   uint64_t after_forward = dnnl_primitives_created();
   CHECK(after_forward > before);
-  { NoGradGuard g; conv2d(x, w, b, 1, 1, 1); }
+  { NoGradGuard g; conv2d(x, w, b, 2, 1, 1); }
   CHECK(dnnl_primitives_created() == after_forward);
 
   step();  // the first backward creates the backward primitives
@@ -198,7 +201,7 @@ TEST_CASE("conv2d creates its primitives once per shape") {
   CHECK(alloc_stats().system_allocs == system_allocs);  // nor any memory beyond the caching allocator's
 
   Tensor x2 = rand_uniform({k.n, k.c, k.h + 1, k.w}, -1, 1, rng);  // a new shape
-  { NoGradGuard g; conv2d(x2, w, b, 1, 1, 1); }
+  { NoGradGuard g; conv2d(x2, w, b, 2, 1, 1); }
   CHECK(dnnl_primitives_created() > warm);
 }
 
@@ -225,6 +228,43 @@ TEST_CASE("conv2d repeats its results bit for bit") {
       CHECK_MESSAGE(std::memcmp(first[i].data(), second[i].data(), first[i].size() * sizeof(float)) == 0,
                     "output " << i << " of " << k.str());
     }
+  }
+}
+
+// --- winograd.cpp: our F(2x2, 3x3), called directly so that it runs on every CPU -------------------------
+
+// [N, C, H, W] values of a buffer in nChw8c.
+static std::vector<float> unblock8(const std::vector<float>& blocked, int64_t n, int64_t c, int64_t h, int64_t w) {
+  std::vector<float> plain(blocked.size());
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t ch = 0; ch < c; ch++)
+      for (int64_t p = 0; p < h * w; p++) plain[((i * c + ch) * h * w) + p] = blocked[((i * (c / 8) + ch / 8) * h * w + p) * 8 + ch % 8];
+  return plain;
+}
+
+TEST_CASE("Winograd F(2x2, 3x3) forward and gradients against plain loops") {
+  Rng rng(17);
+  for (ConvCase k : {ConvCase{2, 8, 7, 5, 24, 3, 3, 1, 1, 1, true},     // odd sizes: partial tiles; 16 + 8 outputs
+                     ConvCase{1, 16, 1, 1, 8, 3, 3, 1, 1, 1, false},    // one pixel
+                     ConvCase{3, 64, 9, 10, 40, 3, 3, 1, 1, 1, true},   // two blocks of tiles
+                     ConvCase{1, 24, 4, 4, 16, 3, 3, 1, 1, 1, false}}) {
+    ConvShape s{k.n, k.c, k.h, k.w, k.o, 3, 3, k.h, k.w, 1, 1, 1, 1, k.bias, 8, 8};
+    if (!cpu::winograd_fits(s)) {
+      MESSAGE("this build has no AVX2 and FMA: not tested");
+      return;
+    }
+    auto [x, w, b] = random_inputs(k, rng);
+    Tensor gy = rand_uniform({k.n, k.o, k.h, k.w}, -1, 1, rng);
+    std::vector<float> y(k.n * k.o * k.h * k.w), gx(x.numel());
+    cpu::winograd_forward(s, to_layout(x, 8).storage_f32(), w.f32(), k.bias ? b.f32() : nullptr, y.data());
+    check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_conv_forward(k, x, w, b), 1e-4, 1e-4, "forward " + k.str());
+    const RefGrads ref = ref_conv_backward(k, x, w, gy);
+    cpu::winograd_backward_data(s, to_layout(gy, 8).storage_f32(), w.f32(), gx.data());
+    check_close(unblock8(gx, k.n, k.c, k.h, k.w), ref.gx, 1e-4, 1e-4, "backward data " + k.str());
+    std::vector<float> gw(w.numel()), gb(k.o);
+    cpu::winograd_backward_weight(s, to_layout(x, 8).storage_f32(), to_layout(gy, 8).storage_f32(), gw.data(), gb.data());
+    check_close(gw, ref.gw, 1e-4, 1e-4, "backward weight " + k.str());
+    if (k.bias) check_close(gb, ref.gb, 1e-4, 1e-4, "bias " + k.str());
   }
 }
 

@@ -234,7 +234,9 @@ TEST_CASE("qat --layer-bits: per-layer widths through the checkpoint, ./ptq, the
   fs::path root = fresh_temp_dir("qat_layer_bits");
   fs::path data = make_cifar(root / "cifar", 16, 40);
   const fs::path fp = root / "fp";
-  REQUIRE(run(args_for(data, fp, {"--epochs", "1"})) == 0);
+  // lr 0.01: at the default 0.1 two steps on these 80 images diverge (val loss ~200), and whether 4-bit QAT
+  // from there overflows depended on float rounding (the convolution algorithm).
+  REQUIRE(run(args_for(data, fp, {"--epochs", "1", "--lr", "0.01"})) == 0);
   const std::string init = (fp / "last.safetensors").string();
   auto qat = [&](const fs::path& out, std::vector<std::string> more) {
     std::vector<std::string> a = {"--epochs", "1", "--init", init, "--lr", "0.01"};

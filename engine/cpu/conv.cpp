@@ -16,12 +16,15 @@
 // than the direct kernels (dev/conv_algorithms.cpp, docs/performance.md); backward-weights on planes under
 // 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one), and so does
 // every convolution of fewer than kWinogradMinPixels output pixels (batch 1 on small planes). Its
-// results differ from the direct ones by ~1e-6 rms (relative): float32 rounding.
+// results differ from the direct ones by ~1e-6 rms (relative): float32 rounding. Where oneDNN has no Winograd
+// (AVX2 CPUs), the forward and backward-data convolutions of those shapes in nChw8c run our own F(2x2, 3x3)
+// (winograd.h) instead, and so do their weight gradients.
 // REPQ_WINOGRAD=0 in the environment keeps every convolution direct.
 #include <cstdlib>
 #include <cstring>
 
 #include "engine/cpu/dnnl.h"
+#include "engine/cpu/winograd.h"
 #include "engine/kernels.h"
 
 namespace engine::cpu {
@@ -67,13 +70,44 @@ static ConvDescs conv_descs(const ConvShape& s, Layouts layouts) {
 // (batch 32 at 7x7, CIFAR's batch 128 at 2x2) stay above it.
 constexpr int64_t kWinogradMinPixels = 200;
 
-static bool winograd_fits(const ConvShape& s, ConvOp op) {
+static bool winograd_enabled() {
   static const bool enabled = [] {
     const char* e = std::getenv("REPQ_WINOGRAD");
     return !e || std::strcmp(e, "0") != 0;
   }();
-  return enabled && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.c % 16 == 0 &&
+  return enabled;
+}
+
+static bool winograd_fits(const ConvShape& s, ConvOp op) {
+  return winograd_enabled() && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.c % 16 == 0 &&
          s.o % 16 == 0 && s.n * s.oh * s.ow >= kWinogradMinPixels && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
+}
+
+static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm,
+                                                            Layouts layouts = any);
+
+// Whether oneDNN makes Winograd convolutions on this CPU (asked once, of a 64 -> 64 channel 3x3 on 16x16).
+static bool onednn_has_winograd() {
+  static const bool has = [] {
+    try {
+      forward_pd(ConvShape{32, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, false}, dnnl::algorithm::convolution_winograd);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return has;
+}
+
+// Our F(2x2, 3x3) for a forward or backward-data convolution that would run oneDNN's direct kernel only
+// because oneDNN has no Winograd here.
+bool conv_own_winograd() {
+  return winograd_enabled() && cpu::winograd_fits(ConvShape{1, 8, 2, 2, 8, 3, 3, 2, 2, 1, 1, 1, 1, false, 8, 8}) &&
+         !onednn_has_winograd();
+}
+
+static bool own_winograd(const ConvShape& s) {
+  return conv_own_winograd() && cpu::winograd_fits(s) && s.n * s.oh * s.ow >= kWinogradMinPixels;
 }
 
 static bool is_reference(const dnnl::primitive_desc& pd) { return std::strncmp(pd.impl_info_str(), "ref", 3) == 0; }
@@ -106,7 +140,7 @@ static auto with_algorithm(const ConvShape& s, ConvOp op, Make make) {
 // training kind: for inference, Winograd would want the weights in its own transformed format (reordered on
 // every call, and that reorder crashes with a user scratchpad in oneDNN 2.6).
 static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, dnnl::algorithm algorithm,
-                                                            Layouts layouts = any) {
+                                                            Layouts layouts) {
   ConvDescs d = conv_descs(s, layouts);
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, algorithm, d.x, d.w, d.b, d.y, d.stride,
                                        d.pad, d.pad);
@@ -114,6 +148,7 @@ static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, 
 }
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
+  if (own_winograd(s)) return winograd_forward(s, x, w, b, y);
   DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
@@ -136,6 +171,7 @@ void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, con
 void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* w, float* gx) {
   ConvShape s = shape;
   s.bias = false;  // irrelevant here: one primitive serves convolutions with and without bias
+  if (own_winograd(s)) return winograd_backward_data(s, gy, w, gx);
   DnnlCall& call = dnnl_call(conv_key(conv_backward_data_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_data_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);
@@ -150,6 +186,7 @@ void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* 
 
 // gw [O, C/groups, kh, kw] from x and gy; gb [O] = gy summed over N, OH, OW when s.bias.
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb) {
+  if (own_winograd(s)) return winograd_backward_weight(s, x, gy, gw, gb);
   DnnlCall& call = dnnl_call(conv_key(conv_backward_weight_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_weight_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);
