@@ -131,11 +131,12 @@ $(B)/bench/%: bench/%.cpp $(B)/libengine.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $< $(B)/libengine.a -o $@ $(LDLIBS)
 
-# The experiments of dev/, each a program on its own (dev/conv_algorithms.cpp: oneDNN alone).
+# The experiments of dev/, each a program on its own (dev/conv_algorithms.cpp: oneDNN alone;
+# dev/winograd.cpp: our Winograd kernels against oneDNN's direct ones).
 dev: $(patsubst %.cpp,$(B)/%,$(wildcard dev/*.cpp))
-$(B)/dev/%: dev/%.cpp
+$(B)/dev/%: dev/%.cpp $(B)/libengine.a
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ -ldnnl -fopenmp
+	$(CXX) $(CXXFLAGS) $< $(B)/libengine.a -o $@ $(LDLIBS)
 
 deps:
 	@bash scripts/install-deps.sh

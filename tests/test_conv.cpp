@@ -242,12 +242,13 @@ static std::vector<float> unblock8(const std::vector<float>& blocked, int64_t n,
   return plain;
 }
 
-TEST_CASE("Winograd F(2x2, 3x3) forward and gradients against plain loops") {
+TEST_CASE("Winograd F(2x2, 3x3) and F(4x4, 3x3): forward and gradients against plain loops") {
   Rng rng(17);
   for (ConvCase k : {ConvCase{2, 8, 7, 5, 24, 3, 3, 1, 1, 1, true},     // odd sizes: partial tiles; 16 + 8 outputs
                      ConvCase{1, 16, 1, 1, 8, 3, 3, 1, 1, 1, false},    // one pixel
-                     ConvCase{3, 64, 9, 10, 40, 3, 3, 1, 1, 1, true},   // two blocks of tiles
-                     ConvCase{1, 24, 4, 4, 16, 3, 3, 1, 1, 1, false}}) {
+                     ConvCase{3, 64, 9, 10, 40, 3, 3, 1, 1, 1, true},   // two or more blocks of tiles
+                     ConvCase{1, 24, 4, 4, 16, 3, 3, 1, 1, 1, false},   // one 4x4 tile
+                     ConvCase{2, 16, 2, 3, 16, 3, 3, 1, 1, 1, true}}) { // a plane smaller than a 4x4 tile
     ConvShape s{k.n, k.c, k.h, k.w, k.o, 3, 3, k.h, k.w, 1, 1, 1, 1, k.bias, 8, 8};
     if (!cpu::winograd_fits(s)) {
       MESSAGE("this build has no AVX2 and FMA: not tested");
@@ -255,16 +256,18 @@ TEST_CASE("Winograd F(2x2, 3x3) forward and gradients against plain loops") {
     }
     auto [x, w, b] = random_inputs(k, rng);
     Tensor gy = rand_uniform({k.n, k.o, k.h, k.w}, -1, 1, rng);
-    std::vector<float> y(k.n * k.o * k.h * k.w), gx(x.numel());
-    cpu::winograd_forward(s, to_layout(x, 8).storage_f32(), w.f32(), k.bias ? b.f32() : nullptr, y.data());
-    check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_conv_forward(k, x, w, b), 1e-4, 1e-4, "forward " + k.str());
     const RefGrads ref = ref_conv_backward(k, x, w, gy);
-    cpu::winograd_backward_data(s, to_layout(gy, 8).storage_f32(), w.f32(), gx.data());
-    check_close(unblock8(gx, k.n, k.c, k.h, k.w), ref.gx, 1e-4, 1e-4, "backward data " + k.str());
-    std::vector<float> gw(w.numel()), gb(k.o);
-    cpu::winograd_backward_weight(s, to_layout(x, 8).storage_f32(), to_layout(gy, 8).storage_f32(), gw.data(), gb.data());
-    check_close(gw, ref.gw, 1e-4, 1e-4, "backward weight " + k.str());
-    if (k.bias) check_close(gb, ref.gb, 1e-4, 1e-4, "bias " + k.str());
+    for (cpu::WinogradTile tile : {cpu::WinogradTile::f2, cpu::WinogradTile::f4}) {
+      const std::string what = (tile == cpu::WinogradTile::f2 ? "F(2x2) " : "F(4x4) ") + k.str();
+      std::vector<float> y(k.n * k.o * k.h * k.w), gx(x.numel()), gw(w.numel()), gb(k.o);
+      cpu::winograd_forward(s, to_layout(x, 8).storage_f32(), w.f32(), k.bias ? b.f32() : nullptr, y.data(), tile);
+      check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_conv_forward(k, x, w, b), 1e-4, 1e-4, "forward " + what);
+      cpu::winograd_backward_data(s, to_layout(gy, 8).storage_f32(), w.f32(), gx.data(), tile);
+      check_close(unblock8(gx, k.n, k.c, k.h, k.w), ref.gx, 1e-4, 1e-4, "backward data " + what);
+      cpu::winograd_backward_weight(s, to_layout(x, 8).storage_f32(), to_layout(gy, 8).storage_f32(), gw.data(), gb.data(), tile);
+      check_close(gw, ref.gw, 1e-4, 1e-4, "backward weight " + what);
+      if (k.bias) check_close(gb, ref.gb, 1e-4, 1e-4, "bias " + what);
+    }
   }
 }
 

@@ -474,9 +474,10 @@ TEST_CASE("dist: with sync-BN, 2 ranks x half batch give the weights of 1 proces
   // measured 8e-6 at most (weights of ~0.1) on earlier machines, 2e-5 on a Sapphire Rapids under
   // ONEDNN_MAX_CPU_ISA=AVX2 and 2.7e-4 there with its AVX-512 kernels (whose weight-gradient kernels sum the
   // half and the whole batch in other blockings; the build before the activation layout measured the
-  // same), 9.4e-5 on an AMD EPYC under ONEDNN_MAX_CPU_ISA=AVX2 with our Winograd (engine/cpu/winograd.h). The bound is 1e-3 absolute, where per-rank BN on the same data is off by 1e-2 and more (checked
-  // below, so the test can fail).
-  CHECK(worst_difference(st::load(out.string()), s.model) < 1e-3);
+  // same), 6.3e-4 on an AMD EPYC under ONEDNN_MAX_CPU_ISA=AVX2 with our F(4x4) Winograd (engine/cpu/winograd.h,
+  // whose rounding is a few times the direct kernel's; 9.4e-5 with F(2x2)). The bound is 3e-3 absolute, where
+  // per-rank BN on the same data is off by 0.2 (checked below, so the test can fail).
+  CHECK(worst_difference(st::load(out.string()), s.model) < 3e-3);
 
   REQUIRE(run_shell(mpirun(2, "--dist-check steps " + cifar_dir() + " " + out.string() + " 0.02 " + std::to_string(kLimit), log)) == 0);
   CHECK(worst_difference(st::load(out.string()), s.model) > 1e-2);

@@ -515,8 +515,11 @@ TEST_CASE("repvgg model: the forward and backward in blocks of 8 and 16 equal th
     const int64_t native = cpu::conv_channel_block();
     for (int64_t block : {8, 16}) {
       const Run b = run(block);
-      INFO("oabn_k " << oabn_k << layout_name(block) << (block == native ? " (this CPU's)" : " (not this CPU's)"));
-      CHECK(std::fabs(plain.loss - b.loss) < 1e-5);
+      INFO("oabn_k " << oabn_k << layout_name(block) << std::string(block == native ? " (this CPU's)" : " (not this CPU's)"));
+      // Our F(4x4) Winograd in nChw8c against oneDNN's direct kernel in NCHW (AVX2): its float rounding, a few
+      // times the direct kernel's (loss 1.9e-5 apart, running means 2e-6 of values ~1).
+      const bool winograd = block == 8 && cpu::conv_own_winograd();
+      CHECK(std::fabs(plain.loss - b.loss) < (winograd ? 1e-4 : 1e-5));
       for (size_t k = 0; k < plain.grads.size(); k++) {
         const std::vector<double> want(plain.grads[k].begin(), plain.grads[k].end());
         if (block == native && !cpu::conv_own_winograd()) {  // the same kernels: bit for bit
@@ -531,7 +534,8 @@ TEST_CASE("repvgg model: the forward and backward in blocks of 8 and 16 equal th
         INFO("grad " << k << ": relative norm of the difference " << std::sqrt(diff / norm));
         CHECK(std::sqrt(diff) <= 1e-2 * std::sqrt(norm));
       }
-      check_close(b.state, std::vector<double>(plain.state.begin(), plain.state.end()), 1e-5, 1e-6, "running statistics");
+      check_close(b.state, std::vector<double>(plain.state.begin(), plain.state.end()), winograd ? 1e-4 : 1e-5,
+                  winograd ? 1e-5 : 1e-6, "running statistics");
     }
   }
 

@@ -17,8 +17,9 @@
 // 8x8 stays direct (it measured 2x slower there on a busy machine, a little faster on a quiet one), and so does
 // every convolution of fewer than kWinogradMinPixels output pixels (batch 1 on small planes). Its
 // results differ from the direct ones by ~1e-6 rms (relative): float32 rounding. Where oneDNN has no Winograd
-// (AVX2 CPUs), the forward and backward-data convolutions of those shapes in nChw8c run our own F(2x2, 3x3)
-// (winograd.h) instead, and so do their weight gradients.
+// (AVX2 CPUs), 3x3 stride-1 convolutions in nChw8c (channels in multiples of 8) run ours instead (winograd.h:
+// F(4x4, 3x3), or F(2x2, 3x3) on small planes; forward, backward-data and weight gradient), from the same
+// kWinogradMinPixels and while their transformed kernels fit the L3 cache.
 // REPQ_WINOGRAD=0 in the environment keeps every convolution direct.
 #include <cstdlib>
 #include <cstring>
@@ -107,7 +108,8 @@ bool conv_own_winograd() {
 }
 
 static bool own_winograd(const ConvShape& s) {
-  return conv_own_winograd() && cpu::winograd_fits(s) && s.n * s.oh * s.ow >= kWinogradMinPixels;
+  return conv_own_winograd() && cpu::winograd_fits(s) && s.n * s.oh * s.ow >= kWinogradMinPixels &&
+         winograd_tile(s) != WinogradTile::none;
 }
 
 static bool is_reference(const dnnl::primitive_desc& pd) { return std::strncmp(pd.impl_info_str(), "ref", 3) == 0; }
@@ -148,7 +150,7 @@ static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, 
 }
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  if (own_winograd(s)) return winograd_forward(s, x, w, b, y);
+  if (own_winograd(s)) return winograd_forward(s, x, w, b, y, winograd_tile(s));
   DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
@@ -171,7 +173,7 @@ void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, con
 void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* w, float* gx) {
   ConvShape s = shape;
   s.bias = false;  // irrelevant here: one primitive serves convolutions with and without bias
-  if (own_winograd(s)) return winograd_backward_data(s, gy, w, gx);
+  if (own_winograd(s)) return winograd_backward_data(s, gy, w, gx, winograd_tile(s));
   DnnlCall& call = dnnl_call(conv_key(conv_backward_data_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_data_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);
@@ -186,7 +188,7 @@ void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* 
 
 // gw [O, C/groups, kh, kw] from x and gy; gb [O] = gy summed over N, OH, OW when s.bias.
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb) {
-  if (own_winograd(s)) return winograd_backward_weight(s, x, gy, gw, gb);
+  if (own_winograd(s)) return winograd_backward_weight(s, x, gy, gw, gb, winograd_tile(s));
   DnnlCall& call = dnnl_call(conv_key(conv_backward_weight_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_weight_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);

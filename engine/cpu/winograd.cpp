@@ -1,8 +1,9 @@
-// Winograd F(2x2, 3x3) in nChw8c (winograd.h). Per 2x2 output tile and 8-channel block:
-//   V = Bᵀ d B   (Eq. 8's data transform: the tile's 4x4 input window d, zero outside the image)
-//   U = G g Gᵀ   (the 3x3 kernel g of each channel pair, transformed once per call)
-//   M[ξ] = Σ_c V[ξ][c] U[ξ][c][k]   for each of the 16 positions ξ of the 4x4 transformed tile: 16 GEMMs
-//   Y = Aᵀ M A   (the inverse transform: the tile's 2x2 outputs)
+// Winograd convolution in nChw8c (winograd.h): F(m x m, 3x3) with m = 4 (6x6 tiles) on planes of 4 pixels
+// and more, m = 2 (4x4 tiles) below. Per m x m output tile and 8-channel block (Lavin and Gray, Eq. 8):
+//   V = Bᵀ d B   the data transform of the tile's (m+2)² input window d (zero outside the image)
+//   U = G g Gᵀ   the kernel transform of each channel pair's 3x3 kernel g, once per call
+//   M[ξ] = Σ_c V[ξ][c] U[ξ][c][k]   one GEMM for each of the (m+2)² positions ξ of the transformed tile
+//   Y = Aᵀ M A   the inverse transform: the tile's m x m outputs
 // The backward-data convolution is the same with U of the flipped, transposed kernels; the weight gradient
 // runs the chain rule back through these products: S[ξ] = Σ_tiles V[ξ]ᵀ (A gY Aᵀ)[ξ], then gw = Gᵀ S G.
 // Tiles run in blocks whose V and M stay in the core's L2 cache; each OpenMP thread takes whole blocks.
@@ -35,50 +36,96 @@ namespace {
 
 using v8 = __m256;  // one pixel's eight channels of a channel block
 
-// V = Bᵀ d B, Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] (Lavin and Gray, Sec. 4.1, F(2x2, 3x3)).
-void data_transform(const v8 d[4][4], v8 v[16]) {
-  v8 t[4][4];  // Bᵀ d
-  for (int j = 0; j < 4; j++) {
-    t[0][j] = d[0][j] - d[2][j];
-    t[1][j] = d[1][j] + d[2][j];
-    t[2][j] = d[2][j] - d[1][j];
-    t[3][j] = d[1][j] - d[3][j];
+// The one-dimensional transforms of F(2, 3), on a column of values (float, or v8 for eight channels):
+// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1], Aᵀ = [1 1 1 0; 0 1 -1 -1]
+// (Lavin and Gray, Sec. 4.1); gradient() applies A, kernel_gradient() Gᵀ.
+struct F2 {
+  static constexpr int m = 2, a = 4;
+  template <class T> static void data(const T* d, T* r) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
   }
-  for (int i = 0; i < 4; i++) {
-    v[i * 4 + 0] = t[i][0] - t[i][2];
-    v[i * 4 + 1] = t[i][1] + t[i][2];
-    v[i * 4 + 2] = t[i][2] - t[i][1];
-    v[i * 4 + 3] = t[i][1] - t[i][3];
+  template <class T> static void kernel(const T* g, T* u) {
+    u[0] = g[0];
+    u[1] = 0.5f * (g[0] + g[1] + g[2]);
+    u[2] = 0.5f * (g[0] - g[1] + g[2]);
+    u[3] = g[2];
   }
-}
+  template <class T> static void output(const T* x, T* y) {
+    y[0] = x[0] + x[1] + x[2];
+    y[1] = x[1] - x[2] - x[3];
+  }
+  template <class T> static void gradient(const T* g, T* z) {
+    z[0] = g[0];
+    z[1] = g[0] + g[1];
+    z[2] = g[0] - g[1];
+    z[3] = -g[1];
+  }
+  template <class T> static void kernel_gradient(const T* s, T* g) {
+    g[0] = s[0] + 0.5f * (s[1] + s[2]);
+    g[1] = 0.5f * (s[1] - s[2]);
+    g[2] = 0.5f * (s[1] + s[2]) + s[3];
+  }
+};
 
-// U = G g Gᵀ, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-void kernel_transform(const float g[3][3], float u[16]) {
-  float t[4][3];  // G g
-  for (int j = 0; j < 3; j++) {
-    t[0][j] = g[0][j];
-    t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-    t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-    t[3][j] = g[2][j];
+// F(4, 3) at the points 0, ±1, ±2 (Lavin and Gray, Sec. 4.2):
+// Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+// G = [¼ 0 0; -⅙ -⅙ -⅙; -⅙ ⅙ -⅙; 1/24 1/12 ⅙; 1/24 -1/12 ⅙; 0 0 1],
+// Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+struct F4 {
+  static constexpr int m = 4, a = 6;
+  template <class T> static void data(const T* d, T* r) {
+    r[0] = 4.f * d[0] - 5.f * d[2] + d[4];
+    r[1] = d[3] + d[4] - 4.f * (d[1] + d[2]);
+    r[2] = d[4] - d[3] + 4.f * (d[1] - d[2]);
+    r[3] = d[4] - d[2] + 2.f * (d[3] - d[1]);
+    r[4] = d[4] - d[2] + 2.f * (d[1] - d[3]);
+    r[5] = 4.f * d[1] - 5.f * d[3] + d[5];
   }
-  for (int i = 0; i < 4; i++) {
-    u[i * 4 + 0] = t[i][0];
-    u[i * 4 + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-    u[i * 4 + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-    u[i * 4 + 3] = t[i][2];
+  template <class T> static void kernel(const T* g, T* u) {
+    u[0] = 0.25f * g[0];
+    u[1] = (-1.f / 6) * (g[0] + g[1] + g[2]);
+    u[2] = (-1.f / 6) * (g[0] - g[1] + g[2]);
+    u[3] = (1.f / 24) * g[0] + (1.f / 12) * g[1] + (1.f / 6) * g[2];
+    u[4] = (1.f / 24) * g[0] - (1.f / 12) * g[1] + (1.f / 6) * g[2];
+    u[5] = g[2];
   }
-}
+  template <class T> static void output(const T* x, T* y) {
+    y[0] = x[0] + (x[1] + x[2]) + (x[3] + x[4]);
+    y[1] = (x[1] - x[2]) + 2.f * (x[3] - x[4]);
+    y[2] = (x[1] + x[2]) + 4.f * (x[3] + x[4]);
+    y[3] = (x[1] - x[2]) + 8.f * (x[3] - x[4]) + x[5];
+  }
+  template <class T> static void gradient(const T* g, T* z) {
+    z[0] = g[0];
+    z[1] = g[0] + g[1] + g[2] + g[3];
+    z[2] = g[0] - g[1] + g[2] - g[3];
+    z[3] = g[0] + 2.f * g[1] + 4.f * g[2] + 8.f * g[3];
+    z[4] = g[0] - 2.f * g[1] + 4.f * g[2] - 8.f * g[3];
+    z[5] = g[3];
+  }
+  template <class T> static void kernel_gradient(const T* s, T* g) {
+    g[0] = 0.25f * s[0] - (1.f / 6) * (s[1] + s[2]) + (1.f / 24) * (s[3] + s[4]);
+    g[1] = (1.f / 6) * (s[2] - s[1]) + (1.f / 12) * (s[3] - s[4]);
+    g[2] = (1.f / 6) * (s[3] + s[4] - s[1] - s[2]) + s[5];
+  }
+};
 
-// Y = Aᵀ M A, Aᵀ = [1 1 1 0; 0 1 -1 -1].
-void output_transform(const v8 m[16], v8 y[2][2]) {
-  v8 t[2][4];  // Aᵀ M
-  for (int j = 0; j < 4; j++) {
-    t[0][j] = m[0 * 4 + j] + m[1 * 4 + j] + m[2 * 4 + j];
-    t[1][j] = m[1 * 4 + j] - m[2 * 4 + j] - m[3 * 4 + j];
+// out [q x q] = T in Tᵀ for in [p x p], row-major, where f(column, result) applies the q x p matrix T to one
+// column: first to each column of in, then to each row of the result.
+template <int p, int q, class V, class F>
+[[gnu::always_inline]] inline void two_sided(F f, const V* in, V* out) {
+  V t[q][p], column[p], result[q];
+  for (int j = 0; j < p; j++) {
+    for (int i = 0; i < p; i++) column[i] = in[i * p + j];
+    f(column, result);
+    for (int i = 0; i < q; i++) t[i][j] = result[i];
   }
-  for (int i = 0; i < 2; i++) {
-    y[i][0] = t[i][0] + t[i][1] + t[i][2];
-    y[i][1] = t[i][1] - t[i][2] - t[i][3];
+  for (int i = 0; i < q; i++) {
+    f(t[i], result);
+    for (int j = 0; j < q; j++) out[i * q + j] = result[j];
   }
 }
 
@@ -87,25 +134,31 @@ void output_transform(const v8 m[16], v8 y[2][2]) {
 // weight gradient's GEMM twice as slow.
 int64_t padded(int64_t width) { return width + 8; }
 
-// u [16][c][padded(k)]: the transformed kernels of w, for the convolution of a c-channel input into k channels.
+// Every block of tiles reads all the transformed kernels, [a²][c][k]: up to this size they stay in the L3
+// cache. Beyond it (256 -> 256 channels in F(4x4), 512 in either) the blocks stream them from memory and
+// ran at 0.5-0.8x oneDNN's direct kernel (ResNet-18's 7x7 layers, capped AMD EPYC).
+constexpr int64_t kKernelBytes = 6 << 20;
+
+// u [a²][c][padded(k)]: the transformed kernels of w, for the convolution of a c-channel input into k channels.
 // Forward: w [k, c, 3, 3]. flip (the backward-data convolution): w [c, k, 3, 3], each kernel rotated by 180°.
+template <class W>
 void transform_kernels(const float* w, int64_t c, int64_t k, bool flip, float* u) {
+  constexpr int a = W::a;
 #pragma omp parallel for schedule(static) if (c * k >= 4096)
   for (int64_t ko = 0; ko < k; ko++)
     for (int64_t ci = 0; ci < c; ci++) {
       const float* src = flip ? w + (ci * k + ko) * 9 : w + (ko * c + ci) * 9;
-      float g[3][3], t[16];
-      for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
-      kernel_transform(g, t);
-      for (int xi = 0; xi < 16; xi++) u[(xi * c + ci) * padded(k) + ko] = t[xi];
+      float g[9], t[a * a];
+      for (int i = 0; i < 9; i++) g[i] = flip ? src[8 - i] : src[i];
+      two_sided<3, a>([](const float* x, float* y) { W::kernel(x, y); }, g, t);
+      for (int xi = 0; xi < a * a; xi++) u[(xi * c + ci) * padded(k) + ko] = t[xi];
     }
 }
 
 // m[r][8j + l] (+)= Σ_i a[r·a_row + i·a_step] b[i·b_step + 8j + l] for rows r < R, j < nk, l < 8: an
 // R x 8nk block of a GEMM in registers over `depth` steps, added to m (accumulate) or written over it.
 template <int R, int nk, bool accumulate>
-void gemm_block(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t b_step, float* m,
+[[gnu::always_inline]] inline void gemm_block(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t b_step, float* m,
                 int64_t m_row, int64_t depth) {
   v8 acc[R][nk];
   for (int r = 0; r < R; r++)
@@ -122,118 +175,108 @@ void gemm_block(const float* a, int64_t a_row, int64_t a_step, const float* b, i
     for (int j = 0; j < nk; j++) _mm256_storeu_ps(m + r * m_row + 8 * j, acc[r][j]);
 }
 
-// The 2x2 output tiles of an [n, ·, h, w] plane, taken in blocks of `size` tiles (a multiple of 6, the
-// forward GEMM's rows) whose transformed tiles, [16][size][channels], stay in the core's L2 cache.
+// m [rows][k] (+)= a [rows][depth] b [depth][k] (row strides a_row, b_row, m_row; a's columns a_step apart),
+// rows a multiple of 2, k of 8: 6 x 16 register blocks, then 2-row and 8-column ones at the edges.
+template <bool accumulate>
+[[gnu::always_inline]] inline void gemm(const float* a, int64_t a_row, int64_t a_step, const float* b, int64_t b_row, float* m, int64_t m_row,
+          int64_t rows, int64_t k, int64_t depth) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) {
+    int64_t k0 = 0;
+    for (; k0 + 16 <= k; k0 += 16) gemm_block<6, 2, accumulate>(a + r * a_row, a_row, a_step, b + k0, b_row, m + r * m_row + k0, m_row, depth);
+    if (k0 < k) gemm_block<6, 1, accumulate>(a + r * a_row, a_row, a_step, b + k0, b_row, m + r * m_row + k0, m_row, depth);
+  }
+  for (; r < rows; r += 2) {
+    int64_t k0 = 0;
+    for (; k0 + 16 <= k; k0 += 16) gemm_block<2, 2, accumulate>(a + r * a_row, a_row, a_step, b + k0, b_row, m + r * m_row + k0, m_row, depth);
+    if (k0 < k) gemm_block<2, 1, accumulate>(a + r * a_row, a_row, a_step, b + k0, b_row, m + r * m_row + k0, m_row, depth);
+  }
+}
+
+// The m x m output tiles of an [n, ·, h, w] plane, taken in blocks of `size` tiles (a multiple of 6, the
+// forward GEMM's rows): their transformed tiles, [a²][size][channels], about 256 KB, the core's L2 cache,
+// but 48 tiles at least, over which each transformed kernel read from the L3 cache is used (at 6 the 256
+// channels of ResNet-18's 14x14 layers ran 2x slower).
+template <class W>
 struct Tiles {
   int64_t n, h, w, across, down, count, size, blocks;
   Tiles(int64_t n, int64_t h, int64_t w, int64_t channels)
-      : n(n), h(h), w(w), across((w + 1) / 2), down((h + 1) / 2), count(n * across * down),
-        size(std::clamp<int64_t>(4096 / channels / 6 * 6, 6, 96)), blocks((count + size - 1) / size) {}
+      : n(n), h(h), w(w), across((w + W::m - 1) / W::m), down((h + W::m - 1) / W::m), count(n * across * down),
+        size(std::clamp<int64_t>(65536 / (W::a * W::a) / channels / 6 * 6, 48, 96)), blocks((count + size - 1) / size) {}
   // Tile t's image and its top-left output pixel.
   int64_t image(int64_t t) const { return t / (across * down); }
-  int64_t row(int64_t t) const { return t / across % down * 2; }
-  int64_t col(int64_t t) const { return t % across * 2; }
+  int64_t row(int64_t t) const { return t / across % down * W::m; }
+  int64_t col(int64_t t) const { return t % across * W::m; }
 };
 
-// v [16][tiles.size][padded(c)] = Bᵀ d B of the tiles t0 .. t0 + rows of x [n, c, h, w] (nChw8c), zero from t0 + nt.
-void data_tiles(const Tiles& tiles, const float* x, int64_t c, int64_t t0, int64_t nt, int64_t rows, float* v) {
+// v [a²][tiles.size][padded(c)] = Bᵀ d B of the tiles t0 .. t0 + rows of x [n, c, h, w] (nChw8c), zero from
+// t0 + nt.
+template <class W>
+void data_tiles(const Tiles<W>& tiles, const float* x, int64_t c, int64_t t0, int64_t nt, int64_t rows, float* v) {
+  constexpr int a = W::a;
   const int64_t h = tiles.h, w = tiles.w;
   for (int64_t t = 0; t < rows; t++)
     for (int64_t b = 0; b < c / 8; b++) {
-      v8 d[4][4], out[16];
+      v8 d[a * a], out[a * a];
       const float* plane = x + (tiles.image(t0 + t) * (c / 8) + b) * h * w * 8;
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) {
+      for (int i = 0; i < a; i++)
+        for (int j = 0; j < a; j++) {
           const int64_t row = tiles.row(t0 + t) - 1 + i, col = tiles.col(t0 + t) - 1 + j;
           const bool inside = t < nt && row >= 0 && row < h && col >= 0 && col < w;
-          d[i][j] = inside ? _mm256_loadu_ps(plane + (row * w + col) * 8) : _mm256_setzero_ps();
+          d[i * a + j] = inside ? _mm256_loadu_ps(plane + (row * w + col) * 8) : _mm256_setzero_ps();
         }
-      data_transform(d, out);
-      for (int xi = 0; xi < 16; xi++) _mm256_storeu_ps(v + (xi * tiles.size + t) * padded(c) + b * 8, out[xi]);
+      two_sided<a, a>([](const v8* x, v8* y) { W::data(x, y); }, d, out);
+      for (int xi = 0; xi < a * a; xi++) _mm256_storeu_ps(v + (xi * tiles.size + t) * padded(c) + b * 8, out[xi]);
     }
 }
 
 // y [n, k, h, w] (nChw8c) = x [n, c, h, w] (nChw8c) convolved (3x3, stride 1, padding 1) with the
-// transformed kernels u [16][c][padded(k)], plus bias [k] unless null.
+// transformed kernels u [a²][c][padded(k)], plus bias [k] unless null.
+template <class W>
 void winograd_conv(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, const float* x, const float* u,
                    const float* bias, float* y) {
-  const Tiles tiles(n, h, w, std::max(c, k));
+  constexpr int a = W::a, m = W::m;
+  const Tiles<W> tiles(n, h, w, std::max(c, k));
   const int64_t tb = tiles.size, vc = padded(c), mk = padded(k);
 #pragma omp parallel
   {
     thread_local std::vector<float> scratch;  // grows to the largest shape, then is reused
-    if (scratch.size() < (size_t)(16 * tb * (vc + mk))) scratch.resize(16 * tb * (vc + mk));
-    float* V = scratch.data();    // [16][tb][vc]
-    float* M = V + 16 * tb * vc;  // [16][tb][mk]
+    if (scratch.size() < (size_t)(a * a * tb * (vc + mk))) scratch.resize(a * a * tb * (vc + mk));
+    float* V = scratch.data();       // [a²][tb][vc]
+    float* M = V + a * a * tb * vc;  // [a²][tb][mk]
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < tiles.blocks; blk++) {
       const int64_t t0 = blk * tb, nt = std::min(tb, tiles.count - t0), rows = (nt + 5) / 6 * 6;
       data_tiles(tiles, x, c, t0, nt, rows, V);
-      for (int xi = 0; xi < 16; xi++) {  // M[ξ] = V[ξ] U[ξ]
-        const float *vx = V + xi * tb * vc, *ux = u + xi * c * mk;
-        float* mx = M + xi * tb * mk;
-        for (int64_t r = 0; r < rows; r += 6) {
-          int64_t k0 = 0;
-          for (; k0 + 16 <= k; k0 += 16) gemm_block<6, 2, false>(vx + r * vc, vc, 1, ux + k0, mk, mx + r * mk + k0, mk, c);
-          if (k0 < k) gemm_block<6, 1, false>(vx + r * vc, vc, 1, ux + k0, mk, mx + r * mk + k0, mk, c);
-        }
-      }
+      for (int xi = 0; xi < a * a; xi++)  // M[ξ] = V[ξ] U[ξ]
+        gemm<false>(V + xi * tb * vc, vc, 1, u + xi * c * mk, mk, M + xi * tb * mk, mk, rows, k, c);
       for (int64_t t = 0; t < nt; t++)
         for (int64_t b = 0; b < k / 8; b++) {
-          v8 m[16], out[2][2];
-          for (int xi = 0; xi < 16; xi++) m[xi] = _mm256_loadu_ps(M + (xi * tb + t) * mk + b * 8);
-          output_transform(m, out);
+          v8 mt[a * a], out[m * m];
+          for (int xi = 0; xi < a * a; xi++) mt[xi] = _mm256_loadu_ps(M + (xi * tb + t) * mk + b * 8);
+          two_sided<a, m>([](const v8* x, v8* y) { W::output(x, y); }, mt, out);
           const v8 add = bias ? _mm256_loadu_ps(bias + b * 8) : _mm256_setzero_ps();
           float* plane = y + (tiles.image(t0 + t) * (k / 8) + b) * h * w * 8;
-          for (int i = 0; i < 2; i++)
-            for (int j = 0; j < 2; j++) {
+          for (int i = 0; i < m; i++)
+            for (int j = 0; j < m; j++) {
               const int64_t row = tiles.row(t0 + t) + i, col = tiles.col(t0 + t) + j;
-              if (row < h && col < w) _mm256_storeu_ps(plane + (row * w + col) * 8, out[i][j] + add);
+              if (row < h && col < w) _mm256_storeu_ps(plane + (row * w + col) * 8, out[i * m + j] + add);
             }
         }
     }
   }
 }
 
-// Z = A g Aᵀ for the 2x2 output gradient g of a tile: the gradient of M = U ⊙ V, since y = Aᵀ M A.
-void gradient_transform(const v8 g[2][2], v8 z[16]) {
-  v8 t[4][2];  // A g
-  for (int j = 0; j < 2; j++) {
-    t[0][j] = g[0][j];
-    t[1][j] = g[0][j] + g[1][j];
-    t[2][j] = g[0][j] - g[1][j];
-    t[3][j] = -g[1][j];
-  }
-  for (int i = 0; i < 4; i++) {
-    z[i * 4 + 0] = t[i][0];
-    z[i * 4 + 1] = t[i][0] + t[i][1];
-    z[i * 4 + 2] = t[i][0] - t[i][1];
-    z[i * 4 + 3] = -t[i][1];
-  }
-}
-
-// g = Gᵀ S G: the 3x3 kernel's gradient from the gradient S of its transform U = G g Gᵀ.
-void kernel_gradient(const float s[16], float g[3][3]) {
-  float t[3][4];  // Gᵀ S
-  for (int j = 0; j < 4; j++) {
-    t[0][j] = s[0 * 4 + j] + 0.5f * (s[1 * 4 + j] + s[2 * 4 + j]);
-    t[1][j] = 0.5f * (s[1 * 4 + j] - s[2 * 4 + j]);
-    t[2][j] = 0.5f * (s[1 * 4 + j] + s[2 * 4 + j]) + s[3 * 4 + j];
-  }
-  for (int i = 0; i < 3; i++) {
-    g[i][0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
-    g[i][1] = 0.5f * (t[i][1] - t[i][2]);
-    g[i][2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
-  }
-}
-
-// gw [k, c, 3, 3] = Gᵀ (Σ_tiles V[ξ][t][c] Z[ξ][t][k]) G: each thread sums its blocks' tiles into its own
-// S [16][c][padded(k)], then the threads' sums are added and transformed back.
+// gw [k, c, 3, 3] = Gᵀ (Σ_tiles V[ξ][t][c] Z[ξ][t][k]) G with Z = A gY Aᵀ (the gradient of M = U ⊙ V, since
+// y = Aᵀ M A): each thread sums its blocks' tiles into its own S [a²][c][padded(k)], then the threads'
+// sums are added and transformed back.
+template <class W>
 void winograd_weight_gradient(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, const float* x,
                               const float* gy, float* gw) {
-  const Tiles tiles(n, h, w, std::max(c, k));
-  const int64_t tb = tiles.size, vc = padded(c), zk = padded(k), per_thread = 16 * c * zk;
-  thread_local std::vector<float> sums;  // [threads][16][c][k]
+  constexpr int a = W::a, m = W::m;
+  const Tiles<W> tiles(n, h, w, std::max(c, k));
+  const int64_t tb = tiles.size, vc = padded(c), zk = padded(k), per_thread = a * a * c * zk;
+  thread_local std::vector<float> sums;  // [threads][a²][c][zk]
   const int threads = omp_get_max_threads();
   if (sums.size() < (size_t)(threads * per_thread)) sums.resize(threads * per_thread);
   float* S = sums.data();
@@ -241,9 +284,9 @@ void winograd_weight_gradient(int64_t n, int64_t c, int64_t k, int64_t h, int64_
 #pragma omp parallel num_threads(threads)
   {
     thread_local std::vector<float> scratch;
-    if (scratch.size() < (size_t)(16 * tb * (vc + zk))) scratch.resize(16 * tb * (vc + zk));
-    float* V = scratch.data();    // [16][tb][vc]
-    float* Z = V + 16 * tb * vc;  // [16][tb][zk]
+    if (scratch.size() < (size_t)(a * a * tb * (vc + zk))) scratch.resize(a * a * tb * (vc + zk));
+    float* V = scratch.data();       // [a²][tb][vc]
+    float* Z = V + a * a * tb * vc;  // [a²][tb][zk]
     float* mine = S + omp_get_thread_num() * per_thread;
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < tiles.blocks; blk++) {
@@ -251,43 +294,29 @@ void winograd_weight_gradient(int64_t n, int64_t c, int64_t k, int64_t h, int64_
       data_tiles(tiles, x, c, t0, nt, nt, V);
       for (int64_t t = 0; t < nt; t++)
         for (int64_t b = 0; b < k / 8; b++) {
-          v8 g[2][2], z[16];
+          v8 g[m * m], z[a * a];
           const float* plane = gy + (tiles.image(t0 + t) * (k / 8) + b) * h * w * 8;
-          for (int i = 0; i < 2; i++)
-            for (int j = 0; j < 2; j++) {
+          for (int i = 0; i < m; i++)
+            for (int j = 0; j < m; j++) {
               const int64_t row = tiles.row(t0 + t) + i, col = tiles.col(t0 + t) + j;
-              g[i][j] = row < h && col < w ? _mm256_loadu_ps(plane + (row * w + col) * 8) : _mm256_setzero_ps();
+              g[i * m + j] = row < h && col < w ? _mm256_loadu_ps(plane + (row * w + col) * 8) : _mm256_setzero_ps();
             }
-          gradient_transform(g, z);
-          for (int xi = 0; xi < 16; xi++) _mm256_storeu_ps(Z + (xi * tb + t) * zk + b * 8, z[xi]);
+          two_sided<m, a>([](const v8* x, v8* y) { W::gradient(x, y); }, g, z);
+          for (int xi = 0; xi < a * a; xi++) _mm256_storeu_ps(Z + (xi * tb + t) * zk + b * 8, z[xi]);
         }
-      for (int xi = 0; xi < 16; xi++) {  // S[ξ] += V[ξ]ᵀ Z[ξ]
-        const float *vx = V + xi * tb * vc, *zx = Z + xi * tb * zk;
-        float* sx = mine + xi * c * zk;
-        int64_t c0 = 0;
-        for (; c0 + 6 <= c; c0 += 6) {
-          int64_t k0 = 0;
-          for (; k0 + 16 <= k; k0 += 16) gemm_block<6, 2, true>(vx + c0, 1, vc, zx + k0, zk, sx + c0 * zk + k0, zk, nt);
-          if (k0 < k) gemm_block<6, 1, true>(vx + c0, 1, vc, zx + k0, zk, sx + c0 * zk + k0, zk, nt);
-        }
-        for (; c0 < c; c0 += 2) {
-          int64_t k0 = 0;
-          for (; k0 + 16 <= k; k0 += 16) gemm_block<2, 2, true>(vx + c0, 1, vc, zx + k0, zk, sx + c0 * zk + k0, zk, nt);
-          if (k0 < k) gemm_block<2, 1, true>(vx + c0, 1, vc, zx + k0, zk, sx + c0 * zk + k0, zk, nt);
-        }
-      }
+      for (int xi = 0; xi < a * a; xi++)  // S[ξ] += V[ξ]ᵀ Z[ξ]
+        gemm<true>(V + xi * tb * vc, 1, vc, Z + xi * tb * zk, zk, mine + xi * c * zk, zk, c, k, nt);
     }
 #pragma omp for schedule(static)
     for (int64_t ko = 0; ko < k; ko++)
       for (int64_t ci = 0; ci < c; ci++) {
-        float s[16], g[3][3];
-        for (int xi = 0; xi < 16; xi++) {
+        float s[a * a], g[9];
+        for (int xi = 0; xi < a * a; xi++) {
           s[xi] = 0.f;
           for (int th = 0; th < threads; th++) s[xi] += S[th * per_thread + (xi * c + ci) * zk + ko];
         }
-        kernel_gradient(s, g);
-        for (int i = 0; i < 3; i++)
-          for (int j = 0; j < 3; j++) gw[((ko * c + ci) * 3 + i) * 3 + j] = g[i][j];
+        two_sided<a, 3>([](const float* x, float* y) { W::kernel_gradient(x, y); }, s, g);
+        std::copy(g, g + 9, gw + (ko * c + ci) * 9);
       }
   }
 }
@@ -312,34 +341,56 @@ float* kernel_buffer(int64_t size) {
   return u.data();
 }
 
+// y = x ⋆ kernels (c input channels, k output channels, flip as transform_kernels) with F(m x m, 3x3).
+template <class W>
+void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const float* w, bool flip,
+              const float* bias, float* y) {
+  float* u = kernel_buffer(W::a * W::a * c * padded(k));
+  transform_kernels<W>(w, c, k, flip, u);
+  winograd_conv<W>(s.n, c, k, s.h, s.w, x, u, bias, y);
+}
+
 }  // namespace
 
-void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  float* u = kernel_buffer(16 * s.c * padded(s.o));
-  transform_kernels(w, s.c, s.o, false, u);
-  winograd_conv(s.n, s.c, s.o, s.h, s.w, x, u, s.bias ? b : nullptr, y);
+WinogradTile winograd_tile(const ConvShape& s) {
+  auto kernels_fit = [&](int a) { return a * a * s.c * padded(s.o) * 4 <= kKernelBytes; };
+  if (std::min(s.h, s.w) >= 4 && kernels_fit(F4::a)) return WinogradTile::f4;
+  if (kernels_fit(F2::a)) return WinogradTile::f2;
+  return WinogradTile::none;
 }
 
-void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx) {
-  float* u = kernel_buffer(16 * s.o * padded(s.c));
-  transform_kernels(w, s.o, s.c, true, u);
-  winograd_conv(s.n, s.o, s.c, s.h, s.w, gy, u, nullptr, gx);
+// f(F4{}) or f(F2{}): the tile as a type.
+template <class F>
+void with_tile(WinogradTile tile, F f) {
+  ENGINE_CHECK(tile != WinogradTile::none, "Winograd: no tile for this convolution (winograd_tile says none)");
+  if (tile == WinogradTile::f4) f(F4{});
+  else f(F2{});
 }
 
-void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb) {
-  winograd_weight_gradient(s.n, s.c, s.o, s.h, s.w, x, gy, gw);
+void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile) {
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.c, s.o, x, w, false, s.bias ? b : nullptr, y); });
+}
+
+void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx, WinogradTile tile) {
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.o, s.c, gy, w, true, nullptr, gx); });
+}
+
+void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb,
+                              WinogradTile tile) {
+  with_tile(tile, [&](auto t) { winograd_weight_gradient<decltype(t)>(s.n, s.c, s.o, s.h, s.w, x, gy, gw); });
   if (s.bias) bias_gradient(s.n, s.o, s.h * s.w, gy, gb);
 }
 
 #else  // no AVX2 and FMA in this build: winograd_fits is false and these are never called
 
-void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*) {
+WinogradTile winograd_tile(const ConvShape&) { return WinogradTile::none; }
+void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*, WinogradTile) {
   ENGINE_CHECK(false, "winograd_forward: this build has no AVX2 and FMA");
 }
-void winograd_backward_data(const ConvShape&, const float*, const float*, float*) {
+void winograd_backward_data(const ConvShape&, const float*, const float*, float*, WinogradTile) {
   ENGINE_CHECK(false, "winograd_backward_data: this build has no AVX2 and FMA");
 }
-void winograd_backward_weight(const ConvShape&, const float*, const float*, float*, float*) {
+void winograd_backward_weight(const ConvShape&, const float*, const float*, float*, float*, WinogradTile) {
   ENGINE_CHECK(false, "winograd_backward_weight: this build has no AVX2 and FMA");
 }
 

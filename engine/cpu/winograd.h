@@ -1,9 +1,11 @@
-// Winograd F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016) for
+// Winograd convolution (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016) for
 // 3x3 stride-1 convolutions with padding 1 in the nChw8c layout: the convolutions of RepVGG, ACNet and
 // ResNet blocks on CPUs where oneDNN has no Winograd of its own (AVX2: its jit_wino_4x3 is AVX-512 only).
-// Each 2x2 output tile costs 16 multiplications per channel pair instead of 36, in the forward convolution, the
-// backward-data one and the weight gradient alike; the results differ from the direct convolution's by float32
-// rounding (the transforms' coefficients are 0, ±1 and ½).
+// F(4x4, 3x3) costs 36 multiplications per channel pair for 16 outputs, F(2x2, 3x3) 16 for 4, against 144
+// and 36 directly, in the forward convolution, the backward-data one and the weight gradient alike. The
+// results differ from the direct convolution's by float32 rounding: F(2x2)'s transforms have the
+// coefficients 0, ±1 and ½; F(4x4)'s reach 8 and 1/24, and its errors are a few times larger (as oneDNN's
+// F(4x4) on AVX-512 CPUs).
 #pragma once
 #include "engine/kernels.h"
 
@@ -13,16 +15,23 @@ namespace engine::cpu {
 // (C and O multiples of 8), and a CPU with AVX2 and FMA (the build's -march).
 bool winograd_fits(const ConvShape& s);
 
+// The output tile: 4x4 where the plane has 4 pixels each way (a 2x2 plane would waste 3/4 of a 4x4
+// tile), else 2x2; each only while its transformed kernels fit the L3 cache (winograd.cpp kKernelBytes);
+// none beyond (oneDNN's direct kernel is faster there).
+enum class WinogradTile { none, f2, f4 };
+WinogradTile winograd_tile(const ConvShape& s);
+
 // y [N, O, H, W] = x [N, C, H, W] convolved with w [O, C, 3, 3], plus b [O] when s.bias (b may be null
 // otherwise). x and y in nChw8c, w in OIHW.
-void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y);
+void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile);
 
 // gx [N, C, H, W] = the transposed convolution of gy [N, O, H, W] with w: for stride 1 and padding 1, the
 // convolution of gy with w's kernels flipped and its two channel axes swapped. gy and gx in nChw8c.
-void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx);
+void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx, WinogradTile tile);
 
 // gw [O, C, 3, 3] from x [N, C, H, W] and gy [N, O, H, W] (both nChw8c); gb [O] = gy summed over N, H and W
 // when s.bias.
-void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb);
+void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb,
+                              WinogradTile tile);
 
 }  // namespace engine::cpu
