@@ -1,5 +1,5 @@
-// Winograd convolution in nChw8c (winograd.h): F(m x m, 3x3) with m = 4 (6x6 tiles) on planes of 4 pixels
-// and more, m = 2 (4x4 tiles) below. Per m x m output tile and 8-channel block (Lavin and Gray, Eq. 8):
+// Winograd convolution in nChw8c (winograd.h): F(m x m, 3x3) with m = 4 (6x6 tiles) on planes of more than 4
+// pixels, m = 2 (4x4 tiles) on smaller ones. Per m x m output tile and 8-channel block (Lavin and Gray, Eq. 8):
 //   V = Bᵀ d B   the data transform of the tile's (m+2)² input window d (zero outside the image)
 //   U = G g Gᵀ   the kernel transform of each channel pair's 3x3 kernel g, once per call
 //   M[ξ] = Σ_c V[ξ][c] U[ξ][c][k]   one GEMM for each of the (m+2)² positions ξ of the transformed tile
@@ -354,7 +354,7 @@ void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const fl
 
 WinogradTile winograd_tile(const ConvShape& s) {
   auto kernels_fit = [&](int a) { return a * a * s.c * padded(s.o) * 4 <= kKernelBytes; };
-  if (std::min(s.h, s.w) >= 4 && kernels_fit(F4::a)) return WinogradTile::f4;
+  if (std::min(s.h, s.w) > 4 && kernels_fit(F4::a)) return WinogradTile::f4;
   if (kernels_fit(F2::a)) return WinogradTile::f2;
   return WinogradTile::none;
 }

@@ -15,8 +15,8 @@ namespace engine::cpu {
 // (C and O multiples of 8), and a CPU with AVX2 and FMA (the build's -march).
 bool winograd_fits(const ConvShape& s);
 
-// The output tile: 4x4 where the plane has 4 pixels each way (a 2x2 plane would waste 3/4 of a 4x4
-// tile), else 2x2; each only while its transformed kernels fit the L3 cache (winograd.cpp kKernelBytes);
+// The output tile: 4x4 where the plane has more than 4 pixels each way, else 2x2 (at 4x4 both cost the same
+// forward and F(2x2) less in the weight gradient, dev/winograd.cpp; a 2x2 plane wastes 3/4 of a 4x4 tile); each only while its transformed kernels fit the L3 cache (winograd.cpp kKernelBytes);
 // none beyond (oneDNN's direct kernel is faster there).
 enum class WinogradTile { none, f2, f4 };
 WinogradTile winograd_tile(const ConvShape& s);
