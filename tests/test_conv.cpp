@@ -152,7 +152,8 @@ TEST_CASE("conv2d gradients by central differences") {
   Rng rng(14);
   for (ConvCase k : {ConvCase{2, 4, 5, 4, 4, 3, 3, 2, 1, 2, true}, ConvCase{1, 3, 4, 3, 2, 1, 1, 1, 0, 1, false},
                      ConvCase{1, 2, 3, 4, 2, 3, 3, 1, 0, 1, true}, ConvCase{1, 2, 4, 5, 2, 1, 3, 2, 0, 1, true, 1},
-                     ConvCase{2, 2, 5, 3, 2, 3, 1, 1, 1, 2, false, 0}}) {
+                     ConvCase{2, 2, 5, 3, 2, 3, 1, 1, 1, 2, false, 0},
+                     ConvCase{1, 8, 16, 13, 8, 3, 3, 1, 1, 1, true}}) {  // 208 output pixels: our F(4x4) Winograd under AVX2
     auto [x, w, b] = random_inputs(k, rng);
     if (k.bias)
       check_gradients([k](auto& in) { return conv2d(in[0], in[1], in[2], k.stride, k.padding(), k.groups); }, {x, w, b});
