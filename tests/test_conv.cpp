@@ -244,11 +244,8 @@ static std::vector<float> unblock8(const std::vector<float>& blocked, int64_t n,
   return plain;
 }
 
-// Whether this build has our Winograd kernels (AVX2 and FMA in its -march; the sanitizer build has neither).
-static bool have_winograd() { return cpu::winograd_fits(ConvShape{1, 8, 2, 2, 8, 3, 3, 2, 2, 1, 1, 1, 1, false, 8, 8}); }
-
 TEST_CASE("Winograd F(2x2, 3x3) and F(4x4, 3x3): forward and gradients against plain loops" *
-          skip_unless(have_winograd(), "this build has no AVX2 and FMA (-march): no Winograd kernels of ours")) {
+          skip_unless(cpu::winograd_available(), "this build has no AVX2 and FMA (-march): no Winograd kernels of ours")) {
   Rng rng(17);
   for (ConvCase k : {ConvCase{2, 8, 7, 5, 24, 3, 3, 1, 1, 1, true},     // odd sizes: partial tiles; 16 + 8 outputs
                      ConvCase{1, 16, 1, 1, 8, 3, 3, 1, 1, 1, false},    // one pixel

@@ -79,7 +79,7 @@ static bool winograd_enabled() {
   return enabled;
 }
 
-static bool winograd_fits(const ConvShape& s, ConvOp op) {
+static bool onednn_winograd_fits(const ConvShape& s, ConvOp op) {
   return winograd_enabled() && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.c % 16 == 0 &&
          s.o % 16 == 0 && s.n * s.oh * s.ow >= kWinogradMinPixels && (op != conv_backward_weight_op || s.oh * s.ow >= 64);
 }
@@ -100,16 +100,16 @@ static bool onednn_has_winograd() {
   return has;
 }
 
-// Our F(2x2, 3x3) for a forward or backward-data convolution that would run oneDNN's direct kernel only
-// because oneDNN has no Winograd here.
 bool conv_own_winograd() {
-  return winograd_enabled() && cpu::winograd_fits(ConvShape{1, 8, 2, 2, 8, 3, 3, 2, 2, 1, 1, 1, 1, false, 8, 8}) &&
-         !onednn_has_winograd();
+  static const bool own = winograd_enabled() && winograd_available() && !onednn_has_winograd();
+  return own;
 }
 
-static bool own_winograd(const ConvShape& s) {
-  return conv_own_winograd() && cpu::winograd_fits(s) && s.n * s.oh * s.ow >= kWinogradMinPixels &&
-         winograd_tile(s) != WinogradTile::none;
+// The tile of our Winograd for a convolution that would otherwise run oneDNN's direct kernel only because
+// oneDNN has no Winograd here; none where ours does not take it.
+static WinogradTile own_winograd(const ConvShape& s) {
+  if (!conv_own_winograd() || !winograd_fits(s) || s.n * s.oh * s.ow < kWinogradMinPixels) return WinogradTile::none;
+  return winograd_tile(s);
 }
 
 static bool is_reference(const dnnl::primitive_desc& pd) { return std::strncmp(pd.impl_info_str(), "ref", 3) == 0; }
@@ -129,7 +129,7 @@ static auto with_algorithm(const ConvShape& s, ConvOp op, Make make) {
     }
     return pd;
   };
-  if (winograd_fits(s, op)) {
+  if (onednn_winograd_fits(s, op)) {
     try {
       return fast(dnnl::algorithm::convolution_winograd);
     } catch (const dnnl::error&) {  // not implemented for this case: direct
@@ -150,7 +150,7 @@ static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, 
 }
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  if (own_winograd(s)) return winograd_forward(s, x, w, b, y, winograd_tile(s));
+  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none) return winograd_forward(s, x, w, b, y, tile);
   DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
@@ -173,7 +173,7 @@ void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, con
 void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* w, float* gx) {
   ConvShape s = shape;
   s.bias = false;  // irrelevant here: one primitive serves convolutions with and without bias
-  if (own_winograd(s)) return winograd_backward_data(s, gy, w, gx, winograd_tile(s));
+  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none) return winograd_backward_data(s, gy, w, gx, tile);
   DnnlCall& call = dnnl_call(conv_key(conv_backward_data_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_data_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);
@@ -188,7 +188,8 @@ void conv2d_backward_data(const ConvShape& shape, const float* gy, const float* 
 
 // gw [O, C/groups, kh, kw] from x and gy; gb [O] = gy summed over N, OH, OW when s.bias.
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb) {
-  if (own_winograd(s)) return winograd_backward_weight(s, x, gy, gw, gb, winograd_tile(s));
+  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none)
+    return winograd_backward_weight(s, x, gy, gw, gb, tile);
   DnnlCall& call = dnnl_call(conv_key(conv_backward_weight_op, s), [&] {
     auto pd = with_algorithm(s, conv_backward_weight_op, [&](dnnl::algorithm a, Layouts l) {
       ConvDescs d = conv_descs(s, l);

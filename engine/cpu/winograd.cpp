@@ -22,13 +22,18 @@
 
 namespace engine::cpu {
 
-bool winograd_fits(const ConvShape& s) {
+bool winograd_available() {
 #ifdef ENGINE_WINOGRAD
-  return s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 && s.groups == 1 && s.x_block == 8 &&
-         s.y_block == 8 && s.c % 8 == 0 && s.o % 8 == 0 && s.oh == s.h && s.ow == s.w;
+  return true;
 #else
   return false;
 #endif
+}
+
+bool winograd_fits(const ConvShape& s) {
+  return winograd_available() && s.kh == 3 && s.kw == 3 && s.stride == 1 && s.ph == 1 && s.pw == 1 &&
+         s.groups == 1 && s.x_block == 8 && s.y_block == 8 && s.c % 8 == 0 && s.o % 8 == 0 && s.oh == s.h &&
+         s.ow == s.w;
 }
 
 #ifdef ENGINE_WINOGRAD
@@ -139,6 +144,16 @@ int64_t padded(int64_t width) { return width + 8; }
 // ran at 0.5-0.8x oneDNN's direct kernel (ResNet-18's 7x7 layers, capped AMD EPYC).
 constexpr int64_t kKernelBytes = 6 << 20;
 
+// The calling thread's scratch buffer for one use, grown to the largest shape so far and then reused: the
+// transformed kernels, a block's transformed tiles (V and M, or V and Z), the weight gradient's per-thread sums.
+enum class Scratch { kernels, tiles, sums };
+float* scratch(Scratch use, int64_t floats) {
+  thread_local std::vector<float> buffers[3];
+  std::vector<float>& b = buffers[(int)use];
+  if (b.size() < (size_t)floats) b.resize(floats);
+  return b.data();
+}
+
 // u [a²][c][padded(k)]: the transformed kernels of w, for the convolution of a c-channel input into k channels.
 // Forward: w [k, c, 3, 3]. flip (the backward-data convolution): w [c, k, 3, 3], each kernel rotated by 180°.
 template <class W>
@@ -240,10 +255,8 @@ void winograd_conv(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, const 
   const int64_t tb = tiles.size, vc = padded(c), mk = padded(k);
 #pragma omp parallel
   {
-    thread_local std::vector<float> scratch;  // grows to the largest shape, then is reused
-    if (scratch.size() < (size_t)(a * a * tb * (vc + mk))) scratch.resize(a * a * tb * (vc + mk));
-    float* V = scratch.data();       // [a²][tb][vc]
-    float* M = V + a * a * tb * vc;  // [a²][tb][mk]
+    float* V = scratch(Scratch::tiles, a * a * tb * (vc + mk));  // [a²][tb][vc]
+    float* M = V + a * a * tb * vc;                              // [a²][tb][mk]
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < tiles.blocks; blk++) {
       const int64_t t0 = blk * tb, nt = std::min(tb, tiles.count - t0), rows = (nt + 5) / 6 * 6;
@@ -276,17 +289,13 @@ void winograd_weight_gradient(int64_t n, int64_t c, int64_t k, int64_t h, int64_
   constexpr int a = W::a, m = W::m;
   const Tiles<W> tiles(n, h, w, std::max(c, k));
   const int64_t tb = tiles.size, vc = padded(c), zk = padded(k), per_thread = a * a * c * zk;
-  thread_local std::vector<float> sums;  // [threads][a²][c][zk]
   const int threads = omp_get_max_threads();
-  if (sums.size() < (size_t)(threads * per_thread)) sums.resize(threads * per_thread);
-  float* S = sums.data();
+  float* S = scratch(Scratch::sums, threads * per_thread);  // [threads][a²][c][zk]
   std::fill(S, S + threads * per_thread, 0.f);
 #pragma omp parallel num_threads(threads)
   {
-    thread_local std::vector<float> scratch;
-    if (scratch.size() < (size_t)(a * a * tb * (vc + zk))) scratch.resize(a * a * tb * (vc + zk));
-    float* V = scratch.data();       // [a²][tb][vc]
-    float* Z = V + a * a * tb * vc;  // [a²][tb][zk]
+    float* V = scratch(Scratch::tiles, a * a * tb * (vc + zk));  // [a²][tb][vc]
+    float* Z = V + a * a * tb * vc;                              // [a²][tb][zk]
     float* mine = S + omp_get_thread_num() * per_thread;
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < tiles.blocks; blk++) {
@@ -334,18 +343,11 @@ void bias_gradient(int64_t n, int64_t k, int64_t hw, const float* gy, float* gb)
   }
 }
 
-// The calling thread's buffer for the transformed kernels, grown to the largest shape.
-float* kernel_buffer(int64_t size) {
-  thread_local std::vector<float> u;
-  if (u.size() < (size_t)size) u.resize(size);
-  return u.data();
-}
-
 // y = x ⋆ kernels (c input channels, k output channels, flip as transform_kernels) with F(m x m, 3x3).
 template <class W>
 void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const float* w, bool flip,
               const float* bias, float* y) {
-  float* u = kernel_buffer(W::a * W::a * c * padded(k));
+  float* u = scratch(Scratch::kernels, W::a * W::a * c * padded(k));
   transform_kernels<W>(w, c, k, flip, u);
   winograd_conv<W>(s.n, c, k, s.h, s.w, x, u, bias, y);
 }

@@ -11,8 +11,11 @@
 
 namespace engine::cpu {
 
+// Whether this build has these kernels: AVX2 and FMA in its -march (the sanitizer build has neither).
+bool winograd_available();
+
 // Whether these kernels take s: a 3x3 kernel, stride 1, padding 1 each way, no groups, x and y in nChw8c
-// (C and O multiples of 8), and a CPU with AVX2 and FMA (the build's -march).
+// (C and O multiples of 8), in a build that has them.
 bool winograd_fits(const ConvShape& s);
 
 // The output tile: 4x4 where the plane has more than 4 pixels each way, else 2x2 (at 4x4 both cost the same
