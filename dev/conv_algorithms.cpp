@@ -5,29 +5,15 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
 
+#include "dev/timing.h"
+
 using namespace dnnl;
 using tag = memory::format_tag;
-
-// Median of 5 timed calls after 2 untimed ones, in seconds.
-template <class F>
-static double time_median(F f) {
-  f();
-  f();
-  std::vector<double> t;
-  for (int i = 0; i < 5; i++) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[2];
-}
 
 struct Shape {
   int n, c, hw, o;

@@ -3,33 +3,17 @@
 // nets (batch 128) and of ResNet-18 and RepVGG-A0 (batch 32, forward), in nChw8c, medians of 5 calls in ms.
 // Run it where oneDNN has no Winograd, or capped as on an AVX2 CPU:
 //   make dev && ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive build/dev/winograd
-#include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <cstdio>
 #include <random>
 #include <vector>
 
+#include "dev/timing.h"
 #include "engine/cpu/winograd.h"
 #include "engine/kernels.h"
 
 using namespace engine;
 using cpu::WinogradTile;
-
-// Median of 5 timed calls after 2 untimed ones, in milliseconds.
-template <class F>
-static double time_median(F f) {
-  f();
-  f();
-  std::vector<double> t;
-  for (int i = 0; i < 5; i++) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[2];
-}
 
 int main() {
   setenv("REPQ_WINOGRAD", "0", 1);  // so that cpu::conv2d_* run oneDNN's direct kernel, not ours
@@ -51,7 +35,7 @@ int main() {
     for (int op = 0; op < (k.training ? 3 : 1); op++) {
       auto run = [&](int algorithm) {  // 0: F(2x2), 1: F(4x4), 2: oneDNN direct
         const WinogradTile tile = algorithm ? WinogradTile::f4 : WinogradTile::f2;
-        return time_median([&] {
+        return 1e3 * time_median([&] {
           if (op == 0) algorithm == 2 ? cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data())
                                       : cpu::winograd_forward(s, x.data(), w.data(), nullptr, y.data(), tile);
           if (op == 1) algorithm == 2 ? cpu::conv2d_backward_data(s, y.data(), w.data(), gx.data())
