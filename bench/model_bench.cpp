@@ -278,6 +278,7 @@ static Ours int8_case(std::shared_ptr<models::Model> model, const Tensor& x, dou
   auto im = std::make_shared<deploy::IntegerModel>(quant::export_int8(*model, "ptq-minmax", "channel", {}));
   const std::string qdq = onnx_of(*model, (int)x.size(3), true);
   quant::remove_quantizers(*model);  // the FP32 deploy model again
+  model->freeze();                   // its weights constants, as the peers' (layers/module.h)
   im->forward(x);
   std::string impl;
   for (const std::string& line : im->describe()) {
@@ -308,6 +309,7 @@ static Ours model_case(const Case& c, Device device) {
     model->eval();
     model->to(device);
     if (c.int8) return int8_case(model, x, 2 * macs, c.act_bits);
+    model->freeze();  // its weights constants, as onnxruntime's and OpenVINO's (layers/module.h)
     Ours ours{[model, x, device] {
                 NoGradGuard no_grad;
                 model->forward(x);

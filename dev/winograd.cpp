@@ -36,7 +36,7 @@ int main() {
       auto run = [&](int algorithm) {  // 0: F(2x2), 1: F(4x4), 2: oneDNN direct
         const WinogradTile tile = algorithm ? WinogradTile::f4 : WinogradTile::f2;
         return 1e3 * time_median([&] {
-          if (op == 0) algorithm == 2 ? cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data())
+          if (op == 0) algorithm == 2 ? cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), nullptr)
                                       : cpu::winograd_forward(s, x.data(), w.data(), nullptr, y.data(), tile);
           if (op == 1) algorithm == 2 ? cpu::conv2d_backward_data(s, y.data(), w.data(), gx.data())
                                       : cpu::winograd_backward_data(s, y.data(), w.data(), gx.data(), tile);

@@ -60,6 +60,9 @@ static ConvInput conv_input(const Tensor& input, const Tensor& w, const Tensor& 
   return {x, conv_shape(x, w, bias, stride, padding, groups, y_block)};
 }
 
+// w's storage where it is frozen (a constant for inference: the kernels keep its forms), else null.
+static Storage* frozen_storage(const Tensor& w) { return w.frozen() ? w.impl()->storage.get() : nullptr; }
+
 static Tensor conv_output(const Tensor& x, const ConvShape& s) {
   Tensor y = Tensor::empty({s.n, s.o, s.oh, s.ow}, DType::f32, x.device());
   y.impl()->channel_block = s.y_block;
@@ -71,7 +74,8 @@ Tensor conv2d(const Tensor& input, const Tensor& w, const Tensor& bias, int stri
   const Tensor& x = in.x;
   const ConvShape s = in.s;
   Tensor y = conv_output(x, s);
-  DISPATCH(x.device(), conv2d_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr, y.storage_f32());
+  DISPATCH(x.device(), conv2d_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr, y.storage_f32(),
+           frozen_storage(w));
   record(y, "conv2d", {x, w, bias}, [s](const Tensor& out, const Tensor& gy) {
     const Tensor &x = out.grad_fn()->inputs[0], &w = out.grad_fn()->inputs[1], &b = out.grad_fn()->inputs[2];
     if (x.requires_grad()) {
@@ -100,7 +104,8 @@ Tensor conv2d_relu(const Tensor& input, const Tensor& w, const Tensor& bias, int
   const Tensor& x = in.x;
   const ConvShape& s = in.s;
   Tensor y = conv_output(x, s);
-  DISPATCH(x.device(), conv2d_relu_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr, y.storage_f32());
+  DISPATCH(x.device(), conv2d_relu_forward, s, x.storage_f32(), w.f32(), s.bias ? bias.f32() : nullptr,
+           y.storage_f32(), frozen_storage(w));
   return y;
 }
 

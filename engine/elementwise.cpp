@@ -5,7 +5,10 @@
 
 namespace engine {
 
-void Tensor::fill_(float value) { DISPATCH(device(), fill, storage_f32(), numel(), value); }
+void Tensor::fill_(float value) {
+  ENGINE_CHECK(!frozen(), "fill_ of " + str() + ", which is frozen (a constant for inference)");
+  DISPATCH(device(), fill, storage_f32(), numel(), value);
+}
 
 // --- unary ---------------------------------------------------------------------------------------------
 

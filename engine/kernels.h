@@ -123,9 +123,13 @@ struct BnSum {
   void reduce_sum(const Reduce3& r, const float* x, float* y); /* y[outer, inner] */                \
   /* gx[outer, mid, inner] = gy[outer, inner] * s, the gradient of a sum (s = 1) or mean */          \
   void reduce_sum_backward(const Reduce3& r, const float* gy, float* gx, float s);                  \
-  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y);  \
+  /* frozen_w: w's storage where it is frozen (Tensor::freeze_), else null: the CPU keeps w's forms  \
+     in its kernels' layouts there (engine/cpu/frozen.h); CUDA's cuDNN takes w as it is */          \
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,   \
+                      Storage* frozen_w);                                                           \
   /* y = relu(conv2d(x, w) + b), for inference (b may be null) */                                   \
-  void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y); \
+  void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, \
+                           Storage* frozen_w);                                                      \
   void conv2d_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx);        \
   /* gw (and gb when s.bias) are overwritten, not accumulated */                                    \
   void conv2d_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw,       \

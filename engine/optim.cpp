@@ -23,6 +23,7 @@ SGD::SGD(std::vector<ParamGroup> groups, float lr, float momentum, bool nesterov
       ENGINE_CHECK(p.defined(), what + " is undefined");
       ENGINE_CHECK(p.dtype() == DType::f32, what + " is " + p.str() + ", expected f32");
       ENGINE_CHECK(seen.insert(p.impl()).second, what + " appears more than once among the groups");
+      ENGINE_CHECK(!p.frozen(), what + " is frozen (a constant for inference)");
     }
   }
   buffers_.resize(seen.size());
@@ -40,6 +41,7 @@ void SGD::step() {
       Tensor& buf = buffers_[k++];
       Tensor g = p.grad();
       if (!g.defined()) continue;
+      ENGINE_CHECK(!p.frozen(), "parameter " + p.str() + " is frozen (a constant for inference): no step updates it");
       ENGINE_CHECK(g.shape() == p.shape() && g.device() == p.device() && g.dtype() == DType::f32,
                    "gradient " + g.str() + " for parameter " + p.str());
       bool first = momentum_ > 0.f && !buf.defined();

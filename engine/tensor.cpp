@@ -149,6 +149,7 @@ std::vector<float> Tensor::to_vector() const {
 
 Tensor& Tensor::requires_grad_(bool on) {
   ENGINE_CHECK(!on || dtype() == DType::f32, "only f32 tensors can require grad");
+  ENGINE_CHECK(!on || !frozen(), str() + " is frozen (a constant for inference): it cannot require grad");
   impl_->requires_grad = on;
   return *this;
 }
@@ -178,7 +179,15 @@ Tensor Tensor::to(Device target) const {
   return t;
 }
 
+Tensor& Tensor::freeze_() {
+  impl_->requires_grad = false;
+  impl_->grad.reset();
+  impl_->storage->frozen = true;
+  return *this;
+}
+
 void Tensor::copy_(const Tensor& src) {
+  ENGINE_CHECK(!frozen(), "copy_ into " + str() + ", which is frozen (a constant for inference)");
   ENGINE_CHECK(numel() == src.numel() && dtype() == src.dtype(),
                "copy_ from " + src.str() + " into " + str());
   if (channel_block() != src.channel_block()) {

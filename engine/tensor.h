@@ -43,6 +43,11 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device = Device::cpu;
+  // A constant (Tensor::freeze_): its values never change again, so kernels may keep forms they derive
+  // from them in `derived` (the CPU convolutions' weights in oneDNN's layout, our Winograd's transformed
+  // kernels: engine/cpu/frozen.h), made on first use and freed with the storage.
+  bool frozen = false;
+  std::shared_ptr<void> derived;
   Storage(size_t bytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -106,6 +111,14 @@ class Tensor {
   bool is_leaf() const { return impl_->grad_fn == nullptr; }
   void backward() const;                  // this is a one-element loss: d(this)/d(leaves) into .grad
   Tensor detach() const;                  // same storage, no autograd history
+
+  // --- constants (inference) -------------------------------------------------------------------------
+  // Makes the values a constant for good (no gradient; copy_, fill_, an optimizer step and
+  // requires_grad_ fail on it), so that kernels may keep what they derive from it across calls, as
+  // torch.jit.freeze and onnxruntime's prepacking do. Writing it through a raw pointer (data()) is a bug
+  // the engine cannot see: the derived forms would go stale. layers::Module::freeze freezes a model.
+  Tensor& freeze_();
+  bool frozen() const { return impl_->storage->frozen; }
 
   // --- copies ----------------------------------------------------------------------------------------
   Tensor clone() const;                   // a new storage with the same values and layout (no history)

@@ -36,8 +36,12 @@ std::vector<NamedTensor> Module::buffers() const {
 }
 
 void Module::to(engine::Device device) {
-  for (auto& [name, t] : state_dict())
-    if (t.device() != device) t.impl()->storage = t.to(device).impl()->storage;
+  for (auto& [name, t] : state_dict()) {
+    if (t.device() == device) continue;
+    const bool frozen = t.frozen();
+    t.impl()->storage = t.to(device).impl()->storage;
+    t.impl()->storage->frozen = frozen;
+  }
 }
 
 std::vector<NamedTensor> Module::state_dict() const {
@@ -55,6 +59,11 @@ std::vector<std::pair<std::string, Module*>> Module::modules() {
     out.push_back({prefix.empty() ? prefix : prefix.substr(0, prefix.size() - 1), const_cast<Module*>(&m)});
   });
   return out;
+}
+
+void Module::freeze() {
+  eval();
+  for (auto& [name, t] : state_dict()) t.freeze_();
 }
 
 void Module::zero_grad() {

@@ -53,6 +53,10 @@ class Module {
   // Drops every parameter's gradient (set_to_none=True): the next backward allocates new ones. Not
   // SGD::zero_grad, which fills the optimizer's gradients with zeros and keeps their buffers.
   void zero_grad();
+  // For inference from here on: eval mode, and every parameter and buffer a constant (Tensor::freeze_), so
+  // that the kernels keep what they derive from the weights (each convolution's weights in its kernel's
+  // layout) instead of remaking it on every call, as torch.jit.freeze does. Training it fails after this.
+  void freeze();
   // Moves every parameter and buffer to `device` in place: the tensors' handles (held by optimizers and
   // by the blocks' fields) stay valid and see the new storage.
   void to(engine::Device device);

@@ -149,8 +149,9 @@ static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, 
   return {desc, dnnl_attr(), dnnl_engine()};
 }
 
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none) return winograd_forward(s, x, w, b, y, tile);
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage* frozen_w) {
+  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none)
+    return winograd_forward(s, x, w, b, y, tile, frozen_w);
   DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
@@ -159,13 +160,14 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
     return DnnlCall(with_algorithm(s, conv_forward_op, [&](dnnl::algorithm a, Layouts l) { return forward_pd(s, a, l); }),
                     args);
   });
-  if (s.bias) call.run({x, w, b, y});
-  else call.run({x, w, y});
+  if (s.bias) call.run({x, w, b, y}, frozen_w);
+  else call.run({x, w, y}, frozen_w);
 }
 
 // Our ReLU in place after the convolution, not oneDNN's eltwise_relu post-op: that one turns NaN into 0.
-void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  conv2d_forward(s, x, w, b, y);
+void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                         Storage* frozen_w) {
+  conv2d_forward(s, x, w, b, y, frozen_w);
   unary_forward(UnaryOp::relu, y, y, s.n * s.o * s.oh * s.ow, 0.f, 0.f);
 }
 

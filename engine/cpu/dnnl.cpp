@@ -12,6 +12,7 @@
 #include <mutex>
 #include <set>
 
+#include "engine/cpu/frozen.h"
 #include "engine/tensor.h"
 
 namespace engine::cpu {
@@ -133,6 +134,10 @@ DnnlCall::DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& a
       continue;
     }
     dnnl::memory blocked(want, engine, nullptr);
+    if (a.arg == DNNL_ARG_WEIGHTS) {
+      weights_reorder_ = (int)steps_.size();
+      weights_copy_ = (int)scratch_.size();
+    }
     scratch_.push_back({blocked, blocked_slot++});
     main.args[a.arg] = blocked;
     dnnl::memory from = a.output ? blocked : user, to = a.output ? user : blocked;
@@ -156,14 +161,27 @@ void DnnlCall::add_scratchpad(Step& step, const dnnl::memory::desc& md) {
   scratch_.push_back({mem, 0});
 }
 
-void DnnlCall::run(std::initializer_list<const void*> buffers) {
+void DnnlCall::run(std::initializer_list<const void*> buffers, Storage* frozen_weights) {
   ENGINE_CHECK(buffers.size() == user_.size(),
                std::to_string(buffers.size()) + " buffers for a call of " + std::to_string(user_.size()));
   const void* const* p = buffers.begin();
   for (dnnl::memory& m : user_) m.set_data_handle(const_cast<void*>(*p++));  // inputs are only read
   for (Scratch& s : scratch_) s.mem.set_data_handle(scratch_buffer(s.slot, s.mem.get_desc().get_size()));
   dnnl::stream& stream = context().stream;
+  const Step* skip = nullptr;  // the weights' reorder, where they are frozen: its result is kept (made once)
+  if (frozen_weights && weights_reorder_ >= 0) {
+    Step& reorder = steps_[weights_reorder_];
+    dnnl::memory& copy = scratch_[weights_copy_].mem;
+    copy.set_data_handle(derived_form(*frozen_weights, {{}, copy.get_desc()}, copy.get_desc().get_size(),
+                                      [&](void* buffer) {
+                                        copy.set_data_handle(buffer);
+                                        reorder.prim.execute(stream, reorder.args);
+                                        stream.wait();
+                                      }));
+    skip = &reorder;
+  }
   for (Step& s : steps_) {
+    if (&s == skip) continue;
     if (s.serial) {
       // A small reorder (weights): one thread. On a busy machine with libgomp's default spin-waiting, a
       // parallel region waits for whichever thread was preempted: the ~150 weight reorders of a CIFAR

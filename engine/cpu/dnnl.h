@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/tensor.h"
+
 namespace engine::cpu {
 
 // oneDNN primitives (convolutions, inner products, reorders) created so far, on all threads. A training
@@ -53,8 +55,11 @@ struct DnnlArg {
 class DnnlCall {
  public:
   DnnlCall(const dnnl::primitive_desc& pd, const std::vector<DnnlArg>& args);
-  // Runs on the buffers given in the order of `args` at construction, and waits for the result.
-  void run(std::initializer_list<const void*> buffers);
+  // Runs on the buffers given in the order of `args` at construction, and waits for the result. With
+  // frozen_weights (the DNNL_ARG_WEIGHTS buffer's storage, frozen: Tensor::freeze_), weights that the
+  // primitive wants in another layout are reordered once into a form kept with that storage (frozen.h),
+  // not on every call.
+  void run(std::initializer_list<const void*> buffers, Storage* frozen_weights = nullptr);
 
  private:
   struct Step {
@@ -70,6 +75,8 @@ class DnnlCall {
   std::vector<Step> steps_;          // reorders into the primitive's layouts, the primitive, reorders back
   std::vector<dnnl::memory> user_;   // our buffers (handles set on each run)
   std::vector<Scratch> scratch_;     // blocked copies and scratchpads (handles set on each run)
+  int weights_reorder_ = -1;         // the step reordering DNNL_ARG_WEIGHTS, and scratch_'s entry for its
+  int weights_copy_ = -1;            //   copy (-1: the weights are taken as they are)
 };
 
 // The call cached under `key` (an op tag and its shape, zero-filled), made by make() on first use.

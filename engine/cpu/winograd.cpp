@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/cpu/frozen.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define ENGINE_WINOGRAD 1
@@ -153,6 +155,9 @@ float* scratch(Scratch use, int64_t floats) {
   if (b.size() < (size_t)floats) b.resize(floats);
   return b.data();
 }
+
+// A frozen weight's transformed kernels are kept under {kWinogradForm, a, c, flip} (frozen.h).
+constexpr int64_t kWinogradForm = 1;
 
 // u [a²][c][padded(k)]: the transformed kernels of w, for the convolution of a c-channel input into k channels.
 // Forward: w [k, c, 3, 3]. flip (the backward-data convolution): w [c, k, 3, 3], each kernel rotated by 180°.
@@ -344,11 +349,20 @@ void bias_gradient(int64_t n, int64_t k, int64_t hw, const float* gy, float* gb)
 }
 
 // y = x ⋆ kernels (c input channels, k output channels, flip as transform_kernels) with F(m x m, 3x3).
+// With frozen_w (w's storage, frozen) the transformed kernels are made once and kept there (frozen.h).
 template <class W>
 void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const float* w, bool flip,
-              const float* bias, float* y) {
-  float* u = scratch(Scratch::kernels, W::a * W::a * c * padded(k));
-  transform_kernels<W>(w, c, k, flip, u);
+              const float* bias, float* y, Storage* frozen_w) {
+  const int64_t floats = W::a * W::a * c * padded(k);
+  float* u;
+  if (frozen_w) {
+    const FormKey key{{kWinogradForm, W::a, c, flip}, {}};
+    u = (float*)derived_form(*frozen_w, key, floats * sizeof(float),
+                             [&](void* buffer) { transform_kernels<W>(w, c, k, flip, (float*)buffer); });
+  } else {
+    u = scratch(Scratch::kernels, floats);
+    transform_kernels<W>(w, c, k, flip, u);
+  }
   winograd_conv<W>(s.n, c, k, s.h, s.w, x, u, bias, y);
 }
 
@@ -369,12 +383,13 @@ void with_tile(WinogradTile tile, F f) {
   else f(F2{});
 }
 
-void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile) {
-  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.c, s.o, x, w, false, s.bias ? b : nullptr, y); });
+void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile,
+                      Storage* frozen_w) {
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.c, s.o, x, w, false, s.bias ? b : nullptr, y, frozen_w); });
 }
 
 void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx, WinogradTile tile) {
-  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.o, s.c, gy, w, true, nullptr, gx); });
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.o, s.c, gy, w, true, nullptr, gx, nullptr); });
 }
 
 void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb,
@@ -386,7 +401,7 @@ void winograd_backward_weight(const ConvShape& s, const float* x, const float* g
 #else  // no AVX2 and FMA in this build: winograd_fits is false and these are never called
 
 WinogradTile winograd_tile(const ConvShape&) { return WinogradTile::none; }
-void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*, WinogradTile) {
+void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*, WinogradTile, Storage*) {
   ENGINE_CHECK(false, "winograd_forward: this build has no AVX2 and FMA");
 }
 void winograd_backward_data(const ConvShape&, const float*, const float*, float*, WinogradTile) {

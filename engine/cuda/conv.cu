@@ -114,7 +114,7 @@ void add_channel_bias(float* y, const float* b, int64_t n, int64_t c, int64_t hw
 }
 
 // y = conv(x, w) (+ b)
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage*) {
   if (s.n * s.o * s.oh * s.ow == 0) return;
   ConvPlan& p = plan_for(s);
   if (!p.has_fwd) {
@@ -132,8 +132,8 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
 }
 
 // y = relu(conv(x, w) + b), for inference
-void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  conv2d_forward(s, x, w, b, y);
+void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage*) {
+  conv2d_forward(s, x, w, b, y, nullptr);
   unary_forward(UnaryOp::relu, y, y, s.n * s.o * s.oh * s.ow, 0.f, 0.f);
 }
 
