@@ -168,7 +168,7 @@ double check_cifar_deploy(models::BlockType block) {
   model.switch_to_deploy();
   CHECK(count(model) == models::model_size(arch, true, 32).params);
   const double e = rel_err(model.forward(x).to_vector(), eval);
-  CHECK(e <= 1e-5);
+  CHECK(e <= conv_tolerance(1e-5, 1e-4));  // our Winograd: orepa-cifar width 8 measured 1.3e-5
   CHECK_THROWS_WITH_AS(models::RepVGG(arch, rng, 3.0f), doctest::Contains("blocks do not have"), std::runtime_error);
   return e;
 }

@@ -251,7 +251,9 @@ TEST_CASE("Winograd F(2x2, 3x3) and F(4x4, 3x3): forward and gradients against p
                      ConvCase{1, 16, 1, 1, 8, 3, 3, 1, 1, 1, false},    // one pixel
                      ConvCase{3, 64, 9, 10, 40, 3, 3, 1, 1, 1, true},   // two or more blocks of tiles
                      ConvCase{1, 24, 4, 4, 16, 3, 3, 1, 1, 1, false},   // one 4x4 tile
-                     ConvCase{2, 16, 2, 3, 16, 3, 3, 1, 1, 1, true}}) { // a plane smaller than a 4x4 tile
+                     ConvCase{2, 16, 2, 3, 16, 3, 3, 1, 1, 1, true},    // a plane smaller than a 4x4 tile
+                     ConvCase{1, 16, 6, 6, 48, 3, 3, 1, 1, 1, true},    // one block of tiles: threads split the
+                     ConvCase{1, 8, 5, 7, 40, 3, 3, 1, 1, 1, false}}) { //   outputs, 32 + 16 and 16 + 24
     ConvShape s{k.n, k.c, k.h, k.w, k.o, 3, 3, k.h, k.w, 1, 1, 1, 1, k.bias, 8, 8};
     REQUIRE(cpu::winograd_fits(s));
     auto [x, w, b] = random_inputs(k, rng);
@@ -261,7 +263,12 @@ TEST_CASE("Winograd F(2x2, 3x3) and F(4x4, 3x3): forward and gradients against p
       const std::string what = (tile == cpu::WinogradTile::f2 ? "F(2x2) " : "F(4x4) ") + k.str();
       std::vector<float> y(k.n * k.o * k.h * k.w), gx(x.numel()), gw(w.numel()), gb(k.o);
       cpu::winograd_forward(s, to_layout(x, 8).storage_f32(), w.f32(), k.bias ? b.f32() : nullptr, y.data(), tile);
-      check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_conv_forward(k, x, w, b), 1e-4, 1e-4, "forward " + what);
+      std::vector<double> ref_y = ref_conv_forward(k, x, w, b);
+      check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_y, 1e-4, 1e-4, "forward " + what);
+      cpu::winograd_forward(s, to_layout(x, 8).storage_f32(), w.f32(), k.bias ? b.f32() : nullptr, y.data(), tile,
+                            nullptr, true);
+      for (double& v : ref_y) v = std::max(v, 0.0);
+      check_close(unblock8(y, k.n, k.o, k.h, k.w), ref_y, 1e-4, 1e-4, "forward with the ReLU " + what);
       cpu::winograd_backward_data(s, to_layout(gy, 8).storage_f32(), w.f32(), gx.data(), tile);
       check_close(unblock8(gx, k.n, k.c, k.h, k.w), ref.gx, 1e-4, 1e-4, "backward data " + what);
       cpu::winograd_backward_weight(s, to_layout(x, 8).storage_f32(), to_layout(gy, 8).storage_f32(), gw.data(), gb.data(), tile);

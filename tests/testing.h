@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/kernels.h"
 #include "engine/ops.h"
 
 // Decorator for a test that needs something this machine may lack (real data, a GPU).
@@ -53,3 +54,10 @@ struct BlockGuard {
   explicit BlockGuard(int64_t block) { engine::set_activation_block(block); }
   ~BlockGuard() { engine::set_activation_block(saved); }
 };
+
+// A tolerance for results that pass through 3x3 stride-1 convolutions: `direct` for oneDNN's kernels, `winograd`
+// where ours may run instead (cpu::conv_own_winograd(): CPUs without oneDNN's Winograd, e.g. AVX2), whose
+// F(4x4, 3x3) rounds a few times more than a direct convolution (its transforms' coefficients reach 8 and 1/24).
+inline double conv_tolerance(double direct, double winograd) {
+  return engine::cpu::conv_own_winograd() ? winograd : direct;
+}

@@ -250,26 +250,36 @@ void data_tiles(const Tiles<W>& tiles, const float* x, int64_t c, int64_t t0, in
     }
 }
 
+// max(x, 0) per lane as scalar_math.h's relu: x <= 0 gives +0, NaN stays NaN.
+inline v8 relu_lanes(v8 x) { return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LE_OQ), x); }
+
 // y [n, k, h, w] (nChw8c) = x [n, c, h, w] (nChw8c) convolved (3x3, stride 1, padding 1) with the
-// transformed kernels u [a²][c][padded(k)], plus bias [k] unless null.
+// transformed kernels u [a²][c][padded(k)], plus bias [k] unless null, then the ReLU where `relu`.
+// Each thread takes whole blocks of tiles; with fewer blocks than threads (batch 1 on a small plane) a
+// block's output channels are split among threads instead, each transforming the block's tiles itself.
 template <class W>
 void winograd_conv(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, const float* x, const float* u,
-                   const float* bias, float* y) {
+                   const float* bias, bool relu, float* y) {
   constexpr int a = W::a, m = W::m;
   const Tiles<W> tiles(n, h, w, std::max(c, k));
   const int64_t tb = tiles.size, vc = padded(c), mk = padded(k);
+  const int64_t threads = omp_get_max_threads();
+  const int64_t parts = std::max<int64_t>(1, std::min(threads / tiles.blocks, k / 16));
+  const int64_t part_k = (k / 16 + parts - 1) / parts * 16;  // output channels per part: a multiple of 16
 #pragma omp parallel
   {
     float* V = scratch(Scratch::tiles, a * a * tb * (vc + mk));  // [a²][tb][vc]
     float* M = V + a * a * tb * vc;                              // [a²][tb][mk]
 #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < tiles.blocks; blk++) {
+    for (int64_t item = 0; item < tiles.blocks * parts; item++) {
+      const int64_t blk = item / parts, part = item % parts, k0 = std::min(k, part * part_k);
+      const int64_t kn = (part == parts - 1 ? k : std::min(k, k0 + part_k)) - k0;
       const int64_t t0 = blk * tb, nt = std::min(tb, tiles.count - t0), rows = (nt + 5) / 6 * 6;
       data_tiles(tiles, x, c, t0, nt, rows, V);
-      for (int xi = 0; xi < a * a; xi++)  // M[ξ] = V[ξ] U[ξ]
-        gemm<false>(V + xi * tb * vc, vc, 1, u + xi * c * mk, mk, M + xi * tb * mk, mk, rows, k, c);
+      for (int xi = 0; xi < a * a; xi++)  // M[ξ] = V[ξ] U[ξ], channels k0 .. k0 + kn
+        gemm<false>(V + xi * tb * vc, vc, 1, u + xi * c * mk + k0, mk, M + xi * tb * mk + k0, mk, rows, kn, c);
       for (int64_t t = 0; t < nt; t++)
-        for (int64_t b = 0; b < k / 8; b++) {
+        for (int64_t b = k0 / 8; b < (k0 + kn) / 8; b++) {
           v8 mt[a * a], out[m * m];
           for (int xi = 0; xi < a * a; xi++) mt[xi] = _mm256_loadu_ps(M + (xi * tb + t) * mk + b * 8);
           two_sided<a, m>([](const v8* x, v8* y) { W::output(x, y); }, mt, out);
@@ -278,7 +288,8 @@ void winograd_conv(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, const 
           for (int i = 0; i < m; i++)
             for (int j = 0; j < m; j++) {
               const int64_t row = tiles.row(t0 + t) + i, col = tiles.col(t0 + t) + j;
-              if (row < h && col < w) _mm256_storeu_ps(plane + (row * w + col) * 8, out[i * m + j] + add);
+              const v8 value = out[i * m + j] + add;
+              if (row < h && col < w) _mm256_storeu_ps(plane + (row * w + col) * 8, relu ? relu_lanes(value) : value);
             }
         }
     }
@@ -352,7 +363,7 @@ void bias_gradient(int64_t n, int64_t k, int64_t hw, const float* gy, float* gb)
 // With frozen_w (w's storage, frozen) the transformed kernels are made once and kept there (frozen.h).
 template <class W>
 void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const float* w, bool flip,
-              const float* bias, float* y, Storage* frozen_w) {
+              const float* bias, bool relu, float* y, Storage* frozen_w) {
   const int64_t floats = W::a * W::a * c * padded(k);
   float* u;
   if (frozen_w) {
@@ -363,7 +374,7 @@ void convolve(const ConvShape& s, int64_t c, int64_t k, const float* x, const fl
     u = scratch(Scratch::kernels, floats);
     transform_kernels<W>(w, c, k, flip, u);
   }
-  winograd_conv<W>(s.n, c, k, s.h, s.w, x, u, bias, y);
+  winograd_conv<W>(s.n, c, k, s.h, s.w, x, u, bias, relu, y);
 }
 
 }  // namespace
@@ -384,12 +395,12 @@ void with_tile(WinogradTile tile, F f) {
 }
 
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile,
-                      Storage* frozen_w) {
-  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.c, s.o, x, w, false, s.bias ? b : nullptr, y, frozen_w); });
+                      Storage* frozen_w, bool relu) {
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.c, s.o, x, w, false, s.bias ? b : nullptr, relu, y, frozen_w); });
 }
 
 void winograd_backward_data(const ConvShape& s, const float* gy, const float* w, float* gx, WinogradTile tile) {
-  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.o, s.c, gy, w, true, nullptr, gx, nullptr); });
+  with_tile(tile, [&](auto t) { convolve<decltype(t)>(s, s.o, s.c, gy, w, true, nullptr, false, gx, nullptr); });
 }
 
 void winograd_backward_weight(const ConvShape& s, const float* x, const float* gy, float* gw, float* gb,
@@ -401,7 +412,7 @@ void winograd_backward_weight(const ConvShape& s, const float* x, const float* g
 #else  // no AVX2 and FMA in this build: winograd_fits is false and these are never called
 
 WinogradTile winograd_tile(const ConvShape&) { return WinogradTile::none; }
-void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*, WinogradTile, Storage*) {
+void winograd_forward(const ConvShape&, const float*, const float*, const float*, float*, WinogradTile, Storage*, bool) {
   ENGINE_CHECK(false, "winograd_forward: this build has no AVX2 and FMA");
 }
 void winograd_backward_data(const ConvShape&, const float*, const float*, float*, WinogradTile) {

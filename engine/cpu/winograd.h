@@ -25,10 +25,10 @@ enum class WinogradTile { none, f2, f4 };
 WinogradTile winograd_tile(const ConvShape& s);
 
 // y [N, O, H, W] = x [N, C, H, W] convolved with w [O, C, 3, 3], plus b [O] when s.bias (b may be null
-// otherwise). x and y in nChw8c, w in OIHW. With frozen_w (w's storage, frozen), w's transformed kernels
-// are made once and kept there (frozen.h).
+// otherwise), then max(0, ·) where relu (NaN stays NaN). x and y in nChw8c, w in OIHW. With frozen_w (w's
+// storage, frozen), w's transformed kernels are made once and kept there (frozen.h).
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, WinogradTile tile,
-                      Storage* frozen_w = nullptr);
+                      Storage* frozen_w = nullptr, bool relu = false);
 
 // gx [N, C, H, W] = the transposed convolution of gy [N, O, H, W] with w: for stride 1 and padding 1, the
 // convolution of gy with w's kernels flipped and its two channel axes swapped. gy and gx in nChw8c.
