@@ -158,7 +158,7 @@ static void load_init(const Options& o, models::Model& model) {
 }
 
 // --distill: the full-precision teacher, of the run's arch and classes (its own OABN k), in deploy form (its
-// eval function, one conv per block) and eval mode on the run's device. Nothing is written before this runs.
+// eval function, one conv per block) and eval mode on the run's device, frozen. Nothing is written before this runs.
 static std::unique_ptr<models::Model> load_teacher(const Options& o, const models::ArchConfig& arch, Device device) {
   if (!fs::is_regular_file(o.distill)) throw std::runtime_error(fmt::format("--distill {}: no such checkpoint file", o.distill));
   const st::File file = st::load(o.distill);
@@ -185,7 +185,7 @@ static std::unique_ptr<models::Model> load_teacher(const Options& o, const model
   layers::load_state_dict(*teacher, file, "", o.distill);
   if (!deploy) teacher->switch_to_deploy();
   teacher->to(device);
-  teacher->eval();
+  teacher->freeze();  // eval mode, its weights constants: each reordered for oneDNN once, not every step
   std::printf("distill: teacher %s, T %g, soft-target share %g\n", o.distill.c_str(), o.distill_t, o.distill_w);
   return teacher;
 }
