@@ -112,6 +112,16 @@ TEST_CASE("checkpoint: each mismatch names the file and the first tensor at faul
                                             "[8, 3, 3, 3], expected [16, 3, 3, 3]").c_str()),
                          std::runtime_error);
   }
+  SUBCASE("a frozen model: refused before any tensor is written") {
+    auto frozen = small_model(6);
+    frozen->freeze();
+    const std::vector<float> before = frozen->state_dict().front().tensor.to_vector();
+    CHECK_THROWS_WITH_AS(load_checkpoint(file.path, *frozen),
+                         doctest::Contains(("file " + file.path + ": tensor 'stage0.rbr_dense.conv.weight' of the model is "
+                                            "frozen").c_str()),
+                         std::runtime_error);
+    CHECK(frozen->state_dict().front().tensor.to_vector() == before);
+  }
   SUBCASE("another block type: a missing tensor") {
     auto qa = small_model(6, BlockType::qarepvgg);
     CHECK_THROWS_WITH_AS(load_checkpoint(file.path, *qa), doctest::Contains("'stage0.rbr_1x1.weight' is missing"),
