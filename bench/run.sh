@@ -34,8 +34,12 @@
 # thread that waits spins (GOMP_SPINCOUNT 300000 pauses, some milliseconds) before it sleeps; on a shared
 # 2-core machine that burns the cores the working threads need, and both sides' times swing by 2x with
 # the load. Unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set already, this script sets
-# OMP_WAIT_POLICY=passive for both (the child PyTorch process inherits it): the same for both, and steadier.
-# Under it onnxruntime's intra-op threads do not spin either (bench/onnx_peer.py).
+# OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=1000 for both (the child PyTorch process inherits it): a waiting
+# thread spins 1000 pauses (microseconds, 300x shorter than the default) and then sleeps. The same for both,
+# and steadier; with no spin at all (passive alone) every parallel region ended in a sleep and began with a
+# wake-up, which cost ours 1.8 ms of a 13.5 ms batch-1 A0 forward (docs/performance.md). Under passive
+# onnxruntime's intra-op threads do not spin at all (bench/onnx_peer.py): its spin has no short setting, and
+# left on it took the cores from whichever side ran next (ours 27 ms at batch 1, OpenVINO 0.6x its rate).
 #
 # gflops: ours' achieved rate, 2 x MACs per image (models::model_size, the form that runs) x 3 for a
 # training step (forward, backward-data, backward-weights) x img/s. The ceiling line is the machine's FP32
@@ -61,7 +65,7 @@ if [ -x "$VENV_PYTHON" ]; then PYTHON=${BENCH_PYTHON:-$VENV_PYTHON}; else PYTHON
 if grep -qw avx512f /proc/cpuinfo; then ISAS=${BENCH_ISA:-native avx2}; else ISAS=${BENCH_ISA:-native}; fi
 DATA=${BENCH_DATA:-../shared/data}
 QUICK=${BENCH_QUICK:-0}
-if [ -z "${OMP_WAIT_POLICY:-}" ] && [ -z "${GOMP_SPINCOUNT:-}" ]; then export OMP_WAIT_POLICY=passive; fi
+if [ -z "${OMP_WAIT_POLICY:-}" ] && [ -z "${GOMP_SPINCOUNT:-}" ]; then export OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=1000; fi
 
 # default timed calls per case (A0 training is some seconds a step: few reps)
 reps_for() {
