@@ -96,11 +96,12 @@ static void check_values(const st::Entry& e, const std::string& name, const std:
 
 void load_state_dict(Module& model, const st::File& file, const std::string& prefix, const std::string& path) {
   std::set<std::string> expected;
-  for (auto& t : model.state_dict())  // before any is written
+  std::vector<NamedTensor> tensors = model.state_dict();
+  for (const NamedTensor& t : tensors)  // before any is written
     if (t.tensor.frozen())
       engine::fail(fmt::format("file {}: tensor '{}' of the model is frozen (Module::freeze, for inference): load "
                                "the file into a model before freezing it", path, prefix + t.name));
-  for (auto& t : model.state_dict()) {
+  for (NamedTensor& t : tensors) {
     const st::Entry& e = st::require(file, prefix + t.name, st::DType::F32, t.tensor.shape().vec(), path);
     check_values(e, prefix + t.name, path);
     t.tensor.copy_(from_entry(e).to(t.tensor.device()));

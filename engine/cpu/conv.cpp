@@ -151,9 +151,12 @@ static dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, 
   return {desc, dnnl_attr(), dnnl_engine()};
 }
 
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage* frozen_w) {
+// y = conv(x, w) + b, then the ReLU where `relu`: ours applies it in its output transform; after oneDNN's
+// kernels, our ReLU in place, not oneDNN's eltwise_relu post-op, which turns NaN into 0.
+static void forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage* frozen_w,
+                    bool relu) {
   if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none)
-    return winograd_forward(s, x, w, b, y, tile, frozen_w);
+    return winograd_forward(s, x, w, b, y, tile, frozen_w, relu);
   DnnlCall& call = dnnl_call(conv_key(conv_forward_op, s), [&] {
     ConvDescs d = conv_descs(s, ours);
     std::vector<DnnlArg> args = {{DNNL_ARG_SRC, d.x, false}, {DNNL_ARG_WEIGHTS, d.w, false}};
@@ -164,15 +167,16 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
   });
   if (s.bias) call.run({x, w, b, y}, frozen_w);
   else call.run({x, w, y}, frozen_w);
+  if (relu) unary_forward(UnaryOp::relu, y, y, s.n * s.o * s.oh * s.ow, 0.f, 0.f);
 }
 
-// Our ReLU in place after the convolution, not oneDNN's eltwise_relu post-op: that one turns NaN into 0.
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y, Storage* frozen_w) {
+  forward(s, x, w, b, y, frozen_w, false);
+}
+
 void conv2d_relu_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
                          Storage* frozen_w) {
-  if (const WinogradTile tile = own_winograd(s); tile != WinogradTile::none)
-    return winograd_forward(s, x, w, b, y, tile, frozen_w, true);  // ours applies it in its output transform
-  conv2d_forward(s, x, w, b, y, frozen_w);
-  unary_forward(UnaryOp::relu, y, y, s.n * s.o * s.oh * s.ow, 0.f, 0.f);
+  forward(s, x, w, b, y, frozen_w, true);
 }
 
 // gx [N, C, H, W] = the transposed convolution of gy [N, O, OH, OW] with w.
